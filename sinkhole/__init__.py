@@ -1,0 +1,35 @@
+"""sinkhole: spike tokens (massive activations) and attention sinks in causal LMs, measured.
+
+    from sinkhole import ModelProbe, analyze
+    probe = ModelProbe("smollm2-135m", device="cpu")
+    capture = probe.run("Explain the theory of relativity in simple terms.")
+    report = analyze(capture)          # report.to_dict() is the JSON report
+
+Names are imported lazily so that `import sinkhole` stays cheap.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ModelProbe": "sinkhole.probe.probe",
+    "Capture": "sinkhole.probe.capture",
+    "analyze": "sinkhole.analysis.core",
+    "Report": "sinkhole.report.schema",
+    "load_model": "sinkhole.models.loading",
+    "SinkholeError": "sinkhole.errors",
+    "SinkProfile": "sinkhole.profiles.profile",
+    "load_profile": "sinkhole.profiles.profile",
+    "SinkDetector": "sinkhole.profiles.detect",
+    "SinkCache": "sinkhole.cache.sink_cache",
+    "get_quantization_hints": "sinkhole.quant.hints",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sinkhole' has no attribute {name!r}")

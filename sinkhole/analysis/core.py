@@ -1,0 +1,142 @@
+"""The definitions. Every number sinkhole reports about spikes and sinks is computed here, from a
+`Capture`, by pure functions on its arrays. The README repeats these definitions.
+
+Notation: L decoder layers (0-based), H query heads, T tokens. h_l[t] is the output of decoder
+layer l at token t (the residual stream after that layer; *not* the final-normed state that
+`output_hidden_states` reports for the last layer). A_{l,h}[t, k] is the attention probability
+from query t to key k.
+
+Spikes (massive activations)
+- peak norm:  N[t] = max_l ||h_l[t]||_2.
+- spike score: S[t] = N[t] / median_s N[s] (the original sinkhole's score).
+- spike token: S[t] > threshold (default 10).
+- top value: the signed h_l[t, c] of largest |.| over layers l and channels c; reported with its
+  layer and channel (Sun et al. 2024, "Massive Activations in LLMs").
+- spike channels of token t: at the top value's layer l*, the channels c (among the K = 8 largest
+  of token t) with |h_{l*}[t, c]| > threshold * median_s max_c' |h_{l*}[s, c']|, i.e. entries
+  `threshold` times larger than the typical token's largest entry at that layer.
+
+Sinks (Gu et al., "When Attention Sink Emerges", ICLR 2025)
+- attention mass of key k in (l, h): alpha_{l,h}(k) = mean over queries t >= k of A_{l,h}[t, k].
+- a token's attention mass: mean over all (l, h) of alpha_{l,h}(k).
+- its sink rate: share of (l, h) with alpha_{l,h}(k) > epsilon (default 0.3).
+- sink token: sink rate >= min_sink_rate (default 0.5: more than epsilon of the attention in most
+  heads). The token with the largest attention mass is always reported as `sinks.top`.
+
+Together
+- overlap: Jaccard |spikes ∩ sinks| / |spikes ∪ sinks| of the two position sets (null if both empty).
+- KV impact: sink_attention_share = share of all attention probability (summed over layers, heads
+  and queries) that lands on sink tokens' KV slots; sink_slot_share = sink tokens / T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from sinkhole.probe.capture import Capture
+from sinkhole.report.schema import Report, SinkToken, SpikeToken
+
+DEFAULT_THRESHOLD = 10.0
+DEFAULT_EPSILON = 0.3
+DEFAULT_MIN_SINK_RATE = 0.5
+
+
+def peak_norm(resid_norm: np.ndarray) -> np.ndarray:
+    """(L, T) -> (T,) max over layers of ||h_l[t]||."""
+    return resid_norm.max(axis=0)
+
+
+def spike_scores(resid_norm: np.ndarray) -> np.ndarray:
+    """(L, T) -> (T,) peak norm divided by its median over tokens."""
+    peak = peak_norm(resid_norm)
+    return peak / max(float(np.median(peak)), 1e-30)
+
+
+def top_value(top_channels: np.ndarray, top_values: np.ndarray, t: int) -> tuple[float, int, int]:
+    """Largest-|.| residual entry of token t over layers: (signed value, layer, channel)."""
+    mags = np.abs(top_values[:, t, 0])  # (L,) the largest entry of each layer comes first
+    layer = int(mags.argmax())
+    return float(top_values[layer, t, 0]), layer, int(top_channels[layer, t, 0])
+
+
+def spike_channels(top_channels: np.ndarray, top_values: np.ndarray, t: int, layer: int, threshold: float) -> list[int]:
+    """Channels of token t at `layer` whose |h| exceeds threshold x the median token's largest |h|."""
+    typical = float(np.median(np.abs(top_values[layer, :, 0])))
+    mags = np.abs(top_values[layer, t])
+    return [int(c) for c, m in zip(top_channels[layer, t], mags) if m > threshold * typical]
+
+
+def attention_mass(alpha: np.ndarray) -> np.ndarray:
+    """(L, H, T) -> (T,) mean over layers and heads of alpha."""
+    return alpha.mean(axis=(0, 1))
+
+
+def sink_rate(alpha: np.ndarray, epsilon: float) -> np.ndarray:
+    """(L, H, T) -> (T,) share of (layer, head) pairs with alpha > epsilon."""
+    return (alpha > epsilon).mean(axis=(0, 1))
+
+
+def attention_share(colsum: np.ndarray, positions: list[int]) -> float:
+    """Share of all attention probability landing on `positions`; colsum (L, H, T) sums over queries."""
+    total = float(colsum.sum())
+    return float(colsum[..., positions].sum()) / total if positions and total > 0 else 0.0
+
+
+def jaccard(a: set[int], b: set[int]) -> float | None:
+    return len(a & b) / len(a | b) if (a | b) else None
+
+
+def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: float = DEFAULT_EPSILON,
+            min_sink_rate: float = DEFAULT_MIN_SINK_RATE) -> Report:
+    """Spike tokens, sink tokens, their overlap and KV impact of one captured sequence."""
+    c = capture
+    T = c.n_tokens
+    scores = spike_scores(c.resid_norm)
+    peaks = peak_norm(c.resid_norm)
+    spikes = []
+    for t in np.flatnonzero(scores > threshold):
+        value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, int(t))
+        spikes.append(asdict(SpikeToken(
+            position=int(t), text=c.tokens[t], score=float(scores[t]), max_norm=float(peaks[t]),
+            top_value=value, layer=layer, channel=channel,
+            channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
+        )))
+    mass = attention_mass(c.attn_mass)
+    rate = sink_rate(c.attn_mass, epsilon)
+    n_pairs = c.attn_mass.shape[0] * c.attn_mass.shape[1]
+
+    def sink(t: int) -> dict:
+        return asdict(SinkToken(int(t), c.tokens[t], float(mass[t]), float(rate[t]), int(round(rate[t] * n_pairs))))
+
+    sinks = [sink(t) for t in np.flatnonzero(rate >= min_sink_rate)]
+    sinks.sort(key=lambda s: -s["attn_mass"])
+    spike_pos = {s["position"] for s in spikes}
+    sink_pos = {s["position"] for s in sinks}
+    sink_list = sorted(sink_pos)
+    top_sink = int(mass.argmax())
+    return Report(
+        model=c.model.to_dict(),
+        prompt=c.prompt,
+        chat=c.chat,
+        tokens=[{"position": i, "id": int(tid), "text": txt} for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))],
+        spikes={"threshold": threshold, "tokens": spikes, "per_token_score": scores.tolist()},
+        sinks={
+            "epsilon": epsilon, "min_sink_rate": min_sink_rate, "top": sink(top_sink), "tokens": sinks,
+            "per_token_mass": mass.tolist(), "per_token_sink_rate": rate.tolist(),
+        },
+        overlap={"jaccard": jaccard(spike_pos, sink_pos), "positions": sorted(spike_pos & sink_pos)},
+        kv={
+            "sink_attention_share": attention_share(c.attn_colsum, sink_list),
+            "sink_slot_share": len(sink_list) / T, "n_sink_slots": len(sink_list), "n_slots": T,
+        },
+        layers={"max_norm": c.resid_norm.max(axis=1).tolist(), "median_norm": np.median(c.resid_norm, axis=1).tolist()},
+        extra={
+            "heads": {"mass_on_top_sink": c.attn_mass[:, :, top_sink].tolist(), "top_sink_position": top_sink},
+            "residual": {
+                "norm": c.resid_norm.tolist(), "attn_out_norm": c.attn_out_norm.tolist(),
+                "ffn_out_norm": c.ffn_out_norm.tolist(), "embed_norm": c.embed_norm.tolist(),
+            },
+        },
+    )

@@ -1,0 +1,53 @@
+"""`sinkhole analyze`: spike and sink tokens of one prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
+from sinkhole.cli.common import add_model_args, add_prompt_args, load_probe, read_prompt, status
+
+HELP = "which tokens spike, which sink, whether they coincide, and their KV budget"
+EPILOG = """examples:
+  sinkhole analyze --prompt "Explain the theory of relativity in simple terms." --output report.html --json report.json
+  sinkhole analyze --model gemma3-270m --prompt-file prompt.txt --no-chat
+  sinkhole analyze --model ./my-llama --device auto --dtype bfloat16 --prompt "Hello"
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("analyze", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_prompt_args(p)
+    g = p.add_argument_group("analysis")
+    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
+    g.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
+    g.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE,
+                   help="share of heads a sink token must hold, default 0.5")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
+    o.add_argument("--json", type=Path, help="write the JSON report here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from sinkhole.analysis.core import analyze
+    from sinkhole.probe.probe import progress_printer
+    from sinkhole.report import html
+    from sinkhole.report.schema import write_json
+    from sinkhole.report.terminal import render_analysis
+
+    prompt = read_prompt(args)
+    probe = load_probe(args, maps_max_len=html.MAPS_MAX_LEN if args.output else 0)
+    capture = probe.run(prompt, chat=args.chat, progress=progress_printer(probe.info.n_layers))
+    report = analyze(capture, threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate)
+    d = report.to_dict()
+    if args.output:
+        html.write_html(d, args.output, capture=capture)
+        status(f"wrote {args.output}")
+    if args.json:
+        write_json(d, args.json)
+        status(f"wrote {args.json}")
+    print(render_analysis(d))
+    return 0

@@ -1,0 +1,57 @@
+"""Arguments and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sinkhole.errors import SinkholeError
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="bundled short name (smollm2-135m, gemma3-270m), local model directory, cached hub id, or .gguf file")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate device_map across GPUs)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the weights")
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompt")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--prompt", help="prompt text")
+    x.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    g.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="apply the tokenizer's chat template (default: when it has one)")
+    g.add_argument("--no-chat", dest="chat", action="store_false")
+
+
+def read_prompt(args) -> str:
+    if args.prompt_file is not None:
+        try:
+            text = args.prompt_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SinkholeError(f"prompt file not found: {args.prompt_file}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise SinkholeError(f"cannot read prompt file {args.prompt_file}: {err}") from None
+    elif args.prompt is not None:
+        text = args.prompt
+    else:
+        raise SinkholeError("give a prompt with --prompt TEXT or --prompt-file FILE")
+    if not text.strip():
+        raise SinkholeError("empty prompt")
+    return text
+
+
+def load_probe(args, **kw):
+    from sinkhole.probe.probe import ModelProbe
+
+    return ModelProbe(args.model, device=args.device, dtype=args.dtype,
+                      trust_remote_code=args.trust_remote_code, log=status, **kw)
+
+
+def status(msg: str) -> None:
+    """Progress and status lines go to stderr, so stdout stays the result."""
+    print(msg, file=sys.stderr, flush=True)

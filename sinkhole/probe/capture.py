@@ -1,0 +1,88 @@
+"""What a probe keeps from one sequence: compact per-layer arrays, never [layers, T, d_model] or
+[layers, heads, T, T] (except tiny inputs' attention maps, kept on request for the HTML report).
+
+Shapes (L layers, H query heads, T tokens of this sequence, K = top channels kept per token):
+    resid_norm          (L, T)    ||h_l[t]||_2, h_l = output of decoder layer l
+    resid_top_channels  (L, T, K) channels of the K largest |h_l[t, c]|, largest first
+    resid_top_values    (L, T, K) the signed values h_l[t, c] at those channels
+    attn_out_norm       (L, T)    norm of the attention block's contribution to the residual
+    ffn_out_norm        (L, T)    norm of the FFN block's contribution to the residual
+    embed_norm          (T,)      norm of the input embedding (the residual before layer 0)
+    attn_mass           (L, H, T) alpha_{l,h}(k) = mean over queries t >= k of A_{l,h}[t, k]
+    attn_maps           (L, H, T, T) float16, only when T <= the probe's `maps_max_len`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    architecture: str  # model_type, e.g. "llama", "gemma3_text"
+    family: str
+    norm_style: str  # "pre" or "sandwich"
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    max_context: int | None = None
+    weights_id: str = ""
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Capture:
+    model: ModelInfo
+    token_ids: list[int]
+    tokens: list[str]
+    resid_norm: np.ndarray
+    resid_top_channels: np.ndarray
+    resid_top_values: np.ndarray
+    attn_out_norm: np.ndarray
+    ffn_out_norm: np.ndarray
+    embed_norm: np.ndarray
+    attn_mass: np.ndarray
+    attn_maps: np.ndarray | None = None
+    prompt: str | None = None
+    chat: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def attn_colsum(self) -> np.ndarray:
+        """(L, H, T) total attention received: sum over queries t >= k of A[t, k] = alpha * (T - k)."""
+        return self.attn_mass * (self.n_tokens - np.arange(self.n_tokens))[None, None, :]
+
+    _ARRAYS = (
+        "resid_norm", "resid_top_channels", "resid_top_values", "attn_out_norm",
+        "ffn_out_norm", "embed_norm", "attn_mass", "attn_maps",
+    )
+
+    def save(self, path: str | Path) -> None:
+        """One .npz holding the arrays and a JSON header (model, tokens, prompt)."""
+        header = {
+            "model": self.model.to_dict(), "token_ids": self.token_ids, "tokens": self.tokens,
+            "prompt": self.prompt, "chat": self.chat, "meta": self.meta,
+        }
+        arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
+        np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Capture":
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: z[k] for k in cls._ARRAYS if k in z.files}
+        return cls(model=ModelInfo(**header.pop("model")), **header, **arrays)

@@ -1,0 +1,96 @@
+"""SinkProfile: what a model's sinks and spikes look like, for the tools that act on them (the KV
+cache, quantization hints). JSON schema "sinkhole.profile/1"; made by `SinkDetector`
+(sinkhole.profiles.detect) from a prompt suite, shipped for the bundled models in
+sinkhole/data/profiles/<name>.json.
+
+Keys:
+    schema          "sinkhole.profile/1"
+    model           {name, architecture, weights_id, n_layers, n_heads, n_kv_heads, d_model}
+    sink_rule       {positions: [int], token_texts: [str], description: str}
+                    positions that sink in (nearly) every prompt, and token texts that sink wherever
+                    they appear (the first newline, say)
+    sink_tokens     [{position, text, attn_mass, sink_rate, frequency}]  frequency = share of prompts
+    spike_channels  [{channel, typical_value, frequency}]
+    step_up_layers, step_down_layers   [int]
+    sink_heads      [[layer, head]]  heads whose mass on the top sink exceeds epsilon in most prompts
+    pinned_slots    int   recommended number of KV slots to pin (StreamingLLM's "sinks")
+    prompts         {source, count}
+    settings        {threshold, epsilon, min_sink_rate, chat}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from sinkhole.errors import SinkholeError
+
+PROFILE_SCHEMA = "sinkhole.profile/1"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
+
+
+@dataclass
+class SinkProfile:
+    model: dict
+    sink_rule: dict
+    sink_tokens: list[dict]
+    spike_channels: list[dict]
+    step_up_layers: list[int]
+    step_down_layers: list[int]
+    sink_heads: list[list[int]]
+    pinned_slots: int
+    prompts: dict
+    settings: dict = field(default_factory=dict)
+    schema: str = PROFILE_SCHEMA
+
+    @property
+    def sink_positions(self) -> list[int]:
+        return list(self.sink_rule.get("positions", []))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from sinkhole.models.loading import write_atomic
+
+        write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "profile") -> "SinkProfile":
+        if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA:
+            raise SinkholeError(f"{source} is not a sinkhole profile (expected schema '{PROFILE_SCHEMA}')")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - set(d) if n not in ("settings",))
+        if missing:
+            raise SinkholeError(f"{source} is malformed: missing {', '.join(missing)}")
+        if not isinstance(d["pinned_slots"], int) or d["pinned_slots"] < 0:
+            raise SinkholeError(f"{source} is malformed: pinned_slots must be a non-negative integer")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def check_model(self, weights_id: str | None = None, name: str | None = None) -> None:
+        """Refuse a profile made for another model (compared by weights id when both have one)."""
+        mine = self.model.get("weights_id")
+        if weights_id and mine and weights_id != mine:
+            raise SinkholeError(
+                f"profile is for {self.model.get('name')} (weights {mine[:24]}...), not this model "
+                f"(weights {weights_id[:24]}...)"
+            )
+        if not (weights_id and mine) and name and self.model.get("name") not in (None, name):
+            raise SinkholeError(f"profile is for {self.model.get('name')}, not {name}")
+
+
+def load_profile(name_or_path: str | Path) -> SinkProfile:
+    """A shipped profile by model short name ('smollm2-135m'), or a profile JSON file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = SHIPPED_DIR / f"{name_or_path}.json"
+        if not shipped.is_file():
+            names = sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
+            raise SinkholeError(f"no profile file '{name_or_path}' and no shipped profile of that name (shipped: {', '.join(names) or 'none'})")
+        path = shipped
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SinkholeError(f"cannot read profile {path}: {err}") from None
+    return SinkProfile.from_dict(d, source=str(path))

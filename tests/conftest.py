@@ -1,0 +1,76 @@
+"""Shared fixtures. Unit tests use tiny random-weight models built from a config (nothing is
+downloaded); tests marked `integration` load the bundled real models once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class IdTokenizer:
+    """Stands in for a tokenizer on tiny models: prompts are token-id lists, tokens decode to '<id>'."""
+
+    pad_token_id = 0
+    eos_token = None
+    chat_template = None
+
+    def decode(self, ids):
+        return "".join(f"<{i}>" for i in ids)
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg.update(overrides)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    return model
+
+
+def tiny_gemma3(seed: int = 0, **overrides):
+    """Sandwich norm, QK-norm, a sliding-window layer (window 4) and a global one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
+               sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    cfg.update(overrides)
+    return Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
+
+
+def wrap(model, name="tiny"):
+    from sinkhole.models.loading import LoadedModel
+
+    return LoadedModel.wrap(model, IdTokenizer(), name=name)
+
+
+@pytest.fixture
+def tiny_llama_model():
+    return tiny_llama()
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def tiny_model(request):
+    return tiny_llama() if request.param == "llama" else tiny_gemma3()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M-Instruct as a LoadedModel (converted once into the user cache)."""
+    from sinkhole.models.loading import load_model
+
+    return load_model("smollm2-135m", log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    from sinkhole.models.loading import load_model
+
+    return load_model("gemma3-270m", log=lambda m: None)
