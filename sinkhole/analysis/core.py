@@ -12,6 +12,10 @@ Spikes (massive activations)
 - spike token: S[t] > threshold (default 10).
 - top value: the signed h_l[t, c] of largest |.| over layers l and channels c; reported with its
   layer and channel (Sun et al. 2024, "Massive Activations in LLMs").
+- step-up / step-down layers of token t: with n_{-1} = ||embedding[t]|| and n_l = ||h_l[t]||, the
+  layers whose output raises (step-up) or lowers (step-down) the token's residual norm by at least
+  STEP_FRACTION (10%) of its peak norm N[t]: n_l - n_{l-1} >= 0.1 N[t], resp. n_{l-1} - n_l >= 0.1 N[t].
+  Rise = first step-up layer, fall = last step-down layer, plateau between.
 - spike channels of token t: at the top value's layer l*, the channels c (among the K = 8 largest
   of token t) with |h_{l*}[t, c]| > threshold * median_s max_c' |h_{l*}[s, c']|, i.e. entries
   `threshold` times larger than the typical token's largest entry at that layer.
@@ -41,6 +45,7 @@ from sinkhole.report.schema import Report, SinkToken, SpikeToken
 DEFAULT_THRESHOLD = 10.0
 DEFAULT_EPSILON = 0.3
 DEFAULT_MIN_SINK_RATE = 0.5
+STEP_FRACTION = 0.1
 
 
 def peak_norm(resid_norm: np.ndarray) -> np.ndarray:
@@ -59,6 +64,15 @@ def top_value(top_channels: np.ndarray, top_values: np.ndarray, t: int) -> tuple
     mags = np.abs(top_values[:, t, 0])  # (L,) the largest entry of each layer comes first
     layer = int(mags.argmax())
     return float(top_values[layer, t, 0]), layer, int(top_channels[layer, t, 0])
+
+
+def step_layers(embed_norm: float, layer_norms: np.ndarray, fraction: float = STEP_FRACTION) -> tuple[list[int], list[int]]:
+    """(step-up layers, step-down layers) of one token from its per-layer residual norms (L,)."""
+    n = np.concatenate([[embed_norm], layer_norms])
+    delta = np.diff(n)  # delta[l] = n_l - n_{l-1}
+    peak = float(layer_norms.max())
+    return ([int(l) for l in np.flatnonzero(delta >= fraction * peak)],
+            [int(l) for l in np.flatnonzero(-delta >= fraction * peak)])
 
 
 def spike_channels(top_channels: np.ndarray, top_values: np.ndarray, t: int, layer: int, threshold: float) -> list[int]:
@@ -98,10 +112,12 @@ def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: flo
     spikes = []
     for t in np.flatnonzero(scores > threshold):
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, int(t))
+        up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t])
         spikes.append(asdict(SpikeToken(
             position=int(t), text=c.tokens[t], score=float(scores[t]), max_norm=float(peaks[t]),
             top_value=value, layer=layer, channel=channel,
             channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
+            step_up_layers=up, step_down_layers=down,
         )))
     mass = attention_mass(c.attn_mass)
     rate = sink_rate(c.attn_mass, epsilon)

@@ -31,6 +31,8 @@ class SpikeToken:
     layer: int  # layer of top_value
     channel: int  # channel of top_value
     channels: list[int]  # spike channels (see sinkhole.analysis.core.spike_channels)
+    step_up_layers: list[int]  # layers that raise the token's residual norm by >= 10% of its peak
+    step_down_layers: list[int]  # layers that lower it by >= 10% of its peak
 
 
 @dataclass

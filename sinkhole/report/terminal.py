@@ -18,6 +18,7 @@ def render_analysis(r: dict) -> str:
             f"  pos {s['position']}  {_tok(s['text'])}  score {s['score']:.1f}x  max |h| {abs(s['top_value']):.0f} "
             f"(layer {s['layer']}, channel {s['channel']})  channels {s['channels']}"
         )
+        lines.append(f"    rises at layer {s['step_up_layers']}, falls at layer {s['step_down_layers']}")
     sk = r["sinks"]
     lines.append(f"Sink tokens  {len(sk['tokens'])} found (epsilon {sk['epsilon']}, sink rate >= {sk['min_sink_rate']:.0%})")
     for s in sk["tokens"]:
