@@ -150,7 +150,7 @@ class ModelProbe:
                 f"{self.info.architecture}: attention ran {rec.attn_calls} times for {self.info.n_layers} layers; "
                 "this architecture is not supported by the probe"
             )
-        if rec.nonfinite():
+        if rec.overflowed():
             raise SinkholeError(
                 f"activations overflowed in {self.info.dtype} (massive activations exceed float16's 65504): "
                 "rerun with --dtype bfloat16 or --dtype float32"

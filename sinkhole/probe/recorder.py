@@ -68,6 +68,7 @@ class Recorder:
         self.embed_norm = torch.zeros(B, T)
         self.attn_calls = 0
         self.resid_calls = 0
+        self.saturated = False  # some |h| reached the largest finite value of the model's dtype
         self.taps: list = []
 
     # --- called from the attention function -------------------------------------------------
@@ -90,6 +91,8 @@ class Recorder:
     # --- called from forward hooks ----------------------------------------------------------
     def residual(self, layer: int, h: torch.Tensor) -> None:
         norm, ch, val = residual_stats(h, self.top_k)
+        if h.is_floating_point() and float(val[..., 0].abs().max()) >= torch.finfo(h.dtype).max:
+            self.saturated = True
         self.resid_norm[layer], self.resid_top_channels[layer], self.resid_top_values[layer] = (
             norm.cpu(), ch.cpu(), val.cpu(),
         )
@@ -103,8 +106,10 @@ class Recorder:
     def embedding(self, out: torch.Tensor) -> None:
         self.embed_norm[:] = torch.linalg.vector_norm(out.float(), dim=-1).cpu()
 
-    def nonfinite(self) -> bool:
-        """True when any statistic overflowed (inf) or went NaN, e.g. a float16 residual past 65504."""
+    def overflowed(self) -> bool:
+        """True when a statistic is inf/NaN or the residual hit its dtype's largest value (float16: 65504)."""
+        if self.saturated:
+            return True
         parts = [self.resid_norm, self.attn_out_norm, self.ffn_out_norm, self.embed_norm]
         parts += [c for c in self.attn_colsum if c is not None]
         return any(not torch.isfinite(p).all() for p in parts)

@@ -1,0 +1,34 @@
+"""Batch evaluation over prompt suites (`sinkhole eval`): is a model's sink/spike structure
+structural, or prompt-specific?
+
+    suite = load_suite("builtin")                       # sinkhole.eval.suite
+    rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
+    summary = write_outputs(rows, "runs/smollm2")       # summary.json, PNG figures, summary.html
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sinkhole.eval.aggregate import render_summary, summarize
+from sinkhole.eval.runner import MANIFEST_NAME, EvalSettings, run_eval
+from sinkhole.eval.suite import Suite, SuiteItem, load_suite
+
+__all__ = ["EvalSettings", "Suite", "SuiteItem", "load_suite", "run_eval", "summarize", "render_summary", "write_outputs"]
+
+
+def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -> dict:
+    """summary.json (+ PNG figures and summary.html) of the rows in `out_dir`; returns the summary."""
+    from sinkhole.report.schema import write_json
+
+    out = Path(out_dir)
+    run = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")) if (out / MANIFEST_NAME).is_file() else {}
+    summary = summarize(rows, run)
+    write_json(summary, out / "summary.json")
+    if figures and rows:
+        from sinkhole.eval.figures import write_figures, write_html
+
+        write_figures(rows, summary, out)
+        write_html(summary, render_summary(summary), out)
+    return summary

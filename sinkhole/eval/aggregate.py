@@ -1,0 +1,146 @@
+"""Aggregate results.jsonl rows into summary.json, and print it like the original 400-prompt study.
+
+Every per-prompt number is one `analyze` computed (see sinkhole.eval.runner.prompt_row); here we
+only take statistics over prompts:
+- per metric: mean, std (population, ddof=0), min, max, and n (prompts with a value; `jaccard` is
+  null for a prompt with neither spike nor sink, and such prompts are left out of its statistics),
+  overall and per category;
+- spike channels: the most common per-prompt channel set and the share of prompts that have exactly
+  it ("the same 4 channels in all 400"), among prompts with at least one spike; how often each
+  channel occurs; the mean of its signed value;
+- the share of prompts whose top sink is at each position (position 0, ...);
+- Pearson r between the sequence length (tokens) and the top sink's attention mass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+SUMMARY_SCHEMA = "sinkhole.eval-summary/1"
+METRICS = {  # key in a row -> label in the table
+    "n_spikes": "spike tokens / prompt",
+    "spike_score": "spike score (x median)",
+    "sink_mass": "sink attention mass",
+    "sink_rate": "sink rate (share of heads)",
+    "n_sinks": "sink tokens / prompt",
+    "sink_attention_share": "attention on sink slots",
+    "jaccard": "Jaccard(spikes, sinks)",
+    "n_tokens": "sequence length (tokens)",
+}
+PERCENT = {"sink_mass", "sink_rate", "sink_attention_share"}
+
+
+def stats(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+def pearson(x, y) -> float | None:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def metric_stats(rows: list[dict]) -> dict:
+    return {k: stats(r.get(k) for r in rows) for k in METRICS}
+
+
+def channel_summary(rows: list[dict]) -> dict:
+    spiking = [r for r in rows if r["spikes"]]
+    sets = Counter(tuple(r["spike_channels"]) for r in spiking)
+    mode, mode_n = sets.most_common(1)[0] if sets else ((), 0)
+    counts: Counter = Counter()
+    values: dict[int, list[float]] = {}
+    for r in spiking:
+        counts.update(r["spike_channels"])
+        for s in r["spikes"]:
+            for c, v in zip(s["channels"], s["channel_values"]):
+                values.setdefault(c, []).append(v)
+    channels = [
+        {"channel": c, "frequency": n / len(spiking), "mean_value": float(np.mean(values[c]))}
+        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return {
+        "prompts_with_spikes": len(spiking),
+        "most_common_set": list(mode),
+        "same_set_share": mode_n / len(spiking) if spiking else None,
+        "distinct_sets": len(sets),
+        "channels": channels,
+    }
+
+
+def summarize(rows: list[dict], run: dict | None = None) -> dict:
+    """The summary.json dict of a finished (or partial) run."""
+    cats = sorted({r["category"] for r in rows})
+    tops = Counter(r["top_sink"]["position"] for r in rows)
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "run": run or {},
+        "n_prompts": len(rows),
+        "metrics": metric_stats(rows),
+        "per_category": {c: {"n_prompts": sum(r["category"] == c for r in rows),
+                             "metrics": metric_stats([r for r in rows if r["category"] == c])} for c in cats},
+        "spike_channels": channel_summary(rows),
+        "top_sink_positions": {str(p): n / len(rows) for p, n in sorted(tops.items())} if rows else {},
+        "length_vs_sink_mass_r": pearson([r["n_tokens"] for r in rows], [r["sink_mass"] for r in rows]),
+    }
+
+
+def _fmt(key: str, x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if key in PERCENT:
+        return f"{100 * x:.1f}%"
+    if key == "spike_score":
+        return f"{x:.1f}x"
+    return f"{x:.2f}"
+
+
+def _fmt_std(key: str, x: float) -> str:
+    return f"{100 * x:.2f}%" if key in PERCENT else f"{x:.2f}"
+
+
+def _table(metrics: dict, indent: str = "") -> list[str]:
+    out = [f"{indent}{'metric':<28}{'mean':>9}{'± std':>10}{'min':>9}{'max':>9}"]
+    for k, label in METRICS.items():
+        s = metrics[k]
+        std = "" if s["std"] is None else "± " + _fmt_std(k, s["std"])
+        out.append(f"{indent}{label:<28}{_fmt(k, s['mean']):>9}{std:>10}{_fmt(k, s['min']):>9}{_fmt(k, s['max']):>9}")
+    return out
+
+
+def render_summary(summary: dict, per_category: bool = True) -> str:
+    run = summary.get("run", {})
+    model = run.get("model", {}).get("name", "?")
+    suite = run.get("suite", {}).get("source", "?")
+    lines = [f"Eval  {model}  on {summary['n_prompts']} prompts ({suite}, chat {run.get('settings', {}).get('chat')})"]
+    lines += _table(summary["metrics"])
+    ch = summary["spike_channels"]
+    if ch["prompts_with_spikes"]:
+        share = ch["same_set_share"]
+        lines.append(f"spike channels  {ch['most_common_set']} in {share:.0%} of the {ch['prompts_with_spikes']} prompts "
+                     f"with spikes ({ch['distinct_sets']} distinct sets)")
+        lines.append("  " + ", ".join(f"{c['channel']}: {c['frequency']:.0%} (mean {c['mean_value']:+.0f})" for c in ch["channels"][:8]))
+    else:
+        lines.append("spike channels  none (no prompt has a spike token)")
+    tops = ", ".join(f"pos {p}: {s:.0%}" for p, s in sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:4])
+    lines.append(f"top sink position  {tops}")
+    r = summary["length_vs_sink_mass_r"]
+    lines.append(f"Pearson r(sequence length, sink mass) = {'n/a' if r is None else f'{r:+.2f}'}")
+    if per_category and len(summary["per_category"]) > 1:
+        lines.append("per category (mean ± std)")
+        keys = ["spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens"]
+        lines.append(f"  {'category':<14}{'n':>4}" + "".join(f"{k:>20}" for k in keys))
+        for c, d in summary["per_category"].items():
+            cells = []
+            for k in keys:
+                s = d["metrics"][k]
+                cells.append("n/a" if s["mean"] is None else f"{_fmt(k, s['mean'])} ± {_fmt_std(k, s['std'])}")
+            lines.append(f"  {c:<14}{d['n_prompts']:>4}" + "".join(f"{x:>20}" for x in cells))
+    return "\n".join(lines)

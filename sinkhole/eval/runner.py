@@ -1,0 +1,245 @@
+"""Run a probe over a prompt suite: one compact row per prompt, batched, streamed, resumable.
+
+Design:
+- Prompts are tokenized once, sorted by length (longest first, so memory peaks early and the ETA
+  is pessimistic rather than optimistic) and cut into batches of at most `max_batch` prompts and
+  `max_batch_tokens` padded tokens (B x T_max). Sorting keeps padding small; the probe removes
+  padding's effect exactly (left padding, masked keys, position ids over real tokens only).
+- Each prompt's numbers are those of `sinkhole.analysis.core.analyze` on its own capture;
+  `prompt_row` only picks and names them, it defines no metric.
+- `DIR/results.jsonl` gets one JSON line per prompt, written per batch and fsync'ed. `DIR/run.json`
+  holds the settings that decide the numbers (model weights, suite hash, threshold, epsilon,
+  min_sink_rate, chat, top_k); a re-run with the same settings skips the rows already there, a
+  re-run with other settings is refused. A last line cut short by a kill is dropped and redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze
+from sinkhole.errors import SinkholeError
+from sinkhole.eval.suite import Suite, SuiteItem
+
+RUN_SCHEMA = "sinkhole.eval/1"
+RESULTS_NAME, MANIFEST_NAME = "results.jsonl", "run.json"
+DEFAULT_BATCH_TOKENS = 4096  # B x T_max per forward: large enough to amortise Python overhead on a CPU
+DEFAULT_MAX_BATCH = 32
+
+
+@dataclass
+class EvalSettings:
+    """The settings that decide a row's numbers (all in run.json), plus batching (which does not)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    epsilon: float = DEFAULT_EPSILON
+    min_sink_rate: float = DEFAULT_MIN_SINK_RATE
+    chat: bool | None = None  # None: the tokenizer's chat template when it has one
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
+    max_batch: int = DEFAULT_MAX_BATCH
+
+    def numbers(self) -> dict:
+        d = asdict(self)
+        for k in ("max_batch_tokens", "max_batch"):
+            d.pop(k)
+        return d
+
+
+def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices into `lengths`, longest first, cut so each batch has B <= max_batch and B * T_max <= budget.
+
+    A prompt longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        # Sorted descending, so the batch's T_max is its first prompt's length.
+        if cur and len(cur) < max_batch and (len(cur) + 1) * lengths[cur[0]] <= max_batch_tokens:
+            cur.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _spike_entry(s: dict, capture) -> dict:
+    """A spike token from the report, plus the signed values of its spike channels at its top layer."""
+    t, layer = s["position"], s["layer"]
+    at = dict(zip(capture.resid_top_channels[layer, t].tolist(), capture.resid_top_values[layer, t].tolist()))
+    keys = ("position", "text", "score", "top_value", "layer", "channel", "channels", "step_up_layers", "step_down_layers")
+    return {**{k: s[k] for k in keys}, "channel_values": [at[c] for c in s["channels"]]}
+
+
+def prompt_row(item: SuiteItem, capture, report) -> dict:
+    """One results.jsonl row: the prompt's numbers, all taken from its `analyze` report.
+
+    spike_score = max_t S[t]; sink_mass / sink_rate = those of the top sink (the token of largest
+    attention mass); spike_channels = union of the spike tokens' channels; sink_heads = (layer, head)
+    pairs whose alpha on the top sink exceeds epsilon.
+    """
+    sp, sk = report.spikes, report.sinks
+    top = sk["top"]
+    heads = np.asarray(report.extra["heads"]["mass_on_top_sink"]) > sk["epsilon"]
+    spikes = [_spike_entry(s, capture) for s in sp["tokens"]]
+    return {
+        "index": item.index,
+        "category": item.category,
+        "n_tokens": capture.n_tokens,
+        "n_spikes": len(spikes),
+        "spike_score": float(max(sp["per_token_score"])),
+        "spike_channels": sorted({c for s in spikes for c in s["channels"]}),
+        "spikes": spikes,
+        "n_sinks": len(sk["tokens"]),
+        "sink_mass": top["attn_mass"],
+        "sink_rate": top["sink_rate"],
+        "top_sink": {k: top[k] for k in ("position", "text", "attn_mass", "sink_rate")},
+        "sinks": [{k: s[k] for k in ("position", "text", "attn_mass", "sink_rate")} for s in sk["tokens"]],
+        "sink_heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(heads))],
+        "jaccard": report.overlap["jaccard"],
+        "sink_attention_share": report.kv["sink_attention_share"],
+        "tokens": list(capture.tokens),
+    }
+
+
+def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[list[dict]]:
+    """Rows for `items`, one list per batch (in batch order, not index order)."""
+    if not items:
+        return
+    encoded = [probe.encode(it.prompt, settings.chat)[0] for it in items]
+    limit = probe.info.max_context
+    for it, ids in zip(items, encoded):
+        if limit and len(ids) > limit:
+            raise SinkholeError(f"prompt {it.index} is {len(ids)} tokens, longer than {probe.info.name}'s context of {limit}")
+    for batch in plan_batches([len(ids) for ids in encoded], settings.max_batch_tokens, settings.max_batch):
+        captures = probe.run_batch([encoded[i] for i in batch])
+        rows = []
+        for i, cap in zip(batch, captures):
+            report = analyze(cap, settings.threshold, settings.epsilon, settings.min_sink_rate)
+            rows.append(prompt_row(items[i], cap, report))
+        yield rows
+
+
+def resolved_chat(probe, chat: bool | None) -> bool:
+    return probe.has_chat_template() if chat is None else bool(chat)
+
+
+def manifest(probe, suite: Suite, settings: EvalSettings) -> dict:
+    info = probe.info
+    numbers = settings.numbers()
+    numbers["chat"] = resolved_chat(probe, settings.chat)
+    return {
+        "schema": RUN_SCHEMA,
+        "model": {"name": info.name, "architecture": info.architecture, "weights_id": info.weights_id, "dtype": info.dtype},
+        "suite": {"source": suite.source, "sha256": suite.sha256, "count": len(suite)},
+        "settings": {**numbers, "top_k": probe.top_k},
+    }
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            show = (lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 24 else repr(v))
+            out.append(f"{prefix}{k} {show(a)} -> {show(b)}")
+    return out
+
+
+class ResultsStore:
+    """DIR/run.json + DIR/results.jsonl, append-only, crash-tolerant."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.results = self.dir / RESULTS_NAME
+        self.manifest_path = self.dir / MANIFEST_NAME
+
+    def open(self, new_manifest: dict) -> dict[int, dict]:
+        """Check (or write) the manifest and return the rows already done, keyed by prompt index."""
+        from sinkhole.models.loading import write_atomic
+
+        if self.dir.exists() and not self.dir.is_dir():
+            raise SinkholeError(f"--out {self.dir} is a file, not a directory")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.manifest_path.is_file():
+            try:
+                old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise SinkholeError(f"{self.manifest_path} is unreadable ({err}); use another --out") from None
+            diff = _differences(old, new_manifest)
+            if diff:
+                raise SinkholeError(
+                    f"{self.dir} holds a run with other settings ({'; '.join(diff[:3])}); "
+                    "use another --out directory or delete this one"
+                )
+        elif self.results.exists() and self.results.stat().st_size:
+            raise SinkholeError(f"{self.results} exists without {MANIFEST_NAME}; use another --out directory")
+        else:
+            write_atomic(self.manifest_path, json.dumps(new_manifest, indent=1, ensure_ascii=False))
+        return self.read_rows()
+
+    def read_rows(self) -> dict[int, dict]:
+        """Complete rows by index. A last line without its newline (a write cut by a kill) is cut off the file."""
+        if not self.results.is_file():
+            return {}
+        data = self.results.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            with open(self.results, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        rows: dict[int, dict] = {}
+        for lineno, line in enumerate(data[:end].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                index = int(row["index"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise SinkholeError(f"{self.results}:{lineno} is corrupt; use another --out directory") from None
+            rows.setdefault(index, row)
+        return rows
+
+    def append(self, rows: list[dict]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        with open(self.results, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def run_eval(probe, suite: Suite, out_dir: str | Path | None, settings: EvalSettings | None = None,
+             progress: Callable[[int], None] | None = None, initial: Callable[[int], None] | None = None) -> list[dict]:
+    """Evaluate `suite`; with `out_dir`, stream rows to it and resume what is there. Returns rows by index.
+
+    progress(n) is called after each batch with the number of prompts it finished; initial(n) once
+    with the number already done.
+    """
+    settings = settings or EvalSettings()
+    settings.chat = resolved_chat(probe, settings.chat)
+    done: dict[int, dict] = {}
+    store = None
+    if out_dir is not None:
+        store = ResultsStore(out_dir)
+        done = store.open(manifest(probe, suite, settings))
+        wanted = {it.index for it in suite.items}
+        stray = set(done) - wanted
+        if stray:
+            raise SinkholeError(f"{store.results} holds rows for prompts not in this suite (index {min(stray)})")
+    if initial is not None:
+        initial(len(done))
+    todo = [it for it in suite.items if it.index not in done]
+    for rows in evaluate(probe, todo, settings):
+        if store is not None:
+            store.append(rows)
+        done.update((r["index"], r) for r in rows)
+        if progress is not None:
+            progress(len(rows))
+    return [done[it.index] for it in suite.items]

@@ -1,0 +1,227 @@
+"""Calibration statistics of every Linear layer's input, for quantization.
+
+Design: one forward pre-hook per `nn.Linear` inside the decoder layers, installed by the context
+manager `linear_input_hooks` and removed in `finally`. Each hook folds its input into running
+reductions (`LinearInputStats.update`), so memory is O(channels) per module whatever the amount of
+calibration text: no activation is ever stored. Sequences run one at a time (batch 1, no padding),
+so every position is a real token.
+
+Definitions, for the input x (T tokens, C channels) of one Linear on one sequence:
+- channel absmax a[c] = max over all calibration tokens of |x[t, c]| (SmoothQuant's activation scale).
+- channel ratio of c = a[c] / median_c' a[c']: how far channel c sticks out of the typical channel.
+- share >= 6 = share of all values with |x| >= 6 (LLM.int8()'s default outlier threshold).
+- token max m[t] = max_c |x[t, c]|; token ratio r[t] = m[t] / median_s m[s] over the tokens s of the
+  same sequence (PrefixQuant's top-1 / median statistic).
+- outlier token: r[t] > 64 (PrefixQuant's rule, eta = 64).
+- per-tensor absmax = max_c a[c]: the scale a naive per-tensor static int8 quantizer would use.
+`skip_positions` leaves the first positions of every sequence out of all of these (the prefix rows
+of a PrefixQuant/CushionCache run, whose KV is computed once in float).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+OUTLIER_TOKEN_RATIO = 64.0  # PrefixQuant's eta
+INT8_OUTLIER_THRESHOLD = 6.0  # LLM.int8()'s default
+THRESHOLD_EDGES = (1.0, 2.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+MAX_TOKEN_EXAMPLES = 16  # outlier token examples kept per module (counts are complete)
+
+
+@dataclass
+class LinearInputStats:
+    """Running statistics of one Linear's input. `update` takes (T, C) rows of one sequence."""
+
+    name: str
+    layer: int | None
+    kind: str  # last part of the module name: q_proj, down_proj, ...
+    n_channels: int
+    channel_absmax: torch.Tensor = None  # (C,) float32
+    n_values: int = 0
+    n_tokens: int = 0
+    n_sequences: int = 0
+    count_ge: np.ndarray = None  # (len(THRESHOLD_EDGES),) values with |x| >= edge
+    columns_ge: np.ndarray = None  # (len(edges),) sum over sequences of #channels with max |x| >= edge
+    token_ratio_max: float = 0.0
+    n_outlier_tokens: int = 0
+    outlier_positions: Counter = field(default_factory=Counter)
+    outlier_token_ids: Counter = field(default_factory=Counter)
+    examples: list = field(default_factory=list)  # [{sequence, position, token_id, ratio}]
+
+    def __post_init__(self):
+        if self.channel_absmax is None:
+            self.channel_absmax = torch.zeros(self.n_channels)
+        if self.count_ge is None:
+            self.count_ge = np.zeros(len(THRESHOLD_EDGES), dtype=np.int64)
+        if self.columns_ge is None:
+            self.columns_ge = np.zeros(len(THRESHOLD_EDGES), dtype=np.int64)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, token_ids: Sequence[int] | None = None, offset: int = 0) -> None:
+        """Fold one sequence's input rows x (T, C) into the running statistics."""
+        a = x.detach().abs().float()  # (T, C)
+        if a.shape[0] == 0:
+            return
+        self.channel_absmax = torch.maximum(self.channel_absmax, a.amax(dim=0).cpu())
+        self.count_ge += np.array([int((a >= e).sum()) for e in THRESHOLD_EDGES])
+        col_max = a.amax(dim=0)  # (C,)
+        edges = torch.tensor(THRESHOLD_EDGES, device=a.device)
+        self.columns_ge += (col_max.unsqueeze(-1) >= edges).sum(dim=0).cpu().numpy()
+        self.n_values += a.numel()
+        self.n_tokens += a.shape[0]
+        tok_max = a.amax(dim=1)  # (T,)
+        ratio = (tok_max / tok_max.median().clamp_min(1e-30)).cpu()
+        self.token_ratio_max = max(self.token_ratio_max, float(ratio.max()))
+        for t in torch.nonzero(ratio > OUTLIER_TOKEN_RATIO).flatten().tolist():
+            pos = t + offset
+            tid = int(token_ids[pos]) if token_ids is not None else -1
+            self.n_outlier_tokens += 1
+            self.outlier_positions[pos] += 1
+            self.outlier_token_ids[tid] += 1
+            if len(self.examples) < MAX_TOKEN_EXAMPLES:
+                self.examples.append({"sequence": self.n_sequences, "position": pos, "token_id": tid,
+                                      "ratio": float(ratio[t])})
+        self.n_sequences += 1
+
+    @property
+    def absmax(self) -> float:
+        return float(self.channel_absmax.max())
+
+    def channel_ratios(self) -> torch.Tensor:
+        """(C,) channel absmax over the median channel absmax."""
+        return self.channel_absmax / self.channel_absmax.median().clamp_min(1e-30)
+
+    def share_ge(self, threshold: float = INT8_OUTLIER_THRESHOLD) -> float:
+        i = THRESHOLD_EDGES.index(threshold)
+        return float(self.count_ge[i]) / max(self.n_values, 1)
+
+    def mean_outlier_columns(self, threshold: float) -> float:
+        """Mean over sequences of the number of channels with some |x| >= threshold (LLM.int8's fp16 columns)."""
+        return float(self.columns_ge[THRESHOLD_EDGES.index(threshold)]) / max(self.n_sequences, 1)
+
+    def to_dict(self, top: int = 8, tokenizer=None) -> dict:
+        ratios = self.channel_ratios()
+        order = torch.argsort(self.channel_absmax, descending=True)[:top].tolist()
+
+        def text(tid: int) -> str | None:
+            return tokenizer.decode([tid]) if tokenizer is not None and tid >= 0 else None
+
+        return {
+            "name": self.name, "layer": self.layer, "kind": self.kind, "n_channels": self.n_channels,
+            "absmax": self.absmax, "median_channel_absmax": float(self.channel_absmax.median()),
+            "top_channels": [{"channel": c, "absmax": float(self.channel_absmax[c]), "ratio": float(ratios[c])}
+                             for c in order],
+            "share_ge_6": self.share_ge(INT8_OUTLIER_THRESHOLD),
+            "token_ratio_max": self.token_ratio_max,
+            "n_outlier_tokens": self.n_outlier_tokens,
+            "outlier_positions": {str(k): v for k, v in sorted(self.outlier_positions.items())},
+            "outlier_tokens": [{"token_id": k, "text": text(k), "count": v}
+                               for k, v in self.outlier_token_ids.most_common(8)],
+            "examples": self.examples,
+        }
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every decoder Linear's input over a calibration set (see the module docstring)."""
+
+    model: dict  # {name, architecture, weights_id, n_layers}
+    modules: dict[str, LinearInputStats]  # module name -> stats, in model order
+    n_sequences: int
+    n_tokens: int
+    source: str
+    skip_positions: int = 0
+    first_token_ids: list[int] = field(default_factory=list)  # token 0 of each calibration sequence
+
+    def hot_modules(self, min_ratio: float = OUTLIER_TOKEN_RATIO) -> list[str]:
+        """Modules whose largest token ratio exceeds `min_ratio` (they see PrefixQuant outlier tokens)."""
+        return [n for n, s in self.modules.items() if s.token_ratio_max > min_ratio]
+
+    def to_dict(self, tokenizer=None, top: int = 8) -> dict:
+        return {
+            "schema": "sinkhole.quant-stats/1", "model": self.model, "source": self.source,
+            "n_sequences": self.n_sequences, "n_tokens": self.n_tokens, "skip_positions": self.skip_positions,
+            "outlier_token_ratio": OUTLIER_TOKEN_RATIO,
+            "modules": [s.to_dict(top=top, tokenizer=tokenizer) for s in self.modules.values()],
+        }
+
+
+def decoder_linears(model: nn.Module, family) -> dict[str, tuple[int, nn.Linear]]:
+    """Full module name -> (layer index, Linear) for every Linear inside the decoder layers, in order."""
+    layers = family.decoder_layers(model)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    out = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        prefix, _, _ = name.rpartition(".")
+        # The layer is the nearest ancestor that is a decoder layer.
+        parts = prefix.split(".")
+        for k in range(len(parts), 0, -1):
+            anc = model.get_submodule(".".join(parts[:k]))
+            if id(anc) in index:
+                out[name] = (index[id(anc)], module)
+                break
+    return out
+
+
+@contextmanager
+def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputStats],
+                       state: dict) -> Iterator[None]:
+    """Fold every decoder Linear's input into `stats[name]` while inside; hooks removed in `finally`.
+
+    `state` carries what the hooks need about the current sequence: `token_ids` and `skip` (rows to ignore).
+    """
+    handles = []
+    linears = decoder_linears(model, family)
+
+    def make(name: str):
+        def hook(module, args):
+            x = args[0]  # (1, T, C)
+            skip = state.get("skip", 0)
+            stats[name].update(x[0, skip:], token_ids=state.get("token_ids"), offset=skip)
+        return hook
+
+    try:
+        for name, (layer, lin) in linears.items():
+            if name not in stats:
+                stats[name] = LinearInputStats(name, layer, name.rpartition(".")[2], lin.in_features)
+            handles.append(lin.register_forward_pre_hook(make(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def collect_stats(lm, sequences: Sequence[Sequence[int]], skip_positions: int = 0, source: str = "",
+                  progress=None) -> CalibrationStats:
+    """Run `sequences` (token id lists) one by one through `lm` (a LoadedModel) and collect statistics.
+
+    `skip_positions`: rows 0..skip-1 of every sequence are left out (a prefix already in the KV cache).
+    """
+    model, family = lm.model, lm.family
+    stats: dict[str, LinearInputStats] = {}
+    state: dict = {"skip": skip_positions}
+    n_tokens = 0
+    with linear_input_hooks(model, family, stats, state):
+        for i, ids in enumerate(sequences):
+            state["token_ids"] = list(ids)
+            model(torch.tensor([list(ids)], device=lm.device), use_cache=False)
+            n_tokens += max(len(ids) - skip_positions, 0)
+            if progress:
+                progress(i + 1, len(sequences))
+    cfg = model.config
+    return CalibrationStats(
+        model={"name": lm.name, "architecture": getattr(cfg, "model_type", ""), "weights_id": lm.weights_id,
+               "n_layers": getattr(cfg, "num_hidden_layers", None)},
+        modules=stats, n_sequences=len(sequences), n_tokens=n_tokens, source=source,
+        skip_positions=skip_positions, first_token_ids=[int(s[0]) for s in sequences if len(s)],
+    )

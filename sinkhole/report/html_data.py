@@ -1,0 +1,232 @@
+"""The data an HTML report embeds: a compact, JSON-ready view of a report dict (and its Capture).
+
+The page is one file with plotly.js inlined (~4.8 MB), so everything else must stay small: floats are
+rounded to 4 significant digits, and the two big arrays are packed as little-endian integers in
+base64 (`pack`):
+    maps   (L, H, T(T+1)/2) uint8, square-root scale: byte = round(255 sqrt(p)), p = (byte/255)^2.
+           Only the causal lower triangle (query t, key k <= t), row by row. Error <= 0.4% of 1 near
+           p = 1 and much finer for small p, where attention patterns live.
+    alpha  (L, H, T) uint16, linear: alpha = value / 65535 (error <= 8e-6).
+Full query x key maps are embedded only when T <= MAPS_MAX_LEN and L*H*T(T+1)/2 <= MAPS_MAX_BYTES;
+otherwise the page shows the per-key view (alpha per head), and says so.
+
+Sections whose structure sinkhole does not know (`mechanism`, `eval`, any other extra key) become a
+generic tree (`to_nodes`): dicts of scalars -> tables, lists of numbers -> line charts, rectangular
+lists of number lists -> heatmaps, lists of flat dicts -> tables with columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections import Counter
+
+import numpy as np
+
+MAPS_MAX_LEN = 96  # full (query x key) maps for inputs up to this many tokens
+MAPS_MAX_BYTES = 2_000_000  # and only if all heads' lower triangles fit in this many bytes
+CHANNELS_MAX = 8  # spike channels drawn across layers
+NODES_MAX_ITEMS = 60  # children shown per generic list / dict before "... more"
+NODES_MAX_ROWS = 300  # rows shown per generic table
+NODES_MAX_DEPTH = 6
+
+# report keys the dedicated sections draw; any other top-level key gets a generic section
+KNOWN_KEYS = {"schema", "model", "prompt", "chat", "tokens", "spikes", "sinks", "overlap", "kv", "layers",
+              "heads", "residual", "attention_maps"}
+
+
+def rnd(x, digits: int = 4):
+    """Round every float in a JSON-like value to `digits` significant digits; NaN/inf -> None."""
+    if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
+        return x
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return None
+        if x == 0.0:
+            return 0.0
+        r = float(f"{x:.{digits}g}")
+        return int(r) if r.is_integer() and abs(r) < 1e15 else r
+    if isinstance(x, dict):
+        return {str(k): rnd(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [rnd(v, digits) for v in x]
+    if isinstance(x, np.ndarray):
+        return rnd(x.tolist(), digits)
+    if isinstance(x, np.generic):
+        return rnd(x.item(), digits)
+    return str(x)
+
+
+def pack(a: np.ndarray, dtype: str, scale: str) -> dict:
+    """Quantise values in [0, 1] to uint8/uint16 ('sqrt' or 'linear' scale), little-endian base64."""
+    a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    if scale == "sqrt":
+        a = np.sqrt(a)
+    top = {"u8": 255, "u16": 65535}[dtype]
+    q = np.rint(a * top).astype("<u1" if dtype == "u8" else "<u2")
+    return {"shape": list(a.shape), "dtype": dtype, "scale": scale, "b64": base64.b64encode(q.tobytes()).decode("ascii")}
+
+
+def unpack(p: dict) -> np.ndarray:
+    """Inverse of `pack` (up to quantisation); used by tests and by anyone reading the page's data."""
+    q = np.frombuffer(base64.b64decode(p["b64"]), dtype="<u1" if p["dtype"] == "u8" else "<u2")
+    a = q.astype(np.float64) / (255 if p["dtype"] == "u8" else 65535)
+    return (a * a if p["scale"] == "sqrt" else a).reshape(p["shape"])
+
+
+def lower_triangles(maps: np.ndarray) -> np.ndarray:
+    """(L, H, T, T) -> (L, H, T(T+1)/2): entries (q, k <= q), row by row; index q(q+1)/2 + k."""
+    T = maps.shape[-1]
+    rows, cols = np.tril_indices(T)  # row-major order: (0,0), (1,0), (1,1), (2,0) ...
+    return maps[..., rows, cols]
+
+
+def maps_plan(n_layers: int, n_heads: int, T: int, have_maps: bool) -> tuple[bool, str]:
+    """Whether the page embeds full maps, and the sentence it shows about it."""
+    size = n_layers * n_heads * T * (T + 1) // 2
+    if have_maps and T <= MAPS_MAX_LEN and size <= MAPS_MAX_BYTES:
+        return True, (f"Full query × key attention maps are shown for inputs up to {MAPS_MAX_LEN} tokens "
+                      f"(this one has {T}).")
+    if T > MAPS_MAX_LEN:
+        why = f"this input has {T} tokens, more than the {MAPS_MAX_LEN} for which full query × key maps are embedded"
+    elif size > MAPS_MAX_BYTES:
+        why = f"all {n_layers * n_heads} heads' maps would take {size / 1e6:.1f} MB"
+    else:
+        why = "the capture holds no attention maps (render with the Capture of a run with maps_max_len)"
+    return False, f"Per-key view: {why}, so each head shows α(k), the mean attention key k receives."
+
+
+def spike_channel_set(report: dict, top_channels: np.ndarray) -> tuple[list[int], str]:
+    """Channels to draw across layers: the spike tokens' spike channels, else the most common top-1."""
+    chans: list[int] = []
+    for s in report["spikes"]["tokens"]:
+        for c in [s["channel"], *s["channels"]]:
+            if c not in chans:
+                chans.append(int(c))
+    if chans:
+        return chans[:CHANNELS_MAX], "the spike tokens' spike channels"
+    common = Counter(top_channels[:, :, 0].ravel().tolist()).most_common(4)
+    return [int(c) for c, _ in common], "no spike tokens: the channels most often largest in a token's residual"
+
+
+def channel_values(top_channels: np.ndarray, top_values: np.ndarray, chans: list[int]) -> list:
+    """(L, T, K) top-K -> [T][C][L] value of each channel, None where it is below the token's top-K."""
+    L, T, _ = top_channels.shape
+    out = np.full((T, len(chans), L), np.nan)
+    for ci, c in enumerate(chans):
+        hit = top_channels == c  # (L, T, K); a channel appears at most once per (l, t)
+        val = np.where(hit, top_values, 0.0).sum(-1)  # (L, T)
+        out[:, ci, :] = np.where(hit.any(-1), val, np.nan).T
+    return rnd(out.tolist())
+
+
+def view(report: dict, capture=None) -> dict:
+    """Everything the page's script needs, compact and rounded."""
+    m = report["model"]
+    T = len(report["tokens"])
+    L, H = int(m["n_layers"]), int(m["n_heads"])
+    heads = report.get("heads") or {}
+    resid = report.get("residual") or {}
+    v = {
+        "model": rnd(m), "T": T, "L": L, "H": H,
+        "tokens": [t["text"] for t in report["tokens"]],
+        "ids": [t["id"] for t in report["tokens"]],
+        "mass": rnd(report["sinks"]["per_token_mass"]),
+        "sink_rate": rnd(report["sinks"]["per_token_sink_rate"]),
+        "score": rnd(report["spikes"].get("per_token_score")),
+        "spikes": rnd(report["spikes"]["tokens"]),
+        "sinks": rnd(report["sinks"]["tokens"]),
+        "top_sink": rnd(report["sinks"]["top"]),
+        "threshold": report["spikes"]["threshold"], "epsilon": report["sinks"]["epsilon"],
+        "heads": rnd(heads.get("mass_on_top_sink")),
+        "layers": rnd(report.get("layers", {})),
+        "resid_norm": rnd(resid.get("norm")),
+        "embed_norm": rnd(resid.get("embed_norm")),
+        "maps": None, "alpha": None, "channels": None,
+    }
+    have_maps = capture is not None and capture.attn_maps is not None
+    embed_maps, v["maps_note"] = maps_plan(L, H, T, have_maps)
+    if capture is not None:
+        if embed_maps:
+            v["maps"] = pack(lower_triangles(capture.attn_maps.astype(np.float32)), "u8", "sqrt")
+        v["alpha"] = pack(capture.attn_mass, "u16", "linear")
+        chans, why = spike_channel_set(report, capture.resid_top_channels)
+        v["channels"] = {"channels": chans, "why": why, "k": int(capture.resid_top_channels.shape[-1]),
+                         "values": channel_values(capture.resid_top_channels, capture.resid_top_values, chans)}
+    if capture is None:
+        v["maps_note"] = ("Per-key view unavailable: this page was rendered from a report without its Capture, "
+                          "which holds per-head attention; only the layers × heads grid is shown.")
+    v["sections"] = [{"key": k, "nodes": to_nodes(report[k])} for k in _section_keys(report)]
+    return v
+
+
+def _section_keys(report: dict) -> list[str]:
+    first = [k for k in ("mechanism", "eval") if report.get(k) is not None]
+    return first + [k for k in report if k not in KNOWN_KEYS and k not in first and report[k] is not None]
+
+
+def _is_num(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _is_scalar(x) -> bool:
+    return x is None or isinstance(x, (bool, int, float, str))
+
+
+def to_nodes(x, depth: int = 0) -> list[dict]:
+    """A JSON-like value as display nodes: table, series, matrix, records, group, json."""
+    if depth >= NODES_MAX_DEPTH:
+        return [{"kind": "json", "value": rnd(x)}]
+    if _is_scalar(x):
+        return [{"kind": "table", "rows": [["value", rnd(x)]]}]
+    if isinstance(x, dict):
+        nodes, rows = [], []
+        for k, val in x.items():
+            if _is_scalar(val) or (isinstance(val, list) and (len(val) <= 1 or _short_scalars(val))):
+                rows.append([str(k), rnd(val)])
+        if rows:
+            nodes.append({"kind": "table", "rows": rows[:NODES_MAX_ROWS], "more": max(0, len(rows) - NODES_MAX_ROWS)})
+        in_table = {r[0] for r in rows}
+        rest = [(k, val) for k, val in x.items() if str(k) not in in_table]
+        for k, val in rest[:NODES_MAX_ITEMS]:
+            nodes.append(_titled(str(k), val, depth))
+        if len(rest) > NODES_MAX_ITEMS:
+            nodes.append({"kind": "note", "text": f"... {len(rest) - NODES_MAX_ITEMS} more entries not shown"})
+        return nodes
+    if isinstance(x, (list, tuple)):
+        return [_list_node(list(x), depth)]
+    return [{"kind": "json", "value": rnd(x)}]
+
+
+def _short_scalars(xs: list) -> bool:
+    """A short list of scalars reads best as one table cell (e.g. layer lists [3, 11])."""
+    return all(_is_scalar(v) for v in xs) and (len(xs) <= 8 or not all(_is_num(v) for v in xs))
+
+
+def _titled(title: str, val, depth: int) -> dict:
+    if isinstance(val, list):
+        node = _list_node(val, depth + 1)
+        if node["kind"] in ("series", "matrix", "records"):
+            return {**node, "title": title}
+    return {"kind": "group", "title": title, "children": to_nodes(val, depth + 1)}
+
+
+def _list_node(xs: list, depth: int) -> dict:
+    if xs and all(_is_num(v) for v in xs):
+        return {"kind": "series", "y": rnd(xs)}
+    if (xs and all(isinstance(r, list) and r and all(_is_num(v) for v in r) for r in xs)
+            and len({len(r) for r in xs}) == 1):
+        return {"kind": "matrix", "z": rnd(xs)}
+    if xs and all(isinstance(r, dict) and all(_is_scalar(v) or _short_scalars(v) for v in r.values()) for r in xs):
+        cols: list[str] = []
+        for r in xs:
+            cols += [str(k) for k in r if str(k) not in cols]
+        rows = [[rnd(r.get(c)) for c in cols] for r in xs[:NODES_MAX_ROWS]]
+        return {"kind": "records", "columns": cols, "rows": rows, "more": max(0, len(xs) - NODES_MAX_ROWS)}
+    if all(_is_scalar(v) for v in xs):
+        return {"kind": "table", "rows": [[str(i), rnd(v)] for i, v in enumerate(xs[:NODES_MAX_ROWS])],
+                "more": max(0, len(xs) - NODES_MAX_ROWS)}
+    children = [_titled(f"[{i}]", v, depth) for i, v in enumerate(xs[:NODES_MAX_ITEMS])]
+    if len(xs) > NODES_MAX_ITEMS:
+        children.append({"kind": "note", "text": f"... {len(xs) - NODES_MAX_ITEMS} more items not shown"})
+    return {"kind": "group", "title": "", "children": children}

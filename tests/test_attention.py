@@ -1,0 +1,77 @@
+"""attention_with_stats against SDPA and a brute-force softmax: outputs, column sums, maps."""
+
+import pytest
+import torch
+
+from sinkhole.probe.attention import attention_with_stats
+
+
+def brute(q, k, v, allowed, scaling, softcap=None, sinks=None):
+    """Full (B, Hq, Tq, Tk) probabilities the slow way, with keys repeated for GQA."""
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    s = (q @ k.transpose(-1, -2)) * scaling
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    s = s.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:
+        s = torch.cat([s, sinks.reshape(1, -1, 1, 1).expand(*s.shape[:3], 1)], -1)
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    p = p[..., :-1] if sinks is not None else p
+    return p, (p @ v).transpose(1, 2)
+
+
+def causal(Tq, Tk):
+    return torch.arange(Tk)[None, :] <= torch.arange(Tk - Tq, Tk)[:, None]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 700, 1 << 30])  # one row per block, a few rows, all at once
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (4, 4), (6, 1)])
+def test_matches_sdpa_and_brute_force_causal(block_bytes, hq, hkv):
+    torch.manual_seed(0)
+    B, T, D = 2, 13, 8
+    q, k, v = torch.randn(B, hq, T, D), torch.randn(B, hkv, T, D), torch.randn(B, hkv, T, D)
+    out, colsum, probs = attention_with_stats(q, k, v, None, D**-0.5, block_bytes=block_bytes, keep_probs=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert out.shape == (B, T, hq, D)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    p, _ = brute(q, k, v, causal(T, T), D**-0.5)
+    torch.testing.assert_close(colsum, p.sum(-2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs.float(), p, atol=1e-3, rtol=1e-3)
+
+
+def test_bool_and_float_masks_with_padding_and_query_validity():
+    torch.manual_seed(1)
+    B, H, T, D = 2, 4, 9, 8
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, D)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :3] = False  # left padding on sequence 1
+    allowed = causal(T, T)[None, None] & valid[:, None, None, :]
+    float_mask = torch.zeros(B, 1, T, T).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    p, ref_out = brute(q, k, v, allowed, 0.3)
+    ref_col = (p * valid[:, None, :, None]).sum(-2)
+    for mask in (allowed, float_mask):
+        out, colsum, _ = attention_with_stats(q, k, v, mask, 0.3, query_valid=valid, block_bytes=500)
+        torch.testing.assert_close(colsum, ref_col, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[0], ref_out[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[1, 3:], ref_out[1, 3:], atol=1e-5, rtol=1e-5)
+    assert colsum[1, :, :3].abs().max() == 0  # padded keys receive nothing
+
+
+def test_sliding_window_mask_decode_offset_softcap_and_sinks():
+    torch.manual_seed(2)
+    B, H, Tq, Tk, D = 1, 2, 3, 10, 4  # decoding: 3 queries at the end of 10 keys
+    q, k, v = torch.randn(B, H, Tq, D), torch.randn(B, H, Tk, D), torch.randn(B, H, Tk, D)
+    rows = torch.arange(Tk - Tq, Tk)[:, None]
+    cols = torch.arange(Tk)[None, :]
+    window = (cols <= rows) & (cols > rows - 4)
+    sinks = torch.tensor([0.5, -1.0])
+    p, ref = brute(q, k, v, window, 0.5, softcap=2.0, sinks=sinks)
+    out, colsum, _ = attention_with_stats(q, k, v, window[None, None], 0.5, softcap=2.0, sinks=sinks, block_bytes=1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(colsum, p.sum(-2), atol=1e-5, rtol=1e-5)
+    # mask None with an offset means plain causal relative to the end
+    p2, ref2 = brute(q, k, v, causal(Tq, Tk), 0.5)
+    out2, col2, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
+    torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(col2, p2.sum(-2), atol=1e-5, rtol=1e-5)
