@@ -31,6 +31,7 @@ RUN_SCHEMA = "sinkhole.eval/1"
 RESULTS_NAME, MANIFEST_NAME = "results.jsonl", "run.json"
 DEFAULT_BATCH_TOKENS = 4096  # B x T_max per forward: large enough to amortise Python overhead on a CPU
 DEFAULT_MAX_BATCH = 32
+MIN_FILL = 0.7  # a prompt joins a batch only if it is at least this share of the batch's longest
 
 
 @dataclass
@@ -51,17 +52,19 @@ class EvalSettings:
         return d
 
 
-def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch: int) -> list[list[int]]:
+def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch: int, min_fill: float = MIN_FILL) -> list[list[int]]:
     """Indices into `lengths`, longest first, cut so each batch has B <= max_batch and B * T_max <= budget.
 
-    A prompt longer than the budget gets a batch of its own.
+    A new batch also starts when a prompt is shorter than `min_fill` x the batch's longest, so that
+    padding stays under 1 - min_fill of any batch. A prompt longer than the budget gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     for i in order:
         cur = batches[-1] if batches else None
         # Sorted descending, so the batch's T_max is its first prompt's length.
-        if cur and len(cur) < max_batch and (len(cur) + 1) * lengths[cur[0]] <= max_batch_tokens:
+        if (cur and len(cur) < max_batch and (len(cur) + 1) * lengths[cur[0]] <= max_batch_tokens
+                and lengths[i] >= min_fill * lengths[cur[0]]):
             cur.append(i)
         else:
             batches.append([i])

@@ -39,6 +39,7 @@ class Family:
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
+    act_fn: str = "act_fn"  # inside `mlp`: the gate's activation module (SiLU, GELU-tanh, ...)
     k_proj: str = "k_proj"
     q_proj: str = "q_proj"
 

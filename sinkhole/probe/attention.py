@@ -64,8 +64,7 @@ def attention_with_stats(
     G = Hq // Hkv
     offset = Tk - Tq  # absolute position of query row 0 among the keys
     q = query.reshape(B, Hkv, G, Tq, D)
-    k_t = key.unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Tk)
-    v = value.unsqueeze(2)  # (B, Hkv, 1, Tk, Dv)
+    k_t = key.transpose(-1, -2)  # (B, Hkv, D, Tk)
     out = torch.empty(B, Hkv, G, Tq, Dv, dtype=query.dtype, device=query.device)
     colsum = torch.zeros(B, Hkv, G, Tk, dtype=torch.float32, device=query.device)
     probs_all = (
@@ -74,30 +73,47 @@ def attention_with_stats(
     block = max(1, min(Tq, block_bytes // max(1, B * Hq * Tk * 4)))
     for q0 in range(0, Tq, block):
         q1 = min(Tq, q0 + block)
+        tb = q1 - q0
         # In a causal model, keys past the block's last query are invisible: skip them.
         kend = offset + q1 if (causal or mask is None) else Tk
-        scores = torch.matmul(q[:, :, :, q0:q1].float(), k_t[..., :kend].float()) * scaling  # (B,Hkv,G,tb,kend)
+        # The G query heads sharing a KV head are stacked along rows: one plain batched GEMM per
+        # KV head, with no broadcast copy of the keys.
+        # Scaling the (small) query block instead of the (large) scores saves a pass over memory.
+        qb = q[:, :, :, q0:q1].reshape(B, Hkv, G * tb, D).float() * scaling
+        scores = torch.matmul(qb, k_t[..., :kend].float()).view(B, Hkv, G, tb, kend)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
+        dead = None  # fully masked query rows (left padding): they would softmax to NaN
         if mask is None:
-            rows = torch.arange(offset + q0, offset + q1, device=query.device)[:, None]
-            allowed = torch.arange(kend, device=query.device)[None, :] <= rows  # (tb, kend)
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            # Only the block's diagonal square holds keys later than some of its queries.
+            d0 = offset + q0
+            hidden = torch.ones(tb, kend - d0, dtype=torch.bool, device=query.device).triu_(1)
+            scores[..., d0:].masked_fill_(hidden, float("-inf"))
         else:
             m = mask[..., q0:q1, :kend]
-            m = m.reshape(m.shape[0], -1, 1, q1 - q0, kend) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, G, q1 - q0, kend)
-            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+            m = m.reshape(m.shape[0], -1, 1, tb, kend) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, G, tb, kend)
+            if m.dtype == torch.bool:
+                scores.masked_fill_(~m, float("-inf"))
+                dead = ~m.any(dim=-1, keepdim=True)  # checked on the mask, which has no head axis: cheap
+                dead = dead if dead.any() else None
+            else:
+                scores.add_(m.float())
+        if dead is not None:
+            scores.masked_fill_(dead, 0.0)
         if sinks is not None:
-            sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, q1 - q0, 1)
+            sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
             p = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)[..., :-1]
         else:
             p = torch.softmax(scores, dim=-1)
-        p = torch.nan_to_num(p, nan=0.0)  # fully masked rows (left padding) attend to nothing
-        out[:, :, :, q0:q1] = torch.matmul(p.to(value.dtype), v[..., :kend, :])
-        pv = p if query_valid is None else p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
-        colsum[..., :kend] += pv.sum(dim=-2)
+        if dead is not None:
+            p.masked_fill_(dead, 0.0)  # fully masked rows (left padding) attend to nothing
+        pv = torch.matmul(p.reshape(B, Hkv, G * tb, kend).to(value.dtype), value[:, :, :kend])
+        out[:, :, :, q0:q1] = pv.view(B, Hkv, G, tb, Dv)
+        if query_valid is not None:
+            p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
+        colsum[..., :kend] += p.sum(dim=-2)
         if keep_probs:
-            probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, q1 - q0, kend).to(torch.float16)
+            probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
     out = out.reshape(B, Hq, Tq, Dv).transpose(1, 2).contiguous()
     return out, colsum.reshape(B, Hq, Tk), probs_all
 

@@ -57,6 +57,7 @@ class Recorder:
         B, T = query_valid.shape
         self.n_layers, self.top_k = n_layers, top_k
         self.query_valid = query_valid
+        self.all_valid = bool(query_valid.all())  # no padding: skip the per-row validity multiply
         self.keep_maps, self.block_bytes, self.progress = keep_maps, block_bytes, progress
         self.attn_colsum: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, T)
         self.attn_maps: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, T, T) f16
@@ -78,7 +79,8 @@ class Recorder:
         self.attn_calls += 1
         for tap in self.taps:
             tap(layer, query, key, value)
-        valid = self.query_valid[:, -query.shape[2]:].to(query.device)
+        valid = self.query_valid[:, -query.shape[2]:]
+        valid = None if self.all_valid else valid.to(query.device)
         out, colsum, probs = attention_with_stats(
             query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=valid,
             block_bytes=self.block_bytes, keep_probs=self.keep_maps, causal=causal,

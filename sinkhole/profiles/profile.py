@@ -64,8 +64,9 @@ class SinkProfile:
         missing = sorted(n for n in names - set(d) if n not in ("settings",))
         if missing:
             raise SinkholeError(f"{source} is malformed: missing {', '.join(missing)}")
-        if not isinstance(d["pinned_slots"], int) or d["pinned_slots"] < 0:
-            raise SinkholeError(f"{source} is malformed: pinned_slots must be a non-negative integer")
+        problem = _malformed(d)
+        if problem:
+            raise SinkholeError(f"{source} is malformed: {problem}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def check_model(self, weights_id: str | None = None, name: str | None = None) -> None:
@@ -80,8 +81,41 @@ class SinkProfile:
             raise SinkholeError(f"profile is for {self.model.get('name')}, not {name}")
 
 
-def load_profile(name_or_path: str | Path) -> SinkProfile:
-    """A shipped profile by model short name ('smollm2-135m'), or a profile JSON file."""
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _malformed(d: dict) -> str | None:
+    """What is wrong with a profile dict's types, or None."""
+    if not _is_int(d["pinned_slots"]) or d["pinned_slots"] < 0:
+        return "pinned_slots must be a non-negative integer"
+    if not isinstance(d["model"], dict) or not isinstance(d["model"].get("name"), str):
+        return "model must be an object with a name"
+    rule = d["sink_rule"] if isinstance(d["sink_rule"], dict) else {}
+    positions, texts = rule.get("positions"), rule.get("token_texts", [])
+    if not isinstance(positions, list) or not all(_is_int(p) and p >= 0 for p in positions):
+        return "sink_rule.positions must be a list of non-negative integers"
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return "sink_rule.token_texts must be a list of strings"
+    for key in ("step_up_layers", "step_down_layers"):
+        if not isinstance(d[key], list) or not all(_is_int(x) for x in d[key]):
+            return f"{key} must be a list of integers"
+    if not isinstance(d["sink_heads"], list) or not all(
+            isinstance(h, list) and len(h) == 2 and all(_is_int(x) for x in h) for h in d["sink_heads"]):
+        return "sink_heads must be a list of [layer, head] pairs"
+    for key, need in (("sink_tokens", "text"), ("spike_channels", "channel")):
+        if not isinstance(d[key], list) or not all(isinstance(x, dict) and need in x for x in d[key]):
+            return f"{key} must be a list of objects with '{need}'"
+    if not isinstance(d["prompts"], dict):
+        return "prompts must be an object {source, count}"
+    return None
+
+
+def load_profile(name_or_path: str | Path, model=None) -> SinkProfile:
+    """A shipped profile by model short name ('smollm2-135m'), or a profile JSON file.
+
+    With `model` (a LoadedModel or ModelProbe), a profile made for other weights is refused.
+    """
     path = Path(name_or_path)
     if not path.is_file():
         shipped = SHIPPED_DIR / f"{name_or_path}.json"
@@ -93,4 +127,8 @@ def load_profile(name_or_path: str | Path) -> SinkProfile:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SinkholeError(f"cannot read profile {path}: {err}") from None
-    return SinkProfile.from_dict(d, source=str(path))
+    profile = SinkProfile.from_dict(d, source=str(path))
+    if model is not None:
+        lm = getattr(model, "lm", model)  # a ModelProbe holds its LoadedModel as .lm
+        profile.check_model(weights_id=getattr(lm, "weights_id", None), name=getattr(lm, "name", None))
+    return profile

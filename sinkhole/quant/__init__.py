@@ -1,0 +1,18 @@
+"""Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`), hints
+in real quantizers' config formats (`hints`), and fake-quantized W8A8 evidence (`fakequant`, `validate`).
+
+Importing the package is light (the CLI's --help needs BACKENDS only); the functions load on use.
+"""
+
+BACKENDS = ("bitsandbytes", "llm-compressor", "torchao", "smoothquant", "prefix")
+
+_LAZY = {"get_quantization_hints": "hints", "write_hints": "hints", "collect_stats": "stats",
+         "CalibrationStats": "stats"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"sinkhole.quant.{_LAZY[name]}"), name)
+    raise AttributeError(name)

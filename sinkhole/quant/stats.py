@@ -36,6 +36,39 @@ MAX_TOKEN_EXAMPLES = 16  # outlier token examples kept per module (counts are co
 
 
 @dataclass
+class RowReduction:
+    """What one sequence's Linear input contributes to the running statistics."""
+
+    channel_absmax: torch.Tensor  # (C,) float32 on CPU
+    count_ge: np.ndarray  # (E,) values with |x| >= edge
+    columns_ge: np.ndarray  # (E,) channels whose max |x| >= edge
+    n_values: int
+    token_ratio: np.ndarray  # (T,) token max / median token max
+
+
+@torch.no_grad()
+def reduce_rows(x: torch.Tensor) -> RowReduction | None:
+    """x (T, C) -> its reductions; None when T == 0."""
+    a = x.detach().abs().float()
+    if a.shape[0] == 0:
+        return None
+    edges = torch.tensor(THRESHOLD_EDGES, device=a.device)
+    n_edges = len(THRESHOLD_EDGES)
+
+    def ge_counts(v: torch.Tensor) -> np.ndarray:
+        # bucket b holds values in [edge[b-1], edge[b]); a reversed cumulative sum counts values >= edge.
+        hist = torch.bincount(torch.bucketize(v.flatten(), edges, right=True), minlength=n_edges + 1)
+        return hist.flip(0).cumsum(0).flip(0)[1:].cpu().numpy()
+
+    col_max = a.amax(dim=0)  # (C,)
+    tok_max = a.amax(dim=1)  # (T,)
+    return RowReduction(
+        channel_absmax=col_max.cpu(), count_ge=ge_counts(a), columns_ge=ge_counts(col_max), n_values=a.numel(),
+        token_ratio=(tok_max / tok_max.median().clamp_min(1e-30)).cpu().numpy(),
+    )
+
+
+@dataclass
 class LinearInputStats:
     """Running statistics of one Linear's input. `update` takes (T, C) rows of one sequence."""
 
@@ -43,6 +76,7 @@ class LinearInputStats:
     layer: int | None
     kind: str  # last part of the module name: q_proj, down_proj, ...
     n_channels: int
+    input_group: str = ""  # first module (in forward order) that reads the same input tensor
     channel_absmax: torch.Tensor = None  # (C,) float32
     n_values: int = 0
     n_tokens: int = 0
@@ -63,23 +97,20 @@ class LinearInputStats:
         if self.columns_ge is None:
             self.columns_ge = np.zeros(len(THRESHOLD_EDGES), dtype=np.int64)
 
-    @torch.no_grad()
     def update(self, x: torch.Tensor, token_ids: Sequence[int] | None = None, offset: int = 0) -> None:
         """Fold one sequence's input rows x (T, C) into the running statistics."""
-        a = x.detach().abs().float()  # (T, C)
-        if a.shape[0] == 0:
+        self.fold(reduce_rows(x), token_ids, offset)
+
+    def fold(self, r: "RowReduction | None", token_ids: Sequence[int] | None = None, offset: int = 0) -> None:
+        if r is None:
             return
-        self.channel_absmax = torch.maximum(self.channel_absmax, a.amax(dim=0).cpu())
-        self.count_ge += np.array([int((a >= e).sum()) for e in THRESHOLD_EDGES])
-        col_max = a.amax(dim=0)  # (C,)
-        edges = torch.tensor(THRESHOLD_EDGES, device=a.device)
-        self.columns_ge += (col_max.unsqueeze(-1) >= edges).sum(dim=0).cpu().numpy()
-        self.n_values += a.numel()
-        self.n_tokens += a.shape[0]
-        tok_max = a.amax(dim=1)  # (T,)
-        ratio = (tok_max / tok_max.median().clamp_min(1e-30)).cpu()
-        self.token_ratio_max = max(self.token_ratio_max, float(ratio.max()))
-        for t in torch.nonzero(ratio > OUTLIER_TOKEN_RATIO).flatten().tolist():
+        self.channel_absmax = torch.maximum(self.channel_absmax, r.channel_absmax)
+        self.count_ge += r.count_ge
+        self.columns_ge += r.columns_ge
+        self.n_values += r.n_values
+        self.n_tokens += len(r.token_ratio)
+        self.token_ratio_max = max(self.token_ratio_max, float(r.token_ratio.max()))
+        for t in np.flatnonzero(r.token_ratio > OUTLIER_TOKEN_RATIO).tolist():
             pos = t + offset
             tid = int(token_ids[pos]) if token_ids is not None else -1
             self.n_outlier_tokens += 1
@@ -87,7 +118,7 @@ class LinearInputStats:
             self.outlier_token_ids[tid] += 1
             if len(self.examples) < MAX_TOKEN_EXAMPLES:
                 self.examples.append({"sequence": self.n_sequences, "position": pos, "token_id": tid,
-                                      "ratio": float(ratio[t])})
+                                      "ratio": float(r.token_ratio[t])})
         self.n_sequences += 1
 
     @property
@@ -115,6 +146,7 @@ class LinearInputStats:
 
         return {
             "name": self.name, "layer": self.layer, "kind": self.kind, "n_channels": self.n_channels,
+            "input_group": self.input_group,
             "absmax": self.absmax, "median_channel_absmax": float(self.channel_absmax.median()),
             "top_channels": [{"channel": c, "absmax": float(self.channel_absmax[c]), "ratio": float(ratios[c])}
                              for c in order],
@@ -182,11 +214,16 @@ def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputSta
     handles = []
     linears = decoder_linears(model, family)
 
+    memo: dict = {}  # q/k/v (and gate/up) read the same tensor: reduce it once per forward
+
     def make(name: str):
         def hook(module, args):
             x = args[0]  # (1, T, C)
             skip = state.get("skip", 0)
-            stats[name].update(x[0, skip:], token_ids=state.get("token_ids"), offset=skip)
+            if memo.get("x") is not x:  # holding x keeps its memory from being reused by another tensor
+                memo["x"], memo["r"], memo["first"] = x, reduce_rows(x[0, skip:]), name
+            stats[name].input_group = memo["first"]
+            stats[name].fold(memo["r"], token_ids=state.get("token_ids"), offset=skip)
         return hook
 
     try:
@@ -198,6 +235,7 @@ def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputSta
     finally:
         for h in handles:
             h.remove()
+        memo.clear()
 
 
 @torch.no_grad()

@@ -76,6 +76,19 @@ def definitions_html() -> str:
     return "\n".join(out)
 
 
+PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's definitions
+    "A_{l,h}[t, k]: attention probability from query t to key k; entries above the diagonal are masked (empty).",
+    "Heads grid: alpha_{l,h}(top sink), the mass each head gives the token with the largest attention mass.",
+    "Per-key view (long inputs): alpha_{l,h}(k) of every key k for each head of the selected layer.",
+    "Token strip colour: sqrt(attention mass of the token / the largest attention mass of the prompt).",
+    "Residual heatmap: ||h_l[t]|| on a log colour scale; row 'emb' is ||embedding[t]||.",
+    "Spike channels: h_l[t, c] of the selected token; the probe records each token's K largest |h_l[t, c]| "
+    "per layer, so a channel outside them has no value at that layer (a gap, not a zero).",
+    "Numbers are rounded to 4 significant digits; full maps are stored with 8 bits on a square-root scale "
+    "(error <= 1/255), alpha as float16.",
+]
+
+
 def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
     body = "".join(f"<div class='line'>{ln}</div>" for ln in lines)  # lines are already escaped
     return (f"<div class='card'><div class='card-h'>{_esc(title)}"
@@ -147,25 +160,27 @@ spike token; <span class="tok sink">underlined</span> sink token. Hover for valu
 <section><h2>Heads <button class="def" data-def="def-sinks">?</button></h2>
 <p class="hint">Left: each head's attention mass α on the top sink token. Click a cell (or use the menus) to
 select a layer and head; right: that head's attention.</p>
-<div class="row"><div id="fig-heads" class="fig grid"></div>
+<div class="row"><div class="gridcol"><div id="cap-heads" class="figcap"></div><div id="fig-heads" class="fig grid"></div></div>
 <div class="col"><div class="controls">layer <select id="sel-layer"></select> head <select id="sel-head"></select>
-<label><input type="checkbox" id="chk-sqrt" checked> √ colour scale</label></div>
-<p id="maps-note" class="note"></p><div id="fig-attn" class="fig attn"></div></div></div></section>
+<label title="√ colour scale; log scale for the α line"><input type="checkbox" id="chk-sqrt" checked> emphasise small values</label></div>
+<p id="maps-note" class="note"></p><div id="cap-attn" class="figcap"></div><div id="fig-attn" class="fig attn"></div></div></div></section>
 
 <section><h2>Residual lifecycle <button class="def" data-def="def-spikes">?</button></h2>
 <p class="hint">‖h_l[t]‖ of every token after every layer (log colour; row “emb” is the input embedding).
 Click a token to follow it below.</p>
 <div id="fig-resid" class="fig resid"></div>
-<div class="row"><div id="fig-layers" class="fig half"></div>
+<div class="row"><div class="col"><div class="controls">&nbsp;</div>
+<div class="figcap">‖h_l‖ per layer: largest and median over tokens</div><div id="fig-layers" class="fig half"></div></div>
 <div class="col"><div class="controls">token <select id="sel-token"></select></div>
-<div id="fig-channels" class="fig half"></div><p id="channels-note" class="note"></p></div></div></section>
+<div id="cap-channels" class="figcap"></div><div id="fig-channels" class="fig half"></div><p id="channels-note" class="note"></p></div></div></section>
 
 <div id="sections"></div>
 <footer>schema {_esc(report.get('schema', ''))} · weights {_esc(m.get('weights_id') or 'n/a')} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
-<h2>Definitions</h2><div class="defs-body">{definitions_html()}</div></dialog>
+<h2>Definitions</h2><div class="defs-body">{definitions_html()}
+<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_esc(d)}</li>" for d in PAGE_DEFINITIONS)}</ul></div></dialog>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
 <script>{plotly.offline.get_plotlyjs()}</script>

@@ -6,7 +6,7 @@ base64 (`pack`):
     maps   (L, H, T(T+1)/2) uint8, square-root scale: byte = round(255 sqrt(p)), p = (byte/255)^2.
            Only the causal lower triangle (query t, key k <= t), row by row. Error <= 0.4% of 1 near
            p = 1 and much finer for small p, where attention patterns live.
-    alpha  (L, H, T) uint16, linear: alpha = value / 65535 (error <= 8e-6).
+    alpha  (L, H, T) float16 (relative error <= 5e-4, down to 6e-8): a log axis shows the small values.
 Full query x key maps are embedded only when T <= MAPS_MAX_LEN and L*H*T(T+1)/2 <= MAPS_MAX_BYTES;
 otherwise the page shows the per-key view (alpha per head), and says so.
 
@@ -57,9 +57,12 @@ def rnd(x, digits: int = 4):
     return str(x)
 
 
-def pack(a: np.ndarray, dtype: str, scale: str) -> dict:
-    """Quantise values in [0, 1] to uint8/uint16 ('sqrt' or 'linear' scale), little-endian base64."""
+def pack(a: np.ndarray, dtype: str, scale: str = "linear") -> dict:
+    """Values in [0, 1] as little-endian base64: 'f16' as is, 'u8'/'u16' quantised on a 'sqrt' or 'linear' scale."""
     a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    if dtype == "f16":
+        return {"shape": list(a.shape), "dtype": dtype, "scale": "linear",
+                "b64": base64.b64encode(a.astype("<f2").tobytes()).decode("ascii")}
     if scale == "sqrt":
         a = np.sqrt(a)
     top = {"u8": 255, "u16": 65535}[dtype]
@@ -69,7 +72,10 @@ def pack(a: np.ndarray, dtype: str, scale: str) -> dict:
 
 def unpack(p: dict) -> np.ndarray:
     """Inverse of `pack` (up to quantisation); used by tests and by anyone reading the page's data."""
-    q = np.frombuffer(base64.b64decode(p["b64"]), dtype="<u1" if p["dtype"] == "u8" else "<u2")
+    raw = base64.b64decode(p["b64"])
+    if p["dtype"] == "f16":
+        return np.frombuffer(raw, dtype="<f2").astype(np.float64).reshape(p["shape"])
+    q = np.frombuffer(raw, dtype="<u1" if p["dtype"] == "u8" else "<u2")
     a = q.astype(np.float64) / (255 if p["dtype"] == "u8" else 65535)
     return (a * a if p["scale"] == "sqrt" else a).reshape(p["shape"])
 
@@ -149,7 +155,7 @@ def view(report: dict, capture=None) -> dict:
     if capture is not None:
         if embed_maps:
             v["maps"] = pack(lower_triangles(capture.attn_maps.astype(np.float32)), "u8", "sqrt")
-        v["alpha"] = pack(capture.attn_mass, "u16", "linear")
+        v["alpha"] = pack(capture.attn_mass, "f16")
         chans, why = spike_channel_set(report, capture.resid_top_channels)
         v["channels"] = {"channels": chans, "why": why, "k": int(capture.resid_top_channels.shape[-1]),
                          "values": channel_values(capture.resid_top_channels, capture.resid_top_values, chans)}

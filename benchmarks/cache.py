@@ -1,0 +1,147 @@
+"""SinkCache speed and memory, measured side by side (results: benchmarks/results/cache.md).
+
+1. decode: tokens/s of SinkCache against transformers' DynamicCache holding the same number of
+   keys (DynamicCache prefilled to L keys; SinkCache full at L = sinks + window). Rounds alternate
+   the two, and the ratio is the median of per-round ratios, so a shared CPU's load drifts hit both.
+2. memory: bytes held by the cache's tensors (exact) and process RSS as a stream grows, for
+   SinkCache and DynamicCache. On the real model up to --mem-tokens; on a tiny random Llama
+   (the cache's behaviour does not depend on the weights) up to 32k tokens.
+3. latency: one decode step through a full SinkCache against sliding window with recomputation
+   (a fresh forward over the last L tokens for each new token), median over rounds.
+
+    OMP_NUM_THREADS=1 python benchmarks/cache.py                 # ~10 min on a quiet 2-core CPU
+    python benchmarks/cache.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from transformers import DynamicCache
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from sinkhole.cache.sink_cache import SinkCache  # noqa: E402
+from sinkhole.cache.stream_eval import default_text, encode_stream  # noqa: E402
+from sinkhole.models.loading import load_model  # noqa: E402
+
+
+def cache_bytes(cache) -> int:
+    seen, total = set(), 0
+    for layer in cache.layers:
+        for name in ("keys", "values", "sink_keys", "sink_values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@torch.inference_mode()
+def decode_rate(model, cache, ids, start: int, steps: int) -> float:
+    t0 = time.perf_counter()
+    for t in range(start, start + steps):
+        model(ids[:, t: t + 1], cache=cache, use_cache=True)
+    return steps / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def bench_decode(model, ids, length: int, steps: int, rounds: int, sinks: int = 4) -> dict:
+    dyn_rates, sink_rates = [], []
+    for _ in range(rounds):
+        dyn = DynamicCache(config=model.config)
+        model(ids[:, :length], cache=dyn, use_cache=True)
+        dyn_rates.append(decode_rate(model, dyn, ids, length, steps))
+        sink = SinkCache(sinks, length - sinks, model=model)
+        model(ids[:, :length], cache=sink, use_cache=True)  # full from the start: L - 1 keys kept
+        sink_rates.append(decode_rate(model, sink, ids, length, steps))
+    ratios = [s / d for s, d in zip(sink_rates, dyn_rates)]
+    return dict(cache_len=length, steps=steps, rounds=rounds, dynamic_tok_s=round(statistics.median(dyn_rates), 2),
+                sink_tok_s=round(statistics.median(sink_rates), 2), ratio=round(statistics.median(ratios), 3),
+                ratios=[round(r, 3) for r in ratios])
+
+
+@torch.inference_mode()
+def bench_memory(model, ids, checkpoints: list[int], cache_len: int, sinks: int = 4) -> list[dict]:
+    rows = []
+    for kind in ("sink", "dynamic"):
+        cache = SinkCache(sinks, cache_len - sinks, model=model) if kind == "sink" else DynamicCache(config=model.config)
+        t0 = time.perf_counter()
+        for t in range(max(checkpoints)):
+            model(ids[:, t: t + 1], cache=cache, use_cache=True)
+            if t + 1 in checkpoints:
+                rows.append(dict(cache=kind, tokens=t + 1, cache_mib=round(cache_bytes(cache) / 2**20, 2),
+                                 rss_mib=round(rss_mib()), tok_s=round((t + 1) / (time.perf_counter() - t0), 1)))
+                print(f"  memory {kind:<8} {t + 1:>6} tokens: cache {rows[-1]['cache_mib']} MiB, "
+                      f"RSS {rows[-1]['rss_mib']} MiB", file=sys.stderr, flush=True)
+        del cache
+    return rows
+
+
+@torch.inference_mode()
+def bench_latency(model, ids, length: int, rounds: int, sinks: int = 4) -> dict:
+    sink = SinkCache(sinks, length - sinks, model=model)
+    model(ids[:, :length], cache=sink, use_cache=True)
+    step, recompute = [], []
+    for r in range(rounds):
+        t = length + r
+        t0 = time.perf_counter()
+        model(ids[:, t: t + 1], cache=sink, use_cache=True)
+        step.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model(ids[:, t + 1 - length: t + 1])
+        recompute.append(time.perf_counter() - t0)
+    s, rc = statistics.median(step), statistics.median(recompute)
+    return dict(cache_len=length, rounds=rounds, sink_ms=round(1000 * s, 1), recompute_ms=round(1000 * rc, 1),
+                speedup=round(rc / s, 1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and tokens")
+    ap.add_argument("--mem-tokens", type=int, default=1024, help="tokens streamed through the real model")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    lm = load_model(args.model, log=lambda m: print(m, file=sys.stderr))
+    text, _ = default_text()
+    ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096) + 1)
+    rounds = 2 if args.quick else 3
+    out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[])
+    for length in (256, 1024):
+        row = bench_decode(lm.model, ids, length, steps=16 if args.quick else 32, rounds=rounds)
+        print(f"decode L={length}: {row}", file=sys.stderr, flush=True)
+        out["decode"].append(row)
+    for length in (256, 512, 1024):
+        row = bench_latency(lm.model, ids, length, rounds=4 if args.quick else 8)
+        print(f"latency L={length}: {row}", file=sys.stderr, flush=True)
+        out["latency"].append(row)
+    marks = sorted({m for m in (512, 1024, 2048, 8192, 32768) if m <= args.mem_tokens} | {args.mem_tokens})
+    out["memory_real"] = bench_memory(lm.model, ids, marks, cache_len=512)
+    from conftest import tiny_llama
+
+    tiny = tiny_llama(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=65536)
+    tiny_ids = torch.randint(1, 99, (1, 32769), generator=torch.Generator().manual_seed(0))
+    tiny_marks = [2048, 8192] if args.quick else [2048, 8192, 32768]
+    out["memory_tiny"] = bench_memory(tiny, tiny_ids, tiny_marks, cache_len=512)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Benchmark `sinkhole eval`: the built-in suite through the probe vs plain forwards of the same batches.
+
+For every batch (as `plan_batches` cuts it), side by side and interleaved so that a shared, busy
+machine slows both alike:
+    plain  model(**same left-padded inputs, attention_mask, position_ids), transformers' default
+           attention (SDPA), use_cache=False, logits_to_keep=1: the least any forward can cost
+    eval   probe.run_batch + analyze + prompt_row for each prompt: what `sinkhole eval` does per batch
+           (minus the JSON write, which is timed separately as `write`)
+
+    python benchmarks/eval.py --model smollm2-135m [--limit N] [--batch-tokens 4096] [--max-batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import torch
+
+from sinkhole.analysis.core import analyze
+from sinkhole.eval import EvalSettings, load_suite
+from sinkhole.eval.runner import ResultsStore, plan_batches, prompt_row
+from sinkhole.probe.probe import ModelProbe
+
+
+def plain_forward(probe: ModelProbe, batch_ids: list[list[int]]) -> None:
+    T, B = max(map(len, batch_ids)), len(batch_ids)
+    pad = probe.tokenizer.pad_token_id or 0
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    for b, x in enumerate(batch_ids):
+        ids[b, T - len(x):] = torch.tensor(x)
+        valid[b, T - len(x):] = True
+    with torch.inference_mode():
+        probe.model(input_ids=ids, attention_mask=valid.long(), position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0),
+                    use_cache=False, logits_to_keep=1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompts", default="builtin")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--batch-tokens", type=int, default=EvalSettings.max_batch_tokens)
+    ap.add_argument("--max-batch", type=int, default=EvalSettings.max_batch)
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    probe = ModelProbe(args.model, log=lambda m: None)
+    load_s = time.perf_counter() - t0
+    suite = load_suite(args.prompts, args.limit)
+    settings = EvalSettings(max_batch_tokens=args.batch_tokens, max_batch=args.max_batch)
+    chat = probe.has_chat_template()
+    t0 = time.perf_counter()
+    encoded = [probe.encode(it.prompt, chat)[0] for it in suite.items]
+    encode_s = time.perf_counter() - t0
+    batches = plan_batches([len(x) for x in encoded], settings.max_batch_tokens, settings.max_batch)
+    plain_forward(probe, encoded[batches[-1][0]:batches[-1][0] + 1])  # warm-up
+    plain_s = eval_s = write_s = 0.0
+    padded = sum(len(b) * len(encoded[b[0]]) for b in batches)
+    real = sum(map(len, encoded))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultsStore(tmp)
+        for batch in batches:
+            ids = [encoded[i] for i in batch]
+            t0 = time.perf_counter()
+            plain_forward(probe, ids)
+            t1 = time.perf_counter()
+            caps = probe.run_batch(ids)
+            rows = [prompt_row(suite.items[i], c, analyze(c)) for i, c in zip(batch, caps)]
+            t2 = time.perf_counter()
+            store.append(rows)
+            t3 = time.perf_counter()
+            plain_s, eval_s, write_s = plain_s + t1 - t0, eval_s + t2 - t1, write_s + t3 - t2
+    out = {
+        "model": probe.info.name, "prompts": len(suite), "chat": chat, "batches": len(batches),
+        "tokens": real, "padded_tokens": padded, "batch_tokens": settings.max_batch_tokens, "max_batch": settings.max_batch,
+        "load_s": load_s, "encode_s": encode_s, "plain_s": plain_s, "eval_s": eval_s, "write_s": write_s,
+        "ratio": (eval_s + write_s) / plain_s, "eval_total_s": encode_s + eval_s + write_s,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+        "python": platform.python_version(), "torch": torch.__version__,
+    }
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Probe cost against a plain forward, side by side in one run (issue: core, "Speed and memory").
+
+    python benchmarks/probe.py                      # T = 512 2048 4096 8192 on SmolLM2
+    python benchmarks/probe.py --lengths 512 1024 --repeats 2
+
+Modes, each (mode, T) measured in a fresh subprocess so that its peak RSS is its own:
+  plain   - a plain forward with SDPA (use_cache=False, logits_to_keep=1: the cheapest forward)
+  probe   - sinkhole's ModelProbe.run (blockwise attention statistics + residual hooks)
+  eager   - the original sinkhole's approach: eager attention, output_attentions=True and
+            output_hidden_states=True, everything kept; skipped when its attention maps alone
+            (layers x heads x T x T x 4 bytes) would not fit in 80% of this machine's memory.
+Time is the median of --repeats forwards after one warm-up; peak RSS is the process's maximum
+resident set size (ru_maxrss), which includes the model weights and the Python runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def worker(mode: str, T: int, repeats: int) -> dict:
+    import torch
+
+    from sinkhole.models.loading import load_model
+    from sinkhole.probe.probe import ModelProbe
+
+    lm = load_model("smollm2-135m", log=lambda m: None)
+    text = " ".join(__import__("pydoc_data.topics", fromlist=["topics"]).topics.values())
+    ids = lm.tokenizer(text)["input_ids"][:T]
+    assert len(ids) == T
+    x = torch.tensor([ids])
+    if mode == "probe":
+        probe = ModelProbe(lm)
+        step = lambda: probe.run(ids)
+    elif mode == "plain":
+        step = lambda: lm.model(input_ids=x, use_cache=False, logits_to_keep=1)
+    else:
+        lm.model.set_attn_implementation("eager")
+        step = lambda: lm.model(input_ids=x, use_cache=False, output_attentions=True, output_hidden_states=True)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            out = step()
+            times.append(time.perf_counter() - t0)
+            del out
+    return {"mode": mode, "T": T, "seconds": statistics.median(times[1:]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def eager_fits(T: int, n_layers=30, n_heads=9) -> bool:
+    need = n_layers * n_heads * T * T * 4
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return need < 0.8 * total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096, 8192])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats)))
+        return
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, command: python benchmarks/probe.py {' '.join(sys.argv[1:])}")
+    print("| T | plain s | probe s | eager s | plain MB | probe MB | eager MB | time b/a | mem b/a | time c/b | mem c/b |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for T in args.lengths:
+        res = {}
+        for mode in ("plain", "probe", "eager"):
+            if mode == "eager" and not eager_fits(T):
+                continue
+            proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(T), "--repeats", str(args.repeats)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:  # e.g. killed for memory
+                print(f"  {mode} T={T} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        a, b, c = res.get("plain"), res.get("probe"), res.get("eager")
+        f = lambda r, k, fmt: (fmt % r[k]) if r else "-"
+        ratio = lambda x, y, k: f"{x[k] / y[k]:.2f}" if x and y else "-"
+        print(f"| {T} | {f(a, 'seconds', '%.2f')} | {f(b, 'seconds', '%.2f')} | {f(c, 'seconds', '%.2f')} | "
+              f"{f(a, 'peak_rss_mb', '%.0f')} | {f(b, 'peak_rss_mb', '%.0f')} | {f(c, 'peak_rss_mb', '%.0f')} | "
+              f"{ratio(b, a, 'seconds')} | {ratio(b, a, 'peak_rss_mb')} | {ratio(c, b, 'seconds')} | {ratio(c, b, 'peak_rss_mb')} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The mechanism's second forward pass: exactly the tensors the analyses need, nothing more.
+
+The first pass (the probe's compact `Capture`) finds the spike tokens, their channels, the step-up
+layer and the sink tokens. `gather` then re-runs the same left-padded batch with extra forward
+hooks (installed by `gathering`, removed in `finally`) and a `Recorder` tap for post-RoPE q/k, and
+keeps, with S spike tokens, C spike channels, L layers, B prompts padded to T tokens:
+
+    embed        (S, D)      embedding output e at the spike tokens (the residual before layer 0)
+    attn_out     (L, S, D)   attention block's contribution to the residual (family.attn_out)
+    ffn_out      (L, S, D)   FFN block's contribution (family.ffn_out)
+    layer_out    (L, S, D)   decoder layer output h_l
+    chan         (L, B, T, C) h_l at the spike channels, every token
+    ffn_in       (B, T, D)   FFN input after its norm at the step-up layer s (what gate/up read)
+    mlp_chan     (B, T, C)   the MLP's own output at the spike channels at layer s (before any post-norm)
+    act_cos      (B, T)      cos(activation input, activation output) at layer s, per token
+    act_ratio    (B, T)      ||activation output|| / ||activation input||
+    norm_before  (S+O, D)    attention-norm output entering layer s   (spike tokens, then O others)
+    norm_after   (S+O, D)    attention-norm output entering layer s+1 (final norm when s is last)
+    sink_keys    (L, Ns, Hkv, Dh)  post-RoPE keys of sink tokens
+    other_keys   (L, O, Hkv, Dh)   post-RoPE keys of the O sampled other tokens
+    other_queries(L, O, Hq, Dh)    their post-RoPE queries
+
+Nothing of size (L, B, T, D) is ever kept.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.recorder import Recorder, recording
+
+
+@dataclass
+class Plan:
+    """Which tokens and channels to gather. Positions are (batch row, padded position)."""
+
+    spikes: list[tuple[int, int]]
+    channels: list[int]
+    step_up: int
+    sinks: list[tuple[int, int]]
+    others: list[tuple[int, int]]
+
+
+@dataclass
+class Gathered:
+    embed: np.ndarray
+    attn_out: np.ndarray
+    ffn_out: np.ndarray
+    layer_out: np.ndarray
+    chan: np.ndarray
+    ffn_in: np.ndarray
+    mlp_chan: np.ndarray
+    act_cos: np.ndarray
+    act_ratio: np.ndarray
+    norm_before: np.ndarray
+    norm_after: np.ndarray
+    sink_keys: np.ndarray
+    other_keys: np.ndarray
+    other_queries: np.ndarray
+    activation: str = ""
+    valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _index(pos: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not pos:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    b, t = zip(*pos)
+    return torch.tensor(b), torch.tensor(t)
+
+
+def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., N) x (..., N) -> (...) cosine of matching rows, 0 where either is zero."""
+    a, b = a.float(), b.float()
+    den = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    return (a * b).sum(-1) / den.clamp_min(1e-30)
+
+
+@contextmanager
+def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
+    """Forward hooks (and a recorder tap) that fill `store`; all removed in `finally`."""
+    fam, model = lm.family, lm.model
+    layers = fam.decoder_layers(model)
+    L, s = len(layers), plan.step_up
+    sb, st = _index(plan.spikes)
+    ob, ot = _index(plan.others)
+    kb, kt = _index(plan.sinks)
+    nb, nt = torch.cat([sb, ob]), torch.cat([st, ot])  # spike tokens then others
+    ch = torch.tensor(plan.channels, dtype=torch.long)
+    store.update(attn_out=[None] * L, ffn_out=[None] * L, layer_out=[None] * L, chan=[None] * L,
+                 sink_keys=[None] * L, other_keys=[None] * L, other_queries=[None] * L)
+
+    def keep(name, idx=None):
+        def hook(module, inputs, output):
+            h = _first(output).detach()
+            if idx is None:
+                store[name] = h[sb, st].float().cpu()
+            else:
+                store[name][idx] = h[sb, st].float().cpu()
+        return hook
+
+    def layer_hook(idx):
+        def hook(module, inputs, output):
+            h = _first(output).detach()
+            store["layer_out"][idx] = h[sb, st].float().cpu()
+            store["chan"][idx] = h[..., ch].float().cpu()
+        return hook
+
+    def norm_keep(name):
+        def hook(module, inputs, output):
+            store[name] = _first(output).detach()[nb, nt].float().cpu()
+        return hook
+
+    def ffn_in_hook(module, inputs, output):
+        store["ffn_in"] = _first(output).detach().float().cpu()
+
+    def mlp_hook(module, inputs, output):
+        store["mlp_chan"] = _first(output).detach()[..., ch].float().cpu()
+
+    def act_hook(module, inputs, output):
+        a, b = inputs[0].detach().float(), _first(output).detach().float()
+        store["act_cos"] = cosine_rows(a, b).cpu()
+        store["act_ratio"] = (torch.linalg.vector_norm(b, dim=-1)
+                              / torch.linalg.vector_norm(a, dim=-1).clamp_min(1e-30)).cpu()
+        store["activation"] = type(module).__name__
+
+    def tap(layer, query, key, value):
+        store["sink_keys"][layer] = key[kb, :, kt].detach().float().cpu()  # (Ns, Hkv, Dh)
+        store["other_keys"][layer] = key[ob, :, ot].detach().float().cpu()
+        store["other_queries"][layer] = query[ob, :, ot].detach().float().cpu()
+
+    step_layer = layers[s]
+    mlp = fam.part(step_layer, fam.mlp)
+    after = fam.part(layers[s + 1], fam.attn_norm) if s + 1 < L else fam.part(model, fam.final_norm)
+    hooks = [
+        (fam.part(model, fam.embed), keep("embed")),
+        (fam.part(step_layer, fam.ffn_norm), ffn_in_hook),
+        (mlp, mlp_hook),
+        (fam.part(mlp, fam.act_fn), act_hook),
+        (fam.part(step_layer, fam.attn_norm), norm_keep("norm_before")),
+        (after, norm_keep("norm_after")),
+    ]
+    for idx, layer in enumerate(layers):
+        hooks += [(layer, layer_hook(idx)),
+                  (fam.part(layer, fam.attn_out), keep("attn_out", idx)),
+                  (fam.part(layer, fam.ffn_out), keep("ffn_out", idx))]
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        recorder.taps.append(tap)
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+        if tap in recorder.taps:
+            recorder.taps.remove(tap)
+
+
+def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists (the probe's layout): input_ids (B, T) and valid (B, T) bool."""
+    T, B = max(len(s) for s in seqs), len(seqs)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        valid[b, T - len(s):] = True
+    return ids, valid
+
+
+def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
+    """Run the padded batch once with the gathering hooks; return the kept tensors as numpy."""
+    pad = getattr(lm.tokenizer, "pad_token_id", None) or 0
+    ids, valid = pad_batch(seqs, pad)
+    n_layers = len(lm.family.decoder_layers(lm.model))
+    rec = Recorder(n_layers, valid, top_k=1)
+    store: dict = {}
+    dev = lm.device
+    with torch.inference_mode(), recording(lm.model, lm.family, rec), gathering(lm, plan, store, rec):
+        lm.model(input_ids=ids.to(dev), attention_mask=valid.long().to(dev),
+                 position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0).to(dev),
+                 use_cache=False, logits_to_keep=1)
+
+    def stack(name):
+        return torch.stack(store[name]).numpy()
+
+    return Gathered(
+        embed=store["embed"].numpy(), attn_out=stack("attn_out"), ffn_out=stack("ffn_out"),
+        layer_out=stack("layer_out"), chan=stack("chan"), ffn_in=store["ffn_in"].numpy(),
+        mlp_chan=store["mlp_chan"].numpy(), act_cos=store["act_cos"].numpy(), act_ratio=store["act_ratio"].numpy(),
+        norm_before=store["norm_before"].numpy(), norm_after=store["norm_after"].numpy(),
+        sink_keys=stack("sink_keys"), other_keys=stack("other_keys"), other_queries=stack("other_queries"),
+        activation=store.get("activation", ""), valid=valid.numpy(),
+    )

@@ -1,0 +1,148 @@
+"""Interventions (Sun et al. 2024, "Massive Activations in Large Language Models"): perplexity on a
+fixed text with the spike or the sink taken away.
+
+Text: by default Python's own documentation, `pydoc_data.topics.topics` joined in sorted key order
+(a fixed slice: the first `n_tokens` tokens, tokenizer's special tokens added, no chat template);
+or any file. Perplexity = exp(mean next-token NLL over tokens 1..N-1).
+
+Variants (positions and channels come from the unmodified run on the same text):
+- none: the model as is.
+- zero: the spike channels set to 0 at the spike tokens in the step-up layer's output.
+- mean: set to their mean value at the spike tokens (mean over the mechanism's prompts).
+- random_zero (control): as many random non-spike channels set to 0 at the same tokens.
+- sink_masked: no query attends to the sink tokens' keys (a sink token still sees itself, so its
+  own row is not empty). Done with a mask function registered in transformers'
+  AttentionMaskInterface and ANDed with the model's own mask, so sliding windows stay intact.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from sinkhole.models.loading import LoadedModel
+
+NOSINK = "sinkhole_nosink"
+_HIDDEN: contextvars.ContextVar = contextvars.ContextVar("sinkhole_hidden_keys", default=())
+
+
+def default_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def text_ids(tokenizer, text: str | None, n_tokens: int) -> list[int]:
+    """The first n_tokens token ids of `text` (default: the pydoc topics), special tokens added."""
+    text = default_text() if text is None else text
+    # ~4 characters per token: tokenizing a generous prefix keeps it fast and the slice fixed.
+    ids = tokenizer(text[: max(64, n_tokens * 12)], add_special_tokens=True)["input_ids"]
+    return [int(i) for i in ids[:n_tokens]]
+
+
+def perplexity(lm: LoadedModel, ids: list[int], chunk: int = 256) -> float:
+    """exp(mean NLL) of ids[1:] given their prefixes; logits are formed `chunk` rows at a time."""
+    model = lm.model
+    x = torch.tensor([ids], device=lm.device)
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state[0]  # (T, D)
+        head = model.get_output_embeddings()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        nll, n = 0.0, len(ids) - 1
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            logits = head(hidden[s:e]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            nll += float(F.cross_entropy(logits, x[0, s + 1:e + 1], reduction="sum"))
+    return math.exp(nll / max(n, 1))
+
+
+@contextmanager
+def channel_edit(lm: LoadedModel, layer: int, positions: list[int], channels: list[int], values=None):
+    """Set h_layer[:, positions, channels] to `values` (C,) (zero when None) in the layer's output."""
+    target = lm.family.decoder_layers(lm.model)[layer]
+    pos = torch.tensor(positions, dtype=torch.long)[:, None]
+    ch = torch.tensor(channels, dtype=torch.long)[None, :]
+
+    def hook(module, inputs, output):
+        h = output[0] if isinstance(output, (tuple, list)) else output
+        v = torch.zeros(len(channels)) if values is None else torch.as_tensor(values, dtype=torch.float32)
+        h[:, pos.to(h.device), ch.to(h.device)] = v.to(h.dtype).to(h.device)[None, None, :]
+        return output
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _nosink_mask(*args, mask_function=None, **kwargs):
+    """sdpa_mask with the hidden keys removed (registered under NOSINK)."""
+    from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask
+
+    mask_function = mask_function or causal_mask_function
+    hidden = _HIDDEN.get()
+    if hidden:
+        size = int(kwargs.get("kv_length", 0)) + int(kwargs.get("kv_offset", 0) or 0)
+        lookup = torch.zeros(max(size, max(hidden) + 1), dtype=torch.bool)
+        lookup[list(hidden)] = True
+
+        def visible(batch_idx, head_idx, q_idx, kv_idx):
+            return ~lookup.to(kv_idx.device)[kv_idx] | (q_idx == kv_idx)
+
+        mask_function = and_masks(mask_function, visible)
+        kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, mask_function=mask_function, **kwargs)
+
+
+@contextmanager
+def sink_masked(lm: LoadedModel, positions: list[int]):
+    """Within the block, no query attends to the keys at `positions` (except each to itself)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NOSINK, sdpa_attention_forward)
+    AttentionMaskInterface.register(NOSINK, _nosink_mask)
+    model = lm.model
+    previous = model.config._attn_implementation
+    token = _HIDDEN.set(tuple(int(p) for p in positions))
+    try:
+        model.set_attn_implementation(NOSINK)
+        yield
+    finally:
+        _HIDDEN.reset(token)
+        model.set_attn_implementation(previous)
+
+
+def interventions(lm: LoadedModel, ids: list[int], layer: int, spike_positions: list[int], channels: list[int],
+                  mean_values: list[float], sink_positions: list[int], seed: int = 0) -> dict:
+    """Perplexity of `ids` under each variant (see the module docstring); None where not applicable."""
+    ppl = {"none": perplexity(lm, ids)}
+    if spike_positions and channels:
+        with channel_edit(lm, layer, spike_positions, channels):
+            ppl["zero"] = perplexity(lm, ids)
+        with channel_edit(lm, layer, spike_positions, channels, mean_values):
+            ppl["mean"] = perplexity(lm, ids)
+        d = lm.config.hidden_size
+        g = torch.Generator().manual_seed(seed)
+        pool = [c for c in torch.randperm(d, generator=g).tolist() if c not in set(channels)]
+        with channel_edit(lm, layer, spike_positions, pool[: len(channels)]):
+            ppl["random_zero"] = perplexity(lm, ids)
+    else:
+        ppl.update(zero=None, mean=None, random_zero=None)
+    if sink_positions:
+        with sink_masked(lm, sink_positions):
+            ppl["sink_masked"] = perplexity(lm, ids)
+    else:
+        ppl["sink_masked"] = None
+    base = ppl["none"]
+    return {"n_tokens": len(ids), "layer": layer, "spike_positions": spike_positions, "channels": channels,
+            "mean_values": mean_values, "sink_positions": sink_positions, "perplexity": ppl,
+            "ratio_to_none": {k: (None if v is None else v / base) for k, v in ppl.items()}}

@@ -1,0 +1,121 @@
+"""Vocabulary sweep (paper Table 2): which tokens become spike tokens when they open the sequence.
+
+Rule. Every token id v in [0, vocab_size) is fed alone: the whole input is the one token at
+position 0 (no BOS, no chat template). Its peak norm is N(v) = max_l ||h_l||_2 over decoder layer
+outputs. A median over the vocabulary cannot be the reference (on SmolLM2 nearly every token
+spikes at position 0, so the median would itself be a spike); the reference is the ordinary
+in-context token instead:
+
+    ref = median over positions t >= 1 of max_l ||h_l[t]||, on a fixed text (the first 256 tokens of
+          the pydoc topics, the same text the interventions use, special tokens added);
+    score(v) = N(v) / ref;  v is a spike token when score(v) > threshold (10, the core's).
+
+Reported: the share of spike tokens, score percentiles, and the exceptions: the tokens on the
+minority side (the non-spiking ones when most spike, else the spiking ones), lowest/highest first.
+The score against the vocabulary median is reported too, for comparison.
+
+Batching: sequences of length 1 need no attention beyond v_proj/o_proj, so the batch is simply
+many tokens at once; only a (B,) running maximum is kept per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from sinkhole.models.loading import LoadedModel
+
+REFERENCE_TOKENS = 256
+
+
+@contextmanager
+def peak_norm_hooks(lm: LoadedModel, store: dict):
+    """Keep store["peak"] = running max over decoder layers of ||h_l|| (B, T), float32."""
+    handles = []
+
+    def hook(module, inputs, output):
+        h = output[0] if isinstance(output, (tuple, list)) else output
+        n = torch.linalg.vector_norm(h.float(), dim=-1)
+        store["peak"] = n if store.get("peak") is None else torch.maximum(store["peak"], n)
+
+    try:
+        for layer in lm.family.decoder_layers(lm.model):
+            handles.append(layer.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def peak_norms(lm: LoadedModel, input_ids: torch.Tensor) -> np.ndarray:
+    """(B, T) ids -> (B, T) max over layers of ||h_l||. Runs the decoder only (no logits)."""
+    store: dict = {"peak": None}
+    with torch.inference_mode(), peak_norm_hooks(lm, store):
+        lm.model.get_decoder()(input_ids=input_ids.to(lm.device), use_cache=False)
+    return store["peak"].cpu().numpy()
+
+
+def reference_norm(lm: LoadedModel, ids: list[int]) -> float:
+    """Median over positions >= 1 of the peak norm of `ids` run as one sequence."""
+    return float(np.median(peak_norms(lm, torch.tensor([ids]))[0, 1:]))
+
+
+def sweep(lm: LoadedModel, token_ids: np.ndarray | None = None, batch_size: int = 1024, progress=None) -> np.ndarray:
+    """Peak norm of each token fed alone; token_ids default to the whole embedding table."""
+    if token_ids is None:
+        token_ids = np.arange(lm.model.get_input_embeddings().num_embeddings)
+    out = np.empty(len(token_ids), dtype=np.float32)
+    for s in range(0, len(token_ids), batch_size):
+        batch = torch.as_tensor(token_ids[s:s + batch_size], dtype=torch.long)[:, None]  # (B, 1)
+        out[s:s + len(batch)] = peak_norms(lm, batch)[:, 0]
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def summarize(token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0,
+              max_listed: int = 50) -> dict:
+    """The sweep's shares, percentiles and exceptions; decode(id) -> text."""
+    score = peaks / max(ref, 1e-30)
+    spike = score > threshold
+    share = float(spike.mean()) if len(spike) else 0.0
+    minority = ~spike if share >= 0.5 else spike
+    idx = np.flatnonzero(minority)
+    idx = idx[np.argsort(score[idx])] if share >= 0.5 else idx[np.argsort(-score[idx])]
+    vmed = float(np.median(peaks)) if len(peaks) else 0.0
+    return {
+        "n_tokens": int(len(token_ids)), "threshold": threshold, "reference_norm": ref,
+        "n_spike": int(spike.sum()), "spike_share": share,
+        "score_percentiles": {str(p): float(np.percentile(score, p)) for p in (0, 1, 5, 25, 50, 75, 95, 99, 100)},
+        "exceptions_are": "non-spiking tokens" if share >= 0.5 else "spiking tokens",
+        "n_exceptions": int(minority.sum()),
+        "exceptions": [{"id": int(token_ids[i]), "text": decode(int(token_ids[i])), "score": float(score[i])}
+                       for i in idx[:max_listed]],
+        "vocab_median_norm": vmed,
+        "n_over_threshold_vs_vocab_median": int((peaks > threshold * vmed).sum()),
+    }
+
+
+def vocab_sweep(lm: LoadedModel, ref_ids: list[int], threshold: float = 10.0, batch_size: int = 1024,
+                sample: int | None = None, seed: int = 0, progress=None) -> dict:
+    """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it."""
+    V = lm.model.get_input_embeddings().num_embeddings
+    ids = np.arange(V)
+    if sample is not None and sample < V:
+        ids = np.sort(np.random.default_rng(seed).choice(V, size=sample, replace=False))
+    t0 = time.perf_counter()
+    peaks = sweep(lm, ids, batch_size, progress)
+    seconds = time.perf_counter() - t0
+    ref = reference_norm(lm, ref_ids[:REFERENCE_TOKENS])
+    tok = lm.tokenizer
+
+    def decode(i: int) -> str:
+        return tok.decode([i]) if hasattr(tok, "decode") else str(i)
+
+    out = summarize(ids, peaks, ref, decode, threshold)
+    out.update(vocab_size=int(V), sampled=bool(len(ids) < V), seconds=seconds,
+               tokens_per_second=len(ids) / max(seconds, 1e-9), dtype=str(lm.dtype).replace("torch.", ""))
+    return out

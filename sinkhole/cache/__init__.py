@@ -1,0 +1,1 @@
+"""Sink-aware KV caches for streaming generation (StreamingLLM) and their long-text evaluation."""

@@ -1,0 +1,284 @@
+"""SinkCache: a bounded KV cache for streaming generation that keeps the attention sinks.
+
+StreamingLLM (Xiao et al., ICLR 2024) keeps the first few tokens (the "sinks" most heads dump
+attention on) plus a window of the most recent tokens, and numbers positions *within the cache*:
+with sinks s_0..s_{S-1} and a window of w recent tokens, the query sits at cache position S+w-1,
+window token j at its true distance from the query, and sink i at distance S+w-1-i.
+
+Design decisions (transformers 5.x, no patching of model code):
+
+- Built from transformers' cache layer classes: `SinkCache` is a `transformers.Cache` whose
+  global-attention layers are `SinkCacheLayer` (a `CacheLayerMixin`), and whose local layers
+  (Gemma-3's sliding layers, Mistral-style windows) are transformers' own
+  `DynamicSlidingWindowLayer`: those layers never saw far tokens in training, so they get a plain
+  window (their own, or the cache's size if smaller) and no sinks.
+- Positions. transformers caches keys *after* RoPE, and `generate()` feeds absolute position ids
+  (it counts them itself, so a cache cannot renumber them). RoPE attention scores depend only on
+  the distance between query and key, so StreamingLLM's in-cache numbering is reproduced exactly
+  by keeping the model's absolute positions and re-rotating only the *sink* keys: the window is
+  contiguous and already sits at its true distances, and each sink is rotated to sit just before
+  the window, i.e. at absolute position `window_start - S + i`. This costs a rotation of S keys
+  per layer per step (not of the whole window), and because sinks are kept with their original
+  rotation and rotated from it afresh each step, rounding errors never accumulate.
+- Numerical cost: each sink key goes through one extra rotation (cos/sin computed in float64,
+  applied in float32), and, like any transformers model at that position, the model computes its
+  own RoPE angles as float32 `position * inv_freq`, which loses ~position * 2^-24 rad. See
+  docs/cache.md for the measured logit differences against full recomputation.
+- Batches: any batch size whose rows share one length and have no padding (the cache keeps the
+  same token positions for every row). Left-padded batches are not supported: the pinned slots
+  would be the padding.
+- A forward of q > 1 tokens on a full cache (a long prompt, say) attends densely over the cached
+  keys plus the whole chunk with the sinks placed for the chunk's first token; the cache is
+  trimmed back to S + w - 1 afterwards. Token-by-token decoding is exact StreamingLLM.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+
+from sinkhole.errors import SinkholeError
+
+GLOBAL_TYPES = ("full_attention",)
+LOCAL_TYPES = ("sliding_attention", "chunked_attention")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The RoPE pairing of transformers' Llama-family models: (x1, x2) -> (-x2, x1) over halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotation(shift: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (n, R) float32, of a move by `shift` (n,) positions at frequencies (R/2,).
+
+    The angle is computed in float64, so a shift of thousands of positions costs one float32
+    rounding of cos/sin rather than float32's ~shift * 2^-24 rad error in the angle itself."""
+    angle = shift.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # (n, R/2)
+    angle = torch.cat((angle, angle), dim=-1)
+    return angle.cos().to(torch.float32), angle.sin().to(torch.float32)
+
+
+def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """keys (B, H, n, D) rotated by (cos, sin) (n, R), R <= D, in float32; dims past R untouched."""
+    rot = cos.shape[-1]
+    k = keys[..., :rot].float()
+    out = (k * cos + rotate_half(k) * sin).to(keys.dtype)
+    if rot < keys.shape[-1]:
+        out = torch.cat((out, keys[..., rot:]), dim=-1)
+    return out
+
+
+def rotate_keys(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move post-RoPE keys by `shift` positions: R(p) k -> R(p + shift) k.
+
+    keys: (B, H, n, D), already rotated by the model; shift: (n,) integer positions, one per key;
+    inv_freq: (R/2,) the rotary frequencies of this layer (R <= D: partial rotary models rotate
+    only the first R dims). RoPE's attention scaling (YaRN) is already inside the cached keys and
+    is not applied again.
+    """
+    cos, sin = rotation(shift, inv_freq.to(keys.device))
+    return apply_rotation(keys, cos.to(keys.device), sin.to(keys.device))
+
+
+class SinkCacheLayer(CacheLayerMixin):
+    """One global-attention layer's cache: pinned sink tokens plus a window of recent tokens.
+
+    State between steps (B batch, H kv heads, D head dim):
+        sink_keys, sink_values  (B, H, S, D)  pinned tokens that left the window, with their
+                                              original rotation; their positions in `sink_pos`
+        keys, values            (B, H, n, D)  the recent tokens, contiguous absolute positions
+                                              [window_start, cumulative_length), n <= window - 1
+    `update` returns sinks (re-rotated) + window + the new tokens: at most len(pinned) + window keys.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, pinned: tuple[int, ...], window: int, inv_freq: torch.Tensor, shared: dict | None = None):
+        super().__init__()
+        # Every global layer moves its sinks by the same shifts at each step: layers that share a
+        # SinkCache share the cos/sin too (keyed by step and frequencies), computed once per step.
+        self.shared = shared if shared is not None else {}
+        if window < 2:
+            raise SinkholeError(f"window must be at least 2 (got {window})")
+        self.pinned = frozenset(int(p) for p in pinned)
+        self.window = int(window)
+        self.inv_freq = inv_freq
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.keys = self.values = None
+        self.sink_keys = self.sink_values = None
+        self.sink_pos: list[int] = []
+        self.window_start = 0
+        self.cumulative_length = 0
+        self.is_initialized = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        b, h, _, d = key_states.shape
+        empty = key_states.new_zeros((b, h, 0, d))
+        self.keys, self.sink_keys = empty, empty
+        self.values = self.sink_values = value_states.new_zeros((b, h, 0, value_states.shape[-1]))
+        self.inv_freq = self.inv_freq.to(self.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append q new tokens; return the keys/values the new tokens attend to."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n_sink = len(self.sink_pos)
+        sinks = self.sink_keys
+        if n_sink:
+            sinks = apply_rotation(self.sink_keys, *self.sink_rotation())
+        # One copy per step, as DynamicLayer's torch.cat; the stored window below is a view of it.
+        full_k = torch.cat((sinks, self.keys, key_states), dim=-2)
+        full_v = torch.cat((self.sink_values, self.values, value_states), dim=-2)
+        self.cumulative_length += key_states.shape[-2]
+
+        n_recent = full_k.shape[-2] - n_sink  # window + new, positions [window_start, cumulative_length)
+        evict = max(0, n_recent - (self.window - 1))
+        if evict:
+            leaving = [i for i in range(evict) if self.window_start + i in self.pinned]
+            if leaving:
+                # Window keys were never re-rotated, so they carry their original rotation.
+                idx = torch.tensor([n_sink + i for i in leaving], device=full_k.device)
+                self.sink_keys = torch.cat((self.sink_keys, full_k.index_select(-2, idx)), dim=-2)
+                self.sink_values = torch.cat((self.sink_values, full_v.index_select(-2, idx)), dim=-2)
+                self.sink_pos += [self.window_start + i for i in leaving]
+            self.window_start += evict
+        self.keys = full_k[:, :, n_sink + evict:, :]
+        self.values = full_v[:, :, n_sink + evict:, :]
+        return full_k, full_v
+
+    def sink_rotation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin placing sink i just before the window: at absolute position window_start - S + i."""
+        key = (self.window_start, tuple(self.sink_pos), self.inv_freq.data_ptr())
+        if self.shared.get("key") != key:
+            target = torch.arange(self.window_start - len(self.sink_pos), self.window_start)
+            cos, sin = rotation(target - torch.tensor(self.sink_pos), self.inv_freq.cpu())
+            self.shared.clear()
+            self.shared.update(key=key, value=(cos.to(self.device), sin.to(self.device)))
+        return self.shared["value"]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """Cached keys map to the positions just before the query, so a causal mask shows them all."""
+        stored = self.stored_length()
+        return stored + query_length, self.cumulative_length - stored
+
+    def stored_length(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.keys.shape[-2] + self.sink_keys.shape[-2]
+
+    def get_seq_length(self) -> int:
+        """Tokens seen so far (absolute), which is what the model numbers the next position from."""
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        return len(self.pinned) + self.window
+
+    def reset(self) -> None:
+        self.reset_state()
+
+    def _map_batch(self, fn) -> None:
+        if self.is_initialized:
+            self.keys, self.values = fn(self.keys), fn(self.values)
+            self.sink_keys, self.sink_values = fn(self.sink_keys), fn(self.sink_values)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map_batch(lambda t: t[indices, ...])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise SinkholeError("SinkCache cannot be cropped (evicted tokens are gone): assisted decoding is not supported")
+
+
+def rotary_inv_freq(model: torch.nn.Module, layer_type: str) -> torch.Tensor:
+    """The rotary frequencies a layer of `layer_type` uses, read from the model's rotary module.
+
+    transformers keeps them as a buffer `inv_freq` (one RoPE for all layers) or
+    `<layer_type>_inv_freq` (Gemma-3: a local base for sliding layers, a global one for full ones).
+    """
+    found = None
+    for name, buf in model.named_buffers():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == f"{layer_type}_inv_freq":
+            return buf
+        if leaf == "inv_freq" and found is None:
+            found = buf
+    if found is None:
+        raise SinkholeError(
+            f"{type(model).__name__} has no rotary embedding (no inv_freq buffer): SinkCache supports RoPE models only"
+        )
+    return found
+
+
+class SinkCache(Cache):
+    """StreamingLLM cache: `pinned` sink tokens + `window` recent tokens per global-attention layer.
+
+        cache = SinkCache(n_sink=4, window=1020, model=model)   # pins positions 0..3
+        model.generate(ids, past_key_values=cache, max_new_tokens=20_000)
+
+    Each global layer attends to at most n_sink + window keys (the new token included) and holds
+    n_sink + window - 1 between steps. `model` is needed for its rotary frequencies: transformers
+    5.x no longer passes cos/sin to `Cache.update`. `sink_positions` overrides n_sink with explicit
+    absolute positions to pin (a profile's sinks, say).
+    """
+
+    def __init__(self, n_sink: int = 4, window: int = 1020, *, model: torch.nn.Module,
+                 sink_positions: list[int] | None = None):
+        if model is None:
+            raise SinkholeError("SinkCache needs the model (for its rotary frequencies): SinkCache(..., model=model)")
+        pinned = tuple(sorted(set(sink_positions))) if sink_positions is not None else tuple(range(n_sink))
+        if any(p < 0 for p in pinned):
+            raise SinkholeError(f"sink positions must be non-negative (got {list(pinned)})")
+        if n_sink < 0:
+            raise SinkholeError(f"n_sink must be non-negative (got {n_sink})")
+        if window < 2:
+            raise SinkholeError(f"window must be at least 2 (got {window})")
+        self.pinned, self.window = pinned, int(window)
+        config = model.config.get_text_config(decoder=True)
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+        capacity = len(pinned) + self.window
+        layers, shared = [], {}
+        for kind, kw in zip(layer_types, layer_kwargs):
+            if kind in GLOBAL_TYPES:
+                layers.append(SinkCacheLayer(pinned, self.window, rotary_inv_freq(model, kind), shared))
+            elif kind in LOCAL_TYPES:
+                layers.append(DynamicSlidingWindowLayer(sliding_window=min(kw["sliding_window"], capacity)))
+            else:
+                raise SinkholeError(f"SinkCache does not support '{kind}' layers")
+        super().__init__(layers=layers)
+
+    @classmethod
+    def from_profile(cls, profile, window: int = 1020, *, model: torch.nn.Module) -> "SinkCache":
+        """Pin the positions a `SinkProfile` found to sink (its `pinned_slots` first sink positions).
+
+        When the profile asks for more slots than it lists positions, the earliest unlisted
+        positions fill the rest (StreamingLLM's default is the first tokens).
+        """
+        return cls(window=window, model=model, sink_positions=profile_positions(profile))
+
+    @property
+    def n_sink(self) -> int:
+        return len(self.pinned)
+
+
+def profile_positions(profile) -> list[int]:
+    """The absolute positions a profile pins: `pinned_slots` of them, its sink positions first."""
+    slots = int(profile.pinned_slots)
+    chosen = sorted(set(int(p) for p in profile.sink_positions))[:slots]
+    p = 0
+    while len(chosen) < slots:
+        if p not in chosen:
+            chosen.append(p)
+        p += 1
+    return sorted(chosen)

@@ -1,0 +1,294 @@
+"""Long-text perplexity of streaming caches, as the StreamingLLM paper evaluates it.
+
+The text is fed one token at a time; at each step the model predicts the next token from what its
+cache holds. `nll[j-1] = -log p(x_j | cache after x_0..x_{j-1})`, natural log, for j = 1..N-1.
+Methods (all at the same attention budget of `cache_size` keys per global layer):
+
+    dense      full attention over everything so far (transformers' DynamicCache), while the
+               text fits the model's trained context. Computed by a chunked forward with a
+               DynamicCache, which is the same arithmetic as decoding token by token.
+    window     the `cache_size` most recent tokens, no sinks (SinkCache with no pinned slots).
+    sinks      the first `n_sink` tokens + the `cache_size - n_sink` most recent (StreamingLLM).
+    profile    the positions a SinkProfile pins + the most recent tokens, same budget.
+    recompute  sliding window with recomputation: the model is run from scratch on the last
+               `cache_size` tokens (positions 0..cache_size-1) for each scored position; the
+               quality reference, computed on a sample of positions since it costs
+               cache_size tokens of compute per token.
+
+Perplexity = exp(mean nll) over the positions a method scored. Reported over all scored
+positions, over positions past the cache (j >= cache_size, where eviction has happened), and over
+the recompute sample (the only like-for-like comparison with the reference).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from sinkhole.errors import SinkholeError
+
+SCHEMA = "sinkhole.stream/1"
+METHOD_LABELS = {
+    "dense": "dense (full attention)",
+    "window": "window only",
+    "sinks": "sinks + window",
+    "profile": "profile sinks + window",
+    "recompute": "sliding window, recomputed",
+}
+
+
+def default_text() -> tuple[str, str]:
+    """Python's own documentation (pydoc_data.topics), joined: long natural text on every machine."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics)), "pydoc_data.topics"
+
+
+def encode_stream(tokenizer, text: str, n_tokens: int) -> torch.Tensor:
+    """The first n_tokens token ids of `text` (with the tokenizer's own BOS if it adds one): (1, N)."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :n_tokens]
+    if ids.shape[1] < n_tokens:
+        raise SinkholeError(f"the text has only {ids.shape[1]} tokens; asked to stream {n_tokens}")
+    return ids
+
+
+def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, V), targets (B, T) -> nll (B, T) in float32."""
+    return torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+
+
+@torch.inference_mode()
+def nll_dense(model, ids: torch.Tensor, upto: int, chunk: int = 512, progress=None) -> torch.Tensor:
+    """Full-attention nll for j = 1..upto-1, by chunks of `chunk` tokens through a DynamicCache."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = []
+    for s in range(0, upto, chunk):
+        e = min(s + chunk, upto)
+        logits = model(ids[:, s:e], cache=cache, use_cache=True).logits
+        tgt_end = min(e + 1, upto)
+        out.append(_token_nll(logits[:, : tgt_end - 1 - s], ids[:, s + 1: tgt_end])[0])
+        if progress:
+            progress(e - s)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def nll_streaming(model, ids: torch.Tensor, cache, progress=None) -> torch.Tensor:
+    """Token-by-token nll through `cache` (the StreamingLLM evaluation): (N-1,)."""
+    n = ids.shape[1]
+    out = torch.empty(n - 1)
+    for t in range(n - 1):
+        logits = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits
+        out[t] = _token_nll(logits, ids[:, t + 1: t + 2])[0, 0]
+        if progress:
+            progress(1)
+    return out
+
+
+@torch.inference_mode()
+def nll_recompute(model, ids: torch.Tensor, context: int, targets: list[int], batch: int = 8,
+                  progress=None) -> torch.Tensor:
+    """nll of x_j from a fresh forward over x_{j-context}..x_{j-1} (positions 0..context-1).
+
+    targets: positions j with j >= context (so every window is full and windows batch together).
+    Returns (len(targets),).
+    """
+    out = []
+    for s in range(0, len(targets), batch):
+        js = targets[s: s + batch]
+        windows = torch.stack([ids[0, j - context: j] for j in js])  # (b, context)
+        logits = model(windows).logits[:, -1:, :]
+        out.append(_token_nll(logits, ids[0, js][:, None])[:, 0])
+        if progress:
+            progress(len(js) * context)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def perplexity(nll: list[float | None]) -> float | None:
+    vals = [v for v in nll if v is not None]
+    return math.exp(sum(vals) / len(vals)) if vals else None
+
+
+@dataclass
+class MethodResult:
+    """One method's per-position nll. `nll[j-1]` scores token j; None where the method did not score."""
+
+    name: str
+    label: str
+    slots: int | None  # attention budget in keys per global layer (None: unbounded)
+    sink_positions: list[int]
+    nll: list[float | None]
+    seconds: float
+
+    def scored(self) -> int:
+        return sum(v is not None for v in self.nll)
+
+
+@dataclass
+class StreamResult:
+    """JSON schema "sinkhole.stream/1". `summary` rows: {method, label, slots, scored, ppl,
+    ppl_past_cache, ppl_sample} (ppl_* None when the method scored no position there)."""
+
+    model: str
+    text_source: str
+    n_tokens: int
+    cache_size: int
+    n_sink: int
+    sample_positions: list[int]
+    methods: dict[str, MethodResult]
+    settings: dict = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def summary(self) -> list[dict]:
+        rows = []
+        for m in self.methods.values():
+            past = m.nll[self.cache_size - 1:]
+            sample = [m.nll[j - 1] for j in self.sample_positions]
+            rows.append(dict(method=m.name, label=m.label, slots=m.slots, scored=m.scored(),
+                             ppl=perplexity(m.nll), ppl_past_cache=perplexity(past), ppl_sample=perplexity(sample),
+                             tokens_per_s=round(m.scored() / m.seconds, 2) if m.seconds > 0 else None))
+        return rows
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["summary"] = self.summary()
+        return d
+
+
+def _floats(t: torch.Tensor, n: int, offset: int = 0) -> list[float | None]:
+    vals: list[float | None] = [None] * n
+    for i, v in enumerate(t.tolist()):
+        vals[offset + i] = round(v, 5)
+    return vals
+
+
+def sample_targets(n_tokens: int, cache_size: int, samples: int) -> list[int]:
+    """Up to `samples` evenly spaced positions j in [cache_size, n_tokens) for the recompute reference."""
+    pool = list(range(cache_size, n_tokens))
+    if samples <= 0 or not pool:
+        return []
+    step = max(1, len(pool) // samples)
+    return pool[::step][:samples]
+
+
+def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 4,
+                    profile_positions: list[int] | None = None, recompute_samples: int = 64,
+                    text_source: str = "", progress=None) -> StreamResult:
+    """Run every method on the token ids (1, N) and collect per-position nll."""
+    from sinkhole.cache.sink_cache import SinkCache
+
+    model = lm.model
+    n = ids.shape[1]
+    if not 0 <= n_sink < cache_size - 1:
+        raise SinkholeError(f"--sinks must be between 0 and cache size - 2 (got {n_sink} with cache {cache_size})")
+    if n < 2:
+        raise SinkholeError("stream at least 2 tokens")
+    ids = ids.to(lm.device)
+    methods: dict[str, MethodResult] = {}
+
+    def timed(name, slots, sinks, fn, offset=0):
+        t0 = time.perf_counter()
+        vals = fn()
+        methods[name] = MethodResult(name, METHOD_LABELS[name], slots, sinks,
+                                     _floats(vals.cpu(), n - 1, offset), time.perf_counter() - t0)
+
+    dense_upto = min(n, lm.max_context or n)
+    timed("dense", None, [], lambda: nll_dense(model, ids, dense_upto, progress=progress))
+    timed("window", cache_size, [], lambda: nll_streaming(model, ids, SinkCache(0, cache_size, model=model), progress))
+    sinks = list(range(n_sink))
+    timed("sinks", cache_size, sinks,
+          lambda: nll_streaming(model, ids, SinkCache(n_sink, cache_size - n_sink, model=model), progress))
+    if profile_positions is not None:
+        pins = sorted(set(profile_positions))
+        if len(pins) >= cache_size - 1:
+            raise SinkholeError(f"the profile pins {len(pins)} slots, too many for a cache of {cache_size}")
+        if pins == sinks:  # same policy: reuse the run rather than stream again
+            methods["profile"] = MethodResult("profile", METHOD_LABELS["profile"], cache_size, pins,
+                                              list(methods["sinks"].nll), methods["sinks"].seconds)
+        else:
+            cache = SinkCache(window=cache_size - len(pins), model=model, sink_positions=pins)
+            timed("profile", cache_size, pins, lambda: nll_streaming(model, ids, cache, progress))
+    targets = sample_targets(n, cache_size, recompute_samples)
+    t0 = time.perf_counter()
+    rec = nll_recompute(model, ids, cache_size, targets, progress=progress)
+    rec_nll: list[float | None] = [None] * (n - 1)
+    for j, v in zip(targets, rec.tolist()):
+        rec_nll[j - 1] = round(v, 5)
+    methods["recompute"] = MethodResult("recompute", METHOD_LABELS["recompute"], cache_size, [], rec_nll,
+                                        time.perf_counter() - t0)
+    return StreamResult(model=lm.name, text_source=text_source, n_tokens=n, cache_size=cache_size,
+                        n_sink=n_sink, sample_positions=targets, methods=methods,
+                        settings=dict(recompute_samples=recompute_samples, dense_upto=dense_upto,
+                                      dtype=str(lm.dtype).replace("torch.", ""), device=str(lm.device)))
+
+
+def progress_total(n: int, cache_size: int, n_streams: int, n_samples: int, dense_upto: int) -> int:
+    """Work units `evaluate_stream` reports: tokens decoded + tokens recomputed."""
+    return dense_upto + n_streams * (n - 1) + n_samples * cache_size
+
+
+def binned_ppl(nll: list[float | None], width: int) -> tuple[list[float], list[float]]:
+    """Perplexity in consecutive bins of `width` positions, placed at the mean scored position of
+    each bin (nll[i] scores token i+1); bins with nothing scored are left out."""
+    centres, vals = [], []
+    for s in range(0, len(nll), width):
+        scored = [(i + 1, v) for i, v in enumerate(nll[s: s + width], start=s) if v is not None]
+        if scored:
+            centres.append(sum(j for j, _ in scored) / len(scored))
+            vals.append(math.exp(sum(v for _, v in scored) / len(scored)))
+    return centres, vals
+
+
+def render_table(result: dict) -> str:
+    """Plain-text table of `StreamResult.to_dict()`."""
+    def f(v):
+        return "-" if v is None else (f"{v:.2f}" if v < 1000 else f"{v:.0f}")
+
+    lines = [f"{result['model']}: {result['n_tokens']} tokens of {result['text_source']}, "
+             f"cache {result['cache_size']} keys per global layer, {len(result['sample_positions'])} recompute samples",
+             f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12} {'tok/s':>7}"]
+    for r in result["summary"]:
+        slots = "all" if r["slots"] is None else str(r["slots"])
+        label = r["label"] + (f" {result['methods'][r['method']]['sink_positions']}" if r["method"] == "profile" else "")
+        lines.append(f"{label:<28} {slots:>5} {r['scored']:>6} {f(r['ppl']):>9} {f(r['ppl_past_cache']):>13} "
+                     f"{f(r['ppl_sample']):>12} {f(r['tokens_per_s']):>7}")
+    return "\n".join(lines)
+
+
+def plot_stream(result: dict, path, width: int = 32) -> None:
+    """PNG of perplexity against position (bins of `width` tokens), recompute samples as dots."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sinkhole.models.loading import write_atomic
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, m in result["methods"].items():
+        w = width
+        if name == "recompute":  # sampled positions: widen the bins so each holds several samples
+            gaps = [b - a for a, b in zip(result["sample_positions"], result["sample_positions"][1:])]
+            w = max(width, 4 * (max(gaps) if gaps else 1))
+        xs, ys = binned_ppl(m["nll"], w)
+        if xs:
+            style = dict(color="black", linestyle="--", marker="o", markersize=3) if name == "recompute" else {}
+            ax.plot(xs, ys, label=m["label"] + (f" {m['sink_positions']}" if name == "profile" else ""), **style)
+    ax.axvline(result["cache_size"], color="grey", linestyle=":", label="cache full")
+    ax.set_yscale("log")
+    ax.set_xlabel("position in stream (tokens)")
+    ax.set_ylabel(f"perplexity (bins of {width} tokens)")
+    ax.set_title(f"{result['model']}: streaming perplexity, cache {result['cache_size']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())

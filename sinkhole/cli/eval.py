@@ -1,0 +1,76 @@
+"""`sinkhole eval`: spike and sink statistics over a prompt suite (structural or prompt-specific?)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
+from sinkhole.cli.common import add_model_args, load_probe, status
+
+HELP = "run a prompt suite; per-prompt rows, summary statistics, figures (resumable)"
+EPILOG = """examples:
+  sinkhole eval --model smollm2-135m --prompts builtin --out runs/smollm2
+  sinkhole eval --model gemma3-270m --prompts my_prompts.jsonl --out runs/gemma --limit 100
+  sinkhole eval --prompts questions.txt --out runs/q --no-chat --threshold 20
+
+Re-running the same command into the same --out resumes where it stopped; other settings into
+that directory are refused. Outputs: results.jsonl, run.json, summary.json, *.png, summary.html.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("prompts")
+    g.add_argument("--prompts", default="builtin",
+                   help="'builtin' (the shipped suite), a .jsonl file ({\"prompt\", \"category\"} a line) or a .txt file (one prompt a line)")
+    g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
+    g.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="apply the tokenizer's chat template (default: when it has one)")
+    g.add_argument("--no-chat", dest="chat", action="store_false")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
+    a.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
+    a.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE, help="share of heads a sink token must hold, default 0.5")
+    b = p.add_argument_group("run")
+    b.add_argument("--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)")
+    b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
+    b.add_argument("--max-batch", type=int, default=None, help="prompts per forward, default 32")
+    b.add_argument("--no-figures", action="store_true", help="skip the PNG figures and HTML page")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from sinkhole.errors import SinkholeError
+    from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
+
+    suite = load_suite(args.prompts, args.limit)
+    settings = EvalSettings(threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat)
+    for name, value in (("batch_tokens", args.batch_tokens), ("max_batch", args.max_batch)):
+        if value is not None and value < 1:
+            raise SinkholeError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_tokens:
+        settings.max_batch_tokens = args.batch_tokens
+    if args.max_batch:
+        settings.max_batch = args.max_batch
+    probe = load_probe(args)
+    bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    try:
+        def initial(n: int) -> None:
+            if n:
+                status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
+                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
+                bar.refresh()
+
+        rows = run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial)
+    finally:
+        bar.close()
+    summary = write_outputs(rows, args.out, figures=not args.no_figures)
+    status(f"wrote {args.out}/results.jsonl, summary.json" + ("" if args.no_figures else ", figures, summary.html"))
+    print(render_summary(summary))
+    return 0

@@ -1,0 +1,149 @@
+"""`sinkhole mechanism`: the spike-and-sink mechanism of a model, measured step by step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sinkhole.cli.common import add_model_args, status
+from sinkhole.errors import SinkholeError
+
+HELP = "lifecycle, spike channels, activation regime, quadratic amplifier, norms, sink keys, interventions"
+EPILOG = """examples:
+  sinkhole mechanism --json mech.json
+  sinkhole mechanism --model gemma3-270m --prompts prompts.txt --output mech.html
+  sinkhole mechanism --no-chat --no-interventions
+  sinkhole mechanism --vocab-sweep --json mech.json     # adds the vocabulary sweep (in the model's dtype:
+                                                        # minutes in float32; `vocab-sweep` runs bfloat16)
+
+--prompts FILE: one prompt per line, or a .jsonl file with a "prompt" (or "text") field per line.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("mechanism", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("prompts")
+    g.add_argument("--prompts", type=Path, help="prompt file (default: 16 built-in prompts)")
+    g.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="apply the tokenizer's chat template (default: when it has one)")
+    g.add_argument("--no-chat", dest="chat", action="store_false")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--threshold", type=float, default=10.0, help="spike score threshold (x median), default 10")
+    a.add_argument("--epsilon", type=float, default=0.3, help="attention mass that makes a head a sink head, default 0.3")
+    a.add_argument("--no-interventions", dest="interventions", action="store_false",
+                   help="skip the perplexity interventions")
+    a.add_argument("--text", type=Path, help="intervention text file (default: Python's pydoc topics)")
+    a.add_argument("--text-tokens", type=int, default=1024, help="tokens of the intervention text, default 1024")
+    a.add_argument("--vocab-sweep", action="store_true", help="also run the vocabulary sweep (see `sinkhole vocab-sweep`)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
+    o.add_argument("--json", type=Path, help="write the JSON report (with its `mechanism` section) here")
+    p.set_defaults(run=run)
+
+
+def read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SinkholeError(f"prompt file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SinkholeError(f"cannot read prompt file {path}: {err}") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise SinkholeError(f"{path}:{n}: not a JSON line") from None
+            text = row.get("prompt") or row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise SinkholeError(f"{path}:{n}: no 'prompt' or 'text' field")
+            prompts.append(text)
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise SinkholeError(f"no prompts in {path}")
+    return prompts
+
+
+def render(m: dict) -> str:
+    """A short terminal summary of the mechanism dict."""
+    s, t, lcy = m["summary"], m["targets"], m["lifecycle"]
+    lines = [f"Targets  {t['n']} {'top-score tokens (no spike token passed the threshold)' if t['fallback'] else 'spike tokens'}; "
+             f"step-up layer {t['step_up_layer']}; spike channels {t['spike_channels']}",
+             f"Summary  spike score {s['spike_score']:.1f}x  top |h| {s['top_abs_over_median']:.0f}x median  "
+             f"top sink: rate {s['top_sink_rate']:.0%}, mass {s['top_sink_attn_mass']:.1%}",
+             f"Lifecycle  rises at {lcy['rise_counts']}  falls at {lcy['fall_counts']}  "
+             f"plateau {lcy['plateau_blocks_mean']:.1f} blocks (of {2 * len(m['channels']['value_by_layer'][0])})"]
+    ch = m["channels"]
+    lines.append("Channels  " + "  ".join(
+        f"{c}: {v:.0f}" + (f" (ratio {r:.3f}, cv over layers {cv:.3f})" if r is not None and cv is not None else "")
+        for c, v, r, cv in zip(ch["channels"], ch["plateau_value"], ch["ratio_to_main"], ch["ratio_cv_across_layers"])
+        if v is not None))
+    a = m["activation"]
+    if a["spike"]["cos"] is not None:
+        lines.append(f"Activation ({a['activation']})  spike tokens: cos {a['spike']['cos']:.3f}, norm ratio "
+                     f"{a['spike']['norm_ratio']:.3f}   others: cos {a['other']['cos']:.3f}, norm ratio {a['other']['norm_ratio']:.3f}")
+    for c in m["amplifier"]["channels"]:
+        lines.append(f"Amplifier ch {c['channel']}  ||U_k||_F {c['fro_over_median']:.1f}x median (rank {c['fro_rank']})  "
+                     f"lambda1/|lambda2| {c['dominance']:.1f}  |cos(x, s*)| spike {c['alignment_spike'] or 0:.2f} "
+                     f"vs others {c['alignment_other'] or 0:.2f}")
+    n = m["normalization"]
+    lines.append(f"Normalization  spike-channel share of post-norm mass: before {n['before']['spike_sparsity']:.2f}, "
+                 f"after {n['after']['spike_sparsity']:.2f} (others {n['after']['other_sparsity']:.2f})")
+    k = m["sink_keys"]
+    if k["mean_sink_pr"] is not None:
+        lines.append(f"Sink keys  participation ratio {k['mean_sink_pr']:.2f} (sink) vs {k['mean_other_pr']:.2f} "
+                     f"(others, n={k['n_sink_keys']})  sink heads {k['n_sink_heads']}/{k['n_heads']}")
+    if "interventions" in m:
+        iv = m["interventions"]
+        lines.append(f"Perplexity ({iv['n_tokens']} tokens)  " + "  ".join(
+            f"{name} {v:.2f}" if v is not None else f"{name} n/a" for name, v in iv["perplexity"].items()))
+    if "vocab_sweep" in m:
+        v = m["vocab_sweep"]
+        lines.append(f"Vocabulary sweep  {v['spike_share']:.1%} of {v['n_tokens']} tokens spike alone at position 0 "
+                     f"({v['n_exceptions']} exceptions: {v['exceptions_are']})")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
+    from sinkhole.cli.common import load_probe
+    from sinkhole.report import html
+    from sinkhole.report.schema import write_json
+
+    prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    text = None
+    if args.text is not None:
+        try:
+            text = args.text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise SinkholeError(f"cannot read text file {args.text}: {err}") from None
+    if args.text_tokens < 16:
+        raise SinkholeError("--text-tokens must be at least 16")
+    cfg = MechanismConfig(threshold=args.threshold, epsilon=args.epsilon, interventions=args.interventions,
+                          text=text, text_tokens=args.text_tokens)
+    probe = load_probe(args)
+    mech, reports = run_mechanism(probe, prompts, chat=args.chat, cfg=cfg, status=status)
+    if args.vocab_sweep:
+        from sinkhole.analysis.mechanism.interventions import text_ids
+        from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
+
+        status("vocabulary sweep ...")
+        mech["vocab_sweep"] = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)
+    report = reports[0]
+    report.extra["mechanism"] = mech
+    d = report.to_dict()
+    if args.output:
+        html.write_html(d, args.output)
+        status(f"wrote {args.output}")
+    if args.json:
+        write_json(d, args.json)
+        status(f"wrote {args.json}")
+    print(render(d["mechanism"]))
+    return 0

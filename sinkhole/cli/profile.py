@@ -1,0 +1,74 @@
+"""`sinkhole profile`: detect a model's sink/spike profile over a prompt suite, or show a saved one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sinkhole.cli.common import add_model_args, load_probe, status
+
+HELP = "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
+EPILOG = """examples:
+  sinkhole profile --model smollm2-135m --out smollm2.json
+  sinkhole profile --model gemma3-270m --limit 100 --out gemma3.json
+  sinkhole profile --show smollm2-135m          # a shipped profile (or --show FILE.json)
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("prompts")
+    g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
+    g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
+    g.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="apply the tokenizer's chat template (default: when it has one)")
+    g.add_argument("--no-chat", dest="chat", action="store_false")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--threshold", type=float, default=None, help="spike score threshold (x median), default 10")
+    a.add_argument("--epsilon", type=float, default=None, help="attention mass counted as sinking a head, default 0.3")
+    a.add_argument("--min-sink-rate", type=float, default=None, help="share of heads a sink token must hold, default 0.5")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", "-o", type=Path, help="write the profile JSON here")
+    o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
+    p.set_defaults(run=run)
+
+
+def render_profile(pr) -> str:
+    m = pr.model
+    lines = [f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
+             f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
+             f"sink rule  {pr.sink_rule.get('description')}",
+             f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}"]
+    for t in pr.sink_tokens[:6]:
+        where = "anywhere" if t["position"] is None else f"pos {t['position']}"
+        lines.append(f"  {where}  {t['text']!r}  mass {t['attn_mass']:.1%}  sink rate {t['sink_rate']:.0%}  in {t['frequency']:.0%}")
+    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {c['frequency']:.0%})" for c in pr.spike_channels[:8])
+    lines.append(f"spike channels  {ch or 'none'}")
+    lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
+    lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from sinkhole.eval.suite import load_suite
+    from sinkhole.profiles.detect import SinkDetector
+    from sinkhole.profiles.profile import load_profile
+
+    if args.show:
+        print(render_profile(load_profile(args.show)))
+        return 0
+    suite = load_suite(args.prompts, args.limit)  # first: a bad suite fails before the model loads
+    probe = load_probe(args)
+    with tqdm(total=len(suite), desc="profile", unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
+        profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
+                               min_sink_rate=args.min_sink_rate, progress=bar.update).detect()
+    if args.out:
+        profile.save(args.out)
+        status(f"wrote {args.out}")
+    print(render_profile(profile))
+    return 0

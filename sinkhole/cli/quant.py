@@ -1,0 +1,129 @@
+"""`sinkhole quant`: which layers, channels and tokens to protect when quantizing, in the config format
+of the quantizer you use, and (`--validate`) the perplexity that fake-quantized W8A8 reaches with each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sinkhole.cli.common import add_model_args, status
+from sinkhole.errors import SinkholeError
+
+HELP = "quantization hints from spike statistics (bitsandbytes, llm-compressor, torchao, smoothquant, prefix)"
+EPILOG = """examples:
+  sinkhole quant --backend bitsandbytes --out bnb.json
+  sinkhole quant --backend llm-compressor --out recipe.yaml
+  sinkhole quant --backend smoothquant --out act_scales.pt --alpha 0.8
+  sinkhole quant --backend torchao --profile smollm2-135m --out torchao.json   # from a profile, no calibration
+  sinkhole quant --validate --json quant-validate.json                       # perplexity of W8A8 schemes
+"""
+
+
+def add_parser(sub) -> None:
+    from sinkhole.quant import BACKENDS
+
+    p = sub.add_parser("quant", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    c = p.add_argument_group("calibration")
+    c.add_argument("--calib", default="builtin",
+                   help="'builtin' (Python's pydoc topics, first half) or a text file")
+    c.add_argument("--calib-seqs", type=int, default=8, help="calibration sequences (default 8)")
+    c.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
+    c.add_argument("--profile", help="use a sinkhole profile (shipped name or JSON file) instead of calibrating")
+    c.add_argument("--stats-json", type=Path, help="write the per-module calibration statistics here")
+    h = p.add_argument_group("hints")
+    h.add_argument("--backend", choices=BACKENDS, help="config format to emit")
+    h.add_argument("--out", type=Path, help="write the backend's config here (default: print it)")
+    h.add_argument("--alpha", default="auto",
+                   help="SmoothQuant strength, or 'auto': tuned on calibration perplexity (default auto)")
+    v = p.add_argument_group("validation")
+    v.add_argument("--validate", action="store_true", help="measure fake-quantized W8A8 perplexity per scheme")
+    v.add_argument("--heldout", default="builtin", help="'builtin' (pydoc topics, second half) or a text file")
+    v.add_argument("--heldout-seqs", type=int, default=4, help="held-out sequences (default 4)")
+    v.add_argument("--heldout-len", type=int, default=512, help="tokens per held-out sequence (default 512)")
+    v.add_argument("--json", type=Path, help="write the validation results here")
+    p.set_defaults(run=run)
+
+
+def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
+    """The alpha to emit: a number the user gave, or tuned on calibration perplexity."""
+    if args.alpha != "auto":
+        try:
+            a = float(args.alpha)
+        except ValueError:
+            raise SinkholeError(f"--alpha must be a number in (0, 1) or 'auto', not '{args.alpha}'") from None
+        if not 0 < a < 1:
+            raise SinkholeError(f"--alpha must be in (0, 1), not {a}")
+        return a, {"alpha": "given"}
+    if stats is None:
+        return None, {"alpha": "default (no calibration to tune on)"}
+    from sinkhole.quant.validate import ALPHAS, tune_alpha
+
+    status(f"tuning SmoothQuant alpha over {list(ALPHAS)} on calibration perplexity ...")
+    a, ppl = tune_alpha(lm, stats, [s[:128] for s in calib[:2]])
+    return a, {"alpha": "tuned on calibration perplexity", "calibration_perplexity": {str(k): v for k, v in ppl.items()}}
+
+
+def run(args) -> int:
+    from sinkhole.models.loading import load_model, write_atomic
+    from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
+    from sinkhole.quant.report import render_stats
+    from sinkhole.quant.stats import collect_stats
+    from sinkhole.quant.texts import calibration_sequences, heldout_sequences
+
+    if not args.backend and not args.validate:
+        raise SinkholeError("give --backend B (to emit hints) and/or --validate (to measure perplexity)")
+    if args.profile and args.validate:
+        raise SinkholeError("--validate calibrates on the model itself: drop --profile")
+    for flag in ("calib_seqs", "calib_len", "heldout_seqs", "heldout_len"):
+        if getattr(args, flag) < (2 if flag.endswith("len") else 1):
+            raise SinkholeError(f"--{flag.replace('_', '-')} is too small")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code, log=status)
+    stats, calib = None, []
+    if args.profile:
+        from sinkhole.profiles.profile import load_profile
+
+        source = load_profile(args.profile)
+        source.check_model(weights_id=lm.weights_id, name=lm.name)
+    else:
+        calib = calibration_sequences(lm.tokenizer, args.calib, args.calib_seqs, args.calib_len)
+        status(f"calibrating on {len(calib)} x {len(calib[0])} tokens of {args.calib} ...")
+        stats = source = collect_stats(lm, calib, source=str(args.calib))
+        print(render_stats(stats))
+        if args.stats_json:
+            write_atomic(args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1))
+            status(f"wrote {args.stats_json}")
+    need_alpha = args.validate or args.backend in ("llm-compressor", "smoothquant")
+    alpha, alpha_basis = _alpha(args, lm, stats, calib) if need_alpha else (None, {})
+    if args.backend:
+        hints = get_quantization_hints(source, args.backend, family=lm.family, tokenizer=lm.tokenizer, alpha=alpha)
+        hints["basis"].update(alpha_basis)
+        if args.out:
+            for path in write_hints(hints, args.out):
+                status(f"wrote {path}")
+            print(json.dumps({k: v for k, v in hints.items() if k != "config"}, indent=1, default=str))
+        elif args.backend == "smoothquant":
+            raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
+        else:
+            print(json.dumps(hints, indent=1))
+    if args.validate:
+        from sinkhole.quant.report import render_validation
+        from sinkhole.quant.validate import validate
+
+        heldout = heldout_sequences(lm.tokenizer, args.heldout, args.heldout_seqs, args.heldout_len)
+        h = {"threshold": int8_threshold(stats)[0], "alpha": alpha, "skip": skip_modules(stats),
+             "prefix": prefix_tokens(stats, lm.tokenizer)["token_ids"]}
+        status(f"validating on {len(heldout)} x {len(heldout[0])} held-out tokens of {args.heldout} ...")
+        result = validate(lm, stats, calib, heldout, h,
+                          progress=lambda name, i, n: status(f"  [{i + 1}/{n}] {name}"))
+        result["model"] = stats.model
+        result["calibration"] = {"source": str(args.calib), "n_sequences": len(calib), "length": len(calib[0])}
+        result["alpha_basis"] = alpha_basis
+        print(render_validation(result))
+        if args.json:
+            write_atomic(args.json, json.dumps(result, indent=1))
+            status(f"wrote {args.json}")
+    return 0

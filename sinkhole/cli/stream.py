@@ -1,0 +1,100 @@
+"""`sinkhole stream`: long-text perplexity with a bounded, sink-aware KV cache (StreamingLLM's evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sinkhole.cli.common import add_model_args, status
+
+HELP = "perplexity of a long text decoded through a bounded KV cache: window only vs sinks vs recomputation"
+EPILOG = """examples:
+  sinkhole stream                                       # SmolLM2, Python's docs, cache 256, 4 sinks
+  sinkhole stream --model gemma3-270m --tokens 2048 --cache 256 --json stream.json --plot stream.png
+  sinkhole stream --text book.txt --cache 512 --sinks 4 --profile my-profile.json
+
+methods: dense (full attention while the text fits the model's context), window only (the cache's
+most recent tokens), sinks + window (the first --sinks tokens pinned), profile sinks + window (the
+positions a sink profile pins), and sliding window with recomputation (the reference, on a sample).
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("stream", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("stream")
+    g.add_argument("--text", type=Path, help="a UTF-8 text file to stream (default: Python's pydoc topics)")
+    g.add_argument("--tokens", type=int, default=1024, help="tokens to stream, default 1024")
+    g.add_argument("--cache", type=int, default=256, help="keys per global layer, sinks included, default 256")
+    g.add_argument("--sinks", type=int, default=4, help="first tokens pinned in 'sinks + window', default 4")
+    g.add_argument("--profile", help="sink profile (file, or shipped model name) for 'profile sinks + window' "
+                                     "(default: the model's shipped profile when there is one)")
+    g.add_argument("--no-profile", action="store_true", help="skip the profile method")
+    g.add_argument("--samples", type=int, default=48,
+                   help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here")
+    o.add_argument("--plot", type=Path, help="write a PNG of perplexity against position here")
+    p.set_defaults(run=run)
+
+
+def _profile_positions(args, lm) -> list[int] | None:
+    from sinkhole.cache.sink_cache import profile_positions
+    from sinkhole.errors import SinkholeError
+    from sinkhole.profiles.profile import load_profile
+
+    if args.no_profile:
+        return None
+    if args.profile is None:
+        try:
+            prof = load_profile(lm.name)
+        except SinkholeError:
+            status(f"no shipped sink profile for {lm.name}: skipping the profile method (pass --profile)")
+            return None
+    else:
+        prof = load_profile(args.profile)
+    prof.check_model(lm.weights_id, lm.name)
+    return profile_positions(prof)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from sinkhole.cache.stream_eval import (default_text, encode_stream, evaluate_stream, plot_stream,
+                                            progress_total, render_table, sample_targets)
+    from sinkhole.errors import SinkholeError
+    from sinkhole.models.loading import load_model
+    from sinkhole.report.schema import write_json
+
+    if args.tokens < 2 or args.cache < 2:
+        raise SinkholeError("--tokens and --cache must be at least 2")
+    if args.text is not None:
+        try:
+            text, source = args.text.read_text(encoding="utf-8"), str(args.text)
+        except (OSError, UnicodeDecodeError) as err:
+            raise SinkholeError(f"cannot read text file {args.text}: {err}") from None
+    else:
+        text, source = default_text()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
+    pins = _profile_positions(args, lm)
+    ids = encode_stream(lm.tokenizer, text, args.tokens)
+    n = ids.shape[1]
+    dense_upto = min(n, lm.max_context or n)
+    n_samples = len(sample_targets(n, args.cache, args.samples))
+    streams = 2 + (pins is not None and pins != list(range(args.sinks)))
+    bar = tqdm(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="tok", desc="stream")
+    try:
+        result = evaluate_stream(lm, ids, cache_size=args.cache, n_sink=args.sinks, profile_positions=pins,
+                                 recompute_samples=args.samples, text_source=source, progress=bar.update)
+    finally:
+        bar.close()
+    d = result.to_dict()
+    if args.json:
+        write_json(d, args.json)
+        status(f"wrote {args.json}")
+    if args.plot:
+        plot_stream(d, args.plot)
+        status(f"wrote {args.plot}")
+    print(render_table(d))
+    return 0

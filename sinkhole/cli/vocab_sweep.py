@@ -1,0 +1,71 @@
+"""`sinkhole vocab-sweep`: which vocabulary tokens become spike tokens when alone at position 0."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sinkhole.cli.common import add_model_args, status
+from sinkhole.errors import SinkholeError
+
+HELP = "feed every vocabulary token alone at position 0; report the share that spikes and the exceptions"
+EPILOG = """rule: token v alone (no BOS, no chat template) is a spike token when max_l ||h_l|| exceeds
+THRESHOLD x the median peak norm of ordinary in-context tokens (positions >= 1 of the first 256
+tokens of Python's pydoc topics). Runs in bfloat16 unless --dtype is given.
+
+examples:
+  sinkhole vocab-sweep --json sweep.json
+  sinkhole vocab-sweep --model gemma3-270m --sample 20000
+  sinkhole vocab-sweep --dtype float32 --batch-size 512
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("vocab-sweep", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--threshold", type=float, default=10.0, help="score threshold (x in-context median), default 10")
+    g.add_argument("--batch-size", type=int, default=1024, help="tokens per forward pass, default 1024")
+    g.add_argument("--sample", type=int, help="sweep a fixed random sample of this many tokens instead of all")
+    g.add_argument("--list", type=int, default=20, help="exceptions to print, default 20 (the JSON holds up to 50)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, help="write the result here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from sinkhole.analysis.mechanism.interventions import text_ids
+    from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
+    from sinkhole.models.loading import load_model, write_atomic
+
+    if args.batch_size < 1:
+        raise SinkholeError("--batch-size must be positive")
+    if args.sample is not None and args.sample < 1:
+        raise SinkholeError("--sample must be positive")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype or "bfloat16",
+                    trust_remote_code=args.trust_remote_code, log=status)
+    V = lm.model.get_input_embeddings().num_embeddings
+    bar = tqdm(total=min(V, args.sample or V), desc="tokens", unit="tok", unit_scale=True, leave=False)
+    try:
+        result = vocab_sweep(lm, text_ids(lm.tokenizer, None, 256), args.threshold, args.batch_size,
+                             sample=args.sample, progress=bar.update)
+    finally:
+        bar.close()
+    result["model"] = lm.name
+    if args.json:
+        write_atomic(args.json, json.dumps(result, indent=1, ensure_ascii=False))
+        status(f"wrote {args.json}")
+    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({result['spike_share']:.1%}) spike alone at "
+          f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
+          f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)")
+    p = result["score_percentiles"]
+    print(f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}")
+    print(f"exceptions ({result['exceptions_are']}, {result['n_exceptions']}):")
+    for e in result["exceptions"][: args.list]:
+        print(f"  {e['id']:>7}  {e['text']!r:<24} score {e['score']:.1f}")
+    return 0

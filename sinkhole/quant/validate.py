@@ -1,0 +1,153 @@
+"""Evidence: perplexity of fake-quantized W8A8 schemes, so a hint is judged by what it does.
+
+Schemes (every decoder Linear is quantized unless said otherwise; lm_head stays in float in all of
+them, as in the usual W8A8 recipes):
+    float           no quantization
+    naive_static    per-tensor static activations, scale from the calibration absmax
+    dynamic         per-token dynamic activations
+    int8_outliers   LLM.int8(): outlier columns (|x| >= hinted threshold) in float, rest per token
+    smoothquant     SmoothQuant at the hinted alpha on q/k/v, gate/up and down_proj (o_proj: naive
+                    static), static per-tensor activations from the smoothed calibration absmax
+    skip_hinted     naive_static, with the hinted modules left in float
+    prefix          the hinted prefix prefilled in float (its rows pass through), naive_static scales
+                    re-calibrated on sequences with the prefix, excluding the prefix rows
+    float_prefix    float with the same prefix (the reference for `prefix`: a prefix changes the text's
+                    context, so its float perplexity differs slightly)
+
+Perplexity = exp(mean NLL) of predicting tokens 1..T-1 of each held-out sequence from the tokens
+before them, the same predicted tokens for every scheme (the prefix adds context, never targets).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
+from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
+
+SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix",
+           "float_prefix")
+ALPHAS = (0.5, 0.65, 0.8, 0.9)
+
+
+@torch.no_grad()
+def perplexity(lm, sequences: Sequence[Sequence[int]], prefix: Sequence[int] = ()) -> float:
+    """exp(mean NLL) over tokens 1.. of each sequence, with `prefix` prepended as context only."""
+    total, count = 0.0, 0
+    p = len(prefix)
+    for seq in sequences:
+        ids = torch.tensor([list(prefix) + list(seq)], device=lm.device)
+        logits = lm.model(ids, use_cache=False).logits[0, p:-1].float()  # predicts seq[1:]
+        target = ids[0, p + 1:]
+        total += float(F.cross_entropy(logits, target, reduction="sum"))
+        count += target.numel()
+    return math.exp(total / max(count, 1))
+
+
+def static_specs(stats: CalibrationStats, passthrough: int = 0) -> dict[str, QuantSpec]:
+    return {n: QuantSpec("static", absmax=s.absmax, passthrough=passthrough) for n, s in stats.modules.items()}
+
+
+def smoothquant_specs(lm, stats: CalibrationStats, alpha: float) -> dict[str, QuantSpec]:
+    """Static per-tensor specs with SmoothQuant scales on the foldable groups (q/k/v, gate/up, down)."""
+    fam = lm.family
+    linears = decoder_linears(lm.model, fam)
+    groups: dict[str, list[str]] = {}
+    for n, s in stats.modules.items():
+        groups.setdefault(s.input_group or n, []).append(n)
+    foldable = {fam.q_proj, fam.gate_proj, fam.down_proj}
+    specs = static_specs(stats)
+    for members in groups.values():
+        if not {stats.modules[m].kind for m in members} & foldable:
+            continue
+        a = stats.modules[members[0]].channel_absmax
+        w = torch.stack([linears[m][1].weight.detach().abs().amax(dim=0).float().cpu() for m in members]).amax(dim=0)
+        s = smoothing_scales(a, w, alpha)
+        smoothed_absmax = float((a / s).max())
+        for m in members:
+            specs[m] = QuantSpec("static", absmax=smoothed_absmax, smooth=s.to(lm.device))
+    return specs
+
+
+def scheme_specs(name: str, lm, stats: CalibrationStats, hints: dict) -> dict[str, QuantSpec]:
+    if name in ("float", "float_prefix"):
+        return {}
+    if name == "naive_static":
+        return static_specs(stats)
+    if name == "dynamic":
+        return {n: QuantSpec("dynamic") for n in stats.modules}
+    if name == "int8_outliers":
+        return {n: QuantSpec("int8_outliers", threshold=hints["threshold"]) for n in stats.modules}
+    if name == "smoothquant":
+        return smoothquant_specs(lm, stats, hints["alpha"])
+    if name == "skip_hinted":
+        specs = static_specs(stats)
+        return {n: (QuantSpec("float") if n in hints["skip"] else s) for n, s in specs.items()}
+    raise ValueError(f"unknown scheme {name}")
+
+
+def tune_alpha(lm, stats: CalibrationStats, sequences: Sequence[Sequence[int]],
+               alphas: Sequence[float] = ALPHAS) -> tuple[float, dict[float, float]]:
+    """The alpha with the lowest calibration perplexity under SmoothQuant static W8A8 (calibration text only)."""
+    ppl = {}
+    for a in alphas:
+        with fake_quantized(lm.model, smoothquant_specs(lm, stats, a)):
+            ppl[a] = perplexity(lm, sequences)
+    best = min(ppl, key=lambda k: ppl[k] if math.isfinite(ppl[k]) else float("inf"))
+    return best, ppl
+
+
+@dataclass
+class SchemeResult:
+    scheme: str
+    perplexity: float
+    delta_vs_float: float
+    beats_naive: bool | None  # None for the references (float, naive itself)
+    detail: str
+
+
+def validate(lm, stats: CalibrationStats, calib: Sequence[Sequence[int]], heldout: Sequence[Sequence[int]],
+             hints: dict, schemes: Sequence[str] = SCHEMES, progress=None) -> dict:
+    """Perplexity of each scheme on `heldout`. `hints`: {threshold, alpha, skip, prefix (token ids)}.
+
+    Returns {"results": [SchemeResult as dict], "hints": hints, "n_heldout_tokens": int}.
+    """
+    out: dict[str, float] = {}
+    details = {
+        "float": "no quantization", "naive_static": "per-tensor static activations (calibration absmax)",
+        "dynamic": "per-token dynamic activations",
+        "int8_outliers": f"LLM.int8 columns |x| >= {hints['threshold']:g} in float, rest per token",
+        "smoothquant": f"SmoothQuant alpha {hints['alpha']:g}, static per-tensor",
+        "skip_hinted": f"naive_static, {len(hints['skip'])} hinted modules in float",
+        "prefix": f"prefix of {len(hints['prefix'])} token(s) prefilled in float, static scales without it",
+        "float_prefix": "float with the prefix (reference for `prefix`)",
+    }
+    prefix = list(hints["prefix"])
+    for i, name in enumerate(schemes):
+        if progress:
+            progress(name, i, len(schemes))
+        if name in ("prefix", "float_prefix") and not prefix:
+            continue
+        if name == "prefix":
+            pstats = collect_stats(lm, [prefix + list(s) for s in calib], skip_positions=len(prefix))
+            with fake_quantized(lm.model, static_specs(pstats, passthrough=len(prefix))):
+                out[name] = perplexity(lm, heldout, prefix=prefix)
+            details[name] += f"; outlier tokens left after it: {sum(s.n_outlier_tokens for s in pstats.modules.values())}"
+        elif name == "float_prefix":
+            out[name] = perplexity(lm, heldout, prefix=prefix)
+        else:
+            with fake_quantized(lm.model, scheme_specs(name, lm, stats, hints)):
+                out[name] = perplexity(lm, heldout)
+    ref = out.get("float", float("nan"))
+    naive = out.get("naive_static")
+    results = []
+    for name, ppl in out.items():
+        beats = None if name in ("float", "float_prefix", "naive_static") or naive is None else bool(ppl < naive)
+        results.append(asdict(SchemeResult(name, ppl, ppl - ref, beats, details[name])))
+    return {"results": results, "hints": hints, "n_heldout_tokens": sum(len(s) - 1 for s in heldout),
+            "n_heldout_sequences": len(heldout)}

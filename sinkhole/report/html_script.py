@@ -1,0 +1,420 @@
+"""The HTML report's stylesheet and script (kept as Python strings so they ship inside the package).
+
+The script reads the JSON that `html_data.view` produced (element #sinkhole-data) and draws every
+figure with plotly. Rules it keeps: token text reaches the DOM only through `textContent` / DOM
+properties, and reaches plotly (which renders some HTML in labels and hover text) only through
+`esc()`. `window.sinkhole` exposes the data, the selection and `select*` functions for tests.
+"""
+
+CSS = r"""
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dde1e8; --bg:#f6f7f9; --accent:#1f6feb; --sink:#d64541; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       max-width: 1280px; margin: 0 auto; padding: 16px 24px 40px; background: #fff; }
+header h1 { font-size: 22px; margin: 4px 0; } header .model { color: var(--accent); font-weight: 600; }
+.sub { color: var(--muted); }
+h2 { font-size: 17px; margin: 28px 0 6px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 16px 0 6px; }
+.hint, .note { color: var(--muted); margin: 4px 0 8px; font-size: 13px; }
+.note { background: var(--bg); border-left: 3px solid var(--accent); padding: 4px 8px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 12px; margin-top: 14px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; background: var(--bg); }
+.card-h { font-weight: 600; color: var(--muted); display: flex; justify-content: space-between; }
+.card-v { font-size: 28px; font-weight: 650; margin: 2px 0 4px; }
+.card .line { font-size: 12.5px; margin-top: 3px; overflow-wrap: anywhere; }
+.pos { color: var(--muted); font-size: 11px; }
+code { background: #eceff4; border-radius: 3px; padding: 0 3px; white-space: pre; }
+button.def { border: 1px solid var(--line); background: #fff; border-radius: 50%; width: 20px; height: 20px;
+             font-size: 12px; cursor: pointer; color: var(--accent); padding: 0; vertical-align: middle; }
+button.def.linkish { border-radius: 4px; width: auto; padding: 0 8px; }
+details.term { margin-top: 10px; } details.term pre { background: var(--bg); padding: 10px; overflow-x: auto; }
+.strip { line-height: 1.9; max-height: 260px; overflow-y: auto; border: 1px solid var(--line); border-radius: 6px;
+         padding: 6px; }
+.tok { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; white-space: pre;
+       border: 1px solid #e3e6eb; border-radius: 3px; margin: 1px; padding: 0 2px; cursor: pointer; display: inline-block; }
+.tok.spike { outline: 2px solid var(--accent); outline-offset: -1px; }
+.tok.sink { text-decoration: underline 2px; font-weight: 700; }
+.tok.sel { box-shadow: 0 0 0 2px #111; }
+.row { display: flex; gap: 16px; flex-wrap: wrap; align-items: flex-start; }
+.col { flex: 1 1 480px; min-width: 0; }
+.fig { width: 100%; } .fig.short { height: 220px; } .gridcol { flex: 0 0 380px; } .fig.grid { height: 560px; }
+.fig.attn { height: 560px; } .fig.resid { height: 440px; } .fig.half { flex: 1 1 480px; height: 360px; }
+.controls { display: flex; gap: 10px; align-items: center; flex-wrap: wrap; color: var(--muted); }
+select { font: inherit; max-width: 280px; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.gen { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
+table.gen td, table.gen th { border: 1px solid var(--line); padding: 2px 8px; text-align: left; vertical-align: top; }
+table.gen th { background: var(--bg); }
+table.gen td.num { text-align: right; font-variant-numeric: tabular-nums; }
+details.group { margin: 4px 0 4px 6px; border-left: 2px solid var(--line); padding-left: 10px; }
+details.group > summary { cursor: pointer; font-weight: 600; }
+.gen-fig { height: 240px; max-width: 760px; }
+.figcap { font-weight: 600; font-size: 13px; margin: 8px 0 0; min-height: 18px; overflow-wrap: anywhere; }
+pre.json { background: var(--bg); padding: 8px; max-height: 300px; overflow: auto; font-size: 12px; }
+dialog#defs { max-width: 820px; border: 1px solid var(--line); border-radius: 10px; padding: 18px 24px; }
+dialog#defs form { position: sticky; top: 0; text-align: right; height: 0; }
+dialog#defs .close { background: #fff; }
+dialog#defs li { margin: 4px 0; }
+footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
+"""
+
+SCRIPT = r"""
+(function () {
+"use strict";
+const D = JSON.parse(document.getElementById("sinkhole-data").textContent);
+const $ = (id) => document.getElementById(id);
+const S = { layer: 0, head: 0, token: 0, sqrt: true };
+const API = { data: D, state: S, ready: false };
+window.sinkhole = API;
+const CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+const FONT = { family: "system-ui, sans-serif", size: 12 };
+
+// ---------- text helpers: plain text for the DOM, esc() for anything plotly renders ----------
+function esc(s) {
+  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&#34;").replace(/'/g, "&#39;");  // plotly decodes numeric entities, not &quot;
+}
+function vis(s) { return String(s).replace(/\n/g, "\u21b5").replace(/\r/g, "\u240d").replace(/\t/g, "\u21e5"); }
+function short(s, n) { s = vis(s); return s.length > n ? s.slice(0, n - 1) + "\u2026" : s; }
+function label(t, n) { return "#" + t + " " + short(D.tokens[t], n || 16); }
+function fmt(x) {
+  if (x === null || x === undefined) return "\u2014";
+  if (typeof x !== "number") return String(x);
+  if (Number.isInteger(x)) return String(x);
+  const a = Math.abs(x);
+  return (a !== 0 && (a < 1e-3 || a >= 1e6)) ? x.toExponential(3) : String(+x.toPrecision(4));
+}
+function pct(x) { return x === null || x === undefined ? "\u2014" : (100 * x).toFixed(1) + "%"; }
+function range(n) { return Array.from({ length: n }, (_, i) => i); }
+
+// ---------- packed arrays (see html_data.pack) ----------
+function half(h) {  // IEEE 754 binary16 -> number
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+  if (e === 0) return s * f * Math.pow(2, -24);
+  if (e === 31) return f ? NaN : s * Infinity;
+  return s * (1 + f / 1024) * Math.pow(2, e - 15);
+}
+function unpack(p) {
+  const bin = atob(p.b64), u8 = p.dtype === "u8", n = u8 ? bin.length : bin.length / 2;
+  if (p.dtype === "f16") {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = half(bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8));
+    return out;
+  }
+  const top = u8 ? 255 : 65535, sq = p.scale === "sqrt", out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const q = u8 ? bin.charCodeAt(i) : (bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8));
+    const v = q / top;
+    out[i] = sq ? v * v : v;
+  }
+  return out;
+}
+const T = D.T, L = D.L, H = D.H;
+const maps = D.maps ? unpack(D.maps) : null;     // (L, H, T(T+1)/2) lower triangles
+const alpha = D.alpha ? unpack(D.alpha) : null;  // (L, H, T)
+const TRI = T * (T + 1) / 2;
+API.arrays = { maps: maps, alpha: alpha };
+const spikeSet = new Set(D.spikes.map((s) => s.position));
+const sinkSet = new Set(D.sinks.map((s) => s.position));
+
+function tokenTicks(maxTicks) {
+  const step = Math.max(1, Math.ceil(T / maxTicks)), vals = [];
+  for (let t = 0; t < T; t += step) vals.push(t);
+  return { tickvals: vals, ticktext: vals.map((t) => esc(label(t, 12))) };
+}
+
+// ---------- token strip + per-token chart ----------
+function buildStrip() {
+  const strip = $("strip"), top = Math.max(...D.mass.map((m) => m || 0)) || 1;
+  D.tokens.forEach((txt, t) => {
+    const el = document.createElement("span"), a = Math.sqrt(Math.max(D.mass[t] || 0, 0) / top);
+    el.className = "tok" + (spikeSet.has(t) ? " spike" : "") + (sinkSet.has(t) ? " sink" : "");
+    el.textContent = vis(txt) || "\u2205";
+    el.style.background = "rgba(214,69,65," + a.toFixed(3) + ")";
+    if (a > 0.65) el.style.color = "#fff";
+    el.title = "#" + t + "  id " + D.ids[t] + "\nattention mass " + pct(D.mass[t]) + "\nsink rate " +
+      pct(D.sink_rate[t]) + " of heads\nspike score " + fmt(D.score ? D.score[t] : null) + "\u00d7";
+    el.dataset.pos = String(t);
+    el.addEventListener("click", () => selectToken(t));
+    strip.appendChild(el);
+  });
+}
+
+function drawTokensChart() {
+  const x = range(T), text = x.map((t) => esc(label(t, 24)));
+  const traces = [{ type: "bar", x: x, y: D.mass, name: "attention mass", marker: { color: "#d64541" },
+    customdata: text, hovertemplate: "%{customdata}<br>attention mass %{y:.2%}<extra></extra>" }];
+  if (D.score) traces.push({ type: "scatter", mode: "lines", x: x, y: D.score, name: "spike score", yaxis: "y2",
+    line: { color: "#1f6feb", width: 1.5 }, customdata: text,
+    hovertemplate: "%{customdata}<br>spike score %{y:.1f}\u00d7<extra></extra>" });
+  const ticks = T <= 64 ? tokenTicks(64) : {};
+  Plotly.newPlot("fig-tokens", traces, {
+    font: FONT, margin: { l: 50, r: 50, t: 10, b: T <= 64 ? 80 : 30 }, bargap: 0.1, showlegend: true,
+    legend: { orientation: "h", x: 0, y: 1.15 },
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
+    yaxis: { title: { text: "mass" }, tickformat: ".0%", rangemode: "tozero" },
+    yaxis2: { title: { text: "spike score \u00d7" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickmode: "auto" },
+  }, CFG);
+  $("fig-tokens").on("plotly_click", (ev) => selectToken(ev.points[0].x));
+}
+
+// ---------- heads grid ----------
+function drawHeads() {
+  const gd = $("fig-heads");
+  if (!D.heads) { gd.textContent = "This report has no per-head data (heads.mass_on_top_sink)."; return; }
+  const top = D.top_sink, tl = esc(label(top.position, 20));
+  $("cap-heads").textContent = "\u03b1 on the top sink token " + label(top.position, 24);
+  Plotly.newPlot(gd, [{ type: "heatmap", z: D.heads, x: range(H), y: range(L), zmin: 0, zmax: 1,
+    colorscale: "Viridis", colorbar: { title: { text: "\u03b1", side: "right" }, thickness: 12 },
+    hovertemplate: "layer %{y} \u00b7 head %{x}<br>\u03b1 on " + tl + ": %{z:.3f}<extra></extra>", xgap: 1, ygap: 1 }], {
+    font: FONT, margin: { l: 50, r: 10, t: 30, b: 40 },
+    xaxis: { title: { text: "head" }, dtick: 1 }, yaxis: { title: { text: "layer" }, autorange: "reversed", dtick: Math.max(1, Math.ceil(L / 30)) },
+    shapes: [headShape()],
+  }, CFG);
+  gd.on("plotly_click", (ev) => { const p = ev.points[0]; selectHead(p.y, p.x); });
+}
+function headShape() {
+  return { type: "rect", x0: S.head - 0.5, x1: S.head + 0.5, y0: S.layer - 0.5, y1: S.layer + 0.5,
+    line: { color: "#ff3b30", width: 2.5 } };
+}
+
+// ---------- attention of the selected head ----------
+function headMap(l, h) {  // (T, T) rows = queries, null above the diagonal (causal mask)
+  const base = (l * H + h) * TRI, z = [];
+  for (let q = 0; q < T; q++) {
+    const row = new Array(T).fill(null), off = base + q * (q + 1) / 2;
+    for (let k = 0; k <= q; k++) row[k] = maps[off + k];
+    z.push(row);
+  }
+  return z;
+}
+function sqrtBar(title) {
+  const ps = [0, 0.01, 0.05, 0.2, 0.5, 1];
+  return S.sqrt ? { title: { text: title, side: "right" }, thickness: 12, tickvals: ps.map(Math.sqrt), ticktext: ps.map(String) }
+    : { title: { text: title, side: "right" }, thickness: 12 };
+}
+function colourOf(z) { return S.sqrt ? z.map((r) => r.map((v) => (v === null ? null : Math.sqrt(v)))) : z; }
+
+function drawAttention() {
+  const gd = $("fig-attn"), l = S.layer, h = S.head;
+  $("maps-note").textContent = D.maps_note;
+  $("cap-attn").textContent = maps ? "layer " + l + ", head " + h + ": attention A[query, key]"
+    : alpha ? "layer " + l + ": \u03b1(k) per head, the mean attention key k receives; line: head " + h : "";
+  if (maps) {
+    const z = headMap(l, h), labels = range(T).map((t) => esc(label(t, 20)));
+    const cd = z.map((r, q) => r.map((v, k) => [labels[q], labels[k], v === null ? "masked" : fmt(v)]));
+    const ticks = tokenTicks(48);
+    Plotly.react(gd, [{ type: "heatmap", z: colourOf(z), customdata: cd, zmin: 0, zmax: 1, colorscale: "Viridis",
+      colorbar: sqrtBar("A"), hoverongaps: false,
+      hovertemplate: "query %{customdata[0]}<br>key %{customdata[1]}<br>A = %{customdata[2]}<extra></extra>" }], {
+      font: FONT, margin: { l: 110, r: 10, t: 30, b: 110 },
+      xaxis: Object.assign({ title: { text: "key" }, tickangle: -60, tickfont: { size: 9 } }, ticks),
+      yaxis: Object.assign({ title: { text: "query" }, autorange: "reversed", tickfont: { size: 9 } }, ticks),
+    }, CFG);
+  } else if (alpha) {
+    const z = [], base = l * H * T, labels = range(T).map((t) => esc(label(t, 20)));
+    for (let hh = 0; hh < H; hh++) z.push(Array.from(alpha.subarray(base + hh * T, base + (hh + 1) * T)));
+    const cd = z.map((r) => r.map((v, k) => [labels[k], fmt(v)]));
+    const ticks = T <= 96 ? tokenTicks(48) : {};
+    Plotly.react(gd, [
+      { type: "heatmap", z: colourOf(z), customdata: cd, y: range(H), zmin: 0, zmax: 1, colorscale: "Viridis",
+        colorbar: Object.assign(sqrtBar("\u03b1"), { len: 0.6, y: 1, yanchor: "top" }),
+        hovertemplate: "head %{y}<br>key %{customdata[0]}<br>\u03b1 = %{customdata[1]}<extra></extra>" },
+      { type: "scatter", mode: "lines", x: range(T), y: z[h], xaxis: "x2", yaxis: "y2", line: { color: "#d64541" },
+        customdata: labels, name: "head " + h,
+        hovertemplate: "head " + h + "<br>key %{customdata}<br>\u03b1 = %{y:.4f}<extra></extra>" },
+    ], {
+      font: FONT, margin: { l: 60, r: 10, t: 30, b: 40 }, showlegend: false,
+      xaxis: Object.assign({ tickangle: -60, tickfont: { size: 9 } }, ticks),
+      xaxis2: { anchor: "y2", matches: "x", title: { text: "key position" } },
+      yaxis: { title: { text: "head" }, domain: [T <= 96 ? 0.5 : 0.42, 1], autorange: "reversed", dtick: 1 },
+      yaxis2: S.sqrt ? { title: { text: "\u03b1, head " + h + " (log)" }, domain: [0, 0.32], type: "log", dtick: 1, exponentformat: "power" }
+        : { title: { text: "\u03b1, head " + h }, domain: [0, 0.32], rangemode: "tozero" },
+      shapes: [{ type: "rect", xref: "x", yref: "y", x0: -0.5, x1: T - 0.5, y0: h - 0.5, y1: h + 0.5,
+        line: { color: "#ff3b30", width: 2 } }],
+    }, CFG);
+  } else {
+    gd.textContent = "";
+  }
+}
+
+// ---------- residual lifecycle ----------
+function drawResidual() {
+  const gd = $("fig-resid");
+  if (!D.resid_norm) { gd.textContent = "This report has no residual norms (residual.norm)."; return; }
+  const rows = (D.embed_norm ? [D.embed_norm] : []).concat(D.resid_norm);
+  const y = (D.embed_norm ? [-1] : []).concat(range(L));
+  const labels = range(T).map((t) => esc(label(t, 20)));
+  const z = rows.map((r) => r.map((v) => (v > 0 ? Math.log10(v) : null)));
+  const cd = rows.map((r) => r.map((v, t) => [labels[t], fmt(v)]));
+  let lo = Infinity, hi = -Infinity;
+  z.forEach((r) => r.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
+  const tv = []; for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) tv.push(e);
+  const ticks = T <= 64 ? tokenTicks(64) : {};
+  Plotly.newPlot(gd, [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno",
+    colorbar: { title: { text: "\u2016h\u2016", side: "right" }, thickness: 12, tickvals: tv, ticktext: tv.map((e) => fmt(Math.pow(10, e))) },
+    hovertemplate: "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>" }], {
+    font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 40 },
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
+    yaxis: { title: { text: "layer" }, autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
+      ticktext: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1).map((v) => (v === -1 ? "emb" : String(v))) },
+    shapes: [tokenLine()],
+  }, CFG);
+  gd.on("plotly_click", (ev) => selectToken(ev.points[0].x));
+
+  const ln = D.layers || {}, tr = [];
+  if (ln.max_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.max_norm, x: range(L), name: "max over tokens" });
+  if (ln.median_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.median_norm, x: range(L), name: "median over tokens" });
+  Plotly.newPlot("fig-layers", tr, {
+    font: FONT, margin: { l: 60, r: 10, t: 30, b: 40 }, legend: { x: 0.99, xanchor: "right", y: 0.02, yanchor: "bottom" },
+    xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "\u2016h\u2016 (log)" }, type: "log", dtick: 1 },
+  }, CFG);
+}
+function tokenLine() {
+  return { type: "rect", xref: "x", yref: "paper", x0: S.token - 0.5, x1: S.token + 0.5, y0: 0, y1: 1,
+    line: { color: "#1f6feb", width: 2 } };
+}
+
+function drawChannels() {
+  const t = S.token, tr = [], C = D.channels;
+  $("cap-channels").textContent = label(t, 24) + ": " + (C ? "spike channels h_l[t, c] across layers" : "\u2016h\u2016 across layers");
+  if (D.resid_norm) tr.push({ type: "scatter", mode: "lines", x: range(L), y: D.resid_norm.map((r) => r[t]),
+    name: "\u2016h\u2016", line: { color: "#888", dash: "dot" }, hovertemplate: "layer %{x}<br>\u2016h\u2016 = %{y:.4g}<extra></extra>" });
+  if (C) {
+    C.channels.forEach((c, ci) => {
+      const ys = C.values[t][ci], gaps = range(L).filter((l) => ys[l] === null);
+      tr.push({ type: "scatter", mode: "lines+markers", x: range(L), y: ys, name: "channel " + c, legendgroup: "c" + c,
+        connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" });
+      if (gaps.length) tr.push({ type: "scatter", mode: "markers", x: gaps, y: gaps.map(() => 0), legendgroup: "c" + c,
+        showlegend: false, marker: { symbol: "x-thin-open", size: 6, color: "#aaa" }, name: "channel " + c,
+        hovertemplate: "layer %{x}<br>channel " + c + ": below this token's top-" + C.k + " (not recorded)<extra></extra>" });
+    });
+  }
+  Plotly.react("fig-channels", tr, {
+    font: FONT, margin: { l: 60, r: 10, t: 30, b: 80 }, legend: { orientation: "h", x: 0, y: -0.22, yanchor: "top" },
+    xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "value" } },
+  }, CFG);
+  $("channels-note").textContent = C
+    ? "Channels: " + C.why + ". Grey \u00d7 at 0: the channel is below the token's top-" + C.k +
+      " entries at that layer, so its value was not recorded."
+    : "Channel values need the run's Capture; this page shows the token's residual norm only.";
+}
+
+// ---------- selection ----------
+function selectHead(l, h) {
+  S.layer = Math.max(0, Math.min(L - 1, l | 0)); S.head = Math.max(0, Math.min(H - 1, h | 0));
+  $("sel-layer").value = String(S.layer); $("sel-head").value = String(S.head);
+  if (D.heads) Plotly.relayout("fig-heads", { shapes: [headShape()] });
+  drawAttention();
+}
+function selectToken(t) {
+  S.token = Math.max(0, Math.min(T - 1, t | 0));
+  $("sel-token").value = String(S.token);
+  document.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
+  const el = document.querySelector('.tok[data-pos="' + S.token + '"]');
+  if (el) el.classList.add("sel");
+  if (D.resid_norm) Plotly.relayout("fig-resid", { shapes: [tokenLine()] });
+  drawChannels();
+}
+API.selectHead = selectHead; API.selectToken = selectToken;
+
+function fillSelect(id, n, text, onchange) {
+  const sel = $(id);
+  for (let i = 0; i < n; i++) { const o = document.createElement("option"); o.value = String(i); o.textContent = text(i); sel.appendChild(o); }
+  sel.addEventListener("change", () => onchange(parseInt(sel.value, 10)));
+}
+
+// ---------- definitions dialog ----------
+function openDef(anchor) {
+  const dlg = $("defs");
+  if (!dlg.open) dlg.showModal();
+  const target = document.getElementById(anchor);
+  if (target) target.scrollIntoView({ block: "start" });
+}
+document.querySelectorAll("button.def").forEach((b) => b.addEventListener("click", () => openDef(b.dataset.def)));
+
+// ---------- generic sections (mechanism, eval, ...) ----------
+let figId = 0;
+function cell(v, td) {
+  if (Array.isArray(v)) td.textContent = "[" + v.map(fmt).join(", ") + "]";
+  else { td.textContent = fmt(v); if (typeof v === "number") td.className = "num"; }
+}
+function table(head, rows, more) {
+  const tb = document.createElement("table"); tb.className = "gen";
+  if (head) { const tr = tb.insertRow(); head.forEach((h) => { const th = document.createElement("th"); th.textContent = h; tr.appendChild(th); }); }
+  rows.forEach((r) => { const tr = tb.insertRow(); r.forEach((v, i) => cell(v, tr.insertCell())); if (!head) tr.cells[0].className = "key"; });
+  const wrap = document.createElement("div"); wrap.className = "scroll"; wrap.appendChild(tb);
+  if (more) { const p = document.createElement("p"); p.className = "note"; p.textContent = "\u2026 " + more + " more rows not shown"; wrap.appendChild(p); }
+  return wrap;
+}
+function genFigure(n) {
+  const box = document.createElement("div"), div = document.createElement("div");
+  div.className = "fig gen-fig"; div.id = "gen-fig-" + (figId++);
+  if (n.title) { const c = document.createElement("div"); c.className = "figcap"; c.textContent = n.title; box.appendChild(c); }
+  box.appendChild(div);
+  const draw = () => {
+    const rows = n.kind === "series" ? [n.y] : (n.z.length <= 8 && n.z[0].length >= 8 ? n.z : null);
+    if (rows) Plotly.newPlot(div, rows.map((y, i) => ({ type: "scatter", mode: y.length > 60 ? "lines" : "lines+markers", y: y,
+      name: "[" + i + "]", hovertemplate: (rows.length > 1 ? "[" + i + "]" : "") + "[%{x}] %{y:.4g}<extra></extra>" })),
+      { font: FONT, margin: { l: 60, r: 10, t: 10, b: 36 }, showlegend: rows.length > 1, xaxis: { title: { text: "index" } } }, CFG);
+    else Plotly.newPlot(div, [{ type: "heatmap", z: n.z, colorscale: "Viridis", hovertemplate: "[%{y}][%{x}] %{z:.4g}<extra></extra>" }],
+      { font: FONT, margin: { l: 50, r: 10, t: 10, b: 36 }, yaxis: { autorange: "reversed" } }, CFG);
+  };
+  return { div: box, draw: draw };
+}
+function renderNodes(nodes, parent, depth, pending) {
+  nodes.forEach((n) => {
+    if (n.kind === "table") {
+      if (n.title) { const h = document.createElement("h4"); h.textContent = n.title; parent.appendChild(h); }
+      parent.appendChild(table(null, n.rows, n.more));
+    } else if (n.kind === "records") {
+      if (n.title) { const h = document.createElement("h4"); h.textContent = n.title; parent.appendChild(h); }
+      parent.appendChild(table(n.columns, n.rows, n.more));
+    } else if (n.kind === "series" || n.kind === "matrix") {
+      const f = genFigure(n); parent.appendChild(f.div); pending.push(f);
+    } else if (n.kind === "group") {
+      const d = document.createElement("details"); d.className = "group"; d.open = depth < 3;
+      const s = document.createElement("summary"); s.textContent = n.title || "\u2026"; d.appendChild(s);
+      const inner = []; renderNodes(n.children, d, depth + 1, inner);
+      if (d.open) inner.forEach((f) => pending.push(f));
+      else d.addEventListener("toggle", () => { inner.splice(0).forEach((f) => f.draw()); });
+      parent.appendChild(d);
+    } else if (n.kind === "note") {
+      const p = document.createElement("p"); p.className = "note"; p.textContent = n.text; parent.appendChild(p);
+    } else {
+      const pre = document.createElement("pre"); pre.className = "json"; pre.textContent = JSON.stringify(n.value, null, 1); parent.appendChild(pre);
+    }
+  });
+}
+function buildSections() {
+  const root = $("sections"), pending = [];
+  D.sections.forEach((sec) => {
+    const s = document.createElement("section"); s.id = "section-" + sec.key;
+    const h = document.createElement("h2"); h.textContent = sec.key.charAt(0).toUpperCase() + sec.key.slice(1); s.appendChild(h);
+    renderNodes(sec.nodes, s, 0, pending);
+    root.appendChild(s);
+  });
+  pending.forEach((f) => f.draw());
+}
+
+// ---------- start ----------
+function start() {
+  buildStrip();
+  fillSelect("sel-layer", L, String, (l) => selectHead(l, S.head));
+  fillSelect("sel-head", H, String, (h) => selectHead(S.layer, h));
+  fillSelect("sel-token", T, (t) => label(t, 28) + (spikeSet.has(t) ? "  (spike)" : "") + (sinkSet.has(t) ? "  (sink)" : ""),
+    (t) => selectToken(t));
+  $("chk-sqrt").addEventListener("change", (e) => { S.sqrt = e.target.checked; drawAttention(); });
+  if (D.heads) {  // start on the head that sinks hardest in the middle third of the network, if any
+    let best = -1;
+    for (let l = Math.floor(L / 3); l < Math.max(Math.floor(L / 3) + 1, Math.ceil(2 * L / 3)); l++)
+      for (let h = 0; h < H; h++) if (D.heads[l][h] > best) { best = D.heads[l][h]; S.layer = l; S.head = h; }
+  }
+  S.token = D.spikes.length ? D.spikes[0].position : D.top_sink.position;
+  drawTokensChart(); drawHeads(); drawResidual(); buildSections();
+  selectHead(S.layer, S.head); selectToken(S.token);
+  API.ready = true;
+}
+start();
+})();
+"""

@@ -1,0 +1,202 @@
+"""The HTML report in headless Chromium: no console errors, figures drawn, clicks select, and untrusted token
+text shown as text without executing anything. Needs `pip install selenium` and the Debian packages
+`chromium` and `chromium-driver`; skipped (with the reason) when any is missing."""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from conftest import tiny_llama, wrap
+
+from sinkhole.analysis.core import analyze
+from sinkhole.probe.probe import ModelProbe
+from sinkhole.report import html
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+SCRIPT_TAG = "<script>alert(1)</script>"
+IMG_TAG = '"><img src=x onerror=alert(1)>'
+BOLD = "<b>x</b>"  # plotly would render this tag (and drop the markup) if the page did not escape it
+# installed before any page script: records any alert/confirm/prompt call instead of blocking
+TRAP = ("window.__executed = [];"
+        "['alert', 'confirm', 'prompt'].forEach(f => { window[f] = (m) => { window.__executed.push(f + ':' + m); }; });")
+
+
+def _missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install selenium)"
+    for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.path.exists(path):
+            return f"{path} not found (apt-get install {pkg})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def driver():
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in FLAGS:
+        opts.add_argument(f)
+    profile = tempfile.mkdtemp(prefix="sinkhole-chromium-")
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)  # a given driver: nothing is downloaded
+    d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TRAP})
+    try:
+        yield d
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver, path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get_log("browser")  # drop earlier pages' messages
+    driver.get(path.as_uri())
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!(window.sinkhole && window.sinkhole.ready)"))
+
+
+def severe(driver) -> list:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+@pytest.fixture(scope="module")
+def short_page(tmp_path_factory):
+    ids = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
+    cap = ModelProbe(wrap(tiny_llama(), name="tiny"), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
+    cap.tokens[1], cap.tokens[2], cap.tokens[3] = SCRIPT_TAG, IMG_TAG, BOLD
+    d = analyze(cap).to_dict()
+    d["mechanism"] = {"per_layer": [0.1, 0.3, 0.2], "summary": {"verdict": IMG_TAG, "score": 2.5}}
+    d["eval"] = {"tasks": [{"task": "ppl", "value": 3.25}], "curve": [[1.0, 2.0], [3.0, 4.0]]}
+    path = tmp_path_factory.mktemp("html") / "short.html"
+    html.write_html(d, path, capture=cap)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_page(tmp_path_factory):
+    ids = [(i * 7) % 97 + 1 for i in range(html.MAPS_MAX_LEN + 20)]
+    cap = ModelProbe(wrap(tiny_llama(), name="tiny"), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
+    path = tmp_path_factory.mktemp("html") / "long.html"
+    html.write_html(analyze(cap).to_dict(), path, capture=cap)
+    return path
+
+
+def cell_offset(driver, fig, x, y) -> tuple[int, int]:
+    """Pixel offset of data point (x, y) of a plotly figure from the element's centre (selenium's origin)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", fig)
+    dx, dy = driver.execute_script(
+        "const g = arguments[0], fl = g._fullLayout, r = g.getBoundingClientRect();"
+        "return [fl.xaxis._offset + fl.xaxis.l2p(arguments[1]) - r.width / 2,"
+        "        fl.yaxis._offset + fl.yaxis.l2p(arguments[2]) - r.height / 2];", fig, x, y)
+    return int(dx), int(dy)
+
+
+def drawn(driver, fig_id: str) -> bool:
+    """A plotly figure with its svg and a heatmap image (or at least one trace path) inside."""
+    return driver.execute_script(
+        "const g = document.getElementById(arguments[0]);"
+        "return !!g && g.querySelectorAll('svg.main-svg').length > 0 &&"
+        " g.querySelectorAll('.hm image, .scatterlayer path.js-line, .barlayer path, canvas').length > 0;", fig_id)
+
+
+def test_renders_without_console_errors(driver, short_page):
+    open_page(driver, short_page)
+    assert severe(driver) == []
+    for fig in ("fig-tokens", "fig-heads", "fig-attn", "fig-resid", "fig-layers", "fig-channels"):
+        assert drawn(driver, fig), fig
+    assert driver.execute_script("return document.querySelectorAll('#fig-heads .hm image, #fig-attn .hm image,"
+                                 " #fig-resid .hm image').length") == 3
+    assert driver.execute_script("return document.querySelectorAll('#sections .gen-fig .main-svg').length") >= 2
+    assert driver.find_element("id", "section-mechanism").is_displayed()
+
+
+def test_injection_shows_as_text_and_executes_nothing(driver, short_page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_page(driver, short_page)
+    assert driver.execute_script("return window.__executed") == []
+    assert driver.title == "sinkhole report: tiny"
+    assert driver.execute_script("return document.querySelectorAll('img').length") == 0
+    assert driver.execute_script("return document.querySelectorAll('[onerror]').length") == 0
+    assert driver.execute_script("return document.scripts.length") == 3
+    strip = [e.text for e in driver.find_elements("css selector", "#strip .tok")]
+    assert strip[1] == SCRIPT_TAG and strip[2] == IMG_TAG
+    ticks = driver.execute_script("return [...document.querySelectorAll('#fig-attn .xtick text')].map(e => e.textContent)")
+    assert "#3 " + BOLD in ticks and any("<script>al" in t for t in ticks) and any('"><img src' in t for t in ticks)
+    # hover over query 2 x key 1 of the attention map: plotly shows both tokens literally
+    fig = driver.find_element("id", "fig-attn")
+    ActionChains(driver).move_to_element_with_offset(fig, *cell_offset(driver, fig, 1, 2)).perform()
+    hover = driver.execute_script("return document.querySelector('#fig-attn .hoverlayer').textContent")
+    assert SCRIPT_TAG[:10] in hover and IMG_TAG[:10] in hover
+    ActionChains(driver).move_to_element_with_offset(fig, *cell_offset(driver, fig, 3, 3)).perform()
+    hover = driver.execute_script("return document.querySelector('#fig-attn .hoverlayer').textContent")
+    assert hover.count(BOLD) == 2  # query and key
+    assert driver.execute_script("return window.__executed") == [] and severe(driver) == []
+
+
+def test_packed_arrays_decode_like_python(driver, short_page):
+    import json
+    import re
+
+    import numpy as np
+
+    from sinkhole.report.html_data import unpack
+
+    data = json.loads(re.search(r'id="sinkhole-data">(.*?)</script>', short_page.read_text(), re.S).group(1))
+    open_page(driver, short_page)
+    for name in ("maps", "alpha"):
+        got = driver.execute_script(f"return Array.from(window.sinkhole.arrays.{name})")
+        np.testing.assert_allclose(got, unpack(data[name]).ravel(), rtol=1e-6, atol=1e-9)
+
+
+def test_clicking_grid_cell_selects_layer_and_head(driver, short_page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_page(driver, short_page)
+    fig = driver.find_element("id", "fig-heads")
+    ActionChains(driver).move_to_element_with_offset(fig, *cell_offset(driver, fig, 2, 1)).click().perform()  # head 2, layer 1
+    state = driver.execute_script("return window.sinkhole.state")
+    assert (state["layer"], state["head"]) == (1, 2)
+    assert driver.find_element("id", "sel-layer").get_attribute("value") == "1"
+    assert "layer 1, head 2" in driver.find_element("id", "cap-attn").text
+
+
+def test_menus_and_token_clicks_select(driver, short_page):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(driver, short_page)
+    Select(driver.find_element("id", "sel-head")).select_by_value("3")
+    assert driver.execute_script("return window.sinkhole.state.head") == 3
+    driver.find_elements("css selector", "#strip .tok")[4].click()
+    assert driver.execute_script("return window.sinkhole.state.token") == 4
+    assert driver.find_element("id", "sel-token").get_attribute("value") == "4"
+    assert driver.find_element("id", "cap-channels").text.startswith("#4 ")
+    driver.find_element("css selector", ".card button.def").click()  # definitions: one click away
+    assert driver.execute_script("return document.getElementById('defs').open") is True
+    assert "spike score" in driver.find_element("id", "defs").text
+    assert severe(driver) == []
+
+
+def test_long_input_per_key_view(driver, long_page):
+    open_page(driver, long_page)
+    assert severe(driver) == []
+    assert drawn(driver, "fig-attn") and drawn(driver, "fig-resid")
+    note = driver.find_element("id", "maps-note").text
+    assert note.startswith("Per-key view") and str(html.MAPS_MAX_LEN) in note
+    driver.execute_script("window.sinkhole.selectHead(1, 3)")
+    assert "line: head 3" in driver.find_element("id", "cap-attn").text
