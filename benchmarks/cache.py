@@ -107,38 +107,86 @@ def bench_latency(model, ids, length: int, rounds: int, sinks: int = 4) -> dict:
                 speedup=round(rc / s, 1))
 
 
+@torch.inference_mode()
+def bench_numerics(lm, ids, checkpoints: list[int], cache_len: int = 64, sinks: int = 4) -> list[dict]:
+    """Max |logit diff| between SinkCache streaming and full recomputation as the stream grows.
+
+    The model is cut to its first decoder layer (real weights, final norm and head kept): with one
+    layer a token's keys and values depend only on the token and its position, so recomputing the
+    model from scratch on [sinks + window] at positions 0..n-1 is an exact reference and any
+    difference is numerical: the float32 RoPE angles at large absolute positions plus the sinks'
+    re-rotation. Restores the model's layers afterwards.
+    """
+    model = lm.model
+    layers = model.model.layers
+    model.model.layers = layers[:1]  # the cache still has a layer per config layer; only layer 0 is used
+    rows = []
+    try:
+        cache = SinkCache(sinks, cache_len - sinks, model=model)
+        window = cache_len - sinks
+        t0 = time.perf_counter()
+        for t in range(max(checkpoints)):
+            logits = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1]
+            if t + 1 in checkpoints:
+                keep = list(range(sinks)) + list(range(t + 1 - window, t + 1))
+                ref = model(ids[:, keep]).logits[0, -1]
+                rows.append(dict(position=t, max_abs_diff=float((logits - ref).abs().max()),
+                                 max_abs_logit=float(ref.abs().max()),
+                                 same_top1=bool(logits.argmax() == ref.argmax()),
+                                 seconds=round(time.perf_counter() - t0, 1)))
+                print(f"  numerics t={t}: {rows[-1]}", file=sys.stderr, flush=True)
+    finally:
+        model.model.layers = layers
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and tokens")
-    ap.add_argument("--mem-tokens", type=int, default=1024, help="tokens streamed through the real model")
+    ap.add_argument("--mem-tokens", type=int, default=1024, help="tokens streamed through the real model (0 skips it)")
+    ap.add_argument("--numerics-tokens", type=int, default=32768,
+                    help="stream length for the one-layer numerics check (0 skips it)")
+    ap.add_argument("--only", choices=["decode", "latency", "memory", "numerics"], help="run one part")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
     lm = load_model(args.model, log=lambda m: print(m, file=sys.stderr))
     text, _ = default_text()
-    ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096) + 1)
+    ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096, args.numerics_tokens) + 1)
     rounds = 2 if args.quick else 3
-    out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[])
-    for length in (256, 1024):
+    out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[],
+               numerics=[])
+    part = (lambda name: args.only in (None, name))
+    if part("numerics") and args.numerics_tokens:
+        marks = [m for m in (256, 1024, 4096, 8192, 16384, 32768, 65536) if m < args.numerics_tokens]
+        out["numerics"] = bench_numerics(lm, ids, marks + [args.numerics_tokens])
+    for length in (256, 1024) if part("decode") else ():
         row = bench_decode(lm.model, ids, length, steps=16 if args.quick else 32, rounds=rounds)
         print(f"decode L={length}: {row}", file=sys.stderr, flush=True)
         out["decode"].append(row)
-    for length in (256, 512, 1024):
+    for length in (256, 512, 1024) if part("latency") else ():
         row = bench_latency(lm.model, ids, length, rounds=4 if args.quick else 8)
         print(f"latency L={length}: {row}", file=sys.stderr, flush=True)
         out["latency"].append(row)
-    marks = sorted({m for m in (512, 1024, 2048, 8192, 32768) if m <= args.mem_tokens} | {args.mem_tokens})
-    out["memory_real"] = bench_memory(lm.model, ids, marks, cache_len=512)
+    if not part("memory"):
+        return finish(out, args.json)
+    if args.mem_tokens:
+        marks = sorted({m for m in (512, 1024, 2048, 8192, 32768) if m <= args.mem_tokens} | {args.mem_tokens})
+        out["memory_real"] = bench_memory(lm.model, ids, marks, cache_len=512)
     from conftest import tiny_llama
 
     tiny = tiny_llama(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=65536)
     tiny_ids = torch.randint(1, 99, (1, 32769), generator=torch.Generator().manual_seed(0))
     tiny_marks = [2048, 8192] if args.quick else [2048, 8192, 32768]
     out["memory_tiny"] = bench_memory(tiny, tiny_ids, tiny_marks, cache_len=512)
+    return finish(out, args.json)
+
+
+def finish(out: dict, path: str | None) -> int:
     print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=1)
     return 0
 

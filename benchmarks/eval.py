@@ -48,8 +48,11 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-tokens", type=int, default=EvalSettings.max_batch_tokens)
     ap.add_argument("--max-batch", type=int, default=EvalSettings.max_batch)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     probe = ModelProbe(args.model, log=lambda m: None)

@@ -231,3 +231,10 @@ def test_evaluate_stream_rejects_too_many_sinks():
 
     with pytest.raises(SinkholeError):
         evaluate_stream(wrap(tiny_llama()), torch.ones(1, 10, dtype=torch.long), cache_size=8, n_sink=7)
+
+
+def test_cli_rejects_bad_sizes_before_loading(capsys):
+    from sinkhole.cli.main import main
+
+    assert main(["stream", "--tokens", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err

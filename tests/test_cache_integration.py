@@ -72,3 +72,22 @@ def test_generate_long_with_small_cache(smollm2):
     assert out.shape[1] == ids.shape[1] + 60
     assert max(layer.stored_length() for layer in cache.layers) == 4 + 28 - 1
     assert cache.get_seq_length() == out.shape[1] - 1
+
+
+def test_cli_stream_writes_table_json_and_plot(tmp_path, capsys):
+    import json
+
+    from sinkhole.cli.main import main
+
+    rc = main(["stream", "--tokens", "48", "--cache", "16", "--sinks", "2", "--samples", "4",
+               "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "sinks + window" in out and "recomputed" in out
+    d = json.loads((tmp_path / "s.json").read_text())
+    assert d["schema"] == "sinkhole.stream/1" and len(d["methods"]["sinks"]["nll"]) == 47
+    from sinkhole.cache.sink_cache import profile_positions
+    from sinkhole.profiles.profile import load_profile
+
+    assert d["methods"]["profile"]["sink_positions"] == profile_positions(load_profile("smollm2-135m"))
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

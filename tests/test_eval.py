@@ -260,3 +260,40 @@ def test_outputs_written(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "summary.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "sink attention mass" in page
+
+
+# --- integration: SmolLM2 -----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_batched_equals_unbatched_smollm2(smollm2):
+    suite = load_suite("builtin")
+    by_cat = {}
+    for it in suite.items:
+        by_cat.setdefault(it.category, it)  # one prompt per category: 2 to ~250 tokens
+    sub = Suite("builtin", sorted(by_cat.values(), key=lambda it: it.index))
+    probe = ModelProbe(smollm2)
+    one = run_eval(probe, sub, None, EvalSettings(max_batch=1))
+    many = run_eval(probe, sub, None, EvalSettings(max_batch=len(sub), max_batch_tokens=10**6))
+    assert len({r["n_tokens"] for r in one}) >= 5
+    assert_rows_close(one, many, tol=2e-3)
+
+
+@pytest.mark.integration
+def test_cli_eval_end_to_end_and_resume(tmp_path, capsys):
+    from sinkhole.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["eval", "--model", "smollm2-135m", "--prompts", "builtin", "--limit", "6", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "sink attention mass" in printed.out and "Pearson r" in printed.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_prompts"] == 6 and summary["run"]["settings"]["chat"] is True
+    for name in ("results.jsonl", "run.json", "summary.html", "distributions.png"):
+        assert (out / name).is_file()
+    assert main(args) == 0  # everything done: nothing recomputed, nothing duplicated
+    assert "resuming: 6 of 6" in capsys.readouterr().err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6
+    assert main(args + ["--threshold", "20"]) == 2
+    assert "other settings (settings.threshold 10.0 -> 20.0)" in capsys.readouterr().err

@@ -151,6 +151,8 @@ class SinkCacheLayer(CacheLayerMixin):
             self.window_start += evict
         self.keys = full_k[:, :, n_sink + evict:, :]
         self.values = full_v[:, :, n_sink + evict:, :]
+        if key_states.shape[-2] > 1:  # after a long prompt, do not keep its whole buffer alive through a view
+            self.keys, self.values = self.keys.clone(), self.values.clone()
         return full_k, full_v
 
     def sink_rotation(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,16 +47,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _given_alpha(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        a = float(text)
+    except ValueError:
+        raise SinkholeError(f"--alpha must be a number in (0, 1) or 'auto', not '{text}'") from None
+    if not 0 < a < 1:
+        raise SinkholeError(f"--alpha must be in (0, 1), not {a}")
+    return a
+
+
 def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
     """The alpha to emit: a number the user gave, or tuned on calibration perplexity."""
     if args.alpha != "auto":
-        try:
-            a = float(args.alpha)
-        except ValueError:
-            raise SinkholeError(f"--alpha must be a number in (0, 1) or 'auto', not '{args.alpha}'") from None
-        if not 0 < a < 1:
-            raise SinkholeError(f"--alpha must be in (0, 1), not {a}")
-        return a, {"alpha": "given"}
+        return _given_alpha(args.alpha), {"alpha": "given"}
     if stats is None:
         return None, {"alpha": "default (no calibration to tune on)"}
     from sinkhole.quant.validate import ALPHAS, tune_alpha
@@ -77,6 +83,7 @@ def run(args) -> int:
         raise SinkholeError("give --backend B (to emit hints) and/or --validate (to measure perplexity)")
     if args.profile and args.validate:
         raise SinkholeError("--validate calibrates on the model itself: drop --profile")
+    _given_alpha(args.alpha)  # refuse a bad value before loading anything
     for flag in ("calib_seqs", "calib_len", "heldout_seqs", "heldout_len"):
         if getattr(args, flag) < (2 if flag.endswith("len") else 1):
             raise SinkholeError(f"--{flag.replace('_', '-')} is too small")

@@ -83,7 +83,8 @@ def run(args) -> int:
     dense_upto = min(n, lm.max_context or n)
     n_samples = len(sample_targets(n, args.cache, args.samples))
     streams = 2 + (pins is not None and pins != list(range(args.sinks)))
-    bar = tqdm(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="tok", desc="stream")
+    bar = tqdm(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="step", desc="stream",
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
     try:
         result = evaluate_stream(lm, ids, cache_size=args.cache, n_sink=args.sinks, profile_positions=pins,
                                  recompute_samples=args.samples, text_source=source, progress=bar.update)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +226,7 @@ def run_eval(probe, suite: Suite, out_dir: str | Path | None, settings: EvalSett
     with the number already done.
     """
     settings = settings or EvalSettings()
-    settings.chat = resolved_chat(probe, settings.chat)
+    settings = replace(settings, chat=resolved_chat(probe, settings.chat))  # the caller's object is left as is
     done: dict[int, dict] = {}
     store = None
     if out_dir is not None:

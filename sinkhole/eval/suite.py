@@ -26,7 +26,7 @@ DEFAULT_CATEGORY = "default"
 @dataclass(frozen=True)
 class SuiteItem:
     index: int
-    prompt: str
+    prompt: str | list[int]  # text, or token ids (used as they are: no template, no special tokens added)
     category: str
 
 

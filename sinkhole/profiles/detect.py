@@ -164,7 +164,7 @@ class SinkDetector:
         from sinkhole.eval.suite import Suite, load_suite
 
         suite = self.prompts if isinstance(self.prompts, Suite) else load_suite(self.prompts, self.limit)
-        self.settings.chat = resolved_chat(self.probe, self.settings.chat)
+        self.settings.chat = resolved_chat(self.probe, self.settings.chat)  # recorded in the profile
         rows = run_eval(self.probe, suite, None, self.settings, progress=self.progress)
         info = self.probe.info
         model = {k: getattr(info, k) for k in ("name", "architecture", "weights_id", "n_layers", "n_heads", "n_kv_heads", "d_model")}

@@ -5,13 +5,17 @@ Text: by default Python's own documentation, `pydoc_data.topics.topics` joined i
 (a fixed slice: the first `n_tokens` tokens, tokenizer's special tokens added, no chat template);
 or any file. Perplexity = exp(mean next-token NLL over tokens 1..N-1).
 
-Variants (positions and channels come from the unmodified run on the same text):
+Variants. Spike positions are the core's spike tokens of the unmodified run on the same text (its
+top-scoring token when none passes the threshold, flagged `spike_fallback`); the channels, the
+step-up layer and the mean values come from the mechanism's prompts:
 - none: the model as is.
 - zero: the spike channels set to 0 at the spike tokens in the step-up layer's output.
 - mean: set to their mean value at the spike tokens (mean over the mechanism's prompts).
 - random_zero (control): as many random non-spike channels set to 0 at the same tokens.
 - sink_masked: no query attends to the sink tokens' keys (a sink token still sees itself, so its
-  own row is not empty). Done with a mask function registered in transformers'
+  own row is not empty). Note: for a sink at position 0 this is exactly the model run without
+  that token (relative positions: the tests check it), so the next token is now the first one
+  it can see and may become the new spike and sink. Done with a mask function registered in transformers'
   AttentionMaskInterface and ANDed with the model's own mask, so sliding windows stay intact.
 """
 

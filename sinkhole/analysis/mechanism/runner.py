@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sinkhole.analysis.core import (DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze,
-                                    spike_channels, top_value)
+                                    spike_channels, step_layers, top_value)
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
@@ -74,8 +74,6 @@ def _targets(reports, captures, threshold):
         scores = np.asarray(r.spikes["per_token_score"])
         t = int(scores.argmax())
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, t)
-        from sinkhole.analysis.core import step_layers
-
         up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t], lc.STEP_FRACTION)
         chans = spike_channels(c.resid_top_channels, c.resid_top_values, t, layer, threshold) or [channel]
         out.append((b, t, c.token_ids[t], {"position": t, "score": float(scores[t]), "layer": layer, "channel": channel,
@@ -184,24 +182,30 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
         "config": {"n_prompts": len(prompts), "chat": captures[0].chat, "threshold": cfg.threshold,
                    "epsilon": cfg.epsilon, "min_sink_rate": cfg.min_sink_rate, "step_fraction": cfg.fraction},
         "targets": {"fallback": fallback, "n": len(targets), "step_up_layer": step_up, "spike_channels": channels,
+                    # mean of h_s at the spike channels over the targets (the interventions' "mean" values)
+                    "step_up_mean_values": [float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
                     "tokens": [{"prompt": b, "position": t, "token_id": int(tid), "text": s["text"]} for b, t, tid, s in targets]},
         "summary": {**summary(reports, captures), "step_up_layer": step_up},
         "lifecycle": lifecycle, "channels": channel_info, "activation": activation, "amplifier": amplifier,
         "normalization": norm, "sink_keys": keys,
     }
     if cfg.interventions:
-        out["interventions"] = run_interventions(probe, cfg, step_up, channels, g.layer_out[step_up][:, channels].mean(0))
+        out["interventions"] = run_interventions(probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"])
     return out, reports
 
 
-def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values, status=lambda m: None) -> dict:
+def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values) -> dict:
     """Perplexity on the fixed text with the spike / sink taken away (see interventions.py)."""
     lm = probe.lm
     ids = text_ids(lm.tokenizer, cfg.text, cfg.text_tokens)
     c = probe.run(ids)
     r = analyze(c, cfg.threshold, cfg.epsilon, cfg.min_sink_rate)
     spikes = [s["position"] for s in r.spike_tokens]
+    fallback = not spikes  # same rule as the prompts' targets: no spike token -> the top-scoring token
+    if fallback:
+        spikes = [int(np.argmax(r.spikes["per_token_score"]))]
     sinks = [s["position"] for s in r.sink_tokens] or [r.sinks["top"]["position"]]
     out = interventions(lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed)
+    out["spike_fallback"] = fallback
     out["text"] = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
     return out
