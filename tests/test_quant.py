@@ -19,7 +19,7 @@ from sinkhole.errors import SinkholeError
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.fakequant import (QMAX, QuantSpec, act_per_tensor, act_per_token, fake_quantized, int8_fake,
                                       int8_outlier_linear, smoothing_scales, weight_per_channel)
-from sinkhole.quant.hints import (ALWAYS_SKIP, BACKENDS, get_quantization_hints, int8_threshold, prefix_tokens,
+from sinkhole.quant.hints import (BACKENDS, get_quantization_hints, int8_threshold, prefix_tokens,
                                   skip_modules, write_hints)
 from sinkhole.quant.stats import (OUTLIER_TOKEN_RATIO, CalibrationStats, LinearInputStats, collect_stats,
                                   decoder_linears)
@@ -360,3 +360,27 @@ def test_validate_orders_schemes(planted):
         if x["beats_naive"] is not None:
             assert x["beats_naive"] == (x["perplexity"] < ppl["naive_static"])
     json.dumps(r)
+
+
+# ---- texts ----------------------------------------------------------------------------------------------
+
+class _CharTok:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 97 for c in text]}
+
+
+def test_calibration_and_heldout_texts_are_disjoint(tmp_path):
+    from sinkhole.quant.texts import calibration_sequences, heldout_sequences, read_text
+
+    a, b = read_text("builtin", 0), read_text("builtin", 1)
+    assert a and b and a[:2000] not in b and b[:2000] not in a
+    cal = calibration_sequences(_CharTok(), n=3, length=50)
+    held = heldout_sequences(_CharTok(), n=2, length=40)
+    assert [len(s) for s in cal] == [50] * 3 and [len(s) for s in held] == [40] * 2
+    f = tmp_path / "c.txt"
+    f.write_text("abcdefghij" * 3)
+    assert calibration_sequences(_CharTok(), f, n=5, length=10) == [[ord(c) % 97 for c in "abcdefghij"]] * 3
+    with pytest.raises(SinkholeError, match="not found"):
+        calibration_sequences(_CharTok(), tmp_path / "missing.txt")
+    with pytest.raises(SinkholeError, match="fewer than one sequence"):
+        calibration_sequences(_CharTok(), f, n=1, length=100)

@@ -279,7 +279,7 @@ def plot_stream(result: dict, path, width: int = 32) -> None:
         w = width
         if name == "recompute":  # sampled positions: widen the bins so each holds several samples
             gaps = [b - a for a, b in zip(result["sample_positions"], result["sample_positions"][1:])]
-            w = max(width, 4 * (max(gaps) if gaps else 1))
+            w = max(width, 8 * (max(gaps) if gaps else 1))
         xs, ys = binned_ppl(m["nll"], w)
         if xs:
             style = dict(color="black", linestyle="--", marker="o", markersize=3) if name == "recompute" else {}

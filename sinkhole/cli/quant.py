@@ -84,6 +84,8 @@ def run(args) -> int:
     if args.profile and args.validate:
         raise SinkholeError("--validate calibrates on the model itself: drop --profile")
     _given_alpha(args.alpha)  # refuse a bad value before loading anything
+    if args.backend == "smoothquant" and not args.out:
+        raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
     for flag in ("calib_seqs", "calib_len", "heldout_seqs", "heldout_len"):
         if getattr(args, flag) < (2 if flag.endswith("len") else 1):
             raise SinkholeError(f"--{flag.replace('_', '-')} is too small")
@@ -99,7 +101,12 @@ def run(args) -> int:
         calib = calibration_sequences(lm.tokenizer, args.calib, args.calib_seqs, args.calib_len)
         status(f"calibrating on {len(calib)} x {len(calib[0])} tokens of {args.calib} ...")
         stats = source = collect_stats(lm, calib, source=str(args.calib))
-        print(render_stats(stats))
+        table = render_stats(stats)
+        # stdout stays parseable JSON when the config itself is printed there
+        if args.out or not args.backend:
+            print(table)
+        else:
+            status(table)
         if args.stats_json:
             write_atomic(args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1))
             status(f"wrote {args.stats_json}")
@@ -112,8 +119,6 @@ def run(args) -> int:
             for path in write_hints(hints, args.out):
                 status(f"wrote {path}")
             print(json.dumps({k: v for k, v in hints.items() if k != "config"}, indent=1, default=str))
-        elif args.backend == "smoothquant":
-            raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
         else:
             print(json.dumps(hints, indent=1))
     if args.validate:
