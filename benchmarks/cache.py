@@ -140,6 +140,26 @@ def bench_numerics(lm, ids, checkpoints: list[int], cache_len: int = 64, sinks: 
     return rows
 
 
+@torch.inference_mode()
+def bench_rope_offset(lm, ids, offsets: list[int], length: int = 64) -> list[dict]:
+    """The model's own float32 RoPE error, no cache involved: the first-layer model on the same
+    `length` tokens at positions offset..offset+length-1 against 0..length-1 (RoPE makes them
+    equal in exact arithmetic). Attributes the `bench_numerics` differences."""
+    model = lm.model
+    layers = model.model.layers
+    model.model.layers = layers[:1]
+    try:
+        window = ids[:, :length]
+        ref = model(window, position_ids=torch.arange(length)[None]).logits[0, -1]
+        rows = []
+        for p in offsets:
+            out = model(window, position_ids=torch.arange(p, p + length)[None]).logits[0, -1]
+            rows.append(dict(offset=p, max_abs_diff=float((out - ref).abs().max())))
+    finally:
+        model.model.layers = layers
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -156,11 +176,13 @@ def main() -> int:
     ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096, args.numerics_tokens) + 1)
     rounds = 2 if args.quick else 3
     out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[],
-               numerics=[])
+               numerics=[], rope_offset=[])
     part = (lambda name: args.only in (None, name))
     if part("numerics") and args.numerics_tokens:
         marks = [m for m in (256, 1024, 4096, 8192, 16384, 32768, 65536) if m < args.numerics_tokens]
         out["numerics"] = bench_numerics(lm, ids, marks + [args.numerics_tokens])
+    if part("numerics"):
+        out["rope_offset"] = bench_rope_offset(lm, ids, [1024, 4096, 8192, 16384, 32704])
     for length in (256, 1024) if part("decode") else ():
         row = bench_decode(lm.model, ids, length, steps=16 if args.quick else 32, rounds=rounds)
         print(f"decode L={length}: {row}", file=sys.stderr, flush=True)

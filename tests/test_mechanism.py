@@ -117,6 +117,14 @@ def test_channels_activation_amplifier_normalization(planted_run):
     assert a["dominance"] > 10
     assert a["alignment_spike"] > 0.9 > 0.5 > a["alignment_other"]
     assert a["quadratic_over_actual"] == pytest.approx(1.0, abs=0.05)
+    gain = mech["amplifier"]["post_block_gain"][0]
+    if planted_run[0].lm.family.norm_style == "pre":
+        assert gain == pytest.approx(1.0, rel=1e-5)  # pre-norm: the MLP output is the block output
+    else:
+        # sandwich: the post-FFN norm maps the (one-channel) MLP output to sqrt(D) x (1 + 1000) there,
+        # while the MLP wrote 100 x gelu(g) x g with g = 3 x sqrt(D) (the normed planted input)
+        g = 3 * 32 ** 0.5
+        assert gain == pytest.approx(32 ** 0.5 * 1001 / (100 * g * g), rel=0.05)
     n = mech["normalization"]
     assert n["after"]["spike_sparsity"] > 0.9 > n["after"]["other_sparsity"]
     assert n["after"]["cos_across_tokens"] is None and n["after"]["n_pairs_prompts"] == 6

@@ -16,6 +16,8 @@ GELU for large positive g), out_k(x) ~ x^T U_k x with
   are reported as |cos|).
 - Alignment of token t: |cos(x_t, s*)| with x_t the FFN input after its norm (what gate/up read).
 - Quadratic fit: x^T S_k x against the MLP's actual output at k (ratio), for spike tokens.
+- Post-block gain per spike channel: mean over spike tokens of |FFN block output at k| / |MLP
+  output at k| (1 for pre-norm; a sandwich model's post-FFN norm sets it).
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def activation_regime(act_cos: np.ndarray, act_ratio: np.ndarray, spike_mask: np
             "spike": {"cos": _mean(act_cos[spike_mask]), "norm_ratio": _mean(act_ratio[spike_mask]),
                       "n": int(spike_mask.sum())},
             "other": {"cos": _mean(act_cos[other]), "norm_ratio": _mean(act_ratio[other]), "n": int(other.sum())}}
+
+
+def post_block_gain(block_out: np.ndarray, mlp_out: np.ndarray) -> list[float | None]:
+    """(S, C), (S, C) -> per channel mean |block_out| / |mlp_out| (None where the MLP wrote 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(block_out) / np.abs(mlp_out)
+    return [float(np.mean(r[:, c][np.isfinite(r[:, c])])) if np.isfinite(r[:, c]).any() else None
+            for c in range(r.shape[1])]
 
 
 def amplifier(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, channels: list[int],

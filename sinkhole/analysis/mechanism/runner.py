@@ -169,6 +169,9 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
          for n in (lm.family.gate_proj, lm.family.up_proj, lm.family.down_proj)]
     activation = amp.activation_regime(g.act_cos, g.act_ratio, spike_mask, g.valid, g.activation)
     amplifier = amp.amplifier(*w, channels, g.ffn_in, g.mlp_chan, spike_mask, g.valid)
+    # What reaches the residual over what the MLP computed, at the spike channels of the targets:
+    # exactly 1 for pre-norm; a sandwich model's post-FFN norm rescales (and may amplify) it.
+    amplifier["post_block_gain"] = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
 
     # 5. normalization
     norm = normalization(g.norm_before, g.norm_after, len(targets), channels,
