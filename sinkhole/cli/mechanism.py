@@ -89,10 +89,11 @@ def render(m: dict) -> str:
     if a["spike"]["cos"] is not None:
         lines.append(f"Activation ({a['activation']})  spike tokens: cos {a['spike']['cos']:.3f}, norm ratio "
                      f"{a['spike']['norm_ratio']:.3f}   others: cos {a['other']['cos']:.3f}, norm ratio {a['other']['norm_ratio']:.3f}")
-    for c in m["amplifier"]["channels"]:
+    for c, gain in zip(m["amplifier"]["channels"], m["amplifier"]["post_block_gain"]):
         lines.append(f"Amplifier ch {c['channel']}  ||U_k||_F {c['fro_over_median']:.1f}x median (rank {c['fro_rank']})  "
                      f"lambda1/|lambda2| {c['dominance']:.1f}  |cos(x, s*)| spike {c['alignment_spike'] or 0:.2f} "
-                     f"vs others {c['alignment_other'] or 0:.2f}")
+                     f"vs others {c['alignment_other'] or 0:.2f}"
+                     + (f"  post-block gain {gain:.3g}x" if gain is not None and abs(gain - 1) > 1e-3 else ""))
     n = m["normalization"]
     lines.append(f"Normalization  spike-channel share of post-norm mass: before {n['before']['spike_sparsity']:.2f}, "
                  f"after {n['after']['spike_sparsity']:.2f} (others {n['after']['other_sparsity']:.2f})")
