@@ -146,6 +146,10 @@ def test_outlier_column_decomposition_is_exact_on_outliers():
     y_naive = act_per_tensor(x, x.abs().amax()) @ weight_per_channel(w).T
     exact = x @ w.T
     assert (y - exact).abs().max() < (y_naive - exact).abs().max() / 5
+    # threshold 0 keeps every column in float: exactly the float layer
+    b = torch.randn(8)
+    assert torch.allclose(int8_outlier_linear(x, w, weight_per_channel(w), b, threshold=0.0),
+                          torch.nn.functional.linear(x, w, b), atol=1e-5)
     # a threshold above every value is plain per-token int8
     y_all = int8_outlier_linear(x, w, weight_per_channel(w), None, threshold=1e9)
     assert torch.allclose(y_all, act_per_token(x) @ weight_per_channel(w).T, atol=1e-5)

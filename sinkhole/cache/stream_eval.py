@@ -2,11 +2,12 @@
 
 The text is fed one token at a time; at each step the model predicts the next token from what its
 cache holds. `nll[j-1] = -log p(x_j | cache after x_0..x_{j-1})`, natural log, for j = 1..N-1.
-Methods (all at the same attention budget of `cache_size` keys per global layer):
+Methods (all but dense at the same attention budget of `cache_size` keys per global layer):
 
     dense      full attention over everything so far (transformers' DynamicCache), while the
-               text fits the model's trained context. Computed by a chunked forward with a
-               DynamicCache, which is the same arithmetic as decoding token by token.
+               text fits the model's trained context. Computed by chunked forwards through a
+               DynamicCache: the same computation as decoding token by token (up to float
+               rounding), much faster.
     window     the `cache_size` most recent tokens, no sinks (SinkCache with no pinned slots).
     sinks      the first `n_sink` tokens + the `cache_size - n_sink` most recent (StreamingLLM).
     profile    the positions a SinkProfile pins + the most recent tokens, same budget.
@@ -16,7 +17,8 @@ Methods (all at the same attention budget of `cache_size` keys per global layer)
                cache_size tokens of compute per token.
 
 Perplexity = exp(mean nll) over the positions a method scored. Reported over all scored
-positions, over positions past the cache (j >= cache_size, where eviction has happened), and over
+positions, over positions past the cache (the fed token t = j-1 >= cache_size: the cache has
+evicted before predicting x_j), and over
 the recompute sample (the only like-for-like comparison with the reference).
 """
 
@@ -150,7 +152,7 @@ class StreamResult:
     def summary(self) -> list[dict]:
         rows = []
         for m in self.methods.values():
-            past = m.nll[self.cache_size - 1:]
+            past = m.nll[self.cache_size:]  # predictions made after the first eviction
             sample = [m.nll[j - 1] for j in self.sample_positions]
             rows.append(dict(method=m.name, label=m.label, slots=m.slots, scored=m.scored(),
                              ppl=perplexity(m.nll), ppl_past_cache=perplexity(past), ppl_sample=perplexity(sample),
@@ -171,8 +173,9 @@ def _floats(t: torch.Tensor, n: int, offset: int = 0) -> list[float | None]:
 
 
 def sample_targets(n_tokens: int, cache_size: int, samples: int) -> list[int]:
-    """Up to `samples` evenly spaced positions j in [cache_size, n_tokens) for the recompute reference."""
-    pool = list(range(cache_size, n_tokens))
+    """Up to `samples` evenly spaced positions j in (cache_size, n_tokens) for the recompute reference
+    (at j = cache_size the window is the whole prefix, where recomputation is dense attention)."""
+    pool = list(range(cache_size + 1, n_tokens))
     if samples <= 0 or not pool:
         return []
     step = max(1, len(pool) // samples)
