@@ -174,7 +174,7 @@ def main() -> int:
     lm = load_model(args.model, log=lambda m: print(m, file=sys.stderr))
     text, _ = default_text()
     ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096, args.numerics_tokens) + 1)
-    rounds = 2 if args.quick else 3
+    rounds = 2 if args.quick else 5
     out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[],
                numerics=[], rope_offset=[])
     part = (lambda name: args.only in (None, name))
@@ -184,7 +184,7 @@ def main() -> int:
     if part("numerics"):
         out["rope_offset"] = bench_rope_offset(lm, ids, [1024, 4096, 8192, 16384, 32704])
     for length in (256, 1024) if part("decode") else ():
-        row = bench_decode(lm.model, ids, length, steps=16 if args.quick else 32, rounds=rounds)
+        row = bench_decode(lm.model, ids, length, steps=16 if args.quick else 64, rounds=rounds)
         print(f"decode L={length}: {row}", file=sys.stderr, flush=True)
         out["decode"].append(row)
     for length in (256, 512, 1024) if part("latency") else ():

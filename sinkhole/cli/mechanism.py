@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from sinkhole.cli.common import add_model_args, status
@@ -26,7 +25,7 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     g = p.add_argument_group("prompts")
-    g.add_argument("--prompts", type=Path, help="prompt file (default: 16 built-in prompts)")
+    g.add_argument("--prompts", help="builtin (the eval suite), a .txt (one prompt a line) or .jsonl file (default: 16 built-in prompts)")
     g.add_argument("--chat", dest="chat", action="store_true", default=None,
                    help="apply the tokenizer's chat template (default: when it has one)")
     g.add_argument("--no-chat", dest="chat", action="store_false")
@@ -42,33 +41,6 @@ def add_parser(sub) -> None:
     o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
     o.add_argument("--json", type=Path, help="write the JSON report (with its `mechanism` section) here")
     p.set_defaults(run=run)
-
-
-def read_prompts(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SinkholeError(f"prompt file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SinkholeError(f"cannot read prompt file {path}: {err}") from None
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise SinkholeError(f"{path}:{n}: not a JSON line") from None
-            text = row.get("prompt") or row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise SinkholeError(f"{path}:{n}: no 'prompt' or 'text' field")
-            prompts.append(text)
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise SinkholeError(f"no prompts in {path}")
-    return prompts
 
 
 def render(m: dict) -> str:
@@ -118,13 +90,11 @@ def run(args) -> int:
     from sinkhole.report import html
     from sinkhole.report.schema import write_json
 
-    prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
-    text = None
-    if args.text is not None:
-        try:
-            text = args.text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise SinkholeError(f"cannot read text file {args.text}: {err}") from None
+    from sinkhole.eval.suite import load_suite
+    from sinkhole.text import read_text_file
+
+    prompts = [item.prompt for item in load_suite(args.prompts).items] if args.prompts else DEFAULT_PROMPTS
+    text = None if args.text is None else read_text_file(args.text)
     if args.text_tokens < 16:
         raise SinkholeError("--text-tokens must be at least 16")
     cfg = MechanismConfig(threshold=args.threshold, epsilon=args.epsilon, interventions=args.interventions,

@@ -12,33 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
+from sinkhole.text import pydoc_text, read_text_file
 
 BUILTIN = "builtin"
-
-
-def _topics_half(which: int) -> str:
-    from pydoc_data.topics import topics
-
-    keys = sorted(topics)
-    half = len(keys) // 2
-    chosen = keys[:half] if which == 0 else keys[half:]
-    return "\n\n".join(topics[k] for k in chosen)
 
 
 def read_text(source: str | Path, which: int = 0) -> str:
     """'builtin' (half `which` of the Python topics) or the contents of a text file."""
     if str(source) == BUILTIN:
-        return _topics_half(which)
-    path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SinkholeError(f"calibration text file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SinkholeError(f"cannot read text file {path}: {err}") from None
-    if not text.strip():
-        raise SinkholeError(f"text file {path} is empty")
-    return text
+        return pydoc_text(half=which)
+    return read_text_file(source, what="calibration text" if which == 0 else "held-out text")
 
 
 def token_sequences(tokenizer, text: str, n: int, length: int) -> list[list[int]]:

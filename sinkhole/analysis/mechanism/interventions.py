@@ -29,20 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from sinkhole.models.loading import LoadedModel
+from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
 _HIDDEN: contextvars.ContextVar = contextvars.ContextVar("sinkhole_hidden_keys", default=())
 
 
-def default_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
 def text_ids(tokenizer, text: str | None, n_tokens: int) -> list[int]:
     """The first n_tokens token ids of `text` (default: the pydoc topics), special tokens added."""
-    text = default_text() if text is None else text
+    text = pydoc_text() if text is None else text
     # ~4 characters per token: tokenizing a generous prefix keeps it fast and the slice fixed.
     ids = tokenizer(text[: max(64, n_tokens * 12)], add_special_tokens=True)["input_ids"]
     return [int(i) for i in ids[:n_tokens]]
