@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
-from sinkhole.cli.common import add_model_args, add_prompt_args, load_probe, read_prompt, status
+from sinkhole.cli.common import add_analysis_args, add_model_args, add_prompt_args, load_probe, read_prompt, status
 
 HELP = "which tokens spike, which sink, whether they coincide, and their KV budget"
 EPILOG = """examples:
@@ -20,11 +19,7 @@ def add_parser(sub) -> None:
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     add_model_args(p)
     add_prompt_args(p)
-    g = p.add_argument_group("analysis")
-    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
-    g.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
-    g.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE,
-                   help="share of heads a sink token must hold, default 0.5")
+    add_analysis_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
     o.add_argument("--json", type=Path, help="write the JSON report here")

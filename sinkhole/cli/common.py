@@ -23,9 +23,25 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--prompt", help="prompt text")
     x.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    add_chat_args(g)
+
+
+def add_chat_args(g) -> None:
     g.add_argument("--chat", dest="chat", action="store_true", default=None,
                    help="apply the tokenizer's chat template (default: when it has one)")
     g.add_argument("--no-chat", dest="chat", action="store_false")
+
+
+def add_analysis_args(p: argparse.ArgumentParser, sink_rate: bool = True) -> None:
+    """The definitions' parameters (sinkhole.analysis.core), with the same defaults everywhere."""
+    from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
+
+    g = p.add_argument_group("analysis")
+    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
+    g.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
+    if sink_rate:
+        g.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE,
+                       help="share of heads a sink token must hold, default 0.5")
 
 
 def read_prompt(args) -> str:

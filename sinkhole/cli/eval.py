@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
-from sinkhole.cli.common import add_model_args, load_probe, status
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
 
 HELP = "run a prompt suite; per-prompt rows, summary statistics, figures (resumable)"
 EPILOG = """examples:
@@ -28,13 +27,8 @@ def add_parser(sub) -> None:
     g.add_argument("--prompts", default="builtin",
                    help="'builtin' (the shipped suite), a .jsonl file ({\"prompt\", \"category\"} a line) or a .txt file (one prompt a line)")
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
-    g.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="apply the tokenizer's chat template (default: when it has one)")
-    g.add_argument("--no-chat", dest="chat", action="store_false")
-    a = p.add_argument_group("analysis")
-    a.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
-    a.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
-    a.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE, help="share of heads a sink token must hold, default 0.5")
+    add_chat_args(g)
+    add_analysis_args(p)
     b = p.add_argument_group("run")
     b.add_argument("--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)")
     b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")

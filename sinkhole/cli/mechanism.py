@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sinkhole.cli.common import add_model_args, status
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, status
 from sinkhole.errors import SinkholeError
 
 HELP = "lifecycle, spike channels, activation regime, quadratic amplifier, norms, sink keys, interventions"
@@ -26,12 +26,9 @@ def add_parser(sub) -> None:
     add_model_args(p)
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", help="builtin (the eval suite), a .txt (one prompt a line) or .jsonl file (default: 16 built-in prompts)")
-    g.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="apply the tokenizer's chat template (default: when it has one)")
-    g.add_argument("--no-chat", dest="chat", action="store_false")
-    a = p.add_argument_group("analysis")
-    a.add_argument("--threshold", type=float, default=10.0, help="spike score threshold (x median), default 10")
-    a.add_argument("--epsilon", type=float, default=0.3, help="attention mass that makes a head a sink head, default 0.3")
+    add_chat_args(g)
+    add_analysis_args(p, sink_rate=False)
+    a = p.add_argument_group("analysis options")
     a.add_argument("--no-interventions", dest="interventions", action="store_false",
                    help="skip the perplexity interventions")
     a.add_argument("--text", type=Path, help="intervention text file (default: Python's pydoc topics)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sinkhole.cli.common import add_model_args, load_probe, status
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
 
 HELP = "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
 EPILOG = """examples:
@@ -23,13 +23,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
-    g.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="apply the tokenizer's chat template (default: when it has one)")
-    g.add_argument("--no-chat", dest="chat", action="store_false")
-    a = p.add_argument_group("analysis")
-    a.add_argument("--threshold", type=float, default=None, help="spike score threshold (x median), default 10")
-    a.add_argument("--epsilon", type=float, default=None, help="attention mass counted as sinking a head, default 0.3")
-    a.add_argument("--min-sink-rate", type=float, default=None, help="share of heads a sink token must hold, default 0.5")
+    add_chat_args(g)
+    add_analysis_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", "-o", type=Path, help="write the profile JSON here")
     o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
