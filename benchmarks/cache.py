@@ -27,20 +27,9 @@ from transformers import DynamicCache
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from sinkhole.cache.sink_cache import SinkCache  # noqa: E402
+from sinkhole.cache.sink_cache import SinkCache, cache_nbytes  # noqa: E402
 from sinkhole.cache.stream_eval import default_text, encode_stream  # noqa: E402
 from sinkhole.models.loading import load_model  # noqa: E402
-
-
-def cache_bytes(cache) -> int:
-    seen, total = set(), 0
-    for layer in cache.layers:
-        for name in ("keys", "values", "sink_keys", "sink_values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                total += t.untyped_storage().nbytes()
-    return total
 
 
 def rss_mib() -> float:
@@ -81,7 +70,7 @@ def bench_memory(model, ids, checkpoints: list[int], cache_len: int, sinks: int 
         for t in range(max(checkpoints)):
             model(ids[:, t: t + 1], cache=cache, use_cache=True)
             if t + 1 in checkpoints:
-                rows.append(dict(cache=kind, tokens=t + 1, cache_mib=round(cache_bytes(cache) / 2**20, 2),
+                rows.append(dict(cache=kind, tokens=t + 1, cache_mib=round(cache_nbytes(cache) / 2**20, 2),
                                  rss_mib=round(rss_mib()), tok_s=round((t + 1) / (time.perf_counter() - t0), 1)))
                 print(f"  memory {kind:<8} {t + 1:>6} tokens: cache {rows[-1]['cache_mib']} MiB, "
                       f"RSS {rows[-1]['rss_mib']} MiB", file=sys.stderr, flush=True)

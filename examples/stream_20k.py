@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from sinkhole.cache.sink_cache import SinkCache
+from sinkhole.cache.sink_cache import SinkCache, cache_nbytes
 from sinkhole.cache.stream_eval import default_text, encode_stream
 from sinkhole.models.loading import load_model
 
@@ -38,15 +38,7 @@ def rss_mib() -> float:
 
 
 def cache_mib(cache) -> float:
-    """Bytes the cache's tensors hold (views count their whole base storage)."""
-    seen, total = set(), 0
-    for layer in cache.layers:
-        for name in ("keys", "values", "sink_keys", "sink_values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                total += t.untyped_storage().nbytes()
-    return total / 2**20
+    return cache_nbytes(cache) / 2**20
 
 
 def main() -> int:

@@ -284,3 +284,15 @@ def profile_positions(profile) -> list[int]:
             chosen.append(p)
         p += 1
     return sorted(chosen)
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by any transformers Cache's tensors (a view counts its whole base storage once)."""
+    seen, total = set(), 0
+    for layer in cache.layers:
+        for name in ("keys", "values", "sink_keys", "sink_values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total

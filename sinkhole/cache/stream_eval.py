@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.text import pydoc_text
 
 SCHEMA = "sinkhole.stream/1"
 # A token inside a full forward costs roughly 1/16 of a token-by-token decode step on CPU;
@@ -46,10 +47,8 @@ METHOD_LABELS = {
 
 
 def default_text() -> tuple[str, str]:
-    """Python's own documentation (pydoc_data.topics), joined: long natural text on every machine."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics)), "pydoc_data.topics"
+    """Python's own documentation (sinkhole.text), and the name to report it by."""
+    return pydoc_text(), "pydoc_data.topics"
 
 
 def encode_stream(tokenizer, text: str, n_tokens: int) -> torch.Tensor:

@@ -70,10 +70,9 @@ def run(args) -> int:
     if args.tokens < 2 or args.cache < 2:
         raise SinkholeError("--tokens and --cache must be at least 2")
     if args.text is not None:
-        try:
-            text, source = args.text.read_text(encoding="utf-8"), str(args.text)
-        except (OSError, UnicodeDecodeError) as err:
-            raise SinkholeError(f"cannot read text file {args.text}: {err}") from None
+        from sinkhole.text import read_text_file
+
+        text, source = read_text_file(args.text), str(args.text)
     else:
         text, source = default_text()
     lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
