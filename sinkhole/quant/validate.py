@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
+from sinkhole.analysis.perplexity import sequence_nll
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
 from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
 
@@ -35,17 +35,12 @@ SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "
 ALPHAS = (0.5, 0.65, 0.8, 0.9)
 
 
-@torch.no_grad()
 def perplexity(lm, sequences: Sequence[Sequence[int]], prefix: Sequence[int] = ()) -> float:
     """exp(mean NLL) over tokens 1.. of each sequence, with `prefix` prepended as context only."""
     total, count = 0.0, 0
-    p = len(prefix)
     for seq in sequences:
-        ids = torch.tensor([list(prefix) + list(seq)], device=lm.device)
-        logits = lm.model(ids, use_cache=False).logits[0, p:-1].float()  # predicts seq[1:]
-        target = ids[0, p + 1:]
-        total += float(F.cross_entropy(logits, target, reduction="sum"))
-        count += target.numel()
+        nll, n = sequence_nll(lm, list(prefix) + list(seq), start=len(prefix) + 1)
+        total, count = total + nll, count + n
     return math.exp(total / max(count, 1))
 
 

@@ -22,13 +22,12 @@ step-up layer and the mean values come from the mechanism's prompts:
 from __future__ import annotations
 
 import contextvars
-import math
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from sinkhole.models.loading import LoadedModel
+from sinkhole.analysis.perplexity import perplexity  # noqa: F401  (re-exported for callers)
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
@@ -41,24 +40,6 @@ def text_ids(tokenizer, text: str | None, n_tokens: int) -> list[int]:
     # ~4 characters per token: tokenizing a generous prefix keeps it fast and the slice fixed.
     ids = tokenizer(text[: max(64, n_tokens * 12)], add_special_tokens=True)["input_ids"]
     return [int(i) for i in ids[:n_tokens]]
-
-
-def perplexity(lm: LoadedModel, ids: list[int], chunk: int = 256) -> float:
-    """exp(mean NLL) of ids[1:] given their prefixes; logits are formed `chunk` rows at a time."""
-    model = lm.model
-    x = torch.tensor([ids], device=lm.device)
-    with torch.inference_mode():
-        hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state[0]  # (T, D)
-        head = model.get_output_embeddings()
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        nll, n = 0.0, len(ids) - 1
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            logits = head(hidden[s:e]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            nll += float(F.cross_entropy(logits, x[0, s + 1:e + 1], reduction="sum"))
-    return math.exp(nll / max(n, 1))
 
 
 @contextmanager
