@@ -8,7 +8,13 @@
 Names are imported lazily so that `import sinkhole` stays cheap.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# Offline by default for the library, not only the CLI: huggingface_hub reads this once, at its
+# import. load_model() also switches an already imported huggingface_hub to offline mode.
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _LAZY = {
     "ModelProbe": "sinkhole.probe.probe",

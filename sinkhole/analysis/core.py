@@ -105,6 +105,12 @@ def jaccard(a: set[int], b: set[int]) -> float | None:
 def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: float = DEFAULT_EPSILON,
             min_sink_rate: float = DEFAULT_MIN_SINK_RATE) -> Report:
     """Spike tokens, sink tokens, their overlap and KV impact of one captured sequence."""
+    from sinkhole.errors import SinkholeError
+    from sinkhole.validate import analysis_params
+
+    if not isinstance(capture, Capture):
+        raise SinkholeError(f"analyze() needs a Capture from ModelProbe.run(...), not {type(capture).__name__}")
+    threshold, epsilon, min_sink_rate = analysis_params(threshold, epsilon, min_sink_rate)
     c = capture
     T = c.n_tokens
     scores = spike_scores(c.resid_norm)

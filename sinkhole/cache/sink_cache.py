@@ -237,15 +237,18 @@ class SinkCache(Cache):
 
     def __init__(self, n_sink: int = 4, window: int = 1020, *, model: torch.nn.Module,
                  sink_positions: list[int] | None = None):
-        if model is None:
-            raise SinkholeError("SinkCache needs the model (for its rotary frequencies): SinkCache(..., model=model)")
+        from sinkhole.validate import integer
+
+        if not isinstance(model, torch.nn.Module):
+            raise SinkholeError("SinkCache needs the loaded model object (for its rotary frequencies): "
+                                f"SinkCache(..., model=lm.model), not {type(model).__name__} {model!r:.40}")
+        n_sink = integer(n_sink, "n_sink", lo=0, example=4)
+        window = integer(window, "window", lo=2, example=1020)
+        if sink_positions is not None:
+            if isinstance(sink_positions, (str, bytes)) or not hasattr(sink_positions, "__iter__"):
+                raise SinkholeError(f"sink_positions must be a list of non-negative integers, not {sink_positions!r:.40}")
+            sink_positions = [integer(p, "a sink position", lo=0) for p in sink_positions]
         pinned = tuple(sorted(set(sink_positions))) if sink_positions is not None else tuple(range(n_sink))
-        if any(p < 0 for p in pinned):
-            raise SinkholeError(f"sink positions must be non-negative (got {list(pinned)})")
-        if n_sink < 0:
-            raise SinkholeError(f"n_sink must be non-negative (got {n_sink})")
-        if window < 2:
-            raise SinkholeError(f"window must be at least 2 (got {window})")
         self.pinned, self.window = pinned, int(window)
         config = model.config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
@@ -274,14 +277,18 @@ class SinkCache(Cache):
         return len(self.pinned)
 
 
+MAX_PINNED = 65536  # more pinned slots than this is no profile, and would take memory for nothing
+
+
 def profile_positions(profile) -> list[int]:
     """The absolute positions a profile pins: `pinned_slots` of them, its sink positions first."""
-    slots = int(profile.pinned_slots)
-    chosen = sorted(set(int(p) for p in profile.sink_positions))[:slots]
+    from sinkhole.validate import integer
+
+    slots = integer(profile.pinned_slots, "the profile's pinned_slots", lo=0, hi=MAX_PINNED)
+    chosen = set(sorted(set(int(p) for p in profile.sink_positions))[:slots])
     p = 0
-    while len(chosen) < slots:
-        if p not in chosen:
-            chosen.append(p)
+    while len(chosen) < slots:  # a set: linear in slots, not quadratic
+        chosen.add(p)
         p += 1
     return sorted(chosen)
 

@@ -274,7 +274,7 @@ def plot_stream(result: dict, path, width: int = 32) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_output
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, m in result["methods"].items():
@@ -296,4 +296,4 @@ def plot_stream(result: dict, path, width: int = 32) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_output(path, buf.getvalue(), "plot")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_model_args, add_prompt_args, load_probe, read_prompt, status
+from sinkhole.cli.common import (add_analysis_args, add_model_args, add_prompt_args, load_probe, raise_failures, read_prompt,
+                                 result_stream, write_all)
 
 HELP = "which tokens spike, which sink, whether they coincide, and their KV budget"
 EPILOG = """examples:
@@ -22,7 +23,7 @@ def add_parser(sub) -> None:
     add_analysis_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
-    o.add_argument("--json", type=Path, help="write the JSON report here")
+    o.add_argument("--json", type=Path, help="write the JSON report here ('-': stdout, and the summary goes to stderr)")
     p.set_defaults(run=run)
 
 
@@ -38,11 +39,8 @@ def run(args) -> int:
     capture = probe.run(prompt, chat=args.chat, progress=progress_printer(probe.info.n_layers))
     report = analyze(capture, threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate)
     d = report.to_dict()
-    if args.output:
-        html.write_html(d, args.output, capture=capture)
-        status(f"wrote {args.output}")
-    if args.json:
-        write_json(d, args.json)
-        status(f"wrote {args.json}")
-    print(render_analysis(d))
+    failures = write_all([(args.output, lambda: html.write_html(d, args.output, capture=capture)),
+                          (args.json, lambda: write_json(d, args.json))])
+    print(render_analysis(d), file=result_stream(args.json))
+    raise_failures(failures)
     return 0

@@ -71,3 +71,36 @@ def load_probe(args, **kw):
 def status(msg: str) -> None:
     """Progress and status lines go to stderr, so stdout stays the result."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def write_all(writers) -> list[str]:
+    """Run every (path, write) pair whose path is set, even after one fails; returns the failures.
+
+    Each `write()` goes through sinkhole.io.write_output, which rescues data it cannot write; the
+    command prints its result and then raises the failures (`raise_failures`)."""
+    from sinkhole.io import is_stdout
+
+    failures = []
+    for path, write in writers:
+        if path is None:
+            continue
+        try:
+            write()
+        except SinkholeError as err:
+            failures.append(str(err))
+            continue
+        if not is_stdout(path):
+            status(f"wrote {path}")
+    return failures
+
+
+def raise_failures(failures: list[str]) -> None:
+    if failures:
+        raise SinkholeError("; ".join(failures))
+
+
+def result_stream(*paths):
+    """Where the terminal summary goes: stderr when an output is '-' (stdout then holds that output)."""
+    from sinkhole.io import is_stdout
+
+    return sys.stderr if any(is_stdout(p) for p in paths) else sys.stdout

@@ -47,9 +47,6 @@ def run(args) -> int:
 
     suite = load_suite(args.prompts, args.limit)
     settings = EvalSettings(threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat)
-    for name, value in (("batch_tokens", args.batch_tokens), ("max_batch", args.max_batch)):
-        if value is not None and value < 1:
-            raise SinkholeError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch_tokens:
         settings.max_batch_tokens = args.batch_tokens
     if args.max_batch:
@@ -58,19 +55,26 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    probe = load_probe(args)
-    bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
-    try:
-        def initial(n: int) -> None:
-            if n:
-                status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
-                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
-                bar.refresh()
+    from sinkhole.eval.runner import out_lock
 
-        rows = run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial)
-    finally:
-        bar.close()
-    summary = write_outputs(rows, args.out, figures=not args.no_figures)
+    with out_lock(args.out):  # taken before the model loads: a second writer is refused at once
+        probe = load_probe(args)
+        bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+        try:
+            def initial(n: int) -> None:
+                if n:
+                    status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
+                    bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
+                    bar.refresh()
+
+            rows = run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial)
+        finally:
+            bar.close()
+        try:
+            summary = write_outputs(rows, args.out, figures=not args.no_figures)
+        except OSError as err:
+            raise SinkholeError(f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
+                                f"{args.out}/results.jsonl: free space and run the same command again") from None
     status(f"wrote {args.out}/results.jsonl, summary.json" + ("" if args.no_figures else ", figures, summary.html"))
     print(render_summary(summary))
     return 0

@@ -38,22 +38,44 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:  # --help (0) or an argparse usage error (2), already printed
+        return err.code if isinstance(err.code, int) else 2
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
     try:
+        # Every option is checked before anything is loaded (sinkhole.validate).
+        from sinkhole.validate import validate_args
+
+        validate_args(args.command, args)
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         return int(args.run(args) or 0)
     except SinkholeError as err:
+        _close_progress_bars()
         print(f"sinkhole: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("sinkhole: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Close (and so end the line of) any progress bar still open, so an error starts its own line."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        try:
+            bar.leave = True  # a closed bar ends with a newline rather than a carriage return
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the error itself
+            pass
 
 
 if __name__ == "__main__":

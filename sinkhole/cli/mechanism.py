@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     a.add_argument("--vocab-sweep", action="store_true", help="also run the vocabulary sweep (see `sinkhole vocab-sweep`)")
     o = p.add_argument_group("output")
     o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
-    o.add_argument("--json", type=Path, help="write the JSON report (with its `mechanism` section) here")
+    o.add_argument("--json", type=Path, help="write the JSON report (with its `mechanism` section) here ('-': stdout)")
     p.set_defaults(run=run)
 
 
@@ -83,7 +83,7 @@ def render(m: dict) -> str:
 
 def run(args) -> int:
     from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
-    from sinkhole.cli.common import load_probe
+    from sinkhole.cli.common import load_probe, raise_failures, result_stream, write_all
     from sinkhole.report import html
     from sinkhole.report.schema import write_json
 
@@ -107,11 +107,8 @@ def run(args) -> int:
     report = reports[0]
     report.extra["mechanism"] = mech
     d = report.to_dict()
-    if args.output:
-        html.write_html(d, args.output)
-        status(f"wrote {args.output}")
-    if args.json:
-        write_json(d, args.json)
-        status(f"wrote {args.json}")
-    print(render(d["mechanism"]))
+    failures = write_all([(args.output, lambda: html.write_html(d, args.output)),
+                          (args.json, lambda: write_json(d, args.json))])
+    print(render(d["mechanism"]), file=result_stream(args.json))
+    raise_failures(failures)
     return 0

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     add_chat_args(g)
     add_analysis_args(p)
     o = p.add_argument_group("output")
-    o.add_argument("--out", "-o", type=Path, help="write the profile JSON here")
+    o.add_argument("--out", "-o", type=Path, help="write the profile JSON here ('-': stdout)")
     o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
     p.set_defaults(run=run)
 
@@ -62,8 +62,9 @@ def run(args) -> int:
     with tqdm(total=len(suite), desc="profile", unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
         profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
                                min_sink_rate=args.min_sink_rate, progress=bar.update).detect()
-    if args.out:
-        profile.save(args.out)
-        status(f"wrote {args.out}")
-    print(render_profile(profile))
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+
+    failures = write_all([(args.out, lambda: profile.save(args.out))])
+    print(render_profile(profile), file=result_stream(args.out))
+    raise_failures(failures)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from sinkhole.cli.common import add_model_args, status
@@ -73,7 +74,9 @@ def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
 
 
 def run(args) -> int:
-    from sinkhole.models.loading import load_model, write_atomic
+    from sinkhole.cli.common import raise_failures, write_all
+    from sinkhole.io import is_stdout, write_output
+    from sinkhole.models.loading import load_model
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
     from sinkhole.quant.report import render_stats
     from sinkhole.quant.stats import collect_stats
@@ -86,12 +89,9 @@ def run(args) -> int:
     _given_alpha(args.alpha)  # refuse a bad value before loading anything
     if args.backend == "smoothquant" and not args.out:
         raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
-    for flag in ("calib_seqs", "calib_len", "heldout_seqs", "heldout_len"):
-        if getattr(args, flag) < (2 if flag.endswith("len") else 1):
-            raise SinkholeError(f"--{flag.replace('_', '-')} is too small")
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
                     trust_remote_code=args.trust_remote_code, log=status)
-    stats, calib = None, []
+    stats, calib, failures = None, [], []
     if args.profile:
         from sinkhole.profiles.profile import load_profile
 
@@ -102,22 +102,24 @@ def run(args) -> int:
         status(f"calibrating on {len(calib)} x {len(calib[0])} tokens of {args.calib} ...")
         stats = source = collect_stats(lm, calib, source=str(args.calib))
         table = render_stats(stats)
-        # stdout stays parseable JSON when the config itself is printed there
-        if args.out or not args.backend:
+        # stdout stays parseable JSON when the config itself (or a '-' output) is printed there
+        if (args.out or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):
             print(table)
         else:
             status(table)
-        if args.stats_json:
-            write_atomic(args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1))
-            status(f"wrote {args.stats_json}")
+        failures += write_all([(args.stats_json, lambda: write_output(
+            args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1), "statistics"))])
     need_alpha = args.validate or args.backend in ("llm-compressor", "smoothquant")
     alpha, alpha_basis = _alpha(args, lm, stats, calib) if need_alpha else (None, {})
     if args.backend:
         hints = get_quantization_hints(source, args.backend, family=lm.family, tokenizer=lm.tokenizer, alpha=alpha)
         hints["basis"].update(alpha_basis)
         if args.out:
-            for path in write_hints(hints, args.out):
-                status(f"wrote {path}")
+            try:
+                for path in write_hints(hints, args.out):
+                    status(f"wrote {path}")
+            except SinkholeError as err:
+                failures.append(str(err))
             print(json.dumps({k: v for k, v in hints.items() if k != "config"}, indent=1, default=str))
         else:
             print(json.dumps(hints, indent=1))
@@ -134,8 +136,7 @@ def run(args) -> int:
         result["model"] = stats.model
         result["calibration"] = {"source": str(args.calib), "n_sequences": len(calib), "length": len(calib[0])}
         result["alpha_basis"] = alpha_basis
-        print(render_validation(result))
-        if args.json:
-            write_atomic(args.json, json.dumps(result, indent=1))
-            status(f"wrote {args.json}")
+        print(render_validation(result), file=sys.stderr if is_stdout(args.json) else sys.stdout)
+        failures += write_all([(args.json, lambda: write_output(args.json, json.dumps(result, indent=1), "validation results"))])
+    raise_failures(failures)
     return 0

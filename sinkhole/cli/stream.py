@@ -34,28 +34,42 @@ def add_parser(sub) -> None:
     g.add_argument("--samples", type=int, default=48,
                    help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48")
     o = p.add_argument_group("output")
-    o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here")
+    o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here ('-': stdout)")
     o.add_argument("--plot", type=Path, help="write a PNG of perplexity against position here")
     p.set_defaults(run=run)
 
 
-def _profile_positions(args, lm) -> list[int] | None:
-    from sinkhole.cache.sink_cache import profile_positions
+def _profile_positions(args, lm, prof=None) -> list[int] | None:
     from sinkhole.errors import SinkholeError
     from sinkhole.profiles.profile import load_profile
 
     if args.no_profile:
         return None
-    if args.profile is None:
+    if prof is None:
         try:
             prof = load_profile(lm.name)
         except SinkholeError:
             status(f"no shipped sink profile for {lm.name}: skipping the profile method (pass --profile)")
             return None
-    else:
-        prof = load_profile(args.profile)
     prof.check_model(lm.weights_id, lm.name)
-    return profile_positions(prof)
+    return _checked_positions(args, prof)
+
+
+def _checked_positions(args, prof) -> list[int]:
+    """The profile's pinned positions, refused when they cannot fit the cache or the stream (checked
+    before any streaming: a profile pinning 1e9 slots must not hang, nor 100 slots fail after minutes)."""
+    from sinkhole.cache.sink_cache import profile_positions
+    from sinkhole.errors import SinkholeError
+
+    if prof.pinned_slots >= args.cache - 1:
+        raise SinkholeError(f"the profile pins {prof.pinned_slots} slots, too many for --cache {args.cache}: "
+                            f"use --cache above {prof.pinned_slots + 1} or --no-profile")
+    pins = profile_positions(prof)
+    late = [p for p in pins if p >= args.tokens]
+    if late:
+        raise SinkholeError(f"the profile pins position {late[0]}, beyond the {args.tokens} streamed tokens: "
+                            f"stream more tokens (--tokens) or use --no-profile")
+    return pins
 
 
 def run(args) -> int:
@@ -67,8 +81,15 @@ def run(args) -> int:
     from sinkhole.models.loading import load_model
     from sinkhole.report.schema import write_json
 
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.profiles.profile import load_profile
+
     if args.tokens < 2 or args.cache < 2:
         raise SinkholeError("--tokens and --cache must be at least 2")
+    given = None
+    if args.profile is not None and not args.no_profile:  # a bad profile fails before the model loads
+        given = load_profile(args.profile)
+        _checked_positions(args, given)
     if args.text is not None:
         from sinkhole.text import read_text_file
 
@@ -76,7 +97,7 @@ def run(args) -> int:
     else:
         text, source = default_text()
     lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
-    pins = _profile_positions(args, lm)
+    pins = _profile_positions(args, lm, given)
     ids = encode_stream(lm.tokenizer, text, args.tokens)
     n = ids.shape[1]
     dense_upto = min(n, lm.max_context or n)
@@ -90,11 +111,8 @@ def run(args) -> int:
     finally:
         bar.close()
     d = result.to_dict()
-    if args.json:
-        write_json(d, args.json)
-        status(f"wrote {args.json}")
-    if args.plot:
-        plot_stream(d, args.plot)
-        status(f"wrote {args.plot}")
-    print(render_table(d))
+    failures = write_all([(args.json, lambda: write_json(d, args.json, "stream results")),
+                          (args.plot, lambda: plot_stream(d, args.plot))])
+    print(render_table(d), file=result_stream(args.json))
+    raise_failures(failures)
     return 0

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from sinkhole.cli.common import add_model_args, status
-from sinkhole.errors import SinkholeError
 
 HELP = "feed every vocabulary token alone at position 0; report the share that spikes and the exceptions"
 EPILOG = """rule: token v alone (no BOS, no chat template) is a spike token when max_l ||h_l|| exceeds
@@ -30,7 +29,7 @@ def add_parser(sub) -> None:
     g.add_argument("--sample", type=int, help="sweep a fixed random sample of this many tokens instead of all")
     g.add_argument("--list", type=int, default=20, help="exceptions to print, default 20 (the JSON holds up to 50)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", type=Path, help="write the result here")
+    o.add_argument("--json", type=Path, help="write the result here ('-': stdout)")
     p.set_defaults(run=run)
 
 
@@ -41,12 +40,10 @@ def run(args) -> int:
 
     from sinkhole.analysis.mechanism.interventions import text_ids
     from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
-    from sinkhole.models.loading import load_model, write_atomic
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.io import write_output
+    from sinkhole.models.loading import load_model
 
-    if args.batch_size < 1:
-        raise SinkholeError("--batch-size must be positive")
-    if args.sample is not None and args.sample < 1:
-        raise SinkholeError("--sample must be positive")
     lm = load_model(args.model, device=args.device, dtype=args.dtype or "bfloat16",
                     trust_remote_code=args.trust_remote_code, log=status)
     V = lm.model.get_input_embeddings().num_embeddings
@@ -57,15 +54,15 @@ def run(args) -> int:
     finally:
         bar.close()
     result["model"] = lm.name
-    if args.json:
-        write_atomic(args.json, json.dumps(result, indent=1, ensure_ascii=False))
-        status(f"wrote {args.json}")
+    failures = write_all([(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))])
+    out = result_stream(args.json)
     print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({result['spike_share']:.1%}) spike alone at "
           f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
-          f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)")
+          f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)", file=out)
     p = result["score_percentiles"]
-    print(f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}")
-    print(f"exceptions ({result['exceptions_are']}, {result['n_exceptions']}):")
+    print(f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}", file=out)
+    print(f"exceptions ({result['exceptions_are']}, {result['n_exceptions']}):", file=out)
     for e in result["exceptions"][: args.list]:
-        print(f"  {e['id']:>7}  {e['text']!r:<24} score {e['score']:.1f}")
+        print(f"  {e['id']:>7}  {e['text']!r:<24} score {e['score']:.1f}", file=out)
+    raise_failures(failures)
     return 0

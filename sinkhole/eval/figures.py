@@ -26,9 +26,13 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    tmp.replace(path)
+    import io
+
+    from sinkhole.io import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
+    write_atomic(path, buf.getvalue())
 
 
 def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[Path]:
@@ -91,7 +95,7 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
 
 def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
     """summary.html: the printed table and the PNG figures, embedded (one self-contained file)."""
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_atomic
 
     out = Path(out_dir)
     imgs = []

@@ -28,7 +28,7 @@ from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import Suite, SuiteItem
 
 RUN_SCHEMA = "sinkhole.eval/1"
-RESULTS_NAME, MANIFEST_NAME = "results.jsonl", "run.json"
+RESULTS_NAME, MANIFEST_NAME, LOCK_NAME = "results.jsonl", "run.json", ".sinkhole-eval.lock"
 DEFAULT_BATCH_TOKENS = 4096  # B x T_max per forward: large enough to amortise Python overhead on a CPU
 DEFAULT_MAX_BATCH = 32
 MIN_FILL = 0.7  # a prompt joins a batch only if it is at least this share of the batch's longest
@@ -156,6 +156,19 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def out_lock(out_dir: str | Path):
+    """An exclusive lock on an eval directory for as long as a run writes there (fcntl: gone with the
+    process, even after kill -9). A second process gets a one-line SinkholeError; the same process
+    may take it again (the CLI holds it around `run_eval`, which takes it too)."""
+    from sinkhole.io import exclusive_lock
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SinkholeError(f"--out {out} is a file, not a directory")
+    return exclusive_lock(out / LOCK_NAME, busy=f"another sinkhole eval is writing to {out}: wait for it to "
+                                               "finish, or give another --out directory")
+
+
 class ResultsStore:
     """DIR/run.json + DIR/results.jsonl, append-only, crash-tolerant."""
 
@@ -166,7 +179,7 @@ class ResultsStore:
 
     def open(self, new_manifest: dict) -> dict[int, dict]:
         """Check (or write) the manifest and return the rows already done, keyed by prompt index."""
-        from sinkhole.models.loading import write_atomic
+        from sinkhole.io import write_atomic
 
         if self.dir.exists() and not self.dir.is_dir():
             raise SinkholeError(f"--out {self.dir} is a file, not a directory")
@@ -227,6 +240,16 @@ def run_eval(probe, suite: Suite, out_dir: str | Path | None, settings: EvalSett
     """
     settings = settings or EvalSettings()
     settings = replace(settings, chat=resolved_chat(probe, settings.chat))  # the caller's object is left as is
+    from sinkhole.validate import analysis_params
+
+    analysis_params(settings.threshold, settings.epsilon, settings.min_sink_rate)
+    if out_dir is None:
+        return _run(probe, suite, None, settings, progress, initial)
+    with out_lock(out_dir):
+        return _run(probe, suite, out_dir, settings, progress, initial)
+
+
+def _run(probe, suite, out_dir, settings, progress, initial) -> list[dict]:
     done: dict[int, dict] = {}
     store = None
     if out_dir is not None:
@@ -241,7 +264,11 @@ def run_eval(probe, suite: Suite, out_dir: str | Path | None, settings: EvalSett
     todo = [it for it in suite.items if it.index not in done]
     for rows in evaluate(probe, todo, settings):
         if store is not None:
-            store.append(rows)
+            try:
+                store.append(rows)
+            except OSError as err:
+                raise SinkholeError(f"cannot append to {store.results} ({err.strerror or err}); the rows written so far "
+                                    "are kept: free space and run the same command again to resume") from None
         done.update((r["index"], r) for r in rows)
         if progress is not None:
             progress(len(rows))

@@ -88,6 +88,12 @@ def _read_txt(text: str) -> list[SuiteItem]:
 
 def load_suite(spec: str | Path, limit: int | None = None) -> Suite:
     """The suite named by `spec` ("builtin", a .jsonl or a .txt file), optionally an evenly spaced subset."""
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise SinkholeError(f"load_suite needs 'builtin' or a .jsonl / .txt file path, not {spec!r}")
+    if limit is not None:
+        from sinkhole.validate import integer
+
+        limit = integer(limit, "limit", lo=1, example=100)
     source = str(spec)
     path = BUILTIN_PATH if source == "builtin" else Path(spec)
     if not path.is_file():

@@ -1,19 +1,18 @@
 """Load a causal LM and its tokenizer, offline.
 
 - Bundled names and `.gguf` files: transformers dequantizes GGUF on load (~15-50 s). The result is
-  saved once as safetensors under `cache_dir()/gguf/<sha256 of the file>/`, written to a temporary
-  folder and renamed, so an interrupted conversion never leaves a half cache; later loads take
-  well under a second.
-- Directories and hub ids: `local_files_only=True` always; sinkhole never downloads.
+  saved once as safetensors under `cache_dir()/gguf/<sha256 of the file>/`, verified on every
+  load, rebuilt when damaged, converted under a lock (sinkhole.models.gguf_cache); later loads
+  take well under a second.
+- Directories and hub ids: `local_files_only=True` always, and huggingface_hub is switched to
+  offline mode (`go_offline`); sinkhole never downloads or sends a request.
 - `trust_remote_code` is passed through only when the user asks for it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +20,13 @@ from pathlib import Path
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.io import cache_dir, file_sha256, write_atomic  # noqa: F401  (re-exported for old imports)
 from sinkhole.models.families import Family, family_for
+from sinkhole.models.gguf_cache import converted_gguf_dir
 from sinkhole.models.registry import ModelSource, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
-
-
-def cache_dir() -> Path:
-    """`$SINKHOLE_CACHE`, else `$XDG_CACHE_HOME/sinkhole`, else `~/.cache/sinkhole`."""
-    if os.environ.get("SINKHOLE_CACHE"):
-        return Path(os.environ["SINKHOLE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sinkhole"
 
 
 @dataclass
@@ -68,69 +61,6 @@ class LoadedModel:
                    device=p.device, dtype=p.dtype)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised in the cache by (path, size, mtime) since large GGUFs take seconds."""
-    path = Path(path).resolve()
-    st = path.stat()
-    memo = cache_dir() / "hashes" / (hashlib.sha1(str(path).encode()).hexdigest() + ".json")
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        data = json.loads(memo.read_text())
-        if data["key"] == key:
-            return data["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    write_atomic(memo, json.dumps({"key": key, "sha256": digest}))
-    return digest
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
-    """Directory of safetensors converted from `gguf` (converting on first use), and the file's sha256."""
-    digest = file_sha256(gguf)
-    target = cache_dir() / "gguf" / digest[:24]
-    if (target / "config.json").is_file() and (target / "sinkhole-source.json").is_file():
-        return target, digest
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log(f"converting {gguf.name} to safetensors once (cached in {target}) ...")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-    except Exception as err:  # the gguf reader raises many types on a damaged file
-        raise SinkholeError(f"cannot read GGUF file {gguf}: {type(err).__name__}: {err}".splitlines()[0]) from err
-    # save_pretrained refuses a GGUF-loaded model until its quantizer is dropped.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "sinkhole-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target, digest
-
-
 def _dir_weights_id(path: Path) -> str:
     """Cheap identity of a model directory: hash of config.json and weight file names and sizes."""
     h = hashlib.sha256()
@@ -144,6 +74,10 @@ def _dir_weights_id(path: Path) -> str:
 
 
 def pick_device_dtype(device: str, dtype: str | None) -> tuple[str, torch.dtype]:
+    if not isinstance(device, str):
+        raise SinkholeError(f"device must be a string (cpu, cuda, cuda:N, auto), not {device!r}")
+    if dtype is not None and not isinstance(dtype, str):
+        raise SinkholeError(f"dtype must be a string ({', '.join(DTYPES)}), not {dtype!r}")
     if device not in DEVICES and not device.startswith("cuda:"):
         raise SinkholeError(f"unknown device '{device}': use one of {', '.join(DEVICES)} (or cuda:N)")
     if device != "cpu" and not torch.cuda.is_available():
@@ -163,6 +97,30 @@ def _check_causal(config) -> None:
         raise SinkholeError(f"{archs[0]} ({config.model_type}) is not a causal LM; sinkhole needs a decoder-only model")
 
 
+def go_offline() -> None:
+    """Offline mode for the whole process: huggingface_hub reads HF_HUB_OFFLINE once at import, and
+    with it unset even local_files_only=True loads contact the hub (its user-agent registry)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants as hub_constants
+
+    hub_constants.HF_HUB_OFFLINE = True
+
+
+def _raise_load_error(model, err: Exception, what: str):
+    """A transformers / safetensors loading failure as one SinkholeError line that says what to do."""
+    text = str(err)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+    if "trust_remote_code" in text or "custom code" in text:
+        raise SinkholeError(f"{model} ships its own model code: pass --trust-remote-code "
+                            "(trust_remote_code=True) if you trust it") from None
+    if "size mismatch" in text or "shape" in first.lower() and "mismatch" in text.lower():
+        raise SinkholeError(f"the weights of '{model}' do not match its config.json ({first[:160]}): "
+                            "use the config the weights were saved with") from None
+    if isinstance(err, (ValueError, OSError, RuntimeError, KeyError, EnvironmentError)) or "Error" in type(err).__name__:
+        raise SinkholeError(f"{what.format(model=model)}: {first[:300]}") from None
+    raise err
+
+
 def load_model(
     model: str = "smollm2-135m",
     device: str = "cpu",
@@ -170,14 +128,22 @@ def load_model(
     trust_remote_code: bool = False,
     log=None,
 ) -> LoadedModel:
-    """Load a model by bundled short name, local directory, cached hub id or `.gguf` path."""
+    """Load a model by bundled short name, local directory, cached hub id or `.gguf` path. Never downloads."""
+    go_offline()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if not isinstance(model, (str, os.PathLike)):
+        raise SinkholeError(f"model must be a name, directory or .gguf path (or a LoadedModel), not {type(model).__name__}")
+    if not isinstance(trust_remote_code, bool):
+        raise SinkholeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device, torch_dtype = pick_device_dtype(device, dtype)
     source = resolve(model)
     if source.kind in ("bundled", "gguf"):
-        path, digest = converted_gguf_dir(Path(source.path), log=log)
+        try:
+            path, digest = converted_gguf_dir(Path(source.path), log=log)
+        except OSError as err:
+            raise SinkholeError(f"cannot read {source.path} ({err.strerror or err}): check the file and the cache directory") from None
         weights_id = f"gguf-sha256:{digest}"
     else:
         path, weights_id = source.path, ""
@@ -185,19 +151,20 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, **kw)
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "trust_remote_code" in msg:
-            raise SinkholeError(f"{model} ships its own model code: pass --trust-remote-code if you trust it") from err
-        raise SinkholeError(f"cannot load model '{model}' from local files (sinkhole never downloads): {msg}") from err
+        _raise_load_error(model, err, "cannot load model '{model}' from local files (sinkhole never downloads)")
     _check_causal(config)
     placement = {"device_map": "auto"} if device == "auto" else {}
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
+    except Exception as err:
+        if "tokenizer" in str(err).lower() and Path(str(path)).is_dir():
+            raise SinkholeError(f"{model} has no usable tokenizer (tokenizer.json or tokenizer.model with its config): "
+                                "save the tokenizer beside the weights (tokenizer.save_pretrained(dir))") from None
+        _raise_load_error(model, err, "cannot load the tokenizer of '{model}'")
+    try:
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement, **kw)
-    except ValueError as err:
-        raise SinkholeError(f"cannot load '{model}' as a causal LM: {str(err).splitlines()[0]}") from err
-    except OSError as err:
-        raise SinkholeError(f"cannot load model '{model}' from local files: {str(err).splitlines()[0]}") from err
+    except Exception as err:
+        _raise_load_error(model, err, "cannot load '{model}' as a causal LM")
     if device != "auto":
         lm = lm.to(device)
     lm.eval().requires_grad_(False)

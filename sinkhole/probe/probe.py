@@ -79,7 +79,11 @@ class ModelProbe:
     def encode(self, prompt: str | Sequence[int], chat: bool | None = None) -> tuple[list[int], bool]:
         """Token ids of a prompt (chat template applied when `chat`, default: when the tokenizer has one)."""
         if not isinstance(prompt, str):
-            ids = [int(i) for i in prompt]
+            from sinkhole.validate import token_ids
+
+            if isinstance(prompt, bytes) or not hasattr(prompt, "__iter__"):
+                raise SinkholeError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+            ids = token_ids(prompt, self.lm.model.get_input_embeddings().num_embeddings)
             if not ids:
                 raise SinkholeError("empty token list")
             return ids, False
@@ -107,6 +111,8 @@ class ModelProbe:
 
     def run_batch(self, prompts: Sequence[str | Sequence[int]], chat: bool | None = None, progress=None) -> list[Capture]:
         """One forward pass over all prompts (left-padded); one Capture each, padding removed."""
+        if isinstance(prompts, str):
+            raise SinkholeError("run_batch takes a list of prompts: use run(prompt) for one")
         if not prompts:
             raise SinkholeError("no prompts")
         encoded = [self.encode(p, chat) for p in prompts]

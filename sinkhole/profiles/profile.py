@@ -52,9 +52,9 @@ class SinkProfile:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from sinkhole.models.loading import write_atomic
+        from sinkhole.io import write_output
 
-        write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        write_output(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), "profile")
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "profile") -> "SinkProfile":
@@ -87,8 +87,8 @@ def _is_int(x) -> bool:
 
 def _malformed(d: dict) -> str | None:
     """What is wrong with a profile dict's types, or None."""
-    if not _is_int(d["pinned_slots"]) or d["pinned_slots"] < 0:
-        return "pinned_slots must be a non-negative integer"
+    if not _is_int(d["pinned_slots"]) or not 0 <= d["pinned_slots"] <= 65536:
+        return "pinned_slots must be an integer in [0, 65536]"
     if not isinstance(d["model"], dict) or not isinstance(d["model"].get("name"), str):
         return "model must be an object with a name"
     rule = d["sink_rule"] if isinstance(d["sink_rule"], dict) else {}
@@ -116,7 +116,11 @@ def load_profile(name_or_path: str | Path, model=None) -> SinkProfile:
 
     With `model` (a LoadedModel or ModelProbe), a profile made for other weights is refused.
     """
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise SinkholeError(f"load_profile needs a shipped model name or a profile file path, not {name_or_path!r}")
     path = Path(name_or_path)
+    if path.is_dir():
+        raise SinkholeError(f"profile {path} is a directory: give a profile JSON file")
     if not path.is_file():
         shipped = SHIPPED_DIR / f"{name_or_path}.json"
         if not shipped.is_file():

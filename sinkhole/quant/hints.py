@@ -235,7 +235,10 @@ def get_quantization_hints(source: CalibrationStats | SinkProfile, backend: str 
 def write_hints(hints: dict, path: str | Path) -> list[Path]:
     """Save the config in the backend's format: YAML recipe (llm-compressor, unless .json), torch .pt
     scales plus a JSON sidecar (smoothquant), JSON otherwise. Returns the files written."""
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_output
+
+    def write_atomic(p, data):  # the checked writer: a failed write is rescued and reported
+        write_output(p, data, "quantization config")
 
     path = Path(path)
     backend, config = hints["backend"], hints["config"]

@@ -190,6 +190,6 @@ written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 
 def write_html(report: dict, path: str | Path, capture=None) -> None:
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_output
 
-    write_atomic(Path(path), render_html(report, capture=capture))
+    write_output(Path(path), render_html(report, capture=capture), "HTML report")

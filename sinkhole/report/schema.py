@@ -88,8 +88,9 @@ def _jsonable(x):
     return x
 
 
-def write_json(report: Report | dict, path: str | Path) -> None:
-    from sinkhole.models.loading import write_atomic
+def write_json(report: Report | dict, path: str | Path, what: str = "JSON report") -> None:
+    """Strict JSON through the checked writer (`-`: stdout; a failed write is rescued and reported)."""
+    from sinkhole.io import write_output
 
     d = report.to_dict() if isinstance(report, Report) else _jsonable(report)
-    write_atomic(Path(path), json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False))
+    write_output(path, json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False), what)
