@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
@@ -128,7 +129,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-_HELD: dict[str, int] = {}  # lock path -> depth, so one process can re-enter its own lock
+_HELD: dict[tuple[str, int], int] = {}  # (lock path, thread) -> depth: a thread may re-enter its own lock
 
 
 @contextlib.contextmanager
@@ -136,8 +137,9 @@ def exclusive_lock(path: str | Path, busy: str, wait: bool = False, on_wait=None
     """Hold an exclusive fcntl lock on the file `path` (created) for the block.
 
     busy: the one-line message for a second process (when not `wait`). With `wait`, block until the
-    lock is free, calling on_wait() once first. The same process may re-enter its own lock."""
-    key = str(Path(path).resolve())
+    lock is free, calling on_wait() once first. The same thread may re-enter its own lock; other
+    threads open their own descriptor, which flock treats like another process."""
+    key = (str(Path(path).resolve()), threading.get_ident())
     if key in _HELD:
         _HELD[key] += 1
         try:

@@ -143,8 +143,13 @@ def output_path(path, what: str, inputs=(), directory: bool = False) -> Path:
         raise SinkholeError(f"{what} must be a path, not {path!r}")
     p = Path(path).expanduser()
     for src in inputs:
-        if src is not None and _same(p, Path(src).expanduser()):
+        if src is None:
+            continue
+        src = Path(src).expanduser()
+        if _same(p, src):
             raise SinkholeError(f"{what} {p} is also an input: writing it would destroy the input; choose another path")
+        if src.is_dir() and p.exists() and p.absolute().is_relative_to(src.absolute()):
+            raise SinkholeError(f"{what} {p} is a file of the input {src}: writing it would destroy the input; choose another path")
     if p.exists():
         if directory and not p.is_dir():
             raise SinkholeError(f"{what} {p} is a file: give a directory (it is created when missing)")

@@ -113,7 +113,7 @@ def _raise_load_error(model, err: Exception, what: str):
     if "trust_remote_code" in text or "custom code" in text:
         raise SinkholeError(f"{model} ships its own model code: pass --trust-remote-code "
                             "(trust_remote_code=True) if you trust it") from None
-    if "size mismatch" in text or "shape" in first.lower() and "mismatch" in text.lower():
+    if "size mismatch" in text or "mismatched_sizes" in text or "shape" in first.lower() and "mismatch" in text.lower():
         raise SinkholeError(f"the weights of '{model}' do not match its config.json ({first[:160]}): "
                             "use the config the weights were saved with") from None
     if isinstance(err, (ValueError, OSError, RuntimeError, KeyError, EnvironmentError)) or "Error" in type(err).__name__:
