@@ -306,3 +306,39 @@ def test_eval_second_writer_refused(world, tmp_path, capsys, untouched):
     code = main(_argv("eval", ["--out", str(out)], world[1], tmp_path))  # the lock died with its holder
     assert code == 0, capsys.readouterr().err
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_eval_kill_9_mid_run_then_resume(world, tmp_path, capsys, untouched):
+    """kill -9 of a CLI eval part way: the rerun completes every prompt once, no temp file is left,
+    and the dead process's lock does not block the rerun."""
+    import os
+    import random
+    import signal
+
+    from faults_common import WORDS
+
+    rng = random.Random(0)
+    suite = tmp_path / "suite.txt"
+    suite.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(3, 40))) for _ in range(120)))
+    out = tmp_path / "run"
+    argv = ["eval", "--model", world[1]["TINY"], "--prompts", str(suite), "--out", str(out), "--no-figures", "--threads", "1"]
+    # one prompt per forward, so the kill lands part way; batching does not change the numbers
+    proc = subprocess.Popen([sys.executable, "-m", "sinkhole.cli.main", *argv, "--max-batch", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results = out / "results.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.is_file() and results.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"eval ended before the kill: {proc.stderr.read().decode()[-1000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = results.read_bytes().count(b"\n")
+    assert 2 <= before < 120
+    assert main(argv) == 0, capsys.readouterr().err
+    indices = [json.loads(line)["index"] for line in results.read_text().splitlines()]
+    assert sorted(indices) == list(range(120)), "a row was lost or duplicated"
+    assert not [p for p in out.iterdir() if "tmp" in p.name]
