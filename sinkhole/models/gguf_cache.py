@@ -166,7 +166,10 @@ def convert_into(gguf: Path, out: Path, digest: str) -> None:
 def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
     """Directory of safetensors converted from `gguf` (converting on first use), and the file's sha256."""
     gguf = Path(gguf)
-    digest = file_sha256(gguf)
+    try:
+        digest = file_sha256(gguf)
+    except OSError as err:
+        raise SinkholeError(f"cannot read GGUF file {gguf} ({err.strerror or err}): check that it exists and is readable") from None
     root = cache_dir() / "gguf"
     target = root / digest[:24]
     clean_stale(root)
@@ -176,6 +179,14 @@ def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SinkholeError(f"cannot create the cache {root} ({err.strerror}): set SINKHOLE_CACHE to a writable directory") from None
+    try:
+        return _convert_locked(gguf, digest, root, target, log)
+    except OSError as err:  # the lock file, the temporary folder or the rename
+        raise SinkholeError(f"cannot write the converted model to {root} ({err.strerror or err}): "
+                            "free space or set SINKHOLE_CACHE to a writable directory") from None
+
+
+def _convert_locked(gguf: Path, digest: str, root: Path, target: Path, log) -> tuple[Path, str]:
     lock = root / f".{target.name}.lock"
     with exclusive_lock(lock, busy="", wait=True,
                         on_wait=lambda: log(f"waiting for another sinkhole process converting {gguf.name} ...")):
@@ -196,9 +207,6 @@ def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
                 os.replace(target, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)
-        except OSError as err:
-            raise SinkholeError(f"cannot write the converted model to {root} ({err.strerror or err}): "
-                                "free space or set SINKHOLE_CACHE to another directory") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target, digest

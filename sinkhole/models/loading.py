@@ -140,10 +140,7 @@ def load_model(
     device, torch_dtype = pick_device_dtype(device, dtype)
     source = resolve(model)
     if source.kind in ("bundled", "gguf"):
-        try:
-            path, digest = converted_gguf_dir(Path(source.path), log=log)
-        except OSError as err:
-            raise SinkholeError(f"cannot read {source.path} ({err.strerror or err}): check the file and the cache directory") from None
+        path, digest = converted_gguf_dir(Path(source.path), log=log)
         weights_id = f"gguf-sha256:{digest}"
     else:
         path, weights_id = source.path, ""

@@ -83,7 +83,9 @@ class ModelProbe:
 
             if isinstance(prompt, bytes) or not hasattr(prompt, "__iter__"):
                 raise SinkholeError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
-            ids = token_ids(prompt, self.lm.model.get_input_embeddings().num_embeddings)
+            emb = self.lm.model.get_input_embeddings()
+            vocab = getattr(emb, "num_embeddings", None) or getattr(self.lm.model.config, "vocab_size", None)
+            ids = token_ids(prompt, vocab)
             if not ids:
                 raise SinkholeError("empty token list")
             return ids, False
