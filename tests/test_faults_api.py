@@ -372,3 +372,14 @@ def test_profile_with_too_many_slots_is_malformed(tmp_path):
     with pytest.raises(SinkholeError) as err:
         load_profile(p)
     assert_one_line(err.value, "pinned_slots")
+
+
+def test_temporary_file_of_a_killed_write_is_removed_by_the_next(tmp_path):
+    from sinkhole.io import write_atomic
+
+    stale = tmp_path / f".out.json.{_dead_pid()}.abc123.tmp"
+    stale.write_text("half")
+    live = tmp_path / f".out.json.{os.getpid()}.def456.tmp"  # a write in progress: kept
+    live.write_text("half")
+    write_atomic(tmp_path / "out.json", "{}")
+    assert not stale.exists() and live.exists() and (tmp_path / "out.json").read_text() == "{}"

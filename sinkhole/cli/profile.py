@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe
 
 HELP = "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
 EPILOG = """examples:

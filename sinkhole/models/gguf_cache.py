@@ -27,7 +27,7 @@ import struct
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
-from sinkhole.io import cache_dir, exclusive_lock, file_sha256, sha256_of, write_atomic
+from sinkhole.io import cache_dir, exclusive_lock, file_sha256, pid_alive, sha256_of, write_atomic
 
 SOURCE_NAME = "sinkhole-source.json"
 INTEGRITY_NAME = "sinkhole-integrity.json"
@@ -116,16 +116,6 @@ def _save_record(entry: Path, files: dict) -> None:
         pass  # a read-only cache: the entry is still verified, just again next time
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale(root: Path) -> list[Path]:
     """Remove temporary folders (and files) left in `root` by processes that no longer run."""
     removed = []
@@ -135,7 +125,7 @@ def clean_stale(root: Path) -> list[Path]:
         return removed
     for name in names:
         m = _STALE.match(name)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and not pid_alive(int(m.group(2))):
             p = root / name
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
