@@ -268,17 +268,26 @@ def test_write_failure_after_the_work_keeps_the_result(world, tmp_path, capsys, 
     assert json.loads(rescued[0].read_text())["schema"] == "sinkhole.report/1"
 
 
-def test_error_after_a_progress_bar_starts_its_own_line(capsys):
+def test_error_during_a_progress_bar_starts_its_own_line(world, tmp_path, capsys, monkeypatch):
+    """An error raised while a progress bar is drawn must not be glued to the bar's line."""
     from tqdm import tqdm
 
-    from sinkhole.cli import main as cli_main
+    import sinkhole.probe.probe as probe_mod
+    from sinkhole.errors import SinkholeError
 
-    bar = tqdm(total=10, desc="layers", leave=False)
-    bar.update(3)
-    cli_main._close_progress_bars()
-    print("sinkhole: error: x", file=sys.stderr)
+    def printer(n_layers, stream=sys.stderr):
+        bar = tqdm(total=100, desc="layers", file=stream, leave=False)  # never reaches its end
+        return lambda layer: bar.update(1)
+
+    def fail(*args, **kwargs):
+        raise SinkholeError("boom")
+
+    monkeypatch.setattr(probe_mod, "progress_printer", printer)
+    monkeypatch.setattr(probe_mod.ModelProbe, "_capture", fail)
+    code = main(_argv("analyze", [], world[1], tmp_path))
     err = capsys.readouterr().err
-    assert "\nsinkhole: error: x" in err or err.startswith("sinkhole: error: x")
+    assert_clean_error(code, err, "boom")
+    assert "layers" in err and "sinkhole: error: boom" in err.split("\n")
 
 
 HOLDER = """
