@@ -277,6 +277,11 @@ def _check_relations(command: str, args) -> None:
     if command == "quant" and getattr(args, "backend", None) and any(
             str(getattr(args, d, None)) == "-" for d in ("json", "stats_json")):
         raise SinkholeError("--backend prints the hints on stdout: give --json / --stats-json a file path, not '-'")
+    if command == "eval" and args.prompts != "builtin":
+        written = {"results.jsonl", "run.json", "summary.json", "summary.html"}  # and PNG figures
+        src = Path(args.prompts).expanduser()
+        if (src.name in written or src.suffix == ".png") and _same(src.parent, Path(args.out).expanduser()):
+            raise SinkholeError(f"--prompts {src} is a file that eval writes into --out {args.out}: copy it elsewhere first")
     if command == "stream":
         if args.sinks >= args.cache - 1:
             raise SinkholeError(f"--sinks {args.sinks} leaves no window in a cache of {args.cache}: use --sinks below --cache - 1")

@@ -94,6 +94,7 @@ def _outputs():
     yield "eval", ["--out", "UNDERFILE"], "is a file"
     yield "eval", ["--out", "RODIR"], "read-only"
     yield "eval", ["--out", "SUITE"], "also an input"
+    yield "eval", ["--prompts", "OUTDIR_RESULTS"], "eval writes into --out"
     yield "analyze", ["--json", "SAME", "--output", "SAME"], "same file"
     yield "stream", ["--json", "SAME", "--plot", "SAME"], "same file"
     yield "analyze", ["--output", "-"], "cannot be '-'"
@@ -195,7 +196,11 @@ def _argv(cmd, extra, subst, tmp_path):
             j = argv.index(flag)
             del argv[j: j + 2]
     argv += extra
-    local = {"OUTDIR": str(tmp_path / "run"), "SAME": str(tmp_path / "same.out")}
+    local = {"OUTDIR": str(tmp_path / "run"), "SAME": str(tmp_path / "same.out"),
+             "OUTDIR_RESULTS": str(tmp_path / "run" / "results.jsonl")}
+    if "OUTDIR_RESULTS" in argv:
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "results.jsonl").write_text('{"prompt": "the one"}\n')
     return [local.get(a, subst.get(a, a)) for a in argv]
 
 
