@@ -34,8 +34,6 @@ def add_parser(sub) -> None:
     b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     b.add_argument("--max-batch", type=int, default=None, help="prompts per forward, default 32")
     b.add_argument("--no-figures", action="store_true", help="skip the PNG figures and HTML page")
-    b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
     p.set_defaults(run=run)
 
 
@@ -54,10 +52,6 @@ def run(args) -> int:
         settings.max_batch_tokens = args.batch_tokens
     if args.max_batch:
         settings.max_batch = args.max_batch
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     probe = load_probe(args)
     bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
     try:

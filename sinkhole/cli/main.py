@@ -11,10 +11,11 @@ import importlib
 import os
 import sys
 
+from sinkhole import __version__
 from sinkhole.errors import SinkholeError
 
 # name -> module under sinkhole.cli
-SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant"]
+SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant", "models", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sinkhole",
         description="Measure spike tokens (massive activations) and attention sinks in causal LMs.",
     )
+    p.add_argument("--version", action="version", version=f"sinkhole {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = f"sinkhole.cli.{name.replace('-', '_')}"
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        from sinkhole.cli.common import configure_threads
+
+        configure_threads(args)
         return int(args.run(args) or 0)
     except SinkholeError as err:
         print(f"sinkhole: error: {err}", file=sys.stderr)

@@ -174,6 +174,9 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if device == "auto" and not torch.cuda.is_available():
+        log("device auto: no CUDA device on this machine, using the CPU")
+        device = "cpu"
     device, torch_dtype = pick_device_dtype(device, dtype)
     source = resolve(model)
     if source.kind in ("bundled", "gguf"):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
 from sinkhole.report.html_script import CSS, SCRIPT
-from sinkhole.report.terminal import render_analysis
+from sinkhole.report.terminal import concentration, pct, render_analysis
 
 __all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
 
@@ -46,6 +47,36 @@ def embed_json(data) -> str:
     return s
 
 
+_SUB = re.compile(r"(?<=[A-Za-z\]\)|‖])_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
+_WORDS = [(r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"), (r"(?<![A-Za-z])epsilon(?![A-Za-z])", "ε"), (">=", "≥"), ("<=", "≤"), (r"\|\|", "‖"),
+          (r"\s\*\s", " · ")]
+
+
+def math_html(text: str) -> str:
+    """One line of the definitions docstring as HTML: `code`, *emphasis*, α, ε, ‖x‖, ≥, and subscripts
+    (h_l[t] -> h<sub>l</sub>[t], alpha_{l,h} -> α<sub>l,h</sub>); snake_case names stay as they are."""
+    out = []
+    for i, part in enumerate(text.split("`")):
+        if i % 2:  # inside backticks
+            out.append(f"<code>{_esc(part)}</code>")
+            continue
+        for pat, rep in _WORDS:
+            part = re.sub(pat, rep, part)
+        part = html.escape(part, quote=False)
+        part = _SUB.sub(lambda m: f"<sub>{m.group(1).strip('{}')}</sub>", part)
+        part = re.sub(r"(?<![\w*])\*(\w[^*]*?)\*(?![\w*])", r"<em>\1</em>", part)
+        out.append(part)
+    return "".join(out)
+
+
+def _item(text: str) -> str:
+    """'term: definition' items get the term in bold."""
+    head, sep, rest = text.partition(": ")
+    if sep and len(head) <= 40 and "=" not in head:
+        return f"<b>{math_html(head)}</b>: {math_html(rest.strip())}"
+    return math_html(text)
+
+
 def definitions_html() -> str:
     """The module docstring of sinkhole.analysis.core as headed lists, each heading an anchor."""
     from sinkhole.analysis import core
@@ -54,18 +85,18 @@ def definitions_html() -> str:
 
     def flush():
         if items:
-            out.append("<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_item(i)}</li>" for i in items) + "</ul>")
             items.clear()
 
     for para in (core.__doc__ or "").strip().split("\n\n"):
         lines = para.splitlines()
         if not any(line.startswith("- ") for line in lines):
             flush()
-            out.append(f"<p>{_esc(' '.join(line.strip() for line in lines))}</p>")
+            out.append(f"<p>{math_html(' '.join(line.strip() for line in lines))}</p>")
             continue
         if not lines[0].startswith("- "):
             anchor = "def-" + lines[0].split()[0].lower()
-            out.append(f'<h3 id="{_esc(anchor)}">{_esc(lines[0].strip())}</h3>')
+            out.append(f'<h3 id="{_esc(anchor)}">{math_html(lines[0].strip())}</h3>')
             lines = lines[1:]
         for line in lines:
             if line.startswith("- "):
@@ -109,14 +140,19 @@ def cards_html(r: dict) -> str:
         f"falls at {_esc(s['step_down_layers'])}" for s in sp["tokens"][:6]]
     if len(sp["tokens"]) > 6:
         spike_lines.append(f"… and {len(sp['tokens']) - 6} more")
-    sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {sk['min_sink_rate']:.0%}"] + [
-        f"{tok(s)} attention mass {s['attn_mass']:.1%} · sink rate {s['sink_rate']:.0%} of heads"
+    sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {pct(sk['min_sink_rate'], 0)}"] + [
+        f"{tok(s)} attention mass {pct(s['attn_mass'])} · sink rate {pct(s['sink_rate'], 0)} of heads"
         for s in sk["tokens"][:6]]
     if len(sk["tokens"]) > 6:
         sink_lines.append(f"… and {len(sk['tokens']) - 6} more")
     if not sk["tokens"]:
         t = sk["top"]
-        sink_lines.append(f"top token by mass: {tok(t)} mass {t['attn_mass']:.1%}, sink rate {t['sink_rate']:.0%}")
+        sink_lines.append(f"top token by mass: {tok(t)} mass {pct(t['attn_mass'])}, sink rate {pct(t['sink_rate'], 0)}")
+    if not sp["tokens"] and sp.get("per_token_score"):
+        sc = sp["per_token_score"]
+        t = max(range(len(sc)), key=lambda i: -1 if sc[i] is None else sc[i])
+        spike_lines.append(f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× "
+                           f"(below the threshold)")
     j = r["overlap"]["jaccard"]
     return "".join([
         _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
@@ -124,10 +160,24 @@ def cards_html(r: dict) -> str:
         _card("Spike ∩ Sink", "n/a" if j is None else f"{j:.2f}",
               ["Jaccard of the two position sets" + ("" if j is not None else " (no spike or sink tokens)"),
                f"shared positions {_esc(r['overlap']['positions'])}"], "def-together"),
-        _card("KV impact", f"{kv['sink_attention_share']:.1%}",
-              [f"of attention lands on {kv['n_sink_slots']} of {kv['n_slots']} KV slots "
-               f"({kv['sink_slot_share']:.1%})"], "def-together"),
+        _card("KV impact", *kv_card(r), "def-together"),
     ])
+
+
+def kv_card(r: dict) -> tuple[str, list[str]]:
+    """The KV card's value and lines. The sink slots' share of attention equals the sink's attention
+    mass when the only sink is token 0 (every query sees it), so the card leads with what that share
+    means for a KV cache instead: how concentrated it is, and which slots a cache must keep."""
+    kv, sinks = r["kv"], [s["position"] for s in r["sinks"]["tokens"]]
+    c = concentration(kv)
+    if c is None:
+        return "none", [f"no sink tokens: attention spreads over the {kv['n_slots']} KV slots"]
+    where = "token 0" if sinks == [0] else f"positions {_esc(sinks[:8])}" + (" …" if len(sinks) > 8 else "")
+    return f"{c:.0f}×", [
+        f"per sink slot, {c:.0f}× an average slot's share of attention: {kv['n_sink_slots']} of {kv['n_slots']} "
+        f"slots ({pct(kv['sink_slot_share'])}) take {pct(kv['sink_attention_share'])}",
+        f"a KV cache that evicts {where} loses it; keep {kv['n_sink_slots']} pinned slot"
+        f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)"]
 
 
 def render_html(report: dict, capture=None) -> str:
