@@ -47,7 +47,7 @@ def embed_json(data) -> str:
     return s
 
 
-_SUB = re.compile(r"(?<=[A-Za-z\]\)|‖])_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
+_SUB = re.compile(r"(?:(?<=[^\W\d_])|(?<=[\])‖]))_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
 _WORDS = [(r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"), (r"(?<![A-Za-z])epsilon(?![A-Za-z])", "ε"), (">=", "≥"), ("<=", "≤"), (r"\|\|", "‖"),
           (r"\s\*\s", " · ")]
 

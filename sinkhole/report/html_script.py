@@ -150,7 +150,11 @@ function drawTokensChart() {
     line: { color: "#1f6feb", width: 1.5 }, customdata: text,
     hovertemplate: "%{customdata}<br>spike score %{y:.1f}\u00d7<extra></extra>" });
   const ticks = T <= 64 ? tokenTicks(64) : {};
+  // Long inputs: bars are ~1 px wide, so name the sink / spike tokens next to their bars.
+  const notes = T > 64 ? focusKeys().map((t) => ({ x: t, y: D.mass[t], xref: "x", yref: "y", text: esc(label(t, 14)) + " " + pct(D.mass[t]),
+    showarrow: true, arrowhead: 0, ax: 40, ay: -8, xanchor: "left", font: { size: 11 }, bgcolor: "rgba(255,255,255,0.8)" })) : [];
   Plotly.newPlot("fig-tokens", traces, {
+    annotations: notes,
     font: FONT, margin: { l: 50, r: 50, t: 34, b: T <= 64 ? 80 : 40 }, bargap: 0.1, showlegend: true,
     legend: LEGEND_ABOVE,
     xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
@@ -198,7 +202,7 @@ function sqrtBar(title) {
 function colourOf(z) { return S.sqrt ? z.map((r) => r.map((v) => (v === null ? null : Math.sqrt(v)))) : z; }
 
 // The log alpha line's floor: keys below it (noise near 1e-7 at hundreds of tokens) sit on the axis.
-const ALPHA_FLOOR = 1e-4;
+const ALPHA_FLOOR = 1e-5;
 function focusKeys() {  // sink tokens (else the top sink), then spike tokens, at most 6, in position order
   const keys = D.sinks.map((s) => s.position);
   if (!keys.length) keys.push(D.top_sink.position);
@@ -274,16 +278,28 @@ function drawResidual() {
   z.forEach((r) => r.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
   const tv = []; for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) tv.push(e);
   const ticks = T <= 64 ? tokenTicks(64) : {};
-  Plotly.newPlot(gd, [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno",
-    colorbar: { title: { text: "\u2016h\u2016", side: "right" }, thickness: 12, tickvals: tv, ticktext: tv.map((e) => fmt(Math.pow(10, e))) },
-    hovertemplate: "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>" }], {
-    font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 40 },
-    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
-    yaxis: { title: { text: "layer" }, autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
+  // Long inputs: the spike / sink tokens again on the left, wide enough to see (a column is ~1 px at 500 tokens).
+  const focus = T > 96 ? focusKeys() : [], split = focus.length > 0;
+  const colorbar = { title: { text: "\u2016h\u2016", side: "right" }, thickness: 12, tickvals: tv, ticktext: tv.map((e) => fmt(Math.pow(10, e))) };
+  const hover = "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>";
+  const traces = [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno", zmin: lo, zmax: hi,
+    colorbar: colorbar, hovertemplate: hover }];
+  if (split) traces.push({ type: "heatmap", z: z.map((r) => focus.map((t) => r[t])), x: focus.map((t) => esc(label(t, 10))), y: y,
+    customdata: cd.map((r) => focus.map((t) => r[t].concat([t]))), xaxis: "x2", colorscale: "Inferno", zmin: lo, zmax: hi,
+    showscale: false, hovertemplate: hover, xgap: 2 });
+  Plotly.newPlot(gd, traces, {
+    font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 60 },
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position", standoff: 2 }, tickangle: -60, tickfont: { size: 10 },
+      domain: [split ? 0.13 : 0, 1] }, ticks),
+    xaxis2: { domain: [0, 0.1], type: "category", anchor: "y", tickangle: -60, tickfont: { size: 9 }, title: { text: "spikes, sinks", standoff: 2 } },
+    yaxis: { title: { text: "layer" }, anchor: split ? "x2" : "x", autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
       ticktext: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1).map((v) => (v === -1 ? "emb" : String(v))) },
     shapes: [tokenLine()],
   }, CFG);
-  gd.on("plotly_click", (ev) => selectToken(ev.points[0].x));
+  gd.on("plotly_click", (ev) => {
+    const p = ev.points[0];
+    selectToken(p.data.xaxis === "x2" ? p.customdata[2] : p.x);
+  });
 
   const ln = D.layers || {}, tr = [];
   if (ln.max_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.max_norm, x: range(L), name: "max over tokens" });
