@@ -19,6 +19,8 @@ from collections import Counter
 
 import numpy as np
 
+from sinkhole.analysis.core import order_channels
+
 SUMMARY_SCHEMA = "sinkhole.eval-summary/1"
 METRICS = {  # key in a row -> label in the table
     "n_spikes": "spike tokens / prompt",
@@ -62,9 +64,10 @@ def channel_summary(rows: list[dict]) -> dict:
         for s in r["spikes"]:
             for c, v in zip(s["channels"], s["channel_values"]):
                 values.setdefault(c, []).append(v)
+    order = order_channels([r["spike_channels"] for r in spiking])  # ties in frequency: core's one order
     channels = [
         {"channel": c, "frequency": n / len(spiking), "mean_value": float(np.mean(values[c]))}
-        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0]), kv[0]))
     ]
     return {
         "prompts_with_spikes": len(spiking),

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
+from sinkhole.report.html_mechanism import MECH_CSS, MECH_HTML, MECH_SCRIPT, designed
 from sinkhole.report.html_script import CSS, SCRIPT
 from sinkhole.report.terminal import concentration, pct, render_analysis
 
@@ -120,6 +121,15 @@ PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's def
 ]
 
 
+MECH_DEFINITIONS = """<h3 id="def-mechanism">Mechanism</h3><ul>
+<li><b>block</b> b: 2l is layer l's attention, 2l+1 its FFN; r<sub>b</sub> the residual after block b.</li>
+<li><b>U<sub>k</sub></b> = W<sub>gate</sub><sup>T</sup> diag(W<sub>down</sub>[k, :]) W<sub>up</sub>, S<sub>k</sub> = (U<sub>k</sub> + U<sub>k</sub><sup>T</sup>)/2:
+the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks are 1-based (rank 1 = largest ‖U<sub>k</sub>‖<sub>F</sub>).</li>
+<li><b>sparsity</b>: share of a norm output's squared mass in the spike channels.</li>
+<li><b>participation ratio</b> of a set of keys: (Σ s<sub>i</sub><sup>2</sup>)<sup>2</sup> / Σ s<sub>i</sub><sup>4</sup> over its singular values (1 = one direction).</li>
+<li><b>sink head</b>: α on the sink tokens > ε, mean over the prompts. Details: docs/mechanism.md.</li></ul>"""
+
+
 def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
     body = "".join(f"<div class='line'>{ln}</div>" for ln in lines)  # lines are already escaped
     return (f"<div class='card'><div class='card-h'>{_esc(title)}"
@@ -189,12 +199,13 @@ def render_html(report: dict, capture=None) -> str:
                   f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
                   f"{' · chat template' if report.get('chat') else ''}")
     data = embed_json(view(report, capture))
+    mech = designed(report.get("mechanism"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>sinkhole report: {_esc(m['name'])}</title>
-<style>{CSS}</style>
+<style>{CSS}{MECH_CSS if mech else ""}</style>
 </head><body>
 <header><h1>sinkhole report <span class="model">{_esc(m['name'])}</span></h1>
 <div class="sub">{_esc(model_line)} <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
@@ -224,16 +235,19 @@ Click a token to follow it below.</p>
 <div class="col"><div class="controls">token <select id="sel-token"></select></div>
 <div id="cap-channels" class="figcap"></div><div id="fig-channels" class="fig half"></div><p id="channels-note" class="note"></p></div></div></section>
 
+{MECH_HTML if mech else ""}
 <div id="sections"></div>
 <footer>schema {_esc(report.get('schema', ''))} · weights {_esc(m.get('weights_id') or 'n/a')} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
 <h2>Definitions</h2><div class="defs-body">{definitions_html()}
-<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_esc(d)}</li>" for d in PAGE_DEFINITIONS)}</ul></div></dialog>
+<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_esc(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
+{MECH_DEFINITIONS if mech else ""}</div></dialog>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
 <script>{plotly.offline.get_plotlyjs()}</script>
+{f"<script>{MECH_SCRIPT}</script>" if mech else ""}
 <script>{SCRIPT}</script>
 </body></html>
 """

@@ -162,6 +162,10 @@ def view(report: dict, capture=None) -> dict:
     if capture is None:
         v["maps_note"] = ("Per-key view unavailable: this page was rendered from a report without its Capture, "
                           "which holds per-head attention; only the layers × heads grid is shown.")
+    from sinkhole.report.html_mechanism import designed, mechanism_view
+
+    if designed(report.get("mechanism")):
+        v["mechanism"] = mechanism_view(report["mechanism"], m)
     v["sections"] = [{"key": k, "nodes": to_nodes(report[k])} for k in _section_keys(report)]
     return v
 

@@ -66,6 +66,7 @@ const $ = (id) => document.getElementById(id);
 const S = { layer: 0, head: 0, token: 0, sqrt: true };
 const API = { data: D, state: S, ready: false };
 window.sinkhole = API;
+API.range = (n) => Array.from({ length: n }, (_, i) => i);
 const CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 const FONT = { family: "system-ui, sans-serif", size: 12 };
 // Legends sit in the top margin, never over the data (tests/test_html_browser.py checks the boxes).
@@ -88,6 +89,8 @@ function fmt(x) {
 }
 function pct(x) { return x === null || x === undefined ? "\u2014" : (100 * x).toFixed(1) + "%"; }
 function range(n) { return Array.from({ length: n }, (_, i) => i); }
+
+API.h = { esc: esc, fmt: fmt, pct: pct, FONT: FONT, CFG: CFG, LEGEND_ABOVE: LEGEND_ABOVE };
 
 // ---------- packed arrays (see html_data.pack) ----------
 function half(h) {  // IEEE 754 binary16 -> number
@@ -425,6 +428,12 @@ function renderNodes(nodes, parent, depth, pending) {
 function buildSections() {
   const root = $("sections"), pending = [];
   D.sections.forEach((sec) => {
+    const raw = sec.key === "mechanism" && D.mechanism ? $("mech-raw") : null;
+    if (raw) {  // the designed Mechanism section draws it; the full tree waits in a closed <details>
+      const later = []; renderNodes(sec.nodes, raw, 1, later);
+      raw.parentNode.addEventListener("toggle", () => { later.splice(0).forEach((f) => f.draw()); });
+      return;
+    }
     const s = document.createElement("section"); s.id = "section-" + sec.key;
     const h = document.createElement("h2"); h.textContent = sec.key.charAt(0).toUpperCase() + sec.key.slice(1); s.appendChild(h);
     renderNodes(sec.nodes, s, 0, pending);
@@ -448,6 +457,7 @@ function start() {
   }
   S.token = D.spikes.length ? D.spikes[0].position : D.top_sink.position;
   drawTokensChart(); drawHeads(); drawResidual(); buildSections();
+  (window.sinkholeSections || []).forEach((f) => f(API));  // designed sections (html_mechanism.MECH_SCRIPT)
   selectHead(S.layer, S.head); selectToken(S.token);
   API.ready = true;
 }
