@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
@@ -15,7 +14,7 @@ EPILOG = """examples:
   sinkhole eval --prompts questions.txt --out runs/q --no-chat --threshold 20
 
 Re-running the same command into the same --out resumes where it stopped; other settings into
-that directory are refused. Outputs: results.jsonl, run.json, summary.json, *.png, summary.html.
+that directory are refused. Outputs: results.jsonl, run.json, summary.json, rows.csv, *.png, summary.html.
 """
 
 
@@ -34,12 +33,11 @@ def add_parser(sub) -> None:
     b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     b.add_argument("--max-batch", type=int, default=None, help="prompts per forward, default 32")
     b.add_argument("--no-figures", action="store_true", help="skip the PNG figures and HTML page")
+    b.add_argument("--csv", type=Path, help="also write the per-prompt rows as CSV here (DIR/rows.csv is always written)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from sinkhole.errors import SinkholeError
     from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
 
@@ -53,7 +51,9 @@ def run(args) -> int:
     if args.max_batch:
         settings.max_batch = args.max_batch
     probe = load_probe(args)
-    bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    from sinkhole.progress import progress
+
+    bar = progress(total=len(suite), desc="eval", unit="prompt")
     try:
         def initial(n: int) -> None:
             if n:
@@ -65,6 +65,11 @@ def run(args) -> int:
     finally:
         bar.close()
     summary = write_outputs(rows, args.out, figures=not args.no_figures)
-    status(f"wrote {args.out}/results.jsonl, summary.json" + ("" if args.no_figures else ", figures, summary.html"))
+    status(f"wrote {args.out}/results.jsonl, summary.json, rows.csv" + ("" if args.no_figures else ", figures, summary.html"))
+    if args.csv:
+        from sinkhole.eval.export import write_csv
+
+        write_csv(rows, args.csv)
+        status(f"wrote {args.csv}")
     print(render_summary(summary))
     return 0

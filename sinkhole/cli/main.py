@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _end_bars() -> None:
+    from sinkhole.progress import end_bars
+
+    end_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Offline by default: the hub is never contacted, even by a library deep inside transformers.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args)
         return int(args.run(args) or 0)
     except SinkholeError as err:
+        _end_bars()  # the error starts its own line, never glued to a progress bar
         print(f"sinkhole: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_bars()
         print("sinkhole: interrupted", file=sys.stderr)
         return 130
 

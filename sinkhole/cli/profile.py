@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
@@ -48,7 +47,6 @@ def render_profile(pr) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
 
     from sinkhole.eval.suite import load_suite
     from sinkhole.profiles.detect import SinkDetector
@@ -59,7 +57,9 @@ def run(args) -> int:
         return 0
     suite = load_suite(args.prompts, args.limit)  # first: a bad suite fails before the model loads
     probe = load_probe(args)
-    with tqdm(total=len(suite), desc="profile", unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
+    from sinkhole.progress import progress
+
+    with progress(total=len(suite), desc="profile", unit="prompt") as bar:
         profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
                                min_sink_rate=args.min_sink_rate, progress=bar.update).detect()
     if args.out:

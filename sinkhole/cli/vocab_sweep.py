@@ -37,7 +37,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from tqdm import tqdm
 
     from sinkhole.analysis.mechanism.interventions import text_ids
     from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
@@ -50,7 +49,9 @@ def run(args) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype or "bfloat16",
                     trust_remote_code=args.trust_remote_code, log=status)
     V = lm.model.get_input_embeddings().num_embeddings
-    bar = tqdm(total=min(V, args.sample or V), desc="tokens", unit="tok", unit_scale=True, leave=False)
+    from sinkhole.progress import progress
+
+    bar = progress(total=min(V, args.sample or V), desc="tokens", unit="tok")
     try:
         result = vocab_sweep(lm, text_ids(lm.tokenizer, None, 256), args.threshold, args.batch_size,
                              sample=args.sample, progress=bar.update)

@@ -99,7 +99,9 @@ def _fmt(key: str, x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if key in PERCENT:
-        return f"{100 * x:.1f}%"
+        from sinkhole.report.terminal import pct
+
+        return pct(x)
     if key == "spike_score":
         return f"{x:.1f}x"
     return f"{x:.2f}"

@@ -173,6 +173,7 @@ def load_model(
     """Load a model by bundled short name, local directory, cached hub id or `.gguf` path."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    quiet = log is None  # only the CLI (which passes `log`) says "loading ..." for the usual few seconds
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if device == "auto" and not torch.cuda.is_available():
         log("device auto: no CUDA device on this machine, using the CPU")
@@ -194,6 +195,8 @@ def load_model(
         raise SinkholeError(f"cannot load model '{model}' from local files (sinkhole never downloads): {msg}") from err
     _check_causal(config)
     placement = {"device_map": "auto"} if device == "auto" else {}
+    if not quiet:
+        log(f"loading {source.name} ({device}, {str(torch_dtype).removeprefix('torch.')}) ...")
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement, **kw)

@@ -213,9 +213,9 @@ class ModelProbe:
 
 def progress_printer(n_layers: int, stream=sys.stderr):
     """A minimal per-layer progress callback for long single forwards."""
-    from tqdm import tqdm
+    from sinkhole.progress import progress
 
-    bar = tqdm(total=n_layers, desc="layers", unit="layer", file=stream, leave=False)
+    bar = progress(total=n_layers, desc="layers", unit="layer", file=stream, leave=False)
 
     def tick(layer: int) -> None:
         bar.update(1)
