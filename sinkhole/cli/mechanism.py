@@ -89,6 +89,15 @@ def render(m: dict) -> str:
     return "\n".join(lines)
 
 
+def page_capture(probe, prompt, chat):
+    """The Capture the page draws prompt 0 from (per-head attention, channels): that prompt run once
+    more alone, with full maps (batched and alone give the same numbers; tests/test_probe.py)."""
+    from sinkhole.report import html
+
+    probe.maps_max_len = html.MAPS_MAX_LEN
+    return probe.run(prompt, chat=chat)
+
+
 def run(args) -> int:
     from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.cli.common import load_probe
@@ -116,11 +125,7 @@ def run(args) -> int:
     report.extra["mechanism"] = mech
     d = report.to_dict()
     if args.output:
-        # The page draws prompt 0 with its per-head attention and channels: run it once more alone,
-        # keeping full maps (batched and alone give the same numbers; tests/test_probe.py).
-        probe.maps_max_len = html.MAPS_MAX_LEN
-        capture = probe.run(prompts[0], chat=args.chat)
-        html.write_html(d, args.output, capture=capture)
+        html.write_html(d, args.output, capture=page_capture(probe, prompts[0], args.chat))
         status(f"wrote {args.output}")
     if args.json:
         write_json(d, args.json)
