@@ -111,10 +111,12 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
             x = list(range(top + 1))
             ax.bar([p - 0.2 for p in x], position_counts(spikes, top), width=0.4, label="spike tokens", color=orange)
             ax.bar([p + 0.2 for p in x], position_counts(sinks, top), width=0.4, label="sink tokens", color=blue)
-            ax.set_xlim(-0.7, top + 0.7)
+            right = max(top, 9)  # room for the legend beside position 0, where most sit
+            ax.set_xlim(-0.7, right + 0.7)
+            ax.set_xticks(range(0, right + 1, max(1, -(-(right + 1) // 16))))  # integer ticks only
         else:
             ax.hist([spikes, sinks], bins=40, label=["spike tokens", "sink tokens"], color=[orange, blue])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("token position")
         ax.set_ylabel("tokens (all prompts)")
@@ -216,10 +218,11 @@ def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
     chat = run.get("settings", {}).get("chat")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole eval: {model}</title>
-<style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#1d2330}}
+<style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#1d2330}}
 h1{{font-size:22px}} h2{{font-size:17px;margin-top:1.6em;border-bottom:1px solid #dde1e8}}
 table.t{{border-collapse:collapse;margin:8px 0 12px;font-size:13px}}
-table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 10px;text-align:left;white-space:nowrap}}
+table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 8px;text-align:left;white-space:nowrap}}
+table.t th{{white-space:normal;vertical-align:bottom}}
 table.t th{{background:#f6f7f9}} table.t td.num{{text-align:right;font-variant-numeric:tabular-nums}}
 .scroll{{overflow-x:auto}} .figs{{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:16px}}
 figure{{margin:0}} img{{max-width:100%;height:auto}} figcaption{{font-size:13px;color:#5b6475}}

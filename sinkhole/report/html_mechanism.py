@@ -103,7 +103,7 @@ def mechanism_view(m: dict, model: dict) -> dict:
         "channels": {"channels": ch["channels"], "values": ch["value_by_layer"], "plateau": ch["plateau_value"]},
         "amplifier": {"top_channels": amp.get("fro_norm_top_channels"), "top_values": amp.get("fro_norm_top_values"),
                       "median": amp.get("fro_norm_median"), "n_channels": amp.get("n_channels", model["d_model"]),
-                      "per": [{k: c.get(k) for k in ("channel", "fro_rank", "fro_over_median", "top_eigenvalues",
+                      "per": [{k: c.get(k) for k in ("channel", "fro_norm", "fro_rank", "fro_over_median", "top_eigenvalues",
                                                       "alignment_spike", "alignment_other", "dominance")}
                               for c in amp.get("channels", [])]},
         "norm": {"labels": ["entering the step-up layer", "after it"],
@@ -140,7 +140,7 @@ rise, plateau, fall.</p><div id="mech-lifecycle" class="fig half"></div></div>
 <div><h3>2. Spike channels</h3><p class="hint">h_l[t, c] of the spike channels, mean over the spike tokens, from
 the step-up layer on.</p><div id="mech-channels" class="fig half"></div></div>
 <div><h3>3. Quadratic amplifier</h3><p class="hint">‖U_k‖_F of the step-up FFN for its 8 largest output channels
-(spike channels in red) against the median channel; right: the eigenvalues of S_k of each spike channel.</p>
+and the spike channels (red) against the median channel; right: the eigenvalues of S_k of each spike channel.</p>
 <div id="mech-amplifier" class="fig half"></div></div>
 <div><h3>4. Post-norm sparsity</h3><p class="hint">Share of the norm output's squared mass in the spike channels,
 spike tokens vs a sample of other tokens.</p><div id="mech-norm" class="fig half"></div></div>
@@ -187,8 +187,13 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
   if (A.top_channels) {
     const ev = A.per.map((p) => ({ type: "bar", x: (p.top_eigenvalues || []).map((v, i) => "\u03bb" + (i + 1)), y: p.top_eigenvalues,
       name: "S_" + p.channel, xaxis: "x2", yaxis: "y2", hovertemplate: "%{x} = %{y:.4g}<extra>S_" + p.channel + "</extra>" }));
-    plot("mech-amplifier", [{ type: "bar", x: A.top_channels.map((c) => "ch " + c), y: A.top_values, name: "\u2016U_k\u2016_F",
-      marker: { color: A.top_channels.map((c) => (spikeC.has(c) ? "#d64541" : "#8da0cb")) }, showlegend: false,
+    // the spike channels always appear, after the largest 8 when they are not among them (with their rank)
+    const extra = A.per.filter((p) => !A.top_channels.includes(p.channel) && p.fro_norm !== null);
+    const bx = A.top_channels.map((c) => "ch " + c).concat(extra.map((p) => "ch " + p.channel + " (rank " + p.fro_rank + ")"));
+    const by = A.top_values.concat(extra.map((p) => p.fro_norm));
+    const bc = A.top_channels.concat(extra.map((p) => p.channel));
+    plot("mech-amplifier", [{ type: "bar", x: bx, y: by, name: "\u2016U_k\u2016_F",
+      marker: { color: bc.map((c) => (spikeC.has(c) ? "#d64541" : "#8da0cb")) }, showlegend: false,
       hovertemplate: "%{x}: %{y:.4g}<extra></extra>" }].concat(ev), {
       xaxis: { domain: [0, 0.5], type: "category", title: { text: "output channel (rank 1 = largest of " + A.n_channels + ")" } },
       yaxis: { title: { text: "\u2016U_k\u2016_F" }, rangemode: "tozero" },
@@ -227,7 +232,7 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
     plot("mech-interventions", [{ type: "bar", x: ticks, y: I.ppl, text: I.ppl.map(fmt), textposition: "outside",
       marker: { color: I.keys.map((k) => (k === "none" ? "#888" : k === "sink_masked" ? "#1f6feb" : k === "random_zero" ? "#8da0cb" : "#d64541")) },
       hovertemplate: "%{x}: perplexity %{y:.4g}<extra></extra>" }],
-      { yaxis: { title: { text: "perplexity (" + I.n_tokens + " tokens, log)" }, type: "log" }, xaxis: { tickangle: 0 }, showlegend: false });
+      { yaxis: { title: { text: "perplexity (" + I.n_tokens + " tokens, log)" }, type: "log", dtick: 1 }, xaxis: { tickangle: 0 }, showlegend: false });
   } else $("mech-interventions").textContent = "Interventions were skipped (--no-interventions).";
 }]);
 """
