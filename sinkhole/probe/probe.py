@@ -67,10 +67,12 @@ class ModelProbe:
 
     @property
     def model(self):
+        """The loaded transformers model (reuse it, e.g. for `generate` with a SinkCache; no second load)."""
         return self.lm.model
 
     @property
     def tokenizer(self):
+        """The model's tokenizer."""
         return self.lm.tokenizer
 
     def has_chat_template(self) -> bool:
