@@ -69,7 +69,7 @@ window.sinkhole = API;
 API.range = (n) => Array.from({ length: n }, (_, i) => i);
 const CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 const FONT = { family: "system-ui, sans-serif", size: 12 };
-// Legends sit in the top margin, never over the data (tests/test_html_browser.py checks the boxes).
+// Legends sit in a margin (top, or bottom for many entries), never over the data (tests/test_html_browser.py checks the boxes).
 const LEGEND_ABOVE = { orientation: "h", x: 0, xanchor: "left", y: 1, yanchor: "top", yref: "container" };
 
 // ---------- text helpers: plain text for the DOM, esc() for anything plotly renders ----------
@@ -330,7 +330,9 @@ function drawChannels() {
     });
   }
   Plotly.react("fig-channels", tr, {
-    font: FONT, margin: { l: 60, r: 10, t: 58, b: 40 }, legend: LEGEND_ABOVE,
+    // up to 9 entries: below the axis title (in the bottom margin), clear of the plot and the modebar
+    font: FONT, margin: { l: 60, r: 10, t: 30, b: 96 },
+    legend: { orientation: "h", x: 0, xanchor: "left", y: 0, yanchor: "bottom", yref: "container" },
     xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "value" } },
   }, CFG);
   $("channels-note").textContent = C
