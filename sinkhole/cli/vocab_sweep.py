@@ -37,7 +37,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-
     from sinkhole.analysis.mechanism.interventions import text_ids
     from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
     from sinkhole.models.loading import load_model, write_atomic
