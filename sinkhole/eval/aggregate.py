@@ -55,8 +55,10 @@ def metric_stats(rows: list[dict]) -> dict:
 
 def channel_summary(rows: list[dict]) -> dict:
     spiking = [r for r in rows if r["spikes"]]
-    sets = Counter(tuple(r["spike_channels"]) for r in spiking)
-    mode, mode_n = sets.most_common(1)[0] if sets else ((), 0)
+    # sets, not sequences: rows written before the one channel order (sorted ids) count with the rest
+    sets = Counter(frozenset(r["spike_channels"]) for r in spiking)
+    top, mode_n = sets.most_common(1)[0] if sets else (frozenset(), 0)
+    mode = order_channels([r["spike_channels"] for r in spiking if frozenset(r["spike_channels"]) == top])
     counts: Counter = Counter()
     values: dict[int, list[float]] = {}
     for r in spiking:
