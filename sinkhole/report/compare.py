@@ -193,10 +193,37 @@ def render_compare(c: dict) -> str:
 
 # ---------- HTML ----------
 
+def side_by_side(c: dict) -> list[tuple[str, str, str]]:
+    """(label, A, B) rows of the main numbers, formatted as the terminal formats them."""
+    rows = [("file", *c["files"]), ("model", *c["models"])]
+    if c["kind"] == "eval":
+        from sinkhole.eval.aggregate import METRICS, PERCENT
+
+        rows.append(("prompts", *c["n_prompts"]))
+        for k, (a, b) in c["metrics"].items():
+            kind = "%" if k in PERCENT else "x" if k == "spike_score" else "2"
+            rows.append((METRICS.get(k, k), _num(a, kind), _num(b, kind)))
+        rows.append(("spike channels (most common set)", c["channels"]["a"] or "none", c["channels"]["b"] or "none"))
+        rows.append(("Pearson r(length, sink mass)", *(_num(x, "2") for x in c["length_vs_sink_mass_r"])))
+        return rows
+    sp, sk, h = c["spikes"], c["sinks"], c["heads"]
+    rows += [("tokens", *c["n_tokens"]), ("spike tokens", *sp["n"]),
+             ("top spike score", *(_num(x, "x") for x in sp["top_score"])), ("sink tokens", *sk["n"]),
+             ("top sink", *(f"#{t['position']} {t['text']!r}: mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}"
+                            for t in sk["top"])),
+             ("spike channels", c["channels"]["a"] or "none", c["channels"]["b"] or "none"),
+             ("sink heads", *(f"{n} of {t}" if n is not None else "n/a" for n, t in zip(h["n_sink_heads"], h["n_heads"]))),
+             ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"])),
+             ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"]))]
+    return rows
+
+
 def compare_html(c: dict) -> str:
     """One offline page: the terminal comparison as tables, plus the heads' change as a heatmap."""
     esc = html.escape
-    rows = "".join(f"<tr><td><pre>{esc(line)}</pre></td></tr>" for line in render_compare(c).splitlines())
+    table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>" for k, a, b in side_by_side(c))
+    rows = (f"<table class='t'><tr><th></th><th>A</th><th>B</th></tr>{table}</table>"
+            f"<h2>Details</h2><pre>{esc(render_compare(c))}</pre>")
     fig = ""
     script = ""
     if c["kind"] == "report" and c["heads"].get("diff"):
@@ -210,14 +237,15 @@ def compare_html(c: dict) -> str:
                f'<script type="application/json" id="diff-data">{data}</script>')
         script = (f"<script>{plotly.offline.get_plotlyjs()}</script><script>(function(){{"
                   "const d=JSON.parse(document.getElementById('diff-data').textContent);"
-                  "Plotly.newPlot('fig-diff',[{type:'heatmap',z:d.z,zmid:0,zmin:-1,zmax:1,colorscale:'RdBu',reversescale:true,"
+                  "Plotly.newPlot('fig-diff',[{type:'heatmap',z:d.z,zmid:0,zmin:-1,zmax:1,colorscale:'RdBu',"
                   "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
                   "{margin:{l:60,r:10,t:10,b:50},xaxis:{title:{text:'head'},dtick:1},yaxis:{title:{text:'layer'},autorange:'reversed'}},"
                   "{displaylogo:false,responsive:true});window.sinkholeCompareReady=true;})();</script>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole compare: {esc(str(c['models'][0]))} vs {esc(str(c['models'][1]))}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#1d2330}}
-table{{border-collapse:collapse}} td{{padding:0 6px}} pre{{margin:0;font-size:13px}} .hint{{color:#5b6475}}
+table.t{{border-collapse:collapse;font-size:13px}} table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 10px;text-align:left}}
+table.t th{{background:#f6f7f9}} pre{{background:#f6f7f9;padding:10px;font-size:12.5px;overflow-x:auto}} .hint{{color:#5b6475}}
 h2{{font-size:17px;border-bottom:1px solid #dde1e8}}</style></head>
-<body><h1>sinkhole compare</h1><table>{rows}</table>{fig}{script}</body></html>
+<body><h1>sinkhole compare</h1>{rows}{fig}{script}</body></html>
 """
