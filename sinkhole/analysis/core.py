@@ -19,7 +19,7 @@ Spikes (massive activations)
 - spike channels of token t: at the top value's layer l*, the channels c (among the K = 8 largest
   of token t) with |h_{l*}[t, c]| > threshold * median_s max_c' |h_{l*}[s, c']|, i.e. entries
   `threshold` times larger than the typical token's largest entry at that layer.
-- channel order (everywhere: analyze, mechanism, eval): a token's spike channels by descending
+- channel order: everywhere (analyze, mechanism, eval) a token's spike channels by descending
   |h_{l*}[t, c]|; a set pooled over tokens by mean rank in those lists (absent = last), then id.
 
 Sinks (Gu et al., "When Attention Sink Emerges", ICLR 2025)

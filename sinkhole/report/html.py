@@ -112,7 +112,7 @@ PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's def
     "A_{l,h}[t, k]: attention probability from query t to key k; entries above the diagonal are masked (empty).",
     "Heads grid: alpha_{l,h}(top sink), the mass each head gives the token with the largest attention mass.",
     "Per-key view (long inputs): alpha_{l,h}(k) of every key k for each head of the selected layer.",
-    "Token strip colour: sqrt(attention mass of the token / the largest attention mass of the prompt).",
+    "Token strip colour: √(attention mass of the token / the largest attention mass of the prompt).",
     "Residual heatmap: ||h_l[t]|| on a log colour scale; row 'emb' is ||embedding[t]||.",
     "Spike channels: h_l[t, c] of the selected token; the probe records each token's K largest |h_l[t, c]| "
     "per layer, so a channel outside them has no value at that layer (a gap, not a zero).",
@@ -242,7 +242,7 @@ written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
 <h2>Definitions</h2><div class="defs-body">{definitions_html()}
-<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_esc(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
+<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_item(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
 {MECH_DEFINITIONS if mech else ""}</div></dialog>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
