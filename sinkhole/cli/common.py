@@ -26,9 +26,9 @@ def add_threads_arg(g) -> None:
 
 
 def default_threads(cpus: int | None, physical: int) -> int:
-    """1 on small machines: a 2-CPU box shared with anything else runs short forwards ~10x slower with
-    2 threads than with 1 (BENCHMARKS.md, "CPU threads"); larger machines get their physical cores, capped
-    at 8, beyond which a 135M-1B model's matmuls stop scaling."""
+    """1 on small machines: a 2-CPU box shared with other jobs ran a probe forward 4x (512 tokens) to 17x
+    (32 tokens) slower with 2 threads than with 1 (BENCHMARKS.md, "CPU threads"); larger machines get
+    their physical cores, capped at 8 (a guess, not measured: no larger machine was available)."""
     if not cpus or cpus <= 2:
         return 1
     return max(1, min(physical, 8))
