@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
 
 
 def render_profile(pr) -> str:
+    from sinkhole.report.terminal import pct
+
     m = pr.model
     lines = [f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
              f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
@@ -38,8 +40,8 @@ def render_profile(pr) -> str:
              f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}"]
     for t in pr.sink_tokens[:6]:
         where = "anywhere" if t["position"] is None else f"pos {t['position']}"
-        lines.append(f"  {where}  {t['text']!r}  mass {t['attn_mass']:.1%}  sink rate {t['sink_rate']:.0%}  in {t['frequency']:.0%}")
-    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {c['frequency']:.0%})" for c in pr.spike_channels[:8])
+        lines.append(f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}")
+    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})" for c in pr.spike_channels[:8])
     lines.append(f"spike channels  {ch or 'none'}")
     lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
     lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")

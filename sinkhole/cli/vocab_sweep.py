@@ -49,6 +49,7 @@ def run(args) -> int:
                     trust_remote_code=args.trust_remote_code, log=status)
     V = lm.model.get_input_embeddings().num_embeddings
     from sinkhole.progress import progress
+    from sinkhole.report.terminal import pct
 
     bar = progress(total=min(V, args.sample or V), desc="tokens", unit="tok")
     try:
@@ -60,7 +61,7 @@ def run(args) -> int:
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=1, ensure_ascii=False))
         status(f"wrote {args.json}")
-    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({result['spike_share']:.1%}) spike alone at "
+    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({pct(result['spike_share'])}) spike alone at "
           f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
           f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)")
     p = result["score_percentiles"]
