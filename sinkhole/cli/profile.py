@@ -41,7 +41,7 @@ def render_profile(pr) -> str:
     for t in pr.sink_tokens[:6]:
         where = "anywhere" if t["position"] is None else f"pos {t['position']}"
         lines.append(f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}")
-    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})" for c in pr.spike_channels[:8])
+    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})" for c in sorted(pr.spike_channels, key=lambda c: -abs(c["typical_value"]))[:8])  # by |h|, as everywhere
     lines.append(f"spike channels  {ch or 'none'}")
     lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
     lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
