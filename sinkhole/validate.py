@@ -224,10 +224,12 @@ OUTPUTS = {
     "analyze": {"output": "--output", "json": "--json"},
     "mechanism": {"output": "--output", "json": "--json"},
     "vocab-sweep": {"json": "--json"},
-    "eval": {"out": "--out"},
+    "eval": {"out": "--out", "csv": "--csv"},
     "profile": {"out": "--out"},
     "stream": {"json": "--json", "plot": "--plot"},
     "quant": {"out": "--out", "stats_json": "--stats-json", "json": "--json"},
+    "compare": {"output": "--output", "json": "--json"},
+    "models": {"json": "--json"},
 }
 DIRECTORY_OUTPUTS = {("eval", "out")}
 STDOUT_OUTPUTS = {("analyze", "json"), ("mechanism", "json"), ("vocab-sweep", "json"), ("stream", "json"),

@@ -87,8 +87,15 @@ def test_definitions_come_from_core_and_cards_link_to_them():
     page = html.render_html(analyze(injected_capture()).to_dict())
     anchors = set(re.findall(r'data-def=[\'"]([\w-]+)[\'"]', page))
     assert anchors and all(f'id="{a}"' in page for a in anchors)
-    for bullet in ("spike score: S[t] = N[t] / median_s N[s]", "its sink rate: share of (l, h)"):
-        assert bullet in core.__doc__ and bullet in page
+    for bullet, shown in (("spike score: S[t] = N[t] / median_s N[s]", "<b>spike score</b>: S[t] = N[t] / median<sub>s</sub> N[s]"),
+                          ("its sink rate: share of (l, h)", "<b>its sink rate</b>: share of (l, h)")):
+        assert bullet in core.__doc__ and shown in page  # the docstring's text, typeset (not raw)
+
+
+def test_definitions_typeset():
+    assert html.math_html("alpha_{l,h}(k) >= epsilon and ||h_l[t]||_2") == "α<sub>l,h</sub>(k) ≥ ε and ‖h<sub>l</sub>[t]‖<sub>2</sub>"
+    assert html.math_html("`min_sink_rate` and min_sink_rate, *not* a<b>") == (
+        "<code>min_sink_rate</code> and min_sink_rate, <em>not</em> a&lt;b&gt;")
 
 
 def test_long_input_gets_per_key_view_and_probe_keeps_no_maps():

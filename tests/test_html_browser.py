@@ -200,3 +200,66 @@ def test_long_input_per_key_view(driver, long_page):
     assert note.startswith("Per-key view") and str(html.MAPS_MAX_LEN) in note
     driver.execute_script("window.sinkhole.selectHead(1, 3)")
     assert "line: head 3" in driver.find_element("id", "cap-attn").text
+
+
+# --- layout: legends never cover data; a live run's page never asks for its Capture ---------------
+
+LEGEND_OVERLAPS = """
+const bad = [];
+document.querySelectorAll('.js-plotly-plot').forEach((g) => {
+  g.querySelectorAll('g.legend rect.bg').forEach((bg) => {
+    const l = bg.getBoundingClientRect();
+    if (l.width < 1 || l.height < 1) return;
+    g.querySelectorAll('.nsewdrag').forEach((area) => {
+      const p = area.getBoundingClientRect();
+      const ix = Math.min(l.right, p.right) - Math.max(l.left, p.left), iy = Math.min(l.bottom, p.bottom) - Math.max(l.top, p.top);
+      if (ix > 1 && iy > 1) bad.push(g.id + ': legend ' + [l.left, l.top, l.right, l.bottom].map(Math.round) +
+                                     ' over plot area ' + [p.left, p.top, p.right, p.bottom].map(Math.round));
+    });
+  });
+});
+return bad;
+"""
+
+
+def legends_checked(driver) -> int:
+    return driver.execute_script("return [...document.querySelectorAll('.js-plotly-plot g.legend rect.bg')]"
+                                 ".filter((r) => r.getBoundingClientRect().width > 0).length")
+
+
+@pytest.fixture(scope="module")
+def mechanism_page(tmp_path_factory):
+    """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
+    from test_mechanism import planted, prompts
+
+    from sinkhole.analysis.mechanism.runner import MechanismConfig, run_mechanism
+    from sinkhole.cli.mechanism import page_capture
+
+    probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
+    mech, reports = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
+    report = reports[0]
+    report.extra["mechanism"] = mech
+    path = tmp_path_factory.mktemp("html") / "mechanism.html"
+    html.write_html(report.to_dict(), path, capture=page_capture(probe, prompts()[0], False))
+    return path
+
+
+@pytest.mark.parametrize("page", ["short_page", "long_page", "mechanism_page"])
+def test_legends_stay_off_the_plot_area(driver, page, request):
+    open_page(driver, request.getfixturevalue(page))
+    assert legends_checked(driver) >= 2  # the check below looked at real legends
+    assert driver.execute_script(LEGEND_OVERLAPS) == []
+
+
+def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, mechanism_page):
+    open_page(driver, mechanism_page)
+    assert severe(driver) == []
+    text = driver.find_element("tag name", "body").text
+    assert "Capture" not in text  # no "needs the run's Capture" / "unavailable" notice for a live run
+    assert driver.execute_script("return !!window.sinkhole.data.alpha && !!window.sinkhole.data.channels")
+    assert len(driver.find_elements("css selector", "#mech-story li")) >= 5
+    for fig in ("mech-lifecycle", "mech-channels", "mech-amplifier", "mech-norm", "mech-keys", "mech-heads"):
+        assert drawn(driver, fig), fig
+    names = driver.execute_script("return [...document.querySelectorAll('#mech-channels .legendtext')].map(e => e.textContent)")
+    chans = driver.execute_script("return window.sinkhole.data.mechanism.channels.channels")
+    assert names == [f"channel {c}" for c in chans]  # real channel numbers, not [0]..[3]

@@ -113,7 +113,7 @@ def test_channels_activation_amplifier_normalization(planted_run):
     # unit 0 sees a large positive gate input on the spike token: SiLU is nearly the identity there
     assert act["spike"]["cos"] > 0.99 and act["spike"]["cos"] > act["other"]["cos"]
     a = mech["amplifier"]["channels"][0]
-    assert a["channel"] == OUT_CH and a["fro_rank"] == 0 and a["fro_over_median"] > 10
+    assert a["channel"] == OUT_CH and a["fro_rank"] == 1 and a["fro_over_median"] > 10
     assert a["dominance"] > 10
     assert a["alignment_spike"] > 0.9 > 0.5 > a["alignment_other"]
     assert a["quadratic_over_actual"] == pytest.approx(1.0, abs=0.05)

@@ -38,7 +38,7 @@ def test_amplifier_and_normalization(smol_mechanism):
     m = smol_mechanism
     main = m["amplifier"]["channels"][0]
     assert main["channel"] == m["channels"]["main"]
-    assert main["fro_rank"] < 3  # the spike channel's ||U_k||_F stands out among 576
+    assert main["fro_rank"] <= 3  # the spike channel's ||U_k||_F stands out among 576
     assert main["alignment_spike"] > 3 * main["alignment_other"]
     assert m["normalization"]["after"]["spike_sparsity"] > m["normalization"]["before"]["spike_sparsity"]
     assert m["sink_keys"]["n_sink_heads"] > m["sink_keys"]["n_heads"] / 2

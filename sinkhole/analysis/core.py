@@ -19,6 +19,8 @@ Spikes (massive activations)
 - spike channels of token t: at the top value's layer l*, the channels c (among the K = 8 largest
   of token t) with |h_{l*}[t, c]| > threshold * median_s max_c' |h_{l*}[s, c']|, i.e. entries
   `threshold` times larger than the typical token's largest entry at that layer.
+- channel order: everywhere (analyze, mechanism, eval) a token's spike channels by descending
+  |h_{l*}[t, c]|; a set pooled over tokens by mean rank in those lists (absent = last), then id.
 
 Sinks (Gu et al., "When Attention Sink Emerges", ICLR 2025)
 - attention mass of key k in (l, h): alpha_{l,h}(k) = mean over queries t >= k of A_{l,h}[t, k].
@@ -80,6 +82,20 @@ def spike_channels(top_channels: np.ndarray, top_values: np.ndarray, t: int, lay
     typical = float(np.median(np.abs(top_values[layer, :, 0])))
     mags = np.abs(top_values[layer, t])
     return [int(c) for c, m in zip(top_channels[layer, t], mags) if m > threshold * typical]
+
+
+def order_channels(per_token: list[list[int]], keep=None) -> list[int]:
+    """Channels pooled over tokens in one order: by mean rank in each token's list (a token's spike
+    channels come by descending |h|; a channel absent from a list ranks after all of it), then by id.
+    `keep`: only these channels (default: all that occur)."""
+    chans = {int(c) for chans in per_token for c in chans} if keep is None else {int(c) for c in keep}
+    if not per_token:
+        return sorted(chans)
+
+    def mean_rank(c: int) -> float:
+        return sum(lst.index(c) if c in lst else len(lst) for lst in map(list, per_token)) / len(per_token)
+
+    return sorted(chans, key=lambda c: (mean_rank(c), c))
 
 
 def attention_mass(alpha: np.ndarray) -> np.ndarray:

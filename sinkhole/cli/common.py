@@ -16,6 +16,41 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate device_map across GPUs)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the weights")
+    add_threads_arg(g)
+
+
+def add_threads_arg(g) -> None:
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 on machines with <= 2 CPUs, else min(physical cores, 8); "
+                        "OMP_NUM_THREADS, when set, is respected)")
+
+
+def default_threads(cpus: int | None, physical: int) -> int:
+    """1 on small machines: a 2-CPU box shared with other jobs ran a probe forward 4x (512 tokens) to 17x
+    (32 tokens) slower with 2 threads than with 1 (BENCHMARKS.md, "CPU threads"); larger machines get
+    their physical cores, capped at 8 (a guess, not measured: no larger machine was available)."""
+    if not cpus or cpus <= 2:
+        return 1
+    return max(1, min(physical, 8))
+
+
+def configure_threads(args) -> int | None:
+    """Apply --threads (or the default) to torch; called once by `sinkhole.cli.main` before a command runs."""
+    import os
+
+    if not hasattr(args, "threads"):
+        return None  # a command that runs no model (models, compare)
+    n = args.threads
+    if n is None and os.environ.get("OMP_NUM_THREADS"):
+        return None  # the user chose through the environment; torch already follows it
+    if n is not None and n < 1:
+        raise SinkholeError("--threads must be at least 1")
+    import torch
+
+    if n is None:
+        n = default_threads(os.cpu_count(), torch.get_num_threads())
+    torch.set_num_threads(n)
+    return n
 
 
 def add_prompt_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
@@ -15,7 +14,7 @@ EPILOG = """examples:
   sinkhole eval --prompts questions.txt --out runs/q --no-chat --threshold 20
 
 Re-running the same command into the same --out resumes where it stopped; other settings into
-that directory are refused. Outputs: results.jsonl, run.json, summary.json, *.png, summary.html.
+that directory are refused. Outputs: results.jsonl, run.json, summary.json, rows.csv, *.png, summary.html.
 """
 
 
@@ -34,14 +33,11 @@ def add_parser(sub) -> None:
     b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     b.add_argument("--max-batch", type=int, default=None, help="prompts per forward, default 32")
     b.add_argument("--no-figures", action="store_true", help="skip the PNG figures and HTML page")
-    b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
+    b.add_argument("--csv", type=Path, help="also write the per-prompt rows as CSV here (DIR/rows.csv is always written)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from sinkhole.errors import SinkholeError
     from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
 
@@ -51,15 +47,12 @@ def run(args) -> int:
         settings.max_batch_tokens = args.batch_tokens
     if args.max_batch:
         settings.max_batch = args.max_batch
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     from sinkhole.eval.runner import out_lock
+    from sinkhole.progress import progress
 
     with out_lock(args.out):  # taken before the model loads: a second writer is refused at once
         probe = load_probe(args)
-        bar = tqdm(total=len(suite), desc="eval", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+        bar = progress(total=len(suite), desc="eval", unit="prompt")
         try:
             def initial(n: int) -> None:
                 if n:
@@ -72,9 +65,14 @@ def run(args) -> int:
             bar.close()
         try:
             summary = write_outputs(rows, args.out, figures=not args.no_figures)
+            if args.csv:
+                from sinkhole.eval.export import write_csv
+
+                write_csv(rows, args.csv)
         except OSError as err:
             raise SinkholeError(f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
                                 f"{args.out}/results.jsonl: free space and run the same command again") from None
-    status(f"wrote {args.out}/results.jsonl, summary.json" + ("" if args.no_figures else ", figures, summary.html"))
+    status(f"wrote {args.out}/results.jsonl, summary.json, rows.csv" + ("" if args.no_figures else ", figures, summary.html")
+           + (f", {args.csv}" if args.csv else ""))
     print(render_summary(summary))
     return 0

@@ -11,10 +11,11 @@ import importlib
 import os
 import sys
 
+from sinkhole import __version__
 from sinkhole.errors import SinkholeError
 
 # name -> module under sinkhole.cli
-SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant"]
+SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant", "models", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sinkhole",
         description="Measure spike tokens (massive activations) and attention sinks in causal LMs.",
     )
+    p.add_argument("--version", action="version", version=f"sinkhole {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = f"sinkhole.cli.{name.replace('-', '_')}"
@@ -31,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name != module:
                 raise
     return p
+
+
+def _end_bars() -> None:
+    from sinkhole.progress import end_bars
+
+    end_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,28 +62,18 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        from sinkhole.cli.common import configure_threads
+
+        configure_threads(args)
         return int(args.run(args) or 0)
     except SinkholeError as err:
-        _close_progress_bars()
+        _end_bars()  # the error starts its own line, never glued to a progress bar
         print(f"sinkhole: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _close_progress_bars()
+        _end_bars()
         print("sinkhole: interrupted", file=sys.stderr)
         return 130
-
-
-def _close_progress_bars() -> None:
-    """Close (and so end the line of) any progress bar still open, so an error starts its own line."""
-    tqdm = sys.modules.get("tqdm")
-    if tqdm is None:
-        return
-    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
-        try:
-            bar.leave = True  # a closed bar ends with a newline rather than a carriage return
-            bar.close()
-        except Exception:  # a bar that cannot close must not hide the error itself
-            pass
 
 
 if __name__ == "__main__":

@@ -40,14 +40,21 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _counts(d: dict, n: int) -> str:
+    """{'L11.ffn': 16} -> 'L11.ffn (16 of 16 tokens)'."""
+    return ", ".join(f"{k} ({v} of {n} tokens)" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def render(m: dict) -> str:
     """A short terminal summary of the mechanism dict."""
+    from sinkhole.report.terminal import pct
+
     s, t, lcy = m["summary"], m["targets"], m["lifecycle"]
     lines = [f"Targets  {t['n']} {'top-score tokens (no spike token passed the threshold)' if t['fallback'] else 'spike tokens'}; "
              f"step-up layer {t['step_up_layer']}; spike channels {t['spike_channels']}",
              f"Summary  spike score {s['spike_score']:.1f}x  top |h| {s['top_abs_over_median']:.0f}x median  "
-             f"top sink: rate {s['top_sink_rate']:.0%}, mass {s['top_sink_attn_mass']:.1%}",
-             f"Lifecycle  rises at {lcy['rise_counts']}  falls at {lcy['fall_counts']}  "
+             f"top sink: rate {pct(s['top_sink_rate'], 0)}, mass {pct(s['top_sink_attn_mass'])}",
+             f"Lifecycle  rises at {_counts(lcy['rise_counts'], t['n'])}  falls at {_counts(lcy['fall_counts'], t['n'])}  "
              f"plateau {lcy['plateau_blocks_mean']:.1f} blocks (of {2 * len(m['channels']['value_by_layer'][0])})"]
     ch = m["channels"]
     lines.append("Channels  " + "  ".join(
@@ -59,7 +66,8 @@ def render(m: dict) -> str:
         lines.append(f"Activation ({a['activation']})  spike tokens: cos {a['spike']['cos']:.3f}, norm ratio "
                      f"{a['spike']['norm_ratio']:.3f}   others: cos {a['other']['cos']:.3f}, norm ratio {a['other']['norm_ratio']:.3f}")
     for c, gain in zip(m["amplifier"]["channels"], m["amplifier"]["post_block_gain"]):
-        lines.append(f"Amplifier ch {c['channel']}  ||U_k||_F {c['fro_over_median']:.1f}x median (rank {c['fro_rank']})  "
+        lines.append(f"Amplifier ch {c['channel']}  ||U_k||_F {c['fro_over_median']:.1f}x median "
+                     f"(rank {c['fro_rank']} of {m['amplifier'].get('n_channels', '?')})  "
                      f"lambda1/|lambda2| {c['dominance']:.1f}  |cos(x, s*)| spike {c['alignment_spike'] or 0:.2f} "
                      f"vs others {c['alignment_other'] or 0:.2f}"
                      + (f"  post-block gain {gain:.3g}x" if gain is not None and abs(gain - 1) > 1e-3 else ""))
@@ -73,12 +81,21 @@ def render(m: dict) -> str:
     if "interventions" in m:
         iv = m["interventions"]
         lines.append(f"Perplexity ({iv['n_tokens']} tokens)  " + "  ".join(
-            f"{name} {v:.2f}" if v is not None else f"{name} n/a" for name, v in iv["perplexity"].items()))
+            f"{name} {v:,.2f}" if v is not None else f"{name} n/a" for name, v in iv["perplexity"].items()))
     if "vocab_sweep" in m:
         v = m["vocab_sweep"]
-        lines.append(f"Vocabulary sweep  {v['spike_share']:.1%} of {v['n_tokens']} tokens spike alone at position 0 "
+        lines.append(f"Vocabulary sweep  {pct(v['spike_share'])} of {v['n_tokens']} tokens spike alone at position 0 "
                      f"({v['n_exceptions']} exceptions: {v['exceptions_are']})")
     return "\n".join(lines)
+
+
+def page_capture(probe, prompt, chat):
+    """The Capture the page draws prompt 0 from (per-head attention, channels): that prompt run once
+    more alone, with full maps (batched and alone give the same numbers; tests/test_probe.py)."""
+    from sinkhole.report import html
+
+    probe.maps_max_len = html.MAPS_MAX_LEN
+    return probe.run(prompt, chat=chat)
 
 
 def run(args) -> int:
@@ -107,7 +124,8 @@ def run(args) -> int:
     report = reports[0]
     report.extra["mechanism"] = mech
     d = report.to_dict()
-    failures = write_all([(args.output, lambda: html.write_html(d, args.output)),
+    failures = write_all([(args.output, lambda: html.write_html(d, args.output,
+                                                               capture=page_capture(probe, prompts[0], args.chat))),
                           (args.json, lambda: write_json(d, args.json))])
     print(render(d["mechanism"]), file=result_stream(args.json))
     raise_failures(failures)

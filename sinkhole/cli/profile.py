@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe
@@ -32,6 +31,8 @@ def add_parser(sub) -> None:
 
 
 def render_profile(pr) -> str:
+    from sinkhole.report.terminal import pct
+
     m = pr.model
     lines = [f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
              f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
@@ -39,8 +40,8 @@ def render_profile(pr) -> str:
              f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}"]
     for t in pr.sink_tokens[:6]:
         where = "anywhere" if t["position"] is None else f"pos {t['position']}"
-        lines.append(f"  {where}  {t['text']!r}  mass {t['attn_mass']:.1%}  sink rate {t['sink_rate']:.0%}  in {t['frequency']:.0%}")
-    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {c['frequency']:.0%})" for c in pr.spike_channels[:8])
+        lines.append(f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}")
+    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})" for c in sorted(pr.spike_channels, key=lambda c: -abs(c["typical_value"]))[:8])  # by |h|, as everywhere
     lines.append(f"spike channels  {ch or 'none'}")
     lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
     lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
@@ -48,8 +49,6 @@ def render_profile(pr) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from sinkhole.eval.suite import load_suite
     from sinkhole.profiles.detect import SinkDetector
     from sinkhole.profiles.profile import load_profile
@@ -59,7 +58,9 @@ def run(args) -> int:
         return 0
     suite = load_suite(args.prompts, args.limit)  # first: a bad suite fails before the model loads
     probe = load_probe(args)
-    with tqdm(total=len(suite), desc="profile", unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
+    from sinkhole.progress import progress
+
+    with progress(total=len(suite), desc="profile", unit="prompt") as bar:
         profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
                                min_sink_rate=args.min_sink_rate, progress=bar.update).detect()
     from sinkhole.cli.common import raise_failures, result_stream, write_all

@@ -69,7 +69,8 @@ def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
     from sinkhole.quant.validate import ALPHAS, tune_alpha
 
     status(f"tuning SmoothQuant alpha over {list(ALPHAS)} on calibration perplexity ...")
-    a, ppl = tune_alpha(lm, stats, [s[:128] for s in calib[:2]])
+    a, ppl = tune_alpha(lm, stats, [s[:128] for s in calib[:2]],
+                        progress=lambda alpha, i, n: status(f"  [{i + 1}/{n}] alpha {alpha}"))
     return a, {"alpha": "tuned on calibration perplexity", "calibration_perplexity": {str(k): v for k, v in ppl.items()}}
 
 
@@ -100,7 +101,8 @@ def run(args) -> int:
     else:
         calib = calibration_sequences(lm.tokenizer, args.calib, args.calib_seqs, args.calib_len)
         status(f"calibrating on {len(calib)} x {len(calib[0])} tokens of {args.calib} ...")
-        stats = source = collect_stats(lm, calib, source=str(args.calib))
+        stats = source = collect_stats(lm, calib, source=str(args.calib),
+                                       progress=lambda i, n: status(f"  [{i}/{n}] calibration sequence"))
         table = render_stats(stats)
         # stdout stays parseable JSON when the config itself (or a '-' output) is printed there
         if (args.out or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):

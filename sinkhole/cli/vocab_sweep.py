@@ -36,8 +36,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from tqdm import tqdm
-
     from sinkhole.analysis.mechanism.interventions import text_ids
     from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
     from sinkhole.cli.common import raise_failures, result_stream, write_all
@@ -47,7 +45,10 @@ def run(args) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype or "bfloat16",
                     trust_remote_code=args.trust_remote_code, log=status)
     V = lm.model.get_input_embeddings().num_embeddings
-    bar = tqdm(total=min(V, args.sample or V), desc="tokens", unit="tok", unit_scale=True, leave=False)
+    from sinkhole.progress import progress
+    from sinkhole.report.terminal import pct
+
+    bar = progress(total=min(V, args.sample or V), desc="tokens", unit="tok")
     try:
         result = vocab_sweep(lm, text_ids(lm.tokenizer, None, 256), args.threshold, args.batch_size,
                              sample=args.sample, progress=bar.update)
@@ -56,7 +57,7 @@ def run(args) -> int:
     result["model"] = lm.name
     failures = write_all([(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))])
     out = result_stream(args.json)
-    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({result['spike_share']:.1%}) spike alone at "
+    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({pct(result['spike_share'])}) spike alone at "
           f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
           f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)", file=out)
     p = result["score_percentiles"]

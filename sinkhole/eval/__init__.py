@@ -3,7 +3,7 @@ structural, or prompt-specific?
 
     suite = load_suite("builtin")                       # sinkhole.eval.suite
     rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
-    summary = write_outputs(rows, "runs/smollm2")       # summary.json, PNG figures, summary.html
+    summary = write_outputs(rows, "runs/smollm2")       # summary.json, rows.csv, PNG figures, summary.html
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ __all__ = ["EvalSettings", "Suite", "SuiteItem", "load_suite", "run_eval", "summ
 
 
 def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -> dict:
-    """summary.json (+ PNG figures and summary.html) of the rows in `out_dir`; returns the summary."""
+    """summary.json, rows.csv (+ PNG figures and summary.html) of the rows in `out_dir`; returns the summary."""
+    from sinkhole.eval.export import write_csv
     from sinkhole.report.schema import write_json
 
     out = Path(out_dir)
     run = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")) if (out / MANIFEST_NAME).is_file() else {}
     summary = summarize(rows, run)
     write_json(summary, out / "summary.json")
+    write_csv(rows, out / "rows.csv")
     if figures and rows:
         from sinkhole.eval.figures import write_figures, write_html
 

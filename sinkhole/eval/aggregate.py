@@ -19,6 +19,8 @@ from collections import Counter
 
 import numpy as np
 
+from sinkhole.analysis.core import order_channels
+
 SUMMARY_SCHEMA = "sinkhole.eval-summary/1"
 METRICS = {  # key in a row -> label in the table
     "n_spikes": "spike tokens / prompt",
@@ -53,8 +55,10 @@ def metric_stats(rows: list[dict]) -> dict:
 
 def channel_summary(rows: list[dict]) -> dict:
     spiking = [r for r in rows if r["spikes"]]
-    sets = Counter(tuple(r["spike_channels"]) for r in spiking)
-    mode, mode_n = sets.most_common(1)[0] if sets else ((), 0)
+    # sets, not sequences: rows written before the one channel order (sorted ids) count with the rest
+    sets = Counter(frozenset(r["spike_channels"]) for r in spiking)
+    top, mode_n = sets.most_common(1)[0] if sets else (frozenset(), 0)
+    mode = order_channels([r["spike_channels"] for r in spiking if frozenset(r["spike_channels"]) == top])
     counts: Counter = Counter()
     values: dict[int, list[float]] = {}
     for r in spiking:
@@ -62,9 +66,10 @@ def channel_summary(rows: list[dict]) -> dict:
         for s in r["spikes"]:
             for c, v in zip(s["channels"], s["channel_values"]):
                 values.setdefault(c, []).append(v)
+    order = order_channels([r["spike_channels"] for r in spiking])  # ties in frequency: core's one order
     channels = [
         {"channel": c, "frequency": n / len(spiking), "mean_value": float(np.mean(values[c]))}
-        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0]), kv[0]))
     ]
     return {
         "prompts_with_spikes": len(spiking),
@@ -96,7 +101,9 @@ def _fmt(key: str, x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if key in PERCENT:
-        return f"{100 * x:.1f}%"
+        from sinkhole.report.terminal import pct
+
+        return pct(x)
     if key == "spike_score":
         return f"{x:.1f}x"
     return f"{x:.2f}"

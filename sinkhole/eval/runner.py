@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze
+from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze, order_channels
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import Suite, SuiteItem
 
@@ -96,7 +96,7 @@ def prompt_row(item: SuiteItem, capture, report) -> dict:
         "n_tokens": capture.n_tokens,
         "n_spikes": len(spikes),
         "spike_score": float(max(sp["per_token_score"])),
-        "spike_channels": sorted({c for s in spikes for c in s["channels"]}),
+        "spike_channels": order_channels([s["channels"] for s in spikes]),
         "spikes": spikes,
         "n_sinks": len(sk["tokens"]),
         "sink_mass": top["attn_mass"],

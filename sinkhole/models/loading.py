@@ -136,7 +136,11 @@ def load_model(
         raise SinkholeError(f"model must be a name, directory or .gguf path (or a LoadedModel), not {type(model).__name__}")
     if not isinstance(trust_remote_code, bool):
         raise SinkholeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
+    quiet = log is None  # only the CLI (which passes `log`) says "loading ..." for the usual few seconds
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if device == "auto" and not torch.cuda.is_available():
+        log("device auto: no CUDA device on this machine, using the CPU")
+        device = "cpu"
     device, torch_dtype = pick_device_dtype(device, dtype)
     source = resolve(model)
     if source.kind in ("bundled", "gguf"):
@@ -151,6 +155,8 @@ def load_model(
         _raise_load_error(model, err, "cannot load model '{model}' from local files (sinkhole never downloads)")
     _check_causal(config)
     placement = {"device_map": "auto"} if device == "auto" else {}
+    if not quiet:
+        log(f"loading {source.name} ({device}, {str(torch_dtype).removeprefix('torch.')}) ...")
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
     except Exception as err:

@@ -67,10 +67,12 @@ class ModelProbe:
 
     @property
     def model(self):
+        """The loaded transformers model (reuse it, e.g. for `generate` with a SinkCache; no second load)."""
         return self.lm.model
 
     @property
     def tokenizer(self):
+        """The model's tokenizer."""
         return self.lm.tokenizer
 
     def has_chat_template(self) -> bool:
@@ -221,9 +223,9 @@ class ModelProbe:
 
 def progress_printer(n_layers: int, stream=sys.stderr):
     """A minimal per-layer progress callback for long single forwards."""
-    from tqdm import tqdm
+    from sinkhole.progress import progress
 
-    bar = tqdm(total=n_layers, desc="layers", unit="layer", file=stream, leave=False)
+    bar = progress(total=n_layers, desc="layers", unit="layer", file=stream, leave=False)
 
     def tick(layer: int) -> None:
         bar.update(1)

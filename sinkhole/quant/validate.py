@@ -87,10 +87,13 @@ def scheme_specs(name: str, lm, stats: CalibrationStats, hints: dict) -> dict[st
 
 
 def tune_alpha(lm, stats: CalibrationStats, sequences: Sequence[Sequence[int]],
-               alphas: Sequence[float] = ALPHAS) -> tuple[float, dict[float, float]]:
-    """The alpha with the lowest calibration perplexity under SmoothQuant static W8A8 (calibration text only)."""
+               alphas: Sequence[float] = ALPHAS, progress=None) -> tuple[float, dict[float, float]]:
+    """The alpha with the lowest calibration perplexity under SmoothQuant static W8A8 (calibration text only).
+    `progress(alpha, i, n)` is called before each alpha's perplexity run."""
     ppl = {}
-    for a in alphas:
+    for i, a in enumerate(alphas):
+        if progress:
+            progress(a, i, len(alphas))
         with fake_quantized(lm.model, smoothquant_specs(lm, stats, a)):
             ppl[a] = perplexity(lm, sequences)
     best = min(ppl, key=lambda k: ppl[k] if math.isfinite(ppl[k]) else float("inf"))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
+from sinkhole.report.html_mechanism import MECH_CSS, MECH_HTML, MECH_SCRIPT, designed
 from sinkhole.report.html_script import CSS, SCRIPT
-from sinkhole.report.terminal import render_analysis
+from sinkhole.report.terminal import concentration, pct, render_analysis
 
 __all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
 
@@ -46,6 +48,36 @@ def embed_json(data) -> str:
     return s
 
 
+_SUB = re.compile(r"(?:(?<=[^\W\d_])|(?<=[\])‖]))_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
+_WORDS = [(r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"), (r"(?<![A-Za-z])epsilon(?![A-Za-z])", "ε"), (">=", "≥"), ("<=", "≤"), (r"\|\|", "‖"),
+          (r"\s\*\s", " · ")]
+
+
+def math_html(text: str) -> str:
+    """One line of the definitions docstring as HTML: `code`, *emphasis*, α, ε, ‖x‖, ≥, and subscripts
+    (h_l[t] -> h<sub>l</sub>[t], alpha_{l,h} -> α<sub>l,h</sub>); snake_case names stay as they are."""
+    out = []
+    for i, part in enumerate(text.split("`")):
+        if i % 2:  # inside backticks
+            out.append(f"<code>{_esc(part)}</code>")
+            continue
+        for pat, rep in _WORDS:
+            part = re.sub(pat, rep, part)
+        part = html.escape(part, quote=False)
+        part = _SUB.sub(lambda m: f"<sub>{m.group(1).strip('{}')}</sub>", part)
+        part = re.sub(r"(?<![\w*])\*(\w[^*]*?)\*(?![\w*])", r"<em>\1</em>", part)
+        out.append(part)
+    return "".join(out)
+
+
+def _item(text: str) -> str:
+    """'term: definition' items get the term in bold."""
+    head, sep, rest = text.partition(": ")
+    if sep and len(head) <= 40 and "=" not in head:
+        return f"<b>{math_html(head)}</b>: {math_html(rest.strip())}"
+    return math_html(text)
+
+
 def definitions_html() -> str:
     """The module docstring of sinkhole.analysis.core as headed lists, each heading an anchor."""
     from sinkhole.analysis import core
@@ -54,18 +86,18 @@ def definitions_html() -> str:
 
     def flush():
         if items:
-            out.append("<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_item(i)}</li>" for i in items) + "</ul>")
             items.clear()
 
     for para in (core.__doc__ or "").strip().split("\n\n"):
         lines = para.splitlines()
         if not any(line.startswith("- ") for line in lines):
             flush()
-            out.append(f"<p>{_esc(' '.join(line.strip() for line in lines))}</p>")
+            out.append(f"<p>{math_html(' '.join(line.strip() for line in lines))}</p>")
             continue
         if not lines[0].startswith("- "):
             anchor = "def-" + lines[0].split()[0].lower()
-            out.append(f'<h3 id="{_esc(anchor)}">{_esc(lines[0].strip())}</h3>')
+            out.append(f'<h3 id="{_esc(anchor)}">{math_html(lines[0].strip())}</h3>')
             lines = lines[1:]
         for line in lines:
             if line.startswith("- "):
@@ -80,13 +112,22 @@ PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's def
     "A_{l,h}[t, k]: attention probability from query t to key k; entries above the diagonal are masked (empty).",
     "Heads grid: alpha_{l,h}(top sink), the mass each head gives the token with the largest attention mass.",
     "Per-key view (long inputs): alpha_{l,h}(k) of every key k for each head of the selected layer.",
-    "Token strip colour: sqrt(attention mass of the token / the largest attention mass of the prompt).",
+    "Token strip colour: √(attention mass of the token / the largest attention mass of the prompt).",
     "Residual heatmap: ||h_l[t]|| on a log colour scale; row 'emb' is ||embedding[t]||.",
     "Spike channels: h_l[t, c] of the selected token; the probe records each token's K largest |h_l[t, c]| "
     "per layer, so a channel outside them has no value at that layer (a gap, not a zero).",
     "Numbers are rounded to 4 significant digits; full maps are stored with 8 bits on a square-root scale "
     "(error <= 1/255), alpha as float16.",
 ]
+
+
+MECH_DEFINITIONS = """<h3 id="def-mechanism">Mechanism</h3><ul>
+<li><b>block</b> b: 2l is layer l's attention, 2l+1 its FFN; r<sub>b</sub> the residual after block b.</li>
+<li><b>U<sub>k</sub></b> = W<sub>gate</sub><sup>T</sup> diag(W<sub>down</sub>[k, :]) W<sub>up</sub>, S<sub>k</sub> = (U<sub>k</sub> + U<sub>k</sub><sup>T</sup>)/2:
+the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks are 1-based (rank 1 = largest ‖U<sub>k</sub>‖<sub>F</sub>).</li>
+<li><b>sparsity</b>: share of a norm output's squared mass in the spike channels.</li>
+<li><b>participation ratio</b> of a set of keys: (Σ s<sub>i</sub><sup>2</sup>)<sup>2</sup> / Σ s<sub>i</sub><sup>4</sup> over its singular values (1 = one direction).</li>
+<li><b>sink head</b>: α on the sink tokens > ε, mean over the prompts. Details: docs/mechanism.md.</li></ul>"""
 
 
 def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
@@ -109,14 +150,19 @@ def cards_html(r: dict) -> str:
         f"falls at {_esc(s['step_down_layers'])}" for s in sp["tokens"][:6]]
     if len(sp["tokens"]) > 6:
         spike_lines.append(f"… and {len(sp['tokens']) - 6} more")
-    sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {sk['min_sink_rate']:.0%}"] + [
-        f"{tok(s)} attention mass {s['attn_mass']:.1%} · sink rate {s['sink_rate']:.0%} of heads"
+    sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {pct(sk['min_sink_rate'], 0)}"] + [
+        f"{tok(s)} attention mass {pct(s['attn_mass'])} · sink rate {pct(s['sink_rate'], 0)} of heads"
         for s in sk["tokens"][:6]]
     if len(sk["tokens"]) > 6:
         sink_lines.append(f"… and {len(sk['tokens']) - 6} more")
     if not sk["tokens"]:
         t = sk["top"]
-        sink_lines.append(f"top token by mass: {tok(t)} mass {t['attn_mass']:.1%}, sink rate {t['sink_rate']:.0%}")
+        sink_lines.append(f"top token by mass: {tok(t)} mass {pct(t['attn_mass'])}, sink rate {pct(t['sink_rate'], 0)}")
+    if not sp["tokens"] and sp.get("per_token_score"):
+        sc = sp["per_token_score"]
+        t = max(range(len(sc)), key=lambda i: -1 if sc[i] is None else sc[i])
+        spike_lines.append(f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× "
+                           f"(below the threshold)")
     j = r["overlap"]["jaccard"]
     return "".join([
         _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
@@ -124,10 +170,24 @@ def cards_html(r: dict) -> str:
         _card("Spike ∩ Sink", "n/a" if j is None else f"{j:.2f}",
               ["Jaccard of the two position sets" + ("" if j is not None else " (no spike or sink tokens)"),
                f"shared positions {_esc(r['overlap']['positions'])}"], "def-together"),
-        _card("KV impact", f"{kv['sink_attention_share']:.1%}",
-              [f"of attention lands on {kv['n_sink_slots']} of {kv['n_slots']} KV slots "
-               f"({kv['sink_slot_share']:.1%})"], "def-together"),
+        _card("KV impact", *kv_card(r), "def-together"),
     ])
+
+
+def kv_card(r: dict) -> tuple[str, list[str]]:
+    """The KV card's value and lines. The sink slots' share of attention equals the sink's attention
+    mass when the only sink is token 0 (every query sees it), so the card leads with what that share
+    means for a KV cache instead: how concentrated it is, and which slots a cache must keep."""
+    kv, sinks = r["kv"], [s["position"] for s in r["sinks"]["tokens"]]
+    c = concentration(kv)
+    if c is None:
+        return "none", [f"no sink tokens: attention spreads over the {kv['n_slots']} KV slots"]
+    where = "token 0" if sinks == [0] else f"positions {_esc(sinks[:8])}" + (" …" if len(sinks) > 8 else "")
+    return f"{c:.0f}×", [
+        f"per sink slot, {c:.0f}× an average slot's share of attention: {kv['n_sink_slots']} of {kv['n_slots']} "
+        f"slots ({pct(kv['sink_slot_share'])}) take {pct(kv['sink_attention_share'])}",
+        f"a KV cache that evicts {where} loses it; keep {kv['n_sink_slots']} pinned slot"
+        f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)"]
 
 
 def render_html(report: dict, capture=None) -> str:
@@ -139,12 +199,13 @@ def render_html(report: dict, capture=None) -> str:
                   f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
                   f"{' · chat template' if report.get('chat') else ''}")
     data = embed_json(view(report, capture))
+    mech = designed(report.get("mechanism"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>sinkhole report: {_esc(m['name'])}</title>
-<style>{CSS}</style>
+<style>{CSS}{MECH_CSS if mech else ""}</style>
 </head><body>
 <header><h1>sinkhole report <span class="model">{_esc(m['name'])}</span></h1>
 <div class="sub">{_esc(model_line)} <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
@@ -174,16 +235,19 @@ Click a token to follow it below.</p>
 <div class="col"><div class="controls">token <select id="sel-token"></select></div>
 <div id="cap-channels" class="figcap"></div><div id="fig-channels" class="fig half"></div><p id="channels-note" class="note"></p></div></div></section>
 
+{MECH_HTML if mech else ""}
 <div id="sections"></div>
 <footer>schema {_esc(report.get('schema', ''))} · weights {_esc(m.get('weights_id') or 'n/a')} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
 <h2>Definitions</h2><div class="defs-body">{definitions_html()}
-<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_esc(d)}</li>" for d in PAGE_DEFINITIONS)}</ul></div></dialog>
+<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_item(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
+{MECH_DEFINITIONS if mech else ""}</div></dialog>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
 <script>{plotly.offline.get_plotlyjs()}</script>
+{f"<script>{MECH_SCRIPT}</script>" if mech else ""}
 <script>{SCRIPT}</script>
 </body></html>
 """

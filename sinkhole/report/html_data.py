@@ -162,6 +162,10 @@ def view(report: dict, capture=None) -> dict:
     if capture is None:
         v["maps_note"] = ("Per-key view unavailable: this page was rendered from a report without its Capture, "
                           "which holds per-head attention; only the layers × heads grid is shown.")
+    from sinkhole.report.html_mechanism import designed, mechanism_view
+
+    if designed(report.get("mechanism")):
+        v["mechanism"] = mechanism_view(report["mechanism"], m)
     v["sections"] = [{"key": k, "nodes": to_nodes(report[k])} for k in _section_keys(report)]
     return v
 
@@ -222,6 +226,9 @@ def _list_node(xs: list, depth: int) -> dict:
         return {"kind": "series", "y": rnd(xs)}
     if (xs and all(isinstance(r, list) and r and all(_is_num(v) for v in r) for r in xs)
             and len({len(r) for r in xs}) == 1):
+        if len(xs[0]) <= 3 < len(xs):  # a list of pairs or triples (e.g. (layer, head)): a table, not a heatmap
+            return {"kind": "records", "columns": [f"[{i}]" for i in range(len(xs[0]))], "rows": rnd(xs[:NODES_MAX_ROWS]),
+                    "more": max(0, len(xs) - NODES_MAX_ROWS)}
         return {"kind": "matrix", "z": rnd(xs)}
     if xs and all(isinstance(r, dict) and all(_is_scalar(v) or _short_scalars(v) for v in r.values()) for r in xs):
         cols: list[str] = []

@@ -66,8 +66,11 @@ const $ = (id) => document.getElementById(id);
 const S = { layer: 0, head: 0, token: 0, sqrt: true };
 const API = { data: D, state: S, ready: false };
 window.sinkhole = API;
+API.range = (n) => Array.from({ length: n }, (_, i) => i);
 const CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 const FONT = { family: "system-ui, sans-serif", size: 12 };
+// Legends sit in a margin (top, or bottom for many entries), never over the data (tests/test_html_browser.py checks the boxes).
+const LEGEND_ABOVE = { orientation: "h", x: 0, xanchor: "left", y: 1, yanchor: "top", yref: "container" };
 
 // ---------- text helpers: plain text for the DOM, esc() for anything plotly renders ----------
 function esc(s) {
@@ -86,6 +89,8 @@ function fmt(x) {
 }
 function pct(x) { return x === null || x === undefined ? "\u2014" : (100 * x).toFixed(1) + "%"; }
 function range(n) { return Array.from({ length: n }, (_, i) => i); }
+
+API.h = { esc: esc, fmt: fmt, pct: pct, FONT: FONT, CFG: CFG, LEGEND_ABOVE: LEGEND_ABOVE };
 
 // ---------- packed arrays (see html_data.pack) ----------
 function half(h) {  // IEEE 754 binary16 -> number
@@ -148,9 +153,13 @@ function drawTokensChart() {
     line: { color: "#1f6feb", width: 1.5 }, customdata: text,
     hovertemplate: "%{customdata}<br>spike score %{y:.1f}\u00d7<extra></extra>" });
   const ticks = T <= 64 ? tokenTicks(64) : {};
+  // Long inputs: bars are ~1 px wide, so name the sink / spike tokens next to their bars.
+  const notes = T > 64 ? focusKeys().map((t) => ({ x: t, y: D.mass[t], xref: "x", yref: "y", text: esc(label(t, 14)) + " " + pct(D.mass[t]),
+    showarrow: true, arrowhead: 0, ax: 40, ay: -8, xanchor: "left", font: { size: 11 }, bgcolor: "rgba(255,255,255,0.8)" })) : [];
   Plotly.newPlot("fig-tokens", traces, {
-    font: FONT, margin: { l: 50, r: 50, t: 10, b: T <= 64 ? 80 : 30 }, bargap: 0.1, showlegend: true,
-    legend: { orientation: "h", x: 0, y: 1.15 },
+    annotations: notes,
+    font: FONT, margin: { l: 50, r: 50, t: 34, b: T <= 64 ? 80 : 40 }, bargap: 0.1, showlegend: true,
+    legend: LEGEND_ABOVE,
     xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
     yaxis: { title: { text: "mass" }, tickformat: ".0%", rangemode: "tozero" },
     yaxis2: { title: { text: "spike score \u00d7" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickmode: "auto" },
@@ -195,6 +204,15 @@ function sqrtBar(title) {
 }
 function colourOf(z) { return S.sqrt ? z.map((r) => r.map((v) => (v === null ? null : Math.sqrt(v)))) : z; }
 
+// The log alpha line's floor: keys below it (noise near 1e-7 at hundreds of tokens) sit on the axis.
+const ALPHA_FLOOR = 1e-5;
+function focusKeys() {  // sink tokens (else the top sink), then spike tokens, at most 6, in position order
+  const keys = D.sinks.map((s) => s.position);
+  if (!keys.length) keys.push(D.top_sink.position);
+  D.spikes.forEach((s) => { if (!keys.includes(s.position)) keys.push(s.position); });
+  return keys.slice(0, 6).sort((a, b) => a - b);
+}
+
 function drawAttention() {
   const gd = $("fig-attn"), l = S.layer, h = S.head;
   $("maps-note").textContent = D.maps_note;
@@ -212,25 +230,37 @@ function drawAttention() {
       yaxis: Object.assign({ title: { text: "query" }, autorange: "reversed", tickfont: { size: 9 } }, ticks),
     }, CFG);
   } else if (alpha) {
+    // All keys on the right; the sink (and spike) keys again on the left, each as wide as a cell,
+    // because at hundreds of tokens a key's column is ~1 px wide and the sink would vanish.
     const z = [], base = l * H * T, labels = range(T).map((t) => esc(label(t, 20)));
     for (let hh = 0; hh < H; hh++) z.push(Array.from(alpha.subarray(base + hh * T, base + (hh + 1) * T)));
     const cd = z.map((r) => r.map((v, k) => [labels[k], fmt(v)]));
     const ticks = T <= 96 ? tokenTicks(48) : {};
+    const keep = focusKeys(), kx = keep.map((k) => esc(label(k, 10)));
+    const line = z[h].map((v) => Math.max(v, ALPHA_FLOOR));
+    const lo = Math.log10(ALPHA_FLOOR);
     Plotly.react(gd, [
-      { type: "heatmap", z: colourOf(z), customdata: cd, y: range(H), zmin: 0, zmax: 1, colorscale: "Viridis",
-        colorbar: Object.assign(sqrtBar("\u03b1"), { len: 0.6, y: 1, yanchor: "top" }),
+      { type: "heatmap", z: colourOf(z.map((r) => keep.map((k) => r[k]))), x: kx, y: range(H), zmin: 0, zmax: 1,
+        coloraxis: "coloraxis", customdata: z.map((r) => keep.map((k) => [labels[k], fmt(r[k])])),
+        hovertemplate: "head %{y}<br>key %{customdata[0]}<br>\u03b1 = %{customdata[1]}<extra></extra>", xgap: 1 },
+      { type: "heatmap", z: colourOf(z), customdata: cd, y: range(H), xaxis: "x3", coloraxis: "coloraxis",
         hovertemplate: "head %{y}<br>key %{customdata[0]}<br>\u03b1 = %{customdata[1]}<extra></extra>" },
-      { type: "scatter", mode: "lines", x: range(T), y: z[h], xaxis: "x2", yaxis: "y2", line: { color: "#d64541" },
-        customdata: labels, name: "head " + h,
-        hovertemplate: "head " + h + "<br>key %{customdata}<br>\u03b1 = %{y:.4f}<extra></extra>" },
+      { type: "scatter", mode: T > 200 ? "lines" : "lines+markers", x: range(T), y: line, xaxis: "x2", yaxis: "y2",
+        line: { color: "#d64541", width: 1 }, marker: { size: 3 }, customdata: labels.map((t, k) => [t, fmt(z[h][k])]),
+        name: "head " + h, hovertemplate: "head " + h + "<br>key %{customdata[0]}<br>\u03b1 = %{customdata[1]}<extra></extra>" },
+      { type: "scatter", mode: "markers+text", x: keep, y: keep.map((k) => line[k]), xaxis: "x2", yaxis: "y2",
+        text: keep.map((k) => "#" + k), textposition: "top right", marker: { color: "#111", size: 6 }, hoverinfo: "skip" },
     ], {
       font: FONT, margin: { l: 60, r: 10, t: 30, b: 40 }, showlegend: false,
-      xaxis: Object.assign({ tickangle: -60, tickfont: { size: 9 } }, ticks),
-      xaxis2: { anchor: "y2", matches: "x", title: { text: "key position" } },
-      yaxis: { title: { text: "head" }, domain: [T <= 96 ? 0.5 : 0.42, 1], autorange: "reversed", dtick: 1 },
-      yaxis2: S.sqrt ? { title: { text: "\u03b1, head " + h + " (log)" }, domain: [0, 0.32], type: "log", dtick: 1, exponentformat: "power" }
-        : { title: { text: "\u03b1, head " + h }, domain: [0, 0.32], rangemode: "tozero" },
-      shapes: [{ type: "rect", xref: "x", yref: "y", x0: -0.5, x1: T - 0.5, y0: h - 0.5, y1: h + 0.5,
+      coloraxis: { cmin: 0, cmax: 1, colorscale: "Viridis", colorbar: Object.assign(sqrtBar("\u03b1"), { len: 0.6, y: 1, yanchor: "top" }) },
+      xaxis: { domain: [0, 0.16], type: "category", tickangle: -60, tickfont: { size: 9 }, title: { text: "sink keys", standoff: 2 } },
+      xaxis3: Object.assign({ domain: [0.19, 1], anchor: "y", tickangle: -60, tickfont: { size: 9 }, title: { text: T <= 96 ? "" : "all keys", standoff: 2 } }, ticks),
+      xaxis2: { anchor: "y2", title: { text: "key position" }, range: [-0.5, T - 0.5] },
+      yaxis: { title: { text: "head" }, domain: [T <= 96 ? 0.5 : 0.46, 1], autorange: "reversed", dtick: 1 },
+      yaxis2: S.sqrt ? { title: { text: "\u03b1, head " + h + " (log)" }, domain: [0, 0.3], type: "log", dtick: 1,
+        exponentformat: "power", range: [lo, 0.05] }
+        : { title: { text: "\u03b1, head " + h }, domain: [0, 0.3], rangemode: "tozero" },
+      shapes: [{ type: "rect", xref: "paper", yref: "y", x0: 0, x1: 1, y0: h - 0.5, y1: h + 0.5,
         line: { color: "#ff3b30", width: 2 } }],
     }, CFG);
   } else {
@@ -251,28 +281,40 @@ function drawResidual() {
   z.forEach((r) => r.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
   const tv = []; for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) tv.push(e);
   const ticks = T <= 64 ? tokenTicks(64) : {};
-  Plotly.newPlot(gd, [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno",
-    colorbar: { title: { text: "\u2016h\u2016", side: "right" }, thickness: 12, tickvals: tv, ticktext: tv.map((e) => fmt(Math.pow(10, e))) },
-    hovertemplate: "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>" }], {
-    font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 40 },
-    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
-    yaxis: { title: { text: "layer" }, autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
+  // Long inputs: the spike / sink tokens again on the left, wide enough to see (a column is ~1 px at 500 tokens).
+  const focus = T > 96 ? focusKeys() : [], split = focus.length > 0;
+  const colorbar = { title: { text: "\u2016h\u2016", side: "right" }, thickness: 12, tickvals: tv, ticktext: tv.map((e) => fmt(Math.pow(10, e))) };
+  const hover = "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>";
+  const traces = [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno", zmin: lo, zmax: hi,
+    colorbar: colorbar, hovertemplate: hover }];
+  if (split) traces.push({ type: "heatmap", z: z.map((r) => focus.map((t) => r[t])), x: focus.map((t) => esc(label(t, 10))), y: y,
+    customdata: cd.map((r) => focus.map((t) => r[t].concat([t]))), xaxis: "x2", colorscale: "Inferno", zmin: lo, zmax: hi,
+    showscale: false, hovertemplate: hover, xgap: 2 });
+  Plotly.newPlot(gd, traces, {
+    font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 60 },
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position", standoff: 2 }, tickangle: -60, tickfont: { size: 10 },
+      domain: [split ? 0.13 : 0, 1] }, ticks),
+    xaxis2: { domain: [0, 0.1], type: "category", anchor: "y", tickangle: -60, tickfont: { size: 9 }, title: { text: "spikes, sinks", standoff: 2 } },
+    yaxis: { title: { text: "layer" }, anchor: split ? "x2" : "x", autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
       ticktext: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1).map((v) => (v === -1 ? "emb" : String(v))) },
     shapes: [tokenLine()],
   }, CFG);
-  gd.on("plotly_click", (ev) => selectToken(ev.points[0].x));
+  gd.on("plotly_click", (ev) => {
+    const p = ev.points[0];
+    selectToken(p.data.xaxis === "x2" ? p.customdata[2] : p.x);
+  });
 
   const ln = D.layers || {}, tr = [];
   if (ln.max_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.max_norm, x: range(L), name: "max over tokens" });
   if (ln.median_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.median_norm, x: range(L), name: "median over tokens" });
   Plotly.newPlot("fig-layers", tr, {
-    font: FONT, margin: { l: 60, r: 10, t: 30, b: 40 }, legend: { x: 0.99, xanchor: "right", y: 0.02, yanchor: "bottom" },
+    font: FONT, margin: { l: 60, r: 10, t: 34, b: 40 }, legend: LEGEND_ABOVE,
     xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "\u2016h\u2016 (log)" }, type: "log", dtick: 1 },
   }, CFG);
 }
-function tokenLine() {
-  return { type: "rect", xref: "x", yref: "paper", x0: S.token - 0.5, x1: S.token + 0.5, y0: 0, y1: 1,
-    line: { color: "#1f6feb", width: 2 } };
+function tokenLine() {  // a marker in the margin above the selected column: it never hides the data
+  return { type: "path", xref: "x", yref: "paper", xsizemode: "pixel", xanchor: S.token, ysizemode: "pixel", yanchor: 1,
+    path: "M -6 14 L 6 14 L 0 3 Z", fillcolor: "#1f6feb", line: { color: "#1f6feb", width: 1 } };
 }
 
 function drawChannels() {
@@ -282,21 +324,20 @@ function drawChannels() {
     name: "\u2016h\u2016", line: { color: "#888", dash: "dot" }, hovertemplate: "layer %{x}<br>\u2016h\u2016 = %{y:.4g}<extra></extra>" });
   if (C) {
     C.channels.forEach((c, ci) => {
-      const ys = C.values[t][ci], gaps = range(L).filter((l) => ys[l] === null);
+      const ys = C.values[t][ci];
       tr.push({ type: "scatter", mode: "lines+markers", x: range(L), y: ys, name: "channel " + c, legendgroup: "c" + c,
         connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" });
-      if (gaps.length) tr.push({ type: "scatter", mode: "markers", x: gaps, y: gaps.map(() => 0), legendgroup: "c" + c,
-        showlegend: false, marker: { symbol: "x-thin-open", size: 6, color: "#aaa" }, name: "channel " + c,
-        hovertemplate: "layer %{x}<br>channel " + c + ": below this token's top-" + C.k + " (not recorded)<extra></extra>" });
     });
   }
   Plotly.react("fig-channels", tr, {
-    font: FONT, margin: { l: 60, r: 10, t: 30, b: 80 }, legend: { orientation: "h", x: 0, y: -0.22, yanchor: "top" },
+    // up to 9 entries: below the axis title (in the bottom margin), clear of the plot and the modebar
+    font: FONT, margin: { l: 60, r: 10, t: 30, b: 96 },
+    legend: { orientation: "h", x: 0, xanchor: "left", y: 0, yanchor: "bottom", yref: "container" },
     xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "value" } },
   }, CFG);
   $("channels-note").textContent = C
-    ? "Channels: " + C.why + ". Grey \u00d7 at 0: the channel is below the token's top-" + C.k +
-      " entries at that layer, so its value was not recorded."
+    ? "Channels: " + C.why + ". A gap in a line: the channel is below the token's top-" + C.k +
+      " entries at that layer, so its value was not recorded (not a zero)."
     : "Channel values need the run's Capture; this page shows the token's residual norm only.";
 }
 
@@ -389,6 +430,12 @@ function renderNodes(nodes, parent, depth, pending) {
 function buildSections() {
   const root = $("sections"), pending = [];
   D.sections.forEach((sec) => {
+    const raw = sec.key === "mechanism" && D.mechanism ? $("mech-raw") : null;
+    if (raw) {  // the designed Mechanism section draws it; the full tree waits in a closed <details>
+      const later = []; renderNodes(sec.nodes, raw, 1, later);
+      raw.parentNode.addEventListener("toggle", () => { later.splice(0).forEach((f) => f.draw()); });
+      return;
+    }
     const s = document.createElement("section"); s.id = "section-" + sec.key;
     const h = document.createElement("h2"); h.textContent = sec.key.charAt(0).toUpperCase() + sec.key.slice(1); s.appendChild(h);
     renderNodes(sec.nodes, s, 0, pending);
@@ -412,6 +459,7 @@ function start() {
   }
   S.token = D.spikes.length ? D.spikes[0].position : D.top_sink.position;
   drawTokensChart(); drawHeads(); drawResidual(); buildSections();
+  (window.sinkholeSections || []).forEach((f) => f(API));  // designed sections (html_mechanism.MECH_SCRIPT)
   selectHead(S.layer, S.head); selectToken(S.token);
   API.ready = true;
 }

@@ -21,8 +21,30 @@ from pathlib import Path
 SCHEMA = "sinkhole.report/1"
 
 
+class _Row:
+    """Typed rows that still read like the JSON dicts: `row.score` and `row["score"]` both work."""
+
+    def __getitem__(self, key: str):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default) if key in self.__dataclass_fields__ else default
+
+    def keys(self):
+        return list(self.__dataclass_fields__)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
 @dataclass
-class SpikeToken:
+class SpikeToken(_Row):
     position: int
     text: str
     score: float  # peak residual norm / median over tokens of the peak norm
@@ -36,7 +58,7 @@ class SpikeToken:
 
 
 @dataclass
-class SinkToken:
+class SinkToken(_Row):
     position: int
     text: str
     attn_mass: float  # mean over (layer, head) of alpha
@@ -67,12 +89,19 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
 
     @property
-    def spike_tokens(self) -> list[dict]:
-        return self.spikes["tokens"]
+    def spike_tokens(self) -> list[SpikeToken]:
+        """The spike tokens as typed rows (`.position`, `.score`, ...; `["score"]` works too)."""
+        return [SpikeToken.from_dict(d) for d in self.spikes["tokens"]]
 
     @property
-    def sink_tokens(self) -> list[dict]:
-        return self.sinks["tokens"]
+    def sink_tokens(self) -> list[SinkToken]:
+        """The sink tokens as typed rows (`.position`, `.attn_mass`, `.sink_rate`, ...)."""
+        return [SinkToken.from_dict(d) for d in self.sinks["tokens"]]
+
+    @property
+    def top_sink(self) -> SinkToken:
+        """The token with the largest attention mass (a sink token or not)."""
+        return SinkToken.from_dict(self.sinks["top"])
 
 
 def _jsonable(x):

@@ -3,6 +3,26 @@
 from __future__ import annotations
 
 
+def pct(x: float | None, digits: int = 1) -> str:
+    """A share as a percentage that never rounds a partial share to 100% or a non-zero one to 0%:
+    2047 of 2048 prints as 99.95%, not 100.0%."""
+    if x is None:
+        return "n/a"
+    s = f"{100 * x:.{digits}f}%"
+    for more in range(digits + 1, digits + 6):
+        if not ((0 < x < 1 and float(s[:-1]) in (0.0, 100.0)) or (x > 0 and float(s[:-1]) == 0.0)):
+            break
+        s = f"{100 * x:.{more}f}%"
+    return s
+
+
+def concentration(kv: dict) -> float | None:
+    """How many times an average KV slot's share of attention the sink slots take (None without sinks)."""
+    if not kv["n_sink_slots"] or not kv["sink_slot_share"]:
+        return None
+    return kv["sink_attention_share"] / kv["sink_slot_share"]
+
+
 def _tok(text: str) -> str:
     return repr(text) if len(text) <= 24 else repr(text[:21] + "...")
 
@@ -13,6 +33,10 @@ def render_analysis(r: dict) -> str:
              f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}"]
     sp = r["spikes"]
     lines.append(f"Spike tokens  {len(sp['tokens'])} found (threshold {sp['threshold']:.1f}x)")
+    scores = sp.get("per_token_score") or []
+    if not sp["tokens"] and scores and any(v is not None for v in scores):
+        t = max(range(len(scores)), key=lambda i: -1 if scores[i] is None else scores[i])
+        lines.append(f"  (top score: pos {t} {_tok(r['tokens'][t]['text'])} score {scores[t]:.1f}x, below the threshold)")
     for s in sp["tokens"]:
         lines.append(
             f"  pos {s['position']}  {_tok(s['text'])}  score {s['score']:.1f}x  max |h| {abs(s['top_value']):.0f} "
@@ -22,15 +46,15 @@ def render_analysis(r: dict) -> str:
     sk = r["sinks"]
     lines.append(f"Sink tokens  {len(sk['tokens'])} found (epsilon {sk['epsilon']}, sink rate >= {sk['min_sink_rate']:.0%})")
     for s in sk["tokens"]:
-        lines.append(f"  pos {s['position']}  {_tok(s['text'])}  attention mass {s['attn_mass']:.1%}  "
-                     f"sink rate {s['sink_rate']:.0%} of heads")
+        lines.append(f"  pos {s['position']}  {_tok(s['text'])}  attention mass {pct(s['attn_mass'])}  "
+                     f"sink rate {pct(s['sink_rate'], 0)} of heads")
     if not sk["tokens"]:
         top = sk["top"]
         lines.append(f"  (top token by mass: pos {top['position']} {_tok(top['text'])} "
-                     f"mass {top['attn_mass']:.1%}, sink rate {top['sink_rate']:.0%})")
+                     f"mass {pct(top['attn_mass'])}, sink rate {pct(top['sink_rate'], 0)})")
     j = r["overlap"]["jaccard"]
     lines.append(f"Spike ∩ Sink  Jaccard {'n/a (no spike or sink tokens)' if j is None else f'{j:.2f}'}")
     kv = r["kv"]
-    lines.append(f"KV impact  sinks take {kv['sink_attention_share']:.1%} of attention from "
-                 f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots")
+    lines.append(f"KV impact  sinks take {pct(kv['sink_attention_share'])} of attention from "
+                 f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots" + (f" ({c:.0f}x an average slot)" if (c := concentration(kv)) else ""))
     return "\n".join(lines)

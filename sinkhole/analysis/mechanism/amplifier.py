@@ -96,7 +96,8 @@ def amplifier(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, ch
         actual = mlp_chan[spike_mask][:, i]
         per_channel.append({
             "channel": int(k), "fro_norm": float(fro[k]), "fro_over_median": float(fro[k] / max(med, 1e-30)),
-            "fro_rank": int(np.flatnonzero(rank == k)[0]),  # 0 = largest of all D channels
+            # 1-based like every rank sinkhole prints ("rank 1 of 576" = the largest of all D channels)
+            "fro_rank": int(np.flatnonzero(rank == k)[0]) + 1,
             "top_eigenvalues": vals.tolist(),
             "dominance": float(abs(vals[0]) / max(abs(vals[1]), 1e-30)) if len(vals) > 1 else None,
             "alignment_spike": _mean(abs_cos(x_spike, star)) if len(x_spike) else None,
@@ -107,6 +108,6 @@ def amplifier(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, ch
         del u
     n = len(stars)
     star_cos = [[float(abs(np.dot(stars[i], stars[j]))) for j in range(n)] for i in range(n)]
-    return {"fro_norm_median": med, "fro_norm_top_channels": [int(k) for k in rank[:8]],
+    return {"fro_norm_median": med, "n_channels": int(len(fro)), "fro_norm_top_channels": [int(k) for k in rank[:8]],
             "fro_norm_top_values": [float(fro[k]) for k in rank[:8]], "channels": per_channel,
             "s_star_abs_cos": star_cos}

@@ -19,15 +19,19 @@ import numpy as np
 
 
 def pool_channels(per_token_channels: list[list[int]], main: int | None = None, min_share: float = 0.5) -> list[int]:
-    """Channels that are spike channels of >= min_share of the tokens: `main` first (the most common
-    top-value channel), then by how many tokens share them, then by channel id."""
+    """Channels that are spike channels of >= min_share of the tokens: `main` (the most common top-value
+    channel) first, then in `core.order_channels` order (mean rank by |h| over the tokens)."""
     n = len(per_token_channels)
     counts: dict[int, int] = {}
     for chans in per_token_channels:
         for c in set(chans):
             counts[c] = counts.get(c, 0) + 1
-    keep = sorted((c for c, k in counts.items() if k >= min_share * n), key=lambda c: (c != main, -counts[c], c))
-    return keep
+    from sinkhole.analysis.core import order_channels
+
+    # The order every command uses (core.order_channels), with `main` first: ratios are taken to
+    # channels[0]. main is each token's top channel, so the two agree unless the tokens disagree.
+    keep = order_channels(per_token_channels, keep=[c for c, k in counts.items() if k >= min_share * n])
+    return sorted(keep, key=lambda c: c != main)
 
 
 def plateau_layers(rise: int | None, fall: int | None, n_layers: int) -> list[int]:

@@ -102,22 +102,34 @@ def sink_masked(lm: LoadedModel, positions: list[int]):
 
 
 def interventions(lm: LoadedModel, ids: list[int], layer: int, spike_positions: list[int], channels: list[int],
-                  mean_values: list[float], sink_positions: list[int], seed: int = 0) -> dict:
-    """Perplexity of `ids` under each variant (see the module docstring); None where not applicable."""
+                  mean_values: list[float], sink_positions: list[int], seed: int = 0, status=lambda m: None) -> dict:
+    """Perplexity of `ids` under each variant (see the module docstring); None where not applicable.
+    `status(line)` hears about each of the (up to) five forwards before it starts."""
+    n = 1 + 3 * bool(spike_positions and channels) + bool(sink_positions)
+    step = iter(range(1, n + 1))
+
+    def say(what: str) -> None:
+        status(f"interventions {next(step)}/{n}: {what} ({len(ids)} tokens)")
+
+    say("unchanged model")
     ppl = {"none": perplexity(lm, ids)}
     if spike_positions and channels:
+        say("spike channels zeroed")
         with channel_edit(lm, layer, spike_positions, channels):
             ppl["zero"] = perplexity(lm, ids)
+        say("spike channels set to their mean")
         with channel_edit(lm, layer, spike_positions, channels, mean_values):
             ppl["mean"] = perplexity(lm, ids)
         d = lm.config.hidden_size
         g = torch.Generator().manual_seed(seed)
         pool = [c for c in torch.randperm(d, generator=g).tolist() if c not in set(channels)]
+        say("random channels zeroed (control)")
         with channel_edit(lm, layer, spike_positions, pool[: len(channels)]):
             ppl["random_zero"] = perplexity(lm, ids)
     else:
         ppl.update(zero=None, mean=None, random_zero=None)
     if sink_positions:
+        say("sink masked")
         with sink_masked(lm, sink_positions):
             ppl["sink_masked"] = perplexity(lm, ids)
     else:

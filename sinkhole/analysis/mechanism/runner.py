@@ -193,14 +193,17 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
         "normalization": norm, "sink_keys": keys,
     }
     if cfg.interventions:
-        out["interventions"] = run_interventions(probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"])
+        out["interventions"] = run_interventions(probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"],
+                                                 status=status)
     return out, reports
 
 
-def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values) -> dict:
+def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values,
+                      status=lambda m: None) -> dict:
     """Perplexity on the fixed text with the spike / sink taken away (see interventions.py)."""
     lm = probe.lm
     ids = text_ids(lm.tokenizer, cfg.text, cfg.text_tokens)
+    status(f"interventions: finding the spike and sink tokens of the text ({len(ids)} tokens)")
     c = probe.run(ids)
     r = analyze(c, cfg.threshold, cfg.epsilon, cfg.min_sink_rate)
     spikes = [s["position"] for s in r.spike_tokens]
@@ -208,7 +211,7 @@ def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[in
     if fallback:
         spikes = [int(np.argmax(r.spikes["per_token_score"]))]
     sinks = [s["position"] for s in r.sink_tokens] or [r.sinks["top"]["position"]]
-    out = interventions(lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed)
+    out = interventions(lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed, status=status)
     out["spike_fallback"] = fallback
     out["text"] = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
     return out

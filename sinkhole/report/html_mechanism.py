@@ -1,0 +1,238 @@
+"""The HTML report's Mechanism section: the paper's chain for this model, one figure per link.
+
+`mechanism_view(mech, model)` turns the report's `mechanism` dict (sinkhole.analysis.mechanism) into
+the compact data the section draws; `MECH_SCRIPT` draws it. The order follows "The Spike, the
+Sparse and the Sink": which tokens spike -> the lifecycle over the 2L blocks -> the spike channels
+-> the quadratic amplifier at the step-up FFN -> the norm that makes the spike sparse -> the sink
+keys' low-dimensional subspace and the heads that aim at it -> what breaks when the spike or the
+sink is taken away. Every sentence of the story is built from the numbers drawn beside it. The
+full dict stays one click away as a generic tree ("all numbers").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sinkhole.report.html_data import rnd
+from sinkhole.report.terminal import pct
+
+INTERVENTION_LABELS = {
+    "none": "unchanged", "zero": "spike channels = 0", "mean": "spike channels = mean",
+    "random_zero": "random channels = 0 (control)", "sink_masked": "sink masked",
+}
+
+
+REQUIRED = ("config", "targets", "summary", "lifecycle", "channels", "amplifier", "normalization", "sink_keys")
+
+
+def designed(m) -> bool:
+    """Whether `m` is a `sinkhole mechanism` section (anything else gets the generic tree only)."""
+    return isinstance(m, dict) and all(isinstance(m.get(k), dict) for k in REQUIRED)
+
+
+def _counts(d: dict, n: int) -> str:
+    return ", ".join(f"{k} ({v} of {n})" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def story(m: dict, model: dict) -> list[str]:
+    """Plain sentences (the page sets them as text) that say what each figure shows for this model."""
+    t, lcy, ch, amp, nrm, keys = m["targets"], m["lifecycle"], m["channels"], m["amplifier"], m["normalization"], m["sink_keys"]
+    s = m["summary"]
+    n = t["n"]
+    texts = Counter(x["text"] for x in t["tokens"]).most_common(2)
+    who = " and ".join(f"{tx!r} ({k} of {n})" for tx, k in texts)
+    out = [(f"No token passes the spike threshold (mean top score {s['spike_score']:.1f}×), so the {n} highest-scoring "
+            f"tokens stand in: {who}.") if t["fallback"] else
+           (f"{n} spike tokens over {m['config']['n_prompts']} prompts: {who}; spike score {s['spike_score']:.1f}× "
+            f"the median token, top |h| {s['top_abs_over_median']:.0f}× the typical token's largest entry.")]
+    out.append(f"Lifecycle: the residual norm rises at {_counts(lcy['rise_counts'], n)} and falls at "
+               f"{_counts(lcy['fall_counts'], n)}; the plateau lasts {lcy['plateau_blocks_mean']:.1f} of "
+               f"{2 * model['n_layers']} blocks.")
+    vals = [f"{c} ({v:,.0f})" for c, v in zip(ch["channels"], ch["plateau_value"]) if v is not None]
+    out.append(f"Spike channels at the step-up layer {t['step_up_layer']}: " + (", ".join(vals) or "none") + ".")
+    if amp.get("channels"):
+        a = amp["channels"][0]
+        gain = (amp.get("post_block_gain") or [None])[0]
+        out.append(f"Amplifier: ‖U_{a['channel']}‖_F of the step-up FFN is rank {a['fro_rank']} of "
+                   f"{amp.get('n_channels', model['d_model'])} output channels ({a['fro_over_median']:.1f}× the median); "
+                   f"the spike tokens' inputs align with its top eigenvector s* (|cos| {a['alignment_spike'] or 0:.2f} "
+                   f"vs {a['alignment_other'] or 0:.2f} for other tokens)"
+                   + (f"; the post-FFN norm multiplies the block's output by {gain:.3g}×." if gain and abs(gain - 1) > 1e-3
+                      else "."))
+    out.append(f"Norm: the spike channels hold {pct(nrm['before']['spike_sparsity'])} of the spike token's squared "
+               f"mass entering the step-up layer and {pct(nrm['after']['spike_sparsity'])} after it: RMSNorm leaves a "
+               f"sparse, near-constant vector.")
+    if keys.get("mean_sink_pr") is not None:
+        out.append(f"Sink keys span {keys['mean_sink_pr']:.2f} effective dimensions (participation ratio) against "
+                   f"{keys['mean_other_pr']:.2f} for other keys; {keys['n_sink_heads']} of {keys['n_heads']} heads "
+                   f"give the sink more than ε = {m['config']['epsilon']} of their attention.")
+    iv = m.get("interventions")
+    if iv:
+        p = iv["perplexity"]
+        parts = [f"{INTERVENTION_LABELS.get(k, k)} {v:,.2f}" for k, v in p.items() if v is not None]
+        out.append(f"Perplexity on {iv['n_tokens']} tokens: " + ", ".join(parts) + ".")
+    return out
+
+
+def _mean_rows(x) -> list | None:
+    """[L][K] -> [L] mean over the inner list (None entries ignored)."""
+    if not x:
+        return None
+    out = []
+    for row in x:
+        vals = [v for v in (row if isinstance(row, list) else [row]) if v is not None]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
+def mechanism_view(m: dict, model: dict) -> dict:
+    """The compact data MECH_SCRIPT draws (rounded to 4 significant digits)."""
+    L, H = int(model["n_layers"]), int(model["n_heads"])
+    lcy, ch, amp, nrm, keys = m["lifecycle"], m["channels"], m["amplifier"], m["normalization"], m["sink_keys"]
+    traces = [{"label": f"prompt {t['prompt']} #{t['position']} {t['text']}", "blocks": t["trace"]["blocks"],
+               "norm": t["trace"]["resid_norm"], "rise": t.get("rise"), "fall": t.get("fall")}
+              for t in lcy["tokens"] if t.get("trace")]
+    grid = [[0] * H for _ in range(L)]
+    for layer, head in keys.get("sink_heads") or []:
+        if 0 <= layer < L and 0 <= head < H:
+            grid[layer][head] = 1
+    qa = keys.get("query_alignment") or {}
+    v = {
+        "story": story(m, model), "step_up": m["targets"]["step_up_layer"], "fallback": m["targets"]["fallback"],
+        "lifecycle": traces,
+        "channels": {"channels": ch["channels"], "values": ch["value_by_layer"], "plateau": ch["plateau_value"]},
+        "amplifier": {"top_channels": amp.get("fro_norm_top_channels"), "top_values": amp.get("fro_norm_top_values"),
+                      "median": amp.get("fro_norm_median"), "n_channels": amp.get("n_channels", model["d_model"]),
+                      "per": [{k: c.get(k) for k in ("channel", "fro_norm", "fro_rank", "fro_over_median", "top_eigenvalues",
+                                                      "alignment_spike", "alignment_other", "dominance")}
+                              for c in amp.get("channels", [])]},
+        "norm": {"labels": ["entering the step-up layer", "after it"],
+                 "spike": [nrm["before"]["spike_sparsity"], nrm["after"]["spike_sparsity"]],
+                 "other": [nrm["before"]["other_sparsity"], nrm["after"]["other_sparsity"]]},
+        "keys": {"sink_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("sink_pr")),
+                 "other_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("other_pr")),
+                 "energy": _mean_rows(qa.get("energy_share")), "random": _mean_rows(qa.get("random_share")),
+                 "n_sink": keys.get("n_sink_keys"), "n_other": keys.get("n_other_keys")},
+        "heads": {"grid": grid, "n": keys.get("n_sink_heads"), "total": keys.get("n_heads"),
+                  "epsilon": m["config"]["epsilon"]},
+        "interventions": None,
+    }
+    iv = m.get("interventions")
+    if iv:
+        names = [k for k, x in iv["perplexity"].items() if x is not None]
+        v["interventions"] = {"labels": [INTERVENTION_LABELS.get(k, k) for k in names], "keys": names,
+                              "ppl": [iv["perplexity"][k] for k in names], "n_tokens": iv["n_tokens"],
+                              "text": iv.get("text")}
+    if m.get("vocab_sweep"):
+        vs = m["vocab_sweep"]
+        v["story"].append(f"Vocabulary sweep: {pct(vs['spike_share'])} of {vs['n_tokens']:,} tokens spike when alone "
+                          f"at position 0.")
+    return rnd(v)
+
+
+MECH_HTML = """<section id="mechanism"><h2>Mechanism <button class="def" data-def="def-mechanism">?</button></h2>
+<p class="hint">The paper's chain measured on this model over the mechanism's prompts (the figures above show prompt 0
+only). Definitions: docs/mechanism.md.</p>
+<ol id="mech-story" class="story"></ol>
+<div class="mgrid">
+<div><h3>1. Lifecycle</h3><p class="hint">‖r_b‖ of the traced spike tokens after each of the 2L blocks (attention, FFN):
+rise, plateau, fall.</p><div id="mech-lifecycle" class="fig half"></div></div>
+<div><h3>2. Spike channels</h3><p class="hint">h_l[t, c] of the spike channels, mean over the spike tokens, from
+the step-up layer on.</p><div id="mech-channels" class="fig half"></div></div>
+<div><h3>3. Quadratic amplifier</h3><p class="hint">‖U_k‖_F of the step-up FFN for its 8 largest output channels
+and the spike channels (red) against the median channel; right: the eigenvalues of S_k of each spike channel.</p>
+<div id="mech-amplifier" class="fig half"></div></div>
+<div><h3>4. Post-norm sparsity</h3><p class="hint">Share of the norm output's squared mass in the spike channels,
+spike tokens vs a sample of other tokens.</p><div id="mech-norm" class="fig half"></div></div>
+<div><h3>5. Sink-key subspace</h3><p class="hint">Effective dimension (participation ratio) of sink keys vs other keys
+per layer (mean over KV heads); query energy in the sink-key subspace vs a random subspace.</p>
+<div id="mech-keys" class="fig half"></div></div>
+<div><h3>6. Sink heads</h3><p class="hint">Heads whose attention mass on the sink tokens exceeds ε (mean over
+prompts).</p><div id="mech-heads" class="fig half"></div></div>
+<div><h3>7. Interventions</h3><p class="hint">Perplexity of a fixed text with the spike or the sink taken away
+(log scale).</p><div id="mech-interventions" class="fig half"></div></div>
+</div>
+<details class="group"><summary>all numbers (the report's <code>mechanism</code> section)</summary>
+<div id="mech-raw"></div></details></section>"""
+
+MECH_CSS = """
+ol.story { margin: 6px 0 10px 18px; padding: 0; } ol.story li { margin: 3px 0; }
+.mgrid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 8px 20px; }
+.mgrid h3 { margin: 12px 0 2px; }
+"""
+
+# Runs inside the main script's start() (window.sinkholeSections), with its helpers in API.h.
+MECH_SCRIPT = r"""
+window.sinkholeSections = (window.sinkholeSections || []).concat([function (API) {
+  const M = API.data.mechanism; if (!M) return;
+  const h = API.h, esc = h.esc, fmt = h.fmt, $ = (id) => document.getElementById(id);
+  const base = (extra) => Object.assign({ font: h.FONT, margin: { l: 60, r: 10, t: 40, b: 50 }, legend: h.LEGEND_ABOVE }, extra);
+  const plot = (id, traces, layout) => Plotly.newPlot(id, traces, base(layout), h.CFG);
+  M.story.forEach((s) => { const li = document.createElement("li"); li.textContent = s; $("mech-story").appendChild(li); });
+
+  if (M.lifecycle.length) {
+    plot("mech-lifecycle", M.lifecycle.map((t) => ({ type: "scatter", mode: "lines", x: t.blocks.map((b, i) => i), y: t.norm,
+      name: esc(t.label), customdata: t.blocks, hovertemplate: "%{customdata}<br>\u2016r\u2016 = %{y:.4g}<extra>" + esc(t.label) + "</extra>" })),
+      { xaxis: { title: { text: "block (2l = attention of layer l, 2l+1 = its FFN)" } },
+        yaxis: { title: { text: "\u2016r_b\u2016 (log)" }, type: "log", dtick: 1 } });
+  } else $("mech-lifecycle").textContent = "No traced tokens in this report.";
+
+  const C = M.channels, Lc = C.values.length ? C.values[0].length : 0;
+  plot("mech-channels", C.channels.map((c, i) => ({ type: "scatter", mode: "lines+markers", x: API.range(Lc), y: C.values[i],
+    name: "channel " + c, connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" })),
+    { xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "h_l[t, c] (mean over spike tokens)" } },
+      shapes: [{ type: "line", xref: "x", yref: "paper", x0: M.step_up, x1: M.step_up, y0: 0, y1: 1, line: { dash: "dot", color: "#888" } }] });
+
+  const A = M.amplifier, spikeC = new Set(C.channels);
+  if (A.top_channels) {
+    const ev = A.per.map((p) => ({ type: "bar", x: (p.top_eigenvalues || []).map((v, i) => "\u03bb" + (i + 1)), y: p.top_eigenvalues,
+      name: "S_" + p.channel, xaxis: "x2", yaxis: "y2", hovertemplate: "%{x} = %{y:.4g}<extra>S_" + p.channel + "</extra>" }));
+    // the spike channels always appear, after the largest 8 when they are not among them (with their rank)
+    const extra = A.per.filter((p) => !A.top_channels.includes(p.channel) && p.fro_norm !== null);
+    const bx = A.top_channels.map((c) => "ch " + c).concat(extra.map((p) => "ch " + p.channel + " (rank " + p.fro_rank + ")"));
+    const by = A.top_values.concat(extra.map((p) => p.fro_norm));
+    const bc = A.top_channels.concat(extra.map((p) => p.channel));
+    plot("mech-amplifier", [{ type: "bar", x: bx, y: by, name: "\u2016U_k\u2016_F",
+      marker: { color: bc.map((c) => (spikeC.has(c) ? "#d64541" : "#8da0cb")) }, showlegend: false,
+      hovertemplate: "%{x}: %{y:.4g}<extra></extra>" }].concat(ev), {
+      xaxis: { domain: [0, 0.5], type: "category", title: { text: "output channel (rank 1 = largest of " + A.n_channels + ")" } },
+      yaxis: { title: { text: "\u2016U_k\u2016_F" }, rangemode: "tozero" },
+      xaxis2: { domain: [0.6, 1], anchor: "y2", title: { text: "eigenvalue of S_k (largest |\u03bb| first)" } },
+      yaxis2: { anchor: "x2", title: { text: "\u03bb", standoff: 2 } },
+      shapes: [{ type: "line", xref: "x domain", yref: "y", x0: 0, x1: 1, y0: A.median, y1: A.median, line: { dash: "dot", color: "#555" } }],
+      annotations: [{ xref: "x domain", yref: "y", x: 1, y: A.median, text: "median", showarrow: false, xanchor: "right", yanchor: "bottom", font: { size: 10 } }] });
+  }
+
+  const N = M.norm;
+  plot("mech-norm", [{ type: "bar", x: N.labels, y: N.spike, name: "spike tokens", marker: { color: "#d64541" }, hovertemplate: "%{y:.1%}<extra>spike tokens</extra>" },
+    { type: "bar", x: N.labels, y: N.other, name: "other tokens", marker: { color: "#8da0cb" }, hovertemplate: "%{y:.1%}<extra>other tokens</extra>" }],
+    { barmode: "group", yaxis: { title: { text: "share of squared mass in spike channels" }, tickformat: ".0%", range: [0, 1] } });
+
+  const K = M.keys;
+  if (K.sink_pr) {
+    const tr = [{ type: "scatter", mode: "lines+markers", x: API.range(K.sink_pr.length), y: K.sink_pr, name: "sink keys (PR)", line: { color: "#d64541" } },
+      { type: "scatter", mode: "lines+markers", x: API.range(K.other_pr.length), y: K.other_pr, name: "other keys (PR)", line: { color: "#8da0cb" } }];
+    if (K.energy) tr.push({ type: "scatter", mode: "lines", x: API.range(K.energy.length), y: K.energy, name: "query energy in sink subspace", yaxis: "y2", line: { color: "#2ca02c" } });
+    if (K.random) tr.push({ type: "scatter", mode: "lines", x: API.range(K.random.length), y: K.random, name: "random subspace", yaxis: "y2", line: { color: "#2ca02c", dash: "dot" } });
+    plot("mech-keys", tr, { margin: { l: 60, r: 60, t: 60, b: 50 }, xaxis: { title: { text: "layer" } },
+      yaxis: { title: { text: "participation ratio" }, rangemode: "tozero" },
+      yaxis2: { title: { text: "query energy share" }, overlaying: "y", side: "right", rangemode: "tozero", tickformat: ".0%", showgrid: false } });
+  } else $("mech-keys").textContent = "No sink keys were gathered.";
+
+  const G = M.heads, Lh = G.grid.length, Hh = Lh ? G.grid[0].length : 0;
+  plot("mech-heads", [{ type: "heatmap", z: G.grid, x: API.range(Hh), y: API.range(Lh), zmin: 0, zmax: 1, xgap: 1, ygap: 1,
+    colorscale: [[0, "#eef0f4"], [0.5, "#eef0f4"], [0.5, "#d64541"], [1, "#d64541"]], showscale: false,
+    hovertemplate: "layer %{y} \u00b7 head %{x}: %{z}<extra></extra>" }],
+    { margin: { l: 60, r: 10, t: 40, b: 50 }, title: { text: G.n + " of " + G.total + " heads sink (\u03b1 > " + G.epsilon + ")", font: { size: 12 }, x: 0.01, y: 0.98 },
+      xaxis: { title: { text: "head" }, dtick: 1 }, yaxis: { title: { text: "layer" }, autorange: "reversed" } });
+
+  const I = M.interventions;
+  if (I) {
+    const ticks = I.labels.map((l) => esc(l).replace(" = ", "<br>= ").replace(" (", "<br>("));
+    plot("mech-interventions", [{ type: "bar", x: ticks, y: I.ppl, text: I.ppl.map(fmt), textposition: "outside",
+      marker: { color: I.keys.map((k) => (k === "none" ? "#888" : k === "sink_masked" ? "#1f6feb" : k === "random_zero" ? "#8da0cb" : "#d64541")) },
+      hovertemplate: "%{x}: perplexity %{y:.4g}<extra></extra>" }],
+      { yaxis: { title: { text: "perplexity (" + I.n_tokens + " tokens, log)" }, type: "log", dtick: 1 }, xaxis: { tickangle: 0 }, showlegend: false });
+  } else $("mech-interventions").textContent = "Interventions were skipped (--no-interventions).";
+}]);
+"""
