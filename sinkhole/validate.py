@@ -233,7 +233,8 @@ OUTPUTS = {
 }
 DIRECTORY_OUTPUTS = {("eval", "out")}
 STDOUT_OUTPUTS = {("analyze", "json"), ("mechanism", "json"), ("vocab-sweep", "json"), ("stream", "json"),
-                  ("quant", "json"), ("quant", "stats_json"), ("profile", "out")}
+                  ("quant", "json"), ("quant", "stats_json"), ("profile", "out"), ("compare", "json"),
+                  ("models", "json")}
 
 
 def _flag(dest: str) -> str:

@@ -25,17 +25,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sinkhole.cli.common import status
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.io import write_output
     from sinkhole.report.compare import compare, compare_html, load, render_compare
     from sinkhole.report.schema import write_json
 
     c = compare(load(args.a), load(args.b))
-    if args.output:
-        write_atomic(args.output, compare_html(c))
-        status(f"wrote {args.output}")
-    if args.json:
-        write_json(c, args.json)
-        status(f"wrote {args.json}")
-    print(render_compare(c))
+    failures = write_all([(args.output, lambda: write_output(args.output, compare_html(c), "comparison page")),
+                          (args.json, lambda: write_json(c, args.json))])
+    print(render_compare(c), file=result_stream(args.json))
+    raise_failures(failures)
     return 0

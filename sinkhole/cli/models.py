@@ -99,13 +99,11 @@ def render(d: dict) -> str:
 
 
 def run(args) -> int:
-    from sinkhole.cli.common import status
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.report.schema import write_json
 
     d = listing()
-    if args.json:
-        from sinkhole.report.schema import write_json
-
-        write_json(d, args.json)
-        status(f"wrote {args.json}")
-    print(render(d))
+    failures = write_all([(args.json, lambda: write_json(d, args.json, "model listing"))])
+    print(render(d), file=result_stream(args.json))
+    raise_failures(failures)
     return 0

@@ -39,7 +39,7 @@ def rows_csv(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_output
 
-    write_atomic(Path(path), rows_csv(rows))
+    write_output(Path(path), rows_csv(rows), "rows CSV")
     return Path(path)
