@@ -16,11 +16,10 @@ from sinkhole.probe.probe import ModelProbe
 def test_version(capsys):
     from sinkhole import __version__
 
-    with pytest.raises(SystemExit) as e:
-        from sinkhole.cli.main import main
+    from sinkhole.cli.main import main
 
-        main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sinkhole {__version__}"
+    assert main(["--version"]) == 0  # argparse's exit code is returned, not raised
+    assert capsys.readouterr().out.strip() == f"sinkhole {__version__}"
 
 
 def test_models_lists_bundled_and_cache(tmp_path, monkeypatch, capsys):
