@@ -30,7 +30,7 @@ SIZES = dict(
     pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     rope_scaling=None, rotary_dim=8, is_decoder=True, use_mamba_kernels=False, num_nextn_predict_layers=0,
 )
-MAX_PARAMS = 3_000_000
+MAX_PARAMS = 16_000_000  # a few seconds to build at most; larger means a sub-config kept its full size
 ATTENTION_KINDS = ("attention", "full_attention", "sliding_attention", "chunked_attention", "attn", "global", "local",
                    "hybrid", "sliding")
 
