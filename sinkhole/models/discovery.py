@@ -62,14 +62,18 @@ class _State:
 
 
 def _trace_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    from sinkhole.probe.attention import attention_with_stats
+    from sinkhole.probe.attention import _sinks, attention_with_stats
+    from sinkhole.probe.recorder import plain_attention
 
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if query.dim() != 4 or (attention_mask is None and not getattr(module, "is_causal", True)):
+        # not causal attention over tokens (Inkling-2's attention over earlier blocks' states)
+        return plain_attention(query, key, value, attention_mask, scaling), None
     st = _STATE.get()
     if st is not None and st.layer is not None:
         st.layers[st.layer].calls.append(module)
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     out = attention_with_stats(query, key, value, attention_mask, scaling, softcap=kwargs.get("softcap"),
-                               sinks=kwargs.get("s_aux"), causal=getattr(module, "is_causal", True))[0]
+                               sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True))[0]
     return out, None
 
 

@@ -89,7 +89,7 @@ def check(model_type: str) -> Support:
         probe = ModelProbe(lm)
         cap = probe.run(IDS)
     except SinkholeError as err:
-        no_att = "output_attentions" in str(err) and not eager_alpha_safe(model)
+        no_att = "no attention to measure" in str(err) and not eager_alpha_safe(model)
         return Support(model_type, "no_attention" if no_att else "fails", str(err))
     except Exception as err:  # noqa: BLE001 - a traceback here is a bug to report, as one line
         return Support(model_type, "fails", f"BUG {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")

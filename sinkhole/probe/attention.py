@@ -135,6 +135,19 @@ def attention_with_stats(
     return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
 
 
+def _sinks(kwargs: dict):
+    """Learned per-head sink logits (Hq,): gpt-oss passes `s_aux`, others `sinks`; other shapes are refused
+    rather than silently ignored (the statistics would be wrong)."""
+    s = kwargs.get("s_aux")
+    s = kwargs.get("sinks") if s is None else s
+    if s is not None and s.dim() != 1:
+        from sinkhole.errors import SinkholeError
+
+        raise SinkholeError(f"learned attention sinks of shape {tuple(s.shape)} (not one logit per head) "
+                            "are not supported by the probe")
+    return s
+
+
 def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers AttentionInterface adapter; returns (output (B, T, Hq, Dv), None)."""
     recorder = ACTIVE_RECORDER.get()
@@ -147,7 +160,7 @@ def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, s
     layer = getattr(module, "layer_idx", None)
     return recorder.attention(
         layer, query, key, value, attention_mask, scaling,
-        softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"), causal=getattr(module, "is_causal", True),
+        softcap=kwargs.get("softcap"), sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True),
         bias=kwargs.get("position_bias"),  # additive logits bias (relative positions, e.g. Inkling)
     ), None
 

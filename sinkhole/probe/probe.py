@@ -208,11 +208,15 @@ class ModelProbe:
         k = len(maps) // max(len(layers), 1)
         if k > 1 and len(maps) == k * len(layers):  # several attention sublayers per layer: heads side by side
             maps = [torch.cat(maps[i * k:(i + 1) * k], dim=1) for i in range(len(layers))]
-        if not maps or len(maps) != len(layers):
+        if not maps:
             raise SinkholeError(
-                f"{self.info.architecture}: its attention neither calls transformers' attention interface nor "
-                f"returns per-layer attention maps with output_attentions (got {len(maps)} for "
-                f"{len(layers)} attention layers); this model cannot be probed"
+                f"{self.info.architecture}: no attention to measure: the model never calls transformers' attention "
+                "interface and returns no attention maps with output_attentions (a pure SSM / RNN?)"
+            )
+        if len(maps) != len(layers):
+            raise SinkholeError(
+                f"{self.info.architecture}: eager output_attentions returned {len(maps)} attention maps for "
+                f"{len(layers)} attention layers (layers run repeatedly?); this model cannot be probed"
             )
         qv = valid.to(maps[0].device)
         for layer, a in zip(layers, maps):  # (B, H, T, T)

@@ -38,6 +38,16 @@ def residual_stats(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     return norm, top.indices.to(torch.int32), values
 
 
+def plain_attention(query, key, value, mask, scaling):
+    """Attention that is not causal attention over tokens (Inkling-2's attention over earlier blocks'
+    states: no mask, not causal), computed as transformers' eager does and not measured."""
+    w = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if mask is not None:
+        w = w.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else w + mask
+    p = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(p, value).transpose(1, 2).contiguous()
+
+
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -85,6 +95,8 @@ class Recorder:
 
     # --- called from the attention function -------------------------------------------------
     def attention(self, layer, query, key, value, mask, scaling, softcap=None, sinks=None, causal=True, bias=None):
+        if query.dim() != 4 or (mask is None and not causal):  # not causal attention over tokens
+            return plain_attention(query, key, value, mask, scaling)
         if self.current_layer is not None:  # the decoder layer running now (set by its pre-hook)
             layer = self.current_layer
         elif layer is None:  # called outside any hooked layer: layers run in order
