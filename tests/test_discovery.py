@@ -128,3 +128,15 @@ def test_override_path_is_reported(monkeypatch):
     cap = probe_of("llama").run(IDS)
     assert cap.model.discovery == "override:llama" and cap.model.family == "llama-override"
     assert "discovery override:llama" in render_analysis(analyze(cap).to_dict())
+
+
+def test_hybrid_eager_fallback_maps_attention_layers(monkeypatch):
+    """Through the eager path (as for a model that bypasses the interface), a hybrid's attention maps
+    land on its attention layers, not on its first layers."""
+    monkeypatch.setitem(families.OVERRIDES, "jamba", {"uses_interface": False})
+    probe = probe_of("jamba")
+    with pytest.warns(UserWarning, match="bypasses"):
+        cap = probe.run(IDS)
+    assert cap.model.attention_path == "eager" and cap.model.layer_kinds == ["linear_attention", "attention"]
+    assert np.isnan(cap.attn_mass[0]).all()
+    np.testing.assert_allclose(cap.attn_mass[1], eager_alpha(probe.model, IDS)[0], atol=1e-6)

@@ -299,6 +299,15 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
     return out
 
 
+def _other_kind(config_type, layer: nn.Module, mixer: str | None) -> str:
+    """Kind of a layer that never called attention: the config's name for it when that is not an
+    attention kind ("linear_attention", "mamba", "conv"), else its token mixer's class name."""
+    t = str(config_type) if config_type is not None else ""
+    if t and ("linear" in t or "attention" not in t):
+        return t
+    return type(layer.get_submodule(mixer.split(".")[0])).__name__ if mixer else "non_attention"
+
+
 def _child(mod: nn.Module | None, *names: str) -> str | None:
     if mod is None:
         return None
@@ -340,17 +349,13 @@ def discover(model: nn.Module) -> Family:
     called = {i for i, r in st.layers.items() if r.calls}
     types = getattr(text_config(model), "layer_types", None)
     types = list(types) if isinstance(types, (list, tuple)) and len(types) == len(layers) else None
-    kinds, parts = [], []
+    parts = []
     for i, layer in enumerate(layers):
-        if not called or i in called:
-            kind = ATTENTION
-        else:
-            kind = str(types[i]) if types and "attention" not in str(types[i]).replace("linear_attention", "") else "non_attention"
-        p = _parts(st.layers.get(i, _Layer()), layer, kind, tol)
-        if kind != ATTENTION and p.mixer_out and kind == "non_attention":
-            p.kind = kind = type(layer.get_submodule(p.mixer_out.split(".")[0])).__name__
-        kinds.append(kind)
+        p = _parts(st.layers.get(i, _Layer()), layer, ATTENTION, tol)
+        if called and i not in called:  # a hybrid's layer whose token mixer is not attention
+            p.kind = _other_kind(types[i] if types else None, layer, p.mixer_out)
         parts.append(p)
+    kinds = [p.kind for p in parts]
     ref = next((p for p in parts if p.kind == ATTENTION and p.mixer_out), parts[0])
     styles = {p.style for p in parts if p.kind == ATTENTION}
     style = ref.style if len(styles) == 1 else "/".join(sorted(styles))

@@ -110,8 +110,10 @@ def tiny_config(model_type: str):
         kw["head_dim"] = SIZES["qk_rope_head_dim"]
     if "kv_lora_rank" in fields and "num_key_value_heads" in fields:
         kw["num_key_value_heads"] = SIZES["num_attention_heads"]
-    if "attn_layer_indices" in fields:
-        kw["attn_layer_indices"] = [1]
+    for key in ("attn_layer_indices", "full_attn_idxs"):  # index lists: layer 1 attention, layer 0 the other kind
+        if key in fields:
+            kw[key] = [1]
+            kw.pop(amap.get("layer_types", "layer_types"), None)
     lt = amap.get("layer_types", "layer_types")
     if lt in fields and isinstance(kw.get(lt), list) and not any(_is_attention(t) for t in kw[lt]):
         kw[lt] = [kw[lt][0], "full_attention"]  # an all-SSM default: make the second layer attention
