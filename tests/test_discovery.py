@@ -38,7 +38,7 @@ def test_discovered_layout(model_type, layers, style, attn_out, ffn_out, swiglu)
     assert fam.discovery == "auto" and fam.layer_kinds == ("attention", "attention")
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "olmo2", "gpt_neox", "gemma3_text", "opt"])
+@pytest.mark.parametrize("model_type", ["gpt2", "olmo2", "gpt_neox", "gemma3_text", "opt", "granite"])
 def test_block_contributions_add_up(model_type):
     """||h_out - h_in|| is bounded by the measured block norms, and equals them where one block is zero."""
     probe = probe_of(model_type)
@@ -58,6 +58,13 @@ def test_block_contributions_add_up(model_type):
         a, f = cap.attn_out_norm[l], cap.ffn_out_norm[l]
         assert np.isfinite(a).all() and np.isfinite(f).all()
         assert (delta <= a + f + 1e-4).all() and (delta >= np.abs(a - f) - 1e-4).all()
+
+
+def test_scaled_branches_are_fitted():
+    """Granite adds residual_multiplier x each branch (0.5 in the tiny config): discovery fits it."""
+    fam = probe_of("granite").lm.family
+    assert fam.norm_style == "pre" and fam.scales_of(0) == pytest.approx((0.5, 0.5), rel=1e-4)
+    assert probe_of("llama").lm.family.scales_of(0) == (1.0, 1.0)
 
 
 def test_mla_value_dim_differs_from_key_dim():

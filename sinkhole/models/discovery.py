@@ -205,6 +205,8 @@ class LayerParts:
     ffn_norm: str | None = None
     mlp: str | None = None
     style: str = "unknown"
+    mixer_scale: float = 1.0
+    ffn_scale: float = 1.0
 
 
 def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
@@ -218,15 +220,12 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
              if _fits(r.out, h_out) and not _skip(r.cls)]
     cands.sort(key=lambda c: (c[0].count("."), c[1].start))
     delta = h_out.float() - h_in.float()
-    found = None
-    for i, (na, ra) in enumerate(cands):  # sequential or parallel: h_out = h_in + out(a) + out(f)
-        for nf, rf in cands:
-            if rf.start <= ra.start or nf.startswith(na + ".") or na.startswith(nf + "."):
-                continue
-            if _close(ra.out.float().reshape(delta.shape) + rf.out.float().reshape(delta.shape), delta, tol):
-                found = (na, nf, "added")
-                break
-        if found:
+    pairs = [(na, ra, nf, rf) for na, ra in cands for nf, rf in cands  # a starts first, neither inside the other
+             if rf.start > ra.start and not nf.startswith(na + ".") and not na.startswith(nf + ".")]
+    found, scales = None, (1.0, 1.0)
+    for na, ra, nf, rf in pairs:  # sequential or parallel: h_out = h_in + out(a) + out(f)
+        if _close(ra.out.float().reshape(delta.shape) + rf.out.float().reshape(delta.shape), delta, tol):
+            found = (na, nf, "added")
             break
     if found is None:  # the blocks add the residual themselves: f reads out(a), out(f) = h_out
         for na, ra in cands:
@@ -238,6 +237,12 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
                     break
             if found:
                 break
+    if found is None:  # scaled residual branches (Granite's residual_multiplier): h_out = h_in + s_a out(a) + s_f out(f)
+        for na, ra, nf, rf in pairs:
+            fit = _scaled_fit(ra.out.float().reshape(delta.shape), rf.out.float().reshape(delta.shape), delta, tol)
+            if fit is not None:
+                found, scales = (na, nf, "added"), fit
+                break
     if found is None:
         for na, ra in cands:  # a single mixer and no FFN (pure SSM blocks)
             if _close(ra.out, delta, tol):
@@ -247,6 +252,7 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
         return out
     na, nf, how = found
     out.mixer_out, out.ffn_out = na, nf
+    out.mixer_scale, out.ffn_scale = scales
     a_rec = rec.mods[na]
     norms = [(n, r) for n, r in rec.mods.items() if _is_norm(r.cls) and r.out is not None and n.count(".") == 0]
 
@@ -278,7 +284,7 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
         out.mlp = mlp
         m_rec = rec.mods.get(mlp) if mlp else None
         if m_rec is not None:
-            a_out = a_rec.out.float().reshape(h_in.shape)
+            a_out = a_rec.out.float().reshape(h_in.shape) * out.mixer_scale
             h_mid = h_in.float() + (a_out if how == "added" else a_out - h_in.float())
             # sequential when something after the attention block reads h_mid (parallel blocks have none)
             reads_mid = [(n, r) for n, r in rec.mods.items() if r.start > a_rec.end and r.start <= m_rec.start
@@ -306,6 +312,18 @@ def _other_kind(config_type, layer: nn.Module, mixer: str | None) -> str:
     if t and ("linear" in t or "attention" not in t):
         return t
     return type(layer.get_submodule(mixer.split(".")[0])).__name__ if mixer else "non_attention"
+
+
+def _scaled_fit(a: torch.Tensor, f: torch.Tensor, delta: torch.Tensor, tol: float) -> tuple[float, float] | None:
+    """(s_a, s_f) with delta = s_a a + s_f f by least squares, when that fits within tol (else None)."""
+    a, f, d = a.flatten().double(), f.flatten().double(), delta.flatten().double()
+    gram = torch.stack([torch.stack([a @ a, a @ f]), torch.stack([a @ f, f @ f])])
+    if float(torch.linalg.det(gram)) <= 1e-9 * float(a @ a) * float(f @ f):  # (nearly) parallel: no unique fit
+        return None
+    sa, sf = torch.linalg.solve(gram, torch.stack([a @ d, f @ d])).tolist()
+    if min(abs(sa), abs(sf)) < 1e-6 or not _close((sa * a + sf * f).float(), d.float(), tol):
+        return None
+    return sa, sf
 
 
 def _child(mod: nn.Module | None, *names: str) -> str | None:
@@ -379,6 +397,7 @@ def discover(model: nn.Module) -> Family:
         down_proj="down_proj" if swiglu else None, act_fn=_child(mlp_mod, "act_fn", "act", "activation_fn") if swiglu else None,
         q_proj=_child(attn_mod, "q_proj"), k_proj=_child(attn_mod, "k_proj"),
         discovery="auto", layer_kinds=tuple(kinds), mixer_outs=tuple(p.mixer_out for p in parts),
+        mixer_scales=tuple(p.mixer_scale for p in parts), ffn_scales=tuple(p.ffn_scale for p in parts),
         ffn_outs=tuple(p.ffn_out for p in parts), uses_interface=bool(called) and switched, notes=tuple(notes),
         attn_per_layer=max(per_layer, 1), attn_repeats=repeats,
     )

@@ -13,6 +13,7 @@ residual; `ffn_norm` the norm whose output feeds the FFN):
     sandwich (Gemma-2/3):          h_mid = h_in + norm_a(attn(norm1(h_in)));  h_out = h_mid + norm_f(mlp(norm2(h_mid)))
     post (OLMo-2/3, Exaone-4):     h_mid = h_in + norm_a(attn(h_in));  h_out = h_mid + norm_f(mlp(h_mid))
     parallel (GPT-J, NeoX, Falcon): h_out = h_in + attn(norm1(h_in)) + mlp(norm2(h_in))
+    scaled (Granite):              h_mid = h_in + s_a attn(...); h_out = h_mid + s_f mlp(...), s fitted per layer
     inside (BLOOM):                the blocks add the residual themselves; contributions are
                                    attn_out(...) - h_in and ffn_out(...) - attn_out(...)
 Hybrid models (Jamba, Qwen3-Next, Falcon-H1, ...) have layers whose token mixer is not attention:
@@ -55,6 +56,9 @@ class Family:
     layer_kinds: tuple[str, ...] = ()  # per layer: "attention", or the other kind ("linear_attention", "mamba", ...)
     mixer_outs: tuple[str | None, ...] = ()  # per layer: token mixer's residual contribution (attn_out for attention)
     ffn_outs: tuple[str | None, ...] = ()
+    # per layer: the factor a branch is multiplied by before it is added (Granite's residual_multiplier; 1.0 elsewhere)
+    mixer_scales: tuple[float, ...] = ()
+    ffn_scales: tuple[float, ...] = ()
     uses_interface: bool = True  # False: the model's attention never calls transformers' interface
     # Layers with several attention sublayers (LongCat-Flash: two MLA modules per layer) list their heads
     # sublayer after sublayer; a module that attends twice itself (differential attention) is measured
@@ -86,6 +90,11 @@ class Family:
 
     def ffn_out_of(self, idx: int) -> str | None:
         return self.ffn_outs[idx] if idx < len(self.ffn_outs) else self.ffn_out
+
+    def scales_of(self, idx: int) -> tuple[float, float]:
+        """(mixer, FFN) factors applied to the branch outputs before the residual add, in layer idx."""
+        return (self.mixer_scales[idx] if idx < len(self.mixer_scales) else 1.0,
+                self.ffn_scales[idx] if idx < len(self.ffn_scales) else 1.0)
 
 
 LLAMA = Family("llama", "pre")

@@ -26,7 +26,7 @@ SIZES = dict(
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
     mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_d_ssm=128, mamba_head_dim=32, mamba_num_heads=4,
     mamba_chunk_size=8, n_mamba_heads=4, mamba_dt_rank=4, mamba_expand=2,
-    initializer_range=0.3, num_layers=2, ffn_hidden_size=128, expert_ffn_hidden_size=32, zero_expert_num=2, moe_topk=2,
+    initializer_range=0.3, residual_multiplier=0.5, num_layers=2, ffn_hidden_size=128, expert_ffn_hidden_size=32, zero_expert_num=2, moe_topk=2,
     pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     rope_scaling=None, rotary_dim=8, is_decoder=True, use_mamba_kernels=False, num_nextn_predict_layers=0,
 )

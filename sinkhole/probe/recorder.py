@@ -152,9 +152,9 @@ class Recorder:
     def enter_layer(self, layer: int, h_in: torch.Tensor | None) -> None:
         self.current_layer, self.layer_input = layer, h_in
 
-    def block_norm(self, store: torch.Tensor, layer: int, out: torch.Tensor) -> None:
-        """||out|| per token (outputs flattened to (B*T, D), as OPT's FFN, are reshaped)."""
-        store[layer] = torch.linalg.vector_norm(out.float(), dim=-1).reshape(store.shape[1:]).cpu()
+    def block_norm(self, store: torch.Tensor, layer: int, scale: float, out: torch.Tensor) -> None:
+        """||scale * out|| per token (outputs flattened to (B*T, D), as OPT's FFN, are reshaped)."""
+        store[layer] = (abs(scale) * torch.linalg.vector_norm(out.float(), dim=-1)).reshape(store.shape[1:]).cpu()
 
     def block_delta(self, base: str, store: torch.Tensor, layer: int, out: torch.Tensor) -> None:
         """For blocks that add the residual themselves: ||out - layer input|| (base "input", the mixer)
@@ -196,13 +196,14 @@ def recording(model: torch.nn.Module, family: Family, recorder: Recorder, use_at
         for idx, layer in enumerate(layers):
             hooks.append((layer, _observer(recorder.residual, idx)))
             mixer, ffn = family.mixer_out_of(idx), family.ffn_out_of(idx)
+            s_mix, s_ffn = family.scales_of(idx)
             if mixer is not None:
                 obs = (_observer(recorder.block_delta, "input", recorder.attn_out_norm, idx) if inside
-                       else _observer(recorder.block_norm, recorder.attn_out_norm, idx))
+                       else _observer(recorder.block_norm, recorder.attn_out_norm, idx, s_mix))
                 hooks.append((family.part(layer, mixer), obs))
             if ffn is not None:
                 obs = (_observer(recorder.block_delta, "mixer", recorder.ffn_out_norm, idx) if inside
-                       else _observer(recorder.block_norm, recorder.ffn_out_norm, idx))
+                       else _observer(recorder.block_norm, recorder.ffn_out_norm, idx, s_ffn))
                 hooks.append((family.part(layer, ffn), obs))
 
             def enter(module, args, kwargs, idx=idx):

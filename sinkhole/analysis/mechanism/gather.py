@@ -103,9 +103,9 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
     store.update(attn_out=[None] * L, ffn_out=[None] * L, layer_out=[None] * L, chan=[None] * L,
                  sink_keys=[None] * L, other_keys=[None] * L, other_queries=[None] * L)
 
-    def keep(name, idx=None):
+    def keep(name, idx=None, scale=1.0):
         def hook(module, inputs, output):
-            h = _first(output).detach()
+            h = _first(output).detach() * scale  # a branch's factor before the residual add (Granite)
             if idx is None:
                 store[name] = h[sb, st].float().cpu()
             else:
@@ -154,10 +154,11 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
         hooks += [(fam.part(step_layer, fam.attn_norm), norm_keep("norm_before")), (after, norm_keep("norm_after"))]
     for idx, layer in enumerate(layers):
         hooks.append((layer, layer_hook(idx)))
+        s_mix, s_ffn = fam.scales_of(idx)
         if fam.mixer_out_of(idx):
-            hooks.append((fam.part(layer, fam.mixer_out_of(idx)), keep("attn_out", idx)))
+            hooks.append((fam.part(layer, fam.mixer_out_of(idx)), keep("attn_out", idx, s_mix)))
         if fam.ffn_out_of(idx):
-            hooks.append((fam.part(layer, fam.ffn_out_of(idx)), keep("ffn_out", idx)))
+            hooks.append((fam.part(layer, fam.ffn_out_of(idx)), keep("ffn_out", idx, s_ffn)))
     handles = []
     try:
         for module, hook in hooks:
