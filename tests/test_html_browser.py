@@ -200,3 +200,21 @@ def test_long_input_per_key_view(driver, long_page):
     assert note.startswith("Per-key view") and str(html.MAPS_MAX_LEN) in note
     driver.execute_script("window.sinkhole.selectHead(1, 3)")
     assert "line: head 3" in driver.find_element("id", "cap-attn").text
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "gpt_oss"])
+def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
+    """A hybrid's non-attention layers (null rows) and a learned-sink section draw without errors."""
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.models.support import IDS, _Tok, quiet
+    from sinkhole.models.tiny import tiny_model
+
+    with quiet():
+        lm = LoadedModel.wrap(tiny_model(model_type), _Tok(), name=model_type)
+    cap = ModelProbe(lm, maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
+    path = tmp_path / f"{model_type}.html"
+    html.write_html(analyze(cap).to_dict(), path, capture=cap)
+    open_page(driver, path)
+    assert severe(driver) == []
+    for fig in ("fig-heads", "fig-attn", "fig-resid"):
+        assert drawn(driver, fig), fig
