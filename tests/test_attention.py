@@ -31,7 +31,7 @@ def test_matches_sdpa_and_brute_force_causal(block_bytes, hq, hkv):
     torch.manual_seed(0)
     B, T, D = 2, 13, 8
     q, k, v = torch.randn(B, hq, T, D), torch.randn(B, hkv, T, D), torch.randn(B, hkv, T, D)
-    out, colsum, probs = attention_with_stats(q, k, v, None, D**-0.5, block_bytes=block_bytes, keep_probs=True)
+    out, colsum, probs, _ = attention_with_stats(q, k, v, None, D**-0.5, block_bytes=block_bytes, keep_probs=True)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert out.shape == (B, T, hq, D)
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
@@ -51,7 +51,7 @@ def test_bool_and_float_masks_with_padding_and_query_validity():
     p, ref_out = brute(q, k, v, allowed, 0.3)
     ref_col = (p * valid[:, None, :, None]).sum(-2)
     for mask in (allowed, float_mask):
-        out, colsum, _ = attention_with_stats(q, k, v, mask, 0.3, query_valid=valid, block_bytes=500)
+        out, colsum, _, _ = attention_with_stats(q, k, v, mask, 0.3, query_valid=valid, block_bytes=500)
         torch.testing.assert_close(colsum, ref_col, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[0], ref_out[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[1, 3:], ref_out[1, 3:], atol=1e-5, rtol=1e-5)
@@ -67,11 +67,11 @@ def test_sliding_window_mask_decode_offset_softcap_and_sinks():
     window = (cols <= rows) & (cols > rows - 4)
     sinks = torch.tensor([0.5, -1.0])
     p, ref = brute(q, k, v, window, 0.5, softcap=2.0, sinks=sinks)
-    out, colsum, _ = attention_with_stats(q, k, v, window[None, None], 0.5, softcap=2.0, sinks=sinks, block_bytes=1)
+    out, colsum, _, _ = attention_with_stats(q, k, v, window[None, None], 0.5, softcap=2.0, sinks=sinks, block_bytes=1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(colsum, p.sum(-2), atol=1e-5, rtol=1e-5)
     # mask None with an offset means plain causal relative to the end
     p2, ref2 = brute(q, k, v, causal(Tq, Tk), 0.5)
-    out2, col2, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
+    out2, col2, _, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
     torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(col2, p2.sum(-2), atol=1e-5, rtol=1e-5)

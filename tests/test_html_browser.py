@@ -263,3 +263,21 @@ def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, me
     names = driver.execute_script("return [...document.querySelectorAll('#mech-channels .legendtext')].map(e => e.textContent)")
     chans = driver.execute_script("return window.sinkhole.data.mechanism.channels.channels")
     assert names == [f"channel {c}" for c in chans]  # real channel numbers, not [0]..[3]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "gpt_oss"])
+def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
+    """A hybrid's non-attention layers (null rows) and a learned-sink section draw without errors."""
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.models.support import IDS, _Tok, quiet
+    from sinkhole.models.tiny import tiny_model
+
+    with quiet():
+        lm = LoadedModel.wrap(tiny_model(model_type), _Tok(), name=model_type)
+    cap = ModelProbe(lm, maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
+    path = tmp_path / f"{model_type}.html"
+    html.write_html(analyze(cap).to_dict(), path, capture=cap)
+    open_page(driver, path)
+    assert severe(driver) == []
+    for fig in ("fig-heads", "fig-attn", "fig-resid"):
+        assert drawn(driver, fig), fig

@@ -29,6 +29,14 @@ Sinks (Gu et al., "When Attention Sink Emerges", ICLR 2025)
 - sink token: sink rate >= min_sink_rate (default 0.5: more than epsilon of the attention in most
   heads). The token with the largest attention mass is always reported as `sinks.top`.
 
+Hybrid models: only attention layers carry alpha; linear-attention / SSM / conv layers (the
+  report's `layers.kinds`) are left out of every attention average above (their rows are null).
+
+Learned sinks (gpt-oss: a per-head sink logit that takes probability and returns no value)
+- learned sink share of (l, h): mean over queries t of the probability row t gives the learned
+  sink (what no key receives: 1 - sum_k A_{l,h}[t, k]). Reported per layer and head, beside the
+  token sinks' alpha.
+
 Together
 - overlap: Jaccard |spikes ∩ sinks| / |spikes ∪ sinks| of the two position sets (null if both empty).
 - KV impact: sink_attention_share = share of all attention probability (summed over layers, heads
@@ -98,20 +106,41 @@ def order_channels(per_token: list[list[int]], keep=None) -> list[int]:
     return sorted(chans, key=lambda c: (mean_rank(c), c))
 
 
+def attention_rows(alpha: np.ndarray) -> np.ndarray:
+    """(L, H, T) -> (L,) bool: layers that are attention (a hybrid's other layers are all NaN)."""
+    return ~np.isnan(alpha).all(axis=(1, 2)) if alpha.size else np.zeros(alpha.shape[0], bool)
+
+
 def attention_mass(alpha: np.ndarray) -> np.ndarray:
-    """(L, H, T) -> (T,) mean over layers and heads of alpha."""
-    return alpha.mean(axis=(0, 1))
+    """(L, H, T) -> (T,) mean over layers and heads of alpha (NaN entries, padded heads, left out)."""
+    return np.nanmean(alpha, axis=(0, 1)) if np.isnan(alpha).any() else alpha.mean(axis=(0, 1))
 
 
 def sink_rate(alpha: np.ndarray, epsilon: float) -> np.ndarray:
     """(L, H, T) -> (T,) share of (layer, head) pairs with alpha > epsilon."""
-    return (alpha > epsilon).mean(axis=(0, 1))
+    if not np.isnan(alpha).any():
+        return (alpha > epsilon).mean(axis=(0, 1))
+    return (alpha > epsilon).sum(axis=(0, 1)) / np.maximum(np.isfinite(alpha).sum(axis=(0, 1)), 1)
 
 
 def attention_share(colsum: np.ndarray, positions: list[int]) -> float:
     """Share of all attention probability landing on `positions`; colsum (L, H, T) sums over queries."""
-    total = float(colsum.sum())
-    return float(colsum[..., positions].sum()) / total if positions and total > 0 else 0.0
+    total = float(np.nansum(colsum))
+    return float(np.nansum(colsum[..., positions])) / total if positions and total > 0 else 0.0
+
+
+def learned_sinks(share: np.ndarray, alpha: np.ndarray, top_sink: int) -> dict:
+    """share (L, H) learned sink share, alpha (L, H, T): the JSON `learned_sinks` section."""
+    finite = np.isfinite(share)
+    flat = np.where(finite, share, -np.inf)
+    l, h = np.unravel_index(int(flat.argmax()), share.shape)
+    return {
+        "definition": "mean over queries of the probability given to the learned sink (no key receives it)",
+        "mean_share": float(np.nanmean(share)), "max": {"layer": int(l), "head": int(h), "share": float(share[l, h])},
+        "per_layer_mean": [float(np.nanmean(r)) if np.isfinite(r).any() else None for r in share],
+        "share": share.tolist(),  # [L][H], null on layers that are not attention
+        "top_token_sink": {"position": int(top_sink), "alpha": alpha[:, :, top_sink].tolist()},
+    }
 
 
 def jaccard(a: set[int], b: set[int]) -> float | None:
@@ -141,12 +170,14 @@ def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: flo
             channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
             step_up_layers=up, step_down_layers=down,
         )))
-    mass = attention_mass(c.attn_mass)
-    rate = sink_rate(c.attn_mass, epsilon)
-    n_pairs = c.attn_mass.shape[0] * c.attn_mass.shape[1]
+    rows = attention_rows(c.attn_mass)
+    alpha = c.attn_mass if rows.all() else c.attn_mass[rows]  # attention layers only
+    mass = attention_mass(alpha)
+    rate = sink_rate(alpha, epsilon)
+    n_pairs = np.isfinite(alpha).sum(axis=(0, 1))
 
     def sink(t: int) -> dict:
-        return asdict(SinkToken(int(t), c.tokens[t], float(mass[t]), float(rate[t]), int(round(rate[t] * n_pairs))))
+        return asdict(SinkToken(int(t), c.tokens[t], float(mass[t]), float(rate[t]), int(round(rate[t] * n_pairs[t]))))
 
     sinks = [sink(t) for t in np.flatnonzero(rate >= min_sink_rate)]
     sinks.sort(key=lambda s: -s["attn_mass"])
@@ -166,15 +197,18 @@ def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: flo
         },
         overlap={"jaccard": jaccard(spike_pos, sink_pos), "positions": sorted(spike_pos & sink_pos)},
         kv={
-            "sink_attention_share": attention_share(c.attn_colsum, sink_list),
+            "sink_attention_share": attention_share(c.attn_colsum[rows], sink_list),
             "sink_slot_share": len(sink_list) / T, "n_sink_slots": len(sink_list), "n_slots": T,
         },
-        layers={"max_norm": c.resid_norm.max(axis=1).tolist(), "median_norm": np.median(c.resid_norm, axis=1).tolist()},
+        layers={"max_norm": c.resid_norm.max(axis=1).tolist(), "median_norm": np.median(c.resid_norm, axis=1).tolist(),
+                "kinds": list(c.model.layer_kinds) or ["attention"] * c.resid_norm.shape[0],
+                "attention": [int(l) for l in np.flatnonzero(rows)]},
         extra={
             "heads": {"mass_on_top_sink": c.attn_mass[:, :, top_sink].tolist(), "top_sink_position": top_sink},
             "residual": {
                 "norm": c.resid_norm.tolist(), "attn_out_norm": c.attn_out_norm.tolist(),
                 "ffn_out_norm": c.ffn_out_norm.tolist(), "embed_norm": c.embed_norm.tolist(),
             },
+            **({"learned_sinks": learned_sinks(c.sink_share, c.attn_mass, top_sink)} if c.sink_share is not None else {}),
         },
     )

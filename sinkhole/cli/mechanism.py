@@ -62,18 +62,23 @@ def render(m: dict) -> str:
         for c, v, r, cv in zip(ch["channels"], ch["plateau_value"], ch["ratio_to_main"], ch["ratio_cv_across_layers"])
         if v is not None))
     a = m["activation"]
-    if a["spike"]["cos"] is not None:
+    if a.get("applicable", True) is False:
+        lines.append(f"Activation / amplifier  {a['reason']}")
+    elif a["spike"]["cos"] is not None:
         lines.append(f"Activation ({a['activation']})  spike tokens: cos {a['spike']['cos']:.3f}, norm ratio "
                      f"{a['spike']['norm_ratio']:.3f}   others: cos {a['other']['cos']:.3f}, norm ratio {a['other']['norm_ratio']:.3f}")
-    for c, gain in zip(m["amplifier"]["channels"], m["amplifier"]["post_block_gain"]):
+    for c, gain in zip(m["amplifier"].get("channels", []), m["amplifier"].get("post_block_gain", [])):
         lines.append(f"Amplifier ch {c['channel']}  ||U_k||_F {c['fro_over_median']:.1f}x median "
                      f"(rank {c['fro_rank']} of {m['amplifier'].get('n_channels', '?')})  "
                      f"lambda1/|lambda2| {c['dominance']:.1f}  |cos(x, s*)| spike {c['alignment_spike'] or 0:.2f} "
                      f"vs others {c['alignment_other'] or 0:.2f}"
                      + (f"  post-block gain {gain:.3g}x" if gain is not None and abs(gain - 1) > 1e-3 else ""))
     n = m["normalization"]
-    lines.append(f"Normalization  spike-channel share of post-norm mass: before {n['before']['spike_sparsity']:.2f}, "
-                 f"after {n['after']['spike_sparsity']:.2f} (others {n['after']['other_sparsity']:.2f})")
+    if n.get("applicable", True) is False:
+        lines.append(f"Normalization  {n['reason']}")
+    else:
+        lines.append(f"Normalization  spike-channel share of post-norm mass: before {n['before']['spike_sparsity']:.2f}, "
+                     f"after {n['after']['spike_sparsity']:.2f} (others {n['after']['other_sparsity']:.2f})")
     k = m["sink_keys"]
     if k["mean_sink_pr"] is not None:
         lines.append(f"Sink keys  participation ratio {k['mean_sink_pr']:.2f} (sink) vs {k['mean_other_pr']:.2f} "

@@ -1,54 +1,100 @@
 """Architecture families: where each piece of a decoder layer lives.
 
-This is the only place that knows architectures apart. Analyses never branch on `model_type`;
-they ask a `Family` for module names. A new architecture is one entry in `FAMILIES`, or nothing
-at all when its layer looks like Llama's (the fallback infers the names from the modules present).
+This package is the only place that knows architectures apart (`families.py` and `discovery.py`).
+Analyses never branch on `model_type`; they ask a `Family` for module names. A `Family` is
+*discovered* from the loaded model (`sinkhole.models.discovery`): the ModuleList that holds the
+decoder blocks wherever it sits, the module that calls transformers' attention interface, and the
+block's residual structure found in one short traced forward. `OVERRIDES` holds what discovery
+cannot see; `Family.discovery` says which path a model took ("auto" or "override:<model_type>").
 
-Residual bookkeeping, for a pre-norm layer (Llama):
-    h_mid = h_in + self_attn(input_layernorm(h_in))          attention block output = self_attn(...)
-    h_out = h_mid + mlp(post_attention_layernorm(h_mid))     FFN block output       = mlp(...)
-and for a sandwich-norm layer (Gemma-2/3), where a norm also follows each block:
-    h_mid = h_in + post_attention_layernorm(self_attn(input_layernorm(h_in)))
-    h_out = h_mid + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h_mid)))
-so `attn_out` / `ffn_out` name the module whose output is added to the residual, and `ffn_norm`
-names the norm whose input is h_mid and whose output feeds the FFN.
+Residual bookkeeping (`attn_out` / `ffn_out` name the modules whose outputs are added to the
+residual; `ffn_norm` the norm whose output feeds the FFN):
+    pre-norm (Llama, GPT-2, OPT):  h_mid = h_in + attn(norm1(h_in));  h_out = h_mid + mlp(norm2(h_mid))
+    sandwich (Gemma-2/3):          h_mid = h_in + norm_a(attn(norm1(h_in)));  h_out = h_mid + norm_f(mlp(norm2(h_mid)))
+    post (OLMo-2/3, Exaone-4):     h_mid = h_in + norm_a(attn(h_in));  h_out = h_mid + norm_f(mlp(h_mid))
+    parallel (GPT-J, NeoX, Falcon): h_out = h_in + attn(norm1(h_in)) + mlp(norm2(h_in))
+    scaled (Granite):              h_mid = h_in + s_a attn(...); h_out = h_mid + s_f mlp(...), s fitted per layer
+    inside (BLOOM):                the blocks add the residual themselves; contributions are
+                                   attn_out(...) - h_in and ffn_out(...) - attn_out(...)
+Hybrid models (Jamba, Qwen3-Next, Falcon-H1, ...) have layers whose token mixer is not attention:
+`layer_kinds[l]` names each layer's kind, and the per-layer `mixer_outs` / `ffn_outs` say what is
+added to the residual there (None: nothing identifiable, its block norms are NaN, never invented).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch.nn as nn
 
 from sinkhole.errors import SinkholeError
 
+ATTENTION = "attention"
+
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    norm_style: str  # "pre" (pre-norm) or "sandwich" (pre- and post-block norms)
+    norm_style: str  # "pre", "sandwich", "post", "parallel", "inside" or "unknown"
     layers: str = "model.layers"  # dotted path from the *ForCausalLM module to the decoder layers
-    final_norm: str = "model.norm"
+    final_norm: str | None = "model.norm"
     embed: str = "model.embed_tokens"
-    attn: str = "self_attn"
-    attn_norm: str = "input_layernorm"
-    attn_out: str = "self_attn"
-    ffn_norm: str = "post_attention_layernorm"
-    mlp: str = "mlp"
-    ffn_out: str = "mlp"
-    gate_proj: str = "gate_proj"
-    up_proj: str = "up_proj"
-    down_proj: str = "down_proj"
-    act_fn: str = "act_fn"  # inside `mlp`: the gate's activation module (SiLU, GELU-tanh, ...)
-    k_proj: str = "k_proj"
-    q_proj: str = "q_proj"
+    attn: str = "self_attn"  # the module that calls the attention interface (first attention layer)
+    attn_norm: str | None = "input_layernorm"
+    attn_out: str | None = "self_attn"
+    ffn_norm: str | None = "post_attention_layernorm"
+    mlp: str | None = "mlp"
+    ffn_out: str | None = "mlp"
+    # SwiGLU pieces inside `mlp` (None where the FFN is not a separable gate/up/down SwiGLU, e.g. GPT-2)
+    gate_proj: str | None = "gate_proj"
+    up_proj: str | None = "up_proj"
+    down_proj: str | None = "down_proj"
+    act_fn: str | None = "act_fn"  # inside `mlp`: the gate's activation module (SiLU, GELU-tanh, ...)
+    k_proj: str | None = "k_proj"
+    q_proj: str | None = "q_proj"
+    discovery: str = "auto"  # "auto" or "override:<model_type>"
+    layer_kinds: tuple[str, ...] = ()  # per layer: "attention", or the other kind ("linear_attention", "mamba", ...)
+    mixer_outs: tuple[str | None, ...] = ()  # per layer: token mixer's residual contribution (attn_out for attention)
+    ffn_outs: tuple[str | None, ...] = ()
+    # per layer: the factor a branch is multiplied by before it is added (Granite's residual_multiplier; 1.0 elsewhere)
+    mixer_scales: tuple[float, ...] = ()
+    ffn_scales: tuple[float, ...] = ()
+    uses_interface: bool = True  # False: the model's attention never calls transformers' interface
+    # Layers with several attention sublayers (LongCat-Flash: two MLA modules per layer) list their heads
+    # sublayer after sublayer; a module that attends twice itself (differential attention) is measured
+    # through eager output_attentions instead (`attn_repeats`).
+    attn_per_layer: int = 1
+    attn_repeats: bool = False
+    notes: tuple[str, ...] = field(default=())
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return get_submodule(model, self.layers)
 
-    def part(self, layer: nn.Module, name: str) -> nn.Module:
+    def part(self, layer: nn.Module, name: str | None) -> nn.Module:
         """`family.part(layer, family.mlp)`: a named piece of one decoder layer."""
+        if name is None:
+            raise SinkholeError(f"{self.name}: this piece of the decoder layer was not found (see `sinkhole models`)")
         return get_submodule(layer, name)
+
+    @property
+    def swiglu(self) -> bool:
+        """True when the FFN has separate gate / up / down projections (the paper's quadratic amplifier)."""
+        return None not in (self.mlp, self.gate_proj, self.up_proj, self.down_proj)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, k in enumerate(self.layer_kinds) if k == ATTENTION]
+
+    def mixer_out_of(self, idx: int) -> str | None:
+        return self.mixer_outs[idx] if idx < len(self.mixer_outs) else self.attn_out
+
+    def ffn_out_of(self, idx: int) -> str | None:
+        return self.ffn_outs[idx] if idx < len(self.ffn_outs) else self.ffn_out
+
+    def scales_of(self, idx: int) -> tuple[float, float]:
+        """(mixer, FFN) factors applied to the branch outputs before the residual add, in layer idx."""
+        return (self.mixer_scales[idx] if idx < len(self.mixer_scales) else 1.0,
+                self.ffn_scales[idx] if idx < len(self.ffn_scales) else 1.0)
 
 
 LLAMA = Family("llama", "pre")
@@ -59,18 +105,19 @@ SANDWICH = Family(
     ffn_norm="pre_feedforward_layernorm",
     ffn_out="post_feedforward_layernorm",
 )
-
-# model_type -> family. Llama-shaped models need no entry (see `family_for`).
+# The names of well-known layouts, for readers of old reports and profiles that carry only
+# `model.architecture` (quantization hints). Loaded models always go through discovery.
 FAMILIES: dict[str, Family] = {
-    "llama": LLAMA,
-    "mistral": replace(LLAMA, name="mistral"),
-    "qwen2": replace(LLAMA, name="qwen2"),
-    "qwen3": replace(LLAMA, name="qwen3"),
-    "gemma": replace(LLAMA, name="gemma"),
-    "gemma2": replace(SANDWICH, name="gemma2"),
-    "gemma3_text": replace(SANDWICH, name="gemma3"),
+    "llama": LLAMA, "mistral": replace(LLAMA, name="mistral"), "qwen2": replace(LLAMA, name="qwen2"),
+    "qwen3": replace(LLAMA, name="qwen3"), "gemma": replace(LLAMA, name="gemma"),
+    "gemma2": replace(SANDWICH, name="gemma2"), "gemma3_text": replace(SANDWICH, name="gemma3"),
     "gemma3": replace(SANDWICH, name="gemma3"),
 }
+
+# What discovery cannot see: model_type -> field replacements applied after discovery.
+# (Empty entries are not needed: every type that transformers builds tiny is discovered; see
+# docs/architectures.md. Add an entry only with a test that shows discovery is wrong there.)
+OVERRIDES: dict[str, dict] = {}
 
 
 def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
@@ -81,25 +128,12 @@ def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
 
 
 def family_for(model: nn.Module) -> Family:
-    """The family of a loaded *ForCausalLM model, inferred from module names when not listed."""
-    model_type = getattr(model.config, "model_type", "")
-    fam = FAMILIES.get(model_type)
-    if fam is None:
-        # Unlisted: accept it when its decoder layer has Llama's (or Gemma's sandwich) names.
-        try:
-            layer = LLAMA.decoder_layers(model)[0]
-        except (SinkholeError, IndexError, TypeError):
-            raise SinkholeError(
-                f"unsupported architecture '{model_type}': no decoder layers at model.layers "
-                "(add an entry to sinkhole.models.families.FAMILIES)"
-            ) from None
-        names = {n for n, _ in layer.named_children()}
-        if {"self_attn", "mlp", "input_layernorm"} <= names:
-            fam = SANDWICH if "pre_feedforward_layernorm" in names else LLAMA
-            fam = replace(fam, name=model_type or fam.name)
-        else:
-            raise SinkholeError(
-                f"unsupported architecture '{model_type}': decoder layer has {sorted(names)} "
-                "(add an entry to sinkhole.models.families.FAMILIES)"
-            )
+    """The family of a loaded *ForCausalLM model: discovered, then the override table applied."""
+    from sinkhole.models.discovery import discover
+
+    model_type = getattr(model.config, "model_type", "") or type(model).__name__
+    fam = discover(model)
+    over = OVERRIDES.get(model_type)
+    if over:
+        fam = replace(fam, **over, discovery=f"override:{model_type}")
     return fam

@@ -42,7 +42,7 @@ def attention_with_stats(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     keep_probs: bool = False,
     causal: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Exact attention plus the column sums of its probabilities.
 
     Args:
@@ -62,6 +62,8 @@ def attention_with_stats(
         out: (B, Tq, Hq, Dv) in query's dtype, the layout transformers' attention functions return.
         colsum: (B, Hq, Tk) float32, sum over valid query rows t of A[t, k].
         probs: (B, Hq, Tq, Tk) float16 when keep_probs, else None.
+        sink_mass: (B, Hq) float32, sum over valid query rows of the learned sink's probability
+            (the share a row gives no key); None when `sinks` is None.
     """
     B, Hq, Tq, D = query.shape
     Hkv, Tk, Dv = key.shape[1], key.shape[2], value.shape[-1]
@@ -74,6 +76,7 @@ def attention_with_stats(
     probs_all = (
         torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
     )
+    sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
     row_bytes = max(1, B * Hq * Tk * 4)
     block = max(block_bytes // row_bytes, min(MIN_BLOCK_ROWS, 8 * block_bytes // row_bytes), 1)
     block = min(Tq, block)
@@ -108,7 +111,8 @@ def attention_with_stats(
             scores.masked_fill_(dead, 0.0)
         if sinks is not None:
             sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
-            p = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)[..., :-1]
+            p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
+            p, p_sink = p_all[..., :-1], p_all[..., -1]  # p_sink: (B, Hkv, G, tb)
         else:
             p = torch.softmax(scores, dim=-1)
         if dead is not None:
@@ -117,11 +121,31 @@ def attention_with_stats(
         out[:, :, :, q0:q1] = pv.view(B, Hkv, G, tb, Dv)
         if query_valid is not None:
             p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
+        if sinks is not None:
+            if dead is not None:
+                p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
+            if query_valid is not None:
+                p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
+            sink_mass += p_sink.sum(dim=-1)
         colsum[..., :kend] += p.sum(dim=-2)
         if keep_probs:
             probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
     out = out.reshape(B, Hq, Tq, Dv).transpose(1, 2).contiguous()
-    return out, colsum.reshape(B, Hq, Tk), probs_all
+    sink_mass = sink_mass.reshape(B, Hq) if sink_mass is not None else None
+    return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
+
+
+def _sinks(kwargs: dict):
+    """Learned per-head sink logits (Hq,): gpt-oss passes `s_aux`, others `sinks`; other shapes are refused
+    rather than silently ignored (the statistics would be wrong)."""
+    s = kwargs.get("s_aux")
+    s = kwargs.get("sinks") if s is None else s
+    if s is not None and s.dim() != 1:
+        from sinkhole.errors import SinkholeError
+
+        raise SinkholeError(f"learned attention sinks of shape {tuple(s.shape)} (not one logit per head) "
+                            "are not supported by the probe")
+    return s
 
 
 def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -136,7 +160,8 @@ def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, s
     layer = getattr(module, "layer_idx", None)
     return recorder.attention(
         layer, query, key, value, attention_mask, scaling,
-        softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"), causal=getattr(module, "is_causal", True),
+        softcap=kwargs.get("softcap"), sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True),
+        bias=kwargs.get("position_bias"),  # additive logits bias (relative positions, e.g. Inkling)
     ), None
 
 

@@ -10,6 +10,11 @@ Shapes (L layers, H query heads, T tokens of this sequence, K = top channels kep
     embed_norm          (T,)      norm of the input embedding (the residual before layer 0)
     attn_mass           (L, H, T) alpha_{l,h}(k) = mean over queries t >= k of A_{l,h}[t, k]
     attn_maps           (L, H, T, T) float16, only when T <= the probe's `maps_max_len`
+    sink_share          (L, H)    share of attention the learned sink absorbs (gpt-oss `s_aux`): mean over
+                                  queries of its probability; None for models without learned sinks
+Layers that are not attention (linear-attention / SSM / conv layers of a hybrid, `model.layer_kinds`)
+have NaN in attn_mass, attn_maps and sink_share: nothing is measured there. A layer whose residual
+contributions could not be identified has NaN attn_out_norm / ffn_out_norm.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class ModelInfo:
     name: str
     architecture: str  # model_type, e.g. "llama", "gemma3_text"
     family: str
-    norm_style: str  # "pre" or "sandwich"
+    norm_style: str  # "pre", "sandwich", "post", "parallel", "inside" (see sinkhole.models.families)
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -35,6 +40,14 @@ class ModelInfo:
     max_context: int | None = None
     weights_id: str = ""
     dtype: str = "float32"
+    discovery: str = "auto"  # how the layout was found: "auto" or "override:<model_type>"
+    layer_kinds: list[str] = field(default_factory=list)  # per layer: "attention" or the other kind
+    learned_sinks: bool = False  # the attention has per-head sink logits (gpt-oss s_aux)
+    attention_path: str = "interface"  # "interface" (sinkhole attention) or "eager" (output_attentions fallback)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, k in enumerate(self.layer_kinds) if k == "attention"] if self.layer_kinds else list(range(self.n_layers))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +66,7 @@ class Capture:
     embed_norm: np.ndarray
     attn_mass: np.ndarray
     attn_maps: np.ndarray | None = None
+    sink_share: np.ndarray | None = None
     prompt: str | None = None
     chat: bool = False
     meta: dict = field(default_factory=dict)
@@ -68,7 +82,7 @@ class Capture:
 
     _ARRAYS = (
         "resid_norm", "resid_top_channels", "resid_top_values", "attn_out_norm",
-        "ffn_out_norm", "embed_norm", "attn_mass", "attn_maps",
+        "ffn_out_norm", "embed_norm", "attn_mass", "attn_maps", "sink_share",
     )
 
     def save(self, path: str | Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from contextlib import contextmanager
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,22 +28,37 @@ from sinkhole.probe.recorder import Recorder, recording
 EAGER_FALLBACK_MAX_LEN = 2048  # eager output_attentions holds [layers, heads, T, T]: keep T small
 
 
+def _cfg(cfg, name: str, default=None):
+    try:  # some configs raise for per-layer attributes (Gemma-4's head_dim)
+        return getattr(cfg, name, default)
+    except Exception:  # noqa: BLE001
+        return default
+
+
 def model_info(lm: LoadedModel) -> ModelInfo:
-    cfg = lm.config
-    n_heads = cfg.num_attention_heads
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    fam = lm.family
+    n_heads = _cfg(cfg, "num_attention_heads") or 1
+    d_model = _cfg(cfg, "hidden_size") or 0
+    learned = any(hasattr(m, "sinks") and isinstance(getattr(m, "sinks"), torch.nn.Parameter)
+                  for m in lm.model.modules())
     return ModelInfo(
         name=lm.name,
         architecture=cfg.model_type,
-        family=lm.family.name,
-        norm_style=lm.family.norm_style,
-        n_layers=cfg.num_hidden_layers,
+        family=fam.name,
+        norm_style=fam.norm_style,
+        n_layers=len(fam.decoder_layers(lm.model)),
         n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
-        d_model=cfg.hidden_size,
-        d_head=getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
+        n_kv_heads=_cfg(cfg, "num_key_value_heads") or n_heads,
+        d_model=d_model,
+        d_head=_cfg(cfg, "head_dim") or d_model // n_heads,
         max_context=lm.max_context,
         weights_id=lm.weights_id,
         dtype=str(lm.dtype).replace("torch.", ""),
+        discovery=fam.discovery,
+        layer_kinds=list(fam.layer_kinds),
+        learned_sinks=learned,
+        attention_path="interface" if fam.uses_interface else "eager",
     )
 
 
@@ -120,7 +136,7 @@ class ModelProbe:
         if not prompts:
             raise SinkholeError("no prompts")
         encoded = [self.encode(p, chat) for p in prompts]
-        limit = self.info.max_context
+        limit = self.info.max_context if (self.info.max_context or 0) > 0 else None
         for ids, _ in encoded:
             if limit and len(ids) > limit:
                 raise SinkholeError(f"prompt is {len(ids)} tokens, longer than {self.info.name}'s context of {limit}")
@@ -146,20 +162,20 @@ class ModelProbe:
         kwargs = dict(
             input_ids=input_ids.to(dev),
             attention_mask=valid.long().to(dev),
-            position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0).to(dev),
             use_cache=False,
             logits_to_keep=1,  # the probe needs no logits; [T, vocab] would dominate memory
         )
-        with torch.inference_mode(), recording(self.model, self.lm.family, rec):
-            self.model(**kwargs)
-        if rec.attn_calls == 0:
-            # The model's code never called the attention interface: set_attn_implementation did nothing.
+        if not bool(valid.all()):  # only with padding: models with offset positions (RoBERTa) count their own
+            kwargs["position_ids"] = (valid.long().cumsum(-1) - 1).clamp(min=0).to(dev)
+        if self.lm.family.uses_interface:
+            with torch.inference_mode(), recording(self.model, self.lm.family, rec), _one_line(self.info.architecture):
+                self.model(**kwargs)
+        if rec.attn_calls == 0 or (max(rec.attn_layer_calls) > 1 and self.lm.family.attn_repeats):
+            # The model's code never called the attention interface (set_attn_implementation did nothing),
+            # or a layer attends several times (differential attention, recurrent depth): eager maps instead.
             rec = self._forward_eager(kwargs, valid, progress)
-        elif rec.attn_calls != self.info.n_layers:
-            raise SinkholeError(
-                f"{self.info.architecture}: attention ran {rec.attn_calls} times for {self.info.n_layers} layers; "
-                "this architecture is not supported by the probe"
-            )
+        else:
+            self._check_layers(rec)
         if rec.overflowed():
             raise SinkholeError(
                 f"activations overflowed in {self.info.dtype} (massive activations exceed float16's 65504): "
@@ -176,34 +192,76 @@ class ModelProbe:
                 f"holds all attention maps and is limited to {EAGER_FALLBACK_MAX_LEN} tokens (got {T})"
             )
         warnings.warn(
-            f"{self.info.architecture} bypasses transformers' AttentionInterface: using eager attention "
+            f"{self.info.architecture} bypasses transformers' AttentionInterface (or attends several times in a "
+            "layer): using eager attention "
             f"with output_attentions (memory grows with T^2; limit {EAGER_FALLBACK_MAX_LEN} tokens)",
             stacklevel=3,
         )
         rec = Recorder(self.info.n_layers, valid, self.top_k, 0 < T <= self.maps_max_len, self.block_bytes, progress)
         previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation("eager")
         try:
-            with torch.inference_mode(), recording(self.model, self.lm.family, rec, use_attention=False):
+            self.model.set_attn_implementation("eager")
+        except (ValueError, ImportError, AttributeError):
+            previous = None  # models that cannot switch are eager already
+        try:
+            with torch.inference_mode(), recording(self.model, self.lm.family, rec, use_attention=False), \
+                    _one_line(self.info.architecture):
                 out = self.model(**kwargs, output_attentions=True)
         finally:
-            self.model.set_attn_implementation(previous)
-        qv = valid.to(out.attentions[0].device)
-        for layer, a in enumerate(out.attentions):  # (B, H, T, T)
+            if previous is not None:
+                self.model.set_attn_implementation(previous)
+        maps = [a for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T): linear layers may return other things
+                if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2:] == (T, T)]
+        layers = self.info.attention_layers
+        if len(maps) == self.info.n_layers:
+            layers = list(range(self.info.n_layers))
+        k = len(maps) // max(len(layers), 1)
+        if k > 1 and len(maps) == k * len(layers):  # several attention sublayers per layer: heads side by side
+            maps = [torch.cat(maps[i * k:(i + 1) * k], dim=1) for i in range(len(layers))]
+        if not maps:
+            raise SinkholeError(
+                f"{self.info.architecture}: no attention to measure: the model never calls transformers' attention "
+                "interface and returns no attention maps with output_attentions (a pure SSM / RNN?)"
+            )
+        if len(maps) != len(layers):
+            raise SinkholeError(
+                f"{self.info.architecture}: eager output_attentions returned {len(maps)} attention maps for "
+                f"{len(layers)} attention layers (layers run repeatedly?); this model cannot be probed"
+            )
+        qv = valid.to(maps[0].device)
+        for layer, a in zip(layers, maps):  # (B, H, T, T)
             a = a.float() * qv[:, None, :, None]
             rec.attn_colsum[layer] = a.sum(dim=-2).cpu()
+            rec.attn_layer_calls[layer] = k if k > 1 else 1
             if rec.keep_maps:
                 rec.attn_maps[layer] = a.half().cpu()
+        self.info.attention_path = "eager"
         return rec
+
+    def _check_layers(self, rec: Recorder) -> None:
+        """The layers attention ran in (once each) are the attention layers."""
+        ran = [l for l, n in enumerate(rec.attn_layer_calls) if n >= 1]
+        if ran != self.info.attention_layers:
+            kinds = list(self.info.layer_kinds) or ["attention"] * self.info.n_layers
+            for l in range(self.info.n_layers):  # what this forward shows wins over the discovery pass
+                if l in ran:
+                    kinds[l] = "attention"
+                elif kinds[l] == "attention":
+                    kinds[l] = "non_attention"
+            self.info.layer_kinds = kinds
 
     def _capture(self, rec: Recorder, b: int, start: int, ids: list[int], prompt, chat: bool) -> Capture:
         n = len(ids)
         s = slice(start, None)
-        colsum = torch.stack([c[b, :, s] for c in rec.attn_colsum])  # (L, H, n)
+        colsum = _stack_layers([None if c is None else c[b, :, s] for c in rec.attn_colsum])  # (L, H, n), NaN off-attention
         alpha = colsum / torch.arange(n, 0, -1, dtype=torch.float32)  # queries t >= k: n - k of them
         maps = None
-        if rec.keep_maps and all(m is not None for m in rec.attn_maps):
-            maps = torch.stack([m[b, :, s, s] for m in rec.attn_maps]).numpy()
+        if rec.keep_maps and any(m is not None for m in rec.attn_maps):
+            maps = _stack_layers([None if m is None else m[b, :, s, s].float() for m in rec.attn_maps]).half().numpy()
+        share = None
+        if any(m is not None for m in rec.sink_mass):
+            # sink_mass sums the sink's probability over this sequence's n (valid) query rows
+            share = (_stack_layers([None if m is None else m[b][:, None] for m in rec.sink_mass])[..., 0] / n).numpy()
         return Capture(
             model=self.info,
             token_ids=list(ids),
@@ -216,9 +274,32 @@ class ModelProbe:
             embed_norm=rec.embed_norm[b, s].numpy(),
             attn_mass=alpha.numpy().astype(np.float32),
             attn_maps=maps,
+            sink_share=share,
             prompt=prompt if isinstance(prompt, str) else None,
             chat=chat,
         )
+
+
+@contextmanager
+def _one_line(architecture: str):
+    """A failure inside the model's own forward becomes one SinkholeError line, never a traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, NotImplementedError) as err:
+        msg = str(err).splitlines()[0][:200] if str(err) else ""
+        raise SinkholeError(f"{architecture}: the model's forward failed under the probe ({type(err).__name__}: {msg})") from err
+
+
+def _stack_layers(per_layer: list) -> torch.Tensor:
+    """Stack per-layer (H, ...) tensors; a layer without one (not attention) is all NaN; heads padded with NaN."""
+    present = [t for t in per_layer if t is not None]
+    H = max(t.shape[0] for t in present)
+    shape = present[0].shape[1:]
+    out = torch.full((len(per_layer), H, *shape), float("nan"), dtype=torch.float32)
+    for l, t in enumerate(per_layer):
+        if t is not None:
+            out[l, : t.shape[0]] = t.float()
+    return out
 
 
 def progress_printer(n_layers: int, stream=sys.stderr):

@@ -155,11 +155,13 @@ def smoothquant_mappings(stats: CalibrationStats | None, family: Family) -> list
             if family.q_proj in kinds:
                 attn_group = list(dict.fromkeys(kinds))
                 break
-    return [
+    maps = [
         [[f"re:.*{k}$" for k in attn_group], f"re:.*{family.attn_norm}$"],
         [[f"re:.*{family.gate_proj}$", f"re:.*{family.up_proj}$"], f"re:.*{family.ffn_norm}$"],
         [[f"re:.*{family.down_proj}$"], f"re:.*{family.up_proj}$"],
     ]
+    # a layout without a piece (GPT-2's fused c_attn, a post-norm model's missing input norms) has no such mapping
+    return [m for m in maps if "None" not in str(m)]
 
 
 def get_quantization_hints(source: CalibrationStats | SinkProfile, backend: str = "bitsandbytes",

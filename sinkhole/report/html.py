@@ -164,7 +164,15 @@ def cards_html(r: dict) -> str:
         spike_lines.append(f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× "
                            f"(below the threshold)")
     j = r["overlap"]["jaccard"]
-    return "".join([
+    extra = []
+    if r.get("learned_sinks"):
+        from sinkhole.report.terminal import learned_sinks_line
+
+        ls = r["learned_sinks"]
+        extra.append(_card("Learned sinks", f"{ls['mean_share']:.1%}",
+                           [_esc(learned_sinks_line(ls).removeprefix("Learned sinks  absorb ")),
+                            "per layer and head: the learned_sinks section below"], "def-learned"))
+    return "".join(extra + [
         _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
         _card("Sink tokens", str(len(sk["tokens"])), sink_lines, "def-sinks"),
         _card("Spike ∩ Sink", "n/a" if j is None else f"{j:.2f}",
@@ -195,9 +203,12 @@ def render_html(report: dict, capture=None) -> str:
     import plotly.offline
 
     m = report["model"]
+    from sinkhole.report.terminal import layout_line
+
     model_line = (f"{m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, {m['n_kv_heads']} KV heads, "
                   f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
-                  f"{' · chat template' if report.get('chat') else ''}")
+                  f"{' · chat template' if report.get('chat') else ''} · "
+                  f"{layout_line(report).removeprefix('Layout  ')}")
     data = embed_json(view(report, capture))
     mech = designed(report.get("mechanism"))
     return f"""<!doctype html>

@@ -132,6 +132,8 @@ def view(report: dict, capture=None) -> dict:
     T = len(report["tokens"])
     L, H = int(m["n_layers"]), int(m["n_heads"])
     heads = report.get("heads") or {}
+    if heads.get("mass_on_top_sink"):  # layers with several attention sublayers have more heads than n_heads
+        H = len(heads["mass_on_top_sink"][0])
     resid = report.get("residual") or {}
     v = {
         "model": rnd(m), "T": T, "L": L, "H": H,

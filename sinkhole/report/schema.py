@@ -6,7 +6,7 @@ JSON schema "sinkhole.report/1". Keys always present:
     spikes{threshold, tokens[SpikeToken]}, sinks{epsilon, min_sink_rate, top, tokens[SinkToken],
     per_token_mass[T], per_token_sink_rate[T]}, overlap{jaccard, positions},
     kv{sink_attention_share, sink_slot_share, n_sink_slots, n_slots}, layers{max_norm[L]}.
-Optional keys (present when computed): heads{mass_on_top_sink[L][H]}, lifecycle{...},
+Optional keys (present when computed): heads{mass_on_top_sink[L][H]}, learned_sinks{...}, lifecycle{...},
 attention_maps{...} (HTML only), mechanism{...}, eval{...}.
 `overlap.jaccard` is null when there is neither a spike nor a sink token.
 """

@@ -27,10 +27,55 @@ def _tok(text: str) -> str:
     return repr(text) if len(text) <= 24 else repr(text[:21] + "...")
 
 
+def _ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ", ".join(out)
+
+
+def layout_line(r: dict) -> str:
+    """How the model was read: norm placement, which layers are attention, how attention was measured."""
+    m, layers = r["model"], r.get("layers", {})
+    kinds = layers.get("kinds") or []
+    parts = [f"{m.get('norm_style', '?')}-norm"]
+    others: dict[str, list[int]] = {}
+    for i, k in enumerate(kinds):
+        if k != "attention":
+            others.setdefault(k, []).append(i)
+    if others:
+        att = layers.get("attention", [])
+        parts.append(f"attention layers {_ranges(att)}; " + "; ".join(
+            f"{k} layers {_ranges(v)} (no attention statistics)" for k, v in others.items()))
+    if m.get("attention_path", "interface") != "interface":
+        parts.append("attention from eager output_attentions")
+    parts.append(f"discovery {m.get('discovery', 'auto')}")
+    return "Layout  " + ", ".join(parts)
+
+
+def learned_sinks_line(ls: dict) -> str:
+    mx = ls["max"]
+    top = ls["top_token_sink"]
+    return (f"Learned sinks  absorb {ls['mean_share']:.1%} of attention (mean over layers and heads; "
+            f"max {mx['share']:.1%} at layer {mx['layer']}, head {mx['head']}); token sink pos {top['position']} "
+            f"gets {_nanmean(top['alpha']):.1%}")
+
+
+def _nanmean(rows) -> float:
+    vals = [v for row in rows for v in row if v is not None and v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def render_analysis(r: dict) -> str:
     m = r["model"]
     lines = [f"Model  {m['name']}  ({m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, "
-             f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}"]
+             f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}",
+             layout_line(r)]
     sp = r["spikes"]
     lines.append(f"Spike tokens  {len(sp['tokens'])} found (threshold {sp['threshold']:.1f}x)")
     scores = sp.get("per_token_score") or []
@@ -54,6 +99,8 @@ def render_analysis(r: dict) -> str:
                      f"mass {pct(top['attn_mass'])}, sink rate {pct(top['sink_rate'], 0)})")
     j = r["overlap"]["jaccard"]
     lines.append(f"Spike ∩ Sink  Jaccard {'n/a (no spike or sink tokens)' if j is None else f'{j:.2f}'}")
+    if r.get("learned_sinks"):
+        lines.append(learned_sinks_line(r["learned_sinks"]))
     kv = r["kv"]
     lines.append(f"KV impact  sinks take {pct(kv['sink_attention_share'])} of attention from "
                  f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots" + (f" ({c:.0f}x an average slot)" if (c := concentration(kv)) else ""))

@@ -10,7 +10,7 @@ keeps, with S spike tokens, C spike channels, L layers, B prompts padded to T to
     ffn_out      (L, S, D)   FFN block's contribution (family.ffn_out)
     layer_out    (L, S, D)   decoder layer output h_l
     chan         (L, B, T, C) h_l at the spike channels, every token
-    ffn_in       (B, T, D)   FFN input after its norm at the step-up layer s (what gate/up read)
+    ffn_in       (B, T, D)   FFN input at the step-up layer s (what gate/up read: after its norm, if any)
     mlp_chan     (B, T, C)   the MLP's own output at the spike channels at layer s (before any post-norm)
     act_cos      (B, T)      cos(activation input, activation output) at layer s, per token
     act_ratio    (B, T)      ||activation output|| / ||activation input||
@@ -21,6 +21,11 @@ keeps, with S spike tokens, C spike channels, L layers, B prompts padded to T to
     other_queries(L, O, Hq, Dh)    their post-RoPE queries
 
 Nothing of size (L, B, T, D) is ever kept.
+
+Pieces a model does not have are None: ffn_in / mlp_chan / act_cos / act_ratio without a separable
+SwiGLU FFN (GPT-2's fused MLP, MoE blocks), norm_before / norm_after without a norm feeding the
+attention. Layers whose contributions or keys are not measured (a hybrid's SSM layers, blocks
+discovery could not split) hold NaN in attn_out / ffn_out / the key arrays.
 """
 
 from __future__ import annotations
@@ -53,12 +58,12 @@ class Gathered:
     ffn_out: np.ndarray
     layer_out: np.ndarray
     chan: np.ndarray
-    ffn_in: np.ndarray
-    mlp_chan: np.ndarray
-    act_cos: np.ndarray
-    act_ratio: np.ndarray
-    norm_before: np.ndarray
-    norm_after: np.ndarray
+    ffn_in: np.ndarray | None
+    mlp_chan: np.ndarray | None
+    act_cos: np.ndarray | None
+    act_ratio: np.ndarray | None
+    norm_before: np.ndarray | None
+    norm_after: np.ndarray | None
     sink_keys: np.ndarray
     other_keys: np.ndarray
     other_queries: np.ndarray
@@ -98,9 +103,9 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
     store.update(attn_out=[None] * L, ffn_out=[None] * L, layer_out=[None] * L, chan=[None] * L,
                  sink_keys=[None] * L, other_keys=[None] * L, other_queries=[None] * L)
 
-    def keep(name, idx=None):
+    def keep(name, idx=None, scale=1.0):
         def hook(module, inputs, output):
-            h = _first(output).detach()
+            h = _first(output).detach() * scale  # a branch's factor before the residual add (Granite)
             if idx is None:
                 store[name] = h[sb, st].float().cpu()
             else:
@@ -119,8 +124,8 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
             store[name] = _first(output).detach()[nb, nt].float().cpu()
         return hook
 
-    def ffn_in_hook(module, inputs, output):
-        store["ffn_in"] = _first(output).detach().float().cpu()
+    def ffn_in_hook(module, inputs):  # forward pre-hook on the MLP: its input, after whatever norm precedes it
+        store["ffn_in"] = inputs[0].detach().float().cpu()
 
     def mlp_hook(module, inputs, output):
         store["mlp_chan"] = _first(output).detach()[..., ch].float().cpu()
@@ -138,24 +143,28 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
         store["other_queries"][layer] = query[ob, :, ot].detach().float().cpu()
 
     step_layer = layers[s]
-    mlp = fam.part(step_layer, fam.mlp)
-    after = fam.part(layers[s + 1], fam.attn_norm) if s + 1 < L else fam.part(model, fam.final_norm)
-    hooks = [
-        (fam.part(model, fam.embed), keep("embed")),
-        (fam.part(step_layer, fam.ffn_norm), ffn_in_hook),
-        (mlp, mlp_hook),
-        (fam.part(mlp, fam.act_fn), act_hook),
-        (fam.part(step_layer, fam.attn_norm), norm_keep("norm_before")),
-        (after, norm_keep("norm_after")),
-    ]
+    hooks = [(fam.part(model, fam.embed), keep("embed"))]
+    pre_hooks = []
+    if fam.swiglu and fam.act_fn:  # the SwiGLU-specific pieces (None elsewhere)
+        mlp = fam.part(step_layer, fam.mlp)
+        pre_hooks.append((mlp, ffn_in_hook))
+        hooks += [(mlp, mlp_hook), (fam.part(mlp, fam.act_fn), act_hook)]
+    if fam.attn_norm and (s + 1 < L or fam.final_norm):
+        after = fam.part(layers[s + 1], fam.attn_norm) if s + 1 < L else fam.part(model, fam.final_norm)
+        hooks += [(fam.part(step_layer, fam.attn_norm), norm_keep("norm_before")), (after, norm_keep("norm_after"))]
     for idx, layer in enumerate(layers):
-        hooks += [(layer, layer_hook(idx)),
-                  (fam.part(layer, fam.attn_out), keep("attn_out", idx)),
-                  (fam.part(layer, fam.ffn_out), keep("ffn_out", idx))]
+        hooks.append((layer, layer_hook(idx)))
+        s_mix, s_ffn = fam.scales_of(idx)
+        if fam.mixer_out_of(idx):
+            hooks.append((fam.part(layer, fam.mixer_out_of(idx)), keep("attn_out", idx, s_mix)))
+        if fam.ffn_out_of(idx):
+            hooks.append((fam.part(layer, fam.ffn_out_of(idx)), keep("ffn_out", idx, s_ffn)))
     handles = []
     try:
         for module, hook in hooks:
             handles.append(module.register_forward_hook(hook))
+        for module, hook in pre_hooks:
+            handles.append(module.register_forward_pre_hook(hook))
         recorder.taps.append(tap)
         yield store
     finally:
@@ -190,13 +199,21 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
                  use_cache=False, logits_to_keep=1)
 
     def stack(name):
-        return torch.stack(store[name]).numpy()
+        """Per-layer tensors stacked; a layer without one (not measured there) is NaN."""
+        like = next((t for t in store[name] if t is not None), None)
+        if like is None:
+            return None
+        return torch.stack([t if t is not None else torch.full_like(like, float("nan")) for t in store[name]]).numpy()
+
+    def opt(name):
+        v = store.get(name)
+        return v.numpy() if v is not None else None
 
     return Gathered(
         embed=store["embed"].numpy(), attn_out=stack("attn_out"), ffn_out=stack("ffn_out"),
-        layer_out=stack("layer_out"), chan=stack("chan"), ffn_in=store["ffn_in"].numpy(),
-        mlp_chan=store["mlp_chan"].numpy(), act_cos=store["act_cos"].numpy(), act_ratio=store["act_ratio"].numpy(),
-        norm_before=store["norm_before"].numpy(), norm_after=store["norm_after"].numpy(),
+        layer_out=stack("layer_out"), chan=stack("chan"), ffn_in=opt("ffn_in"),
+        mlp_chan=opt("mlp_chan"), act_cos=opt("act_cos"), act_ratio=opt("act_ratio"),
+        norm_before=opt("norm_before"), norm_after=opt("norm_after"),
         sink_keys=stack("sink_keys"), other_keys=stack("other_keys"), other_queries=stack("other_queries"),
         activation=store.get("activation", ""), valid=valid.numpy(),
     )

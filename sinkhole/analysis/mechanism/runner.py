@@ -163,23 +163,36 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
     spike_mask = np.zeros_like(g.valid)
     for b, t in plan.spikes:
         spike_mask[b, t] = True
-    layer = lm.family.decoder_layers(lm.model)[step_up]
-    mlp = lm.family.part(layer, lm.family.mlp)
-    w = [lm.family.part(mlp, n).weight.detach().float().cpu()
-         for n in (lm.family.gate_proj, lm.family.up_proj, lm.family.down_proj)]
-    activation = amp.activation_regime(g.act_cos, g.act_ratio, spike_mask, g.valid, g.activation)
-    amplifier = amp.amplifier(*w, channels, g.ffn_in, g.mlp_chan, spike_mask, g.valid)
-    # What reaches the residual over what the MLP computed, at the spike channels of the targets:
-    # exactly 1 for pre-norm; a sandwich model's post-FFN norm rescales (and may amplify) it.
-    amplifier["post_block_gain"] = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
+    fam = lm.family
+    if fam.swiglu and g.ffn_in is not None:
+        layer = fam.decoder_layers(lm.model)[step_up]
+        mlp = fam.part(layer, fam.mlp)
+        w = [fam.part(mlp, n).weight.detach().float().cpu() for n in (fam.gate_proj, fam.up_proj, fam.down_proj)]
+        activation = amp.activation_regime(g.act_cos, g.act_ratio, spike_mask, g.valid, g.activation)
+        amplifier = amp.amplifier(*w, channels, g.ffn_in, g.mlp_chan, spike_mask, g.valid)
+        # What reaches the residual over what the MLP computed, at the spike channels of the targets:
+        # exactly 1 for pre-norm; a sandwich model's post-FFN norm rescales (and may amplify) it.
+        amplifier["post_block_gain"] = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
+    else:
+        why = (f"not applicable: {fam.name}'s FFN has no separate gate / up / down projections "
+               "(a fused or mixture-of-experts FFN, or no gated FFN; the quadratic amplifier is a SwiGLU property)")
+        activation, amplifier = {"applicable": False, "reason": why}, {"applicable": False, "reason": why}
 
     # 5. normalization
-    norm = normalization(g.norm_before, g.norm_after, len(targets), channels,
-                         rows=[b for b, *_ in targets], ids=[int(tid) for _, _, tid, _ in targets])
+    if g.norm_before is not None:
+        norm = normalization(g.norm_before, g.norm_after, len(targets), channels,
+                             rows=[b for b, *_ in targets], ids=[int(tid) for _, _, tid, _ in targets])
+    else:
+        norm = {"applicable": False, "reason": f"not applicable: no norm feeds {fam.name}'s attention ({fam.norm_style}-norm)"}
 
-    # 6. sink keys and sink heads: per head, alpha summed over each prompt's sink tokens, mean over prompts
+    # 6. sink keys and sink heads on the attention layers: per head, alpha summed over each prompt's
+    # sink tokens, mean over prompts
+    att = [l for l in range(L) if np.isfinite(captures[0].attn_mass[l]).any()]
     mass = np.mean([sum(c.attn_mass[:, :, t] for bb, t in sinks if bb == b) for b, c in enumerate(captures)], axis=0)
-    keys = sink_keys(g.sink_keys, g.other_keys, g.other_queries, mass, cfg.epsilon, cfg.seed)
+    keys = sink_keys(g.sink_keys[att], g.other_keys[att], g.other_queries[att], mass[att], cfg.epsilon, cfg.seed)
+    if len(att) != L:
+        keys["layers"] = att  # the rows of per_layer_* are these (attention) layers
+        keys["sink_heads"] = [[att[l], h] for l, h in keys["sink_heads"]]
 
     out = {
         "config": {"n_prompts": len(prompts), "chat": captures[0].chat, "threshold": cfg.threshold,

@@ -1,0 +1,403 @@
+"""Discover a decoder's layout from the loaded model itself (no per-family table).
+
+1. Decoder layers: the ModuleList whose length is the config's layer count (the largest by
+   parameters when several are), wherever it sits (`model.layers`, `transformer.h`,
+   `gpt_neox.layers`, `model.decoder.layers`, ...). Embedding: `get_input_embeddings()`. Final
+   norm: a norm beside the layer list.
+2. One traced forward of a few tokens (`_trace`), with transformers' attention interface pointed
+   at a recording function, records which module calls attention in which layer (that module is
+   the layer's attention; layers that never call it are linear-attention / SSM / conv layers of a
+   hybrid), and each layer's input, output and its submodules' inputs and outputs.
+3. Residual structure, per layer: the pair of submodules (a, f) with h_out = h_in + out(a) + out(f)
+   (shallowest first); a is the attention (pre-norm, parallel) or a norm after it (sandwich,
+   post-norm). Sandwich vs post-norm: whether a norm feeds the attention. Parallel: the FFN's input
+   does not depend on h_in + out(a). "inside": the blocks add the residual themselves (BLOOM,
+   BERT-style post-LN), found from f's inputs holding out(a). Nothing found: block norms are NaN.
+4. SwiGLU pieces (gate/up/down/act) and q/k projections by their conventional names inside the
+   FFN / attention; absent ones are None (analyses that need them say "not applicable").
+The trace uses `sinkhole.probe.attention.attention_with_stats`, so its numbers are exact.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from sinkhole.errors import SinkholeError
+from sinkhole.models.families import ATTENTION, FAMILIES, Family
+
+TRACE_NAME = "sinkhole_trace"
+TRACE_TOKENS = 5
+MAX_DEPTH = 2  # submodules of a decoder layer considered as residual contributors: a.b at most
+_STATE: contextvars.ContextVar = contextvars.ContextVar("sinkhole_trace_state", default=None)
+
+
+@dataclass
+class _Rec:
+    start: int
+    cls: str
+    inputs: list = field(default_factory=list)
+    out: torch.Tensor | None = None  # a copy: some layers add to a block's output in place (Falcon)
+    out_ref: torch.Tensor | None = None  # the object itself, to see which module reads it
+    end: int = -1
+
+
+@dataclass
+class _Layer:
+    h_in: torch.Tensor | None = None
+    h_out: torch.Tensor | None = None
+    mods: dict = field(default_factory=dict)  # relative name -> _Rec
+    calls: list = field(default_factory=list)  # modules that called the attention interface
+
+
+class _State:
+    def __init__(self):
+        self.layer: int | None = None
+        self.clock = 0
+        self.layers: dict[int, _Layer] = {}
+
+
+def _trace_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    from sinkhole.probe.attention import _sinks, attention_with_stats
+    from sinkhole.probe.recorder import plain_attention
+
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if query.dim() != 4 or (attention_mask is None and not getattr(module, "is_causal", True)):
+        # not causal attention over tokens (Inkling-2's attention over earlier blocks' states)
+        return plain_attention(query, key, value, attention_mask, scaling), None
+    st = _STATE.get()
+    if st is not None and st.layer is not None:
+        st.layers[st.layer].calls.append(module)
+    out = attention_with_stats(query, key, value, attention_mask, scaling, softcap=kwargs.get("softcap"),
+                               sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True))[0]
+    return out, None
+
+
+def _register_trace() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(TRACE_NAME, _trace_attention)
+    AttentionMaskInterface.register(TRACE_NAME, sdpa_mask)
+    return TRACE_NAME
+
+
+def _tensor(x):
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    return None
+
+
+def text_config(model: nn.Module):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(dotted path, ModuleList) of the decoder blocks."""
+    n = getattr(text_config(model), "num_hidden_layers", None)
+    best = None
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0 or not name:
+            continue
+        if not all(len(list(m.children())) > 0 for m in mod):  # blocks have parts; lists of Linears do not
+            continue
+        size = sum(p.numel() for p in mod.parameters())
+        key = (len(mod) == n, size)
+        if best is None or key > best[0]:
+            best = (key, name, mod)
+    if best is None:
+        mt = getattr(model.config, "model_type", type(model).__name__)
+        raise SinkholeError(f"unsupported architecture '{mt}': no list of decoder blocks found in {type(model).__name__}")
+    return best[1], best[2]
+
+
+def _name_of(root: nn.Module, target: nn.Module) -> str | None:
+    for name, mod in root.named_modules():
+        if mod is target:
+            return name
+    return None
+
+
+def _is_norm(cls: str) -> bool:
+    return "norm" in cls.lower()
+
+
+def _skip(cls: str) -> bool:
+    return cls in ("Dropout", "Identity") or "Dropout" in cls
+
+
+@contextmanager
+def _tracing(model: nn.Module, layers: nn.ModuleList, st: _State):
+    handles, token = [], _STATE.set(st)
+    previous = getattr(model.config, "_attn_implementation", None)
+    switched = False
+    try:
+        try:
+            model.set_attn_implementation(_register_trace())
+            switched = True
+        except (ValueError, ImportError, AttributeError):
+            pass  # the model cannot switch: attention bypasses the interface (traced without it)
+        for idx, layer in enumerate(layers):
+            rec = st.layers.setdefault(idx, _Layer())
+
+            def pre(m, args, kwargs, idx=idx, rec=rec):
+                st.layer = idx
+                rec.h_in = _tensor(args[0] if args else kwargs.get("hidden_states"))
+
+            def post(m, args, out, rec=rec):
+                rec.h_out = _tensor(out)
+
+            handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(layer.register_forward_hook(post))
+            for name, mod in layer.named_modules():
+                if not name or name.count(".") >= MAX_DEPTH:
+                    continue
+
+                def mpre(m, args, kwargs, name=name, rec=rec):
+                    st.clock += 1
+                    ins = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+                    rec.mods[name] = _Rec(st.clock, type(m).__name__, ins)
+
+                def mpost(m, args, out, name=name, rec=rec):
+                    st.clock += 1
+                    r = rec.mods.get(name)
+                    t = _tensor(out)
+                    if r is not None and t is not None:
+                        r.out, r.out_ref, r.end = t.detach().clone(), t, st.clock
+
+                handles.append(mod.register_forward_pre_hook(mpre, with_kwargs=True))
+                handles.append(mod.register_forward_hook(mpost))
+        yield switched
+    finally:
+        for h in handles:
+            h.remove()
+        _STATE.reset(token)
+        if switched and previous is not None:
+            model.set_attn_implementation(previous)
+
+
+def _fits(x: torch.Tensor | None, like: torch.Tensor) -> bool:
+    """x has like's elements in residual layout ((B, T, D), or flattened to (B*T, D) as OPT's FFN does)."""
+    return x is not None and x.shape[-1:] == like.shape[-1:] and x.numel() == like.numel()
+
+
+def _close(x: torch.Tensor | None, y: torch.Tensor | None, tol: float) -> bool:
+    if x is None or y is None or not _fits(x, y):
+        return False
+    x, y = x.float().reshape(y.shape), y.float()
+    return float(torch.linalg.vector_norm(x - y)) <= tol * (float(torch.linalg.vector_norm(y)) + 1e-6)
+
+
+@dataclass
+class LayerParts:
+    kind: str
+    attn: str | None = None
+    mixer_out: str | None = None
+    ffn_out: str | None = None
+    attn_norm: str | None = None
+    ffn_norm: str | None = None
+    mlp: str | None = None
+    style: str = "unknown"
+    mixer_scale: float = 1.0
+    ffn_scale: float = 1.0
+
+
+def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
+    names = {id(m): n for n, m in layer.named_modules()}
+    attn = next((names[id(m)] for m in rec.calls if id(m) in names), None)
+    h_in, h_out = rec.h_in, rec.h_out
+    out = LayerParts(kind=kind, attn=attn)
+    if h_in is None or h_out is None:
+        return out
+    cands = [(n, r) for n, r in rec.mods.items()
+             if _fits(r.out, h_out) and not _skip(r.cls)]
+    cands.sort(key=lambda c: (c[0].count("."), c[1].start))
+    delta = h_out.float() - h_in.float()
+    pairs = [(na, ra, nf, rf) for na, ra in cands for nf, rf in cands  # a starts first, neither inside the other
+             if rf.start > ra.start and not nf.startswith(na + ".") and not na.startswith(nf + ".")]
+    found, scales = None, (1.0, 1.0)
+    for na, ra, nf, rf in pairs:  # sequential or parallel: h_out = h_in + out(a) + out(f)
+        if _close(ra.out.float().reshape(delta.shape) + rf.out.float().reshape(delta.shape), delta, tol):
+            found = (na, nf, "added")
+            break
+    if found is None:  # the blocks add the residual themselves: f reads out(a), out(f) = h_out
+        for na, ra in cands:
+            if not any(t is h_in for t in ra.inputs):
+                continue
+            for nf, rf in cands:
+                if rf.start > ra.end and any(t is ra.out_ref for t in rf.inputs) and _close(rf.out, h_out, tol):
+                    found = (na, nf, "inside")
+                    break
+            if found:
+                break
+    if found is None:  # scaled residual branches (Granite's residual_multiplier): h_out = h_in + s_a out(a) + s_f out(f)
+        for na, ra, nf, rf in pairs:
+            fit = _scaled_fit(ra.out.float().reshape(delta.shape), rf.out.float().reshape(delta.shape), delta, tol)
+            if fit is not None:
+                found, scales = (na, nf, "added"), fit
+                break
+    if found is None:
+        for na, ra in cands:  # a single mixer and no FFN (pure SSM blocks)
+            if _close(ra.out, delta, tol):
+                found = (na, None, "added")
+                break
+    if found is None:
+        return out
+    na, nf, how = found
+    out.mixer_out, out.ffn_out = na, nf
+    out.mixer_scale, out.ffn_scale = scales
+    a_rec = rec.mods[na]
+    norms = [(n, r) for n, r in rec.mods.items() if _is_norm(r.cls) and r.out is not None and n.count(".") == 0]
+
+    def feeds(r: _Rec, target: _Rec, exact: bool) -> bool:
+        if exact:
+            return any(t is r.out_ref for t in target.inputs)
+        return any(_close(r.out, t, tol) for t in target.inputs)
+
+    def feeding(pool, target: _Rec) -> str | None:
+        # the norm whose output object the target reads; else the last one whose output equals its input
+        # (freshly initialised norms of the same input are equal, so identity decides first)
+        for exact in (True, False):
+            hits = [n for n, r in pool if r.end <= target.start and feeds(r, target, exact)]
+            if hits:
+                return hits[-1]
+        return None
+    first = rec.mods.get(attn) if attn in rec.mods else a_rec
+    top_attn = attn.split(".")[0] if attn else na.split(".")[0]
+    first = rec.mods.get(top_attn, first)
+    out.attn_norm = feeding(norms, first)
+    if nf is not None:
+        f_rec = rec.mods[nf]
+        if _is_norm(f_rec.cls):  # sandwich / post: the FFN is what feeds the post-FFN norm
+            mlp = next((n for n, r in rec.mods.items() if n.count(".") == 0 and not _is_norm(r.cls)
+                        and r.out is not None and r.end <= f_rec.start and r.start > a_rec.end
+                        and (feeds(r, f_rec, True) or feeds(r, f_rec, False))), None)
+        else:
+            mlp = nf.split(".")[0] if nf.count(".") and not _is_norm(rec.mods.get(nf.split(".")[0], f_rec).cls) else nf
+        out.mlp = mlp
+        m_rec = rec.mods.get(mlp) if mlp else None
+        if m_rec is not None:
+            a_out = a_rec.out.float().reshape(h_in.shape) * out.mixer_scale
+            h_mid = h_in.float() + (a_out if how == "added" else a_out - h_in.float())
+            # sequential when something after the attention block reads h_mid (parallel blocks have none)
+            reads_mid = [(n, r) for n, r in rec.mods.items() if r.start > a_rec.end and r.start <= m_rec.start
+                         and any(_close(t, h_mid, tol) for t in r.inputs)]
+            sequential = bool(reads_mid) or how == "inside"
+            out.ffn_norm = feeding([(n, r) for n, r in norms if n not in (na, nf)], m_rec) or next(
+                (n for n, r in reads_mid if _is_norm(r.cls) and n.count(".") == 0), None)
+        else:
+            sequential = True
+        if how == "inside":
+            out.style = "inside"
+        elif not sequential:
+            out.style = "parallel"
+        elif _is_norm(a_rec.cls):
+            out.style = "sandwich" if out.attn_norm else "post"
+        else:
+            out.style = "pre" if out.attn_norm else "unknown"
+    return out
+
+
+def _other_kind(config_type, layer: nn.Module, mixer: str | None) -> str:
+    """Kind of a layer that never called attention: the config's name for it when that is not an
+    attention kind ("linear_attention", "mamba", "conv"), else its token mixer's class name."""
+    t = str(config_type) if config_type is not None else ""
+    if t and ("linear" in t or "attention" not in t):
+        return t
+    return type(layer.get_submodule(mixer.split(".")[0])).__name__ if mixer else "non_attention"
+
+
+def _scaled_fit(a: torch.Tensor, f: torch.Tensor, delta: torch.Tensor, tol: float) -> tuple[float, float] | None:
+    """(s_a, s_f) with delta = s_a a + s_f f by least squares, when that fits within tol (else None)."""
+    a, f, d = a.flatten().double(), f.flatten().double(), delta.flatten().double()
+    gram = torch.stack([torch.stack([a @ a, a @ f]), torch.stack([a @ f, f @ f])])
+    if float(torch.linalg.det(gram)) <= 1e-9 * float(a @ a) * float(f @ f):  # (nearly) parallel: no unique fit
+        return None
+    sa, sf = torch.linalg.solve(gram, torch.stack([a @ d, f @ d])).tolist()
+    if min(abs(sa), abs(sf)) < 1e-6 or not _close((sa * a + sf * f).float(), d.float(), tol):
+        return None
+    return sa, sf
+
+
+def _child(mod: nn.Module | None, *names: str) -> str | None:
+    if mod is None:
+        return None
+    kids = dict(mod.named_children())
+    return next((n for n in names if n in kids), None)
+
+
+def _trace_ids(model: nn.Module) -> torch.Tensor:
+    vocab = getattr(text_config(model), "vocab_size", None) or 100
+    emb = model.get_input_embeddings()
+    dev = emb.weight.device if emb is not None and hasattr(emb, "weight") else next(model.parameters()).device
+    return (torch.arange(TRACE_TOKENS) % max(2, vocab - 1) + 1).clamp(max=vocab - 1)[None].to(dev)
+
+
+def discover(model: nn.Module) -> Family:
+    """The Family of a loaded *ForCausalLM model (see the module docstring)."""
+    mt = getattr(model.config, "model_type", "") or type(model).__name__
+    layers_path, layers = find_layers(model)
+    emb = model.get_input_embeddings()
+    embed = _name_of(model, emb) if emb is not None else None
+    if embed is None:
+        raise SinkholeError(f"unsupported architecture '{mt}': no input embedding found")
+    parent_path = layers_path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    final = [n for n, m in parent.named_children() if _is_norm(type(m).__name__)]
+    final_norm = f"{parent_path}.{final[-1]}".lstrip(".") if final else None
+
+    st = _State()
+    dtype = next(model.parameters()).dtype
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    try:
+        with torch.inference_mode(), _tracing(model, layers, st) as switched:
+            model(input_ids=_trace_ids(model), use_cache=False)
+    except SinkholeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any model failure becomes one line
+        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise SinkholeError(f"{mt}: a {TRACE_TOKENS}-token test forward failed ({type(err).__name__}: {msg})") from None
+    called = {i for i, r in st.layers.items() if r.calls}
+    types = getattr(text_config(model), "layer_types", None)
+    types = list(types) if isinstance(types, (list, tuple)) and len(types) == len(layers) else None
+    parts = []
+    for i, layer in enumerate(layers):
+        p = _parts(st.layers.get(i, _Layer()), layer, ATTENTION, tol)
+        if called and i not in called:  # a hybrid's layer whose token mixer is not attention
+            p.kind = _other_kind(types[i] if types else None, layer, p.mixer_out)
+        parts.append(p)
+    kinds = [p.kind for p in parts]
+    ref = next((p for p in parts if p.kind == ATTENTION and p.mixer_out), parts[0])
+    styles = {p.style for p in parts if p.kind == ATTENTION}
+    style = ref.style if len(styles) == 1 else "/".join(sorted(styles))
+    ref_layer = layers[parts.index(ref)]
+    attn_mod = ref_layer.get_submodule(ref.attn) if ref.attn else None
+    mlp_mod = ref_layer.get_submodule(ref.mlp) if ref.mlp else None
+    swiglu = all(isinstance(getattr(mlp_mod, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj"))
+    notes = []
+    if not called:
+        notes.append("attention never called transformers' attention interface: eager fallback")
+    if any(p.mixer_out is None for p in parts):
+        notes.append("residual contributions not identified in some layers (their block norms are NaN)")
+    name = FAMILIES[mt].name if mt in FAMILIES else mt
+    per_layer = max((len(r.calls) for r in st.layers.values()), default=1)
+    repeats = any(len(r.calls) != len({id(m) for m in r.calls}) for r in st.layers.values())
+    return Family(
+        name=name, norm_style=style, layers=layers_path, final_norm=final_norm, embed=embed,
+        attn=ref.attn or "", attn_norm=ref.attn_norm, attn_out=ref.mixer_out, ffn_norm=ref.ffn_norm,
+        mlp=ref.mlp, ffn_out=ref.ffn_out,
+        gate_proj="gate_proj" if swiglu else None, up_proj="up_proj" if swiglu else None,
+        down_proj="down_proj" if swiglu else None, act_fn=_child(mlp_mod, "act_fn", "act", "activation_fn") if swiglu else None,
+        q_proj=_child(attn_mod, "q_proj"), k_proj=_child(attn_mod, "k_proj"),
+        discovery="auto", layer_kinds=tuple(kinds), mixer_outs=tuple(p.mixer_out for p in parts),
+        mixer_scales=tuple(p.mixer_scale for p in parts), ffn_scales=tuple(p.ffn_scale for p in parts),
+        ffn_outs=tuple(p.ffn_out for p in parts), uses_interface=bool(called) and switched, notes=tuple(notes),
+        attn_per_layer=max(per_layer, 1), attn_repeats=repeats,
+    )
