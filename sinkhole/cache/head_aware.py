@@ -333,8 +333,8 @@ class HeadAwareSinkCache(Cache):
         Memory is counted in key slots at `length` tokens (default: the model's trained context):
         dense holds `length` per global-layer head and min(length, own window) per sliding-layer
         head. Heads are upgraded from streaming to retrieval in order of increasing streaming score
-        while the total fits. n_sink defaults to the profile's `pinned_slots` (its sink positions
-        are the first tokens). random_heads=seed: the control, the same number of retrieval heads
+        while the total fits. n_sink defaults to the sinks the scores were measured with
+        (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
         per layer kind, picked at random.
         """
         from sinkhole.profiles.streaming import layer_kinds
@@ -349,7 +349,7 @@ class HeadAwareSinkCache(Cache):
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
             raise SinkholeError(f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "
                                 f"the model has {len(kinds)} x {H}")
-        n_sink = int(profile.pinned_slots) if n_sink is None else n_sink
+        n_sink = int(stream.get("n_sink", profile.pinned_slots)) if n_sink is None else n_sink
         length = length or getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 4096
         picked = select_retrieval_heads(scores, kinds, windows, n_sink, window, budget, length, random_heads)
         return cls(picked, n_sink, window, model=model)

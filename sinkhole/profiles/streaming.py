@@ -185,6 +185,20 @@ def measure_streaming_scores(lm, prompts: list[torch.Tensor], n_sink: int, windo
     return dict(n_sink=n_sink, window=window, layer_kinds=kinds, scores=scores, queries=counts[0])
 
 
-def streaming_prompts(tokenizer, count: int = 4, n_tokens: int = 1024, span: int = 32, seed: int = 0) -> list[CopyPrompt]:
+DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
+
+
+def streaming_prompts(tokenizer, count: int = DEFAULT_PROMPTS, n_tokens: int = DEFAULT_TOKENS, span: int = 32,
+                      seed: int = 0) -> list[CopyPrompt]:
     """The profile's long-range prompt set: `count` copy prompts with different spans and text."""
     return [copy_prompt(tokenizer, n_tokens, span=span, n_spans=4, seed=seed + i) for i in range(count)]
+
+
+def streaming_section(lm, n_sink: int = DEFAULT_SINKS, window: int = DEFAULT_WINDOW, count: int = DEFAULT_PROMPTS,
+                      n_tokens: int = DEFAULT_TOKENS, progress=None) -> dict:
+    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts."""
+    prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
+    out = measure_streaming_scores(lm, [p.ids for p in prompts], n_sink, window, progress)
+    out["prompts"] = {"source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
+                      "count": count, "n_tokens": n_tokens, "spans": [list(s) for s in prompts[0].spans]}
+    return out
