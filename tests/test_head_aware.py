@@ -148,7 +148,7 @@ def test_from_profile_needs_streaming_scores():
 # --- the band statistic -------------------------------------------------------------------------
 
 def eager_band(q, k, scaling, n_sink, window, sliding=None):
-    """The same statistic from full T x T probabilities."""
+    """The same statistic from full T x T probabilities: (B, Hkv, T - n_sink - window)."""
     B, Hq, T, D = q.shape
     G = Hq // k.shape[1]
     s = torch.einsum("bhtd,bhkd->bhtk", q, k.repeat_interleave(G, dim=1)) * scaling
@@ -160,7 +160,7 @@ def eager_band(q, k, scaling, n_sink, window, sliding=None):
     p = torch.softmax(s.masked_fill(~vis, float("-inf")), -1)
     band = (kk < n_sink) | (kk > t - window)
     share = (p * band).sum(-1)[:, :, n_sink + window:]  # (B, Hq, eligible)
-    return share.reshape(B, -1, G, share.shape[-1]).mean(2).sum(-1), share.shape[-1]
+    return share.reshape(B, -1, G, share.shape[-1]).mean(2)
 
 
 @pytest.mark.parametrize("sliding", [None, 9])
@@ -168,11 +168,11 @@ def eager_band(q, k, scaling, n_sink, window, sliding=None):
 def test_band_share_matches_eager(sliding, block_bytes):
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 6, 50, 8, generator=g) * 2, torch.randn(2, 3, 50, 8, generator=g) * 2
-    got, n = band_share(q, k, 0.35, 3, 7, sliding, block_bytes=block_bytes)
-    ref, m = eager_band(q, k, 0.35, 3, 7, sliding)
-    assert n == m == 40
+    got = band_share(q, k, 0.35, 3, 7, sliding, block_bytes=block_bytes)
+    ref = eager_band(q, k, 0.35, 3, 7, sliding)
+    assert got.shape == ref.shape == (2, 3, 40)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    assert band_share(q, k, 0.35, 3, 60)[1] == 0
+    assert band_share(q, k, 0.35, 3, 60).shape == (2, 3, 0)
 
 
 def test_band_share_detects_far_attention():
@@ -182,16 +182,21 @@ def test_band_share_detects_far_attention():
     k[0, 0, 10] = torch.tensor([10.0, 0, 0, 0])
     q = torch.zeros(1, 1, T, D)
     q[0, 0, :, 0] = 5.0
-    far, n = band_share(q, k, 1.0, 2, 8)
-    assert n == 30 and abs(far.item() - 8) < 0.05  # ~1 while key 10 is in the window (t = 10..17), ~0 after
-    near, n = band_share(torch.zeros(1, 1, T, D), k, 1.0, 2, T - 2 - 1)  # uniform: 37 of 38 keys in band
-    assert 0.9 < near.item() / n <= 1.0
+    far = band_share(q, k, 1.0, 2, 8)[0, 0]  # queries 10..39
+    assert far[:8].min() > 0.99 and far[8:].max() < 1e-3  # key 10 in the window for t = 10..17, then gone
+    near = band_share(torch.zeros(1, 1, T, D), k, 1.0, 2, 35)[0, 0]  # uniform: t=37 sees 38 keys, 37 in band
+    torch.testing.assert_close(near, torch.tensor([37 / 38, 37 / 39, 37 / 40]))
 
 
 def test_measure_streaming_scores_on_tiny_models():
+    from sinkhole.profiles.streaming import CopyPrompt
+
     for model in (tiny_llama(**BIG), tiny_gemma3(**BIG)):
         lm = wrap(model)
         res = measure_streaming_scores(lm, [ids_of(40), ids_of(30, 1)], n_sink=2, window=8)
+        assert res["copy_scores"] is None and res["copy_queries"] == 0
+        copy = measure_streaming_scores(lm, [CopyPrompt(ids_of(40), [(12, 30, 5)])], n_sink=2, window=8)
+        assert copy["copy_queries"] == 4 and len(copy["copy_scores"]) == model.config.num_hidden_layers
         kinds, _ = layer_kinds(model)
         assert res["layer_kinds"] == kinds
         assert len(res["scores"]) == model.config.num_hidden_layers

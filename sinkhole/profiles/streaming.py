@@ -10,8 +10,14 @@ probabilities (causal, and limited to the layer's sliding window where it has on
     share_lg(t)    = mean over the query heads h of group g of  sum_{k in band(t)} A_lh[t, k]
     score_lg       = mean of share_lg(t) over the eligible queries t >= S + W (for earlier queries the
                      band is every key), over all prompts
+    copy_score_lg  = the same mean over the *copy queries* only: the tokens of a repeated span whose
+                     next token is a copy of something far outside the window (`copy_queries`)
 
 A score near 1 means sinks + window lose nothing for that head; a retrieval head scores lower.
+Measured on SmolLM2, the plain score is dominated by diffuse heads (early layers spread attention
+over everything, ~0.3-0.6 on every query) that a cache can drop without losing a copy; the copy
+score singles out the heads that reach back exactly when a far token is needed, so the head-aware
+cache ranks by it (docs/cache.md has the numbers).
 Sliding-window layers use S = 0 (their sinks left the window during training, so a cache must not
 bring them back): a sliding layer is streaming by construction, and its score says whether a window
 W shorter than its own loses anything.
@@ -38,14 +44,14 @@ BLOCK_BYTES = 32 * 2**20  # scores of one query block: keeps the working set cac
 
 def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: int, window: int,
                sliding_window: int | None = None, softcap: float | None = None,
-               block_bytes: int = BLOCK_BYTES) -> tuple[torch.Tensor, int]:
-    """Sum over eligible queries of the attention share on sinks + the last `window` keys.
+               block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+    """Per query, the attention share on sinks + the last `window` keys, for queries t >= n_sink + window.
 
     query: (B, Hq, T, D), key: (B, Hkv, T, D), post-RoPE, one unpadded causal sequence per row,
     Hq a multiple of Hkv (GQA: query head h reads KV head h // (Hq / Hkv)). sliding_window: the
     layer's own window (a key k is visible to t when t - k < sliding_window), None for global layers.
-    Returns (sums (B, Hkv) float32: per KV head, the sum over eligible queries t >= n_sink + window
-    of the group-mean share; n: the number of eligible queries). Exact softmax in float32.
+    Returns share (B, Hkv, T - t0) float32, t0 = n_sink + window (empty when t0 >= T): for each KV
+    head the mean over its query heads. Exact softmax in float32, query block by query block.
     """
     B, Hq, T, D = query.shape
     Hkv = key.shape[1]
@@ -53,9 +59,9 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
         raise SinkholeError(f"{Hq} query heads do not group over {Hkv} KV heads")
     G = Hq // Hkv
     t0 = n_sink + window
-    sums = torch.zeros(B, Hkv, dtype=torch.float32, device=query.device)
+    out = torch.zeros(B, Hkv, max(0, T - t0), dtype=torch.float32, device=query.device)
     if t0 >= T:
-        return sums, 0
+        return out
     q = query.reshape(B, Hkv, G, T, D)
     k = key.float()
     tb = max(1, min(T - t0, block_bytes // max(1, 4 * B * Hq * T)))
@@ -69,11 +75,10 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
         visible = kpos[:b] <= qpos
         if sliding_window is not None:
             visible &= qpos - kpos[:b] < sliding_window
-        s = s.masked_fill(~visible, float("-inf"))
-        p = torch.softmax(s, dim=-1)
+        p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         band = (kpos[:b] < n_sink) | (kpos[:b] > qpos - window)  # (tb, b)
-        sums += (p * band).sum(-1).mean(2).sum(-1)  # sum over keys in band, mean over G, sum over queries
-    return sums, T - t0
+        out[:, :, a - t0:b - t0] = (p * band).sum(-1).mean(2)  # sum over band keys, mean over the group
+    return out
 
 
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
@@ -147,13 +152,25 @@ def copy_prompt(tokenizer, n_tokens: int, span: int = 32, n_spans: int = 4, dist
     return CopyPrompt(torch.tensor([ids]), spans)
 
 
-@torch.inference_mode()
-def measure_streaming_scores(lm, prompts: list[torch.Tensor], n_sink: int, window: int = DEFAULT_WINDOW,
-                             progress=None) -> dict:
-    """Streaming scores [L][Hkv] of a LoadedModel over token-id prompts (each (1, T)), via a recorder tap.
+def copy_queries(spans, n_tokens: int) -> torch.Tensor:
+    """(T,) bool: the queries that must retrieve, one per token of a second occurrence but its last.
 
-    Returns the profile's `streaming` section: {n_sink, window, layer_kinds, scores [L][Hkv],
-    queries (eligible queries summed over prompts)}.
+    The query at position p2 + i - 1 predicts token p2 + i, a copy of p1 + i (i = 1..span-1).
+    """
+    sel = torch.zeros(n_tokens, dtype=torch.bool)
+    for _, p2, span in spans:
+        sel[p2: p2 + span - 1] = True
+    return sel
+
+
+@torch.inference_mode()
+def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None) -> dict:
+    """Streaming scores [L][Hkv] of a LoadedModel over prompts, via a recorder tap.
+
+    prompts: `CopyPrompt`s (or token-id tensors (1, T), which have no copy queries).
+    Returns the profile's `streaming` section: {n_sink, window, layer_kinds, scores [L][Hkv] (mean
+    share over all eligible queries), copy_scores [L][Hkv] (the same over the copy queries only:
+    where a retrieval is needed; null without copy prompts), queries, copy_queries}.
     """
     from sinkhole.probe.recorder import Recorder, recording
 
@@ -161,28 +178,43 @@ def measure_streaming_scores(lm, prompts: list[torch.Tensor], n_sink: int, windo
     kinds, windows = layer_kinds(model)
     mods = attention_modules(model)
     L = len(kinds)
-    sums: list[torch.Tensor | None] = [None] * L
-    counts = [0] * L
+    sums = [0.0] * L
+    copy_sums = [0.0] * L
+    counts, copy_counts = [0] * L, [0] * L
+    selected: list[torch.Tensor] = []
 
     def tap(layer, query, key, value):
         S = 0 if kinds[layer] == "sliding" else n_sink
         softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
         scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
-        s, n = band_share(query, key, scaling, S, window, windows[layer], softcap)
-        sums[layer] = s.sum(0).cpu() if sums[layer] is None else sums[layer] + s.sum(0).cpu()
-        counts[layer] += n * query.shape[0]
+        share = band_share(query, key, scaling, S, window, windows[layer], softcap).sum(0).cpu()  # (Hkv, T - t0)
+        sums[layer] = sums[layer] + share.sum(-1)
+        counts[layer] += share.shape[-1] * query.shape[0]
+        sel = selected[0][S + window:]
+        copy_sums[layer] = copy_sums[layer] + share[:, sel].sum(-1)
+        copy_counts[layer] += int(sel.sum()) * query.shape[0]
 
-    for ids in prompts:
+    for prompt in prompts:
+        ids = getattr(prompt, "ids", prompt)
+        spans = getattr(prompt, "spans", [])
         if ids.shape[1] <= n_sink + window:
             raise SinkholeError(f"a {ids.shape[1]}-token prompt is too short for sinks {n_sink} + window {window}")
+        selected[:] = [copy_queries(spans, ids.shape[1])]
         rec = Recorder(L, torch.ones(ids.shape, dtype=torch.bool))
         rec.taps.append(tap)
         with recording(model, lm.family, rec):
             model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1)
         if progress:
             progress(1)
-    scores = [[round(float(v) / max(1, counts[l]), 5) for v in sums[l]] for l in range(L)]
-    return dict(n_sink=n_sink, window=window, layer_kinds=kinds, scores=scores, queries=counts[0])
+
+    def mean(total, n):
+        return [round(float(v) / n, 5) for v in total] if n else None
+
+    copy = [mean(copy_sums[l], copy_counts[l]) for l in range(L)]
+    return dict(n_sink=n_sink, window=window, layer_kinds=kinds, scores=[mean(sums[l], counts[l]) for l in range(L)],
+                copy_scores=copy if all(c is not None for c in copy) else None,
+                queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
+                copy_queries=max(copy_counts))
 
 
 DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
@@ -198,7 +230,7 @@ def streaming_section(lm, n_sink: int = DEFAULT_SINKS, window: int = DEFAULT_WIN
                       n_tokens: int = DEFAULT_TOKENS, progress=None) -> dict:
     """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts."""
     prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
-    out = measure_streaming_scores(lm, [p.ids for p in prompts], n_sink, window, progress)
+    out = measure_streaming_scores(lm, prompts, n_sink, window, progress)
     out["prompts"] = {"source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
                       "count": count, "n_tokens": n_tokens, "spans": [list(s) for s in prompts[0].spans]}
     return out
