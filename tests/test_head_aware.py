@@ -205,3 +205,66 @@ def test_measure_streaming_scores_on_tiny_models():
             assert res["queries"] == 30 + 20
         if "sliding" in kinds:  # window 4 <= 8: the band is everything a sliding head sees
             assert all(abs(s - 1) < 1e-5 for s in res["scores"][kinds.index("sliding")])
+
+
+def per_head_reference(retrieval, n_sink, window):
+    """An eager attention function that applies, per KV head, the mask the cache implies: causal for
+    retrieval heads, causal within sinks + the last `window` keys for streaming heads."""
+    def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        B, Hq, T, D = query.shape
+        G = Hq // key.shape[1]
+        t, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        causal = k <= t
+        band = causal & ((k < n_sink) | (k > t - window))
+        masks = torch.stack([causal if h // G in retrieval[module.layer_idx] else band for h in range(Hq)])
+        s = torch.einsum("bhtd,bhkd->bhtk", query, key.repeat_interleave(G, 1)) * scaling
+        p = torch.softmax(s.masked_fill(~masks, float("-inf")), -1)
+        return torch.einsum("bhtk,bhkd->bthd", p, value.repeat_interleave(G, 1)), None
+    return attention
+
+
+@pytest.mark.parametrize("retrieval", [[[1], [0]], [[0, 1], []], [[], [1]]])
+def test_mixed_heads_equal_a_full_forward_with_per_head_masks(retrieval):
+    """Independent reference: one full forward whose attention masks each head as the cache keeps it."""
+    from transformers import AttentionInterface
+
+    model = tiny_llama(**BIG)
+    ids = ids_of(33, seed=5)
+    AttentionInterface.register("test_per_head", per_head_reference(retrieval, 2, 6))
+    model.set_attn_implementation("test_per_head")
+    with torch.inference_mode():
+        ref = model(ids).logits[0]
+    model.set_attn_implementation("sdpa")
+    for chunk in (1, 5):
+        out = run_chunks(model, HeadAwareSinkCache(retrieval, 2, 6, model=model), ids, chunk)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+class CharTokenizer:
+    """Text -> one id per character (1..98): enough for copy prompts on the tiny models."""
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        return {"input_ids": [1 + ord(c) % 97 for c in text]}
+
+
+def test_recall_evaluation_on_a_tiny_model():
+    from sinkhole.cache.recall import evaluate_recall, render_recall
+    from sinkhole.profiles.profile import SinkProfile
+
+    model = tiny_llama(**BIG)
+    lm = wrap(model)
+    lm.tokenizer = CharTokenizer()
+    p = SinkProfile(model={"name": "t"}, sink_rule={"positions": [0]}, sink_tokens=[], spike_channels=[],
+                    step_up_layers=[], step_down_layers=[], sink_heads=[], pinned_slots=1, prompts={},
+                    streaming={"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]})
+    res = evaluate_recall(lm, p, n_tokens=240, budget=0.5, window=8, span=8, n_spans=2, seeds=(0, 1), chunk=16)
+    rows = {r.method: r for r in res.rows}
+    assert list(rows) == ["dense", "window", "sinks", "head_aware", "random"]
+    assert rows["dense"].kv_share == 1.0
+    assert all(r.kv_share <= 0.5 for name, r in rows.items() if name != "dense")
+    assert rows["head_aware"].detail["retrieval_heads"] >= 1
+    assert rows["random"].detail["retrieval_heads"] == rows["head_aware"].detail["retrieval_heads"]
+    full = evaluate_recall(lm, p, n_tokens=240, budget=1.0, window=8, span=8, n_spans=2, seeds=(0,), chunk=16)
+    by = {r.method: r for r in full.rows}
+    assert by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
+    assert "head-aware (profile)" in render_recall(res.to_dict())
