@@ -223,12 +223,13 @@ def per_head_reference(retrieval, n_sink, window):
     return attention
 
 
-@pytest.mark.parametrize("retrieval", [[[1], [0]], [[0, 1], []], [[], [1]]])
-def test_mixed_heads_equal_a_full_forward_with_per_head_masks(retrieval):
+@pytest.mark.parametrize("retrieval,kv", [([[1], [0]], 2), ([[0, 1], []], 2), ([[], [1]], 2),
+                                          ([[0, 2], [1, 2, 3]], 4)])  # the last: gathered (non-contiguous) heads
+def test_mixed_heads_equal_a_full_forward_with_per_head_masks(retrieval, kv):
     """Independent reference: one full forward whose attention masks each head as the cache keeps it."""
     from transformers import AttentionInterface
 
-    model = tiny_llama(**BIG)
+    model = tiny_llama(num_key_value_heads=kv, **BIG)
     ids = ids_of(33, seed=5)
     AttentionInterface.register("test_per_head", per_head_reference(retrieval, 2, 6))
     model.set_attn_implementation("test_per_head")

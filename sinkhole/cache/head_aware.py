@@ -156,10 +156,13 @@ class HeadAwareLayer(CacheLayerMixin):
         self.device = key_states.device
         self.is_initialized = True
 
-    def _index(self, heads: list[int], device) -> torch.Tensor | None:
-        """Index tensor for a head subset (None when it is every head: no gather needed)."""
+    def _index(self, heads: list[int], device):
+        """How to pick a head subset: None (every head), a slice (contiguous heads: views, no
+        gather), or an index tensor."""
         if len(heads) == self.n_kv_heads:
             return None
+        if heads == list(range(heads[0], heads[-1] + 1)):
+            return slice(heads[0], heads[-1] + 1)
         if (device, tuple(heads)) not in self._idx:
             self._idx[(device, tuple(heads))] = torch.tensor(heads, device=device)
         return self._idx[(device, tuple(heads))]
@@ -176,8 +179,7 @@ class HeadAwareLayer(CacheLayerMixin):
             if not heads:
                 continue
             idx = self._index(heads, key_states.device)
-            k = key_states if idx is None else key_states.index_select(1, idx)
-            v = value_states if idx is None else value_states.index_select(1, idx)
+            k, v = take(key_states, idx), take(value_states, idx)
             keys, values, kpos = store.update(k, v, n)
             mask = None
             if kpos is not None:
@@ -232,6 +234,13 @@ class HeadAwareLayer(CacheLayerMixin):
         raise SinkholeError("HeadAwareSinkCache cannot be cropped: assisted decoding is not supported")
 
 
+def take(t: torch.Tensor, idx) -> torch.Tensor:
+    """Heads `idx` (None: all, a slice, or an index tensor) along dim 1."""
+    if idx is None:
+        return t
+    return t[:, idx] if isinstance(idx, slice) else t.index_select(1, idx)
+
+
 def head_aware_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """AttentionInterface function: one SDPA call per head group of the layer's plan.
 
@@ -253,8 +262,7 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     out = None
     for idx, keys, values, mask in plan["groups"]:
         h = keys.shape[1]
-        qh = qg if idx is None else qg.index_select(1, idx)
-        qh = qh.reshape(B, h, G * q, D)  # GQA packed: the G query heads of a KV head are extra rows
+        qh = take(qg, idx).reshape(B, h, G * q, D)  # GQA packed: the G query heads of a KV head are extra rows
         m = None if mask is None else mask.repeat(G, 1)  # (G*q, N): rows ordered (g, t)
         o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
         o = o.reshape(B, h, G, q, values.shape[-1])
@@ -263,7 +271,10 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
         else:
             if out is None:
                 out = o.new_empty(B, n_kv, G, q, values.shape[-1])
-            out.index_copy_(1, idx, o)
+            if isinstance(idx, slice):
+                out[:, idx] = o
+            else:
+                out.index_copy_(1, idx, o)
     return out.reshape(B, Hq, q, -1).transpose(1, 2).contiguous(), None
 
 

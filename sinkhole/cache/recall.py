@@ -123,7 +123,8 @@ def _scores(pred: torch.Tensor, nll: torch.Tensor, ids: torch.Tensor, spans) -> 
 
 def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, window: int = 256,
                     n_sink: int | None = None, span: int = 32, n_spans: int = 4, seeds: tuple[int, ...] = (0,),
-                    chunk: int = 64, random_seed: int = 0, progress=None) -> RecallResult:
+                    chunk: int = 64, random_seed: int = 0, methods: tuple[str, ...] | None = None,
+                    progress=None) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
     import math
 
@@ -157,6 +158,11 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
         "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
                                                           length=n_tokens, n_sink=n_sink, random_heads=random_seed),
     }
+    if methods is not None:
+        unknown = sorted(set(methods) - set(makers))
+        if unknown:
+            raise SinkholeError(f"unknown recall methods {unknown} (known: {', '.join(makers)})")
+        makers = {k: v for k, v in makers.items() if k in methods}
     streams = [copy_prompt(lm.tokenizer, n_tokens, span=span, n_spans=n_spans, seed=s) for s in seeds]
     rows = []
     for name, make in makers.items():
@@ -189,7 +195,7 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
 
 def render_recall(d: dict) -> str:
     """Plain-text table of `RecallResult.to_dict()`, with each method's ratios to dense."""
-    dense = next((r for r in d["rows"] if r["method"] == "dense"), None)
+    dense = next((r for r in d["rows"] if r["method"] == "dense"), None)  # ratios only when dense ran
     lines = [f"{d['model']}: copy recall over {d['n_tokens']}-token streams ({len(d['settings']['seeds'])} x "
              f"{d['settings']['n_spans']} spans of {d['settings']['span']} random tokens, repeated "
              f"{d['spans'][0][0][1] - d['spans'][0][0][0]} tokens later); budget {d['budget']:.0%} of dense KV; "
