@@ -269,3 +269,11 @@ def test_recall_evaluation_on_a_tiny_model():
     by = {r.method: r for r in full.rows}
     assert by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
     assert "head-aware (profile)" in render_recall(res.to_dict())
+
+
+def test_cli_recall_rejects_plot_and_text_before_loading(capsys):
+    from sinkhole.cli.main import main
+
+    assert main(["stream", "--recall", "--plot", "x.png"]) == 2
+    assert "--recall" in capsys.readouterr().err
+    assert main(["profile", "--stream-window", "0", "--out", "x.json"]) == 2
