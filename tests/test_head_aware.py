@@ -197,6 +197,7 @@ def test_measure_streaming_scores_on_tiny_models():
         assert res["copy_scores"] is None and res["copy_queries"] == 0
         copy = measure_streaming_scores(lm, [CopyPrompt(ids_of(40), [(12, 30, 5)])], n_sink=2, window=8)
         assert copy["copy_queries"] == 4 and len(copy["copy_scores"]) == model.config.num_hidden_layers
+        assert all(0 <= v <= 1 for row in copy["retrieval_scores"] for v in row) and res["retrieval_scores"] is None
         kinds, _ = layer_kinds(model)
         assert res["layer_kinds"] == kinds
         assert len(res["scores"]) == model.config.num_hidden_layers
@@ -277,3 +278,17 @@ def test_cli_recall_rejects_plot_and_text_before_loading(capsys):
     assert main(["stream", "--recall", "--plot", "x.png"]) == 2
     assert "--recall" in capsys.readouterr().err
     assert main(["profile", "--stream-window", "0", "--out", "x.json"]) == 2
+
+
+def test_band_share_target_mass_matches_eager():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 4, 30, 8, generator=g) * 2, torch.randn(1, 2, 30, 8, generator=g) * 2
+    targets = torch.full((30,), -1)
+    targets[20:25] = torch.tensor([3, 4, 5, 6, 7])
+    share, hit = band_share(q, k, 0.35, 2, 6, targets=targets, block_bytes=1000)
+    torch.testing.assert_close(share, eager_band(q, k, 0.35, 2, 6))
+    s = torch.einsum("bhtd,bhkd->bhtk", q, k.repeat_interleave(2, 1)) * 0.35
+    p = torch.softmax(s.masked_fill(torch.ones(30, 30).triu(1).bool(), float("-inf")), -1)
+    ref = torch.zeros(1, 4, 30)
+    ref[0, :, 20:25] = p[0, :, torch.arange(20, 25), torch.tensor([3, 4, 5, 6, 7])]
+    torch.testing.assert_close(hit, ref.reshape(1, 2, 2, 30).mean(2)[:, :, 8:])

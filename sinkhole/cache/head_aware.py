@@ -338,7 +338,7 @@ class HeadAwareSinkCache(Cache):
     @classmethod
     def from_profile(cls, profile, *, model: torch.nn.Module, window: int = 256, budget: float = 0.5,
                      length: int | None = None, n_sink: int | None = None,
-                     random_heads: int | None = None, rank_by: str = "copy") -> "HeadAwareSinkCache":
+                     random_heads: int | None = None, rank_by: str = "retrieval") -> "HeadAwareSinkCache":
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
 
         Memory is counted in key slots at `length` tokens (default: the model's trained context):
@@ -346,8 +346,10 @@ class HeadAwareSinkCache(Cache):
         head. Heads are upgraded from streaming to retrieval in order of increasing streaming score
         while the total fits. n_sink defaults to the sinks the scores were measured with
         (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
-        per layer kind, picked at random. rank_by: "copy" ranks by the scores on copy queries
-        (`streaming.copy_scores`, when the profile has them), "all" by the scores on every query.
+        per layer kind, picked at random. rank_by: "retrieval" keeps first the heads with the most
+        attention on the token to copy (`streaming.retrieval_scores`), "copy" the heads with the
+        least attention inside sinks + window at copy queries (`copy_scores`), "all" the same over
+        every query (`scores`); a profile without the chosen scores falls back to `scores`.
         """
         from sinkhole.profiles.streaming import layer_kinds
 
@@ -356,9 +358,13 @@ class HeadAwareSinkCache(Cache):
             raise SinkholeError("the profile has no streaming scores: make it with `sinkhole profile` "
                                 "(sinkhole >= the head-aware cache) or use a shipped one")
         kinds, windows = layer_kinds(model)
-        if rank_by not in ("copy", "all"):
-            raise SinkholeError(f"rank_by must be 'copy' or 'all' (got {rank_by!r})")
-        scores = (stream.get("copy_scores") if rank_by == "copy" else None) or stream["scores"]
+        if rank_by not in ("retrieval", "copy", "all"):
+            raise SinkholeError(f"rank_by must be 'retrieval', 'copy' or 'all' (got {rank_by!r})")
+        scores = stream["scores"]
+        if rank_by == "retrieval" and stream.get("retrieval_scores"):
+            scores = [[1.0 - v for v in row] for row in stream["retrieval_scores"]]  # low = keep first
+        elif rank_by == "copy" and stream.get("copy_scores"):
+            scores = stream["copy_scores"]
         H = kv_head_count(model)
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
             raise SinkholeError(f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "

@@ -17,9 +17,12 @@ Design decisions (transformers 5.x, no patching of model code):
   the distance between query and key, so StreamingLLM's in-cache numbering is reproduced exactly
   by keeping the model's absolute positions and re-rotating only the *sink* keys: the window is
   contiguous and already sits at its true distances, and each sink is rotated to sit just before
-  the window, i.e. at absolute position `window_start - S + i`. This costs a rotation of S keys
-  per layer per step (not of the whole window), and because sinks are kept with their original
-  rotation and rotated from it afresh each step, rounding errors never accumulate.
+  the window, i.e. at absolute position `window_start - S + i`. Only S keys per layer are ever
+  rotated (never the window); the placement moves one position per step, so the rotations of the
+  next 64 steps are computed in one batched pass and each step copies its slice. Sinks are kept
+  with their original rotation and rotated from it afresh, so rounding errors never accumulate.
+- Storage: a preallocated ring buffer per layer (see `SinkCacheLayer`); a decode step writes one
+  slot and returns a view, where DynamicCache concatenates its whole cache.
 - Numerical cost: each sink key goes through one extra rotation (cos/sin computed in float64,
   applied in float32), and, like any transformers model at that position, the model computes its
   own RoPE angles as float32 `position * inv_freq`, which loses ~position * 2^-24 rad. See

@@ -44,7 +44,7 @@ BLOCK_BYTES = 32 * 2**20  # scores of one query block: keeps the working set cac
 
 def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: int, window: int,
                sliding_window: int | None = None, softcap: float | None = None,
-               block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+               block_bytes: int = BLOCK_BYTES, targets: torch.Tensor | None = None):
     """Per query, the attention share on sinks + the last `window` keys, for queries t >= n_sink + window.
 
     query: (B, Hq, T, D), key: (B, Hkv, T, D), post-RoPE, one unpadded causal sequence per row,
@@ -52,6 +52,8 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
     layer's own window (a key k is visible to t when t - k < sliding_window), None for global layers.
     Returns share (B, Hkv, T - t0) float32, t0 = n_sink + window (empty when t0 >= T): for each KV
     head the mean over its query heads. Exact softmax in float32, query block by query block.
+    targets: optional (T,) long, one key per query (-1: none); then returns (share, target_mass),
+    target_mass (B, Hkv, T - t0) the probability on that key (0 where none), same head mean.
     """
     B, Hq, T, D = query.shape
     Hkv = key.shape[1]
@@ -60,8 +62,9 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
     G = Hq // Hkv
     t0 = n_sink + window
     out = torch.zeros(B, Hkv, max(0, T - t0), dtype=torch.float32, device=query.device)
+    hit = torch.zeros_like(out) if targets is not None else None
     if t0 >= T:
-        return out
+        return out if hit is None else (out, hit)
     q = query.reshape(B, Hkv, G, T, D)
     k = key.float()
     tb = max(1, min(T - t0, block_bytes // max(1, 4 * B * Hq * T)))
@@ -78,7 +81,11 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
         p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         band = (kpos[:b] < n_sink) | (kpos[:b] > qpos - window)  # (tb, b)
         out[:, :, a - t0:b - t0] = (p * band).sum(-1).mean(2)  # sum over band keys, mean over the group
-    return out
+        if hit is not None:
+            tgt = targets[a:b].to(query.device)  # (tb,)
+            idx = tgt.clamp(min=0).view(1, 1, 1, -1, 1).expand(B, Hkv, G, -1, 1)
+            hit[:, :, a - t0:b - t0] = (p.gather(-1, idx)[..., 0] * (tgt >= 0)).mean(2)
+    return out if hit is None else (out, hit)
 
 
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
@@ -163,6 +170,14 @@ def copy_queries(spans, n_tokens: int) -> torch.Tensor:
     return sel
 
 
+def copy_targets(spans, n_tokens: int) -> torch.Tensor:
+    """(T,) long: for each copy query, the key it should retrieve (p1 + i for query p2 + i - 1), else -1."""
+    tgt = torch.full((n_tokens,), -1, dtype=torch.long)
+    for p1, p2, span in spans:
+        tgt[p2: p2 + span - 1] = torch.arange(p1 + 1, p1 + span)
+    return tgt
+
+
 @torch.inference_mode()
 def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None) -> dict:
     """Streaming scores [L][Hkv] of a LoadedModel over prompts, via a recorder tap.
@@ -170,7 +185,9 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
     prompts: `CopyPrompt`s (or token-id tensors (1, T), which have no copy queries).
     Returns the profile's `streaming` section: {n_sink, window, layer_kinds, scores [L][Hkv] (mean
     share over all eligible queries), copy_scores [L][Hkv] (the same over the copy queries only:
-    where a retrieval is needed; null without copy prompts), queries, copy_queries}.
+    where a retrieval is needed; null without copy prompts), retrieval_scores [L][Hkv] (mean
+    probability on the token to copy at the copy queries: Wu et al.'s retrieval heads, 2024; null
+    without copy prompts), queries, copy_queries}.
     """
     from sinkhole.probe.recorder import Recorder, recording
 
@@ -180,6 +197,7 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
     L = len(kinds)
     sums = [0.0] * L
     copy_sums = [0.0] * L
+    hit_sums = [0.0] * L
     counts, copy_counts = [0] * L, [0] * L
     selected: list[torch.Tensor] = []
 
@@ -187,11 +205,13 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
         S = 0 if kinds[layer] == "sliding" else n_sink
         softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
         scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
-        share = band_share(query, key, scaling, S, window, windows[layer], softcap).sum(0).cpu()  # (Hkv, T - t0)
+        share, hit = band_share(query, key, scaling, S, window, windows[layer], softcap, targets=selected[1])
+        share, hit = share.sum(0).cpu(), hit.sum(0).cpu()  # (Hkv, T - t0)
         sums[layer] = sums[layer] + share.sum(-1)
         counts[layer] += share.shape[-1] * query.shape[0]
         sel = selected[0][S + window:]
         copy_sums[layer] = copy_sums[layer] + share[:, sel].sum(-1)
+        hit_sums[layer] = hit_sums[layer] + hit[:, sel].sum(-1)
         copy_counts[layer] += int(sel.sum()) * query.shape[0]
 
     for prompt in prompts:
@@ -199,7 +219,7 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
         spans = getattr(prompt, "spans", [])
         if ids.shape[1] <= n_sink + window:
             raise SinkholeError(f"a {ids.shape[1]}-token prompt is too short for sinks {n_sink} + window {window}")
-        selected[:] = [copy_queries(spans, ids.shape[1])]
+        selected[:] = [copy_queries(spans, ids.shape[1]), copy_targets(spans, ids.shape[1])]
         rec = Recorder(L, torch.ones(ids.shape, dtype=torch.bool))
         rec.taps.append(tap)
         with recording(model, lm.family, rec):
@@ -211,8 +231,10 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
         return [round(float(v) / n, 5) for v in total] if n else None
 
     copy = [mean(copy_sums[l], copy_counts[l]) for l in range(L)]
+    hits = [mean(hit_sums[l], copy_counts[l]) for l in range(L)]
     return dict(n_sink=n_sink, window=window, layer_kinds=kinds, scores=[mean(sums[l], counts[l]) for l in range(L)],
                 copy_scores=copy if all(c is not None for c in copy) else None,
+                retrieval_scores=hits if all(c is not None for c in hits) else None,
                 queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
                 copy_queries=max(copy_counts))
 
