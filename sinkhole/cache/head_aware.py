@@ -338,7 +338,7 @@ class HeadAwareSinkCache(Cache):
     @classmethod
     def from_profile(cls, profile, *, model: torch.nn.Module, window: int = 256, budget: float = 0.5,
                      length: int | None = None, n_sink: int | None = None,
-                     random_heads: int | None = None, rank_by: str = "retrieval") -> "HeadAwareSinkCache":
+                     random_heads: int | None = None, rank_by: str = "copy") -> "HeadAwareSinkCache":
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
 
         Memory is counted in key slots at `length` tokens (default: the model's trained context):
@@ -346,10 +346,11 @@ class HeadAwareSinkCache(Cache):
         head. Heads are upgraded from streaming to retrieval in order of increasing streaming score
         while the total fits. n_sink defaults to the sinks the scores were measured with
         (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
-        per layer kind, picked at random. rank_by: "retrieval" keeps first the heads with the most
-        attention on the token to copy (`streaming.retrieval_scores`), "copy" the heads with the
-        least attention inside sinks + window at copy queries (`copy_scores`), "all" the same over
-        every query (`scores`); a profile without the chosen scores falls back to `scores`.
+        per layer kind, picked at random. rank_by: "copy" (default) keeps first the heads with the
+        least attention inside sinks + window at copy queries (`streaming.copy_scores`),
+        "retrieval" the heads with the most
+        attention on the token to copy (`retrieval_scores`), "all" the band share over every
+        query (`scores`); a profile without the chosen scores falls back to `scores`.
         """
         from sinkhole.profiles.streaming import layer_kinds
 

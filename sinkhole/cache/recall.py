@@ -124,6 +124,7 @@ def _scores(pred: torch.Tensor, nll: torch.Tensor, ids: torch.Tensor, spans) -> 
 def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, window: int = 256,
                     n_sink: int | None = None, span: int = 32, n_spans: int = 4, seeds: tuple[int, ...] = (0,),
                     chunk: int = 64, random_seed: int = 0, methods: tuple[str, ...] | None = None,
+                    rank_by: str = "copy",
                     progress=None) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
     import math
@@ -154,9 +155,10 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
         "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
         "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
         "head_aware": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
-                                                              length=n_tokens, n_sink=n_sink),
+                                                              length=n_tokens, n_sink=n_sink, rank_by=rank_by),
         "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
-                                                          length=n_tokens, n_sink=n_sink, random_heads=random_seed),
+                                                          length=n_tokens, n_sink=n_sink, random_heads=random_seed,
+                                                          rank_by=rank_by),
     }
     if methods is not None:
         unknown = sorted(set(methods) - set(makers))
@@ -188,7 +190,7 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
                               nbytes, round(secs, 2), detail))
     return RecallResult(model=lm.name, n_tokens=n_tokens, budget=budget, window=window, n_sink=n_sink,
                         uniform_cache=C, spans=[[list(s) for s in cp.spans] for cp in streams], rows=rows,
-                        settings=dict(span=span, n_spans=n_spans, seeds=list(seeds), chunk=chunk,
+                        settings=dict(span=span, n_spans=n_spans, seeds=list(seeds), chunk=chunk, rank_by=rank_by,
                                       random_seed=random_seed, dtype=str(lm.dtype).replace("torch.", ""),
                                       device=str(lm.device)))
 

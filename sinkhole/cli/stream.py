@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     r.add_argument("--budget", type=float, default=0.5, help="KV memory as a share of dense, default 0.5")
     r.add_argument("--window", type=int, default=256, help="window of the head-aware cache's streaming heads, default 256")
     r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
+    r.add_argument("--rank-by", choices=["copy", "retrieval", "all"], default="copy",
+                   help="which profile scores pick the full heads (docs/cache.md), default copy")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here")
     o.add_argument("--plot", type=Path, help="write a PNG of perplexity against position here")
@@ -86,7 +88,7 @@ def run_recall(args) -> int:
     prof.check_model(lm.weights_id, lm.name)
     with tqdm(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
         result = evaluate_recall(lm, prof, n_tokens=args.tokens, budget=args.budget, window=args.window,
-                                 seeds=tuple(range(args.seeds)), progress=bar.update)
+                                 seeds=tuple(range(args.seeds)), rank_by=args.rank_by, progress=bar.update)
     d = result.to_dict()
     if args.json:
         write_json(d, args.json)
