@@ -16,10 +16,12 @@ Keys:
     pinned_slots    int   recommended number of KV slots to pin (StreamingLLM's "sinks")
     prompts         {source, count}
     settings        {threshold, epsilon, min_sink_rate, chat}
-    streaming       optional: {n_sink, window, layer_kinds [L], scores [L][Hkv], queries, prompts}
-                    per (layer, KV head), the mean attention share on the first n_sink tokens + the
-                    last `window` keys over prompts with long-range copies (sinkhole.profiles.streaming);
-                    HeadAwareSinkCache.from_profile keeps the lowest-scoring heads in full
+    streaming       optional: {n_sink, window, layer_kinds [L], scores, copy_scores, retrieval_scores
+                    (each [L][Hkv]), queries, copy_queries, prompts}: per (layer, KV head), the mean
+                    attention share on the first n_sink tokens + the last `window` keys (over all
+                    queries / over copy queries) and the attention on the token to copy, over
+                    prompts with long-range copies (sinkhole.profiles.streaming);
+                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full
 """
 
 from __future__ import annotations
