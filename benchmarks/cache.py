@@ -1,8 +1,9 @@
 """SinkCache speed and memory, measured side by side (results: benchmarks/results/cache.md).
 
-1. decode: tokens/s of SinkCache against transformers' DynamicCache holding the same number of
-   keys (DynamicCache prefilled to L keys; SinkCache full at L = sinks + window). Rounds alternate
-   the two, and the ratio is the median of per-round ratios, so a shared CPU's load drifts hit both.
+1. decode: tokens/s of SinkCache and HeadAwareSinkCache against transformers' DynamicCache, each
+   attending to L keys per step (DynamicCache prefilled to L - 1; SinkCache full at L = sinks +
+   window; head-aware with every head in full, and with half the heads at L / 4). Rounds alternate
+   the caches, and each ratio is the median of per-round ratios, so load drifts hit all of them.
 2. memory: bytes held by the cache's tensors (exact) and process RSS as a stream grows, for
    SinkCache and DynamicCache. On the real model up to --mem-tokens; on a tiny random Llama
    (the cache's behaviour does not depend on the weights) up to 32k tokens.
@@ -11,6 +12,10 @@
 
     OMP_NUM_THREADS=1 python benchmarks/cache.py                 # ~10 min on a quiet 2-core CPU
     python benchmarks/cache.py --quick
+    OMP_NUM_THREADS=1 python benchmarks/cache.py --only decode   # the decode table alone, CPU float32
+    python benchmarks/cache.py --device cuda --json cache-gpu.json
+        # one GPU, bfloat16: decode at L = 256, 1024, 4096 (300 steps x 3 rounds each) and the
+        # recompute latency; a few minutes on an H100. Without CUDA it stops with a one-line error.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from transformers import DynamicCache
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, kv_head_count  # noqa: E402
 from sinkhole.cache.sink_cache import SinkCache, cache_nbytes  # noqa: E402
 from sinkhole.cache.stream_eval import default_text, encode_stream  # noqa: E402
 from sinkhole.models.loading import load_model  # noqa: E402
@@ -37,28 +43,59 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.inference_mode()
 def decode_rate(model, cache, ids, start: int, steps: int) -> float:
-    t0 = time.perf_counter()
-    for t in range(start, start + steps):
-        model(ids[:, t: t + 1], cache=cache, use_cache=True)
+    """Tokens/s of `steps` single-token forwards through `cache` (timed after a device sync)."""
+    with head_aware_attention(model):  # only changes anything for HeadAwareSinkCache
+        sync(ids.device)
+        t0 = time.perf_counter()
+        for t in range(start, start + steps):
+            model(ids[:, t: t + 1], cache=cache, use_cache=True)
+        sync(ids.device)
     return steps / (time.perf_counter() - t0)
+
+
+def decode_caches(model, length: int, sinks: int = 4) -> dict:
+    """Cache factories that attend to the same number of keys (`length`) in every decode step:
+    DynamicCache prefilled to length - 1, SinkCache full (sinks + window = length), and the
+    head-aware cache with every head in full (its attention path and storage, no eviction) and with
+    half of each layer's KV heads streaming (sinks + window = length / 4) and the rest in full."""
+    from sinkhole.profiles.streaming import layer_kinds
+
+    H = kv_head_count(model)
+    L = len(layer_kinds(model)[0])
+    return {
+        "dynamic": lambda: DynamicCache(config=model.config),
+        "sink": lambda: SinkCache(sinks, length - sinks, model=model),
+        "head_aware_full": lambda: HeadAwareSinkCache([list(range(H))] * L, sinks, length - sinks, model=model),
+        "head_aware_half": lambda: HeadAwareSinkCache([list(range(H // 2))] * L, sinks, length // 4 - sinks, model=model),
+    }
 
 
 @torch.inference_mode()
 def bench_decode(model, ids, length: int, steps: int, rounds: int, sinks: int = 4) -> dict:
-    dyn_rates, sink_rates = [], []
+    """Decode tokens/s per cache; rounds alternate the caches, ratios to DynamicCache are medians of
+    per-round ratios (a shared machine's load drifts hit every cache)."""
+    makers = decode_caches(model, length, sinks)
+    rates: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(rounds):
-        dyn = DynamicCache(config=model.config)
-        model(ids[:, :length], cache=dyn, use_cache=True)
-        dyn_rates.append(decode_rate(model, dyn, ids, length, steps))
-        sink = SinkCache(sinks, length - sinks, model=model)
-        model(ids[:, :length], cache=sink, use_cache=True)  # full from the start: L - 1 keys kept
-        sink_rates.append(decode_rate(model, sink, ids, length, steps))
-    ratios = [s / d for s, d in zip(sink_rates, dyn_rates)]
-    return dict(cache_len=length, steps=steps, rounds=rounds, dynamic_tok_s=round(statistics.median(dyn_rates), 2),
-                sink_tok_s=round(statistics.median(sink_rates), 2), ratio=round(statistics.median(ratios), 3),
-                ratios=[round(r, 3) for r in ratios])
+        for name, make in makers.items():
+            cache = make()
+            with head_aware_attention(model):
+                model(ids[:, :length - 1], cache=cache, use_cache=True)
+            rates[name].append(decode_rate(model, cache, ids, length - 1, steps))
+            del cache
+    row = dict(cache_len=length, steps=steps, rounds=rounds)
+    for name, r in rates.items():
+        row[f"{name}_tok_s"] = round(statistics.median(r), 2)
+        if name != "dynamic":
+            row[f"{name}_ratio"] = round(statistics.median(a / b for a, b in zip(r, rates["dynamic"])), 3)
+    return row
 
 
 @torch.inference_mode()
@@ -85,11 +122,14 @@ def bench_latency(model, ids, length: int, rounds: int, sinks: int = 4) -> dict:
     step, recompute = [], []
     for r in range(rounds):
         t = length + r
+        sync(ids.device)
         t0 = time.perf_counter()
         model(ids[:, t: t + 1], cache=sink, use_cache=True)
+        sync(ids.device)
         step.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         model(ids[:, t + 1 - length: t + 1])
+        sync(ids.device)
         recompute.append(time.perf_counter() - t0)
     s, rc = statistics.median(step), statistics.median(recompute)
     return dict(cache_len=length, rounds=rounds, sink_ms=round(1000 * s, 1), recompute_ms=round(1000 * rc, 1),
@@ -157,9 +197,12 @@ def main() -> int:
     ap.add_argument("--numerics-tokens", type=int, default=32768,
                     help="stream length for the one-layer numerics check (0 skips it)")
     ap.add_argument("--only", choices=["decode", "latency", "memory", "numerics"], help="run one part")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: decode and latency only, bfloat16")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.device.startswith("cuda"):
+        return main_cuda(args)
     lm = load_model(args.model, log=lambda m: print(m, file=sys.stderr))
     text, _ = default_text()
     ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096, args.numerics_tokens) + 1)
@@ -191,6 +234,28 @@ def main() -> int:
     tiny_ids = torch.randint(1, 99, (1, 32769), generator=torch.Generator().manual_seed(0))
     tiny_marks = [2048, 8192] if args.quick else [2048, 8192, 32768]
     out["memory_tiny"] = bench_memory(tiny, tiny_ids, tiny_marks, cache_len=512)
+    return finish(out, args.json)
+
+
+def main_cuda(args) -> int:
+    """GPU mode: decode rates (the number the issue compares: 0.67x on an H200 before the ring buffer)
+    and the recompute latency, in bfloat16, sized for a few minutes on one GPU."""
+    if not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__})", file=sys.stderr)
+        return 2
+    lm = load_model(args.model, device=args.device, dtype="bfloat16", log=lambda m: print(m, file=sys.stderr))
+    text, _ = default_text()
+    ids = encode_stream(lm.tokenizer, text, 4096 + 400).to(lm.device)
+    out = dict(model=lm.name, device=torch.cuda.get_device_name(lm.device), dtype="bfloat16", decode=[], latency=[])
+    steps, rounds = (60, 2) if args.quick else (300, 3)
+    for length in (256, 1024, 4096) if args.only in (None, "decode") else ():
+        row = bench_decode(lm.model, ids, length, steps=steps, rounds=rounds)
+        print(f"decode L={length}: {row}", file=sys.stderr, flush=True)
+        out["decode"].append(row)
+    for length in (256, 1024) if args.only in (None, "latency") else ():
+        row = bench_latency(lm.model, ids, length, rounds=20)
+        print(f"latency L={length}: {row}", file=sys.stderr, flush=True)
+        out["latency"].append(row)
     return finish(out, args.json)
 
 

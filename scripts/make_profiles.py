@@ -2,9 +2,12 @@
 
     python scripts/make_profiles.py                     # all bundled models, the built-in suite
     python scripts/make_profiles.py smollm2-135m --limit 100
+    python scripts/make_profiles.py --streaming-only    # (re)measure only the streaming scores of the
+                                                        # shipped files, every other field unchanged
 
 Each profile is `SinkDetector(name).detect()` with default settings: the built-in suite, chat as
-the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3.
+the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3, and streaming
+scores with 4 sinks, a window of 256 and 8 copy prompts of 1024 tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from tqdm import tqdm
 from sinkhole.eval.suite import load_suite
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.detect import SinkDetector
-from sinkhole.profiles.profile import SHIPPED_DIR
+from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
+from sinkhole.profiles.streaming import DEFAULT_PROMPTS, streaming_section
 
 BUNDLED = ["smollm2-135m", "gemma3-270m"]
 
@@ -28,14 +32,20 @@ def main() -> int:
     ap.add_argument("models", nargs="*", default=BUNDLED)
     ap.add_argument("--prompts", default="builtin")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--streaming-only", action="store_true", help="only add/refresh the streaming section")
     args = ap.parse_args()
-    suite = load_suite(args.prompts, args.limit)
     for name in args.models:
         t0 = time.perf_counter()
         probe = ModelProbe(name, log=lambda m: None)
-        with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:
-            profile = SinkDetector(probe, prompts=suite, progress=bar.update).detect()
         path = SHIPPED_DIR / f"{name}.json"
+        if args.streaming_only:
+            profile = load_profile(path, model=probe)
+            with tqdm(total=DEFAULT_PROMPTS, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
+                profile.streaming = streaming_section(probe.lm, progress=bar.update)
+        else:
+            suite = load_suite(args.prompts, args.limit)
+            with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:
+                profile = SinkDetector(probe, prompts=suite, progress=bar.update, streaming={}).detect()
         profile.save(path)
         print(f"{name}: {profile.sink_rule['description']}; pinned_slots {profile.pinned_slots}; "
               f"{len(profile.spike_channels)} spike channels; {time.perf_counter() - t0:.0f} s -> {path}")

@@ -214,6 +214,12 @@ NUMBERS = {
     "calib_len": dict(lo=2, integer=True, example=256),
     "heldout_seqs": dict(lo=1, integer=True, example=4),
     "heldout_len": dict(lo=2, integer=True, example=512),
+    "stream_sinks": dict(lo=0, integer=True, example=4),
+    "stream_window": dict(lo=1, integer=True, example=256),
+    "stream_prompts": dict(lo=1, integer=True, example=8),
+    "budget": dict(lo=0, hi=1, lo_open=True, example=0.5),
+    "window": dict(lo=1, integer=True, example=256),
+    "seeds": dict(lo=1, integer=True, example=2),
 }
 # option dest -> description; files read by the command ('builtin' and shipped names are not files)
 INPUTS = {"prompt_file": "prompt file", "prompts": "prompt suite", "text": "text file", "calib": "calibration text file",

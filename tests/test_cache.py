@@ -248,3 +248,21 @@ def test_cli_rejects_bad_sizes_before_loading(capsys):
 
     assert main(["stream", "--tokens", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_sink_cache_without_model_is_a_clear_error():
+    with pytest.raises(SinkholeError, match="needs the model"):
+        SinkCache(4, 252)
+
+
+@torch.inference_mode()
+def test_sink_cache_decode_returns_a_view_of_its_buffer():
+    """No per-step allocation of the whole cache: a decode step hands attention its ring buffer."""
+    model = tiny_llama()
+    cache = SinkCache(2, 6, model=model)
+    ids = torch.randint(1, 99, (1, 20), generator=torch.Generator().manual_seed(6))
+    model(ids[:, :10], cache=cache, use_cache=True)
+    layer = cache.layers[0]
+    k, v = layer.update(torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8))
+    assert k.untyped_storage().data_ptr() == layer.buf_k.untyped_storage().data_ptr()
+    assert k.shape[-2] == 2 + 6

@@ -17,9 +17,12 @@ Design decisions (transformers 5.x, no patching of model code):
   the distance between query and key, so StreamingLLM's in-cache numbering is reproduced exactly
   by keeping the model's absolute positions and re-rotating only the *sink* keys: the window is
   contiguous and already sits at its true distances, and each sink is rotated to sit just before
-  the window, i.e. at absolute position `window_start - S + i`. This costs a rotation of S keys
-  per layer per step (not of the whole window), and because sinks are kept with their original
-  rotation and rotated from it afresh each step, rounding errors never accumulate.
+  the window, i.e. at absolute position `window_start - S + i`. Only S keys per layer are ever
+  rotated (never the window); the placement moves one position per step, so the rotations of the
+  next 64 steps are computed in one batched pass and each step copies its slice. Sinks are kept
+  with their original rotation and rotated from it afresh, so rounding errors never accumulate.
+- Storage: a preallocated ring buffer per layer (see `SinkCacheLayer`); a decode step writes one
+  slot and returns a view, where DynamicCache concatenates its whole cache.
 - Numerical cost: each sink key goes through one extra rotation (cos/sin computed in float64,
   applied in float32), and, like any transformers model at that position, the model computes its
   own RoPE angles as float32 `position * inv_freq`, which loses ~position * 2^-24 rad. See
@@ -40,6 +43,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindo
 from sinkhole.errors import SinkholeError
 
 GLOBAL_TYPES = ("full_attention",)
+ROTATION_BLOCK = 64  # decode steps whose sink rotations are computed in one batched pass
 LOCAL_TYPES = ("sliding_attention", "chunked_attention")
 
 
@@ -60,12 +64,15 @@ def rotation(shift: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """keys (B, H, n, D) rotated by (cos, sin) (n, R), R <= D, in float32; dims past R untouched."""
+    """keys (..., n, D) rotated by (cos, sin) (..., n, R), R <= D, in float32; dims past R untouched.
+
+    Leading dims broadcast: keys (B, H, n, D)[None] with cos (K, 1, 1, n, R) gives K rotations."""
     rot = cos.shape[-1]
     k = keys[..., :rot].float()
     out = (k * cos + rotate_half(k) * sin).to(keys.dtype)
     if rot < keys.shape[-1]:
-        out = torch.cat((out, keys[..., rot:]), dim=-1)
+        rest = keys[..., rot:]
+        out = torch.cat((out, rest.expand(*out.shape[:-1], rest.shape[-1])), dim=-1)
     return out
 
 
@@ -84,12 +91,19 @@ def rotate_keys(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor)
 class SinkCacheLayer(CacheLayerMixin):
     """One global-attention layer's cache: pinned sink tokens plus a window of recent tokens.
 
-    State between steps (B batch, H kv heads, D head dim):
-        sink_keys, sink_values  (B, H, S, D)  pinned tokens that left the window, with their
-                                              original rotation; their positions in `sink_pos`
-        keys, values            (B, H, n, D)  the recent tokens, contiguous absolute positions
-                                              [window_start, cumulative_length), n <= window - 1
-    `update` returns sinks (re-rotated) + window + the new tokens: at most len(pinned) + window keys.
+    Storage, preallocated at the first update (B batch, H kv heads, D head dim, W window, P pinned):
+        buf_k, buf_v    (B, H, W + P, D)  slots [0, W): a ring, position p in slot p % W, original
+                                          rotation; slots [W, W + n): the n sinks that left the
+                                          window, re-rotated in place each step
+        sink_k, sink_v  (B, H, P, D)      those sinks with their original rotation (positions in
+                                          `sink_pos`), the source of each step's re-rotation
+    A decode step writes one ring slot and the sinks' slots and returns a view of the buffer: no
+    allocation, no copy of the window (DynamicCache concatenates its whole cache every step). The
+    buffer is not in position order, which a single query does not mind (softmax is permutation
+    invariant and every key is visible). A chunk of q > 1 tokens gets an ordered copy instead
+    (sinks, window, chunk), so the model's causal mask lines up.
+    Between steps it logically holds the n sinks + the W - 1 most recent tokens (`stored_length`);
+    the ring's extra slot is the one the next token overwrites.
     """
 
     is_sliding = False
@@ -109,19 +123,25 @@ class SinkCacheLayer(CacheLayerMixin):
         self.reset_state()
 
     def reset_state(self) -> None:
-        self.keys = self.values = None
-        self.sink_keys = self.sink_values = None
+        self.buf_k = self.buf_v = self.sink_k = self.sink_v = None
+        self._rot = None  # (first window_start, n sinks, rotated sink keys (K, B, H, n, D))
         self.sink_pos: list[int] = []
-        self.window_start = 0
         self.cumulative_length = 0
         self.is_initialized = False
+
+    @property
+    def window_start(self) -> int:
+        """First position of the recent tokens held between steps (the last W - 1)."""
+        return max(0, self.cumulative_length - (self.window - 1))
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         b, h, _, d = key_states.shape
-        empty = key_states.new_zeros((b, h, 0, d))
-        self.keys, self.sink_keys = empty, empty
-        self.values = self.sink_values = value_states.new_zeros((b, h, 0, value_states.shape[-1]))
+        W, P = self.window, len(self.pinned)
+        self.buf_k = key_states.new_zeros((b, h, W + P, d))
+        self.buf_v = value_states.new_zeros((b, h, W + P, value_states.shape[-1]))
+        self.sink_k = key_states.new_zeros((b, h, P, d))
+        self.sink_v = value_states.new_zeros((b, h, P, value_states.shape[-1]))
         self.inv_freq = self.inv_freq.to(self.device)
         self.is_initialized = True
 
@@ -129,40 +149,63 @@ class SinkCacheLayer(CacheLayerMixin):
         """Append q new tokens; return the keys/values the new tokens attend to."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        n_sink = len(self.sink_pos)
-        sinks = self.sink_keys
-        if n_sink:
-            sinks = apply_rotation(self.sink_keys, *self.sink_rotation())
-        # One copy per step, as DynamicLayer's torch.cat; the stored window below is a view of it.
-        full_k = torch.cat((sinks, self.keys, key_states), dim=-2)
-        full_v = torch.cat((self.sink_values, self.values, value_states), dim=-2)
-        self.cumulative_length += key_states.shape[-2]
-
-        n_recent = full_k.shape[-2] - n_sink  # window + new, positions [window_start, cumulative_length)
-        evict = max(0, n_recent - (self.window - 1))
-        if evict:
-            leaving = [i for i in range(evict) if self.window_start + i in self.pinned]
-            if leaving:
-                # Window keys were never re-rotated, so they carry their original rotation.
-                idx = torch.tensor([n_sink + i for i in leaving], device=full_k.device)
-                self.sink_keys = torch.cat((self.sink_keys, full_k.index_select(-2, idx)), dim=-2)
-                self.sink_values = torch.cat((self.sink_values, full_v.index_select(-2, idx)), dim=-2)
-                self.sink_pos += [self.window_start + i for i in leaving]
-            self.window_start += evict
-        self.keys = full_k[:, :, n_sink + evict:, :]
-        self.values = full_v[:, :, n_sink + evict:, :]
-        if key_states.shape[-2] > 1:  # after a long prompt, do not keep its whole buffer alive through a view
-            self.keys, self.values = self.keys.clone(), self.values.clone()
+        W, n = self.window, len(self.sink_pos)
+        p0, q = self.cumulative_length, key_states.shape[-2]
+        old_start = self.window_start
+        if n:
+            self.buf_k[:, :, W:W + n] = self.rotated_sinks(old_start)
+        if q == 1:
+            self.buf_k[:, :, p0 % W] = key_states[:, :, 0]
+            self.buf_v[:, :, p0 % W] = value_states[:, :, 0]
+            m = W + n if n else min(p0 + 1, W)
+            full_k, full_v = self.buf_k[:, :, :m], self.buf_v[:, :, :m]
+            recent = lambda p: p % W  # noqa: E731  where a recent position sits in the returned tensor
+        else:
+            order = torch.tensor([p % W for p in range(old_start, p0)], device=self.device, dtype=torch.long)
+            full_k = torch.cat((self.buf_k[:, :, W:W + n], self.buf_k.index_select(2, order), key_states), dim=-2)
+            full_v = torch.cat((self.buf_v[:, :, W:W + n], self.buf_v.index_select(2, order), value_states), dim=-2)
+            new = torch.arange(max(p0, p0 + q - W), p0 + q, device=self.device)
+            self.buf_k.index_copy_(2, new % W, key_states[:, :, new - p0])
+            self.buf_v.index_copy_(2, new % W, value_states[:, :, new - p0])
+            recent = lambda p: n + p - old_start  # noqa: E731
+        self.cumulative_length += q
+        # Pinned tokens that leave the window now become sinks (their keys carry their original rotation).
+        for p in range(old_start, self.window_start):
+            if p in self.pinned:
+                i = len(self.sink_pos)
+                self.sink_k[:, :, i] = full_k[:, :, recent(p)]
+                self.sink_v[:, :, i] = full_v[:, :, recent(p)]
+                self.buf_v[:, :, W + i] = self.sink_v[:, :, i]  # values are not rotated: placed once
+                self.sink_pos.append(p)
         return full_k, full_v
 
-    def sink_rotation(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin placing sink i just before the window: at absolute position window_start - S + i."""
-        key = (self.window_start, tuple(self.sink_pos), self.inv_freq.data_ptr())
+    def rotated_sinks(self, window_start: int) -> torch.Tensor:
+        """The sinks' keys placed just before a window starting at `window_start`: (B, H, n, D).
+
+        The placement moves by one position per decode step, so the rotations of the next
+        ROTATION_BLOCK steps are computed in one batched pass (cos/sin shared by all layers) and
+        each step only copies its slice: a decode step costs one small copy for the sinks instead
+        of a dozen elementwise kernels (what made SinkCache 0.67x DynamicCache on a GPU)."""
+        n = len(self.sink_pos)
+        block = self._rot
+        if block is None or block[1] != n or not 0 <= window_start - block[0] < block[2].shape[0]:
+            cos, sin = self.sink_rotation(window_start)  # (K, n, R)
+            rot = apply_rotation(self.sink_k[:, :, :n][None], cos[:, None, None], sin[:, None, None])
+            self._rot = block = (window_start, n, rot)  # rot: (K, B, H, n, D)
+        return block[2][window_start - block[0]]
+
+    def sink_rotation(self, window_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (K, S, R) placing sink i just before the window, at absolute position
+        ws - S + i, for ws = window_start .. window_start + K - 1 (K = ROTATION_BLOCK)."""
+        key = (window_start, tuple(self.sink_pos), self.inv_freq.data_ptr())
         if self.shared.get("key") != key:
-            target = torch.arange(self.window_start - len(self.sink_pos), self.window_start)
-            cos, sin = rotation(target - torch.tensor(self.sink_pos), self.inv_freq.cpu())
+            S = len(self.sink_pos)
+            starts = torch.arange(window_start, window_start + ROTATION_BLOCK)[:, None]  # (K, 1)
+            target = starts - S + torch.arange(S)[None, :]  # (K, S)
+            cos, sin = rotation((target - torch.tensor(self.sink_pos)[None, :]).reshape(-1), self.inv_freq.cpu())
+            shape = (ROTATION_BLOCK, S, cos.shape[-1])
             self.shared.clear()
-            self.shared.update(key=key, value=(cos.to(self.device), sin.to(self.device)))
+            self.shared.update(key=key, value=(cos.reshape(shape).to(self.device), sin.reshape(shape).to(self.device)))
         return self.shared["value"]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -171,9 +214,8 @@ class SinkCacheLayer(CacheLayerMixin):
         return stored + query_length, self.cumulative_length - stored
 
     def stored_length(self) -> int:
-        if not self.is_initialized:
-            return 0
-        return self.keys.shape[-2] + self.sink_keys.shape[-2]
+        """Keys held between steps: the sinks that left the window + the W - 1 most recent tokens."""
+        return len(self.sink_pos) + self.cumulative_length - self.window_start
 
     def get_seq_length(self) -> int:
         """Tokens seen so far (absolute), which is what the model numbers the next position from."""
@@ -182,13 +224,20 @@ class SinkCacheLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return len(self.pinned) + self.window
 
+    def kv_bytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        rot = self._rot[2].nbytes if self._rot is not None else 0  # the precomputed sink rotations
+        return rot + sum(t.nbytes for t in (self.buf_k, self.buf_v, self.sink_k, self.sink_v))
+
     def reset(self) -> None:
         self.reset_state()
 
     def _map_batch(self, fn) -> None:
         if self.is_initialized:
-            self.keys, self.values = fn(self.keys), fn(self.values)
-            self.sink_keys, self.sink_values = fn(self.sink_keys), fn(self.sink_values)
+            self.buf_k, self.buf_v = fn(self.buf_k), fn(self.buf_v)
+            self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
+            self._rot = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -235,7 +284,7 @@ class SinkCache(Cache):
     absolute positions to pin (a profile's sinks, say).
     """
 
-    def __init__(self, n_sink: int = 4, window: int = 1020, *, model: torch.nn.Module,
+    def __init__(self, n_sink: int = 4, window: int = 1020, *, model: torch.nn.Module | None = None,
                  sink_positions: list[int] | None = None):
         from sinkhole.validate import integer
 
@@ -297,6 +346,9 @@ def cache_nbytes(cache: Cache) -> int:
     """Bytes held by any transformers Cache's tensors (a view counts its whole base storage once)."""
     seen, total = set(), 0
     for layer in cache.layers:
+        if hasattr(layer, "kv_bytes"):  # sinkhole's layers know their preallocated buffers
+            total += layer.kv_bytes()
+            continue
         for name in ("keys", "values", "sink_keys", "sink_values"):
             t = getattr(layer, name, None)
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:

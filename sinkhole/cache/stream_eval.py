@@ -136,7 +136,11 @@ class MethodResult:
 @dataclass
 class StreamResult:
     """JSON schema "sinkhole.stream/1". `summary` rows: {method, label, slots, scored, ppl,
-    ppl_past_cache, ppl_sample} (ppl_* None when the method scored no position there)."""
+    ppl_past_cache, ppl_sample} (ppl_* None when the method scored no position there).
+
+    No speed column: dense is scored in chunked forwards, the caches one token at a time and the
+    recompute reference in batched windows, so their seconds (kept per method) are not comparable;
+    benchmarks/cache.py measures decode speed like with like."""
 
     model: str
     text_source: str
@@ -154,8 +158,7 @@ class StreamResult:
             past = m.nll[self.cache_size:]  # predictions made after the first eviction
             sample = [m.nll[j - 1] for j in self.sample_positions]
             rows.append(dict(method=m.name, label=m.label, slots=m.slots, scored=m.scored(),
-                             ppl=perplexity(m.nll), ppl_past_cache=perplexity(past), ppl_sample=perplexity(sample),
-                             tokens_per_s=round(m.scored() / m.seconds, 2) if m.seconds > 0 else None))
+                             ppl=perplexity(m.nll), ppl_past_cache=perplexity(past), ppl_sample=perplexity(sample)))
         return rows
 
     def to_dict(self) -> dict:
@@ -256,13 +259,24 @@ def render_table(result: dict) -> str:
 
     lines = [f"{result['model']}: {result['n_tokens']} tokens of {result['text_source']}, "
              f"cache {result['cache_size']} keys per global layer, {len(result['sample_positions'])} recompute samples",
-             f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12} {'tok/s':>7}"]
+             f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12}"]
     for r in result["summary"]:
         slots = "all" if r["slots"] is None else str(r["slots"])
         label = r["label"] + (f" {result['methods'][r['method']]['sink_positions']}" if r["method"] == "profile" else "")
         lines.append(f"{label:<28} {slots:>5} {r['scored']:>6} {f(r['ppl']):>9} {f(r['ppl_past_cache']):>13} "
-                     f"{f(r['ppl_sample']):>12} {f(r['tokens_per_s']):>7}")
+                     f"{f(r['ppl_sample']):>12}")
     return "\n".join(lines)
+
+
+# Distinct line styles and markers: "profile" often pins the same slots as "sinks" and then draws
+# exactly on top of it; dashes and markers keep both visible.
+PLOT_STYLES = {
+    "dense": dict(color="tab:green", linestyle="-", linewidth=2.2),
+    "window": dict(color="tab:red", linestyle="-"),
+    "sinks": dict(color="tab:blue", linestyle="-", linewidth=3.0, alpha=0.6),
+    "profile": dict(color="tab:orange", linestyle="--", marker="x", markersize=4, markevery=3),
+    "recompute": dict(color="black", linestyle="none", marker="o", markersize=4),
+}
 
 
 def plot_stream(result: dict, path, width: int = 32) -> None:
@@ -284,8 +298,12 @@ def plot_stream(result: dict, path, width: int = 32) -> None:
             w = max(width, 8 * (max(gaps) if gaps else 1))
         xs, ys = binned_ppl(m["nll"], w)
         if xs:
-            style = dict(color="black", linestyle="--", marker="o", markersize=3) if name == "recompute" else {}
-            ax.plot(xs, ys, label=m["label"] + (f" {m['sink_positions']}" if name == "profile" else ""), **style)
+            label = m["label"] + (f" {m['sink_positions']}" if name == "profile" else "")
+            if name == "recompute":
+                # A sample of positions, a few per bin: its bin means are noisy, so show them as
+                # points rather than a line whose jumps would read as a trend.
+                label += f" (mean of samples, bins of {w})"
+            ax.plot(xs, ys, label=label, **PLOT_STYLES.get(name, {}))
     ax.axvline(result["cache_size"], color="grey", linestyle=":", label="cache full")
     ax.set_yscale("log")
     ax.set_xlabel("position in stream (tokens)")

@@ -12,6 +12,11 @@ EPILOG = """examples:
   sinkhole profile --model smollm2-135m --out smollm2.json
   sinkhole profile --model gemma3-270m --limit 100 --out gemma3.json
   sinkhole profile --show smollm2-135m          # a shipped profile (or --show FILE.json)
+  sinkhole profile --model smollm2-135m --stream-window 512 --out s.json   # streaming scores for a 512 window
+
+Streaming scores (on by default, --no-streaming skips them): per (layer, KV head), the attention share
+on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
+1024 tokens with random spans repeated far apart; HeadAwareSinkCache keeps the lowest-scoring heads whole.
 """
 
 
@@ -24,6 +29,11 @@ def add_parser(sub) -> None:
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
     add_chat_args(g)
     add_analysis_args(p)
+    s = p.add_argument_group("streaming scores (for the head-aware cache)")
+    s.add_argument("--no-streaming", action="store_true", help="skip the per-head streaming scores")
+    s.add_argument("--stream-sinks", type=int, default=4, help="sink tokens in the band, default 4")
+    s.add_argument("--stream-window", type=int, default=256, help="recent keys in the band, default 256")
+    s.add_argument("--stream-prompts", type=int, default=8, help="copy prompts of 1024 tokens, default 8")
     o = p.add_argument_group("output")
     o.add_argument("--out", "-o", type=Path, help="write the profile JSON here ('-': stdout)")
     o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
@@ -45,6 +55,12 @@ def render_profile(pr) -> str:
     lines.append(f"spike channels  {ch or 'none'}")
     lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
     lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
+    st = pr.streaming
+    if st:
+        flat = sorted((v, l, h) for l, row in enumerate(st["scores"]) for h, v in enumerate(row))
+        low = ", ".join(f"L{l}H{h} {v:.2f}" for v, l, h in flat[:6])
+        lines.append(f"streaming scores  (share on {st['n_sink']} sinks + last {st['window']} keys, "
+                     f"{len(flat)} KV heads)  mean {sum(v for v, _, _ in flat) / len(flat):.2f}  lowest: {low}")
     return "\n".join(lines)
 
 
@@ -62,7 +78,10 @@ def run(args) -> int:
 
     with progress(total=len(suite), desc="profile", unit="prompt") as bar:
         profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
-                               min_sink_rate=args.min_sink_rate, progress=bar.update).detect()
+                               min_sink_rate=args.min_sink_rate, progress=bar.update,
+                               streaming=None if args.no_streaming else dict(
+                                   n_sink=args.stream_sinks, window=args.stream_window,
+                                   count=args.stream_prompts)).detect()
     from sinkhole.cli.common import raise_failures, result_stream, write_all
 
     failures = write_all([(args.out, lambda: profile.save(args.out))])

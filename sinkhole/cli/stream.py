@@ -12,10 +12,15 @@ EPILOG = """examples:
   sinkhole stream                                       # SmolLM2, Python's docs, cache 256, 4 sinks
   sinkhole stream --model gemma3-270m --tokens 2048 --cache 256 --json stream.json --plot stream.png
   sinkhole stream --text book.txt --cache 512 --sinks 4 --profile my-profile.json
+  sinkhole stream --recall --tokens 2048 --budget 0.5 --json recall.json   # copy recall, head-aware cache
 
 methods: dense (full attention while the text fits the model's context), window only (the cache's
 most recent tokens), sinks + window (the first --sinks tokens pinned), profile sinks + window (the
 positions a sink profile pins), and sliding window with recomputation (the reference, on a sample).
+
+--recall runs the retrieval test instead: copy recall of random-token spans repeated beyond the window,
+for dense, window only, sinks + window, the head-aware cache (profile's streaming scores) and the same
+with random heads, all at --budget x dense KV memory (see docs/cache.md).
 """
 
 
@@ -33,6 +38,13 @@ def add_parser(sub) -> None:
     g.add_argument("--no-profile", action="store_true", help="skip the profile method")
     g.add_argument("--samples", type=int, default=48,
                    help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48")
+    r = p.add_argument_group("recall (retrieval test)")
+    r.add_argument("--recall", action="store_true", help="run the copy-recall test instead of perplexity")
+    r.add_argument("--budget", type=float, default=0.5, help="KV memory as a share of dense, default 0.5")
+    r.add_argument("--window", type=int, default=256, help="window of the head-aware cache's streaming heads, default 256")
+    r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
+    r.add_argument("--rank-by", choices=["copy", "retrieval", "all"], default="copy",
+                   help="which profile scores pick the full heads (docs/cache.md), default copy")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here ('-': stdout)")
     o.add_argument("--plot", type=Path, help="write a PNG of perplexity against position here")
@@ -72,8 +84,38 @@ def _checked_positions(args, prof) -> list[int]:
     return pins
 
 
+def run_recall(args) -> int:
+    from tqdm import tqdm
+
+    from sinkhole.cache.recall import LABELS, evaluate_recall, render_recall
+    from sinkhole.errors import SinkholeError
+    from sinkhole.models.loading import load_model
+    from sinkhole.profiles.profile import load_profile
+    from sinkhole.report.schema import write_json
+
+    if args.seeds < 1 or args.window < 1:
+        raise SinkholeError("--seeds and --window must be at least 1")
+    if args.text is not None or args.plot:
+        raise SinkholeError("--recall builds its own streams and draws no plot: drop --text/--plot")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
+    prof = load_profile(args.profile or lm.name)
+    prof.check_model(lm.weights_id, lm.name)
+    with tqdm(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
+        result = evaluate_recall(lm, prof, n_tokens=args.tokens, budget=args.budget, window=args.window,
+                                 seeds=tuple(range(args.seeds)), rank_by=args.rank_by, progress=bar.update)
+    d = result.to_dict()
+    if args.json:
+        write_json(d, args.json)
+        status(f"wrote {args.json}")
+    print(render_recall(d))
+    return 0
+
+
 def run(args) -> int:
     from tqdm import tqdm
+
+    if args.recall:
+        return run_recall(args)
 
     from sinkhole.cache.stream_eval import (default_text, encode_stream, evaluate_stream, plot_stream,
                                             progress_total, render_table, sample_targets)

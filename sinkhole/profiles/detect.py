@@ -146,16 +146,19 @@ class SinkDetector:
         limit: an evenly spaced subset of that many prompts.
         chat: None = the chat template when the tokenizer has one.
         progress: called with the number of prompts each batch finished.
+        streaming: also measure per-head streaming scores (`sinkhole.profiles.streaming`), with these
+            keyword arguments of `streaming_section` ({} for the defaults); None skips them.
     """
 
     def __init__(self, model="smollm2-135m", prompts="builtin", limit: int | None = None, chat: bool | None = None,
                  threshold: float | None = None, epsilon: float | None = None, min_sink_rate: float | None = None,
-                 progress: Callable[[int], None] | None = None, **rules):
+                 progress: Callable[[int], None] | None = None, streaming: dict | None = None, **rules):
         from sinkhole.eval.runner import EvalSettings
         from sinkhole.probe.probe import ModelProbe
 
         self.probe = model if isinstance(model, ModelProbe) else ModelProbe(model)
         self.prompts, self.limit, self.progress, self.rules = prompts, limit, progress, rules
+        self.streaming = streaming  # kwargs of streaming_section (n_sink, window, count, ...), None: skip
         given = dict(threshold=threshold, epsilon=epsilon, min_sink_rate=min_sink_rate, chat=chat)
         self.settings = EvalSettings(**{k: v for k, v in given.items() if v is not None})
 
@@ -169,4 +172,9 @@ class SinkDetector:
         info = self.probe.info
         model = {k: getattr(info, k) for k in ("name", "architecture", "weights_id", "n_layers", "n_heads", "n_kv_heads", "d_model")}
         prompts = {"source": suite.source, "count": len(suite), "sha256": suite.sha256}
-        return build_profile(rows, model, prompts, self.settings.numbers(), **self.rules)
+        profile = build_profile(rows, model, prompts, self.settings.numbers(), **self.rules)
+        if self.streaming is not None:
+            from sinkhole.profiles.streaming import streaming_section
+
+            profile.streaming = streaming_section(self.probe.lm, **self.streaming)
+        return profile

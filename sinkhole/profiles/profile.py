@@ -16,6 +16,12 @@ Keys:
     pinned_slots    int   recommended number of KV slots to pin (StreamingLLM's "sinks")
     prompts         {source, count}
     settings        {threshold, epsilon, min_sink_rate, chat}
+    streaming       optional: {n_sink, window, layer_kinds [L], scores, copy_scores, retrieval_scores
+                    (each [L][Hkv]), queries, copy_queries, prompts}: per (layer, KV head), the mean
+                    attention share on the first n_sink tokens + the last `window` keys (over all
+                    queries / over copy queries) and the attention on the token to copy, over
+                    prompts with long-range copies (sinkhole.profiles.streaming);
+                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class SinkProfile:
     pinned_slots: int
     prompts: dict
     settings: dict = field(default_factory=dict)
+    streaming: dict | None = None  # per-head streaming scores (sinkhole.profiles.streaming), optional
     schema: str = PROFILE_SCHEMA
 
     @property
@@ -61,7 +68,7 @@ class SinkProfile:
         if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA:
             raise SinkholeError(f"{source} is not a sinkhole profile (expected schema '{PROFILE_SCHEMA}')")
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(d) if n not in ("settings",))
+        missing = sorted(n for n in names - set(d) if n not in ("settings", "streaming"))
         if missing:
             raise SinkholeError(f"{source} is malformed: missing {', '.join(missing)}")
         problem = _malformed(d)
@@ -108,6 +115,21 @@ def _malformed(d: dict) -> str | None:
             return f"{key} must be a list of objects with '{need}'"
     if not isinstance(d["prompts"], dict):
         return "prompts must be an object {source, count}"
+    return _malformed_streaming(d.get("streaming"))
+
+
+def _malformed_streaming(st) -> str | None:
+    """What is wrong with the optional `streaming` section, or None."""
+    if st is None:
+        return None
+    scores = st.get("scores") if isinstance(st, dict) else None
+    if not isinstance(scores, list) or not all(
+            isinstance(row, list) and row and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+            for row in scores):
+        return "streaming.scores must be a list of per-layer lists of numbers"
+    for key in ("n_sink", "window"):
+        if not _is_int(st.get(key)) or st[key] < 0:
+            return f"streaming.{key} must be a non-negative integer"
     return None
 
 

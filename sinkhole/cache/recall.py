@@ -1,0 +1,213 @@
+"""Copy recall through bounded caches: does a cache remember a span it saw far outside its window?
+
+The stream (`sinkhole.profiles.streaming.copy_prompt`): Python documentation text with `n_spans`
+spans of random tokens, each repeated `distance` tokens later (default: as far as the stream
+allows, beyond every window compared here). A model with full attention predicts most tokens of
+a second occurrence (an induction copy); a cache that evicted the first occurrence cannot.
+
+    recall       teacher-forced top-1 accuracy on the second occurrences' tokens 2..span (the first
+                 token of a span cannot be inferred)
+    recall_first the same on the first occurrences: the chance level, random tokens being unguessable
+    ppl_text     perplexity on every other token (the text around the spans)
+    kv_share     key slots held after the whole stream / dense's (the policy's memory; `kv_bytes` is
+                 what the cache allocated, buffers' spare capacity included)
+
+Methods, all at about `budget` x dense's KV memory except dense:
+    dense       DynamicCache, full attention
+    window      the most recent C tokens in every head (C: the largest uniform size within budget)
+    sinks       the first n_sink tokens + the most recent C - n_sink, every head (StreamingLLM's policy)
+    head_aware  HeadAwareSinkCache.from_profile: the heads with the lowest streaming scores keep
+                everything, the others n_sink + `window`
+    random      the same number of full heads per layer kind, picked at random (the control)
+
+Every method runs the same chunked forwards (chunks of `chunk` tokens; the head-aware masks make a
+chunk exact), so their seconds compare like with like. Window and sinks use HeadAwareSinkCache with
+no retrieval heads: sinks keep their positions (no re-rotation), which is exact within the trained
+context, the regime of this test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from sinkhole.errors import SinkholeError
+
+SCHEMA = "sinkhole.recall/1"
+LABELS = {
+    "dense": "dense (full attention)",
+    "window": "window only",
+    "sinks": "sinks + window",
+    "head_aware": "head-aware (profile)",
+    "random": "head-aware (random heads)",
+}
+
+
+@dataclass
+class RecallRow:
+    method: str
+    label: str
+    recall: float
+    recall_first: float
+    ppl_text: float
+    kv_slots: int
+    kv_share: float
+    kv_bytes: int
+    seconds: float
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class RecallResult:
+    """JSON schema "sinkhole.recall/1"."""
+
+    model: str
+    n_tokens: int
+    budget: float
+    window: int
+    n_sink: int
+    uniform_cache: int
+    spans: list[list[list[int]]]
+    rows: list[RecallRow]
+    settings: dict = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def uniform_size(kinds, windows, n_heads: int, budget: float, length: int) -> int:
+    """The largest cache size C (keys per head) with every head at C keys within budget x dense."""
+    from sinkhole.cache.head_aware import slot_costs
+
+    _, full = slot_costs(kinds, windows, 0, 1, length)
+    dense = n_heads * sum(full)
+    lo, hi = 1, length
+    while lo < hi:  # slots grow with C: binary search the largest fitting C
+        mid = (lo + hi + 1) // 2
+        stream, _ = slot_costs(kinds, windows, 0, mid, length)
+        lo, hi = (mid, hi) if n_heads * sum(stream) <= budget * dense else (lo, mid - 1)
+    return lo
+
+
+@torch.inference_mode()
+def run_cache(model, ids: torch.Tensor, cache, chunk: int) -> torch.Tensor:
+    """Logits' top-1 ids and nll for every position through `cache`: (pred (N-1,), nll (N-1,))."""
+    from sinkhole.cache.head_aware import head_aware_attention
+
+    preds, nlls = [], []
+    n = ids.shape[1]
+    with head_aware_attention(model):
+        for s in range(0, n - 1, chunk):
+            e = min(s + chunk, n - 1)
+            logits = model(ids[:, s:e], cache=cache, use_cache=True).logits[0].float()
+            preds.append(logits.argmax(-1))
+            nlls.append(torch.nn.functional.cross_entropy(logits, ids[0, s + 1:e + 1], reduction="none"))
+    return torch.cat(preds).cpu(), torch.cat(nlls).cpu()
+
+
+def _scores(pred: torch.Tensor, nll: torch.Tensor, ids: torch.Tensor, spans) -> tuple[float, float, list[int]]:
+    """(hits on second occurrences, hits on first occurrences, text positions j (nll index j-1))."""
+    target = ids[0, 1:].cpu()
+    second, first, in_span = [], [], set()
+    for p1, p2, span in spans:
+        for i in range(1, span):  # predicting token p + i from the tokens before it
+            first.append(int(pred[p1 + i - 1] == target[p1 + i - 1]))
+            second.append(int(pred[p2 + i - 1] == target[p2 + i - 1]))
+        in_span |= set(range(p1, p1 + span)) | set(range(p2, p2 + span))
+    text = [j for j in range(1, ids.shape[1]) if j not in in_span]
+    return sum(second) / len(second), sum(first) / len(first), text
+
+
+def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, window: int = 256,
+                    n_sink: int | None = None, span: int = 32, n_spans: int = 4, seeds: tuple[int, ...] = (0,),
+                    chunk: int = 64, random_seed: int = 0, methods: tuple[str, ...] | None = None,
+                    rank_by: str = "copy",
+                    progress=None) -> RecallResult:
+    """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
+    import math
+
+    from transformers import DynamicCache
+
+    from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count, slot_costs
+    from sinkhole.cache.sink_cache import cache_nbytes
+    from sinkhole.profiles.streaming import copy_prompt, layer_kinds
+
+    model = lm.model
+    if lm.max_context and n_tokens > lm.max_context:
+        raise SinkholeError(f"{n_tokens} tokens is past {lm.name}'s context of {lm.max_context}")
+    if not 0 < budget <= 1:
+        raise SinkholeError(f"--budget is a share of dense KV memory in (0, 1] (got {budget})")
+    kinds, windows = layer_kinds(model)
+    H = kv_head_count(model)
+    if n_sink is None:  # the sinks the profile's scores were measured with
+        n_sink = int((getattr(profile, "streaming", None) or {}).get("n_sink", 4))
+    _, full = slot_costs(kinds, windows, 0, 1, n_tokens)
+    dense_slots = H * sum(full)
+    C = uniform_size(kinds, windows, H, budget, n_tokens)
+    if C <= n_sink + 1:
+        raise SinkholeError(f"budget {budget:.0%} leaves {C} keys per head: too few for {n_sink} sinks + a window")
+    none = [[] for _ in kinds]
+    makers = {
+        "dense": lambda: DynamicCache(config=model.config),
+        "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
+        "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
+        "head_aware": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
+                                                              length=n_tokens, n_sink=n_sink, rank_by=rank_by),
+        "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
+                                                          length=n_tokens, n_sink=n_sink, random_heads=random_seed,
+                                                          rank_by=rank_by),
+    }
+    if methods is not None:
+        unknown = sorted(set(methods) - set(makers))
+        if unknown:
+            raise SinkholeError(f"unknown recall methods {unknown} (known: {', '.join(makers)})")
+        makers = {k: v for k, v in makers.items() if k in methods}
+    streams = [copy_prompt(lm.tokenizer, n_tokens, span=span, n_spans=n_spans, seed=s) for s in seeds]
+    rows = []
+    for name, make in makers.items():
+        hits2, hits1, nll_text, secs, slots, nbytes, detail = [], [], [], 0.0, 0, 0, {}
+        for cp in streams:
+            cache = make()
+            t0 = time.perf_counter()
+            pred, nll = run_cache(model, cp.ids.to(lm.device), cache, chunk)
+            secs += time.perf_counter() - t0
+            r2, r1, text = _scores(pred, nll, cp.ids, cp.spans)
+            hits2.append(r2), hits1.append(r1)
+            nll_text += [float(nll[j - 1]) for j in text]
+            if isinstance(cache, HeadAwareSinkCache):
+                slots, nbytes = cache.used_slots(), cache.kv_bytes()
+                detail = dict(retrieval_heads=sum(map(len, cache.retrieval)), kv_heads=H * len(kinds),
+                              retrieval=cache.retrieval)
+            else:
+                slots, nbytes = dense_slots, cache_nbytes(cache)
+            if progress:
+                progress(1)
+        rows.append(RecallRow(name, LABELS[name], round(sum(hits2) / len(hits2), 4), round(sum(hits1) / len(hits1), 4),
+                              round(math.exp(sum(nll_text) / len(nll_text)), 4), slots, round(slots / dense_slots, 4),
+                              nbytes, round(secs, 2), detail))
+    return RecallResult(model=lm.name, n_tokens=n_tokens, budget=budget, window=window, n_sink=n_sink,
+                        uniform_cache=C, spans=[[list(s) for s in cp.spans] for cp in streams], rows=rows,
+                        settings=dict(span=span, n_spans=n_spans, seeds=list(seeds), chunk=chunk, rank_by=rank_by,
+                                      random_seed=random_seed, dtype=str(lm.dtype).replace("torch.", ""),
+                                      device=str(lm.device)))
+
+
+def render_recall(d: dict) -> str:
+    """Plain-text table of `RecallResult.to_dict()`, with each method's ratios to dense."""
+    dense = next((r for r in d["rows"] if r["method"] == "dense"), None)  # ratios only when dense ran
+    lines = [f"{d['model']}: copy recall over {d['n_tokens']}-token streams ({len(d['settings']['seeds'])} x "
+             f"{d['settings']['n_spans']} spans of {d['settings']['span']} random tokens, repeated "
+             f"{d['spans'][0][0][1] - d['spans'][0][0][0]} tokens later); budget {d['budget']:.0%} of dense KV; "
+             f"uniform caches {d['uniform_cache']} keys/head, head-aware {d['n_sink']} sinks + {d['window']}",
+             f"{'method':<26} {'KV':>6} {'recall':>7} {'vs dense':>9} {'1st occ.':>9} {'ppl text':>9} {'vs dense':>9} "
+             f"{'seconds':>8}  full heads"]
+    for r in d["rows"]:
+        rel = f"{r['recall'] / dense['recall']:.2f}x" if dense and dense["recall"] else "-"
+        prel = f"{r['ppl_text'] / dense['ppl_text']:.3f}x" if dense else "-"
+        heads = f"{r['detail']['retrieval_heads']}/{r['detail']['kv_heads']}" if r["detail"] else "all"
+        lines.append(f"{r['label']:<26} {r['kv_share']:>6.0%} {r['recall']:>7.1%} {rel:>9} {r['recall_first']:>9.1%} "
+                     f"{r['ppl_text']:>9.2f} {prel:>9} {r['seconds']:>8.1f}  {heads}")
+    return "\n".join(lines)
