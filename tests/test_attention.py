@@ -31,7 +31,7 @@ def test_matches_sdpa_and_brute_force_causal(block_bytes, hq, hkv):
     torch.manual_seed(0)
     B, T, D = 2, 13, 8
     q, k, v = torch.randn(B, hq, T, D), torch.randn(B, hkv, T, D), torch.randn(B, hkv, T, D)
-    out, colsum, probs = attention_with_stats(q, k, v, None, D**-0.5, block_bytes=block_bytes, keep_probs=True)
+    out, colsum, probs, _ = attention_with_stats(q, k, v, None, D**-0.5, block_bytes=block_bytes, keep_probs=True)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert out.shape == (B, T, hq, D)
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
@@ -51,7 +51,7 @@ def test_bool_and_float_masks_with_padding_and_query_validity():
     p, ref_out = brute(q, k, v, allowed, 0.3)
     ref_col = (p * valid[:, None, :, None]).sum(-2)
     for mask in (allowed, float_mask):
-        out, colsum, _ = attention_with_stats(q, k, v, mask, 0.3, query_valid=valid, block_bytes=500)
+        out, colsum, _, _ = attention_with_stats(q, k, v, mask, 0.3, query_valid=valid, block_bytes=500)
         torch.testing.assert_close(colsum, ref_col, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[0], ref_out[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[1, 3:], ref_out[1, 3:], atol=1e-5, rtol=1e-5)
@@ -67,11 +67,31 @@ def test_sliding_window_mask_decode_offset_softcap_and_sinks():
     window = (cols <= rows) & (cols > rows - 4)
     sinks = torch.tensor([0.5, -1.0])
     p, ref = brute(q, k, v, window, 0.5, softcap=2.0, sinks=sinks)
-    out, colsum, _ = attention_with_stats(q, k, v, window[None, None], 0.5, softcap=2.0, sinks=sinks, block_bytes=1)
+    out, colsum, _, _ = attention_with_stats(q, k, v, window[None, None], 0.5, softcap=2.0, sinks=sinks, block_bytes=1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(colsum, p.sum(-2), atol=1e-5, rtol=1e-5)
     # mask None with an offset means plain causal relative to the end
     p2, ref2 = brute(q, k, v, causal(Tq, Tk), 0.5)
-    out2, col2, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
+    out2, col2, _, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
     torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(col2, p2.sum(-2), atol=1e-5, rtol=1e-5)
+
+
+def test_sink_mass_with_padding_and_dead_rows():
+    """Learned sinks (gpt-oss): the sink's probability per row, summed over valid rows; padding rows add none."""
+    torch.manual_seed(3)
+    B, H, T, D = 2, 4, 9, 8
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, D)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :3] = False
+    allowed = causal(T, T)[None, None] & valid[:, None, None, :]
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    s = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.3
+    s = torch.cat([s.masked_fill(~allowed, float("-inf")), sinks.reshape(1, -1, 1, 1).expand(B, H, T, 1)], -1)
+    ref = (torch.softmax(s, -1)[..., -1] * valid[:, None, :]).sum(-1)
+    for block_bytes in (1, 1 << 30):
+        _, colsum, _, sink_mass = attention_with_stats(q, k, v, allowed, 0.3, sinks=sinks, query_valid=valid, block_bytes=block_bytes)
+        torch.testing.assert_close(sink_mass, ref, atol=1e-5, rtol=1e-5)
+        # every valid row's probability is shared between keys and the sink
+        torch.testing.assert_close(colsum.sum(-1) + sink_mass, valid.sum(-1, keepdim=True).float().expand(B, H))
+    assert attention_with_stats(q, k, v, None, 0.3)[3] is None

@@ -16,6 +16,7 @@ Design:
 from __future__ import annotations
 
 import contextvars
+import os
 
 import torch
 
@@ -30,7 +31,7 @@ MIN_BLOCK_ROWS = 64
 ACTIVE_RECORDER: contextvars.ContextVar = contextvars.ContextVar("sinkhole_recorder", default=None)
 
 
-def attention_with_stats(
+def exact_attention_with_stats(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -42,8 +43,8 @@ def attention_with_stats(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     keep_probs: bool = False,
     causal: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Exact attention plus the column sums of its probabilities.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Exact attention plus the column sums of its probabilities, in query blocks (the reference path).
 
     Args:
         query: (B, Hq, Tq, D), post-RoPE.  key: (B, Hkv, Tk, D), post-RoPE.  value: (B, Hkv, Tk, Dv).
@@ -62,6 +63,8 @@ def attention_with_stats(
         out: (B, Tq, Hq, Dv) in query's dtype, the layout transformers' attention functions return.
         colsum: (B, Hq, Tk) float32, sum over valid query rows t of A[t, k].
         probs: (B, Hq, Tq, Tk) float16 when keep_probs, else None.
+        sink_mass: (B, Hq) float32, sum over valid query rows of the probability the learned sink
+            takes (None when sinks is None); fully masked rows take none.
     """
     B, Hq, Tq, D = query.shape
     Hkv, Tk, Dv = key.shape[1], key.shape[2], value.shape[-1]
@@ -71,6 +74,7 @@ def attention_with_stats(
     k_t = key.transpose(-1, -2)  # (B, Hkv, D, Tk)
     out = torch.empty(B, Hkv, G, Tq, Dv, dtype=query.dtype, device=query.device)
     colsum = torch.zeros(B, Hkv, G, Tk, dtype=torch.float32, device=query.device)
+    sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
     probs_all = (
         torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
     )
@@ -108,7 +112,13 @@ def attention_with_stats(
             scores.masked_fill_(dead, 0.0)
         if sinks is not None:
             sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
-            p = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)[..., :-1]
+            p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
+            p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
+            if dead is not None:
+                p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
+            if query_valid is not None:
+                p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
+            sink_mass += p_sink.sum(dim=-1)
         else:
             p = torch.softmax(scores, dim=-1)
         if dead is not None:
@@ -121,7 +131,67 @@ def attention_with_stats(
         if keep_probs:
             probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
     out = out.reshape(B, Hq, Tq, Dv).transpose(1, 2).contiguous()
-    return out, colsum.reshape(B, Hq, Tk), probs_all
+    sink_mass = sink_mass.reshape(B, Hq) if sink_mass is not None else None
+    return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
+
+
+PATHS = ("auto", "exact", "fused")
+
+
+def choose_path(query: torch.Tensor, keep_probs: bool = False) -> str:
+    """"fused" on CUDA when Triton is there and passed its self-check; "exact" otherwise.
+
+    `SINKHOLE_ATTENTION=exact|fused` overrides (benchmarks, debugging). Maps (keep_probs) always
+    take the exact path: they exist only for small inputs, where it is fast anyway.
+    """
+    forced = os.environ.get("SINKHOLE_ATTENTION", "auto")
+    if keep_probs:
+        return "exact"
+    if forced in ("exact", "fused"):
+        return forced
+    if not query.is_cuda:
+        return "exact"
+    from sinkhole.probe import triton_attention
+
+    return "fused" if triton_attention.available(str(query.device)) else "exact"
+
+
+def attention_with_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    query_valid: torch.Tensor | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    keep_probs: bool = False,
+    causal: bool = True,
+    path: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Attention output, column sums, maps and learned-sink mass, by the fastest exact path for the device.
+
+    Arguments and returns as `exact_attention_with_stats` (the reference); `path` is "auto"
+    (`choose_path`), "exact" or "fused" (`sinkhole.probe.triton_attention`, needs Triton; on the
+    CPU only under TRITON_INTERPRET=1, for tests). Both paths give the same numbers up to float32
+    rounding: tests compare them case by case.
+    """
+    if path not in PATHS:
+        raise ValueError(f"unknown attention path {path!r}; expected one of {PATHS}")
+    if path == "auto":
+        path = choose_path(query, keep_probs)
+    if path == "fused" and not keep_probs:
+        from sinkhole.probe.triton_attention import fused_attention_with_stats
+
+        out, colsum, sink_mass = fused_attention_with_stats(
+            query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid, causal=causal,
+        )
+        return out, colsum, None, sink_mass
+    return exact_attention_with_stats(
+        query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid,
+        block_bytes=block_bytes, keep_probs=keep_probs, causal=causal,
+    )
 
 
 def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

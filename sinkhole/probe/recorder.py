@@ -61,6 +61,9 @@ class Recorder:
         self.keep_maps, self.block_bytes, self.progress = keep_maps, block_bytes, progress
         self.attn_colsum: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, T)
         self.attn_maps: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, T, T) f16
+        # each (B, H) float32: attention probability the learned sink logit takes (gpt-oss), summed
+        # over valid query rows; None for layers without learned sinks
+        self.sink_mass: list[torch.Tensor | None] = [None] * n_layers
         self.resid_norm = torch.zeros(n_layers, B, T)
         self.resid_top_channels = torch.zeros(n_layers, B, T, top_k, dtype=torch.int32)
         self.resid_top_values = torch.zeros(n_layers, B, T, top_k)
@@ -81,11 +84,12 @@ class Recorder:
             tap(layer, query, key, value)
         valid = self.query_valid[:, -query.shape[2]:]
         valid = None if self.all_valid else valid.to(query.device)
-        out, colsum, probs = attention_with_stats(
+        out, colsum, probs, sink_mass = attention_with_stats(
             query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=valid,
             block_bytes=self.block_bytes, keep_probs=self.keep_maps, causal=causal,
         )
         self.attn_colsum[layer] = colsum.cpu()
+        self.sink_mass[layer] = sink_mass.cpu() if sink_mass is not None else None
         if probs is not None:
             self.attn_maps[layer] = probs.cpu()
         return out
