@@ -166,3 +166,17 @@ def test_probe_same_numbers_on_fused_path(make, monkeypatch):
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a.attn_mass, b.attn_mass, atol=1e-5)
         np.testing.assert_allclose(a.resid_norm, b.resid_norm, rtol=1e-4)
+
+
+def test_auto_path_falls_back_to_exact_when_a_kernel_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this case")
+
+    monkeypatch.setattr(triton_attention, "fused_attention_with_stats", broken)
+    monkeypatch.setenv("SINKHOLE_ATTENTION", "fused")
+    q, k, v = qkv(1, 4, 2, 12, 12, 8, seed=9)
+    with pytest.warns(UserWarning, match="exact blocked path"):
+        got = attention_with_stats(q, k, v, None, 0.3)
+    torch.testing.assert_close(got[1], exact_attention_with_stats(q, k, v, None, 0.3)[1])
+    with pytest.raises(RuntimeError):  # asked for by name: no silent fallback
+        attention_with_stats(q, k, v, None, 0.3, path="fused")

@@ -1,22 +1,40 @@
-"""Attention that measures itself: exact softmax attention computed in query blocks, returning the
-output together with per-key column sums of the attention probabilities.
+"""Attention that measures itself: exact softmax attention that returns, besides its output, the
+per-key column sums of the attention probabilities (and the learned sinks' share, gpt-oss).
 
 Design:
-- One pure function, `attention_with_stats`, does the math; `sinkhole_attention` is the thin
+- One pure function, `attention_with_stats`, is the contract; `sinkhole_attention` is the thin
   adapter registered with transformers' `AttentionInterface` under the name "sinkhole" (and
   `sdpa_mask` under `AttentionMaskInterface`, so masks arrive boolean, or None when plain causal
-  suffices).
-- Queries are processed in blocks sized by a memory budget, and each block only looks at the keys
-  it can see (causal skip), so no [heads, T, T] tensor exists, let alone [layers, heads, T, T].
-- GQA: keys/values are never repeated; queries are viewed as [B, Hkv, G, T, D] and broadcast.
-- Outside an active probe (no recorder set), the function defers to transformers' SDPA, so a
-  model left on "sinkhole" attention behaves exactly as before.
+  suffices). Outside an active probe (no recorder set) the adapter defers to transformers' SDPA,
+  so a model left on "sinkhole" attention behaves exactly as before.
+- Two implementations give the same numbers (tests compare them case by case: causal and
+  bidirectional, bool and float masks, left padding, sliding windows, softcap, learned sinks,
+  GQA, Dv != D, float32/bfloat16/float16 inputs with float32 statistics); `choose_path` picks:
+  - CPU -> `exact_attention_with_stats`, below: queries in blocks sized by a memory budget, each
+    block only looking at the keys it can see (causal skip); softmax, P @ V and the column sum
+    per block. GQA keys are never repeated (queries are viewed as [B, Hkv, G, T, D]). No
+    [heads, T, T] tensor exists, let alone [layers, heads, T, T].
+  - CUDA with Triton -> `sinkhole.probe.triton_attention`: a fused kernel gives the output and
+    each row's log-sum-exp, then one Triton kernel sums exp(q.k * scale - lse[t]) over rows per
+    key block without ever writing a score to memory.
+  - Maps (`keep_probs`, small inputs only) always take the exact path.
+- Why the split (measured). GPU: the blocked path turns into thousands of tiny kernels; at
+  T = 32768 (32/8 heads, H200) it took 577 ms per layer against SDPA's 9 ms, and a naive
+  prototype of the fused design 28.8 ms (both from issue 10; this implementation has not yet met a
+  GPU: `benchmarks/gpu.py` measures it). CPU (one thread, SmolLM2's 9/3 heads, T = 4096, process time per
+  layer, 2026-11-28 on the 2-core dev VM): SDPA 0.25-0.30 s, the blocked path 0.41-0.45 s, and the
+  lse design 0.51 s (torch's CPU flash attention with its lse, 0.30 s, plus a statistics pass of
+  QK^T, exp(s - lse) and a column sum, 0.21 s even with -lse folded into the GEMM): on a CPU,
+  recomputing QK^T costs more than the softmax normalisation and P @ V that it saves. What is
+  left between the blocked path and SDPA is memory traffic of the materialised score blocks,
+  which only a fused CPU kernel would remove.
 """
 
 from __future__ import annotations
 
 import contextvars
 import os
+import warnings
 
 import torch
 
@@ -136,6 +154,13 @@ def exact_attention_with_stats(
 
 
 PATHS = ("auto", "exact", "fused")
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, stacklevel=3)
 
 
 def choose_path(query: torch.Tensor, keep_probs: bool = False) -> str:
@@ -179,15 +204,20 @@ def attention_with_stats(
     """
     if path not in PATHS:
         raise ValueError(f"unknown attention path {path!r}; expected one of {PATHS}")
-    if path == "auto":
-        path = choose_path(query, keep_probs)
-    if path == "fused" and not keep_probs:
+    chosen = choose_path(query, keep_probs) if path == "auto" else path
+    if chosen == "fused" and not keep_probs:
         from sinkhole.probe.triton_attention import fused_attention_with_stats
 
-        out, colsum, sink_mass = fused_attention_with_stats(
-            query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid, causal=causal,
-        )
-        return out, colsum, None, sink_mass
+        try:
+            out, colsum, sink_mass = fused_attention_with_stats(
+                query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid, causal=causal,
+            )
+            return out, colsum, None, sink_mass
+        except Exception as exc:  # a kernel variant the self-check did not cover failed to build or run
+            if path != "auto":
+                raise
+            _warn_once(f"sinkhole: fused attention statistics failed ({type(exc).__name__}: {exc}); "
+                       "using the exact blocked path (slower)")
     return exact_attention_with_stats(
         query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid,
         block_bytes=block_bytes, keep_probs=keep_probs, causal=causal,

@@ -256,7 +256,7 @@ def torch_flash_forward(query, key, value, scaling):
         rep = lambda x: x if G == 1 else x.repeat_interleave(G, dim=1)
         res = op(rep(key), rep(value))
     out, lse = res[0], res[1]
-    return out.transpose(1, 2).contiguous(), lse.float()
+    return out.transpose(1, 2).contiguous(), lse[..., : query.shape[2]].float()  # lse may come padded
 
 
 def torch_flash_fits(query, key, value, mask, softcap) -> bool:
@@ -306,9 +306,11 @@ def available(device: str) -> bool:
         make = lambda *s: torch.randn(*s, generator=gen).to(device=device, dtype=dt)
         q, k, v = make(1, 4, 80, 64), make(1, 2, 80, 64), make(1, 2, 80, 64)
         sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], device=device)
-        for kwargs in ({}, {"sinks": sinks}):
-            out, col, _ = fused_attention_with_stats(q, k, v, None, 0.125, **kwargs)
-            ref_out, ref_col, _, _ = exact_attention_with_stats(q, k, v, None, 0.125, **kwargs)
+        mask = torch.ones(80, 80, dtype=torch.bool, device=device).tril_()[None, None]  # -> the Triton forward
+        for kwargs in ({}, {"sinks": sinks}, {"sinks": sinks, "mask": mask}):
+            kwargs.setdefault("mask", None)
+            out, col, _ = fused_attention_with_stats(q, k, v, scaling=0.125, **kwargs)
+            ref_out, ref_col, _, _ = exact_attention_with_stats(q, k, v, scaling=0.125, **kwargs)
             err = (col - ref_col).abs().max().item() / max(1.0, ref_col.abs().max().item())
             err_out = (out.float() - ref_out.float()).abs().max().item()
             if not (math.isfinite(err) and err < 1e-3 and err_out < 5e-2):
