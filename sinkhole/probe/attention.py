@@ -255,7 +255,7 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
         bounds = [0] + [round(Tq * math.sqrt((j + 1) / threads)) for j in range(threads)]
     else:
         bounds = [round(Tq * j / threads) for j in range(threads + 1)]
-    valid = kwargs.pop("query_valid")
+    valid = kwargs.pop("query_valid", None)
 
     def work(j: int):
         _single_threaded()
