@@ -13,7 +13,9 @@ Design:
   - CPU -> `exact_attention_with_stats`, below: queries in blocks sized by a memory budget, each
     block only looking at the keys it can see (causal skip); softmax, P @ V and the column sum
     per block. GQA keys are never repeated (queries are viewed as [B, Hkv, G, T, D]). No
-    [heads, T, T] tensor exists, let alone [layers, heads, T, T].
+    [heads, T, T] tensor exists, let alone [layers, heads, T, T]. With several torch threads,
+    the query rows are cut into slices of equal causal work, one per Python thread running
+    single-threaded ops (`threaded_exact_attention_with_stats`, measured reason there).
   - CUDA with Triton -> `sinkhole.probe.triton_attention`: a fused kernel gives the output and
     each row's log-sum-exp, then one Triton kernel sums exp(q.k * scale - lse[t]) over rows per
     key block without ever writing a score to memory.
@@ -221,12 +223,12 @@ def attention_with_stats(
                        "using the exact blocked path (slower)")
     kwargs = dict(softcap=softcap, sinks=sinks, query_valid=query_valid, block_bytes=block_bytes, causal=causal)
     threads = torch.get_num_threads()
-    if not query.is_cuda and not keep_probs and threads > 1 and query.shape[2] >= THREADED_MIN_ROWS:
+    if query.device.type == "cpu" and not keep_probs and threads > 1 and query.shape[2] >= THREADED_MIN_ROWS:
         return threaded_exact_attention_with_stats(query, key, value, mask, scaling, threads, **kwargs)
     return exact_attention_with_stats(query, key, value, mask, scaling, keep_probs=keep_probs, **kwargs)
 
 
-THREADED_MIN_ROWS = 512  # below this, one call's own intra-op threads are as good
+THREADED_MIN_ROWS = 512  # shorter inputs are a few blocks: not worth handing to threads
 _POOL: dict = {}
 
 
@@ -273,7 +275,7 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
         parts = list(pool.map(work, [j for j in range(threads) if bounds[j + 1] > bounds[j]]))
     finally:
         torch.set_num_threads(threads)  # the workers' setting leaks into the process-wide count
-    colsum = torch.zeros(B, Hq, Tk, dtype=torch.float32)
+    colsum = torch.zeros(B, Hq, Tk, dtype=torch.float32, device=query.device)
     for (_, c, _, _), kend in parts:
         colsum[..., :kend] += c
     out = torch.cat([p[0] for p, _ in parts], dim=1)
