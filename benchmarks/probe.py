@@ -2,6 +2,7 @@
 
     python benchmarks/probe.py                      # T = 512 2048 4096 8192 on SmolLM2
     python benchmarks/probe.py --lengths 512 1024 --repeats 2
+    python benchmarks/probe.py --lengths 4096 8192 --modes plain probe --threads 1 --rounds 3
 
 Modes, each (mode, T) measured in a fresh subprocess so that its peak RSS is its own:
   plain   - a plain forward with SDPA (use_cache=False, logits_to_keep=1: the cheapest forward)
@@ -11,6 +12,11 @@ Modes, each (mode, T) measured in a fresh subprocess so that its peak RSS is its
             (layers x heads x T x T x 4 bytes) would not fit in 80% of this machine's memory.
 Time is the median of --repeats forwards after one warm-up; peak RSS is the process's maximum
 resident set size (ru_maxrss), which includes the model weights and the Python runtime.
+--threads sets torch's intra-op threads in every worker (the same for all modes; default: torch's).
+--rounds R alternates the modes' workers R times (plain, probe, plain, probe, ...) and reports the
+median over rounds, so that a shared machine's load drifts over both sides alike. CPU time (the
+worker's process time per forward) is reported beside wall time: with one thread it is much
+less sensitive to other processes than wall time is.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import sys
 import time
 
 
-def worker(mode: str, T: int, repeats: int) -> dict:
+def worker(mode: str, T: int, repeats: int, threads: int | None = None) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from sinkhole.models.loading import load_model
     from sinkhole.probe.probe import ModelProbe
@@ -45,15 +54,16 @@ def worker(mode: str, T: int, repeats: int) -> dict:
     else:
         lm.model.set_attn_implementation("eager")
         step = lambda: lm.model(input_ids=x, use_cache=False, output_attentions=True, output_hidden_states=True)
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for i in range(repeats + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = step()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             del out
-    return {"mode": mode, "T": T, "seconds": statistics.median(times[1:]),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"mode": mode, "T": T, "seconds": statistics.median(times[1:]), "cpu_seconds": statistics.median(cpu[1:]),
+            "threads": torch.get_num_threads(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def eager_fits(T: int, n_layers=30, n_heads=9) -> bool:
@@ -62,37 +72,65 @@ def eager_fits(T: int, n_layers=30, n_heads=9) -> bool:
     return need < 0.8 * total
 
 
+def run_worker(mode: str, T: int, args) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", mode, str(T), "--repeats", str(args.repeats)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:  # e.g. killed for memory
+        print(f"  {mode} T={T} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: list[dict]) -> dict | None:
+    if not runs:
+        return None
+    out = dict(runs[0])
+    for k in ("seconds", "cpu_seconds", "peak_rss_mb"):
+        out[k] = statistics.median(r[k] for r in runs)
+    out["all_seconds"] = [round(r["seconds"], 2) for r in runs]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096, 8192])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--modes", nargs="+", default=["plain", "probe", "eager"], choices=["plain", "probe", "eager"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: torch's)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the modes' workers this many times")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads)))
         return
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, command: python benchmarks/probe.py {' '.join(sys.argv[1:])}")
-    print("| T | plain s | probe s | eager s | plain MB | probe MB | eager MB | time b/a | mem b/a | time c/b | mem c/b |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"command: python benchmarks/probe.py {' '.join(sys.argv[1:])}")
+    print("| T | threads | plain s | probe s | eager s | plain MB | probe MB | eager MB | time b/a | CPU time b/a "
+          "| mem b/a | time c/b | mem c/b |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for T in args.lengths:
-        res = {}
-        for mode in ("plain", "probe", "eager"):
-            if mode == "eager" and not eager_fits(T):
-                continue
-            proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(T), "--repeats", str(args.repeats)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:  # e.g. killed for memory
-                print(f"  {mode} T={T} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-                continue
-            res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs = {m: [] for m in args.modes}
+        for _ in range(args.rounds):
+            for mode in args.modes:
+                if mode == "eager" and not eager_fits(T):
+                    continue
+                r = run_worker(mode, T, args)
+                if r:
+                    runs[mode].append(r)
+        res = {m: median_of(r) for m, r in runs.items()}
         a, b, c = res.get("plain"), res.get("probe"), res.get("eager")
         f = lambda r, k, fmt: (fmt % r[k]) if r else "-"
         ratio = lambda x, y, k: f"{x[k] / y[k]:.2f}" if x and y else "-"
-        print(f"| {T} | {f(a, 'seconds', '%.2f')} | {f(b, 'seconds', '%.2f')} | {f(c, 'seconds', '%.2f')} | "
+        threads = (a or b or c or {}).get("threads", "-")
+        print(f"| {T} | {threads} | {f(a, 'seconds', '%.2f')} | {f(b, 'seconds', '%.2f')} | {f(c, 'seconds', '%.2f')} | "
               f"{f(a, 'peak_rss_mb', '%.0f')} | {f(b, 'peak_rss_mb', '%.0f')} | {f(c, 'peak_rss_mb', '%.0f')} | "
-              f"{ratio(b, a, 'seconds')} | {ratio(b, a, 'peak_rss_mb')} | {ratio(c, b, 'seconds')} | {ratio(c, b, 'peak_rss_mb')} |",
-              flush=True)
+              f"{ratio(b, a, 'seconds')} | {ratio(b, a, 'cpu_seconds')} | {ratio(b, a, 'peak_rss_mb')} | "
+              f"{ratio(c, b, 'seconds')} | {ratio(c, b, 'peak_rss_mb')} |", flush=True)
+        if args.rounds > 1:
+            print("  per-round wall s: " + "; ".join(f"{m} {r['all_seconds']}" for m, r in res.items() if r), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,53 @@ def test_sliding_window_mask_decode_offset_softcap_and_sinks():
     out2, col2, _, _ = attention_with_stats(q, k, v, None, 0.5, block_bytes=1)
     torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(col2, p2.sum(-2), atol=1e-5, rtol=1e-5)
+
+
+def test_sink_mass_with_padding_and_dead_rows():
+    """Learned sinks (gpt-oss): the sink's probability per row, summed over valid rows; padding rows add none."""
+    torch.manual_seed(3)
+    B, H, T, D = 2, 4, 9, 8
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, D)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :3] = False
+    allowed = causal(T, T)[None, None] & valid[:, None, None, :]
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    s = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.3
+    s = torch.cat([s.masked_fill(~allowed, float("-inf")), sinks.reshape(1, -1, 1, 1).expand(B, H, T, 1)], -1)
+    ref = (torch.softmax(s, -1)[..., -1] * valid[:, None, :]).sum(-1)
+    for block_bytes in (1, 1 << 30):
+        _, colsum, _, sink_mass = attention_with_stats(q, k, v, allowed, 0.3, sinks=sinks, query_valid=valid, block_bytes=block_bytes)
+        torch.testing.assert_close(sink_mass, ref, atol=1e-5, rtol=1e-5)
+        # every valid row's probability is shared between keys and the sink
+        torch.testing.assert_close(colsum.sum(-1) + sink_mass, valid.sum(-1, keepdim=True).float().expand(B, H))
+    assert attention_with_stats(q, k, v, None, 0.3)[3] is None
+
+
+@pytest.mark.parametrize("case", ["causal", "padded_mask_sinks", "bidirectional", "decode"])
+def test_threaded_row_slices_equal_one_call(case):
+    """The multi-threaded CPU path (row slices in Python threads) gives the single call's numbers."""
+    from sinkhole.probe.attention import exact_attention_with_stats, threaded_exact_attention_with_stats
+
+    torch.manual_seed(4)
+    B, H, T, D = 2, 4, 23, 8
+    Tq = 5 if case == "decode" else T
+    q, k, v = torch.randn(B, H, Tq, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, 6)
+    kw = dict(block_bytes=400)
+    mask, causal_model = None, True
+    if case == "padded_mask_sinks":
+        valid = torch.ones(B, T, dtype=torch.bool)
+        valid[1, :4] = False
+        mask = causal(T, T)[None, None] & valid[:, None, None, :]
+        kw.update(query_valid=valid, sinks=torch.tensor([0.5, -1.0, 2.0, 0.0]), softcap=3.0)
+    elif case == "bidirectional":
+        mask, causal_model = torch.ones(1, 1, T, T, dtype=torch.bool), False
+    before = torch.get_num_threads()
+    got = threaded_exact_attention_with_stats(q, k, v, mask, 0.3, 3, causal=causal_model, **kw)
+    assert torch.get_num_threads() == 3  # what the caller's torch was set to, restored
+    torch.set_num_threads(before)
+    ref = exact_attention_with_stats(q, k, v, mask, 0.3, causal=causal_model, **kw)
+    for name, a, b in zip(("out", "colsum", "probs", "sink_mass"), got, ref):
+        if b is None:
+            assert a is None, name
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)

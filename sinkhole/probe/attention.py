@@ -1,21 +1,43 @@
-"""Attention that measures itself: exact softmax attention computed in query blocks, returning the
-output together with per-key column sums of the attention probabilities.
+"""Attention that measures itself: exact softmax attention that returns, besides its output, the
+per-key column sums of the attention probabilities (and the learned sinks' share, gpt-oss).
 
 Design:
-- One pure function, `attention_with_stats`, does the math; `sinkhole_attention` is the thin
+- One pure function, `attention_with_stats`, is the contract; `sinkhole_attention` is the thin
   adapter registered with transformers' `AttentionInterface` under the name "sinkhole" (and
   `sdpa_mask` under `AttentionMaskInterface`, so masks arrive boolean, or None when plain causal
-  suffices).
-- Queries are processed in blocks sized by a memory budget, and each block only looks at the keys
-  it can see (causal skip), so no [heads, T, T] tensor exists, let alone [layers, heads, T, T].
-- GQA: keys/values are never repeated; queries are viewed as [B, Hkv, G, T, D] and broadcast.
-- Outside an active probe (no recorder set), the function defers to transformers' SDPA, so a
-  model left on "sinkhole" attention behaves exactly as before.
+  suffices). Outside an active probe (no recorder set) the adapter defers to transformers' SDPA,
+  so a model left on "sinkhole" attention behaves exactly as before.
+- Two implementations give the same numbers (tests compare them case by case: causal and
+  bidirectional, bool and float masks, left padding, sliding windows, softcap, learned sinks,
+  GQA, Dv != D, float32/bfloat16/float16 inputs with float32 statistics); `choose_path` picks:
+  - CPU -> `exact_attention_with_stats`, below: queries in blocks sized by a memory budget, each
+    block only looking at the keys it can see (causal skip); softmax, P @ V and the column sum
+    per block. GQA keys are never repeated (queries are viewed as [B, Hkv, G, T, D]). No
+    [heads, T, T] tensor exists, let alone [layers, heads, T, T]. With several torch threads,
+    the query rows are cut into slices of equal causal work, one per Python thread running
+    single-threaded ops (`threaded_exact_attention_with_stats`, measured reason there).
+  - CUDA with Triton -> `sinkhole.probe.triton_attention`: a fused kernel gives the output and
+    each row's log-sum-exp, then one Triton kernel sums exp(q.k * scale - lse[t]) over rows per
+    key block without ever writing a score to memory.
+  - Maps (`keep_probs`, small inputs only) always take the exact path.
+- Why the split (measured). GPU: the blocked path turns into thousands of tiny kernels; at
+  T = 32768 (32/8 heads, H200) it took 577 ms per layer against SDPA's 9 ms, and a naive
+  prototype of the fused design 28.8 ms (both from issue 10; this implementation has not yet met a
+  GPU: `benchmarks/gpu.py` measures it). CPU (one thread, SmolLM2's 9/3 heads, T = 4096, process time per
+  layer, 2026-11-28 on the 2-core dev VM): SDPA 0.25-0.30 s, the blocked path 0.41-0.45 s, and the
+  lse design 0.51 s (torch's CPU flash attention with its lse, 0.30 s, plus a statistics pass of
+  QK^T, exp(s - lse) and a column sum, 0.21 s even with -lse folded into the GEMM): on a CPU,
+  recomputing QK^T costs more than the softmax normalisation and P @ V that it saves. What is
+  left between the blocked path and SDPA is memory traffic of the materialised score blocks,
+  which only a fused CPU kernel would remove.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
+import os
+import warnings
 
 import torch
 
@@ -30,7 +52,7 @@ MIN_BLOCK_ROWS = 64
 ACTIVE_RECORDER: contextvars.ContextVar = contextvars.ContextVar("sinkhole_recorder", default=None)
 
 
-def attention_with_stats(
+def exact_attention_with_stats(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -43,7 +65,7 @@ def attention_with_stats(
     keep_probs: bool = False,
     causal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Exact attention plus the column sums of its probabilities.
+    """Exact attention plus the column sums of its probabilities, in query blocks (the reference path).
 
     Args:
         query: (B, Hq, Tq, D), post-RoPE.  key: (B, Hkv, Tk, D), post-RoPE.  value: (B, Hkv, Tk, Dv).
@@ -62,8 +84,8 @@ def attention_with_stats(
         out: (B, Tq, Hq, Dv) in query's dtype, the layout transformers' attention functions return.
         colsum: (B, Hq, Tk) float32, sum over valid query rows t of A[t, k].
         probs: (B, Hq, Tq, Tk) float16 when keep_probs, else None.
-        sink_mass: (B, Hq) float32, sum over valid query rows of the learned sink's probability
-            (the share a row gives no key); None when `sinks` is None.
+        sink_mass: (B, Hq) float32, sum over valid query rows of the probability the learned sink
+            takes (None when sinks is None); fully masked rows take none.
     """
     B, Hq, Tq, D = query.shape
     Hkv, Tk, Dv = key.shape[1], key.shape[2], value.shape[-1]
@@ -73,10 +95,10 @@ def attention_with_stats(
     k_t = key.transpose(-1, -2)  # (B, Hkv, D, Tk)
     out = torch.empty(B, Hkv, G, Tq, Dv, dtype=query.dtype, device=query.device)
     colsum = torch.zeros(B, Hkv, G, Tk, dtype=torch.float32, device=query.device)
+    sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
     probs_all = (
         torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
     )
-    sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
     row_bytes = max(1, B * Hq * Tk * 4)
     block = max(block_bytes // row_bytes, min(MIN_BLOCK_ROWS, 8 * block_bytes // row_bytes), 1)
     block = min(Tq, block)
@@ -112,7 +134,12 @@ def attention_with_stats(
         if sinks is not None:
             sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
             p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
-            p, p_sink = p_all[..., :-1], p_all[..., -1]  # p_sink: (B, Hkv, G, tb)
+            p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
+            if dead is not None:
+                p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
+            if query_valid is not None:
+                p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
+            sink_mass += p_sink.sum(dim=-1)
         else:
             p = torch.softmax(scores, dim=-1)
         if dead is not None:
@@ -121,12 +148,6 @@ def attention_with_stats(
         out[:, :, :, q0:q1] = pv.view(B, Hkv, G, tb, Dv)
         if query_valid is not None:
             p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
-        if sinks is not None:
-            if dead is not None:
-                p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
-            if query_valid is not None:
-                p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
-            sink_mass += p_sink.sum(dim=-1)
         colsum[..., :kend] += p.sum(dim=-2)
         if keep_probs:
             probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
@@ -146,6 +167,135 @@ def _sinks(kwargs: dict):
         raise SinkholeError(f"learned attention sinks of shape {tuple(s.shape)} (not one logit per head) "
                             "are not supported by the probe")
     return s
+
+
+PATHS = ("auto", "exact", "fused")
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def choose_path(query: torch.Tensor, keep_probs: bool = False) -> str:
+    """"fused" on CUDA when Triton is there and passed its self-check; "exact" otherwise.
+
+    `SINKHOLE_ATTENTION=exact|fused` overrides (benchmarks, debugging). Maps (keep_probs) always
+    take the exact path: they exist only for small inputs, where it is fast anyway.
+    """
+    forced = os.environ.get("SINKHOLE_ATTENTION", "auto")
+    if keep_probs:
+        return "exact"
+    if forced in ("exact", "fused"):
+        return forced
+    if not query.is_cuda:
+        return "exact"
+    from sinkhole.probe import triton_attention
+
+    return "fused" if triton_attention.available(str(query.device)) else "exact"
+
+
+def attention_with_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    query_valid: torch.Tensor | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    keep_probs: bool = False,
+    causal: bool = True,
+    path: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Attention output, column sums, maps and learned-sink mass, by the fastest exact path for the device.
+
+    Arguments and returns as `exact_attention_with_stats` (the reference); `path` is "auto"
+    (`choose_path`), "exact" or "fused" (`sinkhole.probe.triton_attention`, needs Triton; on the
+    CPU only under TRITON_INTERPRET=1, for tests). Both paths give the same numbers up to float32
+    rounding: tests compare them case by case.
+    """
+    if path not in PATHS:
+        raise ValueError(f"unknown attention path {path!r}; expected one of {PATHS}")
+    chosen = choose_path(query, keep_probs) if path == "auto" else path
+    if chosen == "fused" and not keep_probs:
+        from sinkhole.probe.triton_attention import fused_attention_with_stats
+
+        try:
+            out, colsum, sink_mass = fused_attention_with_stats(
+                query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid, causal=causal,
+            )
+            return out, colsum, None, sink_mass
+        except Exception as exc:  # a kernel variant the self-check did not cover failed to build or run
+            if path != "auto":
+                raise
+            _warn_once(f"sinkhole: fused attention statistics failed ({type(exc).__name__}: {exc}); "
+                       "using the exact blocked path (slower)")
+    kwargs = dict(softcap=softcap, sinks=sinks, query_valid=query_valid, block_bytes=block_bytes, causal=causal)
+    threads = torch.get_num_threads()
+    if query.device.type == "cpu" and not keep_probs and threads > 1 and query.shape[2] >= THREADED_MIN_ROWS:
+        return threaded_exact_attention_with_stats(query, key, value, mask, scaling, threads, **kwargs)
+    return exact_attention_with_stats(query, key, value, mask, scaling, keep_probs=keep_probs, **kwargs)
+
+
+THREADED_MIN_ROWS = 512  # shorter inputs are a few blocks: not worth handing to threads
+_POOL: dict = {}
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # in a worker: its own ops run on it alone
+
+
+def threaded_exact_attention_with_stats(query, key, value, mask, scaling, threads: int, **kwargs):
+    """The exact path on `threads` CPU cores: one slice of query rows per Python thread, each
+    running single-threaded torch ops (which release the GIL), partial column sums added in order.
+
+    Why: the blocked loop issues ~8 small ops per query block, and each intra-op parallel region
+    ends in a barrier. Measured on the 2-core dev VM under load (2026-11-28, T = 4096, 9/3 heads):
+    2 intra-op threads took 16.0 s per layer against SDPA's 0.8-1.5 s; two Python threads on row
+    slices took 2.0 s, with the same numbers (column sums to 5e-6 absolute).
+    Rows are split so that each slice does the same causal work (row t sees t keys: bounds at
+    T * sqrt(j / n)); torch's thread count is restored on the way out.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    B, Hq, Tq, _ = query.shape
+    Tk = key.shape[2]
+    offset = Tk - Tq
+    is_causal = kwargs.get("causal", True) or mask is None
+    if is_causal:
+        bounds = [0] + [round(Tq * math.sqrt((j + 1) / threads)) for j in range(threads)]
+    else:
+        bounds = [round(Tq * j / threads) for j in range(threads + 1)]
+    valid = kwargs.pop("query_valid", None)
+
+    def work(j: int):
+        _single_threaded()
+        q0, q1 = bounds[j], bounds[j + 1]
+        kend = offset + q1 if is_causal else Tk
+        m = mask[..., q0:q1, :kend] if mask is not None else None
+        v = valid[:, q0:q1] if valid is not None else None
+        return exact_attention_with_stats(query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling,
+                                          query_valid=v, **kwargs), kend
+
+    pool = _POOL.get(threads)
+    if pool is None:
+        pool = _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sinkhole-attn")
+    try:
+        parts = list(pool.map(work, [j for j in range(threads) if bounds[j + 1] > bounds[j]]))
+    finally:
+        torch.set_num_threads(threads)  # the workers' setting leaks into the process-wide count
+    colsum = torch.zeros(B, Hq, Tk, dtype=torch.float32, device=query.device)
+    for (_, c, _, _), kend in parts:
+        colsum[..., :kend] += c
+    out = torch.cat([p[0] for p, _ in parts], dim=1)
+    sink_mass = None
+    if kwargs.get("sinks") is not None:
+        sink_mass = sum(p[3] for p, _ in parts)
+    return out, colsum, None, sink_mass
 
 
 def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

@@ -25,12 +25,16 @@ from sinkhole.models.families import Family
 from sinkhole.probe.attention import ACTIVE_RECORDER, DEFAULT_BLOCK_BYTES, attention_with_stats, register
 
 
-def residual_stats(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def residual_stats(h: torch.Tensor, k: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token L2 norm and top-k channels by |value| of a residual-shaped tensor.
 
     h: (B, T, D). Returns norm (B, T) float32, channels (B, T, k) int32 (largest |h| first), and the
-    signed values (B, T, k) float32 at those channels.
+    signed values (B, T, k) float32 at those channels. Long inputs go in token chunks so that the
+    float32 copy stays small next to the forward's own activations (same numbers, token by token).
     """
+    if h.shape[1] > chunk:
+        parts = [residual_stats(h[:, i:i + chunk], k, chunk) for i in range(0, h.shape[1], chunk)]
+        return tuple(torch.cat(p, dim=1) for p in zip(*parts))
     hf = h.float()
     norm = torch.linalg.vector_norm(hf, dim=-1)
     top = torch.topk(hf.abs(), k=min(k, hf.shape[-1]), dim=-1)
