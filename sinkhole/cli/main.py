@@ -14,7 +14,7 @@ import sys
 from sinkhole.errors import SinkholeError
 
 # name -> module under sinkhole.cli
-SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant"]
+SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant", "lab"]
 
 
 def build_parser() -> argparse.ArgumentParser:
