@@ -10,6 +10,7 @@ budget, so only the fixed seed 0 asserts it. See docs/lab.md for the longer runs
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
@@ -89,21 +90,13 @@ def test_probe_reads_the_model_unchanged(switch):
     assert (a - out.logits).abs().max() < 1e-5
     lm = LoadedModel.wrap(model, IdTokenizer(3), name="lab")
     assert lm.family.norm_style == ("sandwich" if switch.get("norm") == "sandwich" else "pre")
-    with pytest.warns(UserWarning, match="bypasses") if switch.get("attention") in ("sigmoid", "softpick") else _nothing():
+    with pytest.warns(UserWarning, match="bypasses") if switch.get("attention") in ("sigmoid", "softpick") else nullcontext():
         cap = ModelProbe(lm).run(ids[0].tolist())
     want = torch.stack([w[0] for w in out.attentions])  # (L, H, T, T)
     T = ids.shape[1]
     alpha = want.sum(-2) / torch.arange(T, 0, -1)
     assert abs(cap.attn_mass - alpha.numpy()).max() < 1e-4
     assert analyze(cap).sinks["top"]["position"] >= 0
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _settings(tmp_variants, steps, **model):

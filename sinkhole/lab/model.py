@@ -7,7 +7,7 @@ Design decisions:
   `mlp.{gate,up,down}_proj`) and, for sandwich norm, Gemma's (`pre_feedforward_layernorm`,
   `post_feedforward_layernorm`), so architecture discovery sees a pre-norm or a sandwich layer
   from the module tree alone. `config.model_type` is "sinkhole-lab", listed nowhere.
-- Softmax attention (plain or gated) goes through `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`
+- Softmax attention (plain or gated) goes through `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation)`
   exactly as transformers' own models do (post-RoPE query/key, GQA not repeated), so the probe's
   "sinkhole" attention measures it. Sigmoid and softpick attention are not softmax: they compute
   their weights here and never call the interface, so the probe falls back to `output_attentions`
