@@ -77,9 +77,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from sinkhole.lab.report import render_table, write_outputs
-    from sinkhole.lab.run import run_lab
+    from sinkhole.lab.run import check_settings, run_lab
 
     settings = settings_from_args(args)
+    check_settings(settings)
     torch.set_num_threads(args.threads)
     total = settings.train.steps * len(settings.variants)
     bar = tqdm(total=total, desc="lab", unit="step", file=sys.stderr, dynamic_ncols=True)

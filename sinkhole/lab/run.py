@@ -163,6 +163,17 @@ def _resume(path: Path, settings: dict) -> list[VariantResult]:
     return [v for v in old.variants if v.finished and v.name in settings["variants"]]
 
 
+def check_settings(settings: LabSettings) -> None:
+    """One-line errors for settings a user can get wrong."""
+    unknown = [v for v in settings.variants if v not in VARIANTS]
+    if unknown:
+        raise SinkholeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not settings.variants:
+        raise SinkholeError("no variants to run")
+    if settings.train.steps < 1:
+        raise SinkholeError("--steps must be at least 1")
+
+
 def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=None, log=None,
             save_weights: bool = False) -> LabResult:
     """Train and probe every variant in `settings.variants`; see the module docstring.
@@ -170,11 +181,7 @@ def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=N
     progress(n): called per optimizer step (total = steps x variants). log(msg): one line per event.
     save_weights: keep each checkpoint's state_dict as out_dir/checkpoints/<variant>/step_<n>.pt.
     """
-    unknown = [v for v in settings.variants if v not in VARIANTS]
-    if unknown:
-        raise SinkholeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if settings.train.steps < 1:
-        raise SinkholeError("--steps must be at least 1")
+    check_settings(settings)
     sd = settings.to_dict()
     out = Path(out_dir) if out_dir is not None else None
     path = out / "lab.json" if out is not None else None
