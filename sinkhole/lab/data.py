@@ -3,10 +3,10 @@
 Bigram-Backcopy (Guo et al. 2024, "Active-Dormant Attention Heads"): a Markov chain over ordinary
 tokens, interrupted by trigger tokens. After a trigger the next token copies the token just before
 the trigger; otherwise it is drawn from the bigram transition of the previous token. Predicting a
-copy needs an attention head that looks back two positions, but only at triggers: at every other
+copy needs an attention head that, at a trigger, reads the position before it; at every other
 query that head has nothing to do, which is the situation in which sinks appear (the head parks
 its attention on a fixed token). Zipf: independent tokens with Zipf frequencies; no head ever has
-anything to read, a one-layer model still grows a sink on the start token.
+anything to read (in our one run, no sink grew: see docs/lab.md).
 
 Vocabulary: id 0 is the start token <s> (BOS), ids 1..n_triggers are triggers, the rest ordinary.
 With `bos=False` a sequence simply starts with its first ordinary token (the same streams, shifted
