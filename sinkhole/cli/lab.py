@@ -10,8 +10,8 @@ from sinkhole.cli.common import status
 
 HELP = "train tiny transformers on synthetic data (CPU, minutes) and probe spikes and sinks as they emerge"
 EPILOG = """examples:
-  sinkhole lab --out runs/lab                      # all 9 variants, ~10 min on one CPU thread
-  sinkhole lab --quick --out runs/lab-quick        # baseline, gated, no-bos at 300 steps, ~1 min
+  sinkhole lab --out runs/lab                      # all 9 variants: ~5 min of one CPU core
+  sinkhole lab --quick --out runs/lab-quick        # baseline, gated, no-bos at 300 steps: ~35 s
   sinkhole lab --variants baseline,gated --steps 2000 --seed 1 --out runs/gated
 
 variants: baseline, sandwich, qk-norm, gated, sigmoid, softpick, no-bos, head-dim-32, context-128
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("lab", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)")
-    p.add_argument("--quick", action="store_true", help="three variants at 300 steps (about a minute)")
+    p.add_argument("--quick", action="store_true", help="three variants at 300 steps (about 35 s)")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all, or the quick three)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 800; --quick 300)")
