@@ -220,6 +220,11 @@ NUMBERS = {
     "budget": dict(lo=0, hi=1, lo_open=True, example=0.5),
     "window": dict(lo=1, integer=True, example=256),
     "seeds": dict(lo=1, integer=True, example=2),
+    "steps": dict(lo=1, integer=True, example=800),
+    "seed": dict(lo=0, integer=True, example=0),
+    "checkpoints": dict(lo=1, integer=True, example=10),
+    "layers": dict(lo=1, integer=True, example=1),
+    "d_model": dict(lo=2, integer=True, example=32),
 }
 # option dest -> description; files read by the command ('builtin' and shipped names are not files)
 INPUTS = {"prompt_file": "prompt file", "prompts": "prompt suite", "text": "text file", "calib": "calibration text file",
@@ -235,9 +240,10 @@ OUTPUTS = {
     "stream": {"json": "--json", "plot": "--plot"},
     "quant": {"out": "--out", "stats_json": "--stats-json", "json": "--json"},
     "compare": {"output": "--output", "json": "--json"},
+    "lab": {"out": "--out"},
     "models": {"json": "--json"},
 }
-DIRECTORY_OUTPUTS = {("eval", "out")}
+DIRECTORY_OUTPUTS = {("eval", "out"), ("lab", "out")}
 STDOUT_OUTPUTS = {("analyze", "json"), ("mechanism", "json"), ("vocab-sweep", "json"), ("stream", "json"),
                   ("quant", "json"), ("quant", "stats_json"), ("profile", "out"), ("compare", "json"),
                   ("models", "json")}

@@ -1,0 +1,232 @@
+"""The emergence lab: train one tiny model per variant (one switch each), probe its checkpoints.
+
+Every variant starts from the same seed (same initial weights wherever the shapes agree) and sees
+the same batches of the same synthetic language; it differs from the baseline in exactly one
+switch. The results file (`lab.json`) is rewritten atomically after every checkpoint, so an
+interrupted run loses at most the checkpoint in flight; running the same settings into the same
+directory resumes after the last finished variant (other settings there are refused).
+
+Measurement caveat, said everywhere the numbers appear: for sigmoid and softpick attention the
+"attention mass" is the mean weight the model really puts on position 0, read from the weights it
+computes (the probe's eager fallback). Softmax rows sum to 1; sigmoid rows need not, and softpick
+rows sum to at most 1 (`attn_total` says how much weight a query hands out on average), so compare
+their `first_share` (share of all weight on position 0) with softmax's, not only their mass.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from sinkhole.analysis import core
+from sinkhole.errors import SinkholeError
+from sinkhole.lab.data import DataConfig, TokenStream
+from sinkhole.lab.model import TinyConfig, build_model, n_params
+from sinkhole.lab.train import Checkpoint, TrainConfig, train
+
+SCHEMA = "sinkhole.lab/1"
+PROBE_BATCH_INDEX = 10**6  # the held-out probe batch: far past any training batch index
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    claim: str  # the paper's claim this switch tests
+    model: dict = field(default_factory=dict)  # TinyConfig overrides
+    data: dict = field(default_factory=dict)  # DataConfig overrides
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("baseline", "pre-norm (RMSNorm), softmax, fixed start token: the reference"),
+    Variant("sandwich", "sandwich norm removes the spike but keeps the sink", model={"norm": "sandwich"}),
+    Variant("qk-norm", "QK-norm removes the spike but keeps the sink", model={"qk_norm": True}),
+    Variant("gated", "a sigmoid output gate on attention removes the sink", model={"attention": "gated"}),
+    Variant("sigmoid", "sigmoid attention (no normalisation over keys) needs no sink", model={"attention": "sigmoid"}),
+    Variant("softpick", "softpick attention (rows may sum to < 1) needs no sink", model={"attention": "softpick"}),
+    Variant("no-bos", "without a fixed start token the sink moves to whatever token comes first", data={"bos": False}),
+    Variant("head-dim-32", "head dimension changes how strong sinks get", model={"head_dim": 32}),
+    Variant("context-128", "context length changes how strong sinks get", data={"seq_len": 128}),
+]}
+QUICK_VARIANTS = ("baseline", "gated", "no-bos")
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    model: dict = field(default_factory=dict)  # TinyConfig overrides of the base model (its defaults otherwise)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, lr=1e-2, weight_decay=0.1))
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    threshold: float = core.DEFAULT_THRESHOLD
+    epsilon: float = core.DEFAULT_EPSILON
+    min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE
+
+    def to_dict(self) -> dict:
+        return {"model": base_model_dict(self.model), "data": self.data.to_dict(), "train": self.train.to_dict(),
+                "variants": list(self.variants), "threshold": self.threshold, "epsilon": self.epsilon,
+                "min_sink_rate": self.min_sink_rate}
+
+
+MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "head_dim", "norm", "qk_norm", "attention", "rope_theta")
+
+
+def base_model_dict(overrides: dict) -> dict:
+    cfg = TinyConfig(**{k: v for k, v in overrides.items() if k in MODEL_KEYS})
+    return {k: getattr(cfg, k) for k in MODEL_KEYS}
+
+
+def quick_settings(**kw) -> LabSettings:
+    """A minute-scale look: three variants, 300 steps."""
+    return LabSettings(train=TrainConfig(steps=300, lr=1e-2, weight_decay=0.1, n_checkpoints=7),
+                       variants=QUICK_VARIANTS, **kw)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    claim: str
+    model: dict
+    data: dict
+    n_params: int
+    seconds: float
+    finished: bool
+    checkpoints: list[Checkpoint]
+
+    @property
+    def final(self) -> Checkpoint | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["checkpoints"] = [c.to_dict() for c in self.checkpoints]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VariantResult":
+        return cls(**{**d, "checkpoints": [Checkpoint(**c) for c in d["checkpoints"]]})
+
+
+@dataclass
+class LabResult:
+    settings: dict
+    environment: dict
+    variants: list[VariantResult]
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict:
+        return {"schema": self.schema, "settings": self.settings, "environment": self.environment,
+                "variants": [v.to_dict() for v in self.variants]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabResult":
+        return cls(settings=d["settings"], environment=d["environment"],
+                   variants=[VariantResult.from_dict(v) for v in d["variants"]], schema=d.get("schema", SCHEMA))
+
+
+def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig, DataConfig]:
+    model = {**base_model_dict(settings.model), **variant.model}
+    data = replace(settings.data, **variant.data)
+    model["vocab_size"] = data.vocab_size
+    model["max_position_embeddings"] = max(256, data.seq_len)
+    return TinyConfig(**model), data
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def _write(path: Path, result: LabResult) -> None:
+    from sinkhole.models.loading import write_atomic
+
+    write_atomic(path, json.dumps(result.to_dict(), indent=1, allow_nan=False))
+
+
+def _resume(path: Path, settings: dict) -> list[VariantResult]:
+    """Finished variants of an earlier run of the same settings in this directory."""
+    if not path.is_file():
+        return []
+    try:
+        old = LabResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise SinkholeError(f"{path} is not a lab result ({err}); choose another --out") from None
+    if {k: v for k, v in old.settings.items() if k != "variants"} != {k: v for k, v in settings.items() if k != "variants"}:
+        raise SinkholeError(f"{path} holds a lab run with other settings; choose another --out")
+    return [v for v in old.variants if v.finished and v.name in settings["variants"]]
+
+
+def check_settings(settings: LabSettings) -> None:
+    """One-line errors for settings a user can get wrong."""
+    unknown = [v for v in settings.variants if v not in VARIANTS]
+    if unknown:
+        raise SinkholeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not settings.variants:
+        raise SinkholeError("no variants to run")
+    if settings.train.steps < 1:
+        raise SinkholeError("--steps must be at least 1")
+
+
+def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=None, log=None,
+            save_weights: bool = False) -> LabResult:
+    """Train and probe every variant in `settings.variants`; see the module docstring.
+
+    progress(n): called per optimizer step (total = steps x variants). log(msg): one line per event.
+    save_weights: keep each checkpoint's state_dict as out_dir/checkpoints/<variant>/step_<n>.pt.
+    """
+    check_settings(settings)
+    sd = settings.to_dict()
+    out = Path(out_dir) if out_dir is not None else None
+    path = out / "lab.json" if out is not None else None
+    done = {}
+    if path is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        done = {v.name: v for v in _resume(path, sd)}
+    result = LabResult(settings=sd, environment=environment(), variants=[])
+    for name in settings.variants:
+        if name in done:
+            result.variants.append(done[name])
+            if progress is not None:
+                progress(settings.train.steps)
+            if log is not None:
+                log(f"{name}: already done in {path}")
+            continue
+        variant = VARIANTS[name]
+        mcfg, dcfg = variant_configs(settings, variant)
+        stream = TokenStream(dcfg, settings.train.seed)
+        model = build_model(mcfg, settings.train.seed)
+        vr = VariantResult(name, variant.claim, {k: getattr(mcfg, k) for k in MODEL_KEYS}, dcfg.to_dict(),
+                           n_params(model), 0.0, False, [])
+        result.variants.append(vr)
+        t0 = time.perf_counter()
+
+        def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, name=name) -> None:
+            vr.checkpoints.append(ck)
+            vr.seconds = time.perf_counter() - t0
+            if path is not None:
+                if save_weights:
+                    d = out / "checkpoints" / name
+                    d.mkdir(parents=True, exist_ok=True)
+                    tmp = d / f".step_{ck.step}.pt.tmp"
+                    torch.save(m.state_dict(), tmp)
+                    tmp.replace(d / f"step_{ck.step}.pt")
+                _write(path, result)
+
+        probe_ids = stream.batch(PROBE_BATCH_INDEX, settings.train.probe_batch)
+        train(model, stream, settings.train, probe_ids, on_checkpoint=on_checkpoint, progress=progress,
+              threshold=settings.threshold, epsilon=settings.epsilon, min_sink_rate=settings.min_sink_rate)
+        vr.seconds, vr.finished = time.perf_counter() - t0, True
+        if path is not None:
+            _write(path, result)
+        if log is not None:
+            f = vr.final
+            log(f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
+                f"spike score {f.spike_score:.1f}x")
+    return result

@@ -1,0 +1,181 @@
+"""The training loop, and what is measured at each checkpoint with sinkhole's own probe.
+
+Checkpoints sit at log-spaced steps (0, 1, 2, 4, ... up to the last), because sinks appear early
+and abruptly and then sharpen slowly: even spacing would waste most probes on the plateau.
+
+At each checkpoint a copy of the model is probed, unchanged, with `ModelProbe(LoadedModel.wrap(...))`
+on a fixed held-out batch from the same stream, and `sinkhole.analysis.core.analyze` computes the
+report of each sequence. `Checkpoint` keeps the numbers about position 0 (the start token, or the
+first ordinary token without one), averaged over the probe sequences:
+
+- sink_mass: attention mass of position 0 (mean over layers and heads of alpha, Gu et al.).
+- sink_rate: share of (layer, head) with alpha > epsilon on position 0.
+- sink_detected: share of probe sequences in which the detector reports position 0 as a sink token
+  (sink rate >= min_sink_rate).
+- first_share: share of all attention weight (all layers, heads, queries) that lands on position 0.
+  For softmax attention every query distributes exactly 1, so this is a normalised mass.
+- attn_total: mean over layers, heads and queries of a query's total attention weight: 1 for softmax
+  (plain and gated); for sigmoid and softpick attention whatever the model chose (see `model.py`).
+- spike_score: spike score (peak residual norm / median token's) of position 0; spike_score_max: the
+  largest over tokens; spike_detected: share of sequences where position 0 scores above threshold.
+- top_value, top_layer, top_channel: the largest-|.| residual entry of position 0 (first sequence);
+  top_ratio: its |value| over the median token's largest |h| at that layer (Sun et al. 2024).
+- per layer: mass_by_layer[l] (alpha on position 0, mean over heads), norm_ratio_by_layer[l]
+  (||h_l[0]|| / median_t ||h_l[t]||); heads[l][h]: alpha on position 0 of each head.
+- loss: mean training loss since the previous checkpoint; eval_loss and copy_accuracy (argmax hits on
+  positions that follow a trigger, i.e. that need attention) on the probe batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sinkhole.analysis import core
+from sinkhole.lab.data import IdTokenizer, TokenStream
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup: int = 20
+    seed: int = 0
+    n_checkpoints: int = 10
+    probe_batch: int = 8  # held-out sequences probed at each checkpoint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    loss: float | None
+    eval_loss: float
+    copy_accuracy: float | None
+    sink_mass: float
+    sink_rate: float
+    sink_detected: float
+    first_share: float
+    attn_total: float
+    spike_score: float
+    spike_score_max: float
+    spike_detected: float
+    top_value: float
+    top_layer: int
+    top_channel: int
+    top_ratio: float
+    mass_by_layer: list[float] = field(default_factory=list)
+    norm_ratio_by_layer: list[float] = field(default_factory=list)
+    heads: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """Step 0 and about n - 1 log-spaced steps in [1, steps], the last one included."""
+    if n < 2 or steps < 1:
+        return [0, steps] if steps else [0]
+    ks = np.unique(np.round(np.geomspace(1, steps, n - 1)).astype(int))
+    return [0] + [int(k) for k in ks]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def probe_checkpoint(model, ids: torch.Tensor, stream: TokenStream, step: int, loss: float | None,
+                     threshold: float = core.DEFAULT_THRESHOLD, epsilon: float = core.DEFAULT_EPSILON,
+                     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE) -> Checkpoint:
+    """Probe a copy of `model` on ids (B, T) and summarise position 0 (see the module docstring)."""
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.probe import ModelProbe
+
+    frozen = copy.deepcopy(model)
+    lm = LoadedModel.wrap(frozen, IdTokenizer(stream.cfg.n_triggers), name="lab")
+    with torch.no_grad():
+        logits = frozen(ids).logits.float()
+    eval_loss = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)))
+    hit = stream.predictable(ids)[:, 1:]
+    correct = logits[:, :-1].argmax(-1) == ids[:, 1:]
+    copy_acc = float(correct[hit].float().mean()) if bool(hit.any()) else None
+    with warnings.catch_warnings():
+        # sigmoid / softpick attention bypass the interface on purpose: the probe's eager fallback is what we want.
+        warnings.filterwarnings("ignore", message=".*bypasses transformers' AttentionInterface.*")
+        captures = ModelProbe(lm).run_batch([row.tolist() for row in ids])
+    reports = [core.analyze(c, threshold, epsilon, min_sink_rate) for c in captures]
+    alpha = np.stack([c.attn_mass[:, :, 0] for c in captures])  # (B, L, H)
+    colsum = np.stack([c.attn_colsum for c in captures])  # (B, L, H, T)
+    T = ids.shape[1]
+    norm = np.stack([c.resid_norm for c in captures])  # (B, L, T)
+    c0, r0 = captures[0], reports[0]
+    value, layer, channel = core.top_value(c0.resid_top_channels, c0.resid_top_values, 0)
+    typical = float(np.median(np.abs(c0.resid_top_values[layer, :, 0])))
+    return Checkpoint(
+        step=step, loss=loss, eval_loss=eval_loss, copy_accuracy=copy_acc,
+        sink_mass=float(alpha.mean()),
+        sink_rate=float((alpha > epsilon).mean()),
+        sink_detected=float(np.mean([any(s["position"] == 0 for s in r.sinks["tokens"]) for r in reports])),
+        first_share=float(colsum[..., 0].sum() / max(colsum.sum(), 1e-30)),
+        attn_total=float(colsum.sum() / (colsum.shape[0] * colsum.shape[1] * colsum.shape[2] * T)),
+        spike_score=float(np.mean([r.spikes["per_token_score"][0] for r in reports])),
+        spike_score_max=float(np.mean([max(r.spikes["per_token_score"]) for r in reports])),
+        spike_detected=float(np.mean([any(s["position"] == 0 for s in r.spikes["tokens"]) for r in reports])),
+        top_value=value, top_layer=layer, top_channel=channel, top_ratio=abs(value) / max(typical, 1e-30),
+        mass_by_layer=alpha.mean(axis=(0, 2)).tolist(),
+        norm_ratio_by_layer=(norm[:, :, 0] / np.median(norm, axis=2)).mean(axis=0).tolist(),
+        heads=alpha.mean(axis=0).tolist(),
+    )
+
+
+def train(model, stream: TokenStream, cfg: TrainConfig, probe_ids: torch.Tensor, on_checkpoint=None,
+          progress=None, **probe_kw) -> list[Checkpoint]:
+    """Train `model` in place on stream batches 0..steps-1, probing at `checkpoint_steps`.
+
+    on_checkpoint(checkpoint, model) is called after each probe (to save results or weights);
+    progress(n) after each optimizer step.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    marks = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
+    out: list[Checkpoint] = []
+    losses: list[float] = []
+
+    def mark(step: int) -> None:
+        ck = probe_checkpoint(model, probe_ids, stream, step, float(np.mean(losses)) if losses else None, **probe_kw)
+        losses.clear()
+        out.append(ck)
+        if on_checkpoint is not None:
+            on_checkpoint(ck, model)
+
+    model.train()
+    for step in range(cfg.steps + 1):
+        if step in marks:
+            mark(step)
+        if step == cfg.steps:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        ids = stream.batch(step, cfg.batch_size)
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(1)
+    return out
