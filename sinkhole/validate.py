@@ -272,6 +272,10 @@ def validate_args(command: str, args) -> None:
         if dest in ("profile", "show") and not _looks_like_file(value):
             continue  # a shipped profile's name: load_profile checks it
         inputs.append(input_file(value, what))
+    if command == "compare":  # a report, an eval summary, or an eval run directory (its summary.json)
+        for side in (args.a, args.b):
+            p = Path(str(side)).expanduser()
+            inputs.append(input_file(p / "summary.json" if p.is_dir() else p, "compared file"))
     model = getattr(args, "model", None)
     if model and Path(str(model)).expanduser().exists():
         inputs.append(Path(str(model)).expanduser())

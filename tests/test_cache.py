@@ -251,7 +251,7 @@ def test_cli_rejects_bad_sizes_before_loading(capsys):
 
 
 def test_sink_cache_without_model_is_a_clear_error():
-    with pytest.raises(SinkholeError, match="needs the model"):
+    with pytest.raises(SinkholeError, match="needs the loaded model"):
         SinkCache(4, 252)
 
 

@@ -25,6 +25,9 @@ BASE = {
     "profile": ["profile", "--model", "TINY", "--prompts", "SUITE"],
     "stream": ["stream", "--model", "TINY", "--text", "TEXT", "--tokens", "64", "--cache", "16", "--no-profile"],
     "quant": ["quant", "--model", "TINY", "--backend", "bitsandbytes", "--calib", "TEXT"],
+    "lab": ["lab", "--out", "OUTDIR", "--quick", "--no-figures"],
+    "compare": ["compare", "PROMPT", "PROMPT"],
+    "models": ["models"],
 }
 ANALYSIS = ("analyze", "mechanism", "eval", "profile")  # commands with --threshold / --epsilon
 SINK_RATE = ("analyze", "eval", "profile")
@@ -61,6 +64,14 @@ def _numbers():
         ("quant", ["--validate", "--heldout-len", "1"], "--heldout-len"),
         ("quant", ["--alpha", "2"], "--alpha"), ("quant", ["--alpha", "nan"], "--alpha"),
         ("quant", ["--alpha", "abc"], "--alpha"),
+        ("stream", ["--recall", "--budget", "0"], "--budget"), ("stream", ["--recall", "--budget", "1.5"], "--budget"),
+        ("stream", ["--recall", "--budget", "nan"], "--budget"), ("stream", ["--recall", "--window", "0"], "--window"),
+        ("stream", ["--recall", "--seeds", "0"], "--seeds"), ("profile", ["--stream-window", "0"], "--stream-window"),
+        ("profile", ["--stream-prompts", "0"], "--stream-prompts"), ("profile", ["--stream-sinks", "-1"], "--stream-sinks"),
+        ("lab", ["--steps", "0"], "--steps"), ("lab", ["--seed", "-1"], "--seed"),
+        ("lab", ["--checkpoints", "0"], "--checkpoints"), ("lab", ["--layers", "0"], "--layers"),
+        ("lab", ["--d-model", "1"], "--d-model"), ("lab", ["--threads", "0"], "--threads"),
+        ("analyze", ["--threads", "0"], "--threads"), ("stream", ["--threads", "-2"], "--threads"),
         # argparse's own refusals: exit 2 with usage, no traceback
         ("analyze", ["--threshold", "abc"], "invalid float"), ("stream", ["--tokens", "2.5"], "invalid int"),
         ("eval", ["--threads", "many"], "invalid int"),
@@ -70,6 +81,7 @@ def _numbers():
 OUTPUT_FLAGS = {
     "analyze": ["--output", "--json"], "mechanism": ["--output", "--json"], "vocab-sweep": ["--json"],
     "profile": ["--out"], "stream": ["--json", "--plot"], "quant": ["--out", "--stats-json"],
+    "compare": ["--output", "--json"], "models": ["--json"], "eval": ["--csv"],
 }
 BAD_OUTPUTS = [("DIR", "is a directory"), ("PROC", "/proc"), ("RO_OUT", "read-only"),
                ("ROFILE", "read-only"), ("UNDERFILE", "is a file, not a directory"), ("PROMPT", "destroy the input")]
@@ -77,7 +89,8 @@ BAD_OUTPUTS = [("DIR", "is a directory"), ("PROC", "/proc"), ("RO_OUT", "read-on
 
 # an input of each command (extra arguments that make it one, and the input's placeholder)
 INPUT_OF = {"analyze": (["--prompt", None, "--prompt-file", "PROMPT"], "PROMPT"), "mechanism": ([], "SUITE"),
-            "vocab-sweep": ([], "TINY_CONFIG"), "profile": ([], "SUITE"), "stream": ([], "TEXT"), "quant": ([], "TEXT")}
+            "vocab-sweep": ([], "TINY_CONFIG"), "profile": ([], "SUITE"), "stream": ([], "TEXT"), "quant": ([], "TEXT"),
+            "compare": ([], "PROMPT"), "eval": ([], "SUITE")}
 
 
 def _outputs():
@@ -85,12 +98,17 @@ def _outputs():
         for flag in flags:
             for path, message in BAD_OUTPUTS:
                 if path == "PROMPT":  # the same file as an input of this very command
+                    if cmd not in INPUT_OF:  # a command that reads no file
+                        continue
                     extra, path = INPUT_OF[cmd]
                     yield cmd, [*extra, flag, path], message
                 else:
                     yield cmd, [flag, path], message
     yield "eval", ["--out", "PROMPT"], "is a file"  # the base's --out is replaced
     yield "eval", ["--out", "PROCDIR"], "/proc"
+    yield "lab", ["--out", "PROMPT"], "is a file"
+    yield "lab", ["--out", "PROCDIR"], "/proc"
+    yield "lab", ["--out", "RODIR"], "read-only"
     yield "eval", ["--out", "UNDERFILE"], "is a file"
     yield "eval", ["--out", "RODIR"], "read-only"
     yield "eval", ["--out", "SUITE"], "also an input"
