@@ -186,8 +186,10 @@ def sample_targets(n_tokens: int, cache_size: int, samples: int) -> list[int]:
 
 def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 4,
                     profile_positions: list[int] | None = None, recompute_samples: int = 64,
-                    text_source: str = "", progress=None) -> StreamResult:
-    """Run every method on the token ids (1, N) and collect per-position nll."""
+                    text_source: str = "", progress=None, phase=None) -> StreamResult:
+    """Run every method on the token ids (1, N) and collect per-position nll.
+
+    progress(k): k more units of work done; phase(label): the method about to run (for the bar)."""
     from sinkhole.cache.sink_cache import SinkCache
 
     model = lm.model
@@ -200,6 +202,8 @@ def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 
     methods: dict[str, MethodResult] = {}
 
     def timed(name, slots, sinks, fn, offset=0):
+        if phase:
+            phase(METHOD_LABELS[name])
         t0 = time.perf_counter()
         vals = fn()
         methods[name] = MethodResult(name, METHOD_LABELS[name], slots, sinks,
@@ -222,6 +226,8 @@ def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 
             cache = SinkCache(window=cache_size - len(pins), model=model, sink_positions=pins)
             timed("profile", cache_size, pins, lambda: nll_streaming(model, ids, cache, progress))
     targets = sample_targets(n, cache_size, recompute_samples)
+    if phase:
+        phase(METHOD_LABELS["recompute"])
     t0 = time.perf_counter()
     rec = nll_recompute(model, ids, cache_size, targets, progress=progress)
     rec_nll: list[float | None] = [None] * (n - 1)

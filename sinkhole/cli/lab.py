@@ -74,7 +74,8 @@ def settings_from_args(args):
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
+
+    from sinkhole.progress import progress
 
     from sinkhole.lab.report import render_table, write_outputs
     from sinkhole.lab.run import check_settings, run_lab
@@ -83,10 +84,13 @@ def run(args) -> int:
     check_settings(settings)
     torch.set_num_threads(args.threads)
     total = settings.train.steps * len(settings.variants)
-    bar = tqdm(total=total, desc="lab", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = progress(total=total, desc="lab", unit="step")
 
     def log(msg: str) -> None:
-        bar.write(msg, file=sys.stderr)
+        if hasattr(bar, "write"):  # tqdm on a terminal: print above the bar
+            bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
 
     try:
         result = run_lab(settings, args.out, progress=bar.update, log=log, save_weights=args.save_checkpoints)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sinkhole.cli.common import add_model_args, status
+from sinkhole.progress import progress
 
 HELP = "perplexity of a long text decoded through a bounded KV cache: window only vs sinks vs recomputation"
 EPILOG = """examples:
@@ -85,9 +86,8 @@ def _checked_positions(args, prof) -> list[int]:
 
 
 def run_recall(args) -> int:
-    from tqdm import tqdm
-
     from sinkhole.cache.recall import LABELS, evaluate_recall, render_recall
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.errors import SinkholeError
     from sinkhole.models.loading import load_model
     from sinkhole.profiles.profile import load_profile
@@ -100,19 +100,17 @@ def run_recall(args) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
     prof = load_profile(args.profile or lm.name)
     prof.check_model(lm.weights_id, lm.name)
-    with tqdm(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
+    with progress(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
         result = evaluate_recall(lm, prof, n_tokens=args.tokens, budget=args.budget, window=args.window,
                                  seeds=tuple(range(args.seeds)), rank_by=args.rank_by, progress=bar.update)
     d = result.to_dict()
-    if args.json:
-        write_json(d, args.json)
-        status(f"wrote {args.json}")
-    print(render_recall(d))
+    failures = write_all([(args.json, lambda: write_json(d, args.json, "recall results"))])
+    print(render_recall(d), file=result_stream(args.json))
+    raise_failures(failures)
     return 0
 
 
 def run(args) -> int:
-    from tqdm import tqdm
 
     if args.recall:
         return run_recall(args)
@@ -145,11 +143,12 @@ def run(args) -> int:
     dense_upto = min(n, lm.max_context or n)
     n_samples = len(sample_targets(n, args.cache, args.samples))
     streams = 2 + (pins is not None and pins != list(range(args.sinks)))
-    bar = tqdm(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="step", desc="stream",
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
+    bar = progress(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="step", desc="stream",
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
     try:
         result = evaluate_stream(lm, ids, cache_size=args.cache, n_sink=args.sinks, profile_positions=pins,
-                                 recompute_samples=args.samples, text_source=source, progress=bar.update)
+                                 recompute_samples=args.samples, text_source=source, progress=bar.update,
+                                 phase=lambda label: bar.set_description(f"stream: {label}"))
     finally:
         bar.close()
     d = result.to_dict()

@@ -148,7 +148,7 @@ started {html.escape(str(env.get('started')))}</div></header>
 
 def write_outputs(result: LabResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
     """Figures and lab.html into out_dir (lab.json is written by `run_lab` as it goes)."""
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_atomic
 
     out = Path(out_dir)
     paths = write_figures(result, out) if figures else []

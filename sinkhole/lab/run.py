@@ -145,7 +145,7 @@ def environment() -> dict:
 
 
 def _write(path: Path, result: LabResult) -> None:
-    from sinkhole.models.loading import write_atomic
+    from sinkhole.io import write_atomic
 
     write_atomic(path, json.dumps(result.to_dict(), indent=1, allow_nan=False))
 
