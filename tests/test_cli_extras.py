@@ -72,8 +72,14 @@ def test_compare_refuses_mixed_and_foreign_files(tmp_path, capsys):
 def test_threads_default_and_flag(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     from sinkhole.cli.common import default_threads
 
-    assert default_threads(2, 2) == 1 and default_threads(1, 1) == 1 and default_threads(None, 4) == 1
-    assert default_threads(16, 8) == 8 and default_threads(64, 32) == 8 and default_threads(4, 2) == 2
+    assert default_threads(2, 2, busy=0) == 2 and default_threads(2, 2, busy=None) == 2  # quiet / no /proc
+    assert default_threads(2, 2, busy=1) == 1 and default_threads(2, 2, busy=5) == 1  # shared: never oversubscribe
+    assert default_threads(1, 1) == 1 and default_threads(None, 4) == 4
+    assert default_threads(16, 8) == 8 and default_threads(64, 32) == 8 and default_threads(16, 8, busy=12) == 4
+    from sinkhole.cli.common import busy_cpus
+
+    busy = busy_cpus()
+    assert busy is None or 0 <= busy < 10_000
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:

@@ -21,17 +21,42 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_threads_arg(g) -> None:
     g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 on machines with <= 2 CPUs, else min(physical cores, 8); "
-                        "OMP_NUM_THREADS, when set, is respected)")
+                   help="torch CPU threads (default: the physical cores, at most 8, less those other jobs keep busy "
+                        "now; OMP_NUM_THREADS, when set, is respected)")
 
 
-def default_threads(cpus: int | None, physical: int) -> int:
-    """1 on small machines: a 2-CPU box shared with other jobs ran a probe forward 4x (512 tokens) to 17x
-    (32 tokens) slower with 2 threads than with 1 (BENCHMARKS.md, "CPU threads"); larger machines get
-    their physical cores, capped at 8 (a guess, not measured: no larger machine was available)."""
-    if not cpus or cpus <= 2:
-        return 1
-    return max(1, min(physical, 8))
+def busy_cpus(samples: int = 5, interval: float = 0.01) -> int | None:
+    """CPUs that other processes keep busy right now: the median count of runnable tasks in
+    /proc/loadavg over a few samples, less this process. None where there is no /proc (not Linux).
+
+    An instantaneous count rather than the load average, which also remembers this user's own
+    previous command and would make back-to-back runs choose fewer threads."""
+    import statistics
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # the reader is runnable too
+        except (OSError, ValueError, IndexError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, int(statistics.median(counts)))
+
+
+def default_threads(cpus: int | None, physical: int, busy: int | None = 0) -> int:
+    """The free cores: physical cores (capped at 8) less the CPUs other jobs keep busy, at least 1.
+
+    Measured on a 2-CPU VM (BENCHMARKS.md, "CPU threads"): quiet, 2 threads ran a SmolLM2 probe
+    forward 1.7x faster than 1; shared with jobs that kept both CPUs busy, 4x (512 tokens) to 17x
+    (32 tokens) slower, because oversubscribed OpenMP threads spin-wait at every matmul. The cap of 8
+    is a guess (no larger machine was available)."""
+    n = max(1, min(physical or 1, 8))
+    if cpus and busy:
+        n = min(n, cpus - busy)
+    return max(1, n)
 
 
 def configure_threads(args) -> int | None:
@@ -48,7 +73,7 @@ def configure_threads(args) -> int | None:
     import torch
 
     if n is None:
-        n = default_threads(os.cpu_count(), torch.get_num_threads())
+        n = default_threads(os.cpu_count(), torch.get_num_threads(), busy_cpus())
     torch.set_num_threads(n)
     return n
 
