@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
 
 ATTN_NAME = "sinkhole_head_aware"
@@ -132,7 +133,7 @@ class _Grow:
         return n
 
 
-class HeadAwareLayer(CacheLayerMixin):
+class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
     """One layer: `retrieval` KV heads in a store of `full` (a _Grow, or a _Ring for sliding
     layers), the other KV heads in a `_Ring(stream_sink, window)`."""
 
@@ -220,15 +221,6 @@ class HeadAwareLayer(CacheLayerMixin):
         for store in (self.stream, self.full):
             if store.k is not None:
                 store.k, store.v = fn(store.k), fn(store.v)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_batch(lambda t: t[indices, ...])
 
     def crop(self, tokens_to_remove: int) -> None:
         raise SinkholeError("HeadAwareSinkCache cannot be cropped: assisted decoding is not supported")

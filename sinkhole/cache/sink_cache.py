@@ -88,7 +88,21 @@ def rotate_keys(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor)
     return apply_rotation(keys, cos.to(keys.device), sin.to(keys.device))
 
 
-class SinkCacheLayer(CacheLayerMixin):
+class BatchOpsMixin:
+    """Beam search and batch expansion for a cache layer that can apply one function to every
+    tensor it holds (`_map_batch(fn)`, batch on dim 0)."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map_batch(lambda t: t[indices, ...])
+
+
+class SinkCacheLayer(BatchOpsMixin, CacheLayerMixin):
     """One global-attention layer's cache: pinned sink tokens plus a window of recent tokens.
 
     Storage, preallocated at the first update (B batch, H kv heads, D head dim, W window, P pinned):
@@ -238,15 +252,6 @@ class SinkCacheLayer(CacheLayerMixin):
             self.buf_k, self.buf_v = fn(self.buf_k), fn(self.buf_v)
             self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
             self._rot = None
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_batch(lambda t: t[indices, ...])
 
     def crop(self, tokens_to_remove: int) -> None:
         raise SinkholeError("SinkCache cannot be cropped (evicted tokens are gone): assisted decoding is not supported")

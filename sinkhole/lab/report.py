@@ -15,6 +15,7 @@ import base64
 import html
 from pathlib import Path
 
+from sinkhole.eval.figures import _plt, _save  # one matplotlib set-up, PNGs through the checked writer
 from sinkhole.lab.run import LabResult
 
 FIGURES = ("trajectories.png", "final.png")
@@ -55,21 +56,6 @@ def render_table(result: LabResult) -> str:
         "median token's largest |h| at that layer. * = unfinished.",
     ]
     return "\n".join([head, *lines, *notes])
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    tmp.replace(path)
 
 
 def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
