@@ -14,16 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
-class IdTokenizer:
-    """Stands in for a tokenizer on tiny models: prompts are token-id lists, tokens decode to '<id>'."""
-
-    pad_token_id = 0
-    eos_token = None
-    chat_template = None
-
-    def decode(self, ids):
-        return "".join(f"<{i}>" for i in ids)
+from sinkhole.models.support import IdTokenizer  # noqa: E402,F401  (tests import it from here)
 
 
 def tiny_llama(seed: int = 0, **overrides):

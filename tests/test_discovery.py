@@ -12,7 +12,7 @@ from sinkhole.analysis.core import analyze
 from sinkhole.errors import SinkholeError
 from sinkhole.models import families
 from sinkhole.models.loading import LoadedModel
-from sinkhole.models.support import IDS, _Tok, eager_alpha, quiet
+from sinkhole.models.support import IDS, IdTokenizer, eager_alpha, quiet
 from sinkhole.models.tiny import tiny_model
 from sinkhole.probe.attention import attention_with_stats
 from sinkhole.probe.probe import ModelProbe
@@ -21,7 +21,7 @@ from sinkhole.report.terminal import render_analysis
 
 def probe_of(model_type: str, **kw) -> ModelProbe:
     with quiet():
-        return ModelProbe(LoadedModel.wrap(tiny_model(model_type), _Tok(), name=model_type), **kw)
+        return ModelProbe(LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type), **kw)
 
 
 @pytest.mark.parametrize("model_type, layers, style, attn_out, ffn_out, swiglu", [

@@ -269,11 +269,11 @@ def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, me
 def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
     """A hybrid's non-attention layers (null rows) and a learned-sink section draw without errors."""
     from sinkhole.models.loading import LoadedModel
-    from sinkhole.models.support import IDS, _Tok, quiet
+    from sinkhole.models.support import IDS, IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model
 
     with quiet():
-        lm = LoadedModel.wrap(tiny_model(model_type), _Tok(), name=model_type)
+        lm = LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type)
     cap = ModelProbe(lm, maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
     path = tmp_path / f"{model_type}.html"
     html.write_html(analyze(cap).to_dict(), path, capture=cap)

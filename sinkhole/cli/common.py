@@ -68,8 +68,6 @@ def configure_threads(args) -> int | None:
     n = args.threads
     if n is None and os.environ.get("OMP_NUM_THREADS"):
         return None  # the user chose through the environment; torch already follows it
-    if n is not None and n < 1:
-        raise SinkholeError("--threads must be at least 1")
     import torch
 
     if n is None:

@@ -45,17 +45,12 @@ def add_parser(sub) -> None:
 def settings_from_args(args):
     from dataclasses import replace
 
-    from sinkhole.errors import SinkholeError
     from sinkhole.lab.run import LabSettings, quick_settings
 
     s = quick_settings() if args.quick else LabSettings()
     if args.variants:
         s = replace(s, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     train = s.train
-    for name, value in (("steps", args.steps), ("checkpoints", args.checkpoints), ("layers", args.layers),
-                        ("d-model", args.d_model), ("threads", args.threads)):
-        if value is not None and value < 1:
-            raise SinkholeError(f"--{name} must be at least 1")
     if args.steps is not None:
         train = replace(train, steps=args.steps)
     if args.checkpoints is not None:

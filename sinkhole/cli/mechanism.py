@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, status
-from sinkhole.errors import SinkholeError
 
 HELP = "lifecycle, spike channels, activation regime, quadratic amplifier, norms, sink keys, interventions"
 EPILOG = """examples:
@@ -114,8 +113,6 @@ def run(args) -> int:
 
     prompts = [item.prompt for item in load_suite(args.prompts).items] if args.prompts else DEFAULT_PROMPTS
     text = None if args.text is None else read_text_file(args.text)
-    if args.text_tokens < 16:
-        raise SinkholeError("--text-tokens must be at least 16")
     cfg = MechanismConfig(threshold=args.threshold, epsilon=args.epsilon, interventions=args.interventions,
                           text=text, text_tokens=args.text_tokens)
     probe = load_probe(args)

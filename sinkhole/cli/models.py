@@ -35,19 +35,10 @@ def human(n: int) -> str:
     return f"{n:.1f} GB"
 
 
-def cache_dir() -> Path:
-    # the same rule as sinkhole.models.loading.cache_dir, without importing torch for a listing
-    import os
-
-    if os.environ.get("SINKHOLE_CACHE"):
-        return Path(os.environ["SINKHOLE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sinkhole"
-
-
 def listing() -> dict:
     """{"bundled": [...], "cache": {"dir", "converted": [...]}}; never converts or downloads anything."""
     from sinkhole.errors import SinkholeError
+    from sinkhole.io import cache_dir
     from sinkhole.models.registry import BUNDLED, bundled_gguf_path
 
     converted = []

@@ -93,8 +93,6 @@ def run_recall(args) -> int:
     from sinkhole.profiles.profile import load_profile
     from sinkhole.report.schema import write_json
 
-    if args.seeds < 1 or args.window < 1:
-        raise SinkholeError("--seeds and --window must be at least 1")
     if args.text is not None or args.plot:
         raise SinkholeError("--recall builds its own streams and draws no plot: drop --text/--plot")
     lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
@@ -117,15 +115,11 @@ def run(args) -> int:
 
     from sinkhole.cache.stream_eval import (default_text, encode_stream, evaluate_stream, plot_stream,
                                             progress_total, render_table, sample_targets)
-    from sinkhole.errors import SinkholeError
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.models.loading import load_model
+    from sinkhole.profiles.profile import load_profile
     from sinkhole.report.schema import write_json
 
-    from sinkhole.cli.common import raise_failures, result_stream, write_all
-    from sinkhole.profiles.profile import load_profile
-
-    if args.tokens < 2 or args.cache < 2:
-        raise SinkholeError("--tokens and --cache must be at least 2")
     given = None
     if args.profile is not None and not args.no_profile:  # a bad profile fails before the model loads
         given = load_profile(args.profile)

@@ -122,7 +122,7 @@ def probe_checkpoint(model, ids: torch.Tensor, stream: TokenStream, step: int, l
     colsum = np.stack([c.attn_colsum for c in captures])  # (B, L, H, T)
     T = ids.shape[1]
     norm = np.stack([c.resid_norm for c in captures])  # (B, L, T)
-    c0, r0 = captures[0], reports[0]
+    c0 = captures[0]
     value, layer, channel = core.top_value(c0.resid_top_channels, c0.resid_top_values, 0)
     typical = float(np.median(np.abs(c0.resid_top_values[layer, :, 0])))
     return Checkpoint(

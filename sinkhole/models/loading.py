@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from sinkhole.errors import SinkholeError
-from sinkhole.io import cache_dir, file_sha256, write_atomic  # noqa: F401  (re-exported for old imports)
 from sinkhole.models.families import Family, family_for
 from sinkhole.models.gguf_cache import converted_gguf_dir
 from sinkhole.models.registry import ModelSource, resolve

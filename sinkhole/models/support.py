@@ -43,7 +43,9 @@ class Support:
         return asdict(self)
 
 
-class _Tok:
+class IdTokenizer:
+    """Stands in for a tokenizer on tiny random models: prompts are token-id lists, tokens decode to '<id>'."""
+
     pad_token_id = 0
     eos_token = None
     chat_template = None
@@ -84,7 +86,7 @@ def check(model_type: str) -> Support:
         return Support(model_type, "skipped", f"tiny model's own forward fails: {type(err).__name__}: "
                        f"{str(err).splitlines()[0][:100] if str(err) else ''}")
     try:
-        lm = LoadedModel.wrap(model, _Tok(), name=model_type)
+        lm = LoadedModel.wrap(model, IdTokenizer(), name=model_type)
         fam = lm.family
         probe = ModelProbe(lm)
         cap = probe.run(IDS)

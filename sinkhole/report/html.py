@@ -139,7 +139,7 @@ def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
 
 def cards_html(r: dict) -> str:
     """The terminal output's four blocks as cards (values formatted the same way)."""
-    sp, sk, kv = r["spikes"], r["sinks"], r["kv"]
+    sp, sk = r["spikes"], r["sinks"]
 
     def tok(s):
         return f"<code>{_esc(_vis(s['text']))}</code> <span class='pos'>#{s['position']}</span>"
