@@ -55,7 +55,7 @@ def decode_rate(model, cache, ids, start: int, steps: int) -> float:
         sync(ids.device)
         t0 = time.perf_counter()
         for t in range(start, start + steps):
-            model(ids[:, t: t + 1], cache=cache, use_cache=True)
+            model(ids[:, t : t + 1], cache=cache, use_cache=True)
         sync(ids.device)
     return steps / (time.perf_counter() - t0)
 
@@ -73,7 +73,9 @@ def decode_caches(model, length: int, sinks: int = 4) -> dict:
         "dynamic": lambda: DynamicCache(config=model.config),
         "sink": lambda: SinkCache(sinks, length - sinks, model=model),
         "head_aware_full": lambda: HeadAwareSinkCache([list(range(H))] * L, sinks, length - sinks, model=model),
-        "head_aware_half": lambda: HeadAwareSinkCache([list(range(H // 2))] * L, sinks, length // 4 - sinks, model=model),
+        "head_aware_half": lambda: HeadAwareSinkCache(
+            [list(range(H // 2))] * L, sinks, length // 4 - sinks, model=model
+        ),
     }
 
 
@@ -87,7 +89,7 @@ def bench_decode(model, ids, length: int, steps: int, rounds: int, sinks: int = 
         for name, make in makers.items():
             cache = make()
             with head_aware_attention(model):
-                model(ids[:, :length - 1], cache=cache, use_cache=True)
+                model(ids[:, : length - 1], cache=cache, use_cache=True)
             rates[name].append(decode_rate(model, cache, ids, length - 1, steps))
             del cache
     row = dict(cache_len=length, steps=steps, rounds=rounds)
@@ -102,15 +104,28 @@ def bench_decode(model, ids, length: int, steps: int, rounds: int, sinks: int = 
 def bench_memory(model, ids, checkpoints: list[int], cache_len: int, sinks: int = 4) -> list[dict]:
     rows = []
     for kind in ("sink", "dynamic"):
-        cache = SinkCache(sinks, cache_len - sinks, model=model) if kind == "sink" else DynamicCache(config=model.config)
+        cache = (
+            SinkCache(sinks, cache_len - sinks, model=model) if kind == "sink" else DynamicCache(config=model.config)
+        )
         t0 = time.perf_counter()
         for t in range(max(checkpoints)):
-            model(ids[:, t: t + 1], cache=cache, use_cache=True)
+            model(ids[:, t : t + 1], cache=cache, use_cache=True)
             if t + 1 in checkpoints:
-                rows.append(dict(cache=kind, tokens=t + 1, cache_mib=round(cache_nbytes(cache) / 2**20, 2),
-                                 rss_mib=round(rss_mib()), tok_s=round((t + 1) / (time.perf_counter() - t0), 1)))
-                print(f"  memory {kind:<8} {t + 1:>6} tokens: cache {rows[-1]['cache_mib']} MiB, "
-                      f"RSS {rows[-1]['rss_mib']} MiB", file=sys.stderr, flush=True)
+                rows.append(
+                    dict(
+                        cache=kind,
+                        tokens=t + 1,
+                        cache_mib=round(cache_nbytes(cache) / 2**20, 2),
+                        rss_mib=round(rss_mib()),
+                        tok_s=round((t + 1) / (time.perf_counter() - t0), 1),
+                    )
+                )
+                print(
+                    f"  memory {kind:<8} {t + 1:>6} tokens: cache {rows[-1]['cache_mib']} MiB, "
+                    f"RSS {rows[-1]['rss_mib']} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         del cache
     return rows
 
@@ -124,16 +139,21 @@ def bench_latency(model, ids, length: int, rounds: int, sinks: int = 4) -> dict:
         t = length + r
         sync(ids.device)
         t0 = time.perf_counter()
-        model(ids[:, t: t + 1], cache=sink, use_cache=True)
+        model(ids[:, t : t + 1], cache=sink, use_cache=True)
         sync(ids.device)
         step.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        model(ids[:, t + 1 - length: t + 1])
+        model(ids[:, t + 1 - length : t + 1])
         sync(ids.device)
         recompute.append(time.perf_counter() - t0)
     s, rc = statistics.median(step), statistics.median(recompute)
-    return dict(cache_len=length, rounds=rounds, sink_ms=round(1000 * s, 1), recompute_ms=round(1000 * rc, 1),
-                speedup=round(rc / s, 1))
+    return dict(
+        cache_len=length,
+        rounds=rounds,
+        sink_ms=round(1000 * s, 1),
+        recompute_ms=round(1000 * rc, 1),
+        speedup=round(rc / s, 1),
+    )
 
 
 @torch.inference_mode()
@@ -155,14 +175,19 @@ def bench_numerics(lm, ids, checkpoints: list[int], cache_len: int = 64, sinks: 
         window = cache_len - sinks
         t0 = time.perf_counter()
         for t in range(max(checkpoints)):
-            logits = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1]
+            logits = model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1]
             if t + 1 in checkpoints:
                 keep = list(range(sinks)) + list(range(t + 1 - window, t + 1))
                 ref = model(ids[:, keep]).logits[0, -1]
-                rows.append(dict(position=t, max_abs_diff=float((logits - ref).abs().max()),
-                                 max_abs_logit=float(ref.abs().max()),
-                                 same_top1=bool(logits.argmax() == ref.argmax()),
-                                 seconds=round(time.perf_counter() - t0, 1)))
+                rows.append(
+                    dict(
+                        position=t,
+                        max_abs_diff=float((logits - ref).abs().max()),
+                        max_abs_logit=float(ref.abs().max()),
+                        same_top1=bool(logits.argmax() == ref.argmax()),
+                        seconds=round(time.perf_counter() - t0, 1),
+                    )
+                )
                 print(f"  numerics t={t}: {rows[-1]}", file=sys.stderr, flush=True)
     finally:
         model.model.layers = layers
@@ -194,8 +219,12 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and tokens")
     ap.add_argument("--mem-tokens", type=int, default=1024, help="tokens streamed through the real model (0 skips it)")
-    ap.add_argument("--numerics-tokens", type=int, default=32768,
-                    help="stream length for the one-layer numerics check (0 skips it)")
+    ap.add_argument(
+        "--numerics-tokens",
+        type=int,
+        default=32768,
+        help="stream length for the one-layer numerics check (0 skips it)",
+    )
     ap.add_argument("--only", choices=["decode", "latency", "memory", "numerics"], help="run one part")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: decode and latency only, bfloat16")
     ap.add_argument("--json", default=None)
@@ -207,9 +236,17 @@ def main() -> int:
     text, _ = default_text()
     ids = encode_stream(lm.tokenizer, text, max(args.mem_tokens, 4096, args.numerics_tokens) + 1)
     rounds = 2 if args.quick else 5
-    out = dict(model=lm.name, threads=torch.get_num_threads(), decode=[], latency=[], memory_real=[], memory_tiny=[],
-               numerics=[], rope_offset=[])
-    part = (lambda name: args.only in (None, name))
+    out = dict(
+        model=lm.name,
+        threads=torch.get_num_threads(),
+        decode=[],
+        latency=[],
+        memory_real=[],
+        memory_tiny=[],
+        numerics=[],
+        rope_offset=[],
+    )
+    part = lambda name: args.only in (None, name)
     if part("numerics") and args.numerics_tokens:
         marks = [m for m in (256, 1024, 4096, 8192, 16384, 32768, 65536) if m < args.numerics_tokens]
         out["numerics"] = bench_numerics(lm, ids, marks + [args.numerics_tokens])
@@ -241,7 +278,10 @@ def main_cuda(args) -> int:
     """GPU mode: decode rates (the number the issue compares: 0.67x on an H200 before the ring buffer)
     and the recompute latency, in bfloat16, sized for a few minutes on one GPU."""
     if not torch.cuda.is_available():
-        print(f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__})", file=sys.stderr)
+        print(
+            f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__})",
+            file=sys.stderr,
+        )
         return 2
     lm = load_model(args.model, device=args.device, dtype="bfloat16", log=lambda m: print(m, file=sys.stderr))
     text, _ = default_text()

@@ -34,11 +34,16 @@ def plain_forward(probe: ModelProbe, batch_ids: list[list[int]]) -> None:
     ids = torch.full((B, T), pad, dtype=torch.long)
     valid = torch.zeros(B, T, dtype=torch.bool)
     for b, x in enumerate(batch_ids):
-        ids[b, T - len(x):] = torch.tensor(x)
-        valid[b, T - len(x):] = True
+        ids[b, T - len(x) :] = torch.tensor(x)
+        valid[b, T - len(x) :] = True
     with torch.inference_mode():
-        probe.model(input_ids=ids, attention_mask=valid.long(), position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0),
-                    use_cache=False, logits_to_keep=1)
+        probe.model(
+            input_ids=ids,
+            attention_mask=valid.long(),
+            position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+            logits_to_keep=1,
+        )
 
 
 def main() -> int:
@@ -64,7 +69,7 @@ def main() -> int:
     encoded = [probe.encode(it.prompt, chat)[0] for it in suite.items]
     encode_s = time.perf_counter() - t0
     batches = plan_batches([len(x) for x in encoded], settings.max_batch_tokens, settings.max_batch)
-    plain_forward(probe, encoded[batches[-1][0]:batches[-1][0] + 1])  # warm-up
+    plain_forward(probe, encoded[batches[-1][0] : batches[-1][0] + 1])  # warm-up
     plain_s = eval_s = write_s = 0.0
     padded = sum(len(b) * len(encoded[b[0]]) for b in batches)
     real = sum(map(len, encoded))
@@ -82,12 +87,26 @@ def main() -> int:
             t3 = time.perf_counter()
             plain_s, eval_s, write_s = plain_s + t1 - t0, eval_s + t2 - t1, write_s + t3 - t2
     out = {
-        "model": probe.info.name, "prompts": len(suite), "chat": chat, "batches": len(batches),
-        "tokens": real, "padded_tokens": padded, "batch_tokens": settings.max_batch_tokens, "max_batch": settings.max_batch,
-        "load_s": load_s, "encode_s": encode_s, "plain_s": plain_s, "eval_s": eval_s, "write_s": write_s,
-        "ratio": (eval_s + write_s) / plain_s, "eval_total_s": encode_s + eval_s + write_s,
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "model": probe.info.name,
+        "prompts": len(suite),
+        "chat": chat,
+        "batches": len(batches),
+        "tokens": real,
+        "padded_tokens": padded,
+        "batch_tokens": settings.max_batch_tokens,
+        "max_batch": settings.max_batch,
+        "load_s": load_s,
+        "encode_s": encode_s,
+        "plain_s": plain_s,
+        "eval_s": eval_s,
+        "write_s": write_s,
+        "ratio": (eval_s + write_s) / plain_s,
+        "eval_total_s": encode_s + eval_s + write_s,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }
     print(json.dumps(out, indent=1))
     if args.json:

@@ -48,8 +48,10 @@ def main() -> None:
             t0 = time.perf_counter()
             assert entry_problem(copy) is None
             changed = time.perf_counter() - t0
-            print(f"{entry.name}  {size / 1e9:.2f} GB   first check (hash + record) {first:.2f} s   "
-                  f"every later load {warm * 1e3:.2f} ms   after a stamp change {changed:.2f} s")
+            print(
+                f"{entry.name}  {size / 1e9:.2f} GB   first check (hash + record) {first:.2f} s   "
+                f"every later load {warm * 1e3:.2f} ms   after a stamp change {changed:.2f} s"
+            )
 
 
 if __name__ == "__main__":

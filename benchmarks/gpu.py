@@ -31,11 +31,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-                rope_theta=500000.0, tie_word_embeddings=True)
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+LLAMA_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+)
+TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=4096,
+)
 
 
 class StubTokenizer:
@@ -108,14 +125,25 @@ def forward_table(model, lengths, device: str, repeats: int, budget_s: float) ->
         x, ids_list = ids.to(device), ids[0].tolist()
         row = {"T": T}
         with torch.inference_mode():
-            row["plain"] = timed(lambda: model(input_ids=x, use_cache=False, logits_to_keep=1), device, repeats, budget_s)
+            row["plain"] = timed(
+                lambda: model(input_ids=x, use_cache=False, logits_to_keep=1), device, repeats, budget_s
+            )
             row["probe"] = timed(lambda: probe.run(ids_list), device, repeats, budget_s)
             if eager_fits(model, T, device):
                 model.set_attn_implementation("eager")
                 try:
-                    row["eager"] = timed(lambda: model(input_ids=x, use_cache=False, logits_to_keep=1,
-                                                       output_attentions=True, output_hidden_states=True),
-                                         device, repeats, budget_s)
+                    row["eager"] = timed(
+                        lambda: model(
+                            input_ids=x,
+                            use_cache=False,
+                            logits_to_keep=1,
+                            output_attentions=True,
+                            output_hidden_states=True,
+                        ),
+                        device,
+                        repeats,
+                        budget_s,
+                    )
                 finally:
                     model.set_attn_implementation("sdpa")
         if device.startswith("cuda"):
@@ -145,14 +173,22 @@ def attention_table(lengths, device: str, dtype, repeats: int, tiny: bool) -> No
     for T in lengths:
         q, k, v = (torch.randn(1, h, T, D, generator=gen).to(device=device, dtype=dtype) for h in (Hq, Hkv, Hkv))
         with torch.inference_mode():
-            sdpa, _ = timed(lambda: torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=True, enable_gqa=True), device, repeats, 10.0)
+            sdpa, _ = timed(
+                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                device,
+                repeats,
+                10.0,
+            )
             fused = None
             if choose_path(q) == "fused":
-                fused, _ = timed(lambda: attention_with_stats(q, k, v, None, D**-0.5, path="fused"), device, repeats, 10.0)
+                fused, _ = timed(
+                    lambda: attention_with_stats(q, k, v, None, D**-0.5, path="fused"), device, repeats, 10.0
+                )
             exact = None
             if T <= 32768:  # 577 ms at 32k on an H200 before this issue: still quick enough
-                exact, _ = timed(lambda: attention_with_stats(q, k, v, None, D**-0.5, path="exact"), device, repeats, 10.0)
+                exact, _ = timed(
+                    lambda: attention_with_stats(q, k, v, None, D**-0.5, path="exact"), device, repeats, 10.0
+                )
         ms = lambda s: f"{s * 1e3:.1f}" if s is not None else "-"
         r = lambda s: f"{s / sdpa:.1f}" if s is not None else "-"
         print(f"| {T} | {ms(sdpa)} | {ms(fused)} | {r(fused)} | {ms(exact)} | {r(exact)} |", flush=True)
@@ -179,15 +215,19 @@ def main(argv=None) -> None:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "absent"
-    print(f"# {card}; torch {torch.__version__}, transformers {transformers.__version__}, triton {triton_version}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; python benchmarks/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(
+        f"# {card}; torch {torch.__version__}, transformers {transformers.__version__}, triton {triton_version}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; python benchmarks/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    )
     t0 = time.perf_counter()
     model = build_model(args.device, args.tiny, dtype)
     from sinkhole.probe.attention import choose_path
 
     probe_q = torch.zeros(1, 1, 1, 8, device=args.device, dtype=dtype)
     print(f"# model built in {time.perf_counter() - t0:.1f} s; attention-statistics path here: {choose_path(probe_q)}")
-    print("\n| T | plain s | probe s | probe / plain | plain GB | probe GB | memory probe / plain | eager (output_attentions) |")
+    print(
+        "\n| T | plain s | probe s | probe / plain | plain GB | probe GB | memory probe / plain | eager (output_attentions) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     forward_table(model, lengths, args.device, args.repeats, args.budget)
     del model

@@ -54,19 +54,28 @@ def main() -> None:
         lm16 = load_model(args.model, dtype="bfloat16", log=lambda m: None)
         ref_ids = text_ids(lm16.tokenizer, None, REFERENCE_TOKENS)
         out = vocab_sweep(lm16, ref_ids, sample=args.sweep_sample)
-        rows.append((f"vocab sweep, {out['n_tokens']} tokens, bfloat16 ({out['tokens_per_second']:.0f} tokens/s)", out["seconds"]))
+        rows.append(
+            (
+                f"vocab sweep, {out['n_tokens']} tokens, bfloat16 ({out['tokens_per_second']:.0f} tokens/s)",
+                out["seconds"],
+            )
+        )
         # bfloat16 vs float32 on a fixed sample: do the two dtypes call the same tokens spikes?
         ids = np.sort(np.random.default_rng(1).choice(out["vocab_size"], size=args.agree_sample, replace=False))
         s16 = sweep(lm16, ids) / reference_norm(lm16, ref_ids)
         s32 = sweep(probe.lm, ids) / reference_norm(probe.lm, ref_ids)
         agree = float(((s16 > out["threshold"]) == (s32 > out["threshold"])).mean())
-        sweep_lines = [f"- sweep: {out['n_spike']} of {out['n_tokens']} tokens spike ({out['spike_share']:.2%}); "
-                       f"{out['n_exceptions']} exceptions ({out['exceptions_are']})",
-                       f"- bfloat16 vs float32 on {args.agree_sample} sampled tokens: same verdict for {agree:.2%}, "
-                       f"median |score ratio - 1| = {float(np.median(np.abs(s16 / s32 - 1))):.3%}"]
+        sweep_lines = [
+            f"- sweep: {out['n_spike']} of {out['n_tokens']} tokens spike ({out['spike_share']:.2%}); "
+            f"{out['n_exceptions']} exceptions ({out['exceptions_are']})",
+            f"- bfloat16 vs float32 on {args.agree_sample} sampled tokens: same verdict for {agree:.2%}, "
+            f"median |score ratio - 1| = {float(np.median(np.abs(s16 / s32 - 1))):.3%}",
+        ]
     load1 = os.getloadavg()[0]
-    print(f"### {args.model}  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load0:.1f} -> {load1:.1f})\n")
+    print(
+        f"### {args.model}  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load0:.1f} -> {load1:.1f})\n"
+    )
     print("| phase | seconds |\n|---|---:|")
     for name, s in rows:
         print(f"| {name} | {s:.1f} |")

@@ -62,8 +62,14 @@ def worker(mode: str, T: int, repeats: int, threads: int | None = None) -> dict:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             del out
-    return {"mode": mode, "T": T, "seconds": statistics.median(times[1:]), "cpu_seconds": statistics.median(cpu[1:]),
-            "threads": torch.get_num_threads(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "mode": mode,
+        "T": T,
+        "seconds": statistics.median(times[1:]),
+        "cpu_seconds": statistics.median(cpu[1:]),
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def eager_fits(T: int, n_layers=30, n_heads=9) -> bool:
@@ -78,7 +84,9 @@ def run_worker(mode: str, T: int, args) -> dict | None:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:  # e.g. killed for memory
-        print(f"  {mode} T={T} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        print(
+            f"  {mode} T={T} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr
+        )
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -105,11 +113,15 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads)))
         return
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"command: python benchmarks/probe.py {' '.join(sys.argv[1:])}")
-    print("| T | threads | plain s | probe s | eager s | plain MB | probe MB | eager MB | time b/a | CPU time b/a "
-          "| mem b/a | time c/b | mem c/b |")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"command: python benchmarks/probe.py {' '.join(sys.argv[1:])}"
+    )
+    print(
+        "| T | threads | plain s | probe s | eager s | plain MB | probe MB | eager MB | time b/a | CPU time b/a "
+        "| mem b/a | time c/b | mem c/b |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for T in args.lengths:
         runs = {m: [] for m in args.modes}
@@ -125,12 +137,18 @@ def main() -> None:
         f = lambda r, k, fmt: (fmt % r[k]) if r else "-"
         ratio = lambda x, y, k: f"{x[k] / y[k]:.2f}" if x and y else "-"
         threads = (a or b or c or {}).get("threads", "-")
-        print(f"| {T} | {threads} | {f(a, 'seconds', '%.2f')} | {f(b, 'seconds', '%.2f')} | {f(c, 'seconds', '%.2f')} | "
-              f"{f(a, 'peak_rss_mb', '%.0f')} | {f(b, 'peak_rss_mb', '%.0f')} | {f(c, 'peak_rss_mb', '%.0f')} | "
-              f"{ratio(b, a, 'seconds')} | {ratio(b, a, 'cpu_seconds')} | {ratio(b, a, 'peak_rss_mb')} | "
-              f"{ratio(c, b, 'seconds')} | {ratio(c, b, 'peak_rss_mb')} |", flush=True)
+        print(
+            f"| {T} | {threads} | {f(a, 'seconds', '%.2f')} | {f(b, 'seconds', '%.2f')} | {f(c, 'seconds', '%.2f')} | "
+            f"{f(a, 'peak_rss_mb', '%.0f')} | {f(b, 'peak_rss_mb', '%.0f')} | {f(c, 'peak_rss_mb', '%.0f')} | "
+            f"{ratio(b, a, 'seconds')} | {ratio(b, a, 'cpu_seconds')} | {ratio(b, a, 'peak_rss_mb')} | "
+            f"{ratio(c, b, 'seconds')} | {ratio(c, b, 'peak_rss_mb')} |",
+            flush=True,
+        )
         if args.rounds > 1:
-            print("  per-round wall s: " + "; ".join(f"{m} {r['all_seconds']}" for m, r in res.items() if r), file=sys.stderr)
+            print(
+                "  per-round wall s: " + "; ".join(f"{m} {r['all_seconds']}" for m, r in res.items() if r),
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,13 @@ def main() -> None:
                 probe.run(ids)
                 times[n].append(time.perf_counter() - t0)
         base = statistics.median(times[a.threads[0]])
-        print(f"T={T:5d}  " + "  ".join(f"{n} thr {statistics.median(times[n]):6.3f} s ({statistics.median(times[n]) / base:.2f}x)"
-                                         for n in a.threads))
+        print(
+            f"T={T:5d}  "
+            + "  ".join(
+                f"{n} thr {statistics.median(times[n]):6.3f} s ({statistics.median(times[n]) / base:.2f}x)"
+                for n in a.threads
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -53,19 +53,24 @@ def main() -> int:
     text, _ = default_text()
     ids = encode_stream(lm.tokenizer, text, args.tokens + 1)
     cache = SinkCache(args.sinks, args.cache - args.sinks, model=lm.model)
-    print(f"streaming {args.tokens} tokens through {lm.name} (context {lm.max_context}), "
-          f"{args.sinks} sinks + {args.cache - args.sinks} recent", flush=True)
+    print(
+        f"streaming {args.tokens} tokens through {lm.name} (context {lm.max_context}), "
+        f"{args.sinks} sinks + {args.cache - args.sinks} recent",
+        flush=True,
+    )
     print(f"{'tokens':>7} {'ppl(block)':>10} {'RSS MiB':>8} {'cache MiB':>9} {'tok/s':>6}", flush=True)
     nll, t0 = 0.0, time.perf_counter()
     with torch.inference_mode():
         for t in range(args.tokens):
-            logits = lm.model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1]
-            nll += torch.nn.functional.cross_entropy(logits.float()[None], ids[0, t + 1: t + 2]).item()
+            logits = lm.model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1]
+            nll += torch.nn.functional.cross_entropy(logits.float()[None], ids[0, t + 1 : t + 2]).item()
             if (t + 1) % args.every == 0 or t + 1 == args.tokens:
                 n = (t % args.every) + 1
                 rate = n / (time.perf_counter() - t0)
-                print(f"{t + 1:>7} {math.exp(nll / n):>10.2f} {rss_mib():>8.0f} {cache_mib(cache):>9.1f} {rate:>6.1f}",
-                      flush=True)
+                print(
+                    f"{t + 1:>7} {math.exp(nll / n):>10.2f} {rss_mib():>8.0f} {cache_mib(cache):>9.1f} {rate:>6.1f}",
+                    flush=True,
+                )
                 nll, t0 = 0.0, time.perf_counter()
     return 0
 

@@ -47,8 +47,10 @@ def main() -> int:
             with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:
                 profile = SinkDetector(probe, prompts=suite, progress=bar.update, streaming={}).detect()
         profile.save(path)
-        print(f"{name}: {profile.sink_rule['description']}; pinned_slots {profile.pinned_slots}; "
-              f"{len(profile.spike_channels)} spike channels; {time.perf_counter() - t0:.0f} s -> {path}")
+        print(
+            f"{name}: {profile.sink_rule['description']}; pinned_slots {profile.pinned_slots}; "
+            f"{len(profile.spike_channels)} spike channels; {time.perf_counter() - t0:.0f} s -> {path}"
+        )
     return 0
 
 

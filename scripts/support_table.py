@@ -18,8 +18,10 @@ STATUS = {"agrees": "yes", "differs": "differs", "fails": "no", "no_attention": 
 
 
 def table(rows) -> str:
-    out = ["| model type | probe = eager | layers, norm style, attention path | layer kinds | notes |",
-           "|---|---|---|---|---|"]
+    out = [
+        "| model type | probe = eager | layers, norm style, attention path | layer kinds | notes |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         note = r.detail.replace("|", "\\|")
         out.append(f"| `{r.model_type}` | {STATUS[r.status]} | {r.layout} | {r.kinds} | {note} |")
@@ -51,9 +53,9 @@ tiny random float32 model (`sinkhole/models/tiny.py`: the config class's default
 {len(IDS)} tokens; "yes" means the probe's attention mass alpha equals eager `output_attentions`' within
 {ATOL:g} on every attention layer. `tests/test_architectures.py` runs the same sweep.
 
-**{n['agrees']} of {tried} decoder types that build tiny agree ({n['agrees'] / max(tried, 1):.1%})**;
-{n['no_attention']} have no attention at all (pure SSM / RNN: the probe says so in one line);
-{n['skipped']} are skipped (encoder-decoder, multimodal wrappers whose text model is listed on its own,
+**{n["agrees"]} of {tried} decoder types that build tiny agree ({n["agrees"] / max(tried, 1):.1%})**;
+{n["no_attention"]} have no attention at all (pure SSM / RNN: the probe says so in one line);
+{n["skipped"]} are skipped (encoder-decoder, multimodal wrappers whose text model is listed on its own,
 or configs that cannot be built tiny with generic sizes; the reason is in the table).
 
 How a model is read (`sinkhole/models/discovery.py`): the decoder blocks are the ModuleList with the

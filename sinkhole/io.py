@@ -37,7 +37,9 @@ def cache_dir() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         d = Path(base) / "sinkhole"
     if d.exists() and not d.is_dir():
-        raise SinkholeError(f"the sinkhole cache {d} is a file, not a directory: move it or set SINKHOLE_CACHE to a directory")
+        raise SinkholeError(
+            f"the sinkhole cache {d} is a file, not a directory: move it or set SINKHOLE_CACHE to a directory"
+        )
     return d
 
 
@@ -69,7 +71,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 def _remove_stale_temporaries(path: Path) -> None:
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -120,8 +122,12 @@ def write_output(path: str | Path, data: str | bytes, what: str = "output") -> s
         try:
             write_atomic(rescue, data)
         except OSError:
-            raise SinkholeError(f"cannot write {what} {path} ({reason}) nor a rescue copy {rescue}: free space and run again") from None
-        raise SinkholeError(f"cannot write {what} {path} ({reason}); the result was saved to {rescue} instead") from None
+            raise SinkholeError(
+                f"cannot write {what} {path} ({reason}) nor a rescue copy {rescue}: free space and run again"
+            ) from None
+        raise SinkholeError(
+            f"cannot write {what} {path} ({reason}); the result was saved to {rescue} instead"
+        ) from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -28,8 +28,16 @@ def is_terminal(stream=None) -> bool:
 class LineProgress:
     """tqdm's small API as whole lines: 'desc: 12/40 prompts (30%), 9.1 s, ~21 s left'."""
 
-    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", file=None, every: float = 30.0,
-                 quiet_for: float = 2.0, **_ignored):
+    def __init__(
+        self,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        file=None,
+        every: float = 30.0,
+        quiet_for: float = 2.0,
+        **_ignored,
+    ):
         self.total, self.desc, self.unit, self.file, self.every = total, desc, unit, file or sys.stderr, every
         self.n = self.initial = self.last_print_n = 0
         self.postfix = ""

@@ -20,7 +20,7 @@ def pydoc_text(half: int | None = None) -> str:
 
     keys = sorted(topics)
     if half is not None:
-        keys = keys[: len(keys) // 2] if half == 0 else keys[len(keys) // 2:]
+        keys = keys[: len(keys) // 2] if half == 0 else keys[len(keys) // 2 :]
     return "\n\n".join(topics[k] for k in keys)
 
 

@@ -31,17 +31,32 @@ from sinkhole.errors import SinkholeError
 # -- numbers ---------------------------------------------------------------------------------
 
 
-def number(value, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False, integer: bool = False, example=None):
+def number(
+    value,
+    name: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    integer: bool = False,
+    example=None,
+):
     """`value` as a float (or int when `integer`), or a one-line SinkholeError naming `name`'s range."""
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, Integral) if integer else isinstance(value, Real)
     if isinstance(value, bool) or not ok_type:
         if integer and isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
-            raise SinkholeError(f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {value!r}: round it{_eg(example)}")
-        raise SinkholeError(f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {type(value).__name__} {value!r}{_eg(example)}")
+            raise SinkholeError(
+                f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {value!r}: round it{_eg(example)}"
+            )
+        raise SinkholeError(
+            f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {type(value).__name__} {value!r}{_eg(example)}"
+        )
     if not integer and not math.isfinite(value):
-        raise SinkholeError(f"{name} must be a finite number{_range(lo, hi, lo_open, hi_open)}, not {value}{_eg(example)}")
+        raise SinkholeError(
+            f"{name} must be a finite number{_range(lo, hi, lo_open, hi_open)}, not {value}{_eg(example)}"
+        )
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
@@ -77,11 +92,16 @@ def share(value, name: str, example=None) -> float:
     return number(value, name, lo=0, hi=1, lo_open=True, example=example)
 
 
-def analysis_params(threshold_: float, epsilon: float, min_sink_rate: float, prefix: str = "") -> tuple[float, float, float]:
+def analysis_params(
+    threshold_: float, epsilon: float, min_sink_rate: float, prefix: str = ""
+) -> tuple[float, float, float]:
     """The definitions' three parameters, checked (prefix '--' for CLI spelling)."""
     dash = (lambda s: prefix + s.replace("_", "-")) if prefix else (lambda s: s)
-    return (threshold(threshold_, dash("threshold")), share(epsilon, dash("epsilon"), 0.3),
-            share(min_sink_rate, dash("min_sink_rate"), 0.5))
+    return (
+        threshold(threshold_, dash("threshold")),
+        share(epsilon, dash("epsilon"), 0.3),
+        share(min_sink_rate, dash("min_sink_rate"), 0.5),
+    )
 
 
 def token_ids(ids, vocab_size: int | None) -> list[int]:
@@ -92,10 +112,14 @@ def token_ids(ids, vocab_size: int | None) -> list[int]:
             if hasattr(i, "item") and getattr(i, "ndim", 1) == 0:  # a numpy / torch scalar
                 i = i.item()
             if isinstance(i, bool) or not isinstance(i, Integral):
-                raise SinkholeError(f"token ids must be integers, not {type(i).__name__} {i!r}: pass a string or a list of ints")
+                raise SinkholeError(
+                    f"token ids must be integers, not {type(i).__name__} {i!r}: pass a string or a list of ints"
+                )
         i = int(i)
         if i < 0 or (vocab_size is not None and i >= vocab_size):
-            raise SinkholeError(f"token id {i} is outside the vocabulary [0, {vocab_size}): pass ids the tokenizer produced")
+            raise SinkholeError(
+                f"token id {i} is outside the vocabulary [0, {vocab_size}): pass ids the tokenizer produced"
+            )
         out.append(i)
     return out
 
@@ -147,9 +171,13 @@ def output_path(path, what: str, inputs=(), directory: bool = False) -> Path:
             continue
         src = Path(src).expanduser()
         if _same(p, src):
-            raise SinkholeError(f"{what} {p} is also an input: writing it would destroy the input; choose another path")
+            raise SinkholeError(
+                f"{what} {p} is also an input: writing it would destroy the input; choose another path"
+            )
         if src.is_dir() and p.exists() and p.absolute().is_relative_to(src.absolute()):
-            raise SinkholeError(f"{what} {p} is a file of the input {src}: writing it would destroy the input; choose another path")
+            raise SinkholeError(
+                f"{what} {p} is a file of the input {src}: writing it would destroy the input; choose another path"
+            )
     if p.exists():
         if directory and not p.is_dir():
             raise SinkholeError(f"{what} {p} is a file: give a directory (it is created when missing)")
@@ -227,8 +255,15 @@ NUMBERS = {
     "d_model": dict(lo=2, integer=True, example=32),
 }
 # option dest -> description; files read by the command ('builtin' and shipped names are not files)
-INPUTS = {"prompt_file": "prompt file", "prompts": "prompt suite", "text": "text file", "calib": "calibration text file",
-          "heldout": "held-out text file", "profile": "profile file", "show": "profile file"}
+INPUTS = {
+    "prompt_file": "prompt file",
+    "prompts": "prompt suite",
+    "text": "text file",
+    "calib": "calibration text file",
+    "heldout": "held-out text file",
+    "profile": "profile file",
+    "show": "profile file",
+}
 NAMED = ("builtin",)  # values of input options that are not files
 # command -> output options (dest -> flag); directory outputs; outputs that may be '-'
 OUTPUTS = {
@@ -244,9 +279,17 @@ OUTPUTS = {
     "models": {"json": "--json"},
 }
 DIRECTORY_OUTPUTS = {("eval", "out"), ("lab", "out")}
-STDOUT_OUTPUTS = {("analyze", "json"), ("mechanism", "json"), ("vocab-sweep", "json"), ("stream", "json"),
-                  ("quant", "json"), ("quant", "stats_json"), ("profile", "out"), ("compare", "json"),
-                  ("models", "json")}
+STDOUT_OUTPUTS = {
+    ("analyze", "json"),
+    ("mechanism", "json"),
+    ("vocab-sweep", "json"),
+    ("stream", "json"),
+    ("quant", "json"),
+    ("quant", "stats_json"),
+    ("profile", "out"),
+    ("compare", "json"),
+    ("models", "json"),
+}
 
 
 def _flag(dest: str) -> str:
@@ -280,9 +323,12 @@ def validate_args(command: str, args) -> None:
     if model and Path(str(model)).expanduser().exists():
         inputs.append(Path(str(model)).expanduser())
     outs = OUTPUTS.get(command, {})
-    check_outputs({flag: getattr(args, dest, None) for dest, flag in outs.items()}, inputs,
-                  directories={outs[d] for c, d in DIRECTORY_OUTPUTS if c == command},
-                  stdout_ok={outs[d] for c, d in STDOUT_OUTPUTS if c == command})
+    check_outputs(
+        {flag: getattr(args, dest, None) for dest, flag in outs.items()},
+        inputs,
+        directories={outs[d] for c, d in DIRECTORY_OUTPUTS if c == command},
+        stdout_ok={outs[d] for c, d in STDOUT_OUTPUTS if c == command},
+    )
     _check_relations(command, args)
 
 
@@ -293,17 +339,26 @@ def _looks_like_file(value) -> bool:
 
 def _check_relations(command: str, args) -> None:
     """Checks that involve two options."""
-    if command == "quant" and getattr(args, "backend", None) and any(
-            str(getattr(args, d, None)) == "-" for d in ("json", "stats_json")):
+    if (
+        command == "quant"
+        and getattr(args, "backend", None)
+        and any(str(getattr(args, d, None)) == "-" for d in ("json", "stats_json"))
+    ):
         raise SinkholeError("--backend prints the hints on stdout: give --json / --stats-json a file path, not '-'")
     if command == "eval" and args.prompts != "builtin":
         written = {"results.jsonl", "run.json", "summary.json", "summary.html"}  # and PNG figures
         src = Path(args.prompts).expanduser()
         if (src.name in written or src.suffix == ".png") and _same(src.parent, Path(args.out).expanduser()):
-            raise SinkholeError(f"--prompts {src} is a file that eval writes into --out {args.out}: copy it elsewhere first")
+            raise SinkholeError(
+                f"--prompts {src} is a file that eval writes into --out {args.out}: copy it elsewhere first"
+            )
     if command == "stream":
         if args.sinks >= args.cache - 1:
-            raise SinkholeError(f"--sinks {args.sinks} leaves no window in a cache of {args.cache}: use --sinks below --cache - 1")
+            raise SinkholeError(
+                f"--sinks {args.sinks} leaves no window in a cache of {args.cache}: use --sinks below --cache - 1"
+            )
         if args.tokens <= args.cache:
-            raise SinkholeError(f"--tokens {args.tokens} fits in --cache {args.cache}, so nothing is ever evicted and every "
-                                f"method gives dense attention's numbers: stream more tokens than --cache (e.g. --tokens {4 * args.cache})")
+            raise SinkholeError(
+                f"--tokens {args.tokens} fits in --cache {args.cache}, so nothing is ever evicted and every "
+                f"method gives dense attention's numbers: stream more tokens than --cache (e.g. --tokens {4 * args.cache})"
+            )

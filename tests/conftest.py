@@ -21,8 +21,15 @@ def tiny_llama(seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = dict(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     cfg.update(overrides)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     return model
@@ -33,9 +40,18 @@ def tiny_gemma3(seed: int = 0, **overrides):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
-               sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    cfg = dict(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    )
     cfg.update(overrides)
     return Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
 

@@ -22,17 +22,27 @@ def save_tiny(d: Path, max_position_embeddings: int = 64) -> Path:
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
     tok.save_pretrained(d)
     tiny_llama(max_position_embeddings=max_position_embeddings).save_pretrained(d)
     return d
 
 
 def profile_dict(pinned_slots: int = 1, positions=(0,), name: str = "tiny") -> dict:
-    return {"schema": "sinkhole.profile/1", "model": {"name": name, "weights_id": ""},
-            "sink_rule": {"positions": list(positions), "token_texts": [], "description": "test"},
-            "sink_tokens": [], "spike_channels": [], "step_up_layers": [], "step_down_layers": [],
-            "sink_heads": [], "pinned_slots": pinned_slots, "prompts": {"source": "test", "count": 1}}
+    return {
+        "schema": "sinkhole.profile/1",
+        "model": {"name": name, "weights_id": ""},
+        "sink_rule": {"positions": list(positions), "token_texts": [], "description": "test"},
+        "sink_tokens": [],
+        "spike_channels": [],
+        "step_up_layers": [],
+        "step_down_layers": [],
+        "sink_heads": [],
+        "pinned_slots": pinned_slots,
+        "prompts": {"source": "test", "count": 1},
+    }
 
 
 def make_inputs(d: Path, tiny: Path) -> dict[str, str]:
@@ -65,10 +75,16 @@ def make_inputs(d: Path, tiny: Path) -> dict[str, str]:
     rodir = d / "rodir"
     rodir.mkdir(exist_ok=True)
     os.chmod(rodir, 0o555)
-    subst.update(DIR=str(d / "adir"), RODIR=str(rodir), RO_OUT=str(rodir / "out.json"),
-                 PROC="/proc/sinkhole-test/out.json", PROCDIR="/proc/sinkhole-test-run",
-                 UNDERFILE=str(d / "prompt.txt" / "out.json"), MISSING=str(d / "missing.txt"),
-                 MISSINGJSON=str(d / "missing.json"))
+    subst.update(
+        DIR=str(d / "adir"),
+        RODIR=str(rodir),
+        RO_OUT=str(rodir / "out.json"),
+        PROC="/proc/sinkhole-test/out.json",
+        PROCDIR="/proc/sinkhole-test-run",
+        UNDERFILE=str(d / "prompt.txt" / "out.json"),
+        MISSING=str(d / "missing.txt"),
+        MISSINGJSON=str(d / "missing.json"),
+    )
     return subst
 
 

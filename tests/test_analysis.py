@@ -27,10 +27,15 @@ def make_capture() -> Capture:
     alpha[:, :, 5] = 0.9  # the last key has a single query; all heads > epsilon
     return Capture(
         model=ModelInfo("synthetic", "llama", "llama", "pre", L, H, H, 16, 8),
-        token_ids=list(range(T)), tokens=[f"t{i}" for i in range(T)],
-        resid_norm=resid_norm, resid_top_channels=top_ch, resid_top_values=top_val,
-        attn_out_norm=np.ones((L, T), np.float32), ffn_out_norm=np.ones((L, T), np.float32),
-        embed_norm=np.full(T, 10.0, np.float32), attn_mass=alpha,
+        token_ids=list(range(T)),
+        tokens=[f"t{i}" for i in range(T)],
+        resid_norm=resid_norm,
+        resid_top_channels=top_ch,
+        resid_top_values=top_val,
+        attn_out_norm=np.ones((L, T), np.float32),
+        ffn_out_norm=np.ones((L, T), np.float32),
+        embed_norm=np.full(T, 10.0, np.float32),
+        attn_mass=alpha,
     )
 
 
@@ -65,9 +70,13 @@ def test_json_contract_keys_and_strictness():
     for key in ("name", "architecture", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head"):
         assert key in d["model"]
     assert set(d["tokens"][0]) == {"position", "id", "text"}
-    assert {"position", "text", "score", "max_norm", "top_value", "layer", "channel", "channels"} <= set(d["spikes"]["tokens"][0])
+    assert {"position", "text", "score", "max_norm", "top_value", "layer", "channel", "channels"} <= set(
+        d["spikes"]["tokens"][0]
+    )
     assert {"position", "text", "attn_mass", "sink_rate", "n_heads"} <= set(d["sinks"]["tokens"][0])
-    assert {"jaccard", "positions"} <= set(d["overlap"]) and {"sink_attention_share", "sink_slot_share"} <= set(d["kv"])
+    assert {"jaccard", "positions"} <= set(d["overlap"]) and {"sink_attention_share", "sink_slot_share"} <= set(
+        d["kv"]
+    )
     json.loads(json.dumps(d, allow_nan=False))
 
 

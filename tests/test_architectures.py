@@ -12,9 +12,34 @@ from sinkhole.models.support import ATOL, sweep
 from sinkhole.models.tiny import causal_lm_types
 
 # Named in issue #12: each must agree with eager.
-NAMED = ["gpt2", "gpt_neox", "gptj", "bloom", "opt", "mpt", "codegen", "gpt_bigcode", "xglm", "olmo2", "olmo3",
-         "exaone4", "apertus", "granitemoe", "llama4_text", "lfm2", "qwen3_next", "qwen3_5_text", "jamba",
-         "falcon_h1", "granitemoehybrid", "recurrent_gemma", "minimax", "deepseek_v3", "longcat_flash", "gpt_oss"]
+NAMED = [
+    "gpt2",
+    "gpt_neox",
+    "gptj",
+    "bloom",
+    "opt",
+    "mpt",
+    "codegen",
+    "gpt_bigcode",
+    "xglm",
+    "olmo2",
+    "olmo3",
+    "exaone4",
+    "apertus",
+    "granitemoe",
+    "llama4_text",
+    "lfm2",
+    "qwen3_next",
+    "qwen3_5_text",
+    "jamba",
+    "falcon_h1",
+    "granitemoehybrid",
+    "recurrent_gemma",
+    "minimax",
+    "deepseek_v3",
+    "longcat_flash",
+    "gpt_oss",
+]
 HYBRIDS = ["qwen3_next", "qwen3_5_text", "jamba", "granitemoehybrid", "recurrent_gemma", "minimax", "lfm2"]
 
 

@@ -90,7 +90,9 @@ def test_sink_mass_with_padding_and_dead_rows():
     s = torch.cat([s.masked_fill(~allowed, float("-inf")), sinks.reshape(1, -1, 1, 1).expand(B, H, T, 1)], -1)
     ref = (torch.softmax(s, -1)[..., -1] * valid[:, None, :]).sum(-1)
     for block_bytes in (1, 1 << 30):
-        _, colsum, _, sink_mass = attention_with_stats(q, k, v, allowed, 0.3, sinks=sinks, query_valid=valid, block_bytes=block_bytes)
+        _, colsum, _, sink_mass = attention_with_stats(
+            q, k, v, allowed, 0.3, sinks=sinks, query_valid=valid, block_bytes=block_bytes
+        )
         torch.testing.assert_close(sink_mass, ref, atol=1e-5, rtol=1e-5)
         # every valid row's probability is shared between keys and the sink
         torch.testing.assert_close(colsum.sum(-1) + sink_mass, valid.sum(-1, keepdim=True).float().expand(B, H))

@@ -28,9 +28,15 @@ def one_layer_llama():
 
 def one_layer_gemma_global():
     # A global base far from the local one: re-rotating with the wrong base shows up.
-    return tiny_gemma3(num_hidden_layers=1, layer_types=["full_attention"], **BIG,
-                       rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100.0},
-                                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    return tiny_gemma3(
+        num_hidden_layers=1,
+        layer_types=["full_attention"],
+        **BIG,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    )
 
 
 def kept_positions(t: int, pinned: list[int], window: int) -> list[int]:
@@ -45,7 +51,7 @@ def stream_vs_recompute(model, pinned: list[int], window: int, n: int = 40, seed
     cache = SinkCache(window=window, model=model, sink_positions=pinned)
     worst = 0.0
     for t in range(n):
-        out = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1]
+        out = model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1]
         ref = model(ids[:, kept_positions(t, pinned, window)]).logits[0, -1]
         worst = max(worst, (out - ref).abs().max().item())
     return worst
@@ -111,7 +117,7 @@ def test_sliding_layer_keeps_native_local_attention():
     ids = torch.randint(1, 99, (1, 30), generator=torch.Generator().manual_seed(1))
     full = model(ids).logits[0]
     cache = SinkCache(2, 8, model=model)
-    steps = torch.stack([model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(30)])
+    steps = torch.stack([model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(30)])
     torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
 
 
@@ -121,7 +127,7 @@ def test_before_eviction_equals_full_forward(tiny_model):
     full = tiny_model(ids).logits[0]
     cache = SinkCache(2, 32, model=tiny_model)
     prefill = tiny_model(ids[:, :5], cache=cache, use_cache=True).logits[0]
-    steps = [tiny_model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(5, 14)]
+    steps = [tiny_model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(5, 14)]
     torch.testing.assert_close(torch.cat([prefill, torch.stack(steps)]), full, atol=1e-5, rtol=1e-5)
 
 
@@ -131,7 +137,7 @@ def test_memory_stays_bounded(tiny_model):
     ids = torch.randint(1, 99, (1, 60), generator=torch.Generator().manual_seed(3))
     tiny_model(ids[:, :20], cache=cache, use_cache=True)  # a prompt longer than the cache
     for t in range(20, 60):
-        tiny_model(ids[:, t: t + 1], cache=cache, use_cache=True)
+        tiny_model(ids[:, t : t + 1], cache=cache, use_cache=True)
         for layer in cache.layers:
             if isinstance(layer, SinkCacheLayer):
                 assert layer.stored_length() == 3 + 8 - 1
@@ -145,12 +151,24 @@ def test_memory_stays_bounded(tiny_model):
 def test_generate_greedy_batch_equals_single_rows():
     model = tiny_llama()
     prompts = torch.randint(1, 99, (2, 5), generator=torch.Generator().manual_seed(4))
-    batch = model.generate(prompts, cache=SinkCache(2, 6, model=model), max_new_tokens=25, min_new_tokens=25,
-                           do_sample=False, pad_token_id=0)
+    batch = model.generate(
+        prompts,
+        cache=SinkCache(2, 6, model=model),
+        max_new_tokens=25,
+        min_new_tokens=25,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert batch.shape == (2, 30)
     for row in range(2):
-        one = model.generate(prompts[row: row + 1], cache=SinkCache(2, 6, model=model), max_new_tokens=25,
-                             min_new_tokens=25, do_sample=False, pad_token_id=0)
+        one = model.generate(
+            prompts[row : row + 1],
+            cache=SinkCache(2, 6, model=model),
+            max_new_tokens=25,
+            min_new_tokens=25,
+            do_sample=False,
+            pad_token_id=0,
+        )
         assert torch.equal(one[0], batch[row])
 
 
@@ -158,7 +176,9 @@ def test_beam_search_before_eviction_equals_dynamic_cache():
     model = tiny_llama()
     prompt = torch.randint(1, 99, (1, 5), generator=torch.Generator().manual_seed(4))
     kw = dict(num_beams=3, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(prompt, cache=SinkCache(2, 100, model=model), **kw), model.generate(prompt, **kw))
+    assert torch.equal(
+        model.generate(prompt, cache=SinkCache(2, 100, model=model), **kw), model.generate(prompt, **kw)
+    )
     cache = SinkCache(2, 6, model=model)
     assert model.generate(prompt, cache=cache, **kw).shape == (1, 25)
     assert cache.layers[0].stored_length() == 2 + 6 - 1
@@ -168,20 +188,43 @@ def test_generate_sampled_past_the_trained_context_stays_bounded():
     model = tiny_gemma3(max_position_embeddings=16)  # 33 tokens generated: twice the "context"
     cache = SinkCache(1, 5, model=model)
     torch.manual_seed(0)
-    out = model.generate(torch.tensor([[3, 4, 5]]), cache=cache, max_new_tokens=30, min_new_tokens=30,
-                         do_sample=True, top_k=10, pad_token_id=0)
+    out = model.generate(
+        torch.tensor([[3, 4, 5]]),
+        cache=cache,
+        max_new_tokens=30,
+        min_new_tokens=30,
+        do_sample=True,
+        top_k=10,
+        pad_token_id=0,
+    )
     assert out.shape == (1, 33)
     assert cache.layers[1].stored_length() == 1 + 5 - 1
 
 
 def make_profile(positions, slots):
-    return SinkProfile(model={}, sink_rule={"positions": positions}, sink_tokens=[], spike_channels=[],
-                       step_up_layers=[], step_down_layers=[], sink_heads=[], pinned_slots=slots, prompts={})
+    return SinkProfile(
+        model={},
+        sink_rule={"positions": positions},
+        sink_tokens=[],
+        spike_channels=[],
+        step_up_layers=[],
+        step_down_layers=[],
+        sink_heads=[],
+        pinned_slots=slots,
+        prompts={},
+    )
 
 
-@pytest.mark.parametrize("positions,slots,expected", [
-    ([0], 1, [0]), ([0, 2], 2, [0, 2]), ([5], 3, [0, 1, 5]), ([2, 0], 1, [0]), ([0], 0, []),
-])
+@pytest.mark.parametrize(
+    "positions,slots,expected",
+    [
+        ([0], 1, [0]),
+        ([0, 2], 2, [0, 2]),
+        ([5], 3, [0, 1, 5]),
+        ([2, 0], 1, [0]),
+        ([0], 0, []),
+    ],
+)
 def test_profile_positions(positions, slots, expected):
     assert profile_positions(make_profile(positions, slots)) == expected
 
@@ -196,8 +239,9 @@ def test_from_profile_pins_profile_positions():
     assert cache.layers[0].sink_pos == [0, 3]
 
 
-@pytest.mark.parametrize("kw", [dict(n_sink=2, window=1), dict(n_sink=-1, window=8),
-                                dict(window=8, sink_positions=[-1])])
+@pytest.mark.parametrize(
+    "kw", [dict(n_sink=2, window=1), dict(n_sink=-1, window=8), dict(window=8, sink_positions=[-1])]
+)
 def test_bad_arguments(kw):
     with pytest.raises(SinkholeError):
         SinkCache(model=tiny_llama(), **kw)
@@ -223,8 +267,9 @@ def test_evaluate_stream_on_tiny_model(tmp_path):
     assert set(m) == {"dense", "window", "sinks", "profile", "recompute"}
     # Before the cache fills, every streaming method is dense attention.
     for name in ("window", "sinks", "profile"):
-        torch.testing.assert_close(torch.tensor(m[name]["nll"][:7]), torch.tensor(m["dense"]["nll"][:7]),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(m[name]["nll"][:7]), torch.tensor(m["dense"]["nll"][:7]), atol=1e-4, rtol=0
+        )
     # One layer: window-only streaming and recomputation over the same window are the same computation.
     for j in res.sample_positions:
         assert m["window"]["nll"][j - 1] == pytest.approx(m["recompute"]["nll"][j - 1], abs=1e-4)

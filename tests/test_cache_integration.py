@@ -26,7 +26,7 @@ def test_before_eviction_equals_full_forward(name, request):
     ids = stream_ids(lm, 40)
     full = lm.model(ids).logits[0]
     cache = SinkCache(4, 60, model=lm.model)
-    steps = torch.stack([lm.model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(40)])
+    steps = torch.stack([lm.model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1] for t in range(40)])
     assert (steps - full).abs().max().item() < 2e-3
 
 
@@ -37,7 +37,7 @@ def test_gemma3_global_layers_pin_sinks_and_local_layers_slide(gemma3):
     ids = stream_ids(gemma3, 48)
     gemma3.model(ids[:, :16], cache=cache, use_cache=True)
     for t in range(16, 48):
-        gemma3.model(ids[:, t: t + 1], cache=cache, use_cache=True)
+        gemma3.model(ids[:, t : t + 1], cache=cache, use_cache=True)
     for kind, layer in zip(kinds, cache.layers):
         if kind == "full_attention":
             assert isinstance(layer, SinkCacheLayer) and layer.sink_pos == [0, 1, 2, 3]
@@ -59,8 +59,9 @@ def test_smollm2_streaming_shape(smollm2):
     assert rows["sinks"]["ppl_past_cache"] < rows["window"]["ppl_past_cache"]
     # Before eviction, sinks + window is dense attention.
     head = slice(0, 62)
-    assert torch.allclose(torch.tensor(d["methods"]["sinks"]["nll"][head]),
-                          torch.tensor(d["methods"]["dense"]["nll"][head]), atol=1e-3)
+    assert torch.allclose(
+        torch.tensor(d["methods"]["sinks"]["nll"][head]), torch.tensor(d["methods"]["dense"]["nll"][head]), atol=1e-3
+    )
 
 
 def test_generate_long_with_small_cache(smollm2):
@@ -79,8 +80,23 @@ def test_cli_stream_writes_table_json_and_plot(tmp_path, capsys):
 
     from sinkhole.cli.main import main
 
-    rc = main(["stream", "--tokens", "48", "--cache", "16", "--sinks", "2", "--samples", "4",
-               "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    rc = main(
+        [
+            "stream",
+            "--tokens",
+            "48",
+            "--cache",
+            "16",
+            "--sinks",
+            "2",
+            "--samples",
+            "4",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--plot",
+            str(tmp_path / "s.png"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "sinks + window" in out and "recomputed" in out

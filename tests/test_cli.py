@@ -23,7 +23,9 @@ def tiny_dir(tmp_path_factory):
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
     tok.save_pretrained(d)
     tiny_llama(max_position_embeddings=16).save_pretrained(d)
     return d
@@ -36,8 +38,18 @@ def run_cli(capsys, *argv):
 
 
 def test_analyze_tiny_model_writes_reports(tiny_dir, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "analyze", "--model", str(tiny_dir), "--prompt", "the one of you is in it",
-                             "--json", str(tmp_path / "r.json"), "--output", str(tmp_path / "r.html"))
+    code, out, err = run_cli(
+        capsys,
+        "analyze",
+        "--model",
+        str(tiny_dir),
+        "--prompt",
+        "the one of you is in it",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--output",
+        str(tmp_path / "r.html"),
+    )
     assert code == 0, err
     assert "Spike tokens" in out and "Sink tokens" in out and "KV impact" in out
     d = json.loads((tmp_path / "r.json").read_text())
@@ -75,8 +87,15 @@ def test_bad_input_is_one_line_exit_2(argv, message, tiny_dir, tmp_path, capsys,
     enc = tmp_path / "encoder"
     from transformers import BertConfig, BertForMaskedLM
 
-    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(enc)
-    subst = {"TINY": str(tiny_dir), "BAD_GGUF": str(bad), "MISSING.gguf": str(tmp_path / "missing.gguf"), "ENCODER": str(enc)}
+    BertForMaskedLM(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(enc)
+    subst = {
+        "TINY": str(tiny_dir),
+        "BAD_GGUF": str(bad),
+        "MISSING.gguf": str(tmp_path / "missing.gguf"),
+        "ENCODER": str(enc),
+    }
     argv = [subst.get(a, a) for a in argv]
     code, out, err = run_cli(capsys, "analyze", *argv)
     assert code == 2
@@ -90,7 +109,11 @@ def test_bad_input_is_one_line_exit_2(argv, message, tiny_dir, tmp_path, capsys,
 
 def test_entry_point_in_a_real_process(tmp_path):
     """The installed console script: exit code 2 and no traceback, in a separate process."""
-    proc = subprocess.run([sys.executable, "-m", "sinkhole.cli.main", "analyze", "--model", "nonexistent-model", "--prompt", "x"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sinkhole.cli.main", "analyze", "--model", "nonexistent-model", "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("sinkhole: error: unknown model 'nonexistent-model'")

@@ -15,7 +15,6 @@ from sinkhole.probe.probe import ModelProbe
 
 def test_version(capsys):
     from sinkhole import __version__
-
     from sinkhole.cli.main import main
 
     assert main(["--version"]) == 0  # argparse's exit code is returned, not raised
@@ -48,8 +47,9 @@ def _report(ids, tmp_path, name):
 def test_compare_two_reports(tmp_path, capsys):
     a, da = _report([5, 17, 3, 42, 8, 8, 91], tmp_path, "a.json")
     b, db = _report([9, 17, 3, 42, 8, 60, 2, 7], tmp_path, "b.json")
-    code, out, err = run_cli(capsys, "compare", str(a), str(b), "--output", str(tmp_path / "c.html"),
-                             "--json", str(tmp_path / "c.json"))
+    code, out, err = run_cli(
+        capsys, "compare", str(a), str(b), "--output", str(tmp_path / "c.html"), "--json", str(tmp_path / "c.json")
+    )
     assert code == 0, err
     assert "Spike tokens" in out and "Sink heads" in out and "Tokens  7 -> 8" in out
     c = json.loads((tmp_path / "c.json").read_text())
@@ -64,7 +64,11 @@ def test_compare_refuses_mixed_and_foreign_files(tmp_path, capsys):
     a, _ = _report([5, 17, 3, 42], tmp_path, "a.json")
     (tmp_path / "s.json").write_text(json.dumps({"schema": "sinkhole.eval-summary/1"}))
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
-    for other, msg in (("s.json", "not one of each"), ("x.json", "neither an analyze report"), ("nope.json", "not found")):
+    for other, msg in (
+        ("s.json", "not one of each"),
+        ("x.json", "neither an analyze report"),
+        ("nope.json", "not found"),
+    ):
         code, out, err = run_cli(capsys, "compare", str(a), str(tmp_path / other))
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
 
@@ -130,10 +134,24 @@ def test_progress_in_a_log_is_whole_lines():
 def test_rows_csv():
     from sinkhole.eval.export import COLUMNS, rows_csv
 
-    row = {"index": 3, "category": "a,b", "n_tokens": 9, "n_spikes": 1, "spike_score": 30.5, "spike_channels": [507, 14],
-           "spikes": [{"position": 0}], "n_sinks": 1, "sinks": [{"position": 0}], "sink_mass": 0.5, "sink_rate": 0.8,
-           "top_sink": {"position": 0, "text": "<s>"}, "sink_heads": [[1, 2], [3, 4]], "jaccard": None,
-           "sink_attention_share": 0.5, "tokens": ["<s>"]}
+    row = {
+        "index": 3,
+        "category": "a,b",
+        "n_tokens": 9,
+        "n_spikes": 1,
+        "spike_score": 30.5,
+        "spike_channels": [507, 14],
+        "spikes": [{"position": 0}],
+        "n_sinks": 1,
+        "sinks": [{"position": 0}],
+        "sink_mass": 0.5,
+        "sink_rate": 0.8,
+        "top_sink": {"position": 0, "text": "<s>"},
+        "sink_heads": [[1, 2], [3, 4]],
+        "jaccard": None,
+        "sink_attention_share": 0.5,
+        "tokens": ["<s>"],
+    }
     lines = rows_csv([row]).splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert lines[1] == '3,"a,b",9,1,30.5,507 14,0,1,0,0.5,0.8,0,<s>,2,,0.5'
@@ -153,7 +171,9 @@ def test_report_rows_are_typed_and_json_is_unchanged():
     d = r.to_dict()
     assert r.spike_tokens, "the tiny model should have a token above 1.2x"
     s = r.spike_tokens[0]
-    assert s.position == s["position"] == d["spikes"]["tokens"][0]["position"] and s.to_dict() == d["spikes"]["tokens"][0]
+    assert (
+        s.position == s["position"] == d["spikes"]["tokens"][0]["position"] and s.to_dict() == d["spikes"]["tokens"][0]
+    )
     assert dict(s) == d["spikes"]["tokens"][0]
     assert r.top_sink.attn_mass == d["sinks"]["top"]["attn_mass"]
     assert all(isinstance(x["position"], int) for x in d["spikes"]["tokens"])  # JSON stays plain dicts
@@ -174,4 +194,3 @@ def test_no_spike_prints_the_top_score():
     d = analyze(cap, threshold=1e6).to_dict()
     text = render_analysis(d)
     assert "Spike tokens  0 found" in text and "(top score: pos" in text and "below the threshold" in text
-

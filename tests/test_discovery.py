@@ -24,17 +24,26 @@ def probe_of(model_type: str, **kw) -> ModelProbe:
         return ModelProbe(LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type), **kw)
 
 
-@pytest.mark.parametrize("model_type, layers, style, attn_out, ffn_out, swiglu", [
-    ("llama", "model.layers", "pre", "self_attn", "mlp", True),
-    ("gemma3_text", "model.layers", "sandwich", "post_attention_layernorm", "post_feedforward_layernorm", True),
-    ("olmo2", "model.layers", "post", "post_attention_layernorm", "post_feedforward_layernorm", True),
-    ("gpt2", "transformer.h", "pre", "attn", "mlp", False),
-    ("gpt_neox", "gpt_neox.layers", "parallel", "attention", "mlp", False),
-    ("opt", "model.decoder.layers", "pre", "self_attn", "fc2", False),
-])
+@pytest.mark.parametrize(
+    "model_type, layers, style, attn_out, ffn_out, swiglu",
+    [
+        ("llama", "model.layers", "pre", "self_attn", "mlp", True),
+        ("gemma3_text", "model.layers", "sandwich", "post_attention_layernorm", "post_feedforward_layernorm", True),
+        ("olmo2", "model.layers", "post", "post_attention_layernorm", "post_feedforward_layernorm", True),
+        ("gpt2", "transformer.h", "pre", "attn", "mlp", False),
+        ("gpt_neox", "gpt_neox.layers", "parallel", "attention", "mlp", False),
+        ("opt", "model.decoder.layers", "pre", "self_attn", "fc2", False),
+    ],
+)
 def test_discovered_layout(model_type, layers, style, attn_out, ffn_out, swiglu):
     fam = probe_of(model_type).lm.family
-    assert (fam.layers, fam.norm_style, fam.attn_out, fam.ffn_out, fam.swiglu) == (layers, style, attn_out, ffn_out, swiglu)
+    assert (fam.layers, fam.norm_style, fam.attn_out, fam.ffn_out, fam.swiglu) == (
+        layers,
+        style,
+        attn_out,
+        ffn_out,
+        swiglu,
+    )
     assert fam.discovery == "auto" and fam.layer_kinds == ("attention", "attention")
 
 
@@ -44,10 +53,19 @@ def test_block_contributions_add_up(model_type):
     probe = probe_of(model_type)
     fam, model = probe.lm.family, probe.model
     states = {}
-    handles = [layer.register_forward_pre_hook(lambda m, a, kw, l=l: states.__setitem__(("in", l), (a[0] if a else kw["hidden_states"]).clone()), with_kwargs=True)
-               for l, layer in enumerate(fam.decoder_layers(model))]
-    handles += [layer.register_forward_hook(lambda m, a, o, l=l: states.__setitem__(("out", l), (o[0] if isinstance(o, tuple) else o).clone()))
-                for l, layer in enumerate(fam.decoder_layers(model))]
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, a, kw, l=l: states.__setitem__(("in", l), (a[0] if a else kw["hidden_states"]).clone()),
+            with_kwargs=True,
+        )
+        for l, layer in enumerate(fam.decoder_layers(model))
+    ]
+    handles += [
+        layer.register_forward_hook(
+            lambda m, a, o, l=l: states.__setitem__(("out", l), (o[0] if isinstance(o, tuple) else o).clone())
+        )
+        for l, layer in enumerate(fam.decoder_layers(model))
+    ]
     try:
         cap = probe.run(IDS)
     finally:
@@ -105,14 +123,16 @@ def test_learned_sink_mass_matches_brute_force():
     valid = torch.ones(B, T, dtype=torch.bool)
     valid[1, :3] = False  # left padding in row 1
     mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & valid[:, None, None, :]
-    _, colsum, _, sink_mass = attention_with_stats(q, k, v, mask, D ** -0.5, sinks=sinks, query_valid=valid, block_bytes=64)
-    scores = (q @ k.repeat_interleave(Hq // Hkv, 1).transpose(-1, -2)) * D ** -0.5
+    _, colsum, _, sink_mass = attention_with_stats(
+        q, k, v, mask, D**-0.5, sinks=sinks, query_valid=valid, block_bytes=64
+    )
+    scores = (q @ k.repeat_interleave(Hq // Hkv, 1).transpose(-1, -2)) * D**-0.5
     scores = scores.masked_fill(~mask, float("-inf"))
     p = torch.softmax(torch.cat([scores, sinks[None, :, None, None].expand(B, Hq, T, 1)], -1), -1)
     p = torch.where(valid[:, None, :, None], p, torch.zeros(()))  # padded query rows count for nothing
     torch.testing.assert_close(sink_mass, p[..., -1].sum(-1))
     torch.testing.assert_close(colsum, p[..., :-1].sum(-2))
-    assert attention_with_stats(q, k, v, mask, D ** -0.5)[3] is None
+    assert attention_with_stats(q, k, v, mask, D**-0.5)[3] is None
 
 
 def test_learned_sink_share_in_report():

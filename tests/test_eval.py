@@ -13,10 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tiny_gemma3, tiny_llama, wrap
+
 from sinkhole.errors import SinkholeError
-from sinkhole.eval import EvalSettings, Suite, SuiteItem, load_suite, render_summary, run_eval, summarize, write_outputs
+from sinkhole.eval import (
+    EvalSettings,
+    Suite,
+    SuiteItem,
+    load_suite,
+    render_summary,
+    run_eval,
+    summarize,
+    write_outputs,
+)
 from sinkhole.eval.runner import ResultsStore, plan_batches
 from sinkhole.probe.probe import ModelProbe
 
@@ -71,7 +80,10 @@ def test_builtin_suite_is_large_and_diverse():
 def test_suite_files_and_errors(tmp_path):
     (tmp_path / "a.txt").write_text("first\n\n  \nsecond\n", encoding="utf-8")
     s = load_suite(tmp_path / "a.txt")
-    assert [(it.index, it.prompt, it.category) for it in s.items] == [(0, "first", "default"), (1, "second", "default")]
+    assert [(it.index, it.prompt, it.category) for it in s.items] == [
+        (0, "first", "default"),
+        (1, "second", "default"),
+    ]
     (tmp_path / "b.jsonl").write_text('{"prompt": "x", "category": "q"}\n\n{"prompt": "y"}\n', encoding="utf-8")
     s = load_suite(tmp_path / "b.jsonl")
     assert [(it.prompt, it.category) for it in s.items] == [("x", "q"), ("y", "default")]
@@ -194,8 +206,11 @@ run_eval(probe, id_suite(60), {out!r}, EvalSettings(**SETTINGS, max_batch=2), pr
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(TESTS), out=str(out))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(tests=str(TESTS), out=str(out))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     try:
@@ -221,16 +236,38 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def _row(i, cat, n_tokens, mass, channels, jaccard=1.0):
-    spikes = [{"position": 0, "channels": channels, "channel_values": [100.0 * (c + 1) for c in channels]}] if channels else []
-    return {"index": i, "category": cat, "n_tokens": n_tokens, "n_spikes": len(spikes), "spike_score": 30.0 + i,
-            "spike_channels": sorted(channels), "spikes": spikes, "n_sinks": 1, "sink_mass": mass, "sink_rate": 0.9,
-            "top_sink": {"position": 0 if i else 3}, "sinks": [{"position": 0}], "sink_heads": [], "jaccard": jaccard,
-            "sink_attention_share": mass, "tokens": []}
+    spikes = (
+        [{"position": 0, "channels": channels, "channel_values": [100.0 * (c + 1) for c in channels]}]
+        if channels
+        else []
+    )
+    return {
+        "index": i,
+        "category": cat,
+        "n_tokens": n_tokens,
+        "n_spikes": len(spikes),
+        "spike_score": 30.0 + i,
+        "spike_channels": sorted(channels),
+        "spikes": spikes,
+        "n_sinks": 1,
+        "sink_mass": mass,
+        "sink_rate": 0.9,
+        "top_sink": {"position": 0 if i else 3},
+        "sinks": [{"position": 0}],
+        "sink_heads": [],
+        "jaccard": jaccard,
+        "sink_attention_share": mass,
+        "tokens": [],
+    }
 
 
 def test_summarize_statistics():
-    rows = [_row(0, "a", 10, 0.6, [1, 2]), _row(1, "a", 20, 0.5, [1, 2]), _row(2, "b", 30, 0.4, [1, 2, 3]),
-            _row(3, "b", 40, 0.35, [], jaccard=None)]
+    rows = [
+        _row(0, "a", 10, 0.6, [1, 2]),
+        _row(1, "a", 20, 0.5, [1, 2]),
+        _row(2, "b", 30, 0.4, [1, 2, 3]),
+        _row(3, "b", 40, 0.35, [], jaccard=None),
+    ]
     s = summarize(rows)
     m = s["metrics"]["sink_mass"]
     masses = np.array([0.6, 0.5, 0.4, 0.35])
@@ -276,7 +313,9 @@ def test_batched_equals_unbatched_smollm2(smollm2):
     probe = ModelProbe(smollm2)
     one = run_eval(probe, sub, None, EvalSettings(max_batch=1))
     many = run_eval(probe, sub, None, EvalSettings(max_batch=len(sub), max_batch_tokens=10**6))
-    assert len({r["n_tokens"] for r in one}) >= 5 and max(r["n_tokens"] for r in one) > 3 * min(r["n_tokens"] for r in one)
+    assert len({r["n_tokens"] for r in one}) >= 5 and max(r["n_tokens"] for r in one) > 3 * min(
+        r["n_tokens"] for r in one
+    )
     assert_rows_close(one, many)
 
 

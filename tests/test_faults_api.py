@@ -45,12 +45,18 @@ def _analyze(capture, **kw):
 API_CASES = [
     ("analyze(None)", lambda p, c: _analyze(None), "needs a Capture"),
     ("analyze('text')", lambda p, c: _analyze("some text"), "needs a Capture"),
-    *[(f"analyze(threshold={v!r})", (lambda v: lambda p, c: _analyze(c, threshold=v))(v), "threshold")
-      for v in (NAN, INF, -INF, -1, 0, 0.5, "10", None, True)],
-    *[(f"analyze(epsilon={v!r})", (lambda v: lambda p, c: _analyze(c, epsilon=v))(v), "epsilon")
-      for v in ("0.3", 2, -0.1, 0, NAN, INF)],
-    *[(f"analyze(min_sink_rate={v!r})", (lambda v: lambda p, c: _analyze(c, min_sink_rate=v))(v), "min_sink_rate")
-      for v in (1.5, 0, NAN, "0.5")],
+    *[
+        (f"analyze(threshold={v!r})", (lambda v: lambda p, c: _analyze(c, threshold=v))(v), "threshold")
+        for v in (NAN, INF, -INF, -1, 0, 0.5, "10", None, True)
+    ],
+    *[
+        (f"analyze(epsilon={v!r})", (lambda v: lambda p, c: _analyze(c, epsilon=v))(v), "epsilon")
+        for v in ("0.3", 2, -0.1, 0, NAN, INF)
+    ],
+    *[
+        (f"analyze(min_sink_rate={v!r})", (lambda v: lambda p, c: _analyze(c, min_sink_rate=v))(v), "min_sink_rate")
+        for v in (1.5, 0, NAN, "0.5")
+    ],
     ("run([60000])", lambda p, c: p.run([60000]), "outside the vocabulary"),
     ("run([-1])", lambda p, c: p.run([-1]), "outside the vocabulary"),
     ("run([99])", lambda p, c: p.run([1, 99]), "outside the vocabulary"),
@@ -63,10 +69,26 @@ API_CASES = [
     ("run_batch([])", lambda p, c: p.run_batch([]), "no prompts"),
     ("ModelProbe(None)", lambda p, c: __import__("sinkhole").ModelProbe(None), "model must be"),
     ("ModelProbe(nonexistent)", lambda p, c: __import__("sinkhole").ModelProbe("nonexistent-model"), "unknown model"),
-    ("load_model(device=5)", lambda p, c: __import__("sinkhole").load_model("smollm2-135m", device=5), "device must be"),
-    ("load_model(dtype=32)", lambda p, c: __import__("sinkhole").load_model("smollm2-135m", dtype=32), "dtype must be"),
-    ("load_model(dtype=int8)", lambda p, c: __import__("sinkhole").load_model("smollm2-135m", dtype="int8"), "unknown dtype"),
-    ("load_model(trust='yes')", lambda p, c: __import__("sinkhole").load_model("x/y", trust_remote_code="yes"), "trust_remote_code"),
+    (
+        "load_model(device=5)",
+        lambda p, c: __import__("sinkhole").load_model("smollm2-135m", device=5),
+        "device must be",
+    ),
+    (
+        "load_model(dtype=32)",
+        lambda p, c: __import__("sinkhole").load_model("smollm2-135m", dtype=32),
+        "dtype must be",
+    ),
+    (
+        "load_model(dtype=int8)",
+        lambda p, c: __import__("sinkhole").load_model("smollm2-135m", dtype="int8"),
+        "unknown dtype",
+    ),
+    (
+        "load_model(trust='yes')",
+        lambda p, c: __import__("sinkhole").load_model("x/y", trust_remote_code="yes"),
+        "trust_remote_code",
+    ),
     ("load_profile(None)", lambda p, c: _load_profile(None), "load_profile needs"),
     ("load_profile('')", lambda p, c: _load_profile(""), "load_profile needs"),
     ("load_profile(123)", lambda p, c: _load_profile(123), "load_profile needs"),
@@ -243,7 +265,7 @@ def test_damaged_cache_entry_is_rebuilt(damage, fake_gguf):
     w = entry / "model.safetensors"
     data = bytearray(w.read_bytes())
     if damage == "flip":  # same size, a few weight bytes changed (the mtime changes with the write)
-        data[len(data) // 2: len(data) // 2 + 8] = b"\x7f" * 8
+        data[len(data) // 2 : len(data) // 2 + 8] = b"\x7f" * 8
         w.write_bytes(bytes(data))
     elif damage == "truncate":
         w.write_bytes(bytes(data[: len(data) - 100]))
@@ -301,8 +323,12 @@ print(gc.converted_gguf_dir(sys.argv[1], log=lambda m: None)[0], flush=True)
 
 
 def _converter(gguf, tiny_src, seconds):
-    return subprocess.Popen([sys.executable, "-c", KILLABLE, str(gguf), str(tiny_src), str(seconds)],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ})
+    return subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(gguf), str(tiny_src), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
 
 
 def test_kill_9_during_conversion_leaves_nothing_and_next_run_works(fake_gguf, tiny_src):
@@ -354,8 +380,13 @@ def test_write_output_rescues_and_says_where(tmp_path, monkeypatch):
     from sinkhole import io as sio
 
     real = sio.write_atomic
-    monkeypatch.setattr(sio, "write_atomic", lambda p, d: (_ for _ in ()).throw(OSError(5, "I/O error"))
-                        if Path(p).parent == tmp_path / "gone" else real(p, d))
+    monkeypatch.setattr(
+        sio,
+        "write_atomic",
+        lambda p, d: (
+            (_ for _ in ()).throw(OSError(5, "I/O error")) if Path(p).parent == tmp_path / "gone" else real(p, d)
+        ),
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SinkholeError) as err:
         sio.write_output(tmp_path / "gone" / "r.json", '{"x": 1}', "report")

@@ -48,49 +48,88 @@ def _numbers():
     for v in ("-1", "0", "nan"):
         yield "vocab-sweep", ["--threshold", v], "--threshold"
     yield from [
-        ("vocab-sweep", ["--list", "-3"], "--list"), ("vocab-sweep", ["--sample", "0"], "--sample"),
-        ("vocab-sweep", ["--batch-size", "0"], "--batch-size"), ("vocab-sweep", ["--batch-size", "-5"], "--batch-size"),
-        ("eval", ["--threads", "0"], "--threads"), ("eval", ["--threads", "-1"], "--threads"),
-        ("eval", ["--limit", "0"], "--limit"), ("eval", ["--limit", "-5"], "--limit"),
-        ("eval", ["--batch-tokens", "0"], "--batch-tokens"), ("eval", ["--max-batch", "0"], "--max-batch"),
-        ("eval", ["--max-batch", "-1"], "--max-batch"), ("profile", ["--limit", "0"], "--limit"),
-        ("stream", ["--tokens", "1"], "--tokens"), ("stream", ["--cache", "1"], "--cache"),
+        ("vocab-sweep", ["--list", "-3"], "--list"),
+        ("vocab-sweep", ["--sample", "0"], "--sample"),
+        ("vocab-sweep", ["--batch-size", "0"], "--batch-size"),
+        ("vocab-sweep", ["--batch-size", "-5"], "--batch-size"),
+        ("eval", ["--threads", "0"], "--threads"),
+        ("eval", ["--threads", "-1"], "--threads"),
+        ("eval", ["--limit", "0"], "--limit"),
+        ("eval", ["--limit", "-5"], "--limit"),
+        ("eval", ["--batch-tokens", "0"], "--batch-tokens"),
+        ("eval", ["--max-batch", "0"], "--max-batch"),
+        ("eval", ["--max-batch", "-1"], "--max-batch"),
+        ("profile", ["--limit", "0"], "--limit"),
+        ("stream", ["--tokens", "1"], "--tokens"),
+        ("stream", ["--cache", "1"], "--cache"),
         ("stream", ["--tokens", "10", "--cache", "64"], "nothing is ever evicted"),
-        ("stream", ["--sinks", "-1"], "--sinks"), ("stream", ["--sinks", "15"], "--sinks"),
+        ("stream", ["--sinks", "-1"], "--sinks"),
+        ("stream", ["--sinks", "15"], "--sinks"),
         ("stream", ["--samples", "-1"], "--samples"),
-        ("mechanism", ["--text-tokens", "0"], "--text-tokens"), ("mechanism", ["--text-tokens", "15"], "--text-tokens"),
-        ("quant", ["--calib-seqs", "0"], "--calib-seqs"), ("quant", ["--calib-len", "1"], "--calib-len"),
+        ("mechanism", ["--text-tokens", "0"], "--text-tokens"),
+        ("mechanism", ["--text-tokens", "15"], "--text-tokens"),
+        ("quant", ["--calib-seqs", "0"], "--calib-seqs"),
+        ("quant", ["--calib-len", "1"], "--calib-len"),
         ("quant", ["--validate", "--heldout-seqs", "0"], "--heldout-seqs"),
         ("quant", ["--validate", "--heldout-len", "1"], "--heldout-len"),
-        ("quant", ["--alpha", "2"], "--alpha"), ("quant", ["--alpha", "nan"], "--alpha"),
+        ("quant", ["--alpha", "2"], "--alpha"),
+        ("quant", ["--alpha", "nan"], "--alpha"),
         ("quant", ["--alpha", "abc"], "--alpha"),
-        ("stream", ["--recall", "--budget", "0"], "--budget"), ("stream", ["--recall", "--budget", "1.5"], "--budget"),
-        ("stream", ["--recall", "--budget", "nan"], "--budget"), ("stream", ["--recall", "--window", "0"], "--window"),
-        ("stream", ["--recall", "--seeds", "0"], "--seeds"), ("profile", ["--stream-window", "0"], "--stream-window"),
-        ("profile", ["--stream-prompts", "0"], "--stream-prompts"), ("profile", ["--stream-sinks", "-1"], "--stream-sinks"),
-        ("lab", ["--steps", "0"], "--steps"), ("lab", ["--seed", "-1"], "--seed"),
-        ("lab", ["--checkpoints", "0"], "--checkpoints"), ("lab", ["--layers", "0"], "--layers"),
-        ("lab", ["--d-model", "1"], "--d-model"), ("lab", ["--threads", "0"], "--threads"),
-        ("analyze", ["--threads", "0"], "--threads"), ("stream", ["--threads", "-2"], "--threads"),
+        ("stream", ["--recall", "--budget", "0"], "--budget"),
+        ("stream", ["--recall", "--budget", "1.5"], "--budget"),
+        ("stream", ["--recall", "--budget", "nan"], "--budget"),
+        ("stream", ["--recall", "--window", "0"], "--window"),
+        ("stream", ["--recall", "--seeds", "0"], "--seeds"),
+        ("profile", ["--stream-window", "0"], "--stream-window"),
+        ("profile", ["--stream-prompts", "0"], "--stream-prompts"),
+        ("profile", ["--stream-sinks", "-1"], "--stream-sinks"),
+        ("lab", ["--steps", "0"], "--steps"),
+        ("lab", ["--seed", "-1"], "--seed"),
+        ("lab", ["--checkpoints", "0"], "--checkpoints"),
+        ("lab", ["--layers", "0"], "--layers"),
+        ("lab", ["--d-model", "1"], "--d-model"),
+        ("lab", ["--threads", "0"], "--threads"),
+        ("analyze", ["--threads", "0"], "--threads"),
+        ("stream", ["--threads", "-2"], "--threads"),
         # argparse's own refusals: exit 2 with usage, no traceback
-        ("analyze", ["--threshold", "abc"], "invalid float"), ("stream", ["--tokens", "2.5"], "invalid int"),
+        ("analyze", ["--threshold", "abc"], "invalid float"),
+        ("stream", ["--tokens", "2.5"], "invalid int"),
         ("eval", ["--threads", "many"], "invalid int"),
     ]
 
 
 OUTPUT_FLAGS = {
-    "analyze": ["--output", "--json"], "mechanism": ["--output", "--json"], "vocab-sweep": ["--json"],
-    "profile": ["--out"], "stream": ["--json", "--plot"], "quant": ["--out", "--stats-json"],
-    "compare": ["--output", "--json"], "models": ["--json"], "eval": ["--csv"],
+    "analyze": ["--output", "--json"],
+    "mechanism": ["--output", "--json"],
+    "vocab-sweep": ["--json"],
+    "profile": ["--out"],
+    "stream": ["--json", "--plot"],
+    "quant": ["--out", "--stats-json"],
+    "compare": ["--output", "--json"],
+    "models": ["--json"],
+    "eval": ["--csv"],
 }
-BAD_OUTPUTS = [("DIR", "is a directory"), ("PROC", "/proc"), ("RO_OUT", "read-only"),
-               ("ROFILE", "read-only"), ("UNDERFILE", "is a file, not a directory"), ("PROMPT", "destroy the input")]
+BAD_OUTPUTS = [
+    ("DIR", "is a directory"),
+    ("PROC", "/proc"),
+    ("RO_OUT", "read-only"),
+    ("ROFILE", "read-only"),
+    ("UNDERFILE", "is a file, not a directory"),
+    ("PROMPT", "destroy the input"),
+]
 
 
 # an input of each command (extra arguments that make it one, and the input's placeholder)
-INPUT_OF = {"analyze": (["--prompt", None, "--prompt-file", "PROMPT"], "PROMPT"), "mechanism": ([], "SUITE"),
-            "vocab-sweep": ([], "TINY_CONFIG"), "profile": ([], "SUITE"), "stream": ([], "TEXT"), "quant": ([], "TEXT"),
-            "compare": ([], "PROMPT"), "eval": ([], "SUITE")}
+INPUT_OF = {
+    "analyze": (["--prompt", None, "--prompt-file", "PROMPT"], "PROMPT"),
+    "mechanism": ([], "SUITE"),
+    "vocab-sweep": ([], "TINY_CONFIG"),
+    "profile": ([], "SUITE"),
+    "stream": ([], "TEXT"),
+    "quant": ([], "TEXT"),
+    "compare": ([], "PROMPT"),
+    "eval": ([], "SUITE"),
+}
 
 
 def _outputs():
@@ -188,8 +227,16 @@ def world(tmp_path_factory):
     remote.mkdir()
     for f in tiny.iterdir():
         (remote / f.name).write_bytes(f.read_bytes())
-    (remote / "config.json").write_text(json.dumps({**cfg, "model_type": "sinkhole-custom", "architectures": ["CustomForCausalLM"],
-                                                    "auto_map": {"AutoConfig": "cfg.CustomConfig", "AutoModelForCausalLM": "m.CustomForCausalLM"}}))
+    (remote / "config.json").write_text(
+        json.dumps(
+            {
+                **cfg,
+                "model_type": "sinkhole-custom",
+                "architectures": ["CustomForCausalLM"],
+                "auto_map": {"AutoConfig": "cfg.CustomConfig", "AutoModelForCausalLM": "m.CustomForCausalLM"},
+            }
+        )
+    )
     (models / "noconfig").mkdir()
     subst.update(NOTOK=str(notok), MISMATCH=str(mismatch), REMOTE=str(remote), NOCONFIG=str(models / "noconfig"))
     return root, subst
@@ -205,17 +252,20 @@ def _argv(cmd, extra, subst, tmp_path):
             flag = extra[i]
             if flag in argv:
                 j = argv.index(flag)
-                del argv[j: j + (1 if flag.startswith("--no-") else 2)]
-            del extra[i: i + 2]
+                del argv[j : j + (1 if flag.startswith("--no-") else 2)]
+            del extra[i : i + 2]
         else:
             i += 1
     for flag in extra[::2]:  # a flag given again replaces the base's value
         if flag in argv and flag.startswith("--") and not flag.startswith("--no-") and flag in BASE[cmd]:
             j = argv.index(flag)
-            del argv[j: j + 2]
+            del argv[j : j + 2]
     argv += extra
-    local = {"OUTDIR": str(tmp_path / "run"), "SAME": str(tmp_path / "same.out"),
-             "OUTDIR_RESULTS": str(tmp_path / "run" / "results.jsonl")}
+    local = {
+        "OUTDIR": str(tmp_path / "run"),
+        "SAME": str(tmp_path / "same.out"),
+        "OUTDIR_RESULTS": str(tmp_path / "run" / "results.jsonl"),
+    }
     if "OUTDIR_RESULTS" in argv:
         (tmp_path / "run").mkdir(exist_ok=True)
         (tmp_path / "run" / "results.jsonl").write_text('{"prompt": "the one"}\n')
@@ -353,10 +403,24 @@ def test_eval_kill_9_mid_run_then_resume(world, tmp_path, capsys, untouched):
     suite = tmp_path / "suite.txt"
     suite.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(3, 40))) for _ in range(120)))
     out = tmp_path / "run"
-    argv = ["eval", "--model", world[1]["TINY"], "--prompts", str(suite), "--out", str(out), "--no-figures", "--threads", "1"]
+    argv = [
+        "eval",
+        "--model",
+        world[1]["TINY"],
+        "--prompts",
+        str(suite),
+        "--out",
+        str(out),
+        "--no-figures",
+        "--threads",
+        "1",
+    ]
     # one prompt per forward, so the kill lands part way; batching does not change the numbers
-    proc = subprocess.Popen([sys.executable, "-m", "sinkhole.cli.main", *argv, "--max-batch", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sinkhole.cli.main", *argv, "--max-batch", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     results = out / "results.jsonl"
     try:
         deadline = time.monotonic() + 120

@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama, wrap
 
-from sinkhole.cache.head_aware import (HeadAwareSinkCache, head_aware_attention, select_retrieval_heads,
-                                       slot_costs)
+from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, select_retrieval_heads, slot_costs
 from sinkhole.errors import SinkholeError
 from sinkhole.profiles.streaming import band_share, layer_kinds, measure_streaming_scores
 
@@ -22,8 +21,12 @@ def ids_of(n, seed=0):
 @torch.inference_mode()
 def run_chunks(model, cache, ids, chunk):
     with head_aware_attention(model):
-        return torch.cat([model(ids[:, s: s + chunk], cache=cache, use_cache=True).logits[0]
-                          for s in range(0, ids.shape[1], chunk)])
+        return torch.cat(
+            [
+                model(ids[:, s : s + chunk], cache=cache, use_cache=True).logits[0]
+                for s in range(0, ids.shape[1], chunk)
+            ]
+        )
 
 
 def all_heads(model):
@@ -49,7 +52,7 @@ def test_all_streaming_one_layer_equals_forward_on_kept_tokens():
     cache = HeadAwareSinkCache([[]], 2, 6, model=model)
     with head_aware_attention(model):
         for t in range(30):
-            out = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits[0, -1]
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[0, -1]
             kept = sorted(set(range(min(2, t + 1))) | set(range(max(0, t - 5), t + 1)))
             ref = model(ids[:, kept], position_ids=torch.tensor([kept])).logits[0, -1]
             assert (out - ref).abs().max().item() < 1e-4, t
@@ -62,8 +65,9 @@ def test_chunked_prefill_equals_token_by_token_with_mixed_heads(make):
     ids = ids_of(37, seed=3)
     one = run_chunks(model, HeadAwareSinkCache(retrieval, 2, 5, model=model), ids, 1)
     for chunk in (4, 37):
-        torch.testing.assert_close(run_chunks(model, HeadAwareSinkCache(retrieval, 2, 5, model=model), ids, chunk),
-                                   one, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            run_chunks(model, HeadAwareSinkCache(retrieval, 2, 5, model=model), ids, chunk), one, atol=1e-4, rtol=1e-4
+        )
     dense = model(ids).logits[0]
     assert (one - dense).abs().max().item() > 1e-3  # the streaming heads did forget
 
@@ -86,7 +90,7 @@ def test_streaming_heads_hold_exactly_sinks_and_window():
         if l == 0:  # layer 0's keys do not depend on what the cache forgot (later layers' do)
             dk = dyn.layers[0].keys
             torch.testing.assert_close(layer.full.k[:, 0, :23], dk[:, r])
-            torch.testing.assert_close(layer.stream.k[:, 0, :len(held)], dk[:, s, held])
+            torch.testing.assert_close(layer.stream.k[:, 0, : len(held)], dk[:, s, held])
 
 
 def test_kv_bytes_match_tensors():
@@ -136,8 +140,17 @@ def test_from_profile_needs_streaming_scores():
     from sinkhole.profiles.profile import SinkProfile
 
     model = tiny_llama()
-    p = SinkProfile(model={"name": "t"}, sink_rule={"positions": [0]}, sink_tokens=[], spike_channels=[],
-                    step_up_layers=[], step_down_layers=[], sink_heads=[], pinned_slots=1, prompts={})
+    p = SinkProfile(
+        model={"name": "t"},
+        sink_rule={"positions": [0]},
+        sink_tokens=[],
+        spike_channels=[],
+        step_up_layers=[],
+        step_down_layers=[],
+        sink_heads=[],
+        pinned_slots=1,
+        prompts={},
+    )
     with pytest.raises(SinkholeError, match="streaming scores"):
         HeadAwareSinkCache.from_profile(p, model=model)
     p.streaming = {"n_sink": 1, "window": 4, "scores": [[0.9, 0.1], [0.8, 0.7]]}
@@ -146,6 +159,7 @@ def test_from_profile_needs_streaming_scores():
 
 
 # --- the band statistic -------------------------------------------------------------------------
+
 
 def eager_band(q, k, scaling, n_sink, window, sliding=None):
     """The same statistic from full T x T probabilities: (B, Hkv, T - n_sink - window)."""
@@ -159,7 +173,7 @@ def eager_band(q, k, scaling, n_sink, window, sliding=None):
         vis &= t - kk < sliding
     p = torch.softmax(s.masked_fill(~vis, float("-inf")), -1)
     band = (kk < n_sink) | (kk > t - window)
-    share = (p * band).sum(-1)[:, :, n_sink + window:]  # (B, Hq, eligible)
+    share = (p * band).sum(-1)[:, :, n_sink + window :]  # (B, Hq, eligible)
     return share.reshape(B, -1, G, share.shape[-1]).mean(2)
 
 
@@ -211,6 +225,7 @@ def test_measure_streaming_scores_on_tiny_models():
 def per_head_reference(retrieval, n_sink, window):
     """An eager attention function that applies, per KV head, the mask the cache implies: causal for
     retrieval heads, causal within sinks + the last `window` keys for streaming heads."""
+
     def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
         B, Hq, T, D = query.shape
         G = Hq // key.shape[1]
@@ -221,11 +236,13 @@ def per_head_reference(retrieval, n_sink, window):
         s = torch.einsum("bhtd,bhkd->bhtk", query, key.repeat_interleave(G, 1)) * scaling
         p = torch.softmax(s.masked_fill(~masks, float("-inf")), -1)
         return torch.einsum("bhtk,bhkd->bthd", p, value.repeat_interleave(G, 1)), None
+
     return attention
 
 
-@pytest.mark.parametrize("retrieval,kv", [([[1], [0]], 2), ([[0, 1], []], 2), ([[], [1]], 2),
-                                          ([[0, 2], [1, 2, 3]], 4)])  # the last: gathered (non-contiguous) heads
+@pytest.mark.parametrize(
+    "retrieval,kv", [([[1], [0]], 2), ([[0, 1], []], 2), ([[], [1]], 2), ([[0, 2], [1, 2, 3]], 4)]
+)  # the last: gathered (non-contiguous) heads
 def test_mixed_heads_equal_a_full_forward_with_per_head_masks(retrieval, kv):
     """Independent reference: one full forward whose attention masks each head as the cache keeps it."""
     from transformers import AttentionInterface
@@ -256,9 +273,18 @@ def test_recall_evaluation_on_a_tiny_model():
     model = tiny_llama(**BIG)
     lm = wrap(model)
     lm.tokenizer = CharTokenizer()
-    p = SinkProfile(model={"name": "t"}, sink_rule={"positions": [0]}, sink_tokens=[], spike_channels=[],
-                    step_up_layers=[], step_down_layers=[], sink_heads=[], pinned_slots=1, prompts={},
-                    streaming={"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]})
+    p = SinkProfile(
+        model={"name": "t"},
+        sink_rule={"positions": [0]},
+        sink_tokens=[],
+        spike_channels=[],
+        step_up_layers=[],
+        step_down_layers=[],
+        sink_heads=[],
+        pinned_slots=1,
+        prompts={},
+        streaming={"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]},
+    )
     res = evaluate_recall(lm, p, n_tokens=240, budget=0.5, window=8, span=8, n_spans=2, seeds=(0, 1), chunk=16)
     rows = {r.method: r for r in res.rows}
     assert list(rows) == ["dense", "window", "sinks", "head_aware", "random"]
@@ -268,7 +294,9 @@ def test_recall_evaluation_on_a_tiny_model():
     assert rows["random"].detail["retrieval_heads"] == rows["head_aware"].detail["retrieval_heads"]
     full = evaluate_recall(lm, p, n_tokens=240, budget=1.0, window=8, span=8, n_spans=2, seeds=(0,), chunk=16)
     by = {r.method: r for r in full.rows}
-    assert by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
+    assert (
+        by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
+    )
     assert "head-aware (profile)" in render_recall(res.to_dict())
 
 

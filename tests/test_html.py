@@ -14,7 +14,7 @@ from sinkhole.probe.probe import ModelProbe
 from sinkhole.report import html
 from sinkhole.report.html_data import MAPS_MAX_BYTES, maps_plan, rnd, to_nodes, unpack
 
-SCRIPT_TAG = '<script>alert(1)</script>'
+SCRIPT_TAG = "<script>alert(1)</script>"
 IMG_TAG = '"><img src=x onerror=alert(1)>'
 SIZE_BUDGET = 8_000_000  # bytes, for a 512-token SmolLM2 report
 IDS = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
@@ -64,7 +64,7 @@ def test_spike_channel_values_follow_top_k():
 
 
 def test_untrusted_tokens_are_escaped_everywhere():
-    cap = injected_capture(name='<script>alert(2)</script>')
+    cap = injected_capture(name="<script>alert(2)</script>")
     page = html.render_html(analyze(cap).to_dict(), capture=cap)
     for raw in (SCRIPT_TAG, IMG_TAG, "alert(2)</script>", "<img", "<!-- &"):
         assert raw not in page
@@ -87,15 +87,21 @@ def test_definitions_come_from_core_and_cards_link_to_them():
     page = html.render_html(analyze(injected_capture()).to_dict())
     anchors = set(re.findall(r'data-def=[\'"]([\w-]+)[\'"]', page))
     assert anchors and all(f'id="{a}"' in page for a in anchors)
-    for bullet, shown in (("spike score: S[t] = N[t] / median_s N[s]", "<b>spike score</b>: S[t] = N[t] / median<sub>s</sub> N[s]"),
-                          ("its sink rate: share of (l, h)", "<b>its sink rate</b>: share of (l, h)")):
+    for bullet, shown in (
+        ("spike score: S[t] = N[t] / median_s N[s]", "<b>spike score</b>: S[t] = N[t] / median<sub>s</sub> N[s]"),
+        ("its sink rate: share of (l, h)", "<b>its sink rate</b>: share of (l, h)"),
+    ):
         assert bullet in core.__doc__ and shown in page  # the docstring's text, typeset (not raw)
 
 
 def test_definitions_typeset():
-    assert html.math_html("alpha_{l,h}(k) >= epsilon and ||h_l[t]||_2") == "α<sub>l,h</sub>(k) ≥ ε and ‖h<sub>l</sub>[t]‖<sub>2</sub>"
+    assert (
+        html.math_html("alpha_{l,h}(k) >= epsilon and ||h_l[t]||_2")
+        == "α<sub>l,h</sub>(k) ≥ ε and ‖h<sub>l</sub>[t]‖<sub>2</sub>"
+    )
     assert html.math_html("`min_sink_rate` and min_sink_rate, *not* a<b>") == (
-        "<code>min_sink_rate</code> and min_sink_rate, <em>not</em> a&lt;b&gt;")
+        "<code>min_sink_rate</code> and min_sink_rate, <em>not</em> a&lt;b&gt;"
+    )
 
 
 def test_long_input_gets_per_key_view_and_probe_keeps_no_maps():
@@ -133,9 +139,19 @@ def synthetic_capture(L=30, H=9, T=512, K=8, seed=0, maps=False) -> Capture:
         a = (a / a.sum(-1, keepdims=True)).astype(np.float16)
     alpha = rng.random((L, H, T)).astype(np.float32)
     info = ModelInfo("synthetic", "llama", "llama", "pre", L, H, 3, 576, 64)
-    return Capture(info, list(range(T)), [f" w{i}" for i in range(T)], rng.random((L, T)) * 100 + 1,
-                   rng.integers(0, 576, (L, T, K)), rng.normal(size=(L, T, K)) * 50, rng.random((L, T)),
-                   rng.random((L, T)), rng.random(T), alpha, a)
+    return Capture(
+        info,
+        list(range(T)),
+        [f" w{i}" for i in range(T)],
+        rng.random((L, T)) * 100 + 1,
+        rng.integers(0, 576, (L, T, K)),
+        rng.normal(size=(L, T, K)) * 50,
+        rng.random((L, T)),
+        rng.random((L, T)),
+        rng.random(T),
+        alpha,
+        a,
+    )
 
 
 @pytest.mark.parametrize("T,maps", [(512, False), (html.MAPS_MAX_LEN, True)])
@@ -147,9 +163,18 @@ def test_size_budget_smollm2_shapes(T, maps):
 
 
 def test_generic_nodes():
-    nodes = to_nodes({"a": 1, "b": "x", "layers": [3, 11], "curve": list(range(20)),
-                      "grid": [[1.0, 2.0], [3.0, 4.0]], "rows": [{"k": 1, "v": 0.5}, {"k": 2, "w": None}],
-                      "nested": {"deep": {"x": float("nan")}}, "mixed": [{"a": [1, [2]]}, 3]})
+    nodes = to_nodes(
+        {
+            "a": 1,
+            "b": "x",
+            "layers": [3, 11],
+            "curve": list(range(20)),
+            "grid": [[1.0, 2.0], [3.0, 4.0]],
+            "rows": [{"k": 1, "v": 0.5}, {"k": 2, "w": None}],
+            "nested": {"deep": {"x": float("nan")}},
+            "mixed": [{"a": [1, [2]]}, 3],
+        }
+    )
     kinds = {n.get("title", ""): n["kind"] for n in nodes}
     assert nodes[0] == {"kind": "table", "rows": [["a", 1], ["b", "x"], ["layers", [3, 11]]], "more": 0}
     assert kinds["curve"] == "series" and kinds["grid"] == "matrix" and kinds["rows"] == "records"
@@ -178,7 +203,9 @@ def test_cli_writes_reports_short_and_512_tokens(tmp_path):
     from sinkhole.cli.main import main
 
     short = tmp_path / "short.html"
-    assert main(["analyze", "--prompt", "Explain the theory of relativity in simple terms.", "--output", str(short)]) == 0
+    assert (
+        main(["analyze", "--prompt", "Explain the theory of relativity in simple terms.", "--output", str(short)]) == 0
+    )
     v = page_data(short.read_text())
     assert v["maps"] is not None and v["T"] <= html.MAPS_MAX_LEN
 

@@ -17,14 +17,25 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+]
 SCRIPT_TAG = "<script>alert(1)</script>"
 IMG_TAG = '"><img src=x onerror=alert(1)>'
 BOLD = "<b>x</b>"  # plotly would render this tag (and drop the markup) if the page did not escape it
 # installed before any page script: records any alert/confirm/prompt call instead of blocking
-TRAP = ("window.__executed = [];"
-        "['alert', 'confirm', 'prompt'].forEach(f => { window[f] = (m) => { window.__executed.push(f + ':' + m); }; });")
+TRAP = (
+    "window.__executed = [];"
+    "['alert', 'confirm', 'prompt'].forEach(f => { window[f] = (m) => { window.__executed.push(f + ':' + m); }; });"
+)
 
 
 def _missing() -> str | None:
@@ -102,7 +113,11 @@ def cell_offset(driver, fig, x, y) -> tuple[int, int]:
     dx, dy = driver.execute_script(
         "const g = arguments[0], fl = g._fullLayout, r = g.getBoundingClientRect();"
         "return [fl.xaxis._offset + fl.xaxis.l2p(arguments[1]) - r.width / 2,"
-        "        fl.yaxis._offset + fl.yaxis.l2p(arguments[2]) - r.height / 2];", fig, x, y)
+        "        fl.yaxis._offset + fl.yaxis.l2p(arguments[2]) - r.height / 2];",
+        fig,
+        x,
+        y,
+    )
     return int(dx), int(dy)
 
 
@@ -111,7 +126,9 @@ def drawn(driver, fig_id: str) -> bool:
     return driver.execute_script(
         "const g = document.getElementById(arguments[0]);"
         "return !!g && g.querySelectorAll('svg.main-svg').length > 0 &&"
-        " g.querySelectorAll('.hm image, .scatterlayer path.js-line, .barlayer path, canvas').length > 0;", fig_id)
+        " g.querySelectorAll('.hm image, .scatterlayer path.js-line, .barlayer path, canvas').length > 0;",
+        fig_id,
+    )
 
 
 def test_renders_without_console_errors(driver, short_page):
@@ -119,8 +136,13 @@ def test_renders_without_console_errors(driver, short_page):
     assert severe(driver) == []
     for fig in ("fig-tokens", "fig-heads", "fig-attn", "fig-resid", "fig-layers", "fig-channels"):
         assert drawn(driver, fig), fig
-    assert driver.execute_script("return document.querySelectorAll('#fig-heads .hm image, #fig-attn .hm image,"
-                                 " #fig-resid .hm image').length") == 3
+    assert (
+        driver.execute_script(
+            "return document.querySelectorAll('#fig-heads .hm image, #fig-attn .hm image,"
+            " #fig-resid .hm image').length"
+        )
+        == 3
+    )
     assert driver.execute_script("return document.querySelectorAll('#sections .gen-fig .main-svg').length") >= 2
     assert driver.find_element("id", "section-mechanism").is_displayed()
 
@@ -136,7 +158,9 @@ def test_injection_shows_as_text_and_executes_nothing(driver, short_page):
     assert driver.execute_script("return document.scripts.length") == 3
     strip = [e.text for e in driver.find_elements("css selector", "#strip .tok")]
     assert strip[1] == SCRIPT_TAG and strip[2] == IMG_TAG
-    ticks = driver.execute_script("return [...document.querySelectorAll('#fig-attn .xtick text')].map(e => e.textContent)")
+    ticks = driver.execute_script(
+        "return [...document.querySelectorAll('#fig-attn .xtick text')].map(e => e.textContent)"
+    )
     assert "#3 " + BOLD in ticks and any("<script>al" in t for t in ticks) and any('"><img src' in t for t in ticks)
     # hover over query 2 x key 1 of the attention map: plotly shows both tokens literally
     fig = driver.find_element("id", "fig-attn")
@@ -169,7 +193,9 @@ def test_clicking_grid_cell_selects_layer_and_head(driver, short_page):
 
     open_page(driver, short_page)
     fig = driver.find_element("id", "fig-heads")
-    ActionChains(driver).move_to_element_with_offset(fig, *cell_offset(driver, fig, 2, 1)).click().perform()  # head 2, layer 1
+    ActionChains(driver).move_to_element_with_offset(
+        fig, *cell_offset(driver, fig, 2, 1)
+    ).click().perform()  # head 2, layer 1
     state = driver.execute_script("return window.sinkhole.state")
     assert (state["layer"], state["head"]) == (1, 2)
     assert driver.find_element("id", "sel-layer").get_attribute("value") == "1"
@@ -223,8 +249,10 @@ return bad;
 
 
 def legends_checked(driver) -> int:
-    return driver.execute_script("return [...document.querySelectorAll('.js-plotly-plot g.legend rect.bg')]"
-                                 ".filter((r) => r.getBoundingClientRect().width > 0).length")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.js-plotly-plot g.legend rect.bg')]"
+        ".filter((r) => r.getBoundingClientRect().width > 0).length"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +288,9 @@ def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, me
     assert len(driver.find_elements("css selector", "#mech-story li")) >= 5
     for fig in ("mech-lifecycle", "mech-channels", "mech-amplifier", "mech-norm", "mech-keys", "mech-heads"):
         assert drawn(driver, fig), fig
-    names = driver.execute_script("return [...document.querySelectorAll('#mech-channels .legendtext')].map(e => e.textContent)")
+    names = driver.execute_script(
+        "return [...document.querySelectorAll('#mech-channels .legendtext')].map(e => e.textContent)"
+    )
     chans = driver.execute_script("return window.sinkhole.data.mechanism.channels.channels")
     assert names == [f"channel {c}" for c in chans]  # real channel numbers, not [0]..[3]
 

@@ -71,8 +71,17 @@ def test_variant_weights_rows(kind):
         assert torch.allclose(w, e.clamp(min=0) / (e.abs().sum(-1, keepdim=True) + 1e-6), atol=1e-5)
 
 
-@pytest.mark.parametrize("switch", [{}, {"norm": "sandwich"}, {"qk_norm": True}, {"attention": "gated"},
-                                    {"attention": "sigmoid"}, {"attention": "softpick"}])
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {},
+        {"norm": "sandwich"},
+        {"qk_norm": True},
+        {"attention": "gated"},
+        {"attention": "sigmoid"},
+        {"attention": "softpick"},
+    ],
+)
 def test_probe_reads_the_model_unchanged(switch):
     """SDPA and eager agree; the probe (its own attention, or the eager fallback for non-softmax
     variants) sees every layer, and its attention mass equals the model's own weights."""
@@ -90,7 +99,11 @@ def test_probe_reads_the_model_unchanged(switch):
     assert (a - out.logits).abs().max() < 1e-5
     lm = LoadedModel.wrap(model, IdTokenizer(3), name="lab")
     assert lm.family.norm_style == ("sandwich" if switch.get("norm") == "sandwich" else "pre")
-    with pytest.warns(UserWarning, match="bypasses") if switch.get("attention") in ("sigmoid", "softpick") else nullcontext():
+    with (
+        pytest.warns(UserWarning, match="bypasses")
+        if switch.get("attention") in ("sigmoid", "softpick")
+        else nullcontext()
+    ):
         cap = ModelProbe(lm).run(ids[0].tolist())
     want = torch.stack([w[0] for w in out.attentions])  # (L, H, T, T)
     T = ids.shape[1]
@@ -135,8 +148,20 @@ def test_resume_skips_finished_variants_and_refuses_other_settings(tmp_path):
 def test_cli_quick_writes_everything(tmp_path, capsys):
     from sinkhole.cli.main import main
 
-    rc = main(["lab", "--quick", "--variants", "baseline,softpick", "--steps", "4", "--checkpoints", "3",
-               "--out", str(tmp_path)])
+    rc = main(
+        [
+            "lab",
+            "--quick",
+            "--variants",
+            "baseline,softpick",
+            "--steps",
+            "4",
+            "--checkpoints",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "softpick" in out and "sink mass" in out

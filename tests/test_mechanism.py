@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_gemma3, tiny_llama, wrap
+
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
@@ -48,7 +48,9 @@ def planted(make=tiny_llama):
         emb = fam.part(model, fam.embed).weight
         emb[:, [IN_CH, OUT_CH]] = 0.0  # only the planted token carries IN_CH; nobody starts with OUT_CH
         emb[SPIKE_TOKEN] = 0.0
-        emb[SPIKE_TOKEN, IN_CH] = 20.0  # large enough that a sandwich model's normed block outputs stay small beside it
+        emb[SPIKE_TOKEN, IN_CH] = (
+            20.0  # large enough that a sandwich model's normed block outputs stay small beside it
+        )
         for layer in layers:  # nothing else writes IN_CH or OUT_CH
             fam.part(layer, fam.attn).o_proj.weight[[IN_CH, OUT_CH]] = 0.0
             fam.part(fam.part(layer, fam.mlp), fam.down_proj).weight[[IN_CH, OUT_CH]] = 0.0
@@ -123,8 +125,8 @@ def test_channels_activation_amplifier_normalization(planted_run):
     else:
         # sandwich: the post-FFN norm maps the (one-channel) MLP output to sqrt(D) x (1 + 1000) there,
         # while the MLP wrote 100 x gelu(g) x g with g = 3 x sqrt(D) (the normed planted input)
-        g = 3 * 32 ** 0.5
-        assert gain == pytest.approx(32 ** 0.5 * 1001 / (100 * g * g), rel=0.05)
+        g = 3 * 32**0.5
+        assert gain == pytest.approx(32**0.5 * 1001 / (100 * g * g), rel=0.05)
     n = mech["normalization"]
     assert n["after"]["spike_sparsity"] > 0.9 > n["after"]["other_sparsity"]
     assert n["after"]["cos_across_tokens"] is None and n["after"]["n_pairs_prompts"] == 6
@@ -191,7 +193,11 @@ def test_normalization_functions():
     assert mass_share(v, [0]) == pytest.approx([9 / 25] * 3)
     cos = np.ones((3, 3))
     assert pair_means(cos, rows=[0, 1, 2], ids=[5, 5, 6]) == {
-        "cos_across_prompts": 1.0, "n_pairs_prompts": 1, "cos_across_tokens": 1.0, "n_pairs_tokens": 2}
+        "cos_across_prompts": 1.0,
+        "n_pairs_prompts": 1,
+        "cos_across_tokens": 1.0,
+        "n_pairs_tokens": 2,
+    }
     out = normalization(v, v, 2, [0, 1], [0, 1], [5, 5])
     assert out["after"]["spike_sparsity"] == pytest.approx(1.0)
 

@@ -18,9 +18,22 @@ def brute_force(model, ids):
     states = {}
     handles = []
     for l, layer in enumerate(fam.decoder_layers(model)):
-        handles.append(layer.register_forward_pre_hook(lambda m, a, kw, l=l: states.__setitem__(("in", l), (a[0] if a else kw["hidden_states"]).clone()), with_kwargs=True))
-        handles.append(fam.part(layer, fam.ffn_norm).register_forward_pre_hook(lambda m, a, l=l: states.__setitem__(("mid", l), a[0].clone())))
-        handles.append(layer.register_forward_hook(lambda m, a, o, l=l: states.__setitem__(("out", l), (o[0] if isinstance(o, tuple) else o).clone())))
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, a, kw, l=l: states.__setitem__(("in", l), (a[0] if a else kw["hidden_states"]).clone()),
+                with_kwargs=True,
+            )
+        )
+        handles.append(
+            fam.part(layer, fam.ffn_norm).register_forward_pre_hook(
+                lambda m, a, l=l: states.__setitem__(("mid", l), a[0].clone())
+            )
+        )
+        handles.append(
+            layer.register_forward_hook(
+                lambda m, a, o, l=l: states.__setitem__(("out", l), (o[0] if isinstance(o, tuple) else o).clone())
+            )
+        )
     prev = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
@@ -76,9 +89,22 @@ def test_batched_equals_unbatched(make):
     batched = probe.run_batch(prompts)
     for prompt, got in zip(prompts, batched):
         alone = probe.run(prompt)
-        for name in ("resid_norm", "attn_mass", "attn_out_norm", "ffn_out_norm", "embed_norm", "resid_top_values", "attn_maps"):
-            np.testing.assert_allclose(getattr(got, name).astype(np.float32), getattr(alone, name).astype(np.float32),
-                                       atol=2e-3 if name == "attn_maps" else 1e-4, rtol=1e-4, err_msg=name)
+        for name in (
+            "resid_norm",
+            "attn_mass",
+            "attn_out_norm",
+            "ffn_out_norm",
+            "embed_norm",
+            "resid_top_values",
+            "attn_maps",
+        ):
+            np.testing.assert_allclose(
+                getattr(got, name).astype(np.float32),
+                getattr(alone, name).astype(np.float32),
+                atol=2e-3 if name == "attn_maps" else 1e-4,
+                rtol=1e-4,
+                err_msg=name,
+            )
         assert got.token_ids == list(prompt)
 
 
@@ -99,9 +125,9 @@ def test_eager_fallback_when_model_bypasses_attention_interface():
     model = tiny_llama()
     probe = ModelProbe(wrap(model))
     ref = probe.run(IDS)
-    from sinkhole.probe import recorder as recorder_mod
-
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from sinkhole.probe import recorder as recorder_mod
 
     def plain_sdpa(self, layer, query, key, value, mask, scaling, **kw):
         # Computes attention but never reaches the recorder, like model code that bypasses the interface.

@@ -7,23 +7,37 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import tiny_llama, wrap
+
 from sinkhole.errors import SinkholeError
 from sinkhole.profiles.detect import DEFAULT_PINNED_SLOTS, SinkDetector, build_profile
 from sinkhole.profiles.profile import SHIPPED_DIR, SinkProfile, load_profile
 
-MODEL = {"name": "m", "architecture": "llama", "weights_id": "abc", "n_layers": 4, "n_heads": 2, "n_kv_heads": 1, "d_model": 8}
+MODEL = {
+    "name": "m",
+    "architecture": "llama",
+    "weights_id": "abc",
+    "n_layers": 4,
+    "n_heads": 2,
+    "n_kv_heads": 1,
+    "d_model": 8,
+}
 
 
 def row(tokens, sinks, spikes=(), heads=()):
     """A results row as sinkhole.eval.runner.prompt_row makes it (only the keys profiles read)."""
-    spikes = [dict(position=0, channels=ch, channel_values=vals, step_up_layers=up, step_down_layers=down)
-              for ch, vals, up, down in spikes]
-    return {"tokens": tokens, "n_tokens": len(tokens), "spikes": spikes,
-            "spike_channels": sorted({c for s in spikes for c in s["channels"]}),
-            "sinks": [{"position": p, "text": tokens[p], "attn_mass": m, "sink_rate": r} for p, m, r in sinks],
-            "sink_heads": [list(h) for h in heads]}
+    spikes = [
+        dict(position=0, channels=ch, channel_values=vals, step_up_layers=up, step_down_layers=down)
+        for ch, vals, up, down in spikes
+    ]
+    return {
+        "tokens": tokens,
+        "n_tokens": len(tokens),
+        "spikes": spikes,
+        "spike_channels": sorted({c for s in spikes for c in s["channels"]}),
+        "sinks": [{"position": p, "text": tokens[p], "attn_mass": m, "sink_rate": r} for p, m, r in sinks],
+        "sink_heads": [list(h) for h in heads],
+    }
 
 
 def synthetic_rows():
@@ -79,17 +93,20 @@ def test_save_load_roundtrip_and_model_check(tmp_path):
         load_profile(path, model=SimpleNamespace(weights_id="", name="other"))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("sink_rule"), "missing sink_rule"),
-    (lambda d: d.update(schema="other/1"), "not a sinkhole profile"),
-    (lambda d: d.update(pinned_slots="4"), "pinned_slots must be"),
-    (lambda d: d["sink_rule"].update(positions=[0, -1]), "sink_rule.positions"),
-    (lambda d: d["sink_rule"].update(positions=3), "sink_rule.positions"),
-    (lambda d: d.update(sink_heads=[[1, 2, 3]]), "sink_heads"),
-    (lambda d: d.update(step_up_layers=["a"]), "step_up_layers"),
-    (lambda d: d.update(spike_channels=[{"value": 1}]), "spike_channels"),
-    (lambda d: d.update(model="smollm2"), "model must be"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("sink_rule"), "missing sink_rule"),
+        (lambda d: d.update(schema="other/1"), "not a sinkhole profile"),
+        (lambda d: d.update(pinned_slots="4"), "pinned_slots must be"),
+        (lambda d: d["sink_rule"].update(positions=[0, -1]), "sink_rule.positions"),
+        (lambda d: d["sink_rule"].update(positions=3), "sink_rule.positions"),
+        (lambda d: d.update(sink_heads=[[1, 2, 3]]), "sink_heads"),
+        (lambda d: d.update(step_up_layers=["a"]), "step_up_layers"),
+        (lambda d: d.update(spike_channels=[{"value": 1}]), "spike_channels"),
+        (lambda d: d.update(model="smollm2"), "model must be"),
+    ],
+)
 def test_malformed_profiles_are_refused(tmp_path, edit, message):
     d = build_profile(synthetic_rows(), MODEL, {"source": "test", "count": 10}, {}).to_dict()
     edit(d)

@@ -13,16 +13,36 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_llama, wrap
+
 from sinkhole.errors import SinkholeError
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
-from sinkhole.quant.fakequant import (QMAX, QuantSpec, act_per_tensor, act_per_token, fake_quantized, int8_fake,
-                                      int8_outlier_linear, smoothing_scales, weight_per_channel)
-from sinkhole.quant.hints import (BACKENDS, get_quantization_hints, int8_threshold, prefix_tokens,
-                                  skip_modules, write_hints)
-from sinkhole.quant.stats import (OUTLIER_TOKEN_RATIO, CalibrationStats, LinearInputStats, collect_stats,
-                                  decoder_linears)
+from sinkhole.quant.fakequant import (
+    QMAX,
+    QuantSpec,
+    act_per_tensor,
+    act_per_token,
+    fake_quantized,
+    int8_fake,
+    int8_outlier_linear,
+    smoothing_scales,
+    weight_per_channel,
+)
+from sinkhole.quant.hints import (
+    BACKENDS,
+    get_quantization_hints,
+    int8_threshold,
+    prefix_tokens,
+    skip_modules,
+    write_hints,
+)
+from sinkhole.quant.stats import (
+    OUTLIER_TOKEN_RATIO,
+    CalibrationStats,
+    LinearInputStats,
+    collect_stats,
+    decoder_linears,
+)
 from sinkhole.quant.validate import perplexity, scheme_specs, validate
 
 PLANT_ID, PLANT_CH = 7, 5
@@ -58,6 +78,7 @@ def planted():
 
 
 # ---- statistics ---------------------------------------------------------------------------------------
+
 
 def test_stats_find_planted_channel_and_token(planted):
     lm, stats = planted
@@ -117,6 +138,7 @@ def test_hooks_removed_after_collect(planted):
 
 # ---- fake quantization --------------------------------------------------------------------------------
 
+
 def test_int8_round_trip_error_bounds():
     torch.manual_seed(0)
     x = torch.randn(5, 64) * 4
@@ -148,8 +170,11 @@ def test_outlier_column_decomposition_is_exact_on_outliers():
     assert (y - exact).abs().max() < (y_naive - exact).abs().max() / 5
     # threshold 0 keeps every column in float: exactly the float layer
     b = torch.randn(8)
-    assert torch.allclose(int8_outlier_linear(x, w, weight_per_channel(w), b, threshold=0.0),
-                          torch.nn.functional.linear(x, w, b), atol=1e-5)
+    assert torch.allclose(
+        int8_outlier_linear(x, w, weight_per_channel(w), b, threshold=0.0),
+        torch.nn.functional.linear(x, w, b),
+        atol=1e-5,
+    )
     # a threshold above every value is plain per-token int8
     y_all = int8_outlier_linear(x, w, weight_per_channel(w), None, threshold=1e9)
     assert torch.allclose(y_all, act_per_token(x) @ weight_per_channel(w).T, atol=1e-5)
@@ -195,6 +220,7 @@ def test_passthrough_rows_equal_float(planted):
 
 # ---- hints ----------------------------------------------------------------------------------------------
 
+
 def test_hints_name_planted_modules(planted):
     lm, stats = planted
     skip = skip_modules(stats)
@@ -239,8 +265,9 @@ def test_prefix_hint_uses_bos_for_position_zero():
         x = torch.ones(8, 4)
         x[0] *= 1000
         s.update(x, token_ids=[9] * 8)
-    stats = CalibrationStats({"name": "t", "architecture": "llama"}, {s.name: s}, 4, 32, "test",
-                             first_token_ids=[9] * 4)
+    stats = CalibrationStats(
+        {"name": "t", "architecture": "llama"}, {s.name: s}, 4, 32, "test", first_token_ids=[9] * 4
+    )
     assert prefix_tokens(stats, _Tok())["token_ids"] == [1]
     assert prefix_tokens(stats)["token_ids"] == [9]  # no tokenizer: the calibration's first token
 
@@ -249,15 +276,25 @@ def profile():
     return SinkProfile(
         model={"name": "tiny", "architecture": "llama", "weights_id": "", "n_layers": 2},
         sink_rule={"positions": [0], "token_texts": ["\n"], "description": ""},
-        sink_tokens=[], spike_channels=[{"channel": 3, "typical_value": 100.0, "frequency": 1.0}],
-        step_up_layers=[1], step_down_layers=[3], sink_heads=[], pinned_slots=2, prompts={}, schema=PROFILE_SCHEMA)
+        sink_tokens=[],
+        spike_channels=[{"channel": 3, "typical_value": 100.0, "frequency": 1.0}],
+        step_up_layers=[1],
+        step_down_layers=[3],
+        sink_heads=[],
+        pinned_slots=2,
+        prompts={},
+        schema=PROFILE_SCHEMA,
+    )
 
 
 def test_hints_from_profile():
     p = profile()
     h = get_quantization_hints(p, "torchao")
-    assert h["config"]["modules_to_not_convert"] == ["model.layers.1.mlp.down_proj", "model.layers.3.mlp.down_proj",
-                                                     "lm_head"]
+    assert h["config"]["modules_to_not_convert"] == [
+        "model.layers.1.mlp.down_proj",
+        "model.layers.3.mlp.down_proj",
+        "lm_head",
+    ]
     assert h["basis"]["spike_channels"][0]["channel"] == 3
     pre = get_quantization_hints(p, "prefix", tokenizer=_Tok())
     assert pre["config"]["token_ids"] == [1, 42]
@@ -268,6 +305,7 @@ def test_hints_from_profile():
 
 
 # ---- each backend's output loads into its library's own config class ------------------------------------
+
 
 def test_bitsandbytes_config_loads(planted, tmp_path):
     from transformers import BitsAndBytesConfig
@@ -283,8 +321,13 @@ def test_bitsandbytes_config_loads(planted, tmp_path):
 def _torchao_dict_schema_ok(d: dict) -> bool:
     # TorchAoConfig.to_dict() layout (transformers 5): quant_type = {"default": torchao config_to_dict(...)}
     qt = d["quant_type"]
-    return (d["quant_method"] == "torchao" and set(qt) == {"default"} and qt["default"]["_type"]
-            and isinstance(qt["default"]["_data"], dict) and isinstance(d["modules_to_not_convert"], list))
+    return (
+        d["quant_method"] == "torchao"
+        and set(qt) == {"default"}
+        and qt["default"]["_type"]
+        and isinstance(qt["default"]["_data"], dict)
+        and isinstance(d["modules_to_not_convert"], list)
+    )
 
 
 def test_torchao_config_loads(planted, tmp_path):
@@ -345,6 +388,7 @@ def test_every_backend_is_json_ready(planted):
 
 # ---- validation -------------------------------------------------------------------------------------------
 
+
 def test_validate_orders_schemes(planted):
     lm, stats = planted
     calib = sequences()
@@ -352,8 +396,16 @@ def test_validate_orders_schemes(planted):
     hints = {"threshold": 6.0, "alpha": 0.8, "skip": skip_modules(stats), "prefix": [PLANT_ID]}
     r = validate(lm, stats, calib, held, hints)
     ppl = {x["scheme"]: x["perplexity"] for x in r["results"]}
-    assert set(ppl) == {"float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted",
-                        "prefix", "float_prefix"}
+    assert set(ppl) == {
+        "float",
+        "naive_static",
+        "dynamic",
+        "int8_outliers",
+        "smoothquant",
+        "skip_hinted",
+        "prefix",
+        "float_prefix",
+    }
     assert all(math.isfinite(v) for v in ppl.values())
     assert ppl["float"] == pytest.approx(perplexity(lm, held))
     # the planted outlier wrecks one static scale; outlier handling recovers most of it
@@ -367,6 +419,7 @@ def test_validate_orders_schemes(planted):
 
 
 # ---- texts ----------------------------------------------------------------------------------------------
+
 
 class _CharTok:
     def __call__(self, text, add_special_tokens=False):

@@ -61,8 +61,21 @@ def test_cli_hints_and_validate(smollm2, tmp_path, capsys):
     from transformers import BitsAndBytesConfig
 
     out = tmp_path / "bnb.json"
-    rc = main(["quant", "--model", "smollm2-135m", "--backend", "bitsandbytes", "--out", str(out),
-               "--calib-seqs", "2", "--calib-len", "64"])
+    rc = main(
+        [
+            "quant",
+            "--model",
+            "smollm2-135m",
+            "--backend",
+            "bitsandbytes",
+            "--out",
+            str(out),
+            "--calib-seqs",
+            "2",
+            "--calib-len",
+            "64",
+        ]
+    )
     assert rc == 0
     cfg = BitsAndBytesConfig.from_dict(json.loads(out.read_text()))
     assert "lm_head" in cfg.llm_int8_skip_modules and any("down_proj" in m for m in cfg.llm_int8_skip_modules)
@@ -70,8 +83,26 @@ def test_cli_hints_and_validate(smollm2, tmp_path, capsys):
     assert "down_proj" in printed and "outlier tokens" in printed
 
     res = tmp_path / "val.json"
-    rc = main(["quant", "--model", "smollm2-135m", "--validate", "--alpha", "0.8", "--calib-seqs", "2",
-               "--calib-len", "64", "--heldout-seqs", "1", "--heldout-len", "64", "--json", str(res)])
+    rc = main(
+        [
+            "quant",
+            "--model",
+            "smollm2-135m",
+            "--validate",
+            "--alpha",
+            "0.8",
+            "--calib-seqs",
+            "2",
+            "--calib-len",
+            "64",
+            "--heldout-seqs",
+            "1",
+            "--heldout-len",
+            "64",
+            "--json",
+            str(res),
+        ]
+    )
     assert rc == 0
     d = json.loads(res.read_text())
     ppl = {r["scheme"]: r["perplexity"] for r in d["results"]}
@@ -83,6 +114,22 @@ def test_cli_hints_and_validate(smollm2, tmp_path, capsys):
 
 @pytest.mark.integration
 def test_cli_bad_alpha(capsys):
-    assert main(["quant", "--model", "smollm2-135m", "--backend", "llm-compressor", "--alpha", "2",
-                 "--calib-seqs", "1", "--calib-len", "16"]) == 2
+    assert (
+        main(
+            [
+                "quant",
+                "--model",
+                "smollm2-135m",
+                "--backend",
+                "llm-compressor",
+                "--alpha",
+                "2",
+                "--calib-seqs",
+                "1",
+                "--calib-len",
+                "16",
+            ]
+        )
+        == 2
+    )
     assert "--alpha" in capsys.readouterr().err

@@ -41,7 +41,9 @@ def sink_share(q, k, allowed, scaling, sinks, softcap=None, valid=None):
 def check(q, k, v, mask, allowed, scaling, forward="triton", valid=None, out_rows=None, **kw):
     """Fused vs exact (same dtype) and vs eager in float32: output, colsum, sink mass."""
     out, col, sm = fused_attention_with_stats(q, k, v, mask, scaling, query_valid=valid, forward=forward, **kw)
-    e_out, e_col, _, e_sm = exact_attention_with_stats(q, k, v, mask, scaling, query_valid=valid, block_bytes=300, **kw)
+    e_out, e_col, _, e_sm = exact_attention_with_stats(
+        q, k, v, mask, scaling, query_valid=valid, block_bytes=300, **kw
+    )
     assert out.dtype == q.dtype and col.dtype == torch.float32 and out.shape == e_out.shape
     half = q.dtype != torch.float32
     torch.testing.assert_close(col, e_col, **(dict(atol=1e-3, rtol=1e-3) if half else TOL))

@@ -76,16 +76,22 @@ def top_value(top_channels: np.ndarray, top_values: np.ndarray, t: int) -> tuple
     return float(top_values[layer, t, 0]), layer, int(top_channels[layer, t, 0])
 
 
-def step_layers(embed_norm: float, layer_norms: np.ndarray, fraction: float = STEP_FRACTION) -> tuple[list[int], list[int]]:
+def step_layers(
+    embed_norm: float, layer_norms: np.ndarray, fraction: float = STEP_FRACTION
+) -> tuple[list[int], list[int]]:
     """(step-up layers, step-down layers) of one token from its per-layer residual norms (L,)."""
     n = np.concatenate([[embed_norm], layer_norms])
     delta = np.diff(n)  # delta[l] = n_l - n_{l-1}
     peak = float(layer_norms.max())
-    return ([int(l) for l in np.flatnonzero(delta >= fraction * peak)],
-            [int(l) for l in np.flatnonzero(-delta >= fraction * peak)])
+    return (
+        [int(l) for l in np.flatnonzero(delta >= fraction * peak)],
+        [int(l) for l in np.flatnonzero(-delta >= fraction * peak)],
+    )
 
 
-def spike_channels(top_channels: np.ndarray, top_values: np.ndarray, t: int, layer: int, threshold: float) -> list[int]:
+def spike_channels(
+    top_channels: np.ndarray, top_values: np.ndarray, t: int, layer: int, threshold: float
+) -> list[int]:
     """Channels of token t at `layer` whose |h| exceeds threshold x the median token's largest |h|."""
     typical = float(np.median(np.abs(top_values[layer, :, 0])))
     mags = np.abs(top_values[layer, t])
@@ -136,7 +142,8 @@ def learned_sinks(share: np.ndarray, alpha: np.ndarray, top_sink: int) -> dict:
     l, h = np.unravel_index(int(flat.argmax()), share.shape)
     return {
         "definition": "mean over queries of the probability given to the learned sink (no key receives it)",
-        "mean_share": float(np.nanmean(share)), "max": {"layer": int(l), "head": int(h), "share": float(share[l, h])},
+        "mean_share": float(np.nanmean(share)),
+        "max": {"layer": int(l), "head": int(h), "share": float(share[l, h])},
         "per_layer_mean": [float(np.nanmean(r)) if np.isfinite(r).any() else None for r in share],
         "share": share.tolist(),  # [L][H], null on layers that are not attention
         "top_token_sink": {"position": int(top_sink), "alpha": alpha[:, :, top_sink].tolist()},
@@ -147,8 +154,12 @@ def jaccard(a: set[int], b: set[int]) -> float | None:
     return len(a & b) / len(a | b) if (a | b) else None
 
 
-def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: float = DEFAULT_EPSILON,
-            min_sink_rate: float = DEFAULT_MIN_SINK_RATE) -> Report:
+def analyze(
+    capture: Capture,
+    threshold: float = DEFAULT_THRESHOLD,
+    epsilon: float = DEFAULT_EPSILON,
+    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
+) -> Report:
     """Spike tokens, sink tokens, their overlap and KV impact of one captured sequence."""
     from sinkhole.errors import SinkholeError
     from sinkhole.validate import analysis_params
@@ -164,12 +175,22 @@ def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: flo
     for t in np.flatnonzero(scores > threshold):
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, int(t))
         up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t])
-        spikes.append(asdict(SpikeToken(
-            position=int(t), text=c.tokens[t], score=float(scores[t]), max_norm=float(peaks[t]),
-            top_value=value, layer=layer, channel=channel,
-            channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
-            step_up_layers=up, step_down_layers=down,
-        )))
+        spikes.append(
+            asdict(
+                SpikeToken(
+                    position=int(t),
+                    text=c.tokens[t],
+                    score=float(scores[t]),
+                    max_norm=float(peaks[t]),
+                    top_value=value,
+                    layer=layer,
+                    channel=channel,
+                    channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
+                    step_up_layers=up,
+                    step_down_layers=down,
+                )
+            )
+        )
     rows = attention_rows(c.attn_mass)
     alpha = c.attn_mass if rows.all() else c.attn_mass[rows]  # attention layers only
     mass = attention_mass(alpha)
@@ -189,26 +210,43 @@ def analyze(capture: Capture, threshold: float = DEFAULT_THRESHOLD, epsilon: flo
         model=c.model.to_dict(),
         prompt=c.prompt,
         chat=c.chat,
-        tokens=[{"position": i, "id": int(tid), "text": txt} for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))],
+        tokens=[
+            {"position": i, "id": int(tid), "text": txt} for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))
+        ],
         spikes={"threshold": threshold, "tokens": spikes, "per_token_score": scores.tolist()},
         sinks={
-            "epsilon": epsilon, "min_sink_rate": min_sink_rate, "top": sink(top_sink), "tokens": sinks,
-            "per_token_mass": mass.tolist(), "per_token_sink_rate": rate.tolist(),
+            "epsilon": epsilon,
+            "min_sink_rate": min_sink_rate,
+            "top": sink(top_sink),
+            "tokens": sinks,
+            "per_token_mass": mass.tolist(),
+            "per_token_sink_rate": rate.tolist(),
         },
         overlap={"jaccard": jaccard(spike_pos, sink_pos), "positions": sorted(spike_pos & sink_pos)},
         kv={
             "sink_attention_share": attention_share(c.attn_colsum[rows], sink_list),
-            "sink_slot_share": len(sink_list) / T, "n_sink_slots": len(sink_list), "n_slots": T,
+            "sink_slot_share": len(sink_list) / T,
+            "n_sink_slots": len(sink_list),
+            "n_slots": T,
         },
-        layers={"max_norm": c.resid_norm.max(axis=1).tolist(), "median_norm": np.median(c.resid_norm, axis=1).tolist(),
-                "kinds": list(c.model.layer_kinds) or ["attention"] * c.resid_norm.shape[0],
-                "attention": [int(l) for l in np.flatnonzero(rows)]},
+        layers={
+            "max_norm": c.resid_norm.max(axis=1).tolist(),
+            "median_norm": np.median(c.resid_norm, axis=1).tolist(),
+            "kinds": list(c.model.layer_kinds) or ["attention"] * c.resid_norm.shape[0],
+            "attention": [int(l) for l in np.flatnonzero(rows)],
+        },
         extra={
             "heads": {"mass_on_top_sink": c.attn_mass[:, :, top_sink].tolist(), "top_sink_position": top_sink},
             "residual": {
-                "norm": c.resid_norm.tolist(), "attn_out_norm": c.attn_out_norm.tolist(),
-                "ffn_out_norm": c.ffn_out_norm.tolist(), "embed_norm": c.embed_norm.tolist(),
+                "norm": c.resid_norm.tolist(),
+                "attn_out_norm": c.attn_out_norm.tolist(),
+                "ffn_out_norm": c.ffn_out_norm.tolist(),
+                "embed_norm": c.embed_norm.tolist(),
             },
-            **({"learned_sinks": learned_sinks(c.sink_share, c.attn_mass, top_sink)} if c.sink_share is not None else {}),
+            **(
+                {"learned_sinks": learned_sinks(c.sink_share, c.attn_mass, top_sink)}
+                if c.sink_share is not None
+                else {}
+            ),
         },
     )

@@ -29,7 +29,7 @@ def sequence_nll(lm, ids: list[int], start: int = 1, chunk: int = 256) -> tuple[
             logits = head(hidden[s:e]).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            nll += float(F.cross_entropy(logits, x[0, s + 1:e + 1], reduction="sum"))
+            nll += float(F.cross_entropy(logits, x[0, s + 1 : e + 1], reduction="sum"))
     return nll, max(n - (start - 1), 0)
 
 

@@ -80,8 +80,8 @@ class _Ring:
             return self.k[:, :, :m], self.v[:, :, :m], None
         held = self.held_positions(n)
         pos = torch.tensor(held + list(range(n, n + q)), device=k.device)
-        keys = torch.cat((self.k[:, :, :len(held)], k), dim=-2)
-        values = torch.cat((self.v[:, :, :len(held)], v), dim=-2)
+        keys = torch.cat((self.k[:, :, : len(held)], k), dim=-2)
+        values = torch.cat((self.v[:, :, : len(held)], v), dim=-2)
         new = torch.arange(n, n + q, device=k.device)
         keep = (new < self.S) | (new >= n + q - self.W)  # what the ring holds after the chunk
         self.k.index_copy_(2, self.slots(new[keep]), k[:, :, keep])
@@ -116,10 +116,10 @@ class _Grow:
             if self.k is not None:
                 nk[:, :, :n], nv[:, :, :n] = self.k[:, :, :n], self.v[:, :, :n]
             self.k, self.v = nk, nv
-        self.k[:, :, n:n + q] = k
-        self.v[:, :, n:n + q] = v
+        self.k[:, :, n : n + q] = k
+        self.v[:, :, n : n + q] = v
         pos = None if q == 1 else torch.arange(n + q, device=k.device)
-        return self.k[:, :, :n + q], self.v[:, :, :n + q], pos
+        return self.k[:, :, : n + q], self.v[:, :, : n + q], pos
 
     @staticmethod
     def visible(qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
@@ -172,8 +172,10 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.plan is not None and not self.plan["used"]:
-            raise SinkholeError("HeadAwareSinkCache needs its attention function: run the model inside "
-                                "`with head_aware_attention(model):`")
+            raise SinkholeError(
+                "HeadAwareSinkCache needs its attention function: run the model inside "
+                "`with head_aware_attention(model):`"
+            )
         n, q = self.cumulative_length, key_states.shape[-2]
         groups = []
         for heads, store in ((self.retrieval, self.full), (self.streaming, self.stream)):
@@ -243,7 +245,9 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     if plan is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if kwargs.get("softcap") is not None:
         raise SinkholeError("HeadAwareSinkCache does not support attention logit softcapping")
     plan["used"] = True
@@ -324,13 +328,24 @@ class HeadAwareSinkCache(Cache):
             if kind == "global":
                 layers.append(HeadAwareLayer(self.n_kv_heads, r, _Ring(n_sink, window), _Grow()))
             else:
-                layers.append(HeadAwareLayer(self.n_kv_heads, r, _Ring(0, min(window, sw)), _Ring(0, sw), is_sliding=True))
+                layers.append(
+                    HeadAwareLayer(self.n_kv_heads, r, _Ring(0, min(window, sw)), _Ring(0, sw), is_sliding=True)
+                )
         super().__init__(layers=layers)
 
     @classmethod
-    def from_profile(cls, profile, *, model: torch.nn.Module, window: int = 256, budget: float = 0.5,
-                     length: int | None = None, n_sink: int | None = None,
-                     random_heads: int | None = None, rank_by: str = "copy") -> "HeadAwareSinkCache":
+    def from_profile(
+        cls,
+        profile,
+        *,
+        model: torch.nn.Module,
+        window: int = 256,
+        budget: float = 0.5,
+        length: int | None = None,
+        n_sink: int | None = None,
+        random_heads: int | None = None,
+        rank_by: str = "copy",
+    ) -> HeadAwareSinkCache:
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
 
         Memory is counted in key slots at `length` tokens (default: the model's trained context):
@@ -348,8 +363,10 @@ class HeadAwareSinkCache(Cache):
 
         stream = getattr(profile, "streaming", None)
         if not stream or not stream.get("scores"):
-            raise SinkholeError("the profile has no streaming scores: make it with `sinkhole profile` "
-                                "(sinkhole >= the head-aware cache) or use a shipped one")
+            raise SinkholeError(
+                "the profile has no streaming scores: make it with `sinkhole profile` "
+                "(sinkhole >= the head-aware cache) or use a shipped one"
+            )
         kinds, windows = layer_kinds(model)
         if rank_by not in ("retrieval", "copy", "all"):
             raise SinkholeError(f"rank_by must be 'retrieval', 'copy' or 'all' (got {rank_by!r})")
@@ -360,8 +377,10 @@ class HeadAwareSinkCache(Cache):
             scores = stream["copy_scores"]
         H = kv_head_count(model)
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
-            raise SinkholeError(f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "
-                                f"the model has {len(kinds)} x {H}")
+            raise SinkholeError(
+                f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "
+                f"the model has {len(kinds)} x {H}"
+            )
         n_sink = int(stream.get("n_sink", profile.pinned_slots)) if n_sink is None else n_sink
         length = length or getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 4096
         picked = select_retrieval_heads(scores, kinds, windows, n_sink, window, budget, length, random_heads)
@@ -375,11 +394,18 @@ class HeadAwareSinkCache(Cache):
         return sum(layer.used_slots() for layer in self.layers)
 
     def summary(self) -> dict:
-        return dict(n_sink=self.n_sink, window=self.window, retrieval=self.retrieval,
-                    retrieval_heads=sum(len(r) for r in self.retrieval), kv_heads=self.n_kv_heads * len(self.layers))
+        return dict(
+            n_sink=self.n_sink,
+            window=self.window,
+            retrieval=self.retrieval,
+            retrieval_heads=sum(len(r) for r in self.retrieval),
+            kv_heads=self.n_kv_heads * len(self.layers),
+        )
 
 
-def slot_costs(kinds: list[str], windows: list[int | None], n_sink: int, window: int, length: int) -> tuple[list[int], list[int]]:
+def slot_costs(
+    kinds: list[str], windows: list[int | None], n_sink: int, window: int, length: int
+) -> tuple[list[int], list[int]]:
     """Per layer: key slots one KV head holds at `length` tokens as streaming, and as retrieval (= dense)."""
     stream, full = [], []
     for kind, sw in zip(kinds, windows):
@@ -390,8 +416,16 @@ def slot_costs(kinds: list[str], windows: list[int | None], n_sink: int, window:
     return stream, full
 
 
-def select_retrieval_heads(scores: list[list[float]], kinds: list[str], windows: list[int | None], n_sink: int,
-                           window: int, budget: float, length: int, random_heads: int | None = None) -> list[list[int]]:
+def select_retrieval_heads(
+    scores: list[list[float]],
+    kinds: list[str],
+    windows: list[int | None],
+    n_sink: int,
+    window: int,
+    budget: float,
+    length: int,
+    random_heads: int | None = None,
+) -> list[list[int]]:
     """Per layer, the KV heads to keep in full so that slots <= budget x dense slots at `length` tokens."""
     import random
 
@@ -400,9 +434,13 @@ def select_retrieval_heads(scores: list[list[float]], kinds: list[str], windows:
     dense = H * sum(full)
     used = H * sum(stream)
     if used > budget * dense + 1e-9:
-        raise SinkholeError(f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
-                            f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window")
-    heads = sorted(((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H)), key=lambda x: (x[0], x[1], x[2]))
+        raise SinkholeError(
+            f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
+            f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window"
+        )
+    heads = sorted(
+        ((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H)), key=lambda x: (x[0], x[1], x[2])
+    )
     picked: list[list[int]] = [[] for _ in kinds]
     for _, l, h in heads:
         extra = full[l] - stream[l]

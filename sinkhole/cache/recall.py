@@ -104,7 +104,7 @@ def run_cache(model, ids: torch.Tensor, cache, chunk: int) -> torch.Tensor:
             e = min(s + chunk, n - 1)
             logits = model(ids[:, s:e], cache=cache, use_cache=True).logits[0].float()
             preds.append(logits.argmax(-1))
-            nlls.append(torch.nn.functional.cross_entropy(logits, ids[0, s + 1:e + 1], reduction="none"))
+            nlls.append(torch.nn.functional.cross_entropy(logits, ids[0, s + 1 : e + 1], reduction="none"))
     return torch.cat(preds).cpu(), torch.cat(nlls).cpu()
 
 
@@ -121,11 +121,22 @@ def _scores(pred: torch.Tensor, nll: torch.Tensor, ids: torch.Tensor, spans) -> 
     return sum(second) / len(second), sum(first) / len(first), text
 
 
-def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, window: int = 256,
-                    n_sink: int | None = None, span: int = 32, n_spans: int = 4, seeds: tuple[int, ...] = (0,),
-                    chunk: int = 64, random_seed: int = 0, methods: tuple[str, ...] | None = None,
-                    rank_by: str = "copy",
-                    progress=None) -> RecallResult:
+def evaluate_recall(
+    lm,
+    profile,
+    n_tokens: int = 2048,
+    budget: float = 0.5,
+    window: int = 256,
+    n_sink: int | None = None,
+    span: int = 32,
+    n_spans: int = 4,
+    seeds: tuple[int, ...] = (0,),
+    chunk: int = 64,
+    random_seed: int = 0,
+    methods: tuple[str, ...] | None = None,
+    rank_by: str = "copy",
+    progress=None,
+) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
     import math
 
@@ -154,11 +165,19 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
         "dense": lambda: DynamicCache(config=model.config),
         "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
         "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
-        "head_aware": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
-                                                              length=n_tokens, n_sink=n_sink, rank_by=rank_by),
-        "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, window=window, budget=budget,
-                                                          length=n_tokens, n_sink=n_sink, random_heads=random_seed,
-                                                          rank_by=rank_by),
+        "head_aware": lambda: HeadAwareSinkCache.from_profile(
+            profile, model=model, window=window, budget=budget, length=n_tokens, n_sink=n_sink, rank_by=rank_by
+        ),
+        "random": lambda: HeadAwareSinkCache.from_profile(
+            profile,
+            model=model,
+            window=window,
+            budget=budget,
+            length=n_tokens,
+            n_sink=n_sink,
+            random_heads=random_seed,
+            rank_by=rank_by,
+        ),
     }
     if methods is not None:
         unknown = sorted(set(methods) - set(makers))
@@ -179,35 +198,66 @@ def evaluate_recall(lm, profile, n_tokens: int = 2048, budget: float = 0.5, wind
             nll_text += [float(nll[j - 1]) for j in text]
             if isinstance(cache, HeadAwareSinkCache):
                 slots, nbytes = cache.used_slots(), cache.kv_bytes()
-                detail = dict(retrieval_heads=sum(map(len, cache.retrieval)), kv_heads=H * len(kinds),
-                              retrieval=cache.retrieval)
+                detail = dict(
+                    retrieval_heads=sum(map(len, cache.retrieval)), kv_heads=H * len(kinds), retrieval=cache.retrieval
+                )
             else:
                 slots, nbytes = dense_slots, cache_nbytes(cache)
             if progress:
                 progress(1)
-        rows.append(RecallRow(name, LABELS[name], round(sum(hits2) / len(hits2), 4), round(sum(hits1) / len(hits1), 4),
-                              round(math.exp(sum(nll_text) / len(nll_text)), 4), slots, round(slots / dense_slots, 4),
-                              nbytes, round(secs, 2), detail))
-    return RecallResult(model=lm.name, n_tokens=n_tokens, budget=budget, window=window, n_sink=n_sink,
-                        uniform_cache=C, spans=[[list(s) for s in cp.spans] for cp in streams], rows=rows,
-                        settings=dict(span=span, n_spans=n_spans, seeds=list(seeds), chunk=chunk, rank_by=rank_by,
-                                      random_seed=random_seed, dtype=str(lm.dtype).replace("torch.", ""),
-                                      device=str(lm.device)))
+        rows.append(
+            RecallRow(
+                name,
+                LABELS[name],
+                round(sum(hits2) / len(hits2), 4),
+                round(sum(hits1) / len(hits1), 4),
+                round(math.exp(sum(nll_text) / len(nll_text)), 4),
+                slots,
+                round(slots / dense_slots, 4),
+                nbytes,
+                round(secs, 2),
+                detail,
+            )
+        )
+    return RecallResult(
+        model=lm.name,
+        n_tokens=n_tokens,
+        budget=budget,
+        window=window,
+        n_sink=n_sink,
+        uniform_cache=C,
+        spans=[[list(s) for s in cp.spans] for cp in streams],
+        rows=rows,
+        settings=dict(
+            span=span,
+            n_spans=n_spans,
+            seeds=list(seeds),
+            chunk=chunk,
+            rank_by=rank_by,
+            random_seed=random_seed,
+            dtype=str(lm.dtype).replace("torch.", ""),
+            device=str(lm.device),
+        ),
+    )
 
 
 def render_recall(d: dict) -> str:
     """Plain-text table of `RecallResult.to_dict()`, with each method's ratios to dense."""
     dense = next((r for r in d["rows"] if r["method"] == "dense"), None)  # ratios only when dense ran
-    lines = [f"{d['model']}: copy recall over {d['n_tokens']}-token streams ({len(d['settings']['seeds'])} x "
-             f"{d['settings']['n_spans']} spans of {d['settings']['span']} random tokens, repeated "
-             f"{d['spans'][0][0][1] - d['spans'][0][0][0]} tokens later); budget {d['budget']:.0%} of dense KV; "
-             f"uniform caches {d['uniform_cache']} keys/head, head-aware {d['n_sink']} sinks + {d['window']}",
-             f"{'method':<26} {'KV':>6} {'recall':>7} {'vs dense':>9} {'1st occ.':>9} {'ppl text':>9} {'vs dense':>9} "
-             f"{'seconds':>8}  full heads"]
+    lines = [
+        f"{d['model']}: copy recall over {d['n_tokens']}-token streams ({len(d['settings']['seeds'])} x "
+        f"{d['settings']['n_spans']} spans of {d['settings']['span']} random tokens, repeated "
+        f"{d['spans'][0][0][1] - d['spans'][0][0][0]} tokens later); budget {d['budget']:.0%} of dense KV; "
+        f"uniform caches {d['uniform_cache']} keys/head, head-aware {d['n_sink']} sinks + {d['window']}",
+        f"{'method':<26} {'KV':>6} {'recall':>7} {'vs dense':>9} {'1st occ.':>9} {'ppl text':>9} {'vs dense':>9} "
+        f"{'seconds':>8}  full heads",
+    ]
     for r in d["rows"]:
         rel = f"{r['recall'] / dense['recall']:.2f}x" if dense and dense["recall"] else "-"
         prel = f"{r['ppl_text'] / dense['ppl_text']:.3f}x" if dense else "-"
         heads = f"{r['detail']['retrieval_heads']}/{r['detail']['kv_heads']}" if r["detail"] else "all"
-        lines.append(f"{r['label']:<26} {r['kv_share']:>6.0%} {r['recall']:>7.1%} {rel:>9} {r['recall_first']:>9.1%} "
-                     f"{r['ppl_text']:>9.2f} {prel:>9} {r['seconds']:>8.1f}  {heads}")
+        lines.append(
+            f"{r['label']:<26} {r['kv_share']:>6.0%} {r['recall']:>7.1%} {rel:>9} {r['recall_first']:>9.1%} "
+            f"{r['ppl_text']:>9.2f} {prel:>9} {r['seconds']:>8.1f}  {heads}"
+        )
     return "\n".join(lines)

@@ -167,7 +167,7 @@ class SinkCacheLayer(BatchOpsMixin, CacheLayerMixin):
         p0, q = self.cumulative_length, key_states.shape[-2]
         old_start = self.window_start
         if n:
-            self.buf_k[:, :, W:W + n] = self.rotated_sinks(old_start)
+            self.buf_k[:, :, W : W + n] = self.rotated_sinks(old_start)
         if q == 1:
             self.buf_k[:, :, p0 % W] = key_states[:, :, 0]
             self.buf_v[:, :, p0 % W] = value_states[:, :, 0]
@@ -176,8 +176,8 @@ class SinkCacheLayer(BatchOpsMixin, CacheLayerMixin):
             recent = lambda p: p % W  # noqa: E731  where a recent position sits in the returned tensor
         else:
             order = torch.tensor([p % W for p in range(old_start, p0)], device=self.device, dtype=torch.long)
-            full_k = torch.cat((self.buf_k[:, :, W:W + n], self.buf_k.index_select(2, order), key_states), dim=-2)
-            full_v = torch.cat((self.buf_v[:, :, W:W + n], self.buf_v.index_select(2, order), value_states), dim=-2)
+            full_k = torch.cat((self.buf_k[:, :, W : W + n], self.buf_k.index_select(2, order), key_states), dim=-2)
+            full_v = torch.cat((self.buf_v[:, :, W : W + n], self.buf_v.index_select(2, order), value_states), dim=-2)
             new = torch.arange(max(p0, p0 + q - W), p0 + q, device=self.device)
             self.buf_k.index_copy_(2, new % W, key_states[:, :, new - p0])
             self.buf_v.index_copy_(2, new % W, value_states[:, :, new - p0])
@@ -254,7 +254,9 @@ class SinkCacheLayer(BatchOpsMixin, CacheLayerMixin):
             self._rot = None
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise SinkholeError("SinkCache cannot be cropped (evicted tokens are gone): assisted decoding is not supported")
+        raise SinkholeError(
+            "SinkCache cannot be cropped (evicted tokens are gone): assisted decoding is not supported"
+        )
 
 
 def rotary_inv_freq(model: torch.nn.Module, layer_type: str) -> torch.Tensor:
@@ -289,18 +291,28 @@ class SinkCache(Cache):
     absolute positions to pin (a profile's sinks, say).
     """
 
-    def __init__(self, n_sink: int = 4, window: int = 1020, *, model: torch.nn.Module | None = None,
-                 sink_positions: list[int] | None = None):
+    def __init__(
+        self,
+        n_sink: int = 4,
+        window: int = 1020,
+        *,
+        model: torch.nn.Module | None = None,
+        sink_positions: list[int] | None = None,
+    ):
         from sinkhole.validate import integer
 
         if not isinstance(model, torch.nn.Module):
-            raise SinkholeError("SinkCache needs the loaded model object (for its rotary frequencies): "
-                                f"SinkCache(..., model=lm.model), not {type(model).__name__} {model!r:.40}")
+            raise SinkholeError(
+                "SinkCache needs the loaded model object (for its rotary frequencies): "
+                f"SinkCache(..., model=lm.model), not {type(model).__name__} {model!r:.40}"
+            )
         n_sink = integer(n_sink, "n_sink", lo=0, example=4)
         window = integer(window, "window", lo=2, example=1020)
         if sink_positions is not None:
             if isinstance(sink_positions, (str, bytes)) or not hasattr(sink_positions, "__iter__"):
-                raise SinkholeError(f"sink_positions must be a list of non-negative integers, not {sink_positions!r:.40}")
+                raise SinkholeError(
+                    f"sink_positions must be a list of non-negative integers, not {sink_positions!r:.40}"
+                )
             sink_positions = [integer(p, "a sink position", lo=0) for p in sink_positions]
         pinned = tuple(sorted(set(sink_positions))) if sink_positions is not None else tuple(range(n_sink))
         self.pinned, self.window = pinned, int(window)
@@ -318,7 +330,7 @@ class SinkCache(Cache):
         super().__init__(layers=layers)
 
     @classmethod
-    def from_profile(cls, profile, window: int = 1020, *, model: torch.nn.Module) -> "SinkCache":
+    def from_profile(cls, profile, window: int = 1020, *, model: torch.nn.Module) -> SinkCache:
         """Pin the positions a `SinkProfile` found to sink (its `pinned_slots` first sink positions).
 
         When the profile asks for more slots than it lists positions, the earliest unlisted

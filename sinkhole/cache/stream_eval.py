@@ -75,7 +75,7 @@ def nll_dense(model, ids: torch.Tensor, upto: int, chunk: int = 512, progress=No
         e = min(s + chunk, upto)
         logits = model(ids[:, s:e], cache=cache, use_cache=True).logits
         tgt_end = min(e + 1, upto)
-        out.append(_token_nll(logits[:, : tgt_end - 1 - s], ids[:, s + 1: tgt_end])[0])
+        out.append(_token_nll(logits[:, : tgt_end - 1 - s], ids[:, s + 1 : tgt_end])[0])
         if progress:
             progress((e - s) * BATCHED_TOKEN_COST)
     return torch.cat(out)
@@ -87,16 +87,17 @@ def nll_streaming(model, ids: torch.Tensor, cache, progress=None) -> torch.Tenso
     n = ids.shape[1]
     out = torch.empty(n - 1)
     for t in range(n - 1):
-        logits = model(ids[:, t: t + 1], cache=cache, use_cache=True).logits
-        out[t] = _token_nll(logits, ids[:, t + 1: t + 2])[0, 0]
+        logits = model(ids[:, t : t + 1], cache=cache, use_cache=True).logits
+        out[t] = _token_nll(logits, ids[:, t + 1 : t + 2])[0, 0]
         if progress:
             progress(1)
     return out
 
 
 @torch.inference_mode()
-def nll_recompute(model, ids: torch.Tensor, context: int, targets: list[int], batch: int = 8,
-                  progress=None) -> torch.Tensor:
+def nll_recompute(
+    model, ids: torch.Tensor, context: int, targets: list[int], batch: int = 8, progress=None
+) -> torch.Tensor:
     """nll of x_j from a fresh forward over x_{j-context}..x_{j-1} (positions 0..context-1).
 
     targets: positions j with j >= context (so every window is full and windows batch together).
@@ -104,8 +105,8 @@ def nll_recompute(model, ids: torch.Tensor, context: int, targets: list[int], ba
     """
     out = []
     for s in range(0, len(targets), batch):
-        js = targets[s: s + batch]
-        windows = torch.stack([ids[0, j - context: j] for j in js])  # (b, context)
+        js = targets[s : s + batch]
+        windows = torch.stack([ids[0, j - context : j] for j in js])  # (b, context)
         logits = model(windows).logits[:, -1:, :]
         out.append(_token_nll(logits, ids[0, js][:, None])[:, 0])
         if progress:
@@ -155,10 +156,19 @@ class StreamResult:
     def summary(self) -> list[dict]:
         rows = []
         for m in self.methods.values():
-            past = m.nll[self.cache_size:]  # predictions made after the first eviction
+            past = m.nll[self.cache_size :]  # predictions made after the first eviction
             sample = [m.nll[j - 1] for j in self.sample_positions]
-            rows.append(dict(method=m.name, label=m.label, slots=m.slots, scored=m.scored(),
-                             ppl=perplexity(m.nll), ppl_past_cache=perplexity(past), ppl_sample=perplexity(sample)))
+            rows.append(
+                dict(
+                    method=m.name,
+                    label=m.label,
+                    slots=m.slots,
+                    scored=m.scored(),
+                    ppl=perplexity(m.nll),
+                    ppl_past_cache=perplexity(past),
+                    ppl_sample=perplexity(sample),
+                )
+            )
         return rows
 
     def to_dict(self) -> dict:
@@ -184,9 +194,17 @@ def sample_targets(n_tokens: int, cache_size: int, samples: int) -> list[int]:
     return pool[::step][:samples]
 
 
-def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 4,
-                    profile_positions: list[int] | None = None, recompute_samples: int = 64,
-                    text_source: str = "", progress=None, phase=None) -> StreamResult:
+def evaluate_stream(
+    lm,
+    ids: torch.Tensor,
+    cache_size: int = 256,
+    n_sink: int = 4,
+    profile_positions: list[int] | None = None,
+    recompute_samples: int = 64,
+    text_source: str = "",
+    progress=None,
+    phase=None,
+) -> StreamResult:
     """Run every method on the token ids (1, N) and collect per-position nll.
 
     progress(k): k more units of work done; phase(label): the method about to run (for the bar)."""
@@ -206,22 +224,33 @@ def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 
             phase(METHOD_LABELS[name])
         t0 = time.perf_counter()
         vals = fn()
-        methods[name] = MethodResult(name, METHOD_LABELS[name], slots, sinks,
-                                     _floats(vals.cpu(), n - 1, offset), time.perf_counter() - t0)
+        methods[name] = MethodResult(
+            name, METHOD_LABELS[name], slots, sinks, _floats(vals.cpu(), n - 1, offset), time.perf_counter() - t0
+        )
 
     dense_upto = min(n, lm.max_context or n)
     timed("dense", None, [], lambda: nll_dense(model, ids, dense_upto, progress=progress))
     timed("window", cache_size, [], lambda: nll_streaming(model, ids, SinkCache(0, cache_size, model=model), progress))
     sinks = list(range(n_sink))
-    timed("sinks", cache_size, sinks,
-          lambda: nll_streaming(model, ids, SinkCache(n_sink, cache_size - n_sink, model=model), progress))
+    timed(
+        "sinks",
+        cache_size,
+        sinks,
+        lambda: nll_streaming(model, ids, SinkCache(n_sink, cache_size - n_sink, model=model), progress),
+    )
     if profile_positions is not None:
         pins = sorted(set(profile_positions))
         if len(pins) >= cache_size - 1:
             raise SinkholeError(f"the profile pins {len(pins)} slots, too many for a cache of {cache_size}")
         if pins == sinks:  # same policy: reuse the run rather than stream again
-            methods["profile"] = MethodResult("profile", METHOD_LABELS["profile"], cache_size, pins,
-                                              list(methods["sinks"].nll), methods["sinks"].seconds)
+            methods["profile"] = MethodResult(
+                "profile",
+                METHOD_LABELS["profile"],
+                cache_size,
+                pins,
+                list(methods["sinks"].nll),
+                methods["sinks"].seconds,
+            )
         else:
             cache = SinkCache(window=cache_size - len(pins), model=model, sink_positions=pins)
             timed("profile", cache_size, pins, lambda: nll_streaming(model, ids, cache, progress))
@@ -233,12 +262,24 @@ def evaluate_stream(lm, ids: torch.Tensor, cache_size: int = 256, n_sink: int = 
     rec_nll: list[float | None] = [None] * (n - 1)
     for j, v in zip(targets, rec.tolist()):
         rec_nll[j - 1] = round(v, 5)
-    methods["recompute"] = MethodResult("recompute", METHOD_LABELS["recompute"], cache_size, [], rec_nll,
-                                        time.perf_counter() - t0)
-    return StreamResult(model=lm.name, text_source=text_source, n_tokens=n, cache_size=cache_size,
-                        n_sink=n_sink, sample_positions=targets, methods=methods,
-                        settings=dict(recompute_samples=recompute_samples, dense_upto=dense_upto,
-                                      dtype=str(lm.dtype).replace("torch.", ""), device=str(lm.device)))
+    methods["recompute"] = MethodResult(
+        "recompute", METHOD_LABELS["recompute"], cache_size, [], rec_nll, time.perf_counter() - t0
+    )
+    return StreamResult(
+        model=lm.name,
+        text_source=text_source,
+        n_tokens=n,
+        cache_size=cache_size,
+        n_sink=n_sink,
+        sample_positions=targets,
+        methods=methods,
+        settings=dict(
+            recompute_samples=recompute_samples,
+            dense_upto=dense_upto,
+            dtype=str(lm.dtype).replace("torch.", ""),
+            device=str(lm.device),
+        ),
+    )
 
 
 def progress_total(n: int, cache_size: int, n_streams: int, n_samples: int, dense_upto: int) -> int:
@@ -251,7 +292,7 @@ def binned_ppl(nll: list[float | None], width: int) -> tuple[list[float], list[f
     each bin (nll[i] scores token i+1); bins with nothing scored are left out."""
     centres, vals = [], []
     for s in range(0, len(nll), width):
-        scored = [(i + 1, v) for i, v in enumerate(nll[s: s + width], start=s) if v is not None]
+        scored = [(i + 1, v) for i, v in enumerate(nll[s : s + width], start=s) if v is not None]
         if scored:
             centres.append(sum(j for j, _ in scored) / len(scored))
             vals.append(math.exp(sum(v for _, v in scored) / len(scored)))
@@ -260,17 +301,24 @@ def binned_ppl(nll: list[float | None], width: int) -> tuple[list[float], list[f
 
 def render_table(result: dict) -> str:
     """Plain-text table of `StreamResult.to_dict()`."""
+
     def f(v):
         return "-" if v is None else (f"{v:.2f}" if v < 1000 else f"{v:.0f}")
 
-    lines = [f"{result['model']}: {result['n_tokens']} tokens of {result['text_source']}, "
-             f"cache {result['cache_size']} keys per global layer, {len(result['sample_positions'])} recompute samples",
-             f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12}"]
+    lines = [
+        f"{result['model']}: {result['n_tokens']} tokens of {result['text_source']}, "
+        f"cache {result['cache_size']} keys per global layer, {len(result['sample_positions'])} recompute samples",
+        f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12}",
+    ]
     for r in result["summary"]:
         slots = "all" if r["slots"] is None else str(r["slots"])
-        label = r["label"] + (f" {result['methods'][r['method']]['sink_positions']}" if r["method"] == "profile" else "")
-        lines.append(f"{label:<28} {slots:>5} {r['scored']:>6} {f(r['ppl']):>9} {f(r['ppl_past_cache']):>13} "
-                     f"{f(r['ppl_sample']):>12}")
+        label = r["label"] + (
+            f" {result['methods'][r['method']]['sink_positions']}" if r["method"] == "profile" else ""
+        )
+        lines.append(
+            f"{label:<28} {slots:>5} {r['scored']:>6} {f(r['ppl']):>9} {f(r['ppl_past_cache']):>13} "
+            f"{f(r['ppl_sample']):>12}"
+        )
     return "\n".join(lines)
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkhole.cli.common import (add_analysis_args, add_model_args, add_prompt_args, load_probe, raise_failures, read_prompt,
-                                 result_stream, write_all)
+from sinkhole.cli.common import (
+    add_analysis_args,
+    add_model_args,
+    add_prompt_args,
+    load_probe,
+    raise_failures,
+    read_prompt,
+    result_stream,
+    write_all,
+)
 
 HELP = "which tokens spike, which sink, whether they coincide, and their KV budget"
 EPILOG = """examples:
@@ -16,14 +24,21 @@ EPILOG = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "analyze",
+        help=HELP,
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
     add_prompt_args(p)
     add_analysis_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--output", "-o", type=Path, help="write the HTML report here")
-    o.add_argument("--json", type=Path, help="write the JSON report here ('-': stdout, and the summary goes to stderr)")
+    o.add_argument(
+        "--json", type=Path, help="write the JSON report here ('-': stdout, and the summary goes to stderr)"
+    )
     p.set_defaults(run=run)
 
 
@@ -39,8 +54,12 @@ def run(args) -> int:
     capture = probe.run(prompt, chat=args.chat, progress=progress_printer(probe.info.n_layers))
     report = analyze(capture, threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate)
     d = report.to_dict()
-    failures = write_all([(args.output, lambda: html.write_html(d, args.output, capture=capture)),
-                          (args.json, lambda: write_json(d, args.json))])
+    failures = write_all(
+        [
+            (args.output, lambda: html.write_html(d, args.output, capture=capture)),
+            (args.json, lambda: write_json(d, args.json)),
+        ]
+    )
     print(render_analysis(d), file=result_stream(args.json))
     raise_failures(failures)
     return 0

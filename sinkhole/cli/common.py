@@ -11,18 +11,27 @@ from sinkhole.errors import SinkholeError
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2-135m",
-                   help="bundled short name (smollm2-135m, gemma3-270m), local model directory, cached hub id, or .gguf file")
+    g.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="bundled short name (smollm2-135m, gemma3-270m), local model directory, cached hub id, or .gguf file",
+    )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate device_map across GPUs)")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)"
+    )
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the weights")
     add_threads_arg(g)
 
 
 def add_threads_arg(g) -> None:
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the physical cores, at most 8, less those other jobs keep busy "
-                        "now; OMP_NUM_THREADS, when set, is respected)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the physical cores, at most 8, less those other jobs keep busy "
+        "now; OMP_NUM_THREADS, when set, is respected)",
+    )
 
 
 def busy_cpus(samples: int = 5, interval: float = 0.01) -> int | None:
@@ -85,8 +94,13 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_chat_args(g) -> None:
-    g.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="apply the tokenizer's chat template (default: when it has one)")
+    g.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="apply the tokenizer's chat template (default: when it has one)",
+    )
     g.add_argument("--no-chat", dest="chat", action="store_false")
 
 
@@ -95,11 +109,19 @@ def add_analysis_args(p: argparse.ArgumentParser, sink_rate: bool = True) -> Non
     from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
 
     g = p.add_argument_group("analysis")
-    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10")
-    g.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3")
+    g.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="spike score threshold (x median), default 10"
+    )
+    g.add_argument(
+        "--epsilon", type=float, default=DEFAULT_EPSILON, help="attention mass counted as sinking a head, default 0.3"
+    )
     if sink_rate:
-        g.add_argument("--min-sink-rate", type=float, default=DEFAULT_MIN_SINK_RATE,
-                       help="share of heads a sink token must hold, default 0.5")
+        g.add_argument(
+            "--min-sink-rate",
+            type=float,
+            default=DEFAULT_MIN_SINK_RATE,
+            help="share of heads a sink token must hold, default 0.5",
+        )
 
 
 def read_prompt(args) -> str:
@@ -122,8 +144,9 @@ def read_prompt(args) -> str:
 def load_probe(args, **kw):
     from sinkhole.probe.probe import ModelProbe
 
-    return ModelProbe(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, log=status, **kw)
+    return ModelProbe(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status, **kw
+    )
 
 
 def status(msg: str) -> None:

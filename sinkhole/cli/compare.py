@@ -15,8 +15,9 @@ EPILOG = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compare", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("a", help="first report JSON, eval summary.json, or eval run directory")
     p.add_argument("b", help="second one, of the same kind")
     p.add_argument("--output", "-o", type=Path, help="write the comparison as an HTML page here")
@@ -31,8 +32,12 @@ def run(args) -> int:
     from sinkhole.report.schema import write_json
 
     c = compare(load(args.a), load(args.b))
-    failures = write_all([(args.output, lambda: write_output(args.output, compare_html(c), "comparison page")),
-                          (args.json, lambda: write_json(c, args.json))])
+    failures = write_all(
+        [
+            (args.output, lambda: write_output(args.output, compare_html(c), "comparison page")),
+            (args.json, lambda: write_json(c, args.json)),
+        ]
+    )
     print(render_compare(c), file=result_stream(args.json))
     raise_failures(failures)
     return 0

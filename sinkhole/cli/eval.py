@@ -19,21 +19,29 @@ that directory are refused. Outputs: results.jsonl, run.json, summary.json, rows
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     g = p.add_argument_group("prompts")
-    g.add_argument("--prompts", default="builtin",
-                   help="'builtin' (the shipped suite), a .jsonl file ({\"prompt\", \"category\"} a line) or a .txt file (one prompt a line)")
+    g.add_argument(
+        "--prompts",
+        default="builtin",
+        help='\'builtin\' (the shipped suite), a .jsonl file ({"prompt", "category"} a line) or a .txt file (one prompt a line)',
+    )
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
     add_chat_args(g)
     add_analysis_args(p)
     b = p.add_argument_group("run")
-    b.add_argument("--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)")
+    b.add_argument(
+        "--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)"
+    )
     b.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     b.add_argument("--max-batch", type=int, default=None, help="prompts per forward, default 32")
     b.add_argument("--no-figures", action="store_true", help="skip the PNG figures and HTML page")
-    b.add_argument("--csv", type=Path, help="also write the per-prompt rows as CSV here (DIR/rows.csv is always written)")
+    b.add_argument(
+        "--csv", type=Path, help="also write the per-prompt rows as CSV here (DIR/rows.csv is always written)"
+    )
     p.set_defaults(run=run)
 
 
@@ -42,7 +50,9 @@ def run(args) -> int:
     from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
 
     suite = load_suite(args.prompts, args.limit)
-    settings = EvalSettings(threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat)
+    settings = EvalSettings(
+        threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat
+    )
     if args.batch_tokens:
         settings.max_batch_tokens = args.batch_tokens
     if args.max_batch:
@@ -54,6 +64,7 @@ def run(args) -> int:
         probe = load_probe(args)
         bar = progress(total=len(suite), desc="eval", unit="prompt")
         try:
+
             def initial(n: int) -> None:
                 if n:
                     status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
@@ -70,9 +81,14 @@ def run(args) -> int:
 
                 write_csv(rows, args.csv)
         except OSError as err:
-            raise SinkholeError(f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
-                                f"{args.out}/results.jsonl: free space and run the same command again") from None
-    status(f"wrote {args.out}/results.jsonl, summary.json, rows.csv" + ("" if args.no_figures else ", figures, summary.html")
-           + (f", {args.csv}" if args.csv else ""))
+            raise SinkholeError(
+                f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
+                f"{args.out}/results.jsonl: free space and run the same command again"
+            ) from None
+    status(
+        f"wrote {args.out}/results.jsonl, summary.json, rows.csv"
+        + ("" if args.no_figures else ", figures, summary.html")
+        + (f", {args.csv}" if args.csv else "")
+    )
     print(render_summary(summary))
     return 0

@@ -23,9 +23,12 @@ Definitions and measured results: docs/lab.md.
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("lab", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)")
+    p = sub.add_parser(
+        "lab", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)"
+    )
     p.add_argument("--quick", action="store_true", help="three variants at 300 steps (about 35 s)")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all, or the quick three)")
     g = p.add_argument_group("training")
@@ -34,7 +37,9 @@ def add_parser(sub) -> None:
     g.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per variant (default 10)")
     g.add_argument("--layers", type=int, default=None, help="decoder layers of the base model (default 1)")
     g.add_argument("--d-model", type=int, default=None, help="residual width of the base model (default 32)")
-    g.add_argument("--task", choices=("bigram-backcopy", "zipf"), default=None, help="synthetic data (default bigram-backcopy)")
+    g.add_argument(
+        "--task", choices=("bigram-backcopy", "zipf"), default=None, help="synthetic data (default bigram-backcopy)"
+    )
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     o = p.add_argument_group("output")
     o.add_argument("--save-checkpoints", action="store_true", help="keep every checkpoint's weights (.pt)")
@@ -70,10 +75,9 @@ def settings_from_args(args):
 def run(args) -> int:
     import torch
 
-    from sinkhole.progress import progress
-
     from sinkhole.lab.report import render_table, write_outputs
     from sinkhole.lab.run import check_settings, run_lab
+    from sinkhole.progress import progress
 
     settings = settings_from_args(args)
     check_settings(settings)

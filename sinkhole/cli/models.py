@@ -15,8 +15,9 @@ EPILOG = """examples:
 def add_parser(sub) -> None:
     import argparse
 
-    p = sub.add_parser("models", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "models", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--json", type=Path, help="also write the listing as JSON here")
     p.set_defaults(run=run)
 
@@ -50,8 +51,15 @@ def listing() -> dict:
             src = json.loads((d / "sinkhole-source.json").read_text())
         except (OSError, ValueError):
             src = {}
-        converted.append({"dir": str(d), "gguf": src.get("gguf"), "sha256": src.get("sha256"),
-                          "complete": (d / "config.json").is_file() and bool(src), "bytes": _size(d)})
+        converted.append(
+            {
+                "dir": str(d),
+                "gguf": src.get("gguf"),
+                "sha256": src.get("sha256"),
+                "complete": (d / "config.json").is_file() and bool(src),
+                "bytes": _size(d),
+            }
+        )
     bundled = []
     for name, m in BUNDLED.items():
         try:
@@ -59,11 +67,19 @@ def listing() -> dict:
         except SinkholeError:
             gguf = None
         conv = [c for c in converted if gguf is not None and c["gguf"] == str(gguf)]
-        bundled.append({"name": name, "description": m.description, "package": m.package, "install": m.install,
-                        "installed": gguf is not None, "gguf": None if gguf is None else str(gguf),
-                        "gguf_bytes": None if gguf is None else gguf.stat().st_size,
-                        "converted": conv[0]["dir"] if conv else None,
-                        "converted_bytes": conv[0]["bytes"] if conv else None})
+        bundled.append(
+            {
+                "name": name,
+                "description": m.description,
+                "package": m.package,
+                "install": m.install,
+                "installed": gguf is not None,
+                "gguf": None if gguf is None else str(gguf),
+                "gguf_bytes": None if gguf is None else gguf.stat().st_size,
+                "converted": conv[0]["dir"] if conv else None,
+                "converted_bytes": conv[0]["bytes"] if conv else None,
+            }
+        )
     names = {b["gguf"]: b["name"] for b in bundled if b["gguf"]}
     for c in converted:
         c["model"] = names.get(c["gguf"])
@@ -78,14 +94,22 @@ def render(d: dict) -> str:
             lines.append(f"  {'':<14} not installed: {b['install']}")
             continue
         lines.append(f"  {'':<14} GGUF {human(b['gguf_bytes'])}  {b['gguf']}")
-        lines.append(f"  {'':<14} " + (f"converted {human(b['converted_bytes'])}  {b['converted']}" if b["converted"]
-                                       else "not converted yet (the first run converts it once)"))
+        lines.append(
+            f"  {'':<14} "
+            + (
+                f"converted {human(b['converted_bytes'])}  {b['converted']}"
+                if b["converted"]
+                else "not converted yet (the first run converts it once)"
+            )
+        )
     conv = d["cache"]["converted"]
     total = sum(c["bytes"] for c in conv)
     lines.append(f"Cache  {d['cache']['dir']}  ({len(conv)} converted, {human(total)})")
     for c in conv:
         what = c["model"] or (Path(c["gguf"]).name if c["gguf"] else "unknown source")
-        lines.append(f"  {Path(c['dir']).name}  {human(c['bytes']):>9}  {what}" + ("" if c["complete"] else "  (incomplete)"))
+        lines.append(
+            f"  {Path(c['dir']).name}  {human(c['bytes']):>9}  {what}" + ("" if c["complete"] else "  (incomplete)")
+        )
     return "\n".join(lines)
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe
 
-HELP = "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
+HELP = (
+    "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
+)
 EPILOG = """examples:
   sinkhole profile --model smollm2-135m --out smollm2.json
   sinkhole profile --model gemma3-270m --limit 100 --out gemma3.json
@@ -21,8 +23,9 @@ on the first --stream-sinks tokens + the last --stream-window keys, over --strea
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "profile", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
@@ -44,14 +47,21 @@ def render_profile(pr) -> str:
     from sinkhole.report.terminal import pct
 
     m = pr.model
-    lines = [f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
-             f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
-             f"sink rule  {pr.sink_rule.get('description')}",
-             f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}"]
+    lines = [
+        f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
+        f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
+        f"sink rule  {pr.sink_rule.get('description')}",
+        f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}",
+    ]
     for t in pr.sink_tokens[:6]:
         where = "anywhere" if t["position"] is None else f"pos {t['position']}"
-        lines.append(f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}")
-    ch = ", ".join(f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})" for c in sorted(pr.spike_channels, key=lambda c: -abs(c["typical_value"]))[:8])  # by |h|, as everywhere
+        lines.append(
+            f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}"
+        )
+    ch = ", ".join(
+        f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})"
+        for c in sorted(pr.spike_channels, key=lambda c: -abs(c["typical_value"]))[:8]
+    )  # by |h|, as everywhere
     lines.append(f"spike channels  {ch or 'none'}")
     lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
     lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
@@ -59,8 +69,10 @@ def render_profile(pr) -> str:
     if st:
         flat = sorted((v, l, h) for l, row in enumerate(st["scores"]) for h, v in enumerate(row))
         low = ", ".join(f"L{l}H{h} {v:.2f}" for v, l, h in flat[:6])
-        lines.append(f"streaming scores  (share on {st['n_sink']} sinks + last {st['window']} keys, "
-                     f"{len(flat)} KV heads)  mean {sum(v for v, _, _ in flat) / len(flat):.2f}  lowest: {low}")
+        lines.append(
+            f"streaming scores  (share on {st['n_sink']} sinks + last {st['window']} keys, "
+            f"{len(flat)} KV heads)  mean {sum(v for v, _, _ in flat) / len(flat):.2f}  lowest: {low}"
+        )
     return "\n".join(lines)
 
 
@@ -77,11 +89,18 @@ def run(args) -> int:
     from sinkhole.progress import progress
 
     with progress(total=len(suite), desc="profile", unit="prompt") as bar:
-        profile = SinkDetector(probe, prompts=suite, chat=args.chat, threshold=args.threshold, epsilon=args.epsilon,
-                               min_sink_rate=args.min_sink_rate, progress=bar.update,
-                               streaming=None if args.no_streaming else dict(
-                                   n_sink=args.stream_sinks, window=args.stream_window,
-                                   count=args.stream_prompts)).detect()
+        profile = SinkDetector(
+            probe,
+            prompts=suite,
+            chat=args.chat,
+            threshold=args.threshold,
+            epsilon=args.epsilon,
+            min_sink_rate=args.min_sink_rate,
+            progress=bar.update,
+            streaming=None
+            if args.no_streaming
+            else dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts),
+        ).detect()
     from sinkhole.cli.common import raise_failures, result_stream, write_all
 
     failures = write_all([(args.out, lambda: profile.save(args.out))])

@@ -24,12 +24,12 @@ EPILOG = """examples:
 def add_parser(sub) -> None:
     from sinkhole.quant import BACKENDS
 
-    p = sub.add_parser("quant", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "quant", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     c = p.add_argument_group("calibration")
-    c.add_argument("--calib", default="builtin",
-                   help="'builtin' (Python's pydoc topics, first half) or a text file")
+    c.add_argument("--calib", default="builtin", help="'builtin' (Python's pydoc topics, first half) or a text file")
     c.add_argument("--calib-seqs", type=int, default=8, help="calibration sequences (default 8)")
     c.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
     c.add_argument("--profile", help="use a sinkhole profile (shipped name or JSON file) instead of calibrating")
@@ -37,8 +37,11 @@ def add_parser(sub) -> None:
     h = p.add_argument_group("hints")
     h.add_argument("--backend", choices=BACKENDS, help="config format to emit")
     h.add_argument("--out", type=Path, help="write the backend's config here (default: print it)")
-    h.add_argument("--alpha", default="auto",
-                   help="SmoothQuant strength, or 'auto': tuned on calibration perplexity (default auto)")
+    h.add_argument(
+        "--alpha",
+        default="auto",
+        help="SmoothQuant strength, or 'auto': tuned on calibration perplexity (default auto)",
+    )
     v = p.add_argument_group("validation")
     v.add_argument("--validate", action="store_true", help="measure fake-quantized W8A8 perplexity per scheme")
     v.add_argument("--heldout", default="builtin", help="'builtin' (pydoc topics, second half) or a text file")
@@ -69,9 +72,13 @@ def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
     from sinkhole.quant.validate import ALPHAS, tune_alpha
 
     status(f"tuning SmoothQuant alpha over {list(ALPHAS)} on calibration perplexity ...")
-    a, ppl = tune_alpha(lm, stats, [s[:128] for s in calib[:2]],
-                        progress=lambda alpha, i, n: status(f"  [{i + 1}/{n}] alpha {alpha}"))
-    return a, {"alpha": "tuned on calibration perplexity", "calibration_perplexity": {str(k): v for k, v in ppl.items()}}
+    a, ppl = tune_alpha(
+        lm, stats, [s[:128] for s in calib[:2]], progress=lambda alpha, i, n: status(f"  [{i + 1}/{n}] alpha {alpha}")
+    )
+    return a, {
+        "alpha": "tuned on calibration perplexity",
+        "calibration_perplexity": {str(k): v for k, v in ppl.items()},
+    }
 
 
 def run(args) -> int:
@@ -90,8 +97,9 @@ def run(args) -> int:
     _given_alpha(args.alpha)  # refuse a bad value before loading anything
     if args.backend == "smoothquant" and not args.out:
         raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code, log=status)
+    lm = load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
+    )
     stats, calib, failures = None, [], []
     if args.profile:
         from sinkhole.profiles.profile import load_profile
@@ -101,16 +109,25 @@ def run(args) -> int:
     else:
         calib = calibration_sequences(lm.tokenizer, args.calib, args.calib_seqs, args.calib_len)
         status(f"calibrating on {len(calib)} x {len(calib[0])} tokens of {args.calib} ...")
-        stats = source = collect_stats(lm, calib, source=str(args.calib),
-                                       progress=lambda i, n: status(f"  [{i}/{n}] calibration sequence"))
+        stats = source = collect_stats(
+            lm, calib, source=str(args.calib), progress=lambda i, n: status(f"  [{i}/{n}] calibration sequence")
+        )
         table = render_stats(stats)
         # stdout stays parseable JSON when the config itself (or a '-' output) is printed there
         if (args.out or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):
             print(table)
         else:
             status(table)
-        failures += write_all([(args.stats_json, lambda: write_output(
-            args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1), "statistics"))])
+        failures += write_all(
+            [
+                (
+                    args.stats_json,
+                    lambda: write_output(
+                        args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1), "statistics"
+                    ),
+                )
+            ]
+        )
     need_alpha = args.validate or args.backend in ("llm-compressor", "smoothquant")
     alpha, alpha_basis = _alpha(args, lm, stats, calib) if need_alpha else (None, {})
     if args.backend:
@@ -130,15 +147,20 @@ def run(args) -> int:
         from sinkhole.quant.validate import validate
 
         heldout = heldout_sequences(lm.tokenizer, args.heldout, args.heldout_seqs, args.heldout_len)
-        h = {"threshold": int8_threshold(stats)[0], "alpha": alpha, "skip": skip_modules(stats),
-             "prefix": prefix_tokens(stats, lm.tokenizer)["token_ids"]}
+        h = {
+            "threshold": int8_threshold(stats)[0],
+            "alpha": alpha,
+            "skip": skip_modules(stats),
+            "prefix": prefix_tokens(stats, lm.tokenizer)["token_ids"],
+        }
         status(f"validating on {len(heldout)} x {len(heldout[0])} held-out tokens of {args.heldout} ...")
-        result = validate(lm, stats, calib, heldout, h,
-                          progress=lambda name, i, n: status(f"  [{i + 1}/{n}] {name}"))
+        result = validate(lm, stats, calib, heldout, h, progress=lambda name, i, n: status(f"  [{i + 1}/{n}] {name}"))
         result["model"] = stats.model
         result["calibration"] = {"source": str(args.calib), "n_sequences": len(calib), "length": len(calib[0])}
         result["alpha_basis"] = alpha_basis
         print(render_validation(result), file=sys.stderr if is_stdout(args.json) else sys.stdout)
-        failures += write_all([(args.json, lambda: write_output(args.json, json.dumps(result, indent=1), "validation results"))])
+        failures += write_all(
+            [(args.json, lambda: write_output(args.json, json.dumps(result, indent=1), "validation results"))]
+        )
     raise_failures(failures)
     return 0

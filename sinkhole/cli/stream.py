@@ -26,28 +26,44 @@ with random heads, all at --budget x dense KV memory (see docs/cache.md).
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("stream", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "stream", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     g = p.add_argument_group("stream")
     g.add_argument("--text", type=Path, help="a UTF-8 text file to stream (default: Python's pydoc topics)")
     g.add_argument("--tokens", type=int, default=1024, help="tokens to stream, default 1024")
     g.add_argument("--cache", type=int, default=256, help="keys per global layer, sinks included, default 256")
     g.add_argument("--sinks", type=int, default=4, help="first tokens pinned in 'sinks + window', default 4")
-    g.add_argument("--profile", help="sink profile (file, or shipped model name) for 'profile sinks + window' "
-                                     "(default: the model's shipped profile when there is one)")
+    g.add_argument(
+        "--profile",
+        help="sink profile (file, or shipped model name) for 'profile sinks + window' "
+        "(default: the model's shipped profile when there is one)",
+    )
     g.add_argument("--no-profile", action="store_true", help="skip the profile method")
-    g.add_argument("--samples", type=int, default=48,
-                   help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48")
+    g.add_argument(
+        "--samples",
+        type=int,
+        default=48,
+        help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48",
+    )
     r = p.add_argument_group("recall (retrieval test)")
     r.add_argument("--recall", action="store_true", help="run the copy-recall test instead of perplexity")
     r.add_argument("--budget", type=float, default=0.5, help="KV memory as a share of dense, default 0.5")
-    r.add_argument("--window", type=int, default=256, help="window of the head-aware cache's streaming heads, default 256")
+    r.add_argument(
+        "--window", type=int, default=256, help="window of the head-aware cache's streaming heads, default 256"
+    )
     r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
-    r.add_argument("--rank-by", choices=["copy", "retrieval", "all"], default="copy",
-                   help="which profile scores pick the full heads (docs/cache.md), default copy")
+    r.add_argument(
+        "--rank-by",
+        choices=["copy", "retrieval", "all"],
+        default="copy",
+        help="which profile scores pick the full heads (docs/cache.md), default copy",
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here ('-': stdout)")
+    o.add_argument(
+        "--json", type=Path, help="write per-position results (schema sinkhole.stream/1) here ('-': stdout)"
+    )
     o.add_argument("--plot", type=Path, help="write a PNG of perplexity against position here")
     p.set_defaults(run=run)
 
@@ -75,13 +91,17 @@ def _checked_positions(args, prof) -> list[int]:
     from sinkhole.errors import SinkholeError
 
     if prof.pinned_slots >= args.cache - 1:
-        raise SinkholeError(f"the profile pins {prof.pinned_slots} slots, too many for --cache {args.cache}: "
-                            f"use --cache above {prof.pinned_slots + 1} or --no-profile")
+        raise SinkholeError(
+            f"the profile pins {prof.pinned_slots} slots, too many for --cache {args.cache}: "
+            f"use --cache above {prof.pinned_slots + 1} or --no-profile"
+        )
     pins = profile_positions(prof)
     late = [p for p in pins if p >= args.tokens]
     if late:
-        raise SinkholeError(f"the profile pins position {late[0]}, beyond the {args.tokens} streamed tokens: "
-                            f"stream more tokens (--tokens) or use --no-profile")
+        raise SinkholeError(
+            f"the profile pins position {late[0]}, beyond the {args.tokens} streamed tokens: "
+            f"stream more tokens (--tokens) or use --no-profile"
+        )
     return pins
 
 
@@ -95,12 +115,22 @@ def run_recall(args) -> int:
 
     if args.text is not None or args.plot:
         raise SinkholeError("--recall builds its own streams and draws no plot: drop --text/--plot")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
+    lm = load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
+    )
     prof = load_profile(args.profile or lm.name)
     prof.check_model(lm.weights_id, lm.name)
     with progress(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
-        result = evaluate_recall(lm, prof, n_tokens=args.tokens, budget=args.budget, window=args.window,
-                                 seeds=tuple(range(args.seeds)), rank_by=args.rank_by, progress=bar.update)
+        result = evaluate_recall(
+            lm,
+            prof,
+            n_tokens=args.tokens,
+            budget=args.budget,
+            window=args.window,
+            seeds=tuple(range(args.seeds)),
+            rank_by=args.rank_by,
+            progress=bar.update,
+        )
     d = result.to_dict()
     failures = write_all([(args.json, lambda: write_json(d, args.json, "recall results"))])
     print(render_recall(d), file=result_stream(args.json))
@@ -113,8 +143,15 @@ def run(args) -> int:
     if args.recall:
         return run_recall(args)
 
-    from sinkhole.cache.stream_eval import (default_text, encode_stream, evaluate_stream, plot_stream,
-                                            progress_total, render_table, sample_targets)
+    from sinkhole.cache.stream_eval import (
+        default_text,
+        encode_stream,
+        evaluate_stream,
+        plot_stream,
+        progress_total,
+        render_table,
+        sample_targets,
+    )
     from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.models.loading import load_model
     from sinkhole.profiles.profile import load_profile
@@ -130,24 +167,42 @@ def run(args) -> int:
         text, source = read_text_file(args.text), str(args.text)
     else:
         text, source = default_text()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status)
+    lm = load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
+    )
     pins = _profile_positions(args, lm, given)
     ids = encode_stream(lm.tokenizer, text, args.tokens)
     n = ids.shape[1]
     dense_upto = min(n, lm.max_context or n)
     n_samples = len(sample_targets(n, args.cache, args.samples))
     streams = 2 + (pins is not None and pins != list(range(args.sinks)))
-    bar = progress(total=progress_total(n, args.cache, streams, n_samples, dense_upto), unit="step", desc="stream",
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
+    bar = progress(
+        total=progress_total(n, args.cache, streams, n_samples, dense_upto),
+        unit="step",
+        desc="stream",
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]",
+    )
     try:
-        result = evaluate_stream(lm, ids, cache_size=args.cache, n_sink=args.sinks, profile_positions=pins,
-                                 recompute_samples=args.samples, text_source=source, progress=bar.update,
-                                 phase=lambda label: bar.set_description(f"stream: {label}"))
+        result = evaluate_stream(
+            lm,
+            ids,
+            cache_size=args.cache,
+            n_sink=args.sinks,
+            profile_positions=pins,
+            recompute_samples=args.samples,
+            text_source=source,
+            progress=bar.update,
+            phase=lambda label: bar.set_description(f"stream: {label}"),
+        )
     finally:
         bar.close()
     d = result.to_dict()
-    failures = write_all([(args.json, lambda: write_json(d, args.json, "stream results")),
-                          (args.plot, lambda: plot_stream(d, args.plot))])
+    failures = write_all(
+        [
+            (args.json, lambda: write_json(d, args.json, "stream results")),
+            (args.plot, lambda: plot_stream(d, args.plot)),
+        ]
+    )
     print(render_table(d), file=result_stream(args.json))
     raise_failures(failures)
     return 0

@@ -20,8 +20,9 @@ examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("vocab-sweep", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "vocab-sweep", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     g = p.add_argument_group("sweep")
     g.add_argument("--threshold", type=float, default=10.0, help="score threshold (x in-context median), default 10")
@@ -42,26 +43,45 @@ def run(args) -> int:
     from sinkhole.io import write_output
     from sinkhole.models.loading import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype or "bfloat16",
-                    trust_remote_code=args.trust_remote_code, log=status)
+    lm = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype or "bfloat16",
+        trust_remote_code=args.trust_remote_code,
+        log=status,
+    )
     V = lm.model.get_input_embeddings().num_embeddings
     from sinkhole.progress import progress
     from sinkhole.report.terminal import pct
 
     bar = progress(total=min(V, args.sample or V), desc="tokens", unit="tok")
     try:
-        result = vocab_sweep(lm, text_ids(lm.tokenizer, None, 256), args.threshold, args.batch_size,
-                             sample=args.sample, progress=bar.update)
+        result = vocab_sweep(
+            lm,
+            text_ids(lm.tokenizer, None, 256),
+            args.threshold,
+            args.batch_size,
+            sample=args.sample,
+            progress=bar.update,
+        )
     finally:
         bar.close()
     result["model"] = lm.name
-    failures = write_all([(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))])
+    failures = write_all(
+        [(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))]
+    )
     out = result_stream(args.json)
-    print(f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({pct(result['spike_share'])}) spike alone at "
-          f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
-          f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)", file=out)
+    print(
+        f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({pct(result['spike_share'])}) spike alone at "
+        f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
+        f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)",
+        file=out,
+    )
     p = result["score_percentiles"]
-    print(f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}", file=out)
+    print(
+        f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}",
+        file=out,
+    )
     print(f"exceptions ({result['exceptions_are']}, {result['n_exceptions']}):", file=out)
     for e in result["exceptions"][: args.list]:
         print(f"  {e['id']:>7}  {e['text']!r:<24} score {e['score']:.1f}", file=out)

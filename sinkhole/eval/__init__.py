@@ -15,7 +15,16 @@ from sinkhole.eval.aggregate import render_summary, summarize
 from sinkhole.eval.runner import MANIFEST_NAME, EvalSettings, run_eval
 from sinkhole.eval.suite import Suite, SuiteItem, load_suite
 
-__all__ = ["EvalSettings", "Suite", "SuiteItem", "load_suite", "run_eval", "summarize", "render_summary", "write_outputs"]
+__all__ = [
+    "EvalSettings",
+    "Suite",
+    "SuiteItem",
+    "load_suite",
+    "run_eval",
+    "summarize",
+    "render_summary",
+    "write_outputs",
+]
 
 
 def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -> dict:

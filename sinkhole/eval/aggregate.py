@@ -39,7 +39,13 @@ def stats(values) -> dict:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+    }
 
 
 def pearson(x, y) -> float | None:
@@ -89,8 +95,13 @@ def summarize(rows: list[dict], run: dict | None = None) -> dict:
         "run": run or {},
         "n_prompts": len(rows),
         "metrics": metric_stats(rows),
-        "per_category": {c: {"n_prompts": sum(r["category"] == c for r in rows),
-                             "metrics": metric_stats([r for r in rows if r["category"] == c])} for c in cats},
+        "per_category": {
+            c: {
+                "n_prompts": sum(r["category"] == c for r in rows),
+                "metrics": metric_stats([r for r in rows if r["category"] == c]),
+            }
+            for c in cats
+        },
         "spike_channels": channel_summary(rows),
         "top_sink_positions": {str(p): n / len(rows) for p, n in sorted(tops.items())} if rows else {},
         "length_vs_sink_mass_r": pearson([r["n_tokens"] for r in rows], [r["sink_mass"] for r in rows]),
@@ -131,12 +142,21 @@ def render_summary(summary: dict, per_category: bool = True) -> str:
     ch = summary["spike_channels"]
     if ch["prompts_with_spikes"]:
         share = ch["same_set_share"]
-        lines.append(f"spike channels  {ch['most_common_set']} in {share:.0%} of the {ch['prompts_with_spikes']} prompts "
-                     f"with spikes ({ch['distinct_sets']} distinct sets)")
-        lines.append("  " + ", ".join(f"{c['channel']}: {c['frequency']:.0%} (mean {c['mean_value']:+.0f})" for c in ch["channels"][:8]))
+        lines.append(
+            f"spike channels  {ch['most_common_set']} in {share:.0%} of the {ch['prompts_with_spikes']} prompts "
+            f"with spikes ({ch['distinct_sets']} distinct sets)"
+        )
+        lines.append(
+            "  "
+            + ", ".join(
+                f"{c['channel']}: {c['frequency']:.0%} (mean {c['mean_value']:+.0f})" for c in ch["channels"][:8]
+            )
+        )
     else:
         lines.append("spike channels  none (no prompt has a spike token)")
-    tops = ", ".join(f"pos {p}: {s:.0%}" for p, s in sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:4])
+    tops = ", ".join(
+        f"pos {p}: {s:.0%}" for p, s in sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:4]
+    )
     lines.append(f"top sink position  {tops}")
     r = summary["length_vs_sink_mass_r"]
     lines.append(f"Pearson r(sequence length, sink mass) = {'n/a' if r is None else f'{r:+.2f}'}")

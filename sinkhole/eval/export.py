@@ -10,23 +10,48 @@ import csv
 import io
 from pathlib import Path
 
-COLUMNS = ["index", "category", "n_tokens", "n_spikes", "spike_score", "spike_channels", "spike_positions",
-           "n_sinks", "sink_positions", "sink_mass", "sink_rate", "top_sink_position", "top_sink_text",
-           "n_sink_heads", "jaccard", "sink_attention_share"]
+COLUMNS = [
+    "index",
+    "category",
+    "n_tokens",
+    "n_spikes",
+    "spike_score",
+    "spike_channels",
+    "spike_positions",
+    "n_sinks",
+    "sink_positions",
+    "sink_mass",
+    "sink_rate",
+    "top_sink_position",
+    "top_sink_text",
+    "n_sink_heads",
+    "jaccard",
+    "sink_attention_share",
+]
 
 
 def csv_row(r: dict) -> dict:
     def join(xs) -> str:
         return " ".join(str(x) for x in xs)
 
-    return {"index": r["index"], "category": r["category"], "n_tokens": r["n_tokens"], "n_spikes": r["n_spikes"],
-            "spike_score": r["spike_score"], "spike_channels": join(r["spike_channels"]),
-            "spike_positions": join(s["position"] for s in r["spikes"]), "n_sinks": r["n_sinks"],
-            "sink_positions": join(s["position"] for s in r["sinks"]), "sink_mass": r["sink_mass"],
-            "sink_rate": r["sink_rate"], "top_sink_position": r["top_sink"]["position"],
-            "top_sink_text": r["top_sink"].get("text", ""), "n_sink_heads": len(r.get("sink_heads") or []),
-            "jaccard": "" if r.get("jaccard") is None else r["jaccard"],
-            "sink_attention_share": r["sink_attention_share"]}
+    return {
+        "index": r["index"],
+        "category": r["category"],
+        "n_tokens": r["n_tokens"],
+        "n_spikes": r["n_spikes"],
+        "spike_score": r["spike_score"],
+        "spike_channels": join(r["spike_channels"]),
+        "spike_positions": join(s["position"] for s in r["spikes"]),
+        "n_sinks": r["n_sinks"],
+        "sink_positions": join(s["position"] for s in r["sinks"]),
+        "sink_mass": r["sink_mass"],
+        "sink_rate": r["sink_rate"],
+        "top_sink_position": r["top_sink"]["position"],
+        "top_sink_text": r["top_sink"].get("text", ""),
+        "n_sink_heads": len(r.get("sink_heads") or []),
+        "jaccard": "" if r.get("jaccard") is None else r["jaccard"],
+        "sink_attention_share": r["sink_attention_share"],
+    }
 
 
 def rows_csv(rows: list[dict]) -> str:

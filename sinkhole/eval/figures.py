@@ -94,8 +94,14 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
         cats = sorted({r["category"] for r in rows})
         for i, c in enumerate(cats):
             sub = [r for r in rows if r["category"] == c]
-            ax.scatter([r["n_tokens"] for r in sub], [r["sink_mass"] for r in sub], s=10, alpha=0.7, label=c,
-                       color=plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")(i))
+            ax.scatter(
+                [r["n_tokens"] for r in sub],
+                [r["sink_mass"] for r in sub],
+                s=10,
+                alpha=0.7,
+                label=c,
+                color=plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")(i),
+            )
         r = summary["length_vs_sink_mass_r"]
         _style(ax, f"sink mass falls with length: Pearson r = {'n/a' if r is None else f'{r:+.2f}'}")
         _percent(ax, "y")
@@ -132,11 +138,19 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
 
         cats = list(summary["per_category"])
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, key, label, percent in [(axes[0], "spike_score", "top spike score (× median)", False),
-                                        (axes[1], "sink_mass", "top sink's attention mass", True)]:
+        for ax, key, label, percent in [
+            (axes[0], "spike_score", "top spike score (× median)", False),
+            (axes[1], "sink_mass", "top sink's attention mass", True),
+        ]:
             st = [summary["per_category"][c]["metrics"][key] for c in cats]
-            ax.bar(range(len(cats)), [s["mean"] or 0 for s in st], yerr=[s["std"] or 0 for s in st], color=green,
-                   capsize=3, error_kw={"elinewidth": 0.8})
+            ax.bar(
+                range(len(cats)),
+                [s["mean"] or 0 for s in st],
+                yerr=[s["std"] or 0 for s in st],
+                color=green,
+                capsize=3,
+                error_kw={"elinewidth": 0.8},
+            )
             ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
             ax.set_ylabel(label)
             if percent:
@@ -173,16 +187,40 @@ def tables_html(summary: dict) -> str:
     rows = [_cells("th", ["metric", "mean", "± std", "min", "max", "prompts"])]
     for k, label in METRICS.items():
         s = summary["metrics"][k]
-        rows.append(_cells("td", [esc(label), _fmt(k, s["mean"]), "" if s["std"] is None else "± " + _fmt_std(k, s["std"]),
-                                  _fmt(k, s["min"]), _fmt(k, s["max"]), str(s["n"])], num))
+        rows.append(
+            _cells(
+                "td",
+                [
+                    esc(label),
+                    _fmt(k, s["mean"]),
+                    "" if s["std"] is None else "± " + _fmt_std(k, s["std"]),
+                    _fmt(k, s["min"]),
+                    _fmt(k, s["max"]),
+                    str(s["n"]),
+                ],
+                num,
+            )
+        )
     out = [f"<table class='t'>{''.join(rows)}</table>"]
     ch = summary["spike_channels"]
     if ch["prompts_with_spikes"]:
-        out.append(f"<p><b>Spike channels</b> {esc(str(ch['most_common_set']))} in {pct(ch['same_set_share'], 0)} of the "
-                   f"{ch['prompts_with_spikes']} prompts with spikes ({ch['distinct_sets']} distinct sets).</p>")
-        out.append("<table class='t'>" + _cells("th", ["channel", "in prompts", "mean value"]) + "".join(
-            _cells("td", [str(c["channel"]), pct(c["frequency"], 0), f"{c['mean_value']:+,.0f}"], ["num", "num", "num"])
-            for c in ch["channels"][:12]) + "</table>")
+        out.append(
+            f"<p><b>Spike channels</b> {esc(str(ch['most_common_set']))} in {pct(ch['same_set_share'], 0)} of the "
+            f"{ch['prompts_with_spikes']} prompts with spikes ({ch['distinct_sets']} distinct sets).</p>"
+        )
+        out.append(
+            "<table class='t'>"
+            + _cells("th", ["channel", "in prompts", "mean value"])
+            + "".join(
+                _cells(
+                    "td",
+                    [str(c["channel"]), pct(c["frequency"], 0), f"{c['mean_value']:+,.0f}"],
+                    ["num", "num", "num"],
+                )
+                for c in ch["channels"][:12]
+            )
+            + "</table>"
+        )
     else:
         out.append("<p><b>Spike channels</b> none (no prompt has a spike token).</p>")
     tops = sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:6]
@@ -198,8 +236,12 @@ def tables_html(summary: dict) -> str:
                 s = d["metrics"][k]
                 cells.append("n/a" if s["mean"] is None else f"{_fmt(k, s['mean'])} ± {_fmt_std(k, s['std'])}")
             body.append(_cells("td", cells, [""] + ["num"] * (len(cells) - 1)))
-        out.append("<h2>Per category (mean ± std)</h2><div class='scroll'><table class='t'>"
-                   + _cells("th", head) + "".join(body) + "</table></div>")
+        out.append(
+            "<h2>Per category (mean ± std)</h2><div class='scroll'><table class='t'>"
+            + _cells("th", head)
+            + "".join(body)
+            + "</table></div>"
+        )
     return "\n".join(out)
 
 
@@ -214,8 +256,10 @@ def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
         p = out / name
         if p.is_file():
             data = base64.b64encode(p.read_bytes()).decode()
-            imgs.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                        f'<figcaption><b>{name}</b>: {html.escape(CAPTIONS.get(name, ""))}</figcaption></figure>')
+            imgs.append(
+                f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+                f"<figcaption><b>{name}</b>: {html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
+            )
     run = summary.get("run", {})
     model = html.escape(str(run.get("model", {}).get("name", "")))
     suite = html.escape(str(run.get("suite", {}).get("source", "?")))
@@ -232,9 +276,9 @@ table.t th{{background:#f6f7f9}} table.t td.num{{text-align:right;font-variant-n
 figure{{margin:0}} img{{max-width:100%;height:auto}} figcaption{{font-size:13px;color:#5b6475}}
 pre{{background:#f6f7f9;padding:1em;overflow-x:auto}}</style></head>
 <body><h1>sinkhole eval: {model}</h1>
-<p>{summary['n_prompts']} prompts from {suite} · chat template {html.escape(str(chat))}</p>
+<p>{summary["n_prompts"]} prompts from {suite} · chat template {html.escape(str(chat))}</p>
 {tables_html(summary)}
-<h2>Figures</h2><div class="figs">{''.join(imgs)}</div>
+<h2>Figures</h2><div class="figs">{"".join(imgs)}</div>
 <details><summary>terminal summary</summary><pre>{html.escape(table)}</pre></details>
 </body></html>
 """

@@ -52,7 +52,9 @@ class EvalSettings:
         return d
 
 
-def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch: int, min_fill: float = MIN_FILL) -> list[list[int]]:
+def plan_batches(
+    lengths: list[int], max_batch_tokens: int, max_batch: int, min_fill: float = MIN_FILL
+) -> list[list[int]]:
     """Indices into `lengths`, longest first, cut so each batch has B <= max_batch and B * T_max <= budget.
 
     A new batch also starts when a prompt is shorter than `min_fill` x the batch's longest, so that
@@ -63,8 +65,12 @@ def plan_batches(lengths: list[int], max_batch_tokens: int, max_batch: int, min_
     for i in order:
         cur = batches[-1] if batches else None
         # Sorted descending, so the batch's T_max is its first prompt's length.
-        if (cur and len(cur) < max_batch and (len(cur) + 1) * lengths[cur[0]] <= max_batch_tokens
-                and lengths[i] >= min_fill * lengths[cur[0]]):
+        if (
+            cur
+            and len(cur) < max_batch
+            and (len(cur) + 1) * lengths[cur[0]] <= max_batch_tokens
+            and lengths[i] >= min_fill * lengths[cur[0]]
+        ):
             cur.append(i)
         else:
             batches.append([i])
@@ -75,7 +81,17 @@ def _spike_entry(s: dict, capture) -> dict:
     """A spike token from the report, plus the signed values of its spike channels at its top layer."""
     t, layer = s["position"], s["layer"]
     at = dict(zip(capture.resid_top_channels[layer, t].tolist(), capture.resid_top_values[layer, t].tolist()))
-    keys = ("position", "text", "score", "top_value", "layer", "channel", "channels", "step_up_layers", "step_down_layers")
+    keys = (
+        "position",
+        "text",
+        "score",
+        "top_value",
+        "layer",
+        "channel",
+        "channels",
+        "step_up_layers",
+        "step_down_layers",
+    )
     return {**{k: s[k] for k in keys}, "channel_values": [at[c] for c in s["channels"]]}
 
 
@@ -118,7 +134,9 @@ def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[
     limit = probe.info.max_context
     for it, ids in zip(items, encoded):
         if limit and len(ids) > limit:
-            raise SinkholeError(f"prompt {it.index} is {len(ids)} tokens, longer than {probe.info.name}'s context of {limit}")
+            raise SinkholeError(
+                f"prompt {it.index} is {len(ids)} tokens, longer than {probe.info.name}'s context of {limit}"
+            )
     for batch in plan_batches([len(ids) for ids in encoded], settings.max_batch_tokens, settings.max_batch):
         captures = probe.run_batch([encoded[i] for i in batch])
         rows = []
@@ -138,7 +156,12 @@ def manifest(probe, suite: Suite, settings: EvalSettings) -> dict:
     numbers["chat"] = resolved_chat(probe, settings.chat)
     return {
         "schema": RUN_SCHEMA,
-        "model": {"name": info.name, "architecture": info.architecture, "weights_id": info.weights_id, "dtype": info.dtype},
+        "model": {
+            "name": info.name,
+            "architecture": info.architecture,
+            "weights_id": info.weights_id,
+            "dtype": info.dtype,
+        },
         "suite": {"source": suite.source, "sha256": suite.sha256, "count": len(suite)},
         "settings": {**numbers, "top_k": probe.top_k},
     }
@@ -151,7 +174,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{k}.")
         elif a != b:
-            show = (lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 24 else repr(v))
+            show = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 24 else repr(v)
             out.append(f"{prefix}{k} {show(a)} -> {show(b)}")
     return out
 
@@ -165,8 +188,10 @@ def out_lock(out_dir: str | Path):
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SinkholeError(f"--out {out} is a file, not a directory")
-    return exclusive_lock(out / LOCK_NAME, busy=f"another sinkhole eval is writing to {out}: wait for it to "
-                                               "finish, or give another --out directory")
+    return exclusive_lock(
+        out / LOCK_NAME,
+        busy=f"another sinkhole eval is writing to {out}: wait for it to finish, or give another --out directory",
+    )
 
 
 class ResultsStore:
@@ -231,8 +256,14 @@ class ResultsStore:
             os.fsync(f.fileno())
 
 
-def run_eval(probe, suite: Suite, out_dir: str | Path | None, settings: EvalSettings | None = None,
-             progress: Callable[[int], None] | None = None, initial: Callable[[int], None] | None = None) -> list[dict]:
+def run_eval(
+    probe,
+    suite: Suite,
+    out_dir: str | Path | None,
+    settings: EvalSettings | None = None,
+    progress: Callable[[int], None] | None = None,
+    initial: Callable[[int], None] | None = None,
+) -> list[dict]:
     """Evaluate `suite`; with `out_dir`, stream rows to it and resume what is there. Returns rows by index.
 
     progress(n) is called after each batch with the number of prompts it finished; initial(n) once
@@ -267,8 +298,10 @@ def _run(probe, suite, out_dir, settings, progress, initial) -> list[dict]:
             try:
                 store.append(rows)
             except OSError as err:
-                raise SinkholeError(f"cannot append to {store.results} ({err.strerror or err}); the rows written so far "
-                                    "are kept: free space and run the same command again to resume") from None
+                raise SinkholeError(
+                    f"cannot append to {store.results} ({err.strerror or err}); the rows written so far "
+                    "are kept: free space and run the same command again to resume"
+                ) from None
         done.update((r["index"], r) for r in rows)
         if progress is not None:
             progress(len(rows))

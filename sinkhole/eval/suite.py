@@ -50,7 +50,7 @@ class Suite:
     def __len__(self) -> int:
         return len(self.items)
 
-    def subset(self, limit: int | None) -> "Suite":
+    def subset(self, limit: int | None) -> Suite:
         """An evenly spaced subset of `limit` items (every category of an ordered suite stays represented)."""
         n = len(self.items)
         if limit is None or limit >= n:

@@ -59,7 +59,7 @@ class TokenStream:
         self.bigram = torch._standard_gamma(alpha.expand(n_ord, n_ord).contiguous(), generator=g)
         self.bigram = self.bigram / self.bigram.sum(-1, keepdim=True)  # (n_ord, n_ord) rows sum to 1
         ranks = torch.arange(1, n_ord + 1, dtype=torch.float32)
-        self.zipf = ranks ** -cfg.zipf_exponent / (ranks ** -cfg.zipf_exponent).sum()
+        self.zipf = ranks**-cfg.zipf_exponent / (ranks**-cfg.zipf_exponent).sum()
 
     def batch(self, index: int, batch_size: int) -> torch.Tensor:
         """Batch number `index`: (batch_size, seq_len) int64."""

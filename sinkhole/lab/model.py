@@ -42,10 +42,23 @@ ATTENTIONS = ("softmax", "gated", "sigmoid", "softpick")
 class TinyConfig(PretrainedConfig):
     model_type = "sinkhole-lab"
 
-    def __init__(self, vocab_size=64, hidden_size=32, intermediate_size=96, num_hidden_layers=1,
-                 num_attention_heads=2, head_dim=16, max_position_embeddings=256, rope_theta=10000.0,
-                 rms_norm_eps=1e-6, norm="pre", qk_norm=False, attention="softmax",
-                 initializer_range=0.02, **kwargs):
+    def __init__(
+        self,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        norm="pre",
+        qk_norm=False,
+        attention="softmax",
+        initializer_range=0.02,
+        **kwargs,
+    ):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if attention not in ATTENTIONS:
@@ -77,7 +90,7 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     inv = 1.0 / theta ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
     ang = positions.float()[..., None] * inv  # (B, T, D/2)
     cos, sin = torch.cat([ang.cos()] * 2, -1)[:, None], torch.cat([ang.sin()] * 2, -1)[:, None]
-    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return (x * cos + torch.cat([-x2, x1], -1) * sin).to(x.dtype)
 
 
@@ -126,7 +139,7 @@ class LabAttention(nn.Module):
         super().__init__()
         self.config, self.layer_idx = cfg, layer_idx
         H, D = cfg.num_attention_heads, cfg.head_dim
-        self.head_dim, self.scaling = D, D ** -0.5
+        self.head_dim, self.scaling = D, D**-0.5
         self.is_causal, self.num_key_value_groups = True, 1  # read by transformers' attention functions
         self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=False)
         self.k_proj = nn.Linear(cfg.hidden_size, H * D, bias=False)
@@ -238,8 +251,16 @@ class LabForCausalLM(LabPreTrainedModel):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_attentions=False,
-                logits_to_keep: int = 0, labels=None, **kwargs):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        output_attentions=False,
+        logits_to_keep: int = 0,
+        labels=None,
+        **kwargs,
+    ):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("the lab model takes unpadded batches only")  # the lab never pads
         h, attentions = self.model(input_ids, position_ids, output_attentions)
@@ -260,4 +281,3 @@ def build_model(cfg: TinyConfig, seed: int) -> LabForCausalLM:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

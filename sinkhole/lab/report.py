@@ -20,8 +20,17 @@ from sinkhole.lab.run import LabResult
 
 FIGURES = ("trajectories.png", "final.png")
 COLUMNS = [  # header, width, formatter of the final checkpoint (or the variant)
-    ("variant", 12), ("loss", 6), ("copy", 5), ("sink mass", 9), ("rate", 5), ("detected", 8),
-    ("share@0", 7), ("attn/q", 6), ("spike", 6), ("top|h|", 6), ("time", 6),
+    ("variant", 12),
+    ("loss", 6),
+    ("copy", 5),
+    ("sink mass", 9),
+    ("rate", 5),
+    ("detected", 8),
+    ("share@0", 7),
+    ("attn/q", 6),
+    ("spike", 6),
+    ("top|h|", 6),
+    ("time", 6),
 ]
 
 
@@ -30,10 +39,17 @@ def _fmt_row(v) -> list[str]:
     if f is None:
         return [v.name] + ["-"] * (len(COLUMNS) - 1)
     return [
-        v.name + ("" if v.finished else "*"), f"{f.eval_loss:.3f}",
+        v.name + ("" if v.finished else "*"),
+        f"{f.eval_loss:.3f}",
         "-" if f.copy_accuracy is None else f"{f.copy_accuracy:.2f}",
-        f"{f.sink_mass:.3f}", f"{f.sink_rate:.0%}", f"{f.sink_detected:.0%}", f"{f.first_share:.3f}",
-        f"{f.attn_total:.2f}", f"{f.spike_score:.1f}x", f"{f.top_ratio:.1f}x", f"{v.seconds:.0f}s",
+        f"{f.sink_mass:.3f}",
+        f"{f.sink_rate:.0%}",
+        f"{f.sink_detected:.0%}",
+        f"{f.first_share:.3f}",
+        f"{f.attn_total:.2f}",
+        f"{f.spike_score:.1f}x",
+        f"{f.top_ratio:.1f}x",
+        f"{v.seconds:.0f}s",
     ]
 
 
@@ -44,9 +60,11 @@ def render_table(result: LabResult) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     s = result.settings
     m, t = s["model"], s["train"]
-    head = (f"{m['num_hidden_layers']} layer(s), d_model {m['hidden_size']}, {m['num_attention_heads']} heads x "
-            f"{m['head_dim']}, {s['data']['task']} (vocab {s['data']['vocab_size']}, {s['data']['seq_len']} tokens), "
-            f"{t['steps']} steps x {t['batch_size']} sequences, seed {t['seed']}")
+    head = (
+        f"{m['num_hidden_layers']} layer(s), d_model {m['hidden_size']}, {m['num_attention_heads']} heads x "
+        f"{m['head_dim']}, {s['data']['task']} (vocab {s['data']['vocab_size']}, {s['data']['seq_len']} tokens), "
+        f"{t['steps']} steps x {t['batch_size']} sequences, seed {t['seed']}"
+    )
     notes = [
         "position 0 = the start token (the first ordinary token for no-bos); numbers at the last checkpoint,",
         "mean over the probe sequences. sink mass: mean alpha on position 0 over layers and heads; rate: heads",
@@ -73,8 +91,14 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
         ]:
             for v in variants:
                 steps = [max(c.step, 0.5) for c in v.checkpoints]  # step 0 drawn at 0.5 on the log axis
-                ax.plot(steps, [getattr(c, key) for c in v.checkpoints], marker="o", ms=3, label=v.name,
-                        ls="-" if v.name in ("baseline",) else "--" if v.model.get("attention") != "softmax" else "-")
+                ax.plot(
+                    steps,
+                    [getattr(c, key) for c in v.checkpoints],
+                    marker="o",
+                    ms=3,
+                    label=v.name,
+                    ls="-" if v.name in ("baseline",) else "--" if v.model.get("attention") != "softmax" else "-",
+                )
             ax.set_xscale("log")
             ax.set_xlabel("training step (step 0 at 0.5)")
             ax.set_title(label, fontsize=10)
@@ -121,13 +145,13 @@ def render_html(result: LabResult, out_dir: str | Path) -> str:
 <html><head><meta charset="utf-8"><title>sinkhole lab</title><style>{CSS}
 figure {{ margin: 8px 0; }} pre.table {{ background: var(--bg); padding: 10px; overflow-x: auto; }}</style></head>
 <body><header><h1>sinkhole lab: <span class="model">emergence of sinks and spikes in tiny models</span></h1>
-<div class="sub">torch {html.escape(str(env.get('torch')))}, {html.escape(str(env.get('threads')))} thread(s),
-started {html.escape(str(env.get('started')))}</div></header>
+<div class="sub">torch {html.escape(str(env.get("torch")))}, {html.escape(str(env.get("threads")))} thread(s),
+started {html.escape(str(env.get("started")))}</div></header>
 <h2>Final checkpoint, one switch per variant</h2>
 <pre class="table">{html.escape(render_table(result))}</pre>
-<h2>Figures</h2>{''.join(imgs)}
+<h2>Figures</h2>{"".join(imgs)}
 <h2>What each variant tests</h2><ul>{claims}</ul>
-<details class="term"><summary>Definitions</summary><pre>{html.escape(train_module.__doc__ or '')}</pre></details>
+<details class="term"><summary>Definitions</summary><pre>{html.escape(train_module.__doc__ or "")}</pre></details>
 </body></html>
 """
 

@@ -44,17 +44,24 @@ class Variant:
         return asdict(self)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("baseline", "pre-norm (RMSNorm), softmax, fixed start token: the reference"),
-    Variant("sandwich", "sandwich norm removes the spike but keeps the sink", model={"norm": "sandwich"}),
-    Variant("qk-norm", "QK-norm removes the spike but keeps the sink", model={"qk_norm": True}),
-    Variant("gated", "a sigmoid output gate on attention removes the sink", model={"attention": "gated"}),
-    Variant("sigmoid", "sigmoid attention (no normalisation over keys) needs no sink", model={"attention": "sigmoid"}),
-    Variant("softpick", "softpick attention (rows may sum to < 1) needs no sink", model={"attention": "softpick"}),
-    Variant("no-bos", "without a fixed start token the sink moves to whatever token comes first", data={"bos": False}),
-    Variant("head-dim-32", "head dimension changes how strong sinks get", model={"head_dim": 32}),
-    Variant("context-128", "context length changes how strong sinks get", data={"seq_len": 128}),
-]}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("baseline", "pre-norm (RMSNorm), softmax, fixed start token: the reference"),
+        Variant("sandwich", "sandwich norm removes the spike but keeps the sink", model={"norm": "sandwich"}),
+        Variant("qk-norm", "QK-norm removes the spike but keeps the sink", model={"qk_norm": True}),
+        Variant("gated", "a sigmoid output gate on attention removes the sink", model={"attention": "gated"}),
+        Variant(
+            "sigmoid", "sigmoid attention (no normalisation over keys) needs no sink", model={"attention": "sigmoid"}
+        ),
+        Variant("softpick", "softpick attention (rows may sum to < 1) needs no sink", model={"attention": "softpick"}),
+        Variant(
+            "no-bos", "without a fixed start token the sink moves to whatever token comes first", data={"bos": False}
+        ),
+        Variant("head-dim-32", "head dimension changes how strong sinks get", model={"head_dim": 32}),
+        Variant("context-128", "context length changes how strong sinks get", data={"seq_len": 128}),
+    ]
+}
 QUICK_VARIANTS = ("baseline", "gated", "no-bos")
 
 
@@ -69,13 +76,29 @@ class LabSettings:
     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE
 
     def to_dict(self) -> dict:
-        return {"model": base_model_dict(self.model), "data": self.data.to_dict(), "train": self.train.to_dict(),
-                "variants": list(self.variants), "threshold": self.threshold, "epsilon": self.epsilon,
-                "min_sink_rate": self.min_sink_rate}
+        return {
+            "model": base_model_dict(self.model),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+            "variants": list(self.variants),
+            "threshold": self.threshold,
+            "epsilon": self.epsilon,
+            "min_sink_rate": self.min_sink_rate,
+        }
 
 
-MODEL_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "head_dim", "norm", "qk_norm", "attention", "rope_theta")
+MODEL_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "head_dim",
+    "norm",
+    "qk_norm",
+    "attention",
+    "rope_theta",
+)
 
 
 def base_model_dict(overrides: dict) -> dict:
@@ -85,8 +108,9 @@ def base_model_dict(overrides: dict) -> dict:
 
 def quick_settings(**kw) -> LabSettings:
     """A minute-scale look: three variants, 300 steps."""
-    return LabSettings(train=TrainConfig(steps=300, lr=1e-2, weight_decay=0.1, n_checkpoints=7),
-                       variants=QUICK_VARIANTS, **kw)
+    return LabSettings(
+        train=TrainConfig(steps=300, lr=1e-2, weight_decay=0.1, n_checkpoints=7), variants=QUICK_VARIANTS, **kw
+    )
 
 
 @dataclass
@@ -110,7 +134,7 @@ class VariantResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VariantResult":
+    def from_dict(cls, d: dict) -> VariantResult:
         return cls(**{**d, "checkpoints": [Checkpoint(**c) for c in d["checkpoints"]]})
 
 
@@ -122,13 +146,21 @@ class LabResult:
     schema: str = SCHEMA
 
     def to_dict(self) -> dict:
-        return {"schema": self.schema, "settings": self.settings, "environment": self.environment,
-                "variants": [v.to_dict() for v in self.variants]}
+        return {
+            "schema": self.schema,
+            "settings": self.settings,
+            "environment": self.environment,
+            "variants": [v.to_dict() for v in self.variants],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabResult":
-        return cls(settings=d["settings"], environment=d["environment"],
-                   variants=[VariantResult.from_dict(v) for v in d["variants"]], schema=d.get("schema", SCHEMA))
+    def from_dict(cls, d: dict) -> LabResult:
+        return cls(
+            settings=d["settings"],
+            environment=d["environment"],
+            variants=[VariantResult.from_dict(v) for v in d["variants"]],
+            schema=d.get("schema", SCHEMA),
+        )
 
 
 def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig, DataConfig]:
@@ -140,8 +172,13 @@ def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig
 
 
 def environment() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
 
 
 def _write(path: Path, result: LabResult) -> None:
@@ -158,7 +195,9 @@ def _resume(path: Path, settings: dict) -> list[VariantResult]:
         old = LabResult.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as err:
         raise SinkholeError(f"{path} is not a lab result ({err}); choose another --out") from None
-    if {k: v for k, v in old.settings.items() if k != "variants"} != {k: v for k, v in settings.items() if k != "variants"}:
+    if {k: v for k, v in old.settings.items() if k != "variants"} != {
+        k: v for k, v in settings.items() if k != "variants"
+    }:
         raise SinkholeError(f"{path} holds a lab run with other settings; choose another --out")
     return [v for v in old.variants if v.finished and v.name in settings["variants"]]
 
@@ -174,8 +213,9 @@ def check_settings(settings: LabSettings) -> None:
         raise SinkholeError("--steps must be at least 1")
 
 
-def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=None, log=None,
-            save_weights: bool = False) -> LabResult:
+def run_lab(
+    settings: LabSettings, out_dir: str | Path | None = None, progress=None, log=None, save_weights: bool = False
+) -> LabResult:
     """Train and probe every variant in `settings.variants`; see the module docstring.
 
     progress(n): called per optimizer step (total = steps x variants). log(msg): one line per event.
@@ -202,8 +242,16 @@ def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=N
         mcfg, dcfg = variant_configs(settings, variant)
         stream = TokenStream(dcfg, settings.train.seed)
         model = build_model(mcfg, settings.train.seed)
-        vr = VariantResult(name, variant.claim, {k: getattr(mcfg, k) for k in MODEL_KEYS}, dcfg.to_dict(),
-                           n_params(model), 0.0, False, [])
+        vr = VariantResult(
+            name,
+            variant.claim,
+            {k: getattr(mcfg, k) for k in MODEL_KEYS},
+            dcfg.to_dict(),
+            n_params(model),
+            0.0,
+            False,
+            [],
+        )
         result.variants.append(vr)
         t0 = time.perf_counter()
 
@@ -220,13 +268,24 @@ def run_lab(settings: LabSettings, out_dir: str | Path | None = None, progress=N
                 _write(path, result)
 
         probe_ids = stream.batch(PROBE_BATCH_INDEX, settings.train.probe_batch)
-        train(model, stream, settings.train, probe_ids, on_checkpoint=on_checkpoint, progress=progress,
-              threshold=settings.threshold, epsilon=settings.epsilon, min_sink_rate=settings.min_sink_rate)
+        train(
+            model,
+            stream,
+            settings.train,
+            probe_ids,
+            on_checkpoint=on_checkpoint,
+            progress=progress,
+            threshold=settings.threshold,
+            epsilon=settings.epsilon,
+            min_sink_rate=settings.min_sink_rate,
+        )
         vr.seconds, vr.finished = time.perf_counter() - t0, True
         if path is not None:
             _write(path, result)
         if log is not None:
             f = vr.final
-            log(f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
-                f"spike score {f.spike_score:.1f}x")
+            log(
+                f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
+                f"spike score {f.spike_score:.1f}x"
+            )
     return result

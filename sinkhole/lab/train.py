@@ -98,9 +98,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
-def probe_checkpoint(model, ids: torch.Tensor, stream: TokenStream, step: int, loss: float | None,
-                     threshold: float = core.DEFAULT_THRESHOLD, epsilon: float = core.DEFAULT_EPSILON,
-                     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE) -> Checkpoint:
+def probe_checkpoint(
+    model,
+    ids: torch.Tensor,
+    stream: TokenStream,
+    step: int,
+    loss: float | None,
+    threshold: float = core.DEFAULT_THRESHOLD,
+    epsilon: float = core.DEFAULT_EPSILON,
+    min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE,
+) -> Checkpoint:
     """Probe a copy of `model` on ids (B, T) and summarise position 0 (see the module docstring)."""
     from sinkhole.models.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
@@ -126,7 +133,10 @@ def probe_checkpoint(model, ids: torch.Tensor, stream: TokenStream, step: int, l
     value, layer, channel = core.top_value(c0.resid_top_channels, c0.resid_top_values, 0)
     typical = float(np.median(np.abs(c0.resid_top_values[layer, :, 0])))
     return Checkpoint(
-        step=step, loss=loss, eval_loss=eval_loss, copy_accuracy=copy_acc,
+        step=step,
+        loss=loss,
+        eval_loss=eval_loss,
+        copy_accuracy=copy_acc,
         sink_mass=float(alpha.mean()),
         sink_rate=float((alpha > epsilon).mean()),
         sink_detected=float(np.mean([any(s["position"] == 0 for s in r.sinks["tokens"]) for r in reports])),
@@ -135,15 +145,25 @@ def probe_checkpoint(model, ids: torch.Tensor, stream: TokenStream, step: int, l
         spike_score=float(np.mean([r.spikes["per_token_score"][0] for r in reports])),
         spike_score_max=float(np.mean([max(r.spikes["per_token_score"]) for r in reports])),
         spike_detected=float(np.mean([any(s["position"] == 0 for s in r.spikes["tokens"]) for r in reports])),
-        top_value=value, top_layer=layer, top_channel=channel, top_ratio=abs(value) / max(typical, 1e-30),
+        top_value=value,
+        top_layer=layer,
+        top_channel=channel,
+        top_ratio=abs(value) / max(typical, 1e-30),
         mass_by_layer=alpha.mean(axis=(0, 2)).tolist(),
         norm_ratio_by_layer=(norm[:, :, 0] / np.median(norm, axis=2)).mean(axis=0).tolist(),
         heads=alpha.mean(axis=0).tolist(),
     )
 
 
-def train(model, stream: TokenStream, cfg: TrainConfig, probe_ids: torch.Tensor, on_checkpoint=None,
-          progress=None, **probe_kw) -> list[Checkpoint]:
+def train(
+    model,
+    stream: TokenStream,
+    cfg: TrainConfig,
+    probe_ids: torch.Tensor,
+    on_checkpoint=None,
+    progress=None,
+    **probe_kw,
+) -> list[Checkpoint]:
     """Train `model` in place on stream batches 0..steps-1, probing at `checkpoint_steps`.
 
     on_checkpoint(checkpoint, model) is called after each probe (to save results or weights);

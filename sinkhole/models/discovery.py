@@ -72,8 +72,16 @@ def _trace_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     st = _STATE.get()
     if st is not None and st.layer is not None:
         st.layers[st.layer].calls.append(module)
-    out = attention_with_stats(query, key, value, attention_mask, scaling, softcap=kwargs.get("softcap"),
-                               sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True))[0]
+    out = attention_with_stats(
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling,
+        softcap=kwargs.get("softcap"),
+        sinks=_sinks(kwargs),
+        causal=getattr(module, "is_causal", True),
+    )[0]
     return out, None
 
 
@@ -114,7 +122,9 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
             best = (key, name, mod)
     if best is None:
         mt = getattr(model.config, "model_type", type(model).__name__)
-        raise SinkholeError(f"unsupported architecture '{mt}': no list of decoder blocks found in {type(model).__name__}")
+        raise SinkholeError(
+            f"unsupported architecture '{mt}': no list of decoder blocks found in {type(model).__name__}"
+        )
     return best[1], best[2]
 
 
@@ -216,12 +226,15 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
     out = LayerParts(kind=kind, attn=attn)
     if h_in is None or h_out is None:
         return out
-    cands = [(n, r) for n, r in rec.mods.items()
-             if _fits(r.out, h_out) and not _skip(r.cls)]
+    cands = [(n, r) for n, r in rec.mods.items() if _fits(r.out, h_out) and not _skip(r.cls)]
     cands.sort(key=lambda c: (c[0].count("."), c[1].start))
     delta = h_out.float() - h_in.float()
-    pairs = [(na, ra, nf, rf) for na, ra in cands for nf, rf in cands  # a starts first, neither inside the other
-             if rf.start > ra.start and not nf.startswith(na + ".") and not na.startswith(nf + ".")]
+    pairs = [
+        (na, ra, nf, rf)
+        for na, ra in cands
+        for nf, rf in cands  # a starts first, neither inside the other
+        if rf.start > ra.start and not nf.startswith(na + ".") and not na.startswith(nf + ".")
+    ]
     found, scales = None, (1.0, 1.0)
     for na, ra, nf, rf in pairs:  # sequential or parallel: h_out = h_in + out(a) + out(f)
         if _close(ra.out.float().reshape(delta.shape) + rf.out.float().reshape(delta.shape), delta, tol):
@@ -237,7 +250,9 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
                     break
             if found:
                 break
-    if found is None:  # scaled residual branches (Granite's residual_multiplier): h_out = h_in + s_a out(a) + s_f out(f)
+    if (
+        found is None
+    ):  # scaled residual branches (Granite's residual_multiplier): h_out = h_in + s_a out(a) + s_f out(f)
         for na, ra, nf, rf in pairs:
             fit = _scaled_fit(ra.out.float().reshape(delta.shape), rf.out.float().reshape(delta.shape), delta, tol)
             if fit is not None:
@@ -269,6 +284,7 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
             if hits:
                 return hits[-1]
         return None
+
     first = rec.mods.get(attn) if attn in rec.mods else a_rec
     top_attn = attn.split(".")[0] if attn else na.split(".")[0]
     first = rec.mods.get(top_attn, first)
@@ -276,9 +292,19 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
     if nf is not None:
         f_rec = rec.mods[nf]
         if _is_norm(f_rec.cls):  # sandwich / post: the FFN is what feeds the post-FFN norm
-            mlp = next((n for n, r in rec.mods.items() if n.count(".") == 0 and not _is_norm(r.cls)
-                        and r.out is not None and r.end <= f_rec.start and r.start > a_rec.end
-                        and (feeds(r, f_rec, True) or feeds(r, f_rec, False))), None)
+            mlp = next(
+                (
+                    n
+                    for n, r in rec.mods.items()
+                    if n.count(".") == 0
+                    and not _is_norm(r.cls)
+                    and r.out is not None
+                    and r.end <= f_rec.start
+                    and r.start > a_rec.end
+                    and (feeds(r, f_rec, True) or feeds(r, f_rec, False))
+                ),
+                None,
+            )
         else:
             mlp = nf.split(".")[0] if nf.count(".") and not _is_norm(rec.mods.get(nf.split(".")[0], f_rec).cls) else nf
         out.mlp = mlp
@@ -287,11 +313,15 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
             a_out = a_rec.out.float().reshape(h_in.shape) * out.mixer_scale
             h_mid = h_in.float() + (a_out if how == "added" else a_out - h_in.float())
             # sequential when something after the attention block reads h_mid (parallel blocks have none)
-            reads_mid = [(n, r) for n, r in rec.mods.items() if r.start > a_rec.end and r.start <= m_rec.start
-                         and any(_close(t, h_mid, tol) for t in r.inputs)]
+            reads_mid = [
+                (n, r)
+                for n, r in rec.mods.items()
+                if r.start > a_rec.end and r.start <= m_rec.start and any(_close(t, h_mid, tol) for t in r.inputs)
+            ]
             sequential = bool(reads_mid) or how == "inside"
             out.ffn_norm = feeding([(n, r) for n, r in norms if n not in (na, nf)], m_rec) or next(
-                (n for n, r in reads_mid if _is_norm(r.cls) and n.count(".") == 0), None)
+                (n for n, r in reads_mid if _is_norm(r.cls) and n.count(".") == 0), None
+            )
         else:
             sequential = True
         if how == "inside":
@@ -363,7 +393,9 @@ def discover(model: nn.Module) -> Family:
         raise
     except Exception as err:  # noqa: BLE001 - any model failure becomes one line
         msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise SinkholeError(f"{mt}: a {TRACE_TOKENS}-token test forward failed ({type(err).__name__}: {msg})") from None
+        raise SinkholeError(
+            f"{mt}: a {TRACE_TOKENS}-token test forward failed ({type(err).__name__}: {msg})"
+        ) from None
     called = {i for i, r in st.layers.items() if r.calls}
     types = getattr(text_config(model), "layer_types", None)
     types = list(types) if isinstance(types, (list, tuple)) and len(types) == len(layers) else None
@@ -390,14 +422,31 @@ def discover(model: nn.Module) -> Family:
     per_layer = max((len(r.calls) for r in st.layers.values()), default=1)
     repeats = any(len(r.calls) != len({id(m) for m in r.calls}) for r in st.layers.values())
     return Family(
-        name=name, norm_style=style, layers=layers_path, final_norm=final_norm, embed=embed,
-        attn=ref.attn or "", attn_norm=ref.attn_norm, attn_out=ref.mixer_out, ffn_norm=ref.ffn_norm,
-        mlp=ref.mlp, ffn_out=ref.ffn_out,
-        gate_proj="gate_proj" if swiglu else None, up_proj="up_proj" if swiglu else None,
-        down_proj="down_proj" if swiglu else None, act_fn=_child(mlp_mod, "act_fn", "act", "activation_fn") if swiglu else None,
-        q_proj=_child(attn_mod, "q_proj"), k_proj=_child(attn_mod, "k_proj"),
-        discovery="auto", layer_kinds=tuple(kinds), mixer_outs=tuple(p.mixer_out for p in parts),
-        mixer_scales=tuple(p.mixer_scale for p in parts), ffn_scales=tuple(p.ffn_scale for p in parts),
-        ffn_outs=tuple(p.ffn_out for p in parts), uses_interface=bool(called) and switched, notes=tuple(notes),
-        attn_per_layer=max(per_layer, 1), attn_repeats=repeats,
+        name=name,
+        norm_style=style,
+        layers=layers_path,
+        final_norm=final_norm,
+        embed=embed,
+        attn=ref.attn or "",
+        attn_norm=ref.attn_norm,
+        attn_out=ref.mixer_out,
+        ffn_norm=ref.ffn_norm,
+        mlp=ref.mlp,
+        ffn_out=ref.ffn_out,
+        gate_proj="gate_proj" if swiglu else None,
+        up_proj="up_proj" if swiglu else None,
+        down_proj="down_proj" if swiglu else None,
+        act_fn=_child(mlp_mod, "act_fn", "act", "activation_fn") if swiglu else None,
+        q_proj=_child(attn_mod, "q_proj"),
+        k_proj=_child(attn_mod, "k_proj"),
+        discovery="auto",
+        layer_kinds=tuple(kinds),
+        mixer_outs=tuple(p.mixer_out for p in parts),
+        mixer_scales=tuple(p.mixer_scale for p in parts),
+        ffn_scales=tuple(p.ffn_scale for p in parts),
+        ffn_outs=tuple(p.ffn_out for p in parts),
+        uses_interface=bool(called) and switched,
+        notes=tuple(notes),
+        attn_per_layer=max(per_layer, 1),
+        attn_repeats=repeats,
     )

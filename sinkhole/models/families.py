@@ -93,8 +93,10 @@ class Family:
 
     def scales_of(self, idx: int) -> tuple[float, float]:
         """(mixer, FFN) factors applied to the branch outputs before the residual add, in layer idx."""
-        return (self.mixer_scales[idx] if idx < len(self.mixer_scales) else 1.0,
-                self.ffn_scales[idx] if idx < len(self.ffn_scales) else 1.0)
+        return (
+            self.mixer_scales[idx] if idx < len(self.mixer_scales) else 1.0,
+            self.ffn_scales[idx] if idx < len(self.ffn_scales) else 1.0,
+        )
 
 
 LLAMA = Family("llama", "pre")
@@ -108,9 +110,13 @@ SANDWICH = Family(
 # The names of well-known layouts, for readers of old reports and profiles that carry only
 # `model.architecture` (quantization hints). Loaded models always go through discovery.
 FAMILIES: dict[str, Family] = {
-    "llama": LLAMA, "mistral": replace(LLAMA, name="mistral"), "qwen2": replace(LLAMA, name="qwen2"),
-    "qwen3": replace(LLAMA, name="qwen3"), "gemma": replace(LLAMA, name="gemma"),
-    "gemma2": replace(SANDWICH, name="gemma2"), "gemma3_text": replace(SANDWICH, name="gemma3"),
+    "llama": LLAMA,
+    "mistral": replace(LLAMA, name="mistral"),
+    "qwen2": replace(LLAMA, name="qwen2"),
+    "qwen3": replace(LLAMA, name="qwen3"),
+    "gemma": replace(LLAMA, name="gemma"),
+    "gemma2": replace(SANDWICH, name="gemma2"),
+    "gemma3_text": replace(SANDWICH, name="gemma3"),
     "gemma3": replace(SANDWICH, name="gemma3"),
 }
 

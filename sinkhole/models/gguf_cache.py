@@ -159,7 +159,9 @@ def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
     try:
         digest = file_sha256(gguf)
     except OSError as err:
-        raise SinkholeError(f"cannot read GGUF file {gguf} ({err.strerror or err}): check that it exists and is readable") from None
+        raise SinkholeError(
+            f"cannot read GGUF file {gguf} ({err.strerror or err}): check that it exists and is readable"
+        ) from None
     root = cache_dir() / "gguf"
     target = root / digest[:24]
     clean_stale(root)
@@ -168,18 +170,26 @@ def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SinkholeError(f"cannot create the cache {root} ({err.strerror}): set SINKHOLE_CACHE to a writable directory") from None
+        raise SinkholeError(
+            f"cannot create the cache {root} ({err.strerror}): set SINKHOLE_CACHE to a writable directory"
+        ) from None
     try:
         return _convert_locked(gguf, digest, root, target, log)
     except OSError as err:  # the lock file, the temporary folder or the rename
-        raise SinkholeError(f"cannot write the converted model to {root} ({err.strerror or err}): "
-                            "free space or set SINKHOLE_CACHE to a writable directory") from None
+        raise SinkholeError(
+            f"cannot write the converted model to {root} ({err.strerror or err}): "
+            "free space or set SINKHOLE_CACHE to a writable directory"
+        ) from None
 
 
 def _convert_locked(gguf: Path, digest: str, root: Path, target: Path, log) -> tuple[Path, str]:
     lock = root / f".{target.name}.lock"
-    with exclusive_lock(lock, busy="", wait=True,
-                        on_wait=lambda: log(f"waiting for another sinkhole process converting {gguf.name} ...")):
+    with exclusive_lock(
+        lock,
+        busy="",
+        wait=True,
+        on_wait=lambda: log(f"waiting for another sinkhole process converting {gguf.name} ..."),
+    ):
         problem = entry_problem(target)  # another process may have converted it while we waited
         if problem is None:
             return target, digest

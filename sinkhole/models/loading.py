@@ -51,13 +51,20 @@ class LoadedModel:
         return getattr(self.model.config, "max_position_embeddings", None)
 
     @classmethod
-    def wrap(cls, model: torch.nn.Module, tokenizer=None, name: str = "custom") -> "LoadedModel":
+    def wrap(cls, model: torch.nn.Module, tokenizer=None, name: str = "custom") -> LoadedModel:
         """Use an already-built model (a test's tiny random model, say) without loading anything."""
         model.eval().requires_grad_(False)
         p = next(model.parameters())
-        return cls(model=model, tokenizer=tokenizer, family=family_for(model),
-                   source=ModelSource("object", name, ""), name=name, weights_id="",
-                   device=p.device, dtype=p.dtype)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            family=family_for(model),
+            source=ModelSource("object", name, ""),
+            name=name,
+            weights_id="",
+            device=p.device,
+            dtype=p.dtype,
+        )
 
 
 def _dir_weights_id(path: Path) -> str:
@@ -93,7 +100,9 @@ def _check_causal(config) -> None:
         raise SinkholeError(f"{config.model_type} is an encoder-decoder model, not a decoder-only causal LM")
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
-        raise SinkholeError(f"{archs[0]} ({config.model_type}) is not a causal LM; sinkhole needs a decoder-only model")
+        raise SinkholeError(
+            f"{archs[0]} ({config.model_type}) is not a causal LM; sinkhole needs a decoder-only model"
+        )
 
 
 def go_offline() -> None:
@@ -110,12 +119,23 @@ def _raise_load_error(model, err: Exception, what: str):
     text = str(err)
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
     if "trust_remote_code" in text or "custom code" in text:
-        raise SinkholeError(f"{model} ships its own model code: pass --trust-remote-code "
-                            "(trust_remote_code=True) if you trust it") from None
-    if "size mismatch" in text or "mismatched_sizes" in text or "shape" in first.lower() and "mismatch" in text.lower():
-        raise SinkholeError(f"the weights of '{model}' do not match its config.json ({first[:160]}): "
-                            "use the config the weights were saved with") from None
-    if isinstance(err, (ValueError, OSError, RuntimeError, KeyError, EnvironmentError)) or "Error" in type(err).__name__:
+        raise SinkholeError(
+            f"{model} ships its own model code: pass --trust-remote-code (trust_remote_code=True) if you trust it"
+        ) from None
+    if (
+        "size mismatch" in text
+        or "mismatched_sizes" in text
+        or "shape" in first.lower()
+        and "mismatch" in text.lower()
+    ):
+        raise SinkholeError(
+            f"the weights of '{model}' do not match its config.json ({first[:160]}): "
+            "use the config the weights were saved with"
+        ) from None
+    if (
+        isinstance(err, (ValueError, OSError, RuntimeError, KeyError, EnvironmentError))
+        or "Error" in type(err).__name__
+    ):
         raise SinkholeError(f"{what.format(model=model)}: {first[:300]}") from None
     raise err
 
@@ -132,7 +152,9 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(model, (str, os.PathLike)):
-        raise SinkholeError(f"model must be a name, directory or .gguf path (or a LoadedModel), not {type(model).__name__}")
+        raise SinkholeError(
+            f"model must be a name, directory or .gguf path (or a LoadedModel), not {type(model).__name__}"
+        )
     if not isinstance(trust_remote_code, bool):
         raise SinkholeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
     quiet = log is None  # only the CLI (which passes `log`) says "loading ..." for the usual few seconds
@@ -160,8 +182,10 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(path, **kw)
     except Exception as err:
         if "tokenizer" in str(err).lower() and Path(str(path)).is_dir():
-            raise SinkholeError(f"{model} has no usable tokenizer (tokenizer.json or tokenizer.model with its config): "
-                                "save the tokenizer beside the weights (tokenizer.save_pretrained(dir))") from None
+            raise SinkholeError(
+                f"{model} has no usable tokenizer (tokenizer.json or tokenizer.model with its config): "
+                "save the tokenizer beside the weights (tokenizer.save_pretrained(dir))"
+            ) from None
         _raise_load_error(model, err, "cannot load the tokenizer of '{model}'")
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement, **kw)

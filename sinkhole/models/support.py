@@ -66,8 +66,13 @@ def eager_alpha(model, ids: list[int]) -> list[np.ndarray]:
         with contextlib.suppress(ValueError, ImportError, AttributeError):
             model.set_attn_implementation(prev)
     T = len(ids)
-    maps = [a for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T) maps only: linear layers may return other things
-            if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2:] == (len(ids), len(ids))]
+    maps = [
+        a
+        for a in (
+            getattr(out, "attentions", None) or []
+        )  # (B, H, T, T) maps only: linear layers may return other things
+        if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2:] == (len(ids), len(ids))
+    ]
     return [(a[0].float().sum(-2) / torch.arange(T, 0, -1)).numpy() for a in maps]
 
 
@@ -83,8 +88,12 @@ def check(model_type: str) -> Support:
         with torch.inference_mode():
             model(torch.tensor([IDS]), use_cache=False)
     except Exception as err:  # noqa: BLE001 - the tiny model itself does not run: nothing to test
-        return Support(model_type, "skipped", f"tiny model's own forward fails: {type(err).__name__}: "
-                       f"{str(err).splitlines()[0][:100] if str(err) else ''}")
+        return Support(
+            model_type,
+            "skipped",
+            f"tiny model's own forward fails: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:100] if str(err) else ''}",
+        )
     try:
         lm = LoadedModel.wrap(model, IdTokenizer(), name=model_type)
         fam = lm.family
@@ -94,7 +103,9 @@ def check(model_type: str) -> Support:
         no_att = "no attention to measure" in str(err) and not eager_alpha_safe(model)
         return Support(model_type, "no_attention" if no_att else "fails", str(err))
     except Exception as err:  # noqa: BLE001 - a traceback here is a bug to report, as one line
-        return Support(model_type, "fails", f"BUG {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+        return Support(
+            model_type, "fails", f"BUG {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        )
     info = cap.model
     kinds = sorted(set(info.layer_kinds))
     layout = f"{fam.layers}, {fam.norm_style}, {info.attention_path}"
@@ -112,12 +123,14 @@ def check(model_type: str) -> Support:
     try:
         ref = eager_alpha(model, IDS)
     except Exception as err:  # noqa: BLE001
-        row.detail = f"eager reference failed: {type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}"
+        row.detail = (
+            f"eager reference failed: {type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}"
+        )
         return row
     att = [l for l in range(cap.attn_mass.shape[0]) if np.isfinite(cap.attn_mass[l]).any()]
     k = len(ref) // max(len(att), 1)
     if k > 1 and len(ref) == k * len(att):  # several attention sublayers per layer: heads side by side
-        ref = [np.concatenate(ref[i * k:(i + 1) * k], axis=0) for i in range(len(att))]
+        ref = [np.concatenate(ref[i * k : (i + 1) * k], axis=0) for i in range(len(att))]
     if len(ref) != len(att):
         row.detail = f"eager returned {len(ref)} attention maps, the probe measured {len(att)} attention layers"
         return row

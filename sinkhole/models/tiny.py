@@ -16,23 +16,80 @@ import torch
 
 # canonical name -> value; applied when the config class has the field (directly or via attribute_map)
 SIZES = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, max_position_embeddings=128, max_window_layers=2,
-    moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_local_experts=4,
-    n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
-    first_k_dense_replace=1, decoder_sparse_step=1, moe_layer_freq=1,
-    kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
-    sliding_window=6, attention_window_size=6, n_inner=128, ffn_dim=128, d_ff=128,
-    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
-    mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_d_ssm=128, mamba_head_dim=32, mamba_num_heads=4,
-    mamba_chunk_size=8, n_mamba_heads=4, mamba_dt_rank=4, mamba_expand=2,
-    initializer_range=0.3, residual_multiplier=0.5, num_layers=2, ffn_hidden_size=128, expert_ffn_hidden_size=32, zero_expert_num=2, moe_topk=2,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    rope_scaling=None, rotary_dim=8, is_decoder=True, use_mamba_kernels=False, num_nextn_predict_layers=0,
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    max_window_layers=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=32,
+    num_experts=4,
+    num_local_experts=4,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    n_group=1,
+    topk_group=1,
+    first_k_dense_replace=1,
+    decoder_sparse_step=1,
+    moe_layer_freq=1,
+    kv_lora_rank=16,
+    q_lora_rank=32,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    sliding_window=6,
+    attention_window_size=6,
+    n_inner=128,
+    ffn_dim=128,
+    d_ff=128,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    mamba_n_heads=4,
+    mamba_d_head=32,
+    mamba_d_state=8,
+    mamba_d_ssm=128,
+    mamba_head_dim=32,
+    mamba_num_heads=4,
+    mamba_chunk_size=8,
+    n_mamba_heads=4,
+    mamba_dt_rank=4,
+    mamba_expand=2,
+    initializer_range=0.3,
+    residual_multiplier=0.5,
+    num_layers=2,
+    ffn_hidden_size=128,
+    expert_ffn_hidden_size=32,
+    zero_expert_num=2,
+    moe_topk=2,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+    rope_scaling=None,
+    rotary_dim=8,
+    is_decoder=True,
+    use_mamba_kernels=False,
+    num_nextn_predict_layers=0,
 )
 MAX_PARAMS = 16_000_000  # a few seconds to build at most; larger means a sub-config kept its full size
-ATTENTION_KINDS = ("attention", "full_attention", "sliding_attention", "chunked_attention", "attn", "global", "local",
-                   "hybrid", "sliding")
+ATTENTION_KINDS = (
+    "attention",
+    "full_attention",
+    "sliding_attention",
+    "chunked_attention",
+    "attn",
+    "global",
+    "local",
+    "hybrid",
+    "sliding",
+)
 
 
 class TinyUnavailable(Exception):
@@ -86,7 +143,9 @@ def tiny_config(model_type: str):
     try:
         default = cls()
     except Exception as err:  # noqa: BLE001 - any failure is a reason to skip
-        raise TinyUnavailable(f"default config fails: {type(err).__name__}: {str(err).splitlines()[0][:120]}") from None
+        raise TinyUnavailable(
+            f"default config fails: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        ) from None
     if getattr(default, "is_encoder_decoder", False):
         raise TinyUnavailable("encoder-decoder, not decoder-only")
     if hasattr(default, "get_text_config") and default.get_text_config() is not default:
@@ -105,7 +164,9 @@ def tiny_config(model_type: str):
             kw[name] = [types[i] for i in keep]
         for key in ("attn_layer_indices", "full_attn_idxs"):
             if key in fields and getattr(default, key, None) is not None:
-                kw[key] = [i for i, j in enumerate(keep) if str(types[j]) in ATTENTION_KINDS or "attention" in str(types[j])]
+                kw[key] = [
+                    i for i, j in enumerate(keep) if str(types[j]) in ATTENTION_KINDS or "attention" in str(types[j])
+                ]
     if "qk_rope_head_dim" in fields and "head_dim" in fields:  # MLA: RoPE runs on the rope part only
         kw["head_dim"] = SIZES["qk_rope_head_dim"]
     if "kv_lora_rank" in fields and "num_key_value_heads" in fields:
@@ -131,7 +192,9 @@ def tiny_config(model_type: str):
                 return cls(**kw)
             except Exception:  # noqa: BLE001
                 pass
-        raise TinyUnavailable(f"tiny config rejected: {type(err).__name__}: {str(err).splitlines()[0][:120]}") from None
+        raise TinyUnavailable(
+            f"tiny config rejected: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        ) from None
 
 
 def tiny_model(model_type: str, seed: int = 0):
@@ -153,7 +216,9 @@ def tiny_model(model_type: str, seed: int = 0):
         with torch.device("meta"):  # count parameters first: some sub-configs keep full-size defaults
             n = sum(p.numel() for p in model_cls(cfg).parameters())
     except Exception as err:  # noqa: BLE001
-        raise TinyUnavailable(f"tiny model fails to build: {type(err).__name__}: {str(err).splitlines()[0][:120]}") from None
+        raise TinyUnavailable(
+            f"tiny model fails to build: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        ) from None
     if n > MAX_PARAMS:
         raise TinyUnavailable(f"not tiny: {n / 1e6:.0f}M parameters with the generic sizes")
     torch.manual_seed(seed)
@@ -162,7 +227,9 @@ def tiny_model(model_type: str, seed: int = 0):
         if hasattr(model, "set_default_language"):  # X-MOD: adapters per language; any one will do
             model.set_default_language(next(iter(getattr(cfg, "languages", None) or ["en_XX"])))
     except Exception as err:  # noqa: BLE001
-        raise TinyUnavailable(f"tiny model fails to build: {type(err).__name__}: {str(err).splitlines()[0][:120]}") from None
+        raise TinyUnavailable(
+            f"tiny model fails to build: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        ) from None
     return model
 
 

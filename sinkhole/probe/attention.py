@@ -96,9 +96,7 @@ def exact_attention_with_stats(
     out = torch.empty(B, Hkv, G, Tq, Dv, dtype=query.dtype, device=query.device)
     colsum = torch.zeros(B, Hkv, G, Tk, dtype=torch.float32, device=query.device)
     sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
-    probs_all = (
-        torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
-    )
+    probs_all = torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
     row_bytes = max(1, B * Hq * Tk * 4)
     block = max(block_bytes // row_bytes, min(MIN_BLOCK_ROWS, 8 * block_bytes // row_bytes), 1)
     block = min(Tq, block)
@@ -164,8 +162,10 @@ def _sinks(kwargs: dict):
     if s is not None and s.dim() != 1:
         from sinkhole.errors import SinkholeError
 
-        raise SinkholeError(f"learned attention sinks of shape {tuple(s.shape)} (not one logit per head) "
-                            "are not supported by the probe")
+        raise SinkholeError(
+            f"learned attention sinks of shape {tuple(s.shape)} (not one logit per head) "
+            "are not supported by the probe"
+        )
     return s
 
 
@@ -180,7 +180,7 @@ def _warn_once(msg: str) -> None:
 
 
 def choose_path(query: torch.Tensor, keep_probs: bool = False) -> str:
-    """"fused" on CUDA when Triton is there and passed its self-check; "exact" otherwise.
+    """ "fused" on CUDA when Triton is there and passed its self-check; "exact" otherwise.
 
     `SINKHOLE_ATTENTION=exact|fused` overrides (benchmarks, debugging). Maps (keep_probs) always
     take the exact path: they exist only for small inputs, where it is fast anyway.
@@ -226,14 +226,24 @@ def attention_with_stats(
 
         try:
             out, colsum, sink_mass = fused_attention_with_stats(
-                query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=query_valid, causal=causal,
+                query,
+                key,
+                value,
+                mask,
+                scaling,
+                softcap=softcap,
+                sinks=sinks,
+                query_valid=query_valid,
+                causal=causal,
             )
             return out, colsum, None, sink_mass
         except Exception as exc:  # a kernel variant the self-check did not cover failed to build or run
             if path != "auto":
                 raise
-            _warn_once(f"sinkhole: fused attention statistics failed ({type(exc).__name__}: {exc}); "
-                       "using the exact blocked path (slower)")
+            _warn_once(
+                f"sinkhole: fused attention statistics failed ({type(exc).__name__}: {exc}); "
+                "using the exact blocked path (slower)"
+            )
     kwargs = dict(softcap=softcap, sinks=sinks, query_valid=query_valid, block_bytes=block_bytes, causal=causal)
     threads = torch.get_num_threads()
     if query.device.type == "cpu" and not keep_probs and threads > 1 and query.shape[2] >= THREADED_MIN_ROWS:
@@ -278,8 +288,9 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
         kend = offset + q1 if is_causal else Tk
         m = mask[..., q0:q1, :kend] if mask is not None else None
         v = valid[:, q0:q1] if valid is not None else None
-        return exact_attention_with_stats(query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling,
-                                          query_valid=v, **kwargs), kend
+        return exact_attention_with_stats(
+            query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling, query_valid=v, **kwargs
+        ), kend
 
     pool = _POOL.get(threads)
     if pool is None:
@@ -304,13 +315,22 @@ def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, s
     if recorder is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     layer = getattr(module, "layer_idx", None)
     return recorder.attention(
-        layer, query, key, value, attention_mask, scaling,
-        softcap=kwargs.get("softcap"), sinks=_sinks(kwargs), causal=getattr(module, "is_causal", True),
+        layer,
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling,
+        softcap=kwargs.get("softcap"),
+        sinks=_sinks(kwargs),
+        causal=getattr(module, "is_causal", True),
         bias=kwargs.get("position_bias"),  # additive logits bias (relative positions, e.g. Inkling)
     ), None
 

@@ -47,7 +47,11 @@ class ModelInfo:
 
     @property
     def attention_layers(self) -> list[int]:
-        return [i for i, k in enumerate(self.layer_kinds) if k == "attention"] if self.layer_kinds else list(range(self.n_layers))
+        return (
+            [i for i, k in enumerate(self.layer_kinds) if k == "attention"]
+            if self.layer_kinds
+            else list(range(self.n_layers))
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,21 +85,32 @@ class Capture:
         return self.attn_mass * (self.n_tokens - np.arange(self.n_tokens))[None, None, :]
 
     _ARRAYS = (
-        "resid_norm", "resid_top_channels", "resid_top_values", "attn_out_norm",
-        "ffn_out_norm", "embed_norm", "attn_mass", "attn_maps", "sink_share",
+        "resid_norm",
+        "resid_top_channels",
+        "resid_top_values",
+        "attn_out_norm",
+        "ffn_out_norm",
+        "embed_norm",
+        "attn_mass",
+        "attn_maps",
+        "sink_share",
     )
 
     def save(self, path: str | Path) -> None:
         """One .npz holding the arrays and a JSON header (model, tokens, prompt)."""
         header = {
-            "model": self.model.to_dict(), "token_ids": self.token_ids, "tokens": self.tokens,
-            "prompt": self.prompt, "chat": self.chat, "meta": self.meta,
+            "model": self.model.to_dict(),
+            "token_ids": self.token_ids,
+            "tokens": self.tokens,
+            "prompt": self.prompt,
+            "chat": self.chat,
+            "meta": self.meta,
         }
         arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
         np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Capture":
+    def load(cls, path: str | Path) -> Capture:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
             arrays = {k: z[k] for k in cls._ARRAYS if k in z.files}

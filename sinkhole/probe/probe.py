@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -40,8 +40,7 @@ def model_info(lm: LoadedModel) -> ModelInfo:
     fam = lm.family
     n_heads = _cfg(cfg, "num_attention_heads") or 1
     d_model = _cfg(cfg, "hidden_size") or 0
-    learned = any(hasattr(m, "sinks") and isinstance(getattr(m, "sinks"), torch.nn.Parameter)
-                  for m in lm.model.modules())
+    learned = any(hasattr(m, "sinks") and isinstance(m.sinks, torch.nn.Parameter) for m in lm.model.modules())
     return ModelInfo(
         name=lm.name,
         architecture=cfg.model_type,
@@ -72,11 +71,21 @@ class ModelProbe:
         block_bytes: memory budget of one query block's attention scores.
     """
 
-    def __init__(self, model="smollm2-135m", device: str = "cpu", dtype: str | None = None,
-                 trust_remote_code: bool = False, maps_max_len: int = 0, top_k: int = 8,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, log=None):
-        self.lm = model if isinstance(model, LoadedModel) else load_model(
-            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, log=log
+    def __init__(
+        self,
+        model="smollm2-135m",
+        device: str = "cpu",
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        maps_max_len: int = 0,
+        top_k: int = 8,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        log=None,
+    ):
+        self.lm = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, log=log)
         )
         self.info = model_info(self.lm)
         self.maps_max_len, self.top_k, self.block_bytes = maps_max_len, top_k, block_bytes
@@ -129,7 +138,9 @@ class ModelProbe:
     def run(self, prompt: str | Sequence[int], chat: bool | None = None, progress=None) -> Capture:
         return self.run_batch([prompt], chat=chat, progress=progress)[0]
 
-    def run_batch(self, prompts: Sequence[str | Sequence[int]], chat: bool | None = None, progress=None) -> list[Capture]:
+    def run_batch(
+        self, prompts: Sequence[str | Sequence[int]], chat: bool | None = None, progress=None
+    ) -> list[Capture]:
         """One forward pass over all prompts (left-padded); one Capture each, padding removed."""
         if isinstance(prompts, str):
             raise SinkholeError("run_batch takes a list of prompts: use run(prompt) for one")
@@ -146,8 +157,8 @@ class ModelProbe:
         input_ids = torch.full((B, T), pad, dtype=torch.long)
         valid = torch.zeros(B, T, dtype=torch.bool)
         for b, (ids, _) in enumerate(encoded):
-            input_ids[b, T - len(ids):] = torch.tensor(ids)
-            valid[b, T - len(ids):] = True
+            input_ids[b, T - len(ids) :] = torch.tensor(ids)
+            valid[b, T - len(ids) :] = True
         rec = self._forward(input_ids, valid, progress)
         out = []
         for b, (ids, used_chat) in enumerate(encoded):
@@ -204,20 +215,26 @@ class ModelProbe:
         except (ValueError, ImportError, AttributeError):
             previous = None  # models that cannot switch are eager already
         try:
-            with torch.inference_mode(), recording(self.model, self.lm.family, rec, use_attention=False), \
-                    _one_line(self.info.architecture):
+            with (
+                torch.inference_mode(),
+                recording(self.model, self.lm.family, rec, use_attention=False),
+                _one_line(self.info.architecture),
+            ):
                 out = self.model(**kwargs, output_attentions=True)
         finally:
             if previous is not None:
                 self.model.set_attn_implementation(previous)
-        maps = [a for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T): linear layers may return other things
-                if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2:] == (T, T)]
+        maps = [
+            a
+            for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T): linear layers may return other things
+            if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2:] == (T, T)
+        ]
         layers = self.info.attention_layers
         if len(maps) == self.info.n_layers:
             layers = list(range(self.info.n_layers))
         k = len(maps) // max(len(layers), 1)
         if k > 1 and len(maps) == k * len(layers):  # several attention sublayers per layer: heads side by side
-            maps = [torch.cat(maps[i * k:(i + 1) * k], dim=1) for i in range(len(layers))]
+            maps = [torch.cat(maps[i * k : (i + 1) * k], dim=1) for i in range(len(layers))]
         if not maps:
             raise SinkholeError(
                 f"{self.info.architecture}: no attention to measure: the model never calls transformers' attention "
@@ -253,7 +270,9 @@ class ModelProbe:
     def _capture(self, rec: Recorder, b: int, start: int, ids: list[int], prompt, chat: bool) -> Capture:
         n = len(ids)
         s = slice(start, None)
-        colsum = _stack_layers([None if c is None else c[b, :, s] for c in rec.attn_colsum])  # (L, H, n), NaN off-attention
+        colsum = _stack_layers(
+            [None if c is None else c[b, :, s] for c in rec.attn_colsum]
+        )  # (L, H, n), NaN off-attention
         alpha = colsum / torch.arange(n, 0, -1, dtype=torch.float32)  # queries t >= k: n - k of them
         maps = None
         if rec.keep_maps and any(m is not None for m in rec.attn_maps):
@@ -287,7 +306,9 @@ def _one_line(architecture: str):
         yield
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, NotImplementedError) as err:
         msg = str(err).splitlines()[0][:200] if str(err) else ""
-        raise SinkholeError(f"{architecture}: the model's forward failed under the probe ({type(err).__name__}: {msg})") from err
+        raise SinkholeError(
+            f"{architecture}: the model's forward failed under the probe ({type(err).__name__}: {msg})"
+        ) from err
 
 
 def _stack_layers(per_layer: list) -> torch.Tensor:

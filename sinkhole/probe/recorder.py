@@ -33,7 +33,7 @@ def residual_stats(h: torch.Tensor, k: int, chunk: int = 8192) -> tuple[torch.Te
     float32 copy stays small next to the forward's own activations (same numbers, token by token).
     """
     if h.shape[1] > chunk:
-        parts = [residual_stats(h[:, i:i + chunk], k, chunk) for i in range(0, h.shape[1], chunk)]
+        parts = [residual_stats(h[:, i : i + chunk], k, chunk) for i in range(0, h.shape[1], chunk)]
         return tuple(torch.cat(p, dim=1) for p in zip(*parts))
     hf = h.float()
     norm = torch.linalg.vector_norm(hf, dim=-1)
@@ -71,8 +71,15 @@ class Recorder:
     query_valid: (B, T) bool, False on padding. keep_maps: keep full attention probabilities.
     """
 
-    def __init__(self, n_layers: int, query_valid: torch.Tensor, top_k: int = 8,
-                 keep_maps: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES, progress=None):
+    def __init__(
+        self,
+        n_layers: int,
+        query_valid: torch.Tensor,
+        top_k: int = 8,
+        keep_maps: bool = False,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        progress=None,
+    ):
         B, T = query_valid.shape
         self.n_layers, self.top_k = n_layers, top_k
         self.query_valid = query_valid
@@ -114,13 +121,24 @@ class Recorder:
                 Tq, Tk = query.shape[2], key.shape[2]
                 mask = torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril_(Tk - Tq)[None, None]
             if mask.dtype == torch.bool:
-                mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))
+                mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+                    ~mask, float("-inf")
+                )
             mask = mask.float() + bias.float()
-        valid = self.query_valid[:, -query.shape[2]:]
+        valid = self.query_valid[:, -query.shape[2] :]
         valid = None if self.all_valid else valid.to(query.device)
         out, colsum, probs, sink_mass = attention_with_stats(
-            query, key, value, mask, scaling, softcap=softcap, sinks=sinks, query_valid=valid,
-            block_bytes=self.block_bytes, keep_probs=self.keep_maps, causal=causal,
+            query,
+            key,
+            value,
+            mask,
+            scaling,
+            softcap=softcap,
+            sinks=sinks,
+            query_valid=valid,
+            block_bytes=self.block_bytes,
+            keep_probs=self.keep_maps,
+            causal=causal,
         )
         colsum, sink_mass = colsum.cpu(), sink_mass.cpu() if sink_mass is not None else None
         probs = probs.cpu() if probs is not None else None
@@ -140,13 +158,17 @@ class Recorder:
         if h.dim() != 3 or h.shape[:2] != self.resid_norm.shape[1:]:
             from sinkhole.errors import SinkholeError
 
-            raise SinkholeError(f"decoder layer output has shape {tuple(h.shape)}, not (batch, tokens, d_model): "
-                                "this architecture's residual stream layout is not supported by the probe")
+            raise SinkholeError(
+                f"decoder layer output has shape {tuple(h.shape)}, not (batch, tokens, d_model): "
+                "this architecture's residual stream layout is not supported by the probe"
+            )
         norm, ch, val = residual_stats(h, self.top_k)
         if h.is_floating_point() and float(val[..., 0].abs().max()) >= torch.finfo(h.dtype).max:
             self.saturated = True
         self.resid_norm[layer], self.resid_top_channels[layer], self.resid_top_values[layer] = (
-            norm.cpu(), ch.cpu(), val.cpu(),
+            norm.cpu(),
+            ch.cpu(),
+            val.cpu(),
         )
         self.resid_calls += 1
         self.current_layer = None  # the layer is done; its pre-hook sets the next one
@@ -202,12 +224,18 @@ def recording(model: torch.nn.Module, family: Family, recorder: Recorder, use_at
             mixer, ffn = family.mixer_out_of(idx), family.ffn_out_of(idx)
             s_mix, s_ffn = family.scales_of(idx)
             if mixer is not None:
-                obs = (_observer(recorder.block_delta, "input", recorder.attn_out_norm, idx) if inside
-                       else _observer(recorder.block_norm, recorder.attn_out_norm, idx, s_mix))
+                obs = (
+                    _observer(recorder.block_delta, "input", recorder.attn_out_norm, idx)
+                    if inside
+                    else _observer(recorder.block_norm, recorder.attn_out_norm, idx, s_mix)
+                )
                 hooks.append((family.part(layer, mixer), obs))
             if ffn is not None:
-                obs = (_observer(recorder.block_delta, "mixer", recorder.ffn_out_norm, idx) if inside
-                       else _observer(recorder.block_norm, recorder.ffn_out_norm, idx, s_ffn))
+                obs = (
+                    _observer(recorder.block_delta, "mixer", recorder.ffn_out_norm, idx)
+                    if inside
+                    else _observer(recorder.block_norm, recorder.ffn_out_norm, idx, s_ffn)
+                )
                 hooks.append((family.part(layer, ffn), obs))
 
             def enter(module, args, kwargs, idx=idx):

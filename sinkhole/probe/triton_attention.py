@@ -57,9 +57,29 @@ if triton is not None:
         return tl.dot(a, b)
 
     @triton.jit
-    def _scores(q, k, offs_m, offs_n, b, h, Tq, Tk, offset, scale, softcap, M, smb, smh, smt, smk,
-                HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    def _scores(
+        q,
+        k,
+        offs_m,
+        offs_n,
+        b,
+        h,
+        Tq,
+        Tk,
+        offset,
+        scale,
+        softcap,
+        M,
+        smb,
+        smh,
+        smt,
+        smk,
+        HAS_MASK: tl.constexpr,
+        MASK_BOOL: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        IS_CAUSAL: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         """Scores of one (BLOCK_M, BLOCK_N) tile, -inf where a key is hidden."""
         s = _dot(q, k, IEEE) * scale
         if HAS_SOFTCAP:  # softcap * tanh(s / softcap), tanh written with exp (portable to the interpreter)
@@ -69,9 +89,11 @@ if triton is not None:
             visible = visible & (offs_n[None, :] <= offs_m[:, None] + offset)
         if HAS_MASK:
             # int64: a (T, T) mask passes 2**31 elements at T = 46341
-            mv = tl.load(M + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smt
-                         + offs_n[None, :].to(tl.int64) * smk,
-                         mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0)
+            mv = tl.load(
+                M + b * smb + h * smh + offs_m[:, None].to(tl.int64) * smt + offs_n[None, :].to(tl.int64) * smk,
+                mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk),
+                other=0,
+            )
             if MASK_BOOL:
                 visible = visible & (mv != 0)
             else:
@@ -79,13 +101,54 @@ if triton is not None:
         return tl.where(visible, s, float("-inf"))
 
     @triton.jit
-    def _forward_kernel(Q, K, V, O, LSE, M, SINKS,
-                        sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-                        sob, sot, soh, sod, smb, smh, smt, smk,
-                        Hq, G, Tq, Tk, D, Dv, offset, scale, softcap,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                        HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                        HAS_SINKS: tl.constexpr, IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    def _forward_kernel(
+        Q,
+        K,
+        V,
+        O,
+        LSE,
+        M,
+        SINKS,
+        sqb,
+        sqh,
+        sqt,
+        sqd,
+        skb,
+        skh,
+        skt,
+        skd,
+        svb,
+        svh,
+        svt,
+        svd,
+        sob,
+        sot,
+        soh,
+        sod,
+        smb,
+        smh,
+        smt,
+        smk,
+        Hq,
+        G,
+        Tq,
+        Tk,
+        D,
+        Dv,
+        offset,
+        scale,
+        softcap,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_DV: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        MASK_BOOL: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_SINKS: tl.constexpr,
+        IS_CAUSAL: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // Hq).to(tl.int64)  # int64 offsets: B * H * T * D may pass 2**31
@@ -94,8 +157,11 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-                    mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D), other=0.0)
+        q = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+            mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D),
+            other=0.0,
+        )
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -104,17 +170,44 @@ if triton is not None:
             hi = tl.minimum(Tk, offset + (pid_m + 1) * BLOCK_M)
         for n0 in range(0, hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * skb + hk * skh + offs_n[None, :] * skt + offs_d[:, None] * skd,
-                        mask=(offs_n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
-            s = _scores(q, k, offs_m, offs_n, b, h, Tq, Tk, offset, scale, softcap, M, smb, smh, smt, smk,
-                        HAS_MASK, MASK_BOOL, HAS_SOFTCAP, IS_CAUSAL, IEEE)
+            k = tl.load(
+                K + b * skb + hk * skh + offs_n[None, :] * skt + offs_d[:, None] * skd,
+                mask=(offs_n[None, :] < Tk) & (offs_d[:, None] < D),
+                other=0.0,
+            )
+            s = _scores(
+                q,
+                k,
+                offs_m,
+                offs_n,
+                b,
+                h,
+                Tq,
+                Tk,
+                offset,
+                scale,
+                softcap,
+                M,
+                smb,
+                smh,
+                smt,
+                smk,
+                HAS_MASK,
+                MASK_BOOL,
+                HAS_SOFTCAP,
+                IS_CAUSAL,
+                IEEE,
+            )
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_dv[None, :] * svd,
-                        mask=(offs_n[:, None] < Tk) & (offs_dv[None, :] < Dv), other=0.0)
+            v = tl.load(
+                V + b * svb + hk * svh + offs_n[:, None] * svt + offs_dv[None, :] * svd,
+                mask=(offs_n[:, None] < Tk) & (offs_dv[None, :] < Dv),
+                other=0.0,
+            )
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
             m_i = m_new
         dead = l_i == 0.0  # no visible key (left-padding rows): output 0, adds nothing to any statistic
@@ -131,16 +224,51 @@ if triton is not None:
         acc = tl.where(dead[:, None], 0.0, acc)
         lse = tl.where(dead, float("inf"), m_f + tl.log(l_f))
         tl.store(LSE + pid_bh * Tq + offs_m, lse, mask=offs_m < Tq)
-        tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_dv[None, :] * sod, acc.to(O.dtype.element_ty),
-                 mask=(offs_m[:, None] < Tq) & (offs_dv[None, :] < Dv))
+        tl.store(
+            O + b * sob + h * soh + offs_m[:, None] * sot + offs_dv[None, :] * sod,
+            acc.to(O.dtype.element_ty),
+            mask=(offs_m[:, None] < Tq) & (offs_dv[None, :] < Dv),
+        )
 
     @triton.jit
-    def _colsum_kernel(Q, K, LSE, W, M, C,
-                       sqb, sqh, sqt, sqd, skb, skh, skt, skd, swb, smb, smh, smt, smk,
-                       Hq, G, Tq, Tk, D, offset, scale, softcap,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                       HAS_WEIGHT: tl.constexpr, IS_CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    def _colsum_kernel(
+        Q,
+        K,
+        LSE,
+        W,
+        M,
+        C,
+        sqb,
+        sqh,
+        sqt,
+        sqd,
+        skb,
+        skh,
+        skt,
+        skd,
+        swb,
+        smb,
+        smh,
+        smt,
+        smk,
+        Hq,
+        G,
+        Tq,
+        Tk,
+        D,
+        offset,
+        scale,
+        softcap,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        MASK_BOOL: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr,
+        IS_CAUSAL: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // Hq).to(tl.int64)
@@ -148,18 +276,45 @@ if triton is not None:
         hk = h // G
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        k = tl.load(K + b * skb + hk * skh + offs_n[None, :] * skt + offs_d[:, None] * skd,
-                    mask=(offs_n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
+        k = tl.load(
+            K + b * skb + hk * skh + offs_n[None, :] * skt + offs_d[:, None] * skd,
+            mask=(offs_n[None, :] < Tk) & (offs_d[:, None] < D),
+            other=0.0,
+        )
         acc = tl.zeros([BLOCK_N], tl.float32)
         lo = 0
         if IS_CAUSAL:  # rows above the first that can see this key block see none of it
             lo = (tl.maximum(0, pid_n * BLOCK_N - offset) // BLOCK_M) * BLOCK_M
         for m0 in range(lo, Tq, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
-            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-                        mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D), other=0.0)
-            s = _scores(q, k, offs_m, offs_n, b, h, Tq, Tk, offset, scale, softcap, M, smb, smh, smt, smk,
-                        HAS_MASK, MASK_BOOL, HAS_SOFTCAP, IS_CAUSAL, IEEE)
+            q = tl.load(
+                Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+                mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D),
+                other=0.0,
+            )
+            s = _scores(
+                q,
+                k,
+                offs_m,
+                offs_n,
+                b,
+                h,
+                Tq,
+                Tk,
+                offset,
+                scale,
+                softcap,
+                M,
+                smb,
+                smh,
+                smt,
+                smk,
+                HAS_MASK,
+                MASK_BOOL,
+                HAS_SOFTCAP,
+                IS_CAUSAL,
+                IEEE,
+            )
             lse = tl.load(LSE + pid_bh * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
             p = tl.exp(s - lse[:, None])
             p = tl.where(s == float("-inf"), 0.0, p)  # hidden keys, and dead rows (lse = +inf)
@@ -207,12 +362,40 @@ def triton_forward(query, key, value, mask, scaling, softcap=None, sinks=None, c
     sinks_f = sinks.float().contiguous() if sinks is not None else lse  # a dummy pointer when unused
     grid = (triton.cdiv(Tq, BLOCK_M), B * Hq)
     _forward_kernel[grid](
-        query, key, value, out, lse, m if m is not None else lse, sinks_f,
-        *query.stride(), *key.stride(), *value.stride(), out.stride(0), out.stride(1), out.stride(2), out.stride(3), *ms,
-        Hq, Hq // Hkv, Tq, Tk, D, Dv, Tk - Tq, float(scaling), float(softcap or 1.0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(Dv),
-        HAS_MASK=m is not None, MASK_BOOL=is_bool, HAS_SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
-        IS_CAUSAL=bool(causal or mask is None), IEEE=_ieee(query.dtype),
+        query,
+        key,
+        value,
+        out,
+        lse,
+        m if m is not None else lse,
+        sinks_f,
+        *query.stride(),
+        *key.stride(),
+        *value.stride(),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        out.stride(3),
+        *ms,
+        Hq,
+        Hq // Hkv,
+        Tq,
+        Tk,
+        D,
+        Dv,
+        Tk - Tq,
+        float(scaling),
+        float(softcap or 1.0),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=_pow2(D),
+        BLOCK_DV=_pow2(Dv),
+        HAS_MASK=m is not None,
+        MASK_BOOL=is_bool,
+        HAS_SOFTCAP=softcap is not None,
+        HAS_SINKS=sinks is not None,
+        IS_CAUSAL=bool(causal or mask is None),
+        IEEE=_ieee(query.dtype),
     )
     return out, lse
 
@@ -226,12 +409,33 @@ def triton_colsum(query, key, lse, mask, scaling, softcap=None, weight=None, cau
     w = weight.float().contiguous() if weight is not None else None
     grid = (triton.cdiv(Tk, BLOCK_N), B * Hq)
     _colsum_kernel[grid](
-        query, key, lse.contiguous(), w if w is not None else colsum, m if m is not None else colsum, colsum,
-        *query.stride(), *key.stride(), w.stride(0) if w is not None else 0, *ms,
-        Hq, Hq // Hkv, Tq, Tk, D, Tk - Tq, float(scaling), float(softcap or 1.0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D),
-        HAS_MASK=m is not None, MASK_BOOL=is_bool, HAS_SOFTCAP=softcap is not None, HAS_WEIGHT=w is not None,
-        IS_CAUSAL=bool(causal or mask is None), IEEE=_ieee(query.dtype),
+        query,
+        key,
+        lse.contiguous(),
+        w if w is not None else colsum,
+        m if m is not None else colsum,
+        colsum,
+        *query.stride(),
+        *key.stride(),
+        w.stride(0) if w is not None else 0,
+        *ms,
+        Hq,
+        Hq // Hkv,
+        Tq,
+        Tk,
+        D,
+        Tk - Tq,
+        float(scaling),
+        float(softcap or 1.0),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=_pow2(D),
+        HAS_MASK=m is not None,
+        MASK_BOOL=is_bool,
+        HAS_SOFTCAP=softcap is not None,
+        HAS_WEIGHT=w is not None,
+        IS_CAUSAL=bool(causal or mask is None),
+        IEEE=_ieee(query.dtype),
     )
     return colsum
 
@@ -243,9 +447,13 @@ def torch_flash_forward(query, key, value, scaling):
     """torch's fused causal attention with its lse: out (B, Tq, Hq, D), lse (B, Hq, Tq) float32."""
     G = query.shape[1] // key.shape[1]
     if query.is_cuda:
-        op = lambda k, v: torch.ops.aten._scaled_dot_product_flash_attention(query, k, v, 0.0, True, False, scale=scaling)
+        op = lambda k, v: torch.ops.aten._scaled_dot_product_flash_attention(
+            query, k, v, 0.0, True, False, scale=scaling
+        )
     else:  # the CPU twin, so that the tests exercise this path's bookkeeping
-        op = lambda k, v: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, k, v, 0.0, True, scale=scaling)
+        op = lambda k, v: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, k, v, 0.0, True, scale=scaling
+        )
     res = None
     if G > 1 and _NATIVE_GQA["flash"]:
         try:
@@ -262,12 +470,20 @@ def torch_flash_forward(query, key, value, scaling):
 def torch_flash_fits(query, key, value, mask, softcap) -> bool:
     """The cases torch's flash kernel computes exactly as the probe defines them."""
     D = query.shape[-1]
-    return (mask is None and softcap is None and query.shape[2] == key.shape[2] and value.shape[-1] == D
-            and D % 8 == 0 and D <= 256 and query.dtype in (torch.float16, torch.bfloat16))
+    return (
+        mask is None
+        and softcap is None
+        and query.shape[2] == key.shape[2]
+        and value.shape[-1] == D
+        and D % 8 == 0
+        and D <= 256
+        and query.dtype in (torch.float16, torch.bfloat16)
+    )
 
 
-def fused_attention_with_stats(query, key, value, mask, scaling, softcap=None, sinks=None, query_valid=None,
-                               causal=True, forward: str = "auto"):
+def fused_attention_with_stats(
+    query, key, value, mask, scaling, softcap=None, sinks=None, query_valid=None, causal=True, forward: str = "auto"
+):
     """Same contract as `attention_with_stats` (without maps). forward: "auto" | "torch" | "triton"."""
     if forward == "auto":
         forward = "torch" if query.is_cuda and torch_flash_fits(query, key, value, mask, softcap) else "triton"
@@ -293,7 +509,7 @@ def fused_attention_with_stats(query, key, value, mask, scaling, softcap=None, s
     return out, colsum, sink_mass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available(device: str) -> bool:
     """Triton importable and the fused path agreeing with the exact one on `device` (checked once)."""
     if triton is None:
@@ -314,9 +530,14 @@ def available(device: str) -> bool:
             err = (col - ref_col).abs().max().item() / max(1.0, ref_col.abs().max().item())
             err_out = (out.float() - ref_out.float()).abs().max().item()
             if not (math.isfinite(err) and err < 1e-3 and err_out < 5e-2):
-                raise RuntimeError(f"fused attention disagrees with the exact path (colsum {err:.1e}, out {err_out:.1e})")
+                raise RuntimeError(
+                    f"fused attention disagrees with the exact path (colsum {err:.1e}, out {err_out:.1e})"
+                )
     except Exception as exc:  # noqa: BLE001 - any failure means: use the exact path, and say so
-        warnings.warn(f"sinkhole: fused attention statistics unavailable on {device} ({exc}); "
-                      "using the exact blocked path (slower)", stacklevel=2)
+        warnings.warn(
+            f"sinkhole: fused attention statistics unavailable on {device} ({exc}); "
+            "using the exact blocked path (slower)",
+            stacklevel=2,
+        )
         return False
     return True

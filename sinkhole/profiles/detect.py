@@ -54,8 +54,9 @@ def sink_positions(rows: list[dict], share: float = POSITION_SHARE) -> list[int]
     return out
 
 
-def sink_texts(rows: list[dict], skip_positions: list[int], share: float = TEXT_SHARE,
-               min_count: int = MIN_TEXT_COUNT) -> dict[str, float]:
+def sink_texts(
+    rows: list[dict], skip_positions: list[int], share: float = TEXT_SHARE, min_count: int = MIN_TEXT_COUNT
+) -> dict[str, float]:
     """{text: share of its occurrences that sink} for texts that sink wherever they appear."""
     skip = set(skip_positions)
     seen: Counter = Counter()
@@ -75,10 +76,17 @@ def frequent(items: list, share: float, total: int) -> list:
     return sorted(k for k, n in counts.items() if total and n >= share * total)
 
 
-def build_profile(rows: list[dict], model: dict, prompts: dict, settings: dict,
-                  position_share: float = POSITION_SHARE, text_share: float = TEXT_SHARE,
-                  min_text_count: int = MIN_TEXT_COUNT, head_share: float = HEAD_SHARE,
-                  layer_share: float = LAYER_SHARE) -> SinkProfile:
+def build_profile(
+    rows: list[dict],
+    model: dict,
+    prompts: dict,
+    settings: dict,
+    position_share: float = POSITION_SHARE,
+    text_share: float = TEXT_SHARE,
+    min_text_count: int = MIN_TEXT_COUNT,
+    head_share: float = HEAD_SHARE,
+    layer_share: float = LAYER_SHARE,
+) -> SinkProfile:
     """The profile of a model from its eval rows (pure: no model needed)."""
     if not rows:
         raise SinkholeError("no prompts to build a profile from")
@@ -91,15 +99,27 @@ def build_profile(rows: list[dict], model: dict, prompts: dict, settings: dict,
         for s in r["sinks"]:
             by_pos[s["position"]].append(s)
     sink_tokens = [
-        {"position": p, "text": Counter(s["text"] for s in ss).most_common(1)[0][0],
-         "attn_mass": float(np.mean([s["attn_mass"] for s in ss])), "sink_rate": float(np.mean([s["sink_rate"] for s in ss])),
-         "frequency": len(ss) / n}
-        for p, ss in sorted(by_pos.items()) if len(ss) >= SINK_TOKEN_MIN_FREQ * n
+        {
+            "position": p,
+            "text": Counter(s["text"] for s in ss).most_common(1)[0][0],
+            "attn_mass": float(np.mean([s["attn_mass"] for s in ss])),
+            "sink_rate": float(np.mean([s["sink_rate"] for s in ss])),
+            "frequency": len(ss) / n,
+        }
+        for p, ss in sorted(by_pos.items())
+        if len(ss) >= SINK_TOKEN_MIN_FREQ * n
     ]
     for text, freq in texts.items():
         ss = [s for r in rows for s in r["sinks"] if s["text"] == text and s["position"] not in positions]
-        sink_tokens.append({"position": None, "text": text, "attn_mass": float(np.mean([s["attn_mass"] for s in ss])),
-                            "sink_rate": float(np.mean([s["sink_rate"] for s in ss])), "frequency": freq})
+        sink_tokens.append(
+            {
+                "position": None,
+                "text": text,
+                "attn_mass": float(np.mean([s["attn_mass"] for s in ss])),
+                "sink_rate": float(np.mean([s["sink_rate"] for s in ss])),
+                "frequency": freq,
+            }
+        )
 
     spiking = [r for r in rows if r["spikes"]]
     values: dict[int, list[float]] = defaultdict(list)
@@ -110,18 +130,24 @@ def build_profile(rows: list[dict], model: dict, prompts: dict, settings: dict,
     channel_freq = Counter(c for r in spiking for c in r["spike_channels"])
     spike_channels = [
         {"channel": c, "typical_value": float(np.median(values[c])), "frequency": k / len(spiking)}
-        for c, k in sorted(channel_freq.items(), key=lambda kv: (-kv[1], kv[0])) if k >= CHANNEL_MIN_FREQ * len(spiking)
+        for c, k in sorted(channel_freq.items(), key=lambda kv: (-kv[1], kv[0]))
+        if k >= CHANNEL_MIN_FREQ * len(spiking)
     ]
     spikes = [s for r in rows for s in r["spikes"]]
     step_up = frequent([l for s in spikes for l in set(s["step_up_layers"])], layer_share, len(spikes))
     step_down = frequent([l for s in spikes for l in set(s["step_down_layers"])], layer_share, len(spikes))
     heads = frequent([tuple(h) for r in rows for h in r["sink_heads"]], head_share, n)
 
-    described = [f"position {p} ({next((t['text'] for t in sink_tokens if t['position'] == p), '?')!r})" for p in positions]
+    described = [
+        f"position {p} ({next((t['text'] for t in sink_tokens if t['position'] == p), '?')!r})" for p in positions
+    ]
     described += [f"token {t!r} wherever it appears" for t in texts]
     verb = "sinks" if len(described) == 1 else "sink"
-    description = (f"{' and '.join(described)} {verb} in >= {position_share:.0%} of {n} prompts" if described
-                   else f"no position or token sinks in >= {position_share:.0%} of {n} prompts")
+    description = (
+        f"{' and '.join(described)} {verb} in >= {position_share:.0%} of {n} prompts"
+        if described
+        else f"no position or token sinks in >= {position_share:.0%} of {n} prompts"
+    )
     return SinkProfile(
         model=model,
         sink_rule={"positions": positions, "token_texts": list(texts), "description": description},
@@ -132,8 +158,13 @@ def build_profile(rows: list[dict], model: dict, prompts: dict, settings: dict,
         sink_heads=[list(h) for h in heads],
         pinned_slots=(max(positions) + 1) if positions else DEFAULT_PINNED_SLOTS,
         prompts=prompts,
-        settings={**settings, "position_share": position_share, "text_share": text_share,
-                  "head_share": head_share, "layer_share": layer_share},
+        settings={
+            **settings,
+            "position_share": position_share,
+            "text_share": text_share,
+            "head_share": head_share,
+            "layer_share": layer_share,
+        },
     )
 
 
@@ -150,9 +181,19 @@ class SinkDetector:
             keyword arguments of `streaming_section` ({} for the defaults); None skips them.
     """
 
-    def __init__(self, model="smollm2-135m", prompts="builtin", limit: int | None = None, chat: bool | None = None,
-                 threshold: float | None = None, epsilon: float | None = None, min_sink_rate: float | None = None,
-                 progress: Callable[[int], None] | None = None, streaming: dict | None = None, **rules):
+    def __init__(
+        self,
+        model="smollm2-135m",
+        prompts="builtin",
+        limit: int | None = None,
+        chat: bool | None = None,
+        threshold: float | None = None,
+        epsilon: float | None = None,
+        min_sink_rate: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        streaming: dict | None = None,
+        **rules,
+    ):
         from sinkhole.eval.runner import EvalSettings
         from sinkhole.probe.probe import ModelProbe
 
@@ -170,7 +211,10 @@ class SinkDetector:
         self.settings.chat = resolved_chat(self.probe, self.settings.chat)  # recorded in the profile
         rows = run_eval(self.probe, suite, None, self.settings, progress=self.progress)
         info = self.probe.info
-        model = {k: getattr(info, k) for k in ("name", "architecture", "weights_id", "n_layers", "n_heads", "n_kv_heads", "d_model")}
+        model = {
+            k: getattr(info, k)
+            for k in ("name", "architecture", "weights_id", "n_layers", "n_heads", "n_kv_heads", "d_model")
+        }
         prompts = {"source": suite.source, "count": len(suite), "sha256": suite.sha256}
         profile = build_profile(rows, model, prompts, self.settings.numbers(), **self.rules)
         if self.streaming is not None:

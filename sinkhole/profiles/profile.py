@@ -64,7 +64,7 @@ class SinkProfile:
         write_output(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), "profile")
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "profile") -> "SinkProfile":
+    def from_dict(cls, d: dict, source: str = "profile") -> SinkProfile:
         if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA:
             raise SinkholeError(f"{source} is not a sinkhole profile (expected schema '{PROFILE_SCHEMA}')")
         names = {f.name for f in fields(cls)}
@@ -108,7 +108,8 @@ def _malformed(d: dict) -> str | None:
         if not isinstance(d[key], list) or not all(_is_int(x) for x in d[key]):
             return f"{key} must be a list of integers"
     if not isinstance(d["sink_heads"], list) or not all(
-            isinstance(h, list) and len(h) == 2 and all(_is_int(x) for x in h) for h in d["sink_heads"]):
+        isinstance(h, list) and len(h) == 2 and all(_is_int(x) for x in h) for h in d["sink_heads"]
+    ):
         return "sink_heads must be a list of [layer, head] pairs"
     for key, need in (("sink_tokens", "text"), ("spike_channels", "channel")):
         if not isinstance(d[key], list) or not all(isinstance(x, dict) and need in x for x in d[key]):
@@ -124,8 +125,9 @@ def _malformed_streaming(st) -> str | None:
         return None
     scores = st.get("scores") if isinstance(st, dict) else None
     if not isinstance(scores, list) or not all(
-            isinstance(row, list) and row and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
-            for row in scores):
+        isinstance(row, list) and row and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        for row in scores
+    ):
         return "streaming.scores must be a list of per-layer lists of numbers"
     for key in ("n_sink", "window"):
         if not _is_int(st.get(key)) or st[key] < 0:
@@ -147,7 +149,9 @@ def load_profile(name_or_path: str | Path, model=None) -> SinkProfile:
         shipped = SHIPPED_DIR / f"{name_or_path}.json"
         if not shipped.is_file():
             names = sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
-            raise SinkholeError(f"no profile file '{name_or_path}' and no shipped profile of that name (shipped: {', '.join(names) or 'none'})")
+            raise SinkholeError(
+                f"no profile file '{name_or_path}' and no shipped profile of that name (shipped: {', '.join(names) or 'none'})"
+            )
         path = shipped
     try:
         d = json.loads(path.read_text(encoding="utf-8"))

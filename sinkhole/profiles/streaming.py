@@ -42,9 +42,17 @@ DEFAULT_WINDOW = 256
 BLOCK_BYTES = 32 * 2**20  # scores of one query block: keeps the working set cache-sized
 
 
-def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: int, window: int,
-               sliding_window: int | None = None, softcap: float | None = None,
-               block_bytes: int = BLOCK_BYTES, targets: torch.Tensor | None = None):
+def band_share(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    n_sink: int,
+    window: int,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    targets: torch.Tensor | None = None,
+):
     """Per query, the attention share on sinks + the last `window` keys, for queries t >= n_sink + window.
 
     query: (B, Hq, T, D), key: (B, Hkv, T, D), post-RoPE, one unpadded causal sequence per row,
@@ -80,11 +88,11 @@ def band_share(query: torch.Tensor, key: torch.Tensor, scaling: float, n_sink: i
             visible &= qpos - kpos[:b] < sliding_window
         p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         band = (kpos[:b] < n_sink) | (kpos[:b] > qpos - window)  # (tb, b)
-        out[:, :, a - t0:b - t0] = (p * band).sum(-1).mean(2)  # sum over band keys, mean over the group
+        out[:, :, a - t0 : b - t0] = (p * band).sum(-1).mean(2)  # sum over band keys, mean over the group
         if hit is not None:
             tgt = targets[a:b].to(query.device)  # (tb,)
             idx = tgt.clamp(min=0).view(1, 1, 1, -1, 1).expand(B, Hkv, G, -1, 1)
-            hit[:, :, a - t0:b - t0] = (p.gather(-1, idx)[..., 0] * (tgt >= 0)).mean(2)
+            hit[:, :, a - t0 : b - t0] = (p.gather(-1, idx)[..., 0] * (tgt >= 0)).mean(2)
     return out if hit is None else (out, hit)
 
 
@@ -122,8 +130,15 @@ class CopyPrompt:
     spans: list[tuple[int, int, int]]
 
 
-def copy_prompt(tokenizer, n_tokens: int, span: int = 32, n_spans: int = 4, distance: int | None = None,
-                seed: int = 0, text: str | None = None) -> CopyPrompt:
+def copy_prompt(
+    tokenizer,
+    n_tokens: int,
+    span: int = 32,
+    n_spans: int = 4,
+    distance: int | None = None,
+    seed: int = 0,
+    text: str | None = None,
+) -> CopyPrompt:
     """N tokens of Python documentation with `n_spans` random-token spans, each repeated `distance` later.
 
     The first occurrences sit evenly in the first part of the stream after 64 tokens of text, the
@@ -141,7 +156,7 @@ def copy_prompt(tokenizer, n_tokens: int, span: int = 32, n_spans: int = 4, dist
     if len(all_ids) < body + 1 or n_tokens < 2 * n_spans * span + 128:
         raise SinkholeError(f"cannot fit {n_spans} repeated spans of {span} tokens in {n_tokens} tokens")
     start = rng.randrange(0, len(all_ids) - body)
-    ids = list(lead) + all_ids[start: start + body]
+    ids = list(lead) + all_ids[start : start + body]
     pool = sorted(set(all_ids))
     first_zone, step = 64 + len(lead), 2 * span  # spans separated by a span of text
     last_first = first_zone + (n_spans - 1) * step
@@ -153,8 +168,8 @@ def copy_prompt(tokenizer, n_tokens: int, span: int = 32, n_spans: int = 4, dist
     for i in range(n_spans):
         p1 = first_zone + i * step
         toks = [rng.choice(pool) for _ in range(span)]
-        ids[p1: p1 + span] = toks
-        ids[p1 + distance: p1 + distance + span] = toks
+        ids[p1 : p1 + span] = toks
+        ids[p1 + distance : p1 + distance + span] = toks
         spans.append((p1, p1 + distance, span))
     return CopyPrompt(torch.tensor([ids]), spans)
 
@@ -166,7 +181,7 @@ def copy_queries(spans, n_tokens: int) -> torch.Tensor:
     """
     sel = torch.zeros(n_tokens, dtype=torch.bool)
     for _, p2, span in spans:
-        sel[p2: p2 + span - 1] = True
+        sel[p2 : p2 + span - 1] = True
     return sel
 
 
@@ -174,7 +189,7 @@ def copy_targets(spans, n_tokens: int) -> torch.Tensor:
     """(T,) long: for each copy query, the key it should retrieve (p1 + i for query p2 + i - 1), else -1."""
     tgt = torch.full((n_tokens,), -1, dtype=torch.long)
     for p1, p2, span in spans:
-        tgt[p2: p2 + span - 1] = torch.arange(p1 + 1, p1 + span)
+        tgt[p2 : p2 + span - 1] = torch.arange(p1 + 1, p1 + span)
     return tgt
 
 
@@ -209,7 +224,7 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
         share, hit = share.sum(0).cpu(), hit.sum(0).cpu()  # (Hkv, T - t0)
         sums[layer] = sums[layer] + share.sum(-1)
         counts[layer] += share.shape[-1] * query.shape[0]
-        sel = selected[0][S + window:]
+        sel = selected[0][S + window :]
         copy_sums[layer] = copy_sums[layer] + share[:, sel].sum(-1)
         hit_sums[layer] = hit_sums[layer] + hit[:, sel].sum(-1)
         copy_counts[layer] += int(sel.sum()) * query.shape[0]
@@ -232,27 +247,43 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
 
     copy = [mean(copy_sums[l], copy_counts[l]) for l in range(L)]
     hits = [mean(hit_sums[l], copy_counts[l]) for l in range(L)]
-    return dict(n_sink=n_sink, window=window, layer_kinds=kinds, scores=[mean(sums[l], counts[l]) for l in range(L)],
-                copy_scores=copy if all(c is not None for c in copy) else None,
-                retrieval_scores=hits if all(c is not None for c in hits) else None,
-                queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
-                copy_queries=max(copy_counts))
+    return dict(
+        n_sink=n_sink,
+        window=window,
+        layer_kinds=kinds,
+        scores=[mean(sums[l], counts[l]) for l in range(L)],
+        copy_scores=copy if all(c is not None for c in copy) else None,
+        retrieval_scores=hits if all(c is not None for c in hits) else None,
+        queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
+        copy_queries=max(copy_counts),
+    )
 
 
 DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
 
 
-def streaming_prompts(tokenizer, count: int = DEFAULT_PROMPTS, n_tokens: int = DEFAULT_TOKENS, span: int = 32,
-                      seed: int = 0) -> list[CopyPrompt]:
+def streaming_prompts(
+    tokenizer, count: int = DEFAULT_PROMPTS, n_tokens: int = DEFAULT_TOKENS, span: int = 32, seed: int = 0
+) -> list[CopyPrompt]:
     """The profile's long-range prompt set: `count` copy prompts with different spans and text."""
     return [copy_prompt(tokenizer, n_tokens, span=span, n_spans=4, seed=seed + i) for i in range(count)]
 
 
-def streaming_section(lm, n_sink: int = DEFAULT_SINKS, window: int = DEFAULT_WINDOW, count: int = DEFAULT_PROMPTS,
-                      n_tokens: int = DEFAULT_TOKENS, progress=None) -> dict:
+def streaming_section(
+    lm,
+    n_sink: int = DEFAULT_SINKS,
+    window: int = DEFAULT_WINDOW,
+    count: int = DEFAULT_PROMPTS,
+    n_tokens: int = DEFAULT_TOKENS,
+    progress=None,
+) -> dict:
     """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts."""
     prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
     out = measure_streaming_scores(lm, prompts, n_sink, window, progress)
-    out["prompts"] = {"source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
-                      "count": count, "n_tokens": n_tokens, "spans": [list(s) for s in prompts[0].spans]}
+    out["prompts"] = {
+        "source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
+        "count": count,
+        "n_tokens": n_tokens,
+        "spans": [list(s) for s in prompts[0].spans],
+    }
     return out

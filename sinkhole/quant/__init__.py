@@ -6,8 +6,12 @@ Importing the package is light (the CLI's --help needs BACKENDS only); the funct
 
 BACKENDS = ("bitsandbytes", "llm-compressor", "torchao", "smoothquant", "prefix")
 
-_LAZY = {"get_quantization_hints": "hints", "write_hints": "hints", "collect_stats": "stats",
-         "CalibrationStats": "stats"}
+_LAZY = {
+    "get_quantization_hints": "hints",
+    "write_hints": "hints",
+    "collect_stats": "stats",
+    "CalibrationStats": "stats",
+}
 
 
 def __getattr__(name):

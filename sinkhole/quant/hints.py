@@ -40,10 +40,9 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.models.families import FAMILIES, LLAMA, Family
 from sinkhole.profiles.profile import SinkProfile
-from sinkhole.quant.stats import (INT8_OUTLIER_THRESHOLD, OUTLIER_TOKEN_RATIO, THRESHOLD_EDGES,
-                                  CalibrationStats)
-
 from sinkhole.quant import BACKENDS
+from sinkhole.quant.stats import INT8_OUTLIER_THRESHOLD, OUTLIER_TOKEN_RATIO, THRESHOLD_EDGES, CalibrationStats
+
 DEFAULT_ALPHA = 0.5  # SmoothQuant's default migration strength
 INT8_COLUMN_BUDGET = 0.02  # share of a module's channels LLM.int8 may keep in float per sequence
 MAX_PREFIX = 4
@@ -78,16 +77,22 @@ def int8_threshold(stats: CalibrationStats | None) -> tuple[float, dict]:
     fits = False
     for t in [e for e in THRESHOLD_EDGES if e >= INT8_OUTLIER_THRESHOLD]:
         # mean float columns per sequence over the budget (one column is always allowed)
-        over = {n: s.mean_outlier_columns(t) / max(1.0, INT8_COLUMN_BUDGET * s.n_channels)
-                for n, s in stats.modules.items()}
+        over = {
+            n: s.mean_outlier_columns(t) / max(1.0, INT8_COLUMN_BUDGET * s.n_channels)
+            for n, s in stats.modules.items()
+        }
         worst = max(over, key=over.get)
         if over[worst] <= 1.0:
             fits = True
             break
     s = stats.modules[worst]
-    return t, {"rule": f"smallest of {list(THRESHOLD_EDGES[3:])} keeping <= max(1, {INT8_COLUMN_BUDGET:.0%}) float "
-                       "columns per module and sequence", "fits_budget": fits,
-               "max_float_column_share": s.mean_outlier_columns(t) / s.n_channels, "worst_module": worst}
+    return t, {
+        "rule": f"smallest of {list(THRESHOLD_EDGES[3:])} keeping <= max(1, {INT8_COLUMN_BUDGET:.0%}) float "
+        "columns per module and sequence",
+        "fits_budget": fits,
+        "max_float_column_share": s.mean_outlier_columns(t) / s.n_channels,
+        "worst_module": worst,
+    }
 
 
 def outlier_channels(stats: CalibrationStats, modules: list[str], top: int = 4) -> dict[str, list[dict]]:
@@ -119,14 +124,21 @@ def prefix_tokens(source: CalibrationStats | SinkProfile, tokenizer=None) -> dic
             ids.append(int(bos) if bos is not None else int(source.first_token_ids[0]))
         # Tokens that spike at later positions in at least a quarter of the sequences (and two of them);
         # an event is counted once however many modules see it.
-        events = {(ex["sequence"], ex["token_id"]) for s in source.modules.values()
-                  for ex in s.examples if ex["position"] > 0 and ex["token_id"] >= 0}
+        events = {
+            (ex["sequence"], ex["token_id"])
+            for s in source.modules.values()
+            for ex in s.examples
+            if ex["position"] > 0 and ex["token_id"] >= 0
+        }
         later_tokens = Counter(tid for _, tid in events)
         need = max(2, -(-source.n_sequences // 4))
         ids += [t for t, n in later_tokens.most_common() if n >= need and t not in ids]
         ids = ids[:MAX_PREFIX]
-        basis = {"outlier_tokens_at_position_0": first, "outlier_tokens_later": later,
-                 "rule": "BOS for position-0 outliers, then outlier tokens seen in >= 1/4 of the sequences"}
+        basis = {
+            "outlier_tokens_at_position_0": first,
+            "outlier_tokens_later": later,
+            "rule": "BOS for position-0 outliers, then outlier tokens seen in >= 1/4 of the sequences",
+        }
     else:
         n = max(source.pinned_slots, len(source.sink_positions), 1)
         if bos is not None:
@@ -137,7 +149,7 @@ def prefix_tokens(source: CalibrationStats | SinkProfile, tokenizer=None) -> dic
                 enc = tokenizer(t, add_special_tokens=False)["input_ids"]
                 if len(enc) == 1 and enc[0] not in ids:
                     ids.append(int(enc[0]))
-        ids = ids[:min(MAX_PREFIX, max(n, 1))]
+        ids = ids[: min(MAX_PREFIX, max(n, 1))]
         basis = {"rule": "profile sink rule: BOS, then sink token texts", "sink_positions": source.sink_positions}
     if tokenizer is not None:
         texts = [tokenizer.decode([i]) for i in ids]
@@ -164,8 +176,13 @@ def smoothquant_mappings(stats: CalibrationStats | None, family: Family) -> list
     return [m for m in maps if "None" not in str(m)]
 
 
-def get_quantization_hints(source: CalibrationStats | SinkProfile, backend: str = "bitsandbytes",
-                           family: Family | None = None, tokenizer=None, alpha: float | None = None) -> dict:
+def get_quantization_hints(
+    source: CalibrationStats | SinkProfile,
+    backend: str = "bitsandbytes",
+    family: Family | None = None,
+    tokenizer=None,
+    alpha: float | None = None,
+) -> dict:
     """Hints for one backend: {backend, config, notes, basis} (JSON-ready except smoothquant's tensors)."""
     check_backend(backend)
     stats = source if isinstance(source, CalibrationStats) else None
@@ -174,13 +191,21 @@ def get_quantization_hints(source: CalibrationStats | SinkProfile, backend: str 
     fam = family or FAMILIES.get((stats.model if stats else source.model).get("architecture", ""), LLAMA)
     skip = skip_modules(source, fam)
     hot = [m for m in skip if m not in ALWAYS_SKIP]
-    basis: dict = {"source": "calibration" if stats else "profile", "skip_rule":
-                   f"inputs with PrefixQuant outlier tokens (token max > {OUTLIER_TOKEN_RATIO:g}x median)"
-                   if stats else "down_proj of the profile's step-up and step-down layers"}
+    basis: dict = {
+        "source": "calibration" if stats else "profile",
+        "skip_rule": f"inputs with PrefixQuant outlier tokens (token max > {OUTLIER_TOKEN_RATIO:g}x median)"
+        if stats
+        else "down_proj of the profile's step-up and step-down layers",
+    }
     if stats:
-        basis["hot_modules"] = {m: {"absmax": stats.modules[m].absmax,
-                                    "token_ratio_max": stats.modules[m].token_ratio_max,
-                                    "n_outlier_tokens": stats.modules[m].n_outlier_tokens} for m in hot}
+        basis["hot_modules"] = {
+            m: {
+                "absmax": stats.modules[m].absmax,
+                "token_ratio_max": stats.modules[m].token_ratio_max,
+                "n_outlier_tokens": stats.modules[m].n_outlier_tokens,
+            }
+            for m in hot
+        }
         basis["outlier_channels"] = outlier_channels(stats, hot)
     else:
         basis["spike_channels"] = source.spike_channels
@@ -190,48 +215,84 @@ def get_quantization_hints(source: CalibrationStats | SinkProfile, backend: str 
         t, why = int8_threshold(stats)
         basis["threshold"] = why
         config = {"load_in_8bit": True, "llm_int8_threshold": t, "llm_int8_skip_modules": skip}
-        notes.append("bitsandbytes selects outlier columns at run time (|x| >= llm_int8_threshold); the "
-                     "channel ids in basis.outlier_channels are diagnostic only, it takes no channel list.")
+        notes.append(
+            "bitsandbytes selects outlier columns at run time (|x| >= llm_int8_threshold); the "
+            "channel ids in basis.outlier_channels are diagnostic only, it takes no channel list."
+        )
     elif backend == "llm-compressor":
-        config = {"default_stage": {"default_modifiers": {
-            "SmoothQuantModifier": {"smoothing_strength": a, "mappings": smoothquant_mappings(stats, fam)},
-            "QuantizationModifier": {
-                "ignore": skip,
-                "config_groups": {"group_0": {
-                    "targets": ["Linear"],
-                    "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel",
-                                "dynamic": False},
-                    "input_activations": {"num_bits": 8, "type": "int", "symmetric": True,
-                                          "strategy": "tensor", "dynamic": False},
-                }},
-            },
-        }}}
+        config = {
+            "default_stage": {
+                "default_modifiers": {
+                    "SmoothQuantModifier": {"smoothing_strength": a, "mappings": smoothquant_mappings(stats, fam)},
+                    "QuantizationModifier": {
+                        "ignore": skip,
+                        "config_groups": {
+                            "group_0": {
+                                "targets": ["Linear"],
+                                "weights": {
+                                    "num_bits": 8,
+                                    "type": "int",
+                                    "symmetric": True,
+                                    "strategy": "channel",
+                                    "dynamic": False,
+                                },
+                                "input_activations": {
+                                    "num_bits": 8,
+                                    "type": "int",
+                                    "symmetric": True,
+                                    "strategy": "tensor",
+                                    "dynamic": False,
+                                },
+                            }
+                        },
+                    },
+                }
+            }
+        }
         basis["alpha"] = "given" if alpha is not None else "default"
-        notes.append("static per-tensor activations are where spikes hurt; for dynamic per-token use "
-                     "`scheme: W8A8` instead of config_groups.")
+        notes.append(
+            "static per-tensor activations are where spikes hurt; for dynamic per-token use "
+            "`scheme: W8A8` instead of config_groups."
+        )
         if fam.norm_style == "sandwich":
-            notes.append("Gemma norms multiply by (1 + weight): smoothing by dividing the norm weight, as "
-                         "llm-compressor does, is not exact for them; check the smoothed model.")
+            notes.append(
+                "Gemma norms multiply by (1 + weight): smoothing by dividing the norm weight, as "
+                "llm-compressor does, is not exact for them; check the smoothed model."
+            )
     elif backend == "torchao":
-        config = {"quant_method": "torchao", "quant_type": {"default": {
-            "_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}},
-            "modules_to_not_convert": skip, "include_input_output_embeddings": False,
-            "untie_embedding_weights": False}
-        notes.append("load with transformers.TorchAoConfig.from_dict(config); torchao's int8 activations are "
-                     "dynamic per token, so skipping matters less than for static schemes.")
+        config = {
+            "quant_method": "torchao",
+            "quant_type": {"default": {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}},
+            "modules_to_not_convert": skip,
+            "include_input_output_embeddings": False,
+            "untie_embedding_weights": False,
+        }
+        notes.append(
+            "load with transformers.TorchAoConfig.from_dict(config); torchao's int8 activations are "
+            "dynamic per token, so skipping matters less than for static schemes."
+        )
     elif backend == "smoothquant":
         if stats is None:
             raise SinkholeError("smoothquant needs per-channel activation scales: calibrate (drop --profile)")
         config = {"alpha": a, "act_scales": {n: s.channel_absmax.clone() for n, s in stats.modules.items()}}
         basis["alpha"] = "given" if alpha is not None else "default"
-        notes.append("act_scales is saved with torch.save as {module name: (in_features,) absmax}, the "
-                     "format of SmoothQuant's generate_act_scales.py; use with smooth_lm(model, scales, alpha).")
+        notes.append(
+            "act_scales is saved with torch.save as {module name: (in_features,) absmax}, the "
+            "format of SmoothQuant's generate_act_scales.py; use with smooth_lm(model, scales, alpha)."
+        )
     else:  # prefix
         config = prefix_tokens(source, tokenizer)
-        notes.append("prefill these tokens once, in float, and keep their KV slots; compute the per-tensor "
-                     "activation scales on sequences that start after them.")
-    return {"backend": backend, "model": (stats.model if stats else source.model), "config": config,
-            "notes": notes, "basis": basis}
+        notes.append(
+            "prefill these tokens once, in float, and keep their KV slots; compute the per-tensor "
+            "activation scales on sequences that start after them."
+        )
+    return {
+        "backend": backend,
+        "model": (stats.model if stats else source.model),
+        "config": config,
+        "notes": notes,
+        "basis": basis,
+    }
 
 
 def write_hints(hints: dict, path: str | Path) -> list[Path]:

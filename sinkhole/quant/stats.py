@@ -63,7 +63,10 @@ def reduce_rows(x: torch.Tensor) -> RowReduction | None:
     col_max = a.amax(dim=0)  # (C,)
     tok_max = a.amax(dim=1)  # (T,)
     return RowReduction(
-        channel_absmax=col_max.cpu(), count_ge=ge_counts(a), columns_ge=ge_counts(col_max), n_values=a.numel(),
+        channel_absmax=col_max.cpu(),
+        count_ge=ge_counts(a),
+        columns_ge=ge_counts(col_max),
+        n_values=a.numel(),
         token_ratio=(tok_max / tok_max.median().clamp_min(1e-30)).cpu().numpy(),
     )
 
@@ -101,7 +104,7 @@ class LinearInputStats:
         """Fold one sequence's input rows x (T, C) into the running statistics."""
         self.fold(reduce_rows(x), token_ids, offset)
 
-    def fold(self, r: "RowReduction | None", token_ids: Sequence[int] | None = None, offset: int = 0) -> None:
+    def fold(self, r: RowReduction | None, token_ids: Sequence[int] | None = None, offset: int = 0) -> None:
         if r is None:
             return
         self.channel_absmax = torch.maximum(self.channel_absmax, r.channel_absmax)
@@ -117,8 +120,9 @@ class LinearInputStats:
             self.outlier_positions[pos] += 1
             self.outlier_token_ids[tid] += 1
             if len(self.examples) < MAX_TOKEN_EXAMPLES:
-                self.examples.append({"sequence": self.n_sequences, "position": pos, "token_id": tid,
-                                      "ratio": float(r.token_ratio[t])})
+                self.examples.append(
+                    {"sequence": self.n_sequences, "position": pos, "token_id": tid, "ratio": float(r.token_ratio[t])}
+                )
         self.n_sequences += 1
 
     @property
@@ -145,17 +149,23 @@ class LinearInputStats:
             return tokenizer.decode([tid]) if tokenizer is not None and tid >= 0 else None
 
         return {
-            "name": self.name, "layer": self.layer, "kind": self.kind, "n_channels": self.n_channels,
+            "name": self.name,
+            "layer": self.layer,
+            "kind": self.kind,
+            "n_channels": self.n_channels,
             "input_group": self.input_group,
-            "absmax": self.absmax, "median_channel_absmax": float(self.channel_absmax.median()),
-            "top_channels": [{"channel": c, "absmax": float(self.channel_absmax[c]), "ratio": float(ratios[c])}
-                             for c in order],
+            "absmax": self.absmax,
+            "median_channel_absmax": float(self.channel_absmax.median()),
+            "top_channels": [
+                {"channel": c, "absmax": float(self.channel_absmax[c]), "ratio": float(ratios[c])} for c in order
+            ],
             "share_ge_6": self.share_ge(INT8_OUTLIER_THRESHOLD),
             "token_ratio_max": self.token_ratio_max,
             "n_outlier_tokens": self.n_outlier_tokens,
             "outlier_positions": {str(k): v for k, v in sorted(self.outlier_positions.items())},
-            "outlier_tokens": [{"token_id": k, "text": text(k), "count": v}
-                               for k, v in self.outlier_token_ids.most_common(8)],
+            "outlier_tokens": [
+                {"token_id": k, "text": text(k), "count": v} for k, v in self.outlier_token_ids.most_common(8)
+            ],
             "examples": self.examples,
         }
 
@@ -178,8 +188,12 @@ class CalibrationStats:
 
     def to_dict(self, tokenizer=None, top: int = 8) -> dict:
         return {
-            "schema": "sinkhole.quant-stats/1", "model": self.model, "source": self.source,
-            "n_sequences": self.n_sequences, "n_tokens": self.n_tokens, "skip_positions": self.skip_positions,
+            "schema": "sinkhole.quant-stats/1",
+            "model": self.model,
+            "source": self.source,
+            "n_sequences": self.n_sequences,
+            "n_tokens": self.n_tokens,
+            "skip_positions": self.skip_positions,
             "outlier_token_ratio": OUTLIER_TOKEN_RATIO,
             "modules": [s.to_dict(top=top, tokenizer=tokenizer) for s in self.modules.values()],
         }
@@ -205,8 +219,7 @@ def decoder_linears(model: nn.Module, family) -> dict[str, tuple[int, nn.Linear]
 
 
 @contextmanager
-def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputStats],
-                       state: dict) -> Iterator[None]:
+def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputStats], state: dict) -> Iterator[None]:
     """Fold every decoder Linear's input into `stats[name]` while inside; hooks removed in `finally`.
 
     `state` carries what the hooks need about the current sequence: `token_ids` and `skip` (rows to ignore).
@@ -224,6 +237,7 @@ def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputSta
                 memo["x"], memo["r"], memo["first"] = x, reduce_rows(x[0, skip:]), name
             stats[name].input_group = memo["first"]
             stats[name].fold(memo["r"], token_ids=state.get("token_ids"), offset=skip)
+
         return hook
 
     try:
@@ -239,8 +253,9 @@ def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputSta
 
 
 @torch.no_grad()
-def collect_stats(lm, sequences: Sequence[Sequence[int]], skip_positions: int = 0, source: str = "",
-                  progress=None) -> CalibrationStats:
+def collect_stats(
+    lm, sequences: Sequence[Sequence[int]], skip_positions: int = 0, source: str = "", progress=None
+) -> CalibrationStats:
     """Run `sequences` (token id lists) one by one through `lm` (a LoadedModel) and collect statistics.
 
     `skip_positions`: rows 0..skip-1 of every sequence are left out (a prefix already in the KV cache).
@@ -258,8 +273,16 @@ def collect_stats(lm, sequences: Sequence[Sequence[int]], skip_positions: int = 
                 progress(i + 1, len(sequences))
     cfg = model.config
     return CalibrationStats(
-        model={"name": lm.name, "architecture": getattr(cfg, "model_type", ""), "weights_id": lm.weights_id,
-               "n_layers": getattr(cfg, "num_hidden_layers", None)},
-        modules=stats, n_sequences=len(sequences), n_tokens=n_tokens, source=source,
-        skip_positions=skip_positions, first_token_ids=[int(s[0]) for s in sequences if len(s)],
+        model={
+            "name": lm.name,
+            "architecture": getattr(cfg, "model_type", ""),
+            "weights_id": lm.weights_id,
+            "n_layers": getattr(cfg, "num_hidden_layers", None),
+        },
+        modules=stats,
+        n_sequences=len(sequences),
+        n_tokens=n_tokens,
+        source=source,
+        skip_positions=skip_positions,
+        first_token_ids=[int(s[0]) for s in sequences if len(s)],
     )

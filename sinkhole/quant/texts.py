@@ -29,7 +29,7 @@ def token_sequences(tokenizer, text: str, n: int, length: int) -> list[list[int]
     if n < 1 or length < 2:
         raise SinkholeError("need at least one sequence of at least 2 tokens")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] if callable(tokenizer) else tokenizer.encode(text)
-    seqs = [list(ids[i:i + length]) for i in range(0, len(ids) - length + 1, length)][:n]
+    seqs = [list(ids[i : i + length]) for i in range(0, len(ids) - length + 1, length)][:n]
     if not seqs:
         raise SinkholeError(f"text has {len(ids)} tokens, fewer than one sequence of {length}")
     return seqs

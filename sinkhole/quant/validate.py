@@ -30,8 +30,7 @@ from sinkhole.analysis.perplexity import sequence_nll
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
 from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
 
-SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix",
-           "float_prefix")
+SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix", "float_prefix")
 ALPHAS = (0.5, 0.65, 0.8, 0.9)
 
 
@@ -86,8 +85,9 @@ def scheme_specs(name: str, lm, stats: CalibrationStats, hints: dict) -> dict[st
     raise ValueError(f"unknown scheme {name}")
 
 
-def tune_alpha(lm, stats: CalibrationStats, sequences: Sequence[Sequence[int]],
-               alphas: Sequence[float] = ALPHAS, progress=None) -> tuple[float, dict[float, float]]:
+def tune_alpha(
+    lm, stats: CalibrationStats, sequences: Sequence[Sequence[int]], alphas: Sequence[float] = ALPHAS, progress=None
+) -> tuple[float, dict[float, float]]:
     """The alpha with the lowest calibration perplexity under SmoothQuant static W8A8 (calibration text only).
     `progress(alpha, i, n)` is called before each alpha's perplexity run."""
     ppl = {}
@@ -109,15 +109,23 @@ class SchemeResult:
     detail: str
 
 
-def validate(lm, stats: CalibrationStats, calib: Sequence[Sequence[int]], heldout: Sequence[Sequence[int]],
-             hints: dict, schemes: Sequence[str] = SCHEMES, progress=None) -> dict:
+def validate(
+    lm,
+    stats: CalibrationStats,
+    calib: Sequence[Sequence[int]],
+    heldout: Sequence[Sequence[int]],
+    hints: dict,
+    schemes: Sequence[str] = SCHEMES,
+    progress=None,
+) -> dict:
     """Perplexity of each scheme on `heldout`. `hints`: {threshold, alpha, skip, prefix (token ids)}.
 
     Returns {"results": [SchemeResult as dict], "hints": hints, "n_heldout_tokens": int}.
     """
     out: dict[str, float] = {}
     details = {
-        "float": "no quantization", "naive_static": "per-tensor static activations (calibration absmax)",
+        "float": "no quantization",
+        "naive_static": "per-tensor static activations (calibration absmax)",
         "dynamic": "per-token dynamic activations",
         "int8_outliers": f"LLM.int8 columns |x| >= {hints['threshold']:g} in float, rest per token",
         "smoothquant": f"SmoothQuant alpha {hints['alpha']:g}, static per-tensor",
@@ -135,7 +143,9 @@ def validate(lm, stats: CalibrationStats, calib: Sequence[Sequence[int]], heldou
             pstats = collect_stats(lm, [prefix + list(s) for s in calib], skip_positions=len(prefix))
             with fake_quantized(lm.model, static_specs(pstats, passthrough=len(prefix))):
                 out[name] = perplexity(lm, heldout, prefix=prefix)
-            details[name] += f"; outlier tokens left after it: {sum(s.n_outlier_tokens for s in pstats.modules.values())}"
+            details[name] += (
+                f"; outlier tokens left after it: {sum(s.n_outlier_tokens for s in pstats.modules.values())}"
+            )
         elif name == "float_prefix":
             out[name] = perplexity(lm, heldout, prefix=prefix)
         else:
@@ -147,5 +157,9 @@ def validate(lm, stats: CalibrationStats, calib: Sequence[Sequence[int]], heldou
     for name, ppl in out.items():
         beats = None if name in ("float", "float_prefix", "naive_static") or naive is None else bool(ppl < naive)
         results.append(asdict(SchemeResult(name, ppl, ppl - ref, beats, details[name])))
-    return {"results": results, "hints": hints, "n_heldout_tokens": sum(len(s) - 1 for s in heldout),
-            "n_heldout_sequences": len(heldout)}
+    return {
+        "results": results,
+        "hints": hints,
+        "n_heldout_tokens": sum(len(s) - 1 for s in heldout),
+        "n_heldout_sequences": len(heldout),
+    }

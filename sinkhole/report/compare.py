@@ -53,45 +53,73 @@ def _by_pos(tokens: list[dict], keys: tuple) -> dict:
 
 def _matched(a: list[dict], b: list[dict], keys: tuple) -> dict:
     pa, pb = _by_pos(a, keys), _by_pos(b, keys)
-    return {"both": [{"position": p, "a": pa[p], "b": pb[p]} for p in sorted(set(pa) & set(pb))],
-            "only_a": [{"position": p, **pa[p]} for p in sorted(set(pa) - set(pb))],
-            "only_b": [{"position": p, **pb[p]} for p in sorted(set(pb) - set(pa))]}
+    return {
+        "both": [{"position": p, "a": pa[p], "b": pb[p]} for p in sorted(set(pa) & set(pb))],
+        "only_a": [{"position": p, **pa[p]} for p in sorted(set(pa) - set(pb))],
+        "only_b": [{"position": p, **pb[p]} for p in sorted(set(pb) - set(pa))],
+    }
 
 
 def _heads(a: dict, b: dict) -> dict:
     ha, hb = (a.get("heads") or {}).get("mass_on_top_sink"), (b.get("heads") or {}).get("mass_on_top_sink")
     eps_a, eps_b = a["sinks"]["epsilon"], b["sinks"]["epsilon"]
-    out = {"n_sink_heads": [None if ha is None else sum(v > eps_a for row in ha for v in row),
-                            None if hb is None else sum(v > eps_b for row in hb for v in row)],
-           "n_heads": [None if ha is None else sum(len(r) for r in ha), None if hb is None else sum(len(r) for r in hb)],
-           "same_shape": bool(ha and hb and len(ha) == len(hb) and all(len(x) == len(y) for x, y in zip(ha, hb)))}
+    out = {
+        "n_sink_heads": [
+            None if ha is None else sum(v > eps_a for row in ha for v in row),
+            None if hb is None else sum(v > eps_b for row in hb for v in row),
+        ],
+        "n_heads": [None if ha is None else sum(len(r) for r in ha), None if hb is None else sum(len(r) for r in hb)],
+        "same_shape": bool(ha and hb and len(ha) == len(hb) and all(len(x) == len(y) for x, y in zip(ha, hb))),
+    }
     if out["same_shape"]:
         diff = [[y - x for x, y in zip(ra, rb)] for ra, rb in zip(ha, hb)]
         cells = sorted(((abs(d), l, h) for l, row in enumerate(diff) for h, d in enumerate(row)), reverse=True)
         out["diff"] = diff
-        out["largest_changes"] = [{"layer": l, "head": h, "a": ha[l][h], "b": hb[l][h]} for _, l, h in cells[:TOP_HEADS]]
-        out["started_sinking"] = [[l, h] for l, row in enumerate(ha) for h, v in enumerate(row) if v <= eps_a < hb[l][h]]
-        out["stopped_sinking"] = [[l, h] for l, row in enumerate(ha) for h, v in enumerate(row) if v > eps_a >= hb[l][h]]
+        out["largest_changes"] = [
+            {"layer": l, "head": h, "a": ha[l][h], "b": hb[l][h]} for _, l, h in cells[:TOP_HEADS]
+        ]
+        out["started_sinking"] = [
+            [l, h] for l, row in enumerate(ha) for h, v in enumerate(row) if v <= eps_a < hb[l][h]
+        ]
+        out["stopped_sinking"] = [
+            [l, h] for l, row in enumerate(ha) for h, v in enumerate(row) if v > eps_a >= hb[l][h]
+        ]
     return out
 
 
 def compare_reports(a: dict, b: dict) -> dict:
     ca, cb = _channels(a), _channels(b)
     return {
-        "schema": SCHEMA, "kind": "report", "files": [a.get("_path"), b.get("_path")],
+        "schema": SCHEMA,
+        "kind": "report",
+        "files": [a.get("_path"), b.get("_path")],
         "models": [a["model"]["name"], b["model"]["name"]],
         "weights": [a["model"].get("weights_id"), b["model"].get("weights_id")],
         "n_tokens": [len(a["tokens"]), len(b["tokens"])],
-        "same_prompt": a.get("prompt") == b.get("prompt") and [t["id"] for t in a["tokens"]] == [t["id"] for t in b["tokens"]],
-        "spikes": {"n": [len(a["spikes"]["tokens"]), len(b["spikes"]["tokens"])],
-                   "top_score": [max(a["spikes"]["per_token_score"] or [0]), max(b["spikes"]["per_token_score"] or [0])],
-                   **_matched(a["spikes"]["tokens"], b["spikes"]["tokens"], ("text", "score", "layer", "channel", "channels"))},
-        "sinks": {"n": [len(a["sinks"]["tokens"]), len(b["sinks"]["tokens"])],
-                  "top": [{k: a["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")},
-                          {k: b["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")}],
-                  **_matched(a["sinks"]["tokens"], b["sinks"]["tokens"], ("text", "attn_mass", "sink_rate"))},
-        "channels": {"a": ca, "b": cb, "both": [c for c in ca if c in cb], "only_a": [c for c in ca if c not in cb],
-                     "only_b": [c for c in cb if c not in ca]},
+        "same_prompt": a.get("prompt") == b.get("prompt")
+        and [t["id"] for t in a["tokens"]] == [t["id"] for t in b["tokens"]],
+        "spikes": {
+            "n": [len(a["spikes"]["tokens"]), len(b["spikes"]["tokens"])],
+            "top_score": [max(a["spikes"]["per_token_score"] or [0]), max(b["spikes"]["per_token_score"] or [0])],
+            **_matched(
+                a["spikes"]["tokens"], b["spikes"]["tokens"], ("text", "score", "layer", "channel", "channels")
+            ),
+        },
+        "sinks": {
+            "n": [len(a["sinks"]["tokens"]), len(b["sinks"]["tokens"])],
+            "top": [
+                {k: a["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")},
+                {k: b["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")},
+            ],
+            **_matched(a["sinks"]["tokens"], b["sinks"]["tokens"], ("text", "attn_mass", "sink_rate")),
+        },
+        "channels": {
+            "a": ca,
+            "b": cb,
+            "both": [c for c in ca if c in cb],
+            "only_a": [c for c in ca if c not in cb],
+            "only_b": [c for c in cb if c not in ca],
+        },
         "jaccard": [a["overlap"]["jaccard"], b["overlap"]["jaccard"]],
         "kv": [a["kv"]["sink_attention_share"], b["kv"]["sink_attention_share"]],
         "heads": _heads(a, b),
@@ -103,16 +131,26 @@ def compare_evals(a: dict, b: dict) -> dict:
     ma, mb = a["metrics"], b["metrics"]
     cats = [c for c in a.get("per_category", {}) if c in b.get("per_category", {})]
     return {
-        "schema": SCHEMA, "kind": "eval", "files": [a.get("_path"), b.get("_path")],
+        "schema": SCHEMA,
+        "kind": "eval",
+        "files": [a.get("_path"), b.get("_path")],
         "models": [run(a).get("model", {}).get("name"), run(b).get("model", {}).get("name")],
         "n_prompts": [a["n_prompts"], b["n_prompts"]],
         "metrics": {k: [ma[k]["mean"], mb[k]["mean"]] for k in ma if k in mb},
-        "channels": {"a": a["spike_channels"]["most_common_set"], "b": b["spike_channels"]["most_common_set"],
-                     "share": [a["spike_channels"]["same_set_share"], b["spike_channels"]["same_set_share"]]},
+        "channels": {
+            "a": a["spike_channels"]["most_common_set"],
+            "b": b["spike_channels"]["most_common_set"],
+            "share": [a["spike_channels"]["same_set_share"], b["spike_channels"]["same_set_share"]],
+        },
         "top_sink_positions": [a["top_sink_positions"], b["top_sink_positions"]],
         "length_vs_sink_mass_r": [a["length_vs_sink_mass_r"], b["length_vs_sink_mass_r"]],
-        "per_category": {c: {k: [a["per_category"][c]["metrics"][k]["mean"], b["per_category"][c]["metrics"][k]["mean"]]
-                             for k in ("spike_score", "sink_mass")} for c in cats},
+        "per_category": {
+            c: {
+                k: [a["per_category"][c]["metrics"][k]["mean"], b["per_category"][c]["metrics"][k]["mean"]]
+                for k in ("spike_score", "sink_mass")
+            }
+            for c in cats
+        },
     }
 
 
@@ -123,6 +161,7 @@ def compare(a: dict, b: dict) -> dict:
 
 
 # ---------- terminal ----------
+
 
 def _num(x, kind: str = "") -> str:
     if x is None:
@@ -165,25 +204,41 @@ def render_compare(c: dict) -> str:
         for k, v in c["metrics"].items():
             lines.append(_pair(METRICS.get(k, k), v, "%" if k in PERCENT else "x" if k == "spike_score" else "2"))
         ch = c["channels"]
-        lines.append(f"Spike channels  {ch['a'] or 'none'} ({pct(ch['share'][0], 0) if ch['share'][0] is not None else 'n/a'})"
-                     f"  ->  {ch['b'] or 'none'} ({pct(ch['share'][1], 0) if ch['share'][1] is not None else 'n/a'})")
+        lines.append(
+            f"Spike channels  {ch['a'] or 'none'} ({pct(ch['share'][0], 0) if ch['share'][0] is not None else 'n/a'})"
+            f"  ->  {ch['b'] or 'none'} ({pct(ch['share'][1], 0) if ch['share'][1] is not None else 'n/a'})"
+        )
         lines.append(_pair("Pearson r(length, sink mass)", c["length_vs_sink_mass_r"], "2"))
         return "\n".join(lines)
-    lines.append(f"Tokens  {c['n_tokens'][0]} -> {c['n_tokens'][1]}" + ("  (same prompt)" if c["same_prompt"] else "  (different prompts)"))
+    lines.append(
+        f"Tokens  {c['n_tokens'][0]} -> {c['n_tokens'][1]}"
+        + ("  (same prompt)" if c["same_prompt"] else "  (different prompts)")
+    )
     sp = c["spikes"]
-    lines.append(f"Spike tokens  {sp['n'][0]} -> {sp['n'][1]}   top score {sp['top_score'][0]:.1f}x -> {sp['top_score'][1]:.1f}x")
+    lines.append(
+        f"Spike tokens  {sp['n'][0]} -> {sp['n'][1]}   top score {sp['top_score'][0]:.1f}x -> {sp['top_score'][1]:.1f}x"
+    )
     lines += _tokens(sp, "spike", lambda t: f"score {t['score']:.1f}x, channels {t['channels']}")
     sk = c["sinks"]
-    lines.append(f"Sink tokens  {sk['n'][0]} -> {sk['n'][1]}   top sink #{sk['top'][0]['position']} "
-                 f"{pct(sk['top'][0]['attn_mass'])} -> #{sk['top'][1]['position']} {pct(sk['top'][1]['attn_mass'])}")
+    lines.append(
+        f"Sink tokens  {sk['n'][0]} -> {sk['n'][1]}   top sink #{sk['top'][0]['position']} "
+        f"{pct(sk['top'][0]['attn_mass'])} -> #{sk['top'][1]['position']} {pct(sk['top'][1]['attn_mass'])}"
+    )
     lines += _tokens(sk, "sink", lambda t: f"mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}")
     ch = c["channels"]
-    lines.append(f"Spike channels  {ch['a']} -> {ch['b']}   shared {ch['both']}, only A {ch['only_a']}, only B {ch['only_b']}")
+    lines.append(
+        f"Spike channels  {ch['a']} -> {ch['b']}   shared {ch['both']}, only A {ch['only_a']}, only B {ch['only_b']}"
+    )
     h = c["heads"]
     if h["n_sink_heads"][0] is not None and h["n_sink_heads"][1] is not None:
-        lines.append(f"Sink heads  {h['n_sink_heads'][0]} of {h['n_heads'][0]} -> {h['n_sink_heads'][1]} of {h['n_heads'][1]}"
-                     + (f"   started {len(h['started_sinking'])}, stopped {len(h['stopped_sinking'])}" if h["same_shape"] else
-                        "   (different layers x heads: not matched)"))
+        lines.append(
+            f"Sink heads  {h['n_sink_heads'][0]} of {h['n_heads'][0]} -> {h['n_sink_heads'][1]} of {h['n_heads'][1]}"
+            + (
+                f"   started {len(h['started_sinking'])}, stopped {len(h['stopped_sinking'])}"
+                if h["same_shape"]
+                else "   (different layers x heads: not matched)"
+            )
+        )
         for x in (h.get("largest_changes") or [])[:5]:
             lines.append(f"  L{x['layer']} H{x['head']}  alpha on top sink {x['a']:.3f} -> {x['b']:.3f}")
     lines.append(_pair("Spike ∩ Sink (Jaccard)", c["jaccard"], "2"))
@@ -192,6 +247,7 @@ def render_compare(c: dict) -> str:
 
 
 # ---------- HTML ----------
+
 
 def side_by_side(c: dict) -> list[tuple[str, str, str]]:
     """(label, A, B) rows of the main numbers, formatted as the terminal formats them."""
@@ -207,23 +263,36 @@ def side_by_side(c: dict) -> list[tuple[str, str, str]]:
         rows.append(("Pearson r(length, sink mass)", *(_num(x, "2") for x in c["length_vs_sink_mass_r"])))
         return rows
     sp, sk, h = c["spikes"], c["sinks"], c["heads"]
-    rows += [("tokens", *c["n_tokens"]), ("spike tokens", *sp["n"]),
-             ("top spike score", *(_num(x, "x") for x in sp["top_score"])), ("sink tokens", *sk["n"]),
-             ("top sink", *(f"#{t['position']} {t['text']!r}: mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}"
-                            for t in sk["top"])),
-             ("spike channels", c["channels"]["a"] or "none", c["channels"]["b"] or "none"),
-             ("sink heads", *(f"{n} of {t}" if n is not None else "n/a" for n, t in zip(h["n_sink_heads"], h["n_heads"]))),
-             ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"])),
-             ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"]))]
+    rows += [
+        ("tokens", *c["n_tokens"]),
+        ("spike tokens", *sp["n"]),
+        ("top spike score", *(_num(x, "x") for x in sp["top_score"])),
+        ("sink tokens", *sk["n"]),
+        (
+            "top sink",
+            *(
+                f"#{t['position']} {t['text']!r}: mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}"
+                for t in sk["top"]
+            ),
+        ),
+        ("spike channels", c["channels"]["a"] or "none", c["channels"]["b"] or "none"),
+        ("sink heads", *(f"{n} of {t}" if n is not None else "n/a" for n, t in zip(h["n_sink_heads"], h["n_heads"]))),
+        ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"])),
+        ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"])),
+    ]
     return rows
 
 
 def compare_html(c: dict) -> str:
     """One offline page: the terminal comparison as tables, plus the heads' change as a heatmap."""
     esc = html.escape
-    table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>" for k, a, b in side_by_side(c))
-    rows = (f"<table class='t'><tr><th></th><th>A</th><th>B</th></tr>{table}</table>"
-            f"<h2>Details</h2><pre>{esc(render_compare(c))}</pre>")
+    table = "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>" for k, a, b in side_by_side(c)
+    )
+    rows = (
+        f"<table class='t'><tr><th></th><th>A</th><th>B</th></tr>{table}</table>"
+        f"<h2>Details</h2><pre>{esc(render_compare(c))}</pre>"
+    )
     fig = ""
     script = ""
     if c["kind"] == "report" and c["heads"].get("diff"):
@@ -232,17 +301,21 @@ def compare_html(c: dict) -> str:
         from sinkhole.report.html import embed_json
 
         data = embed_json({"z": [[round(v, 4) for v in row] for row in c["heads"]["diff"]]})
-        fig = ('<h2>Heads: α on the top sink, B − A</h2><p class="hint">Red: the head gives B\'s top sink more '
-               'attention than A\'s; blue: less.</p><div id="fig-diff" style="height:560px;max-width:520px"></div>'
-               f'<script type="application/json" id="diff-data">{data}</script>')
-        script = (f"<script>{plotly.offline.get_plotlyjs()}</script><script>(function(){{"
-                  "const d=JSON.parse(document.getElementById('diff-data').textContent);"
-                  "Plotly.newPlot('fig-diff',[{type:'heatmap',z:d.z,zmid:0,zmin:-1,zmax:1,colorscale:'RdBu',"
-                  "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
-                  "{margin:{l:60,r:10,t:10,b:50},xaxis:{title:{text:'head'},dtick:1},yaxis:{title:{text:'layer'},autorange:'reversed'}},"
-                  "{displaylogo:false,responsive:true});window.sinkholeCompareReady=true;})();</script>")
+        fig = (
+            '<h2>Heads: α on the top sink, B − A</h2><p class="hint">Red: the head gives B\'s top sink more '
+            'attention than A\'s; blue: less.</p><div id="fig-diff" style="height:560px;max-width:520px"></div>'
+            f'<script type="application/json" id="diff-data">{data}</script>'
+        )
+        script = (
+            f"<script>{plotly.offline.get_plotlyjs()}</script><script>(function(){{"
+            "const d=JSON.parse(document.getElementById('diff-data').textContent);"
+            "Plotly.newPlot('fig-diff',[{type:'heatmap',z:d.z,zmid:0,zmin:-1,zmax:1,colorscale:'RdBu',"
+            "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
+            "{margin:{l:60,r:10,t:10,b:50},xaxis:{title:{text:'head'},dtick:1},yaxis:{title:{text:'layer'},autorange:'reversed'}},"
+            "{displaylogo:false,responsive:true});window.sinkholeCompareReady=true;})();</script>"
+        )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sinkhole compare: {esc(str(c['models'][0]))} vs {esc(str(c['models'][1]))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>sinkhole compare: {esc(str(c["models"][0]))} vs {esc(str(c["models"][1]))}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#1d2330}}
 table.t{{border-collapse:collapse;font-size:13px}} table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 10px;text-align:left}}
 table.t th{{background:#f6f7f9}} pre{{background:#f6f7f9;padding:10px;font-size:12.5px;overflow-x:auto}} .hint{{color:#5b6475}}

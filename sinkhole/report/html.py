@@ -43,14 +43,26 @@ def embed_json(data) -> str:
 
     Those characters can only occur inside JSON strings, where their \\u escapes mean the same."""
     s = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    for ch, rep in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for ch, rep in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         s = s.replace(ch, rep)
     return s
 
 
 _SUB = re.compile(r"(?:(?<=[^\W\d_])|(?<=[\])‖]))_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
-_WORDS = [(r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"), (r"(?<![A-Za-z])epsilon(?![A-Za-z])", "ε"), (">=", "≥"), ("<=", "≤"), (r"\|\|", "‖"),
-          (r"\s\*\s", " · ")]
+_WORDS = [
+    (r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"),
+    (r"(?<![A-Za-z])epsilon(?![A-Za-z])", "ε"),
+    (">=", "≥"),
+    ("<=", "≤"),
+    (r"\|\|", "‖"),
+    (r"\s\*\s", " · "),
+]
 
 
 def math_html(text: str) -> str:
@@ -132,9 +144,11 @@ the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks a
 
 def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
     body = "".join(f"<div class='line'>{ln}</div>" for ln in lines)  # lines are already escaped
-    return (f"<div class='card'><div class='card-h'>{_esc(title)}"
-            f"<button class='def' data-def='{anchor}' title='definition'>?</button></div>"
-            f"<div class='card-v'>{value}</div>{body}</div>")
+    return (
+        f"<div class='card'><div class='card-h'>{_esc(title)}"
+        f"<button class='def' data-def='{anchor}' title='definition'>?</button></div>"
+        f"<div class='card-v'>{value}</div>{body}</div>"
+    )
 
 
 def cards_html(r: dict) -> str:
@@ -147,39 +161,62 @@ def cards_html(r: dict) -> str:
     spike_lines = [f"threshold {sp['threshold']:.1f}× median peak norm"] + [
         f"{tok(s)} score {s['score']:.1f}× · max |h| {abs(s['top_value']):.0f} (layer {s['layer']}, channel "
         f"{s['channel']}) · channels {_esc(s['channels'])} · rises at {_esc(s['step_up_layers'])}, "
-        f"falls at {_esc(s['step_down_layers'])}" for s in sp["tokens"][:6]]
+        f"falls at {_esc(s['step_down_layers'])}"
+        for s in sp["tokens"][:6]
+    ]
     if len(sp["tokens"]) > 6:
         spike_lines.append(f"… and {len(sp['tokens']) - 6} more")
     sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {pct(sk['min_sink_rate'], 0)}"] + [
         f"{tok(s)} attention mass {pct(s['attn_mass'])} · sink rate {pct(s['sink_rate'], 0)} of heads"
-        for s in sk["tokens"][:6]]
+        for s in sk["tokens"][:6]
+    ]
     if len(sk["tokens"]) > 6:
         sink_lines.append(f"… and {len(sk['tokens']) - 6} more")
     if not sk["tokens"]:
         t = sk["top"]
-        sink_lines.append(f"top token by mass: {tok(t)} mass {pct(t['attn_mass'])}, sink rate {pct(t['sink_rate'], 0)}")
+        sink_lines.append(
+            f"top token by mass: {tok(t)} mass {pct(t['attn_mass'])}, sink rate {pct(t['sink_rate'], 0)}"
+        )
     if not sp["tokens"] and sp.get("per_token_score"):
         sc = sp["per_token_score"]
         t = max(range(len(sc)), key=lambda i: -1 if sc[i] is None else sc[i])
-        spike_lines.append(f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× "
-                           f"(below the threshold)")
+        spike_lines.append(
+            f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× (below the threshold)"
+        )
     j = r["overlap"]["jaccard"]
     extra = []
     if r.get("learned_sinks"):
         from sinkhole.report.terminal import learned_sinks_line
 
         ls = r["learned_sinks"]
-        extra.append(_card("Learned sinks", f"{ls['mean_share']:.1%}",
-                           [_esc(learned_sinks_line(ls).removeprefix("Learned sinks  absorb ")),
-                            "per layer and head: the learned_sinks section below"], "def-learned"))
-    return "".join(extra + [
-        _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
-        _card("Sink tokens", str(len(sk["tokens"])), sink_lines, "def-sinks"),
-        _card("Spike ∩ Sink", "n/a" if j is None else f"{j:.2f}",
-              ["Jaccard of the two position sets" + ("" if j is not None else " (no spike or sink tokens)"),
-               f"shared positions {_esc(r['overlap']['positions'])}"], "def-together"),
-        _card("KV impact", *kv_card(r), "def-together"),
-    ])
+        extra.append(
+            _card(
+                "Learned sinks",
+                f"{ls['mean_share']:.1%}",
+                [
+                    _esc(learned_sinks_line(ls).removeprefix("Learned sinks  absorb ")),
+                    "per layer and head: the learned_sinks section below",
+                ],
+                "def-learned",
+            )
+        )
+    return "".join(
+        extra
+        + [
+            _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
+            _card("Sink tokens", str(len(sk["tokens"])), sink_lines, "def-sinks"),
+            _card(
+                "Spike ∩ Sink",
+                "n/a" if j is None else f"{j:.2f}",
+                [
+                    "Jaccard of the two position sets" + ("" if j is not None else " (no spike or sink tokens)"),
+                    f"shared positions {_esc(r['overlap']['positions'])}",
+                ],
+                "def-together",
+            ),
+            _card("KV impact", *kv_card(r), "def-together"),
+        ]
+    )
 
 
 def kv_card(r: dict) -> tuple[str, list[str]]:
@@ -195,7 +232,8 @@ def kv_card(r: dict) -> tuple[str, list[str]]:
         f"per sink slot, {c:.0f}× an average slot's share of attention: {kv['n_sink_slots']} of {kv['n_slots']} "
         f"slots ({pct(kv['sink_slot_share'])}) take {pct(kv['sink_attention_share'])}",
         f"a KV cache that evicts {where} loses it; keep {kv['n_sink_slots']} pinned slot"
-        f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)"]
+        f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)",
+    ]
 
 
 def render_html(report: dict, capture=None) -> str:
@@ -205,20 +243,22 @@ def render_html(report: dict, capture=None) -> str:
     m = report["model"]
     from sinkhole.report.terminal import layout_line
 
-    model_line = (f"{m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, {m['n_kv_heads']} KV heads, "
-                  f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
-                  f"{' · chat template' if report.get('chat') else ''} · "
-                  f"{layout_line(report).removeprefix('Layout  ')}")
+    model_line = (
+        f"{m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, {m['n_kv_heads']} KV heads, "
+        f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
+        f"{' · chat template' if report.get('chat') else ''} · "
+        f"{layout_line(report).removeprefix('Layout  ')}"
+    )
     data = embed_json(view(report, capture))
     mech = designed(report.get("mechanism"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>sinkhole report: {_esc(m['name'])}</title>
+<title>sinkhole report: {_esc(m["name"])}</title>
 <style>{CSS}{MECH_CSS if mech else ""}</style>
 </head><body>
-<header><h1>sinkhole report <span class="model">{_esc(m['name'])}</span></h1>
+<header><h1>sinkhole report <span class="model">{_esc(m["name"])}</span></h1>
 <div class="sub">{_esc(model_line)} <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
 <section class="cards">{cards_html(report)}</section>
 <details class="term"><summary>terminal summary</summary><pre>{_esc(render_analysis(report))}</pre></details>
@@ -248,12 +288,12 @@ Click a token to follow it below.</p>
 
 {MECH_HTML if mech else ""}
 <div id="sections"></div>
-<footer>schema {_esc(report.get('schema', ''))} · weights {_esc(m.get('weights_id') or 'n/a')} ·
+<footer>schema {_esc(report.get("schema", ""))} · weights {_esc(m.get("weights_id") or "n/a")} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
 <h2>Definitions</h2><div class="defs-body">{definitions_html()}
-<h3 id="def-page">On this page</h3><ul>{''.join(f"<li>{_item(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
+<h3 id="def-page">On this page</h3><ul>{"".join(f"<li>{_item(d)}</li>" for d in PAGE_DEFINITIONS)}</ul>
 {MECH_DEFINITIONS if mech else ""}</div></dialog>
 
 <script type="application/json" id="sinkhole-data">{data}</script>

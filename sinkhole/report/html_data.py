@@ -31,8 +31,21 @@ NODES_MAX_ROWS = 300  # rows shown per generic table
 NODES_MAX_DEPTH = 6
 
 # report keys the dedicated sections draw; any other top-level key gets a generic section
-KNOWN_KEYS = {"schema", "model", "prompt", "chat", "tokens", "spikes", "sinks", "overlap", "kv", "layers",
-              "heads", "residual", "attention_maps"}
+KNOWN_KEYS = {
+    "schema",
+    "model",
+    "prompt",
+    "chat",
+    "tokens",
+    "spikes",
+    "sinks",
+    "overlap",
+    "kv",
+    "layers",
+    "heads",
+    "residual",
+    "attention_maps",
+}
 
 
 def rnd(x, digits: int = 4):
@@ -61,13 +74,22 @@ def pack(a: np.ndarray, dtype: str, scale: str = "linear") -> dict:
     """Values in [0, 1] as little-endian base64: 'f16' as is, 'u8'/'u16' quantised on a 'sqrt' or 'linear' scale."""
     a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0), 0.0, 1.0)
     if dtype == "f16":
-        return {"shape": list(a.shape), "dtype": dtype, "scale": "linear",
-                "b64": base64.b64encode(a.astype("<f2").tobytes()).decode("ascii")}
+        return {
+            "shape": list(a.shape),
+            "dtype": dtype,
+            "scale": "linear",
+            "b64": base64.b64encode(a.astype("<f2").tobytes()).decode("ascii"),
+        }
     if scale == "sqrt":
         a = np.sqrt(a)
     top = {"u8": 255, "u16": 65535}[dtype]
     q = np.rint(a * top).astype("<u1" if dtype == "u8" else "<u2")
-    return {"shape": list(a.shape), "dtype": dtype, "scale": scale, "b64": base64.b64encode(q.tobytes()).decode("ascii")}
+    return {
+        "shape": list(a.shape),
+        "dtype": dtype,
+        "scale": scale,
+        "b64": base64.b64encode(q.tobytes()).decode("ascii"),
+    }
 
 
 def unpack(p: dict) -> np.ndarray:
@@ -91,8 +113,9 @@ def maps_plan(n_layers: int, n_heads: int, T: int, have_maps: bool) -> tuple[boo
     """Whether the page embeds full maps, and the sentence it shows about it."""
     size = n_layers * n_heads * T * (T + 1) // 2
     if have_maps and T <= MAPS_MAX_LEN and size <= MAPS_MAX_BYTES:
-        return True, (f"Full query × key attention maps are shown for inputs up to {MAPS_MAX_LEN} tokens "
-                      f"(this one has {T}).")
+        return True, (
+            f"Full query × key attention maps are shown for inputs up to {MAPS_MAX_LEN} tokens (this one has {T})."
+        )
     if T > MAPS_MAX_LEN:
         why = f"this input has {T} tokens, more than the {MAPS_MAX_LEN} for which full query × key maps are embedded"
     elif size > MAPS_MAX_BYTES:
@@ -136,7 +159,10 @@ def view(report: dict, capture=None) -> dict:
         H = len(heads["mass_on_top_sink"][0])
     resid = report.get("residual") or {}
     v = {
-        "model": rnd(m), "T": T, "L": L, "H": H,
+        "model": rnd(m),
+        "T": T,
+        "L": L,
+        "H": H,
         "tokens": [t["text"] for t in report["tokens"]],
         "ids": [t["id"] for t in report["tokens"]],
         "mass": rnd(report["sinks"]["per_token_mass"]),
@@ -145,12 +171,15 @@ def view(report: dict, capture=None) -> dict:
         "spikes": rnd(report["spikes"]["tokens"]),
         "sinks": rnd(report["sinks"]["tokens"]),
         "top_sink": rnd(report["sinks"]["top"]),
-        "threshold": report["spikes"]["threshold"], "epsilon": report["sinks"]["epsilon"],
+        "threshold": report["spikes"]["threshold"],
+        "epsilon": report["sinks"]["epsilon"],
         "heads": rnd(heads.get("mass_on_top_sink")),
         "layers": rnd(report.get("layers", {})),
         "resid_norm": rnd(resid.get("norm")),
         "embed_norm": rnd(resid.get("embed_norm")),
-        "maps": None, "alpha": None, "channels": None,
+        "maps": None,
+        "alpha": None,
+        "channels": None,
     }
     have_maps = capture is not None and capture.attn_maps is not None
     embed_maps, v["maps_note"] = maps_plan(L, H, T, have_maps)
@@ -159,11 +188,17 @@ def view(report: dict, capture=None) -> dict:
             v["maps"] = pack(lower_triangles(capture.attn_maps.astype(np.float32)), "u8", "sqrt")
         v["alpha"] = pack(capture.attn_mass, "f16")
         chans, why = spike_channel_set(report, capture.resid_top_channels)
-        v["channels"] = {"channels": chans, "why": why, "k": int(capture.resid_top_channels.shape[-1]),
-                         "values": channel_values(capture.resid_top_channels, capture.resid_top_values, chans)}
+        v["channels"] = {
+            "channels": chans,
+            "why": why,
+            "k": int(capture.resid_top_channels.shape[-1]),
+            "values": channel_values(capture.resid_top_channels, capture.resid_top_values, chans),
+        }
     if capture is None:
-        v["maps_note"] = ("Per-key view unavailable: this page was rendered from a report without its Capture, "
-                          "which holds per-head attention; only the layers × heads grid is shown.")
+        v["maps_note"] = (
+            "Per-key view unavailable: this page was rendered from a report without its Capture, "
+            "which holds per-head attention; only the layers × heads grid is shown."
+        )
     from sinkhole.report.html_mechanism import designed, mechanism_view
 
     if designed(report.get("mechanism")):
@@ -226,11 +261,18 @@ def _titled(title: str, val, depth: int) -> dict:
 def _list_node(xs: list, depth: int) -> dict:
     if xs and all(_is_num(v) for v in xs):
         return {"kind": "series", "y": rnd(xs)}
-    if (xs and all(isinstance(r, list) and r and all(_is_num(v) for v in r) for r in xs)
-            and len({len(r) for r in xs}) == 1):
+    if (
+        xs
+        and all(isinstance(r, list) and r and all(_is_num(v) for v in r) for r in xs)
+        and len({len(r) for r in xs}) == 1
+    ):
         if len(xs[0]) <= 3 < len(xs):  # a list of pairs or triples (e.g. (layer, head)): a table, not a heatmap
-            return {"kind": "records", "columns": [f"[{i}]" for i in range(len(xs[0]))], "rows": rnd(xs[:NODES_MAX_ROWS]),
-                    "more": max(0, len(xs) - NODES_MAX_ROWS)}
+            return {
+                "kind": "records",
+                "columns": [f"[{i}]" for i in range(len(xs[0]))],
+                "rows": rnd(xs[:NODES_MAX_ROWS]),
+                "more": max(0, len(xs) - NODES_MAX_ROWS),
+            }
         return {"kind": "matrix", "z": rnd(xs)}
     if xs and all(isinstance(r, dict) and all(_is_scalar(v) or _short_scalars(v) for v in r.values()) for r in xs):
         cols: list[str] = []
@@ -239,8 +281,11 @@ def _list_node(xs: list, depth: int) -> dict:
         rows = [[rnd(r.get(c)) for c in cols] for r in xs[:NODES_MAX_ROWS]]
         return {"kind": "records", "columns": cols, "rows": rows, "more": max(0, len(xs) - NODES_MAX_ROWS)}
     if all(_is_scalar(v) for v in xs):
-        return {"kind": "table", "rows": [[str(i), rnd(v)] for i, v in enumerate(xs[:NODES_MAX_ROWS])],
-                "more": max(0, len(xs) - NODES_MAX_ROWS)}
+        return {
+            "kind": "table",
+            "rows": [[str(i), rnd(v)] for i, v in enumerate(xs[:NODES_MAX_ROWS])],
+            "more": max(0, len(xs) - NODES_MAX_ROWS),
+        }
     children = [_titled(f"[{i}]", v, depth) for i, v in enumerate(xs[:NODES_MAX_ITEMS])]
     if len(xs) > NODES_MAX_ITEMS:
         children.append({"kind": "note", "text": f"... {len(xs) - NODES_MAX_ITEMS} more items not shown"})

@@ -17,8 +17,11 @@ from sinkhole.report.html_data import rnd
 from sinkhole.report.terminal import pct
 
 INTERVENTION_LABELS = {
-    "none": "unchanged", "zero": "spike channels = 0", "mean": "spike channels = mean",
-    "random_zero": "random channels = 0 (control)", "sink_masked": "sink masked",
+    "none": "unchanged",
+    "zero": "spike channels = 0",
+    "mean": "spike channels = mean",
+    "random_zero": "random channels = 0 (control)",
+    "sink_masked": "sink masked",
 }
 
 
@@ -36,36 +39,61 @@ def _counts(d: dict, n: int) -> str:
 
 def story(m: dict, model: dict) -> list[str]:
     """Plain sentences (the page sets them as text) that say what each figure shows for this model."""
-    t, lcy, ch, amp, nrm, keys = m["targets"], m["lifecycle"], m["channels"], m["amplifier"], m["normalization"], m["sink_keys"]
+    t, lcy, ch, amp, nrm, keys = (
+        m["targets"],
+        m["lifecycle"],
+        m["channels"],
+        m["amplifier"],
+        m["normalization"],
+        m["sink_keys"],
+    )
     s = m["summary"]
     n = t["n"]
     texts = Counter(x["text"] for x in t["tokens"]).most_common(2)
     who = " and ".join(f"{tx!r} ({k} of {n})" for tx, k in texts)
-    out = [(f"No token passes the spike threshold (mean top score {s['spike_score']:.1f}×), so the {n} highest-scoring "
-            f"tokens stand in: {who}.") if t["fallback"] else
-           (f"{n} spike tokens over {m['config']['n_prompts']} prompts: {who}; spike score {s['spike_score']:.1f}× "
-            f"the median token, top |h| {s['top_abs_over_median']:.0f}× the typical token's largest entry.")]
-    out.append(f"Lifecycle: the residual norm rises at {_counts(lcy['rise_counts'], n)} and falls at "
-               f"{_counts(lcy['fall_counts'], n)}; the plateau lasts {lcy['plateau_blocks_mean']:.1f} of "
-               f"{2 * model['n_layers']} blocks.")
+    out = [
+        (
+            f"No token passes the spike threshold (mean top score {s['spike_score']:.1f}×), so the {n} highest-scoring "
+            f"tokens stand in: {who}."
+        )
+        if t["fallback"]
+        else (
+            f"{n} spike tokens over {m['config']['n_prompts']} prompts: {who}; spike score {s['spike_score']:.1f}× "
+            f"the median token, top |h| {s['top_abs_over_median']:.0f}× the typical token's largest entry."
+        )
+    ]
+    out.append(
+        f"Lifecycle: the residual norm rises at {_counts(lcy['rise_counts'], n)} and falls at "
+        f"{_counts(lcy['fall_counts'], n)}; the plateau lasts {lcy['plateau_blocks_mean']:.1f} of "
+        f"{2 * model['n_layers']} blocks."
+    )
     vals = [f"{c} ({v:,.0f})" for c, v in zip(ch["channels"], ch["plateau_value"]) if v is not None]
     out.append(f"Spike channels at the step-up layer {t['step_up_layer']}: " + (", ".join(vals) or "none") + ".")
     if amp.get("channels"):
         a = amp["channels"][0]
         gain = (amp.get("post_block_gain") or [None])[0]
-        out.append(f"Amplifier: ‖U_{a['channel']}‖_F of the step-up FFN is rank {a['fro_rank']} of "
-                   f"{amp.get('n_channels', model['d_model'])} output channels ({a['fro_over_median']:.1f}× the median); "
-                   f"the spike tokens' inputs align with its top eigenvector s* (|cos| {a['alignment_spike'] or 0:.2f} "
-                   f"vs {a['alignment_other'] or 0:.2f} for other tokens)"
-                   + (f"; the post-FFN norm multiplies the block's output by {gain:.3g}×." if gain and abs(gain - 1) > 1e-3
-                      else "."))
-    out.append(f"Norm: the spike channels hold {pct(nrm['before']['spike_sparsity'])} of the spike token's squared "
-               f"mass entering the step-up layer and {pct(nrm['after']['spike_sparsity'])} after it: RMSNorm leaves a "
-               f"sparse, near-constant vector.")
+        out.append(
+            f"Amplifier: ‖U_{a['channel']}‖_F of the step-up FFN is rank {a['fro_rank']} of "
+            f"{amp.get('n_channels', model['d_model'])} output channels ({a['fro_over_median']:.1f}× the median); "
+            f"the spike tokens' inputs align with its top eigenvector s* (|cos| {a['alignment_spike'] or 0:.2f} "
+            f"vs {a['alignment_other'] or 0:.2f} for other tokens)"
+            + (
+                f"; the post-FFN norm multiplies the block's output by {gain:.3g}×."
+                if gain and abs(gain - 1) > 1e-3
+                else "."
+            )
+        )
+    out.append(
+        f"Norm: the spike channels hold {pct(nrm['before']['spike_sparsity'])} of the spike token's squared "
+        f"mass entering the step-up layer and {pct(nrm['after']['spike_sparsity'])} after it: RMSNorm leaves a "
+        f"sparse, near-constant vector."
+    )
     if keys.get("mean_sink_pr") is not None:
-        out.append(f"Sink keys span {keys['mean_sink_pr']:.2f} effective dimensions (participation ratio) against "
-                   f"{keys['mean_other_pr']:.2f} for other keys; {keys['n_sink_heads']} of {keys['n_heads']} heads "
-                   f"give the sink more than ε = {m['config']['epsilon']} of their attention.")
+        out.append(
+            f"Sink keys span {keys['mean_sink_pr']:.2f} effective dimensions (participation ratio) against "
+            f"{keys['mean_other_pr']:.2f} for other keys; {keys['n_sink_heads']} of {keys['n_heads']} heads "
+            f"give the sink more than ε = {m['config']['epsilon']} of their attention."
+        )
     iv = m.get("interventions")
     if iv:
         p = iv["perplexity"]
@@ -89,44 +117,86 @@ def mechanism_view(m: dict, model: dict) -> dict:
     """The compact data MECH_SCRIPT draws (rounded to 4 significant digits)."""
     L, H = int(model["n_layers"]), int(model["n_heads"])
     lcy, ch, amp, nrm, keys = m["lifecycle"], m["channels"], m["amplifier"], m["normalization"], m["sink_keys"]
-    traces = [{"label": f"prompt {t['prompt']} #{t['position']} {t['text']}", "blocks": t["trace"]["blocks"],
-               "norm": t["trace"]["resid_norm"], "rise": t.get("rise"), "fall": t.get("fall")}
-              for t in lcy["tokens"] if t.get("trace")]
+    traces = [
+        {
+            "label": f"prompt {t['prompt']} #{t['position']} {t['text']}",
+            "blocks": t["trace"]["blocks"],
+            "norm": t["trace"]["resid_norm"],
+            "rise": t.get("rise"),
+            "fall": t.get("fall"),
+        }
+        for t in lcy["tokens"]
+        if t.get("trace")
+    ]
     grid = [[0] * H for _ in range(L)]
     for layer, head in keys.get("sink_heads") or []:
         if 0 <= layer < L and 0 <= head < H:
             grid[layer][head] = 1
     qa = keys.get("query_alignment") or {}
     v = {
-        "story": story(m, model), "step_up": m["targets"]["step_up_layer"], "fallback": m["targets"]["fallback"],
+        "story": story(m, model),
+        "step_up": m["targets"]["step_up_layer"],
+        "fallback": m["targets"]["fallback"],
         "lifecycle": traces,
         "channels": {"channels": ch["channels"], "values": ch["value_by_layer"], "plateau": ch["plateau_value"]},
-        "amplifier": {"top_channels": amp.get("fro_norm_top_channels"), "top_values": amp.get("fro_norm_top_values"),
-                      "median": amp.get("fro_norm_median"), "n_channels": amp.get("n_channels", model["d_model"]),
-                      "per": [{k: c.get(k) for k in ("channel", "fro_norm", "fro_rank", "fro_over_median", "top_eigenvalues",
-                                                      "alignment_spike", "alignment_other", "dominance")}
-                              for c in amp.get("channels", [])]},
-        "norm": {"labels": ["entering the step-up layer", "after it"],
-                 "spike": [nrm["before"]["spike_sparsity"], nrm["after"]["spike_sparsity"]],
-                 "other": [nrm["before"]["other_sparsity"], nrm["after"]["other_sparsity"]]},
-        "keys": {"sink_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("sink_pr")),
-                 "other_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("other_pr")),
-                 "energy": _mean_rows(qa.get("energy_share")), "random": _mean_rows(qa.get("random_share")),
-                 "n_sink": keys.get("n_sink_keys"), "n_other": keys.get("n_other_keys")},
-        "heads": {"grid": grid, "n": keys.get("n_sink_heads"), "total": keys.get("n_heads"),
-                  "epsilon": m["config"]["epsilon"]},
+        "amplifier": {
+            "top_channels": amp.get("fro_norm_top_channels"),
+            "top_values": amp.get("fro_norm_top_values"),
+            "median": amp.get("fro_norm_median"),
+            "n_channels": amp.get("n_channels", model["d_model"]),
+            "per": [
+                {
+                    k: c.get(k)
+                    for k in (
+                        "channel",
+                        "fro_norm",
+                        "fro_rank",
+                        "fro_over_median",
+                        "top_eigenvalues",
+                        "alignment_spike",
+                        "alignment_other",
+                        "dominance",
+                    )
+                }
+                for c in amp.get("channels", [])
+            ],
+        },
+        "norm": {
+            "labels": ["entering the step-up layer", "after it"],
+            "spike": [nrm["before"]["spike_sparsity"], nrm["after"]["spike_sparsity"]],
+            "other": [nrm["before"]["other_sparsity"], nrm["after"]["other_sparsity"]],
+        },
+        "keys": {
+            "sink_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("sink_pr")),
+            "other_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("other_pr")),
+            "energy": _mean_rows(qa.get("energy_share")),
+            "random": _mean_rows(qa.get("random_share")),
+            "n_sink": keys.get("n_sink_keys"),
+            "n_other": keys.get("n_other_keys"),
+        },
+        "heads": {
+            "grid": grid,
+            "n": keys.get("n_sink_heads"),
+            "total": keys.get("n_heads"),
+            "epsilon": m["config"]["epsilon"],
+        },
         "interventions": None,
     }
     iv = m.get("interventions")
     if iv:
         names = [k for k, x in iv["perplexity"].items() if x is not None]
-        v["interventions"] = {"labels": [INTERVENTION_LABELS.get(k, k) for k in names], "keys": names,
-                              "ppl": [iv["perplexity"][k] for k in names], "n_tokens": iv["n_tokens"],
-                              "text": iv.get("text")}
+        v["interventions"] = {
+            "labels": [INTERVENTION_LABELS.get(k, k) for k in names],
+            "keys": names,
+            "ppl": [iv["perplexity"][k] for k in names],
+            "n_tokens": iv["n_tokens"],
+            "text": iv.get("text"),
+        }
     if m.get("vocab_sweep"):
         vs = m["vocab_sweep"]
-        v["story"].append(f"Vocabulary sweep: {pct(vs['spike_share'])} of {vs['n_tokens']:,} tokens spike when alone "
-                          f"at position 0.")
+        v["story"].append(
+            f"Vocabulary sweep: {pct(vs['spike_share'])} of {vs['n_tokens']:,} tokens spike when alone at position 0."
+        )
     return rnd(v)
 
 

@@ -50,8 +50,10 @@ def layout_line(r: dict) -> str:
             others.setdefault(k, []).append(i)
     if others:
         att = layers.get("attention", [])
-        parts.append(f"attention layers {_ranges(att)}; " + "; ".join(
-            f"{k} layers {_ranges(v)} (no attention statistics)" for k, v in others.items()))
+        parts.append(
+            f"attention layers {_ranges(att)}; "
+            + "; ".join(f"{k} layers {_ranges(v)} (no attention statistics)" for k, v in others.items())
+        )
     if m.get("attention_path", "interface") != "interface":
         parts.append("attention from eager output_attentions")
     parts.append(f"discovery {m.get('discovery', 'auto')}")
@@ -61,9 +63,11 @@ def layout_line(r: dict) -> str:
 def learned_sinks_line(ls: dict) -> str:
     mx = ls["max"]
     top = ls["top_token_sink"]
-    return (f"Learned sinks  absorb {ls['mean_share']:.1%} of attention (mean over layers and heads; "
-            f"max {mx['share']:.1%} at layer {mx['layer']}, head {mx['head']}); token sink pos {top['position']} "
-            f"gets {_nanmean(top['alpha']):.1%}")
+    return (
+        f"Learned sinks  absorb {ls['mean_share']:.1%} of attention (mean over layers and heads; "
+        f"max {mx['share']:.1%} at layer {mx['layer']}, head {mx['head']}); token sink pos {top['position']} "
+        f"gets {_nanmean(top['alpha']):.1%}"
+    )
 
 
 def _nanmean(rows) -> float:
@@ -73,15 +77,19 @@ def _nanmean(rows) -> float:
 
 def render_analysis(r: dict) -> str:
     m = r["model"]
-    lines = [f"Model  {m['name']}  ({m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, "
-             f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}",
-             layout_line(r)]
+    lines = [
+        f"Model  {m['name']}  ({m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, "
+        f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}",
+        layout_line(r),
+    ]
     sp = r["spikes"]
     lines.append(f"Spike tokens  {len(sp['tokens'])} found (threshold {sp['threshold']:.1f}x)")
     scores = sp.get("per_token_score") or []
     if not sp["tokens"] and scores and any(v is not None for v in scores):
         t = max(range(len(scores)), key=lambda i: -1 if scores[i] is None else scores[i])
-        lines.append(f"  (top score: pos {t} {_tok(r['tokens'][t]['text'])} score {scores[t]:.1f}x, below the threshold)")
+        lines.append(
+            f"  (top score: pos {t} {_tok(r['tokens'][t]['text'])} score {scores[t]:.1f}x, below the threshold)"
+        )
     for s in sp["tokens"]:
         lines.append(
             f"  pos {s['position']}  {_tok(s['text'])}  score {s['score']:.1f}x  max |h| {abs(s['top_value']):.0f} "
@@ -89,19 +97,28 @@ def render_analysis(r: dict) -> str:
         )
         lines.append(f"    rises at layer {s['step_up_layers']}, falls at layer {s['step_down_layers']}")
     sk = r["sinks"]
-    lines.append(f"Sink tokens  {len(sk['tokens'])} found (epsilon {sk['epsilon']}, sink rate >= {sk['min_sink_rate']:.0%})")
+    lines.append(
+        f"Sink tokens  {len(sk['tokens'])} found (epsilon {sk['epsilon']}, sink rate >= {sk['min_sink_rate']:.0%})"
+    )
     for s in sk["tokens"]:
-        lines.append(f"  pos {s['position']}  {_tok(s['text'])}  attention mass {pct(s['attn_mass'])}  "
-                     f"sink rate {pct(s['sink_rate'], 0)} of heads")
+        lines.append(
+            f"  pos {s['position']}  {_tok(s['text'])}  attention mass {pct(s['attn_mass'])}  "
+            f"sink rate {pct(s['sink_rate'], 0)} of heads"
+        )
     if not sk["tokens"]:
         top = sk["top"]
-        lines.append(f"  (top token by mass: pos {top['position']} {_tok(top['text'])} "
-                     f"mass {pct(top['attn_mass'])}, sink rate {pct(top['sink_rate'], 0)})")
+        lines.append(
+            f"  (top token by mass: pos {top['position']} {_tok(top['text'])} "
+            f"mass {pct(top['attn_mass'])}, sink rate {pct(top['sink_rate'], 0)})"
+        )
     j = r["overlap"]["jaccard"]
     lines.append(f"Spike ∩ Sink  Jaccard {'n/a (no spike or sink tokens)' if j is None else f'{j:.2f}'}")
     if r.get("learned_sinks"):
         lines.append(learned_sinks_line(r["learned_sinks"]))
     kv = r["kv"]
-    lines.append(f"KV impact  sinks take {pct(kv['sink_attention_share'])} of attention from "
-                 f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots" + (f" ({c:.0f}x an average slot)" if (c := concentration(kv)) else ""))
+    lines.append(
+        f"KV impact  sinks take {pct(kv['sink_attention_share'])} of attention from "
+        f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots"
+        + (f" ({c:.0f}x an average slot)" if (c := concentration(kv)) else "")
+    )
     return "\n".join(lines)

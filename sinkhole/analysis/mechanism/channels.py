@@ -57,8 +57,15 @@ def channel_profile(values: np.ndarray, plateaus: list[list[int]], channels: lis
             vs = [values[l, t, c] for t in range(S) if l in plateaus[t]]
             row.append(float(np.mean(vs)) if vs else None)
         per_layer.append(row)
-    out = {"channels": channels, "main": channels[0] if channels else None, "plateau_value": [], "value_by_layer": per_layer,
-           "ratio_to_main": [], "ratio_cv_across_layers": [], "ratio_cv_across_tokens": []}
+    out = {
+        "channels": channels,
+        "main": channels[0] if channels else None,
+        "plateau_value": [],
+        "value_by_layer": per_layer,
+        "ratio_to_main": [],
+        "ratio_cv_across_layers": [],
+        "ratio_cv_across_tokens": [],
+    }
     for c in range(C):
         vals = [values[P, t, c] for t, P in enumerate(plateaus) if P]
         out["plateau_value"].append(float(np.mean(np.concatenate(vals))) if vals else None)

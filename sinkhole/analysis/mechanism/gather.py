@@ -100,8 +100,15 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
     kb, kt = _index(plan.sinks)
     nb, nt = torch.cat([sb, ob]), torch.cat([st, ot])  # spike tokens then others
     ch = torch.tensor(plan.channels, dtype=torch.long)
-    store.update(attn_out=[None] * L, ffn_out=[None] * L, layer_out=[None] * L, chan=[None] * L,
-                 sink_keys=[None] * L, other_keys=[None] * L, other_queries=[None] * L)
+    store.update(
+        attn_out=[None] * L,
+        ffn_out=[None] * L,
+        layer_out=[None] * L,
+        chan=[None] * L,
+        sink_keys=[None] * L,
+        other_keys=[None] * L,
+        other_queries=[None] * L,
+    )
 
     def keep(name, idx=None, scale=1.0):
         def hook(module, inputs, output):
@@ -110,6 +117,7 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
                 store[name] = h[sb, st].float().cpu()
             else:
                 store[name][idx] = h[sb, st].float().cpu()
+
         return hook
 
     def layer_hook(idx):
@@ -117,11 +125,13 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
             h = _first(output).detach()
             store["layer_out"][idx] = h[sb, st].float().cpu()
             store["chan"][idx] = h[..., ch].float().cpu()
+
         return hook
 
     def norm_keep(name):
         def hook(module, inputs, output):
             store[name] = _first(output).detach()[nb, nt].float().cpu()
+
         return hook
 
     def ffn_in_hook(module, inputs):  # forward pre-hook on the MLP: its input, after whatever norm precedes it
@@ -133,8 +143,9 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
     def act_hook(module, inputs, output):
         a, b = inputs[0].detach().float(), _first(output).detach().float()
         store["act_cos"] = cosine_rows(a, b).cpu()
-        store["act_ratio"] = (torch.linalg.vector_norm(b, dim=-1)
-                              / torch.linalg.vector_norm(a, dim=-1).clamp_min(1e-30)).cpu()
+        store["act_ratio"] = (
+            torch.linalg.vector_norm(b, dim=-1) / torch.linalg.vector_norm(a, dim=-1).clamp_min(1e-30)
+        ).cpu()
         store["activation"] = type(module).__name__
 
     def tap(layer, query, key, value):
@@ -180,8 +191,8 @@ def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     ids = torch.full((B, T), pad, dtype=torch.long)
     valid = torch.zeros(B, T, dtype=torch.bool)
     for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.tensor(s)
-        valid[b, T - len(s):] = True
+        ids[b, T - len(s) :] = torch.tensor(s)
+        valid[b, T - len(s) :] = True
     return ids, valid
 
 
@@ -194,9 +205,13 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
     store: dict = {}
     dev = lm.device
     with torch.inference_mode(), recording(lm.model, lm.family, rec), gathering(lm, plan, store, rec):
-        lm.model(input_ids=ids.to(dev), attention_mask=valid.long().to(dev),
-                 position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0).to(dev),
-                 use_cache=False, logits_to_keep=1)
+        lm.model(
+            input_ids=ids.to(dev),
+            attention_mask=valid.long().to(dev),
+            position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0).to(dev),
+            use_cache=False,
+            logits_to_keep=1,
+        )
 
     def stack(name):
         """Per-layer tensors stacked; a layer without one (not measured there) is NaN."""
@@ -210,10 +225,20 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
         return v.numpy() if v is not None else None
 
     return Gathered(
-        embed=store["embed"].numpy(), attn_out=stack("attn_out"), ffn_out=stack("ffn_out"),
-        layer_out=stack("layer_out"), chan=stack("chan"), ffn_in=opt("ffn_in"),
-        mlp_chan=opt("mlp_chan"), act_cos=opt("act_cos"), act_ratio=opt("act_ratio"),
-        norm_before=opt("norm_before"), norm_after=opt("norm_after"),
-        sink_keys=stack("sink_keys"), other_keys=stack("other_keys"), other_queries=stack("other_queries"),
-        activation=store.get("activation", ""), valid=valid.numpy(),
+        embed=store["embed"].numpy(),
+        attn_out=stack("attn_out"),
+        ffn_out=stack("ffn_out"),
+        layer_out=stack("layer_out"),
+        chan=stack("chan"),
+        ffn_in=opt("ffn_in"),
+        mlp_chan=opt("mlp_chan"),
+        act_cos=opt("act_cos"),
+        act_ratio=opt("act_ratio"),
+        norm_before=opt("norm_before"),
+        norm_after=opt("norm_after"),
+        sink_keys=stack("sink_keys"),
+        other_keys=stack("other_keys"),
+        other_queries=stack("other_queries"),
+        activation=store.get("activation", ""),
+        valid=valid.numpy(),
     )

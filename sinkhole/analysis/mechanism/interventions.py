@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
-from sinkhole.models.loading import LoadedModel
 from sinkhole.analysis.perplexity import perplexity  # noqa: F401  (re-exported for callers)
+from sinkhole.models.loading import LoadedModel
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
@@ -101,8 +101,17 @@ def sink_masked(lm: LoadedModel, positions: list[int]):
         model.set_attn_implementation(previous)
 
 
-def interventions(lm: LoadedModel, ids: list[int], layer: int, spike_positions: list[int], channels: list[int],
-                  mean_values: list[float], sink_positions: list[int], seed: int = 0, status=lambda m: None) -> dict:
+def interventions(
+    lm: LoadedModel,
+    ids: list[int],
+    layer: int,
+    spike_positions: list[int],
+    channels: list[int],
+    mean_values: list[float],
+    sink_positions: list[int],
+    seed: int = 0,
+    status=lambda m: None,
+) -> dict:
     """Perplexity of `ids` under each variant (see the module docstring); None where not applicable.
     `status(line)` hears about each of the (up to) five forwards before it starts."""
     n = 1 + 3 * bool(spike_positions and channels) + bool(sink_positions)
@@ -135,6 +144,13 @@ def interventions(lm: LoadedModel, ids: list[int], layer: int, spike_positions: 
     else:
         ppl["sink_masked"] = None
     base = ppl["none"]
-    return {"n_tokens": len(ids), "layer": layer, "spike_positions": spike_positions, "channels": channels,
-            "mean_values": mean_values, "sink_positions": sink_positions, "perplexity": ppl,
-            "ratio_to_none": {k: (None if v is None else v / base) for k, v in ppl.items()}}
+    return {
+        "n_tokens": len(ids),
+        "layer": layer,
+        "spike_positions": spike_positions,
+        "channels": channels,
+        "mean_values": mean_values,
+        "sink_positions": sink_positions,
+        "perplexity": ppl,
+        "ratio_to_none": {k: (None if v is None else v / base) for k, v in ppl.items()},
+    }

@@ -53,21 +53,31 @@ def top_channels(x: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(x, idx, axis=-1)
 
 
-def step_blocks(embed_norm: float, resid_norms: np.ndarray, fraction: float = STEP_FRACTION) -> tuple[list[int], list[int]]:
+def step_blocks(
+    embed_norm: float, resid_norms: np.ndarray, fraction: float = STEP_FRACTION
+) -> tuple[list[int], list[int]]:
     """(step-up blocks, step-down blocks) from the block residual norms (2L,)."""
     n = np.concatenate([[embed_norm], resid_norms])
     delta = np.diff(n)
     peak = float(resid_norms.max())
-    return ([int(b) for b in np.flatnonzero(delta >= fraction * peak)],
-            [int(b) for b in np.flatnonzero(-delta >= fraction * peak)])
+    return (
+        [int(b) for b in np.flatnonzero(delta >= fraction * peak)],
+        [int(b) for b in np.flatnonzero(-delta >= fraction * peak)],
+    )
 
 
 def block_name(b: int) -> str:
     return f"L{b // 2}.{'attn' if b % 2 == 0 else 'ffn'}"
 
 
-def lifecycle(embed: np.ndarray, attn_out: np.ndarray, ffn_out: np.ndarray, layer_out: np.ndarray,
-              fraction: float = STEP_FRACTION, trace: bool = False) -> dict:
+def lifecycle(
+    embed: np.ndarray,
+    attn_out: np.ndarray,
+    ffn_out: np.ndarray,
+    layer_out: np.ndarray,
+    fraction: float = STEP_FRACTION,
+    trace: bool = False,
+) -> dict:
     """The block-level lifecycle of one token: embed (D,), attn_out/ffn_out/layer_out (L, D)."""
     r = block_residuals(embed, attn_out, layer_out)
     o = block_outputs(attn_out, ffn_out)
@@ -82,15 +92,22 @@ def lifecycle(embed: np.ndarray, attn_out: np.ndarray, ffn_out: np.ndarray, laye
     def cancels(b: int) -> bool:
         return bool(np.sign(o[b, top]) == -np.sign(prev[b, top]) and prev[b, top] != 0)
 
-    plateau = list(range(rise + 1, fall)) if rise is not None and fall is not None else (
-        list(range(rise + 1, len(r))) if rise is not None else [])
+    plateau = (
+        list(range(rise + 1, fall))
+        if rise is not None and fall is not None
+        else (list(range(rise + 1, len(r))) if rise is not None else [])
+    )
     out = {
-        "step_up_blocks": up, "step_down_blocks": down,
-        "rise_block": rise, "rise": None if rise is None else block_name(rise),
-        "fall_block": fall, "fall": None if fall is None else block_name(fall),
+        "step_up_blocks": up,
+        "step_down_blocks": down,
+        "rise_block": rise,
+        "rise": None if rise is None else block_name(rise),
+        "fall_block": fall,
+        "fall": None if fall is None else block_name(fall),
         "plateau_blocks": len(plateau),
         "plateau_mean_norm": float(norms[plateau].mean()) if plateau else None,
-        "peak_norm": float(norms.max()), "main_channel": top,
+        "peak_norm": float(norms.max()),
+        "main_channel": top,
         "step_down_cancels": {block_name(b): cancels(b) for b in down},
         # How much of the step-up block's jump sits in the main channel: a spike is one or two channels.
         "rise_main_channel_value": None if rise is None else float(o[rise, top]),
@@ -98,14 +115,20 @@ def lifecycle(embed: np.ndarray, attn_out: np.ndarray, ffn_out: np.ndarray, laye
     if trace:
         rc, rv = top_channels(r)
         oc, ov = top_channels(o)
-        out["trace"] = {"blocks": [block_name(b) for b in range(len(r))], "resid_norm": norms.tolist(),
-                        "resid_top3_channels": rc.tolist(), "resid_top3_values": rv.tolist(),
-                        "block_top3_channels": oc.tolist(), "block_top3_values": ov.tolist()}
+        out["trace"] = {
+            "blocks": [block_name(b) for b in range(len(r))],
+            "resid_norm": norms.tolist(),
+            "resid_top3_channels": rc.tolist(),
+            "resid_top3_values": rv.tolist(),
+            "block_top3_channels": oc.tolist(),
+            "block_top3_values": ov.tolist(),
+        }
     return out
 
 
 def summarize(per_token: list[dict]) -> dict:
     """Counts of rise / fall blocks over spike tokens."""
+
     def hist(key):
         h: dict[str, int] = {}
         for d in per_token:
@@ -114,6 +137,10 @@ def summarize(per_token: list[dict]) -> dict:
         return dict(sorted(h.items(), key=lambda kv: -kv[1]))
 
     rises = [d["rise_block"] for d in per_token if d["rise_block"] is not None]
-    return {"n_spike_tokens": len(per_token), "rise_counts": hist("rise"), "fall_counts": hist("fall"),
-            "rise_block_mode": max(set(rises), key=rises.count) if rises else None,
-            "plateau_blocks_mean": float(np.mean([d["plateau_blocks"] for d in per_token])) if per_token else None}
+    return {
+        "n_spike_tokens": len(per_token),
+        "rise_counts": hist("rise"),
+        "fall_counts": hist("fall"),
+        "rise_block_mode": max(set(rises), key=rises.count) if rises else None,
+        "plateau_blocks_mean": float(np.mean([d["plateau_blocks"] for d in per_token])) if per_token else None,
+    }

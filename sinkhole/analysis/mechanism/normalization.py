@@ -37,8 +37,12 @@ def pair_means(cos: np.ndarray, rows: list[int], ids: list[int]) -> dict:
                 same.append(cos[i, j])
             elif ids[i] != ids[j]:
                 diff.append(cos[i, j])
-    return {"cos_across_prompts": float(np.mean(same)) if same else None, "n_pairs_prompts": len(same),
-            "cos_across_tokens": float(np.mean(diff)) if diff else None, "n_pairs_tokens": len(diff)}
+    return {
+        "cos_across_prompts": float(np.mean(same)) if same else None,
+        "n_pairs_prompts": len(same),
+        "cos_across_tokens": float(np.mean(diff)) if diff else None,
+        "n_pairs_tokens": len(diff),
+    }
 
 
 def mean_offdiag(cos: np.ndarray) -> float | None:
@@ -46,8 +50,9 @@ def mean_offdiag(cos: np.ndarray) -> float | None:
     return float((cos.sum() - np.trace(cos)) / (n * (n - 1))) if n > 1 else None
 
 
-def normalization(before: np.ndarray, after: np.ndarray, n_spike: int, channels: list[int],
-                  rows: list[int], ids: list[int]) -> dict:
+def normalization(
+    before: np.ndarray, after: np.ndarray, n_spike: int, channels: list[int], rows: list[int], ids: list[int]
+) -> dict:
     """before/after: (S + O, D) norm outputs, the S spike tokens first; rows/ids: their prompt and token id."""
     out = {}
     for name, v in (("before", before), ("after", after)):

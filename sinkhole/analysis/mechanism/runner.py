@@ -18,8 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sinkhole.analysis.core import (DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze,
-                                    spike_channels, step_layers, top_value)
+from sinkhole.analysis.core import (
+    DEFAULT_EPSILON,
+    DEFAULT_MIN_SINK_RATE,
+    DEFAULT_THRESHOLD,
+    analyze,
+    spike_channels,
+    step_layers,
+    top_value,
+)
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
@@ -76,9 +83,24 @@ def _targets(reports, captures, threshold):
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, t)
         up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t], lc.STEP_FRACTION)
         chans = spike_channels(c.resid_top_channels, c.resid_top_values, t, layer, threshold) or [channel]
-        out.append((b, t, c.token_ids[t], {"position": t, "score": float(scores[t]), "layer": layer, "channel": channel,
-                                           "top_value": value, "channels": chans, "step_up_layers": up,
-                                           "step_down_layers": down, "text": c.tokens[t]}))
+        out.append(
+            (
+                b,
+                t,
+                c.token_ids[t],
+                {
+                    "position": t,
+                    "score": float(scores[t]),
+                    "layer": layer,
+                    "channel": channel,
+                    "top_value": value,
+                    "channels": chans,
+                    "step_up_layers": up,
+                    "step_down_layers": down,
+                    "text": c.tokens[t],
+                },
+            )
+        )
     return out, True
 
 
@@ -86,8 +108,13 @@ def _step_up_layer(targets, captures) -> int:
     firsts = [s["step_up_layers"][0] for _, _, _, s in targets if s["step_up_layers"]]
     if firsts:
         return Counter(firsts).most_common(1)[0][0]
-    rise = np.mean([np.diff(np.concatenate([[captures[b].embed_norm[t]], captures[b].resid_norm[:, t]]))
-                    for b, t, _, _ in targets], axis=0)
+    rise = np.mean(
+        [
+            np.diff(np.concatenate([[captures[b].embed_norm[t]], captures[b].resid_norm[:, t]]))
+            for b, t, _, _ in targets
+        ],
+        axis=0,
+    )
     return int(rise.argmax())
 
 
@@ -107,16 +134,33 @@ def summary(reports, captures) -> dict:
         value, layer, _ = top_value(c.resid_top_channels, c.resid_top_values, t)
         typical = float(np.median(np.abs(c.resid_top_values[layer, :, 0])))
         top = r.sinks["top"]
-        rows.append((scores.max(), abs(value) / max(typical, 1e-30), top["sink_rate"], top["attn_mass"],
-                     len(r.spike_tokens), len(r.sink_tokens), r.kv["sink_attention_share"]))
+        rows.append(
+            (
+                scores.max(),
+                abs(value) / max(typical, 1e-30),
+                top["sink_rate"],
+                top["attn_mass"],
+                len(r.spike_tokens),
+                len(r.sink_tokens),
+                r.kv["sink_attention_share"],
+            )
+        )
     a = np.array(rows, dtype=np.float64)
-    keys = ["spike_score", "top_abs_over_median", "top_sink_rate", "top_sink_attn_mass",
-            "n_spike_tokens", "n_sink_tokens", "sink_attention_share"]
+    keys = [
+        "spike_score",
+        "top_abs_over_median",
+        "top_sink_rate",
+        "top_sink_attn_mass",
+        "n_spike_tokens",
+        "n_sink_tokens",
+        "sink_attention_share",
+    ]
     return {k: float(a[:, i].mean()) for i, k in enumerate(keys)}
 
 
-def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: MechanismConfig | None = None,
-                  status=lambda m: None) -> tuple[dict, list]:
+def run_mechanism(
+    probe, prompts: list, chat: bool | None = None, cfg: MechanismConfig | None = None, status=lambda m: None
+) -> tuple[dict, list]:
     """The `mechanism` dict and the core reports of every prompt."""
     cfg = cfg or MechanismConfig()
     lm = probe.lm
@@ -140,20 +184,39 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
     def padded(pos):
         return [(b, t + pad_off[b]) for b, t in pos]
 
-    plan = Plan(spikes=padded([(b, t) for b, t, _, _ in targets]), channels=channels, step_up=step_up,
-                sinks=padded(sinks), others=padded(others))
+    plan = Plan(
+        spikes=padded([(b, t) for b, t, _, _ in targets]),
+        channels=channels,
+        step_up=step_up,
+        sinks=padded(sinks),
+        others=padded(others),
+    )
     status(f"pass 2: gathering (step-up layer {step_up}, channels {channels})")
     g = gather(lm, seqs, plan)
 
     # 1. lifecycle, block by block
     per_token = []
     for i, (b, t, tid, s) in enumerate(targets):
-        d = lc.lifecycle(g.embed[i], g.attn_out[:, i], g.ffn_out[:, i], g.layer_out[:, i], cfg.fraction,
-                         trace=i < cfg.trace_tokens)
-        per_token.append({"prompt": b, "position": t, "token_id": int(tid), "text": s["text"], "score": s["score"],
-                          "core_step_up_layers": s["step_up_layers"], "core_step_down_layers": s["step_down_layers"], **d})
-    lifecycle = {"rule": f"block b=2l (attention) / 2l+1 (FFN); step when |delta ||r_b||| >= {cfg.fraction} x peak",
-                 **lc.summarize(per_token), "tokens": per_token}
+        d = lc.lifecycle(
+            g.embed[i], g.attn_out[:, i], g.ffn_out[:, i], g.layer_out[:, i], cfg.fraction, trace=i < cfg.trace_tokens
+        )
+        per_token.append(
+            {
+                "prompt": b,
+                "position": t,
+                "token_id": int(tid),
+                "text": s["text"],
+                "score": s["score"],
+                "core_step_up_layers": s["step_up_layers"],
+                "core_step_down_layers": s["step_down_layers"],
+                **d,
+            }
+        )
+    lifecycle = {
+        "rule": f"block b=2l (attention) / 2l+1 (FFN); step when |delta ||r_b||| >= {cfg.fraction} x peak",
+        **lc.summarize(per_token),
+        "tokens": per_token,
+    }
 
     # 2. spike channels along the plateau
     plateaus = [chn.plateau_layers(*_plateau(s), L) for *_, s in targets]
@@ -174,16 +237,27 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
         # exactly 1 for pre-norm; a sandwich model's post-FFN norm rescales (and may amplify) it.
         amplifier["post_block_gain"] = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
     else:
-        why = (f"not applicable: {fam.name}'s FFN has no separate gate / up / down projections "
-               "(a fused or mixture-of-experts FFN, or no gated FFN; the quadratic amplifier is a SwiGLU property)")
+        why = (
+            f"not applicable: {fam.name}'s FFN has no separate gate / up / down projections "
+            "(a fused or mixture-of-experts FFN, or no gated FFN; the quadratic amplifier is a SwiGLU property)"
+        )
         activation, amplifier = {"applicable": False, "reason": why}, {"applicable": False, "reason": why}
 
     # 5. normalization
     if g.norm_before is not None:
-        norm = normalization(g.norm_before, g.norm_after, len(targets), channels,
-                             rows=[b for b, *_ in targets], ids=[int(tid) for _, _, tid, _ in targets])
+        norm = normalization(
+            g.norm_before,
+            g.norm_after,
+            len(targets),
+            channels,
+            rows=[b for b, *_ in targets],
+            ids=[int(tid) for _, _, tid, _ in targets],
+        )
     else:
-        norm = {"applicable": False, "reason": f"not applicable: no norm feeds {fam.name}'s attention ({fam.norm_style}-norm)"}
+        norm = {
+            "applicable": False,
+            "reason": f"not applicable: no norm feeds {fam.name}'s attention ({fam.norm_style}-norm)",
+        }
 
     # 6. sink keys and sink heads on the attention layers: per head, alpha summed over each prompt's
     # sink tokens, mean over prompts
@@ -195,24 +269,43 @@ def run_mechanism(probe, prompts: list, chat: bool | None = None, cfg: Mechanism
         keys["sink_heads"] = [[att[l], h] for l, h in keys["sink_heads"]]
 
     out = {
-        "config": {"n_prompts": len(prompts), "chat": captures[0].chat, "threshold": cfg.threshold,
-                   "epsilon": cfg.epsilon, "min_sink_rate": cfg.min_sink_rate, "step_fraction": cfg.fraction},
-        "targets": {"fallback": fallback, "n": len(targets), "step_up_layer": step_up, "spike_channels": channels,
-                    # mean of h_s at the spike channels over the targets (the interventions' "mean" values)
-                    "step_up_mean_values": [float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
-                    "tokens": [{"prompt": b, "position": t, "token_id": int(tid), "text": s["text"]} for b, t, tid, s in targets]},
+        "config": {
+            "n_prompts": len(prompts),
+            "chat": captures[0].chat,
+            "threshold": cfg.threshold,
+            "epsilon": cfg.epsilon,
+            "min_sink_rate": cfg.min_sink_rate,
+            "step_fraction": cfg.fraction,
+        },
+        "targets": {
+            "fallback": fallback,
+            "n": len(targets),
+            "step_up_layer": step_up,
+            "spike_channels": channels,
+            # mean of h_s at the spike channels over the targets (the interventions' "mean" values)
+            "step_up_mean_values": [float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
+            "tokens": [
+                {"prompt": b, "position": t, "token_id": int(tid), "text": s["text"]} for b, t, tid, s in targets
+            ],
+        },
         "summary": {**summary(reports, captures), "step_up_layer": step_up},
-        "lifecycle": lifecycle, "channels": channel_info, "activation": activation, "amplifier": amplifier,
-        "normalization": norm, "sink_keys": keys,
+        "lifecycle": lifecycle,
+        "channels": channel_info,
+        "activation": activation,
+        "amplifier": amplifier,
+        "normalization": norm,
+        "sink_keys": keys,
     }
     if cfg.interventions:
-        out["interventions"] = run_interventions(probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"],
-                                                 status=status)
+        out["interventions"] = run_interventions(
+            probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"], status=status
+        )
     return out, reports
 
 
-def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values,
-                      status=lambda m: None) -> dict:
+def run_interventions(
+    probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values, status=lambda m: None
+) -> dict:
     """Perplexity on the fixed text with the spike / sink taken away (see interventions.py)."""
     lm = probe.lm
     ids = text_ids(lm.tokenizer, cfg.text, cfg.text_tokens)
@@ -224,7 +317,9 @@ def run_interventions(probe, cfg: MechanismConfig, layer: int, channels: list[in
     if fallback:
         spikes = [int(np.argmax(r.spikes["per_token_score"]))]
     sinks = [s["position"] for s in r.sink_tokens] or [r.sinks["top"]["position"]]
-    out = interventions(lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed, status=status)
+    out = interventions(
+        lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed, status=status
+    )
     out["spike_fallback"] = fallback
     out["text"] = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
     return out

@@ -26,7 +26,7 @@ def effective_dim(x: np.ndarray, energy: float = 0.9) -> tuple[float, int]:
     tot = s2.sum()
     if tot <= 0:
         return 0.0, 0
-    pr = float(tot ** 2 / (s2 ** 2).sum())
+    pr = float(tot**2 / (s2**2).sum())
     r = int(np.searchsorted(np.cumsum(s2) / tot, energy - 1e-12) + 1)
     return pr, min(r, len(s2))
 
@@ -45,8 +45,9 @@ def query_alignment(q: np.ndarray, basis: np.ndarray, mean_key: np.ndarray) -> t
     return float(share.mean()), float(cos.mean())
 
 
-def sink_keys(sink_k: np.ndarray, other_k: np.ndarray, other_q: np.ndarray, head_mass: np.ndarray,
-              epsilon: float, seed: int = 0) -> dict:
+def sink_keys(
+    sink_k: np.ndarray, other_k: np.ndarray, other_q: np.ndarray, head_mass: np.ndarray, epsilon: float, seed: int = 0
+) -> dict:
     """sink_k (L, Ns, Hkv, Dh), other_k (L, O, Hkv, Dh), other_q (L, O, Hq, Dh), head_mass (L, Hq).
 
     head_mass: attention mass on the sink tokens per head, averaged over prompts.
@@ -69,7 +70,9 @@ def sink_keys(sink_k: np.ndarray, other_k: np.ndarray, other_q: np.ndarray, head
             basis = subspace(sink_k[l, :, g], max(r_s, 1)) if Ns else np.zeros((0, Dh))
             mean_key = sink_k[l, :, g].mean(0) if Ns else np.zeros(Dh)
             for h in range(g * G, (g + 1) * G):
-                share, cos = query_alignment(other_q[l, :, h], basis, mean_key) if len(other_q[l]) and Ns else (0.0, 0.0)
+                share, cos = (
+                    query_alignment(other_q[l, :, h], basis, mean_key) if len(other_q[l]) and Ns else (0.0, 0.0)
+                )
                 arow["energy_share"].append(share), arow["random_share"].append(max(r_s, 1) / Dh)
                 arow["cos_mean_sink_key"].append(cos)
         for k in kv:
@@ -84,14 +87,20 @@ def sink_keys(sink_k: np.ndarray, other_k: np.ndarray, other_q: np.ndarray, head
         return float(x[mask].mean()) if mask.any() else None
 
     return {
-        "n_sink_keys": int(Ns), "n_other_keys": int(len(pick)), "head_dim": int(Dh),
-        "per_layer_kv_head": kv, "query_alignment": align,
+        "n_sink_keys": int(Ns),
+        "n_other_keys": int(len(pick)),
+        "head_dim": int(Dh),
+        "per_layer_kv_head": kv,
+        "query_alignment": align,
         "sink_heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(sink_head))],
-        "n_sink_heads": int(sink_head.sum()), "n_heads": int(sink_head.size),
+        "n_sink_heads": int(sink_head.sum()),
+        "n_heads": int(sink_head.size),
         "mean_sink_pr": float(np.mean(kv["sink_pr"])) if Ns else None,
         "mean_other_pr": float(np.mean(kv["other_pr"])) if Ns else None,
         "mean_sink_r90": float(np.mean(kv["sink_r90"])) if Ns else None,
         "mean_other_r90": float(np.mean(kv["other_r90"])) if Ns else None,
-        "energy_share_sink_heads": m(share, sink_head), "energy_share_other_heads": m(share, ~sink_head),
-        "cos_sink_heads": m(cos, sink_head), "cos_other_heads": m(cos, ~sink_head),
+        "energy_share_sink_heads": m(share, sink_head),
+        "energy_share_other_heads": m(share, ~sink_head),
+        "cos_sink_heads": m(cos, sink_head),
+        "cos_other_heads": m(cos, ~sink_head),
     }

@@ -69,15 +69,16 @@ def sweep(lm: LoadedModel, token_ids: np.ndarray | None = None, batch_size: int 
         token_ids = np.arange(lm.model.get_input_embeddings().num_embeddings)
     out = np.empty(len(token_ids), dtype=np.float32)
     for s in range(0, len(token_ids), batch_size):
-        batch = torch.as_tensor(token_ids[s:s + batch_size], dtype=torch.long)[:, None]  # (B, 1)
-        out[s:s + len(batch)] = peak_norms(lm, batch)[:, 0]
+        batch = torch.as_tensor(token_ids[s : s + batch_size], dtype=torch.long)[:, None]  # (B, 1)
+        out[s : s + len(batch)] = peak_norms(lm, batch)[:, 0]
         if progress is not None:
             progress(len(batch))
     return out
 
 
-def summarize(token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0,
-              max_listed: int = 50) -> dict:
+def summarize(
+    token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0, max_listed: int = 50
+) -> dict:
     """The sweep's shares, percentiles and exceptions; decode(id) -> text."""
     score = peaks / max(ref, 1e-30)
     spike = score > threshold
@@ -87,20 +88,32 @@ def summarize(token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, thre
     idx = idx[np.argsort(score[idx])] if share >= 0.5 else idx[np.argsort(-score[idx])]
     vmed = float(np.median(peaks)) if len(peaks) else 0.0
     return {
-        "n_tokens": int(len(token_ids)), "threshold": threshold, "reference_norm": ref,
-        "n_spike": int(spike.sum()), "spike_share": share,
+        "n_tokens": int(len(token_ids)),
+        "threshold": threshold,
+        "reference_norm": ref,
+        "n_spike": int(spike.sum()),
+        "spike_share": share,
         "score_percentiles": {str(p): float(np.percentile(score, p)) for p in (0, 1, 5, 25, 50, 75, 95, 99, 100)},
         "exceptions_are": "non-spiking tokens" if share >= 0.5 else "spiking tokens",
         "n_exceptions": int(minority.sum()),
-        "exceptions": [{"id": int(token_ids[i]), "text": decode(int(token_ids[i])), "score": float(score[i])}
-                       for i in idx[:max_listed]],
+        "exceptions": [
+            {"id": int(token_ids[i]), "text": decode(int(token_ids[i])), "score": float(score[i])}
+            for i in idx[:max_listed]
+        ],
         "vocab_median_norm": vmed,
         "n_over_threshold_vs_vocab_median": int((peaks > threshold * vmed).sum()),
     }
 
 
-def vocab_sweep(lm: LoadedModel, ref_ids: list[int], threshold: float = 10.0, batch_size: int = 1024,
-                sample: int | None = None, seed: int = 0, progress=None) -> dict:
+def vocab_sweep(
+    lm: LoadedModel,
+    ref_ids: list[int],
+    threshold: float = 10.0,
+    batch_size: int = 1024,
+    sample: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> dict:
     """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it."""
     V = lm.model.get_input_embeddings().num_embeddings
     ids = np.arange(V)
@@ -116,6 +129,11 @@ def vocab_sweep(lm: LoadedModel, ref_ids: list[int], threshold: float = 10.0, ba
         return tok.decode([i]) if hasattr(tok, "decode") else str(i)
 
     out = summarize(ids, peaks, ref, decode, threshold)
-    out.update(vocab_size=int(V), sampled=bool(len(ids) < V), seconds=seconds,
-               tokens_per_second=len(ids) / max(seconds, 1e-9), dtype=str(lm.dtype).replace("torch.", ""))
+    out.update(
+        vocab_size=int(V),
+        sampled=bool(len(ids) < V),
+        seconds=seconds,
+        tokens_per_second=len(ids) / max(seconds, 1e-9),
+        dtype=str(lm.dtype).replace("torch.", ""),
+    )
     return out
