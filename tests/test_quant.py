@@ -17,6 +17,7 @@ from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
+from sinkhole.quant.backends import BACKENDS, Backend, get_backend, register
 from sinkhole.quant.fakequant import (
     QMAX,
     QuantSpec,
@@ -29,7 +30,6 @@ from sinkhole.quant.fakequant import (
     weight_per_channel,
 )
 from sinkhole.quant.hints import (
-    BACKENDS,
     get_quantization_hints,
     int8_threshold,
     prefix_tokens,
@@ -384,6 +384,28 @@ def test_every_backend_is_json_ready(planted):
     for b in BACKENDS:
         if b != "smoothquant":
             json.dumps(get_quantization_hints(stats, b, family=lm.family))
+
+
+def test_backend_registry_did_you_mean_and_extension(planted, tmp_path):
+    lm, stats = planted
+    with pytest.raises(SinkholeError, match="did you mean 'llm-compressor'"):
+        get_quantization_hints(stats, "llm-compresor", family=lm.family)
+    # a new backend is one register() call: hints and write_hints pick it up by name
+    register(Backend("toy", f"{__name__}:_toy_config", "sinkhole.quant.hints:write_json", "test only"))
+    try:
+        h = get_quantization_hints(stats, "toy", family=lm.family)
+        assert h["config"] == {"skip": h["basis"]["toy_skip"]} and "lm_head" in h["config"]["skip"]
+        (path,) = write_hints(h, tmp_path / "toy.json")
+        assert json.loads(path.read_text()) == h["config"]
+        assert get_backend("toy").name == "toy"
+    finally:
+        del BACKENDS["toy"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register(BACKENDS["prefix"])
+
+
+def _toy_config(ctx):
+    return {"skip": ctx.skip}, ["a toy"], {"toy_skip": ctx.skip}
 
 
 # ---- validation -------------------------------------------------------------------------------------------

@@ -21,6 +21,17 @@ EPILOG = """examples:
 """
 
 
+def _backend_name(name: str) -> str:
+    """argparse type: a registered backend's name; an unknown one is refused with the closest name."""
+    from sinkhole.errors import SinkholeError
+    from sinkhole.quant import get_backend
+
+    try:
+        return get_backend(name).name
+    except SinkholeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_parser(sub) -> None:
     from sinkhole.quant import BACKENDS
 
@@ -35,7 +46,12 @@ def add_parser(sub) -> None:
     c.add_argument("--profile", help="use a sinkhole profile (shipped name or JSON file) instead of calibrating")
     c.add_argument("--stats-json", type=Path, help="write the per-module calibration statistics here")
     h = p.add_argument_group("hints")
-    h.add_argument("--backend", choices=BACKENDS, help="config format to emit")
+    h.add_argument(
+        "--backend",
+        type=_backend_name,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="config format to emit: " + "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()),
+    )
     h.add_argument("--out", type=Path, help="write the backend's config here (default: print it)")
     h.add_argument(
         "--alpha",
@@ -85,6 +101,7 @@ def run(args) -> int:
     from sinkhole.cli.common import raise_failures, write_all
     from sinkhole.io import is_stdout, write_output
     from sinkhole.models.loading import load_model
+    from sinkhole.quant import get_backend
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
     from sinkhole.quant.report import render_stats
     from sinkhole.quant.stats import collect_stats
@@ -95,8 +112,9 @@ def run(args) -> int:
     if args.profile and args.validate:
         raise SinkholeError("--validate calibrates on the model itself: drop --profile")
     _given_alpha(args.alpha)  # refuse a bad value before loading anything
-    if args.backend == "smoothquant" and not args.out:
-        raise SinkholeError("smoothquant writes a torch file of activation scales: give --out FILE.pt")
+    backend = get_backend(args.backend) if args.backend else None
+    if backend and backend.needs_out and not args.out:
+        raise SinkholeError(f"{backend.name} writes a binary file: give --out FILE (it is not printable)")
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
     )
@@ -128,7 +146,7 @@ def run(args) -> int:
                 )
             ]
         )
-    need_alpha = args.validate or args.backend in ("llm-compressor", "smoothquant")
+    need_alpha = args.validate or (backend is not None and backend.needs_alpha)
     alpha, alpha_basis = _alpha(args, lm, stats, calib) if need_alpha else (None, {})
     if args.backend:
         hints = get_quantization_hints(source, args.backend, family=lm.family, tokenizer=lm.tokenizer, alpha=alpha)

@@ -1,10 +1,10 @@
 """Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`), hints
 in real quantizers' config formats (`hints`), and fake-quantized W8A8 evidence (`fakequant`, `validate`).
 
-Importing the package is light (the CLI's --help needs BACKENDS only); the functions load on use.
+Importing the package is light (the CLI's --help needs the backend registry only); the functions load on use.
 """
 
-BACKENDS = ("bitsandbytes", "llm-compressor", "torchao", "smoothquant", "prefix")
+from sinkhole.quant.backends import BACKENDS, get_backend  # noqa: F401  (the registry: name -> Backend)
 
 _LAZY = {
     "get_quantization_hints": "hints",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,23 +41,13 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.models.families import FAMILIES, LLAMA, Family
 from sinkhole.profiles.profile import SinkProfile
-from sinkhole.quant import BACKENDS
+from sinkhole.quant.backends import get_backend
 from sinkhole.quant.stats import INT8_OUTLIER_THRESHOLD, OUTLIER_TOKEN_RATIO, THRESHOLD_EDGES, CalibrationStats
 
 DEFAULT_ALPHA = 0.5  # SmoothQuant's default migration strength
 INT8_COLUMN_BUDGET = 0.02  # share of a module's channels LLM.int8 may keep in float per sequence
 MAX_PREFIX = 4
 ALWAYS_SKIP = ["lm_head"]
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        import difflib
-
-        near = difflib.get_close_matches(backend, BACKENDS, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise SinkholeError(f"unknown backend '{backend}'{hint}: use one of {', '.join(BACKENDS)}")
-    return backend
 
 
 def skip_modules(source: CalibrationStats | SinkProfile, family: Family | None = None) -> list[str]:
@@ -176,6 +167,19 @@ def smoothquant_mappings(stats: CalibrationStats | None, family: Family) -> list
     return [m for m in maps if "None" not in str(m)]
 
 
+@dataclass
+class HintContext:
+    """What a backend's config builder reads: the evidence, the model family and the chosen strength."""
+
+    source: CalibrationStats | SinkProfile
+    stats: CalibrationStats | None  # the calibration statistics, None when the source is a profile
+    family: Family
+    skip: list[str]  # modules to leave unquantized, lm_head last
+    alpha: float  # SmoothQuant strength (DEFAULT_ALPHA unless given)
+    alpha_given: bool
+    tokenizer: object = None
+
+
 def get_quantization_hints(
     source: CalibrationStats | SinkProfile,
     backend: str = "bitsandbytes",
@@ -184,10 +188,12 @@ def get_quantization_hints(
     alpha: float | None = None,
 ) -> dict:
     """Hints for one backend: {backend, config, notes, basis} (JSON-ready except smoothquant's tensors)."""
-    check_backend(backend)
+    b = get_backend(backend)
     stats = source if isinstance(source, CalibrationStats) else None
     if not isinstance(source, (CalibrationStats, SinkProfile)):
         raise SinkholeError("hints need calibration statistics or a sinkhole profile")
+    if b.needs_stats and stats is None:
+        raise SinkholeError(f"{b.name} needs per-channel activation scales: calibrate (drop --profile)")
     fam = family or FAMILIES.get((stats.model if stats else source.model).get("architecture", ""), LLAMA)
     skip = skip_modules(source, fam)
     hot = [m for m in skip if m not in ALWAYS_SKIP]
@@ -209,85 +215,13 @@ def get_quantization_hints(
         basis["outlier_channels"] = outlier_channels(stats, hot)
     else:
         basis["spike_channels"] = source.spike_channels
-    notes: list[str] = []
-    a = DEFAULT_ALPHA if alpha is None else float(alpha)
-    if backend == "bitsandbytes":
-        t, why = int8_threshold(stats)
-        basis["threshold"] = why
-        config = {"load_in_8bit": True, "llm_int8_threshold": t, "llm_int8_skip_modules": skip}
-        notes.append(
-            "bitsandbytes selects outlier columns at run time (|x| >= llm_int8_threshold); the "
-            "channel ids in basis.outlier_channels are diagnostic only, it takes no channel list."
-        )
-    elif backend == "llm-compressor":
-        config = {
-            "default_stage": {
-                "default_modifiers": {
-                    "SmoothQuantModifier": {"smoothing_strength": a, "mappings": smoothquant_mappings(stats, fam)},
-                    "QuantizationModifier": {
-                        "ignore": skip,
-                        "config_groups": {
-                            "group_0": {
-                                "targets": ["Linear"],
-                                "weights": {
-                                    "num_bits": 8,
-                                    "type": "int",
-                                    "symmetric": True,
-                                    "strategy": "channel",
-                                    "dynamic": False,
-                                },
-                                "input_activations": {
-                                    "num_bits": 8,
-                                    "type": "int",
-                                    "symmetric": True,
-                                    "strategy": "tensor",
-                                    "dynamic": False,
-                                },
-                            }
-                        },
-                    },
-                }
-            }
-        }
-        basis["alpha"] = "given" if alpha is not None else "default"
-        notes.append(
-            "static per-tensor activations are where spikes hurt; for dynamic per-token use "
-            "`scheme: W8A8` instead of config_groups."
-        )
-        if fam.norm_style == "sandwich":
-            notes.append(
-                "Gemma norms multiply by (1 + weight): smoothing by dividing the norm weight, as "
-                "llm-compressor does, is not exact for them; check the smoothed model."
-            )
-    elif backend == "torchao":
-        config = {
-            "quant_method": "torchao",
-            "quant_type": {"default": {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}},
-            "modules_to_not_convert": skip,
-            "include_input_output_embeddings": False,
-            "untie_embedding_weights": False,
-        }
-        notes.append(
-            "load with transformers.TorchAoConfig.from_dict(config); torchao's int8 activations are "
-            "dynamic per token, so skipping matters less than for static schemes."
-        )
-    elif backend == "smoothquant":
-        if stats is None:
-            raise SinkholeError("smoothquant needs per-channel activation scales: calibrate (drop --profile)")
-        config = {"alpha": a, "act_scales": {n: s.channel_absmax.clone() for n, s in stats.modules.items()}}
-        basis["alpha"] = "given" if alpha is not None else "default"
-        notes.append(
-            "act_scales is saved with torch.save as {module name: (in_features,) absmax}, the "
-            "format of SmoothQuant's generate_act_scales.py; use with smooth_lm(model, scales, alpha)."
-        )
-    else:  # prefix
-        config = prefix_tokens(source, tokenizer)
-        notes.append(
-            "prefill these tokens once, in float, and keep their KV slots; compute the per-tensor "
-            "activation scales on sequences that start after them."
-        )
+    ctx = HintContext(
+        source, stats, fam, skip, DEFAULT_ALPHA if alpha is None else float(alpha), alpha is not None, tokenizer
+    )
+    config, notes, extra = b.builder()(ctx)
+    basis.update(extra)
     return {
-        "backend": backend,
+        "backend": b.name,
         "model": (stats.model if stats else source.model),
         "config": config,
         "notes": notes,
@@ -295,32 +229,126 @@ def get_quantization_hints(
     }
 
 
+# ---- the backends' config builders (registered in sinkhole.quant.backends) ---------------------------------
+
+
+def bitsandbytes_config(ctx: HintContext) -> tuple[dict, list[str], dict]:
+    t, why = int8_threshold(ctx.stats)
+    config = {"load_in_8bit": True, "llm_int8_threshold": t, "llm_int8_skip_modules": ctx.skip}
+    notes = [
+        "bitsandbytes selects outlier columns at run time (|x| >= llm_int8_threshold); the "
+        "channel ids in basis.outlier_channels are diagnostic only, it takes no channel list."
+    ]
+    return config, notes, {"threshold": why}
+
+
+def llm_compressor_recipe(ctx: HintContext) -> tuple[dict, list[str], dict]:
+    def int8(strategy: str) -> dict:
+        return {"num_bits": 8, "type": "int", "symmetric": True, "strategy": strategy, "dynamic": False}
+
+    config = {
+        "default_stage": {
+            "default_modifiers": {
+                "SmoothQuantModifier": {
+                    "smoothing_strength": ctx.alpha,
+                    "mappings": smoothquant_mappings(ctx.stats, ctx.family),
+                },
+                "QuantizationModifier": {
+                    "ignore": ctx.skip,
+                    "config_groups": {
+                        "group_0": {
+                            "targets": ["Linear"],
+                            "weights": int8("channel"),
+                            "input_activations": int8("tensor"),
+                        }
+                    },
+                },
+            }
+        }
+    }
+    notes = [
+        "static per-tensor activations are where spikes hurt; for dynamic per-token use "
+        "`scheme: W8A8` instead of config_groups."
+    ]
+    if ctx.family.norm_style == "sandwich":
+        notes.append(
+            "Gemma norms multiply by (1 + weight): smoothing by dividing the norm weight, as "
+            "llm-compressor does, is not exact for them; check the smoothed model."
+        )
+    return config, notes, {"alpha": "given" if ctx.alpha_given else "default"}
+
+
+def torchao_config(ctx: HintContext) -> tuple[dict, list[str], dict]:
+    config = {
+        "quant_method": "torchao",
+        "quant_type": {"default": {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}},
+        "modules_to_not_convert": ctx.skip,
+        "include_input_output_embeddings": False,
+        "untie_embedding_weights": False,
+    }
+    notes = [
+        "load with transformers.TorchAoConfig.from_dict(config); torchao's int8 activations are "
+        "dynamic per token, so skipping matters less than for static schemes."
+    ]
+    return config, notes, {}
+
+
+def smoothquant_scales(ctx: HintContext) -> tuple[dict, list[str], dict]:
+    config = {"alpha": ctx.alpha, "act_scales": {n: s.channel_absmax.clone() for n, s in ctx.stats.modules.items()}}
+    notes = [
+        "act_scales is saved with torch.save as {module name: (in_features,) absmax}, the "
+        "format of SmoothQuant's generate_act_scales.py; use with smooth_lm(model, scales, alpha)."
+    ]
+    return config, notes, {"alpha": "given" if ctx.alpha_given else "default"}
+
+
+def prefix_config(ctx: HintContext) -> tuple[dict, list[str], dict]:
+    notes = [
+        "prefill these tokens once, in float, and keep their KV slots; compute the per-tensor "
+        "activation scales on sequences that start after them."
+    ]
+    return prefix_tokens(ctx.source, ctx.tokenizer), notes, {}
+
+
 def write_hints(hints: dict, path: str | Path) -> list[Path]:
-    """Save the config in the backend's format: YAML recipe (llm-compressor, unless .json), torch .pt
-    scales plus a JSON sidecar (smoothquant), JSON otherwise. Returns the files written."""
+    """Save the config in its backend's format (see each writer). Returns the files written."""
+    return get_backend(hints["backend"]).writer()(hints, Path(path))
+
+
+# ---- the backends' writers, all through the checked writer (a failed write is rescued and reported) --------
+
+
+def _write(path: Path, data: str | bytes) -> None:
     from sinkhole.io import write_output
 
-    def write_atomic(p, data):  # the checked writer: a failed write is rescued and reported
-        write_output(p, data, "quantization config")
+    write_output(path, data, "quantization config")
 
-    path = Path(path)
-    backend, config = hints["backend"], hints["config"]
-    if backend == "llm-compressor" and path.suffix.lower() in (".yaml", ".yml", ""):
-        import yaml
 
-        write_atomic(path, yaml.safe_dump(config, sort_keys=False))
-        return [path]
-    if backend == "smoothquant":
-        import io
-
-        buf = io.BytesIO()
-        torch.save(config["act_scales"], buf)
-        pt = path if path.suffix == ".pt" else path.with_suffix(".pt")
-        write_atomic(pt, buf.getvalue())
-        side = pt.with_suffix(".json")
-        meta = {k: v for k, v in hints.items() if k != "config"}
-        meta["config"] = {"alpha": config["alpha"], "act_scales_file": pt.name}
-        write_atomic(side, json.dumps(meta, indent=1))
-        return [pt, side]
-    write_atomic(path, json.dumps(config, indent=1))
+def write_json(hints: dict, path: Path) -> list[Path]:
+    _write(path, json.dumps(hints["config"], indent=1))
     return [path]
+
+
+def write_recipe(hints: dict, path: Path) -> list[Path]:
+    """llm-compressor's YAML recipe format, unless the path asks for JSON."""
+    if path.suffix.lower() not in (".yaml", ".yml", ""):
+        return write_json(hints, path)
+    import yaml
+
+    _write(path, yaml.safe_dump(hints["config"], sort_keys=False))
+    return [path]
+
+
+def write_scales(hints: dict, path: Path) -> list[Path]:
+    """torch .pt of the activation scales plus a JSON sidecar with the rest of the hints."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(hints["config"]["act_scales"], buf)
+    pt = path if path.suffix == ".pt" else path.with_suffix(".pt")
+    _write(pt, buf.getvalue())
+    side = pt.with_suffix(".json")
+    meta = {k: v for k, v in hints.items() if k != "config"}
+    meta["config"] = {"alpha": hints["config"]["alpha"], "act_scales_file": pt.name}
+    _write(side, json.dumps(meta, indent=1))
+    return [pt, side]
