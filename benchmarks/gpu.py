@@ -126,14 +126,14 @@ def forward_table(model, lengths, device: str, repeats: int, budget_s: float) ->
         row = {"T": T}
         with torch.inference_mode():
             row["plain"] = timed(
-                lambda: model(input_ids=x, use_cache=False, logits_to_keep=1), device, repeats, budget_s
+                lambda x=x: model(input_ids=x, use_cache=False, logits_to_keep=1), device, repeats, budget_s
             )
-            row["probe"] = timed(lambda: probe.run(ids_list), device, repeats, budget_s)
+            row["probe"] = timed(lambda ids_list=ids_list: probe.run(ids_list), device, repeats, budget_s)
             if eager_fits(model, T, device):
                 model.set_attn_implementation("eager")
                 try:
                     row["eager"] = timed(
-                        lambda: model(
+                        lambda x=x: model(
                             input_ids=x,
                             use_cache=False,
                             logits_to_keep=1,
@@ -174,7 +174,9 @@ def attention_table(lengths, device: str, dtype, repeats: int, tiny: bool) -> No
         q, k, v = (torch.randn(1, h, T, D, generator=gen).to(device=device, dtype=dtype) for h in (Hq, Hkv, Hkv))
         with torch.inference_mode():
             sdpa, _ = timed(
-                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, enable_gqa=True
+                ),
                 device,
                 repeats,
                 10.0,
@@ -182,15 +184,21 @@ def attention_table(lengths, device: str, dtype, repeats: int, tiny: bool) -> No
             fused = None
             if choose_path(q) == "fused":
                 fused, _ = timed(
-                    lambda: attention_with_stats(q, k, v, None, D**-0.5, path="fused"), device, repeats, 10.0
+                    lambda q=q, k=k, v=v: attention_with_stats(q, k, v, None, D**-0.5, path="fused"),
+                    device,
+                    repeats,
+                    10.0,
                 )
             exact = None
             if T <= 32768:  # 577 ms at 32k on an H200 before this issue: still quick enough
                 exact, _ = timed(
-                    lambda: attention_with_stats(q, k, v, None, D**-0.5, path="exact"), device, repeats, 10.0
+                    lambda q=q, k=k, v=v: attention_with_stats(q, k, v, None, D**-0.5, path="exact"),
+                    device,
+                    repeats,
+                    10.0,
                 )
         ms = lambda s: f"{s * 1e3:.1f}" if s is not None else "-"
-        r = lambda s: f"{s / sdpa:.1f}" if s is not None else "-"
+        r = lambda s, sdpa=sdpa: f"{s / sdpa:.1f}" if s is not None else "-"
         print(f"| {T} | {ms(sdpa)} | {ms(fused)} | {r(fused)} | {ms(exact)} | {r(exact)} |", flush=True)
 
 
@@ -217,7 +225,8 @@ def main(argv=None) -> None:
         triton_version = "absent"
     print(
         f"# {card}; torch {torch.__version__}, transformers {transformers.__version__}, triton {triton_version}; "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; python benchmarks/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+        f"{time.strftime('%Y-%m-%d %H:%M')}; "
+        f"python benchmarks/gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     )
     t0 = time.perf_counter()
     model = build_model(args.device, args.tiny, dtype)
@@ -226,7 +235,8 @@ def main(argv=None) -> None:
     probe_q = torch.zeros(1, 1, 1, 8, device=args.device, dtype=dtype)
     print(f"# model built in {time.perf_counter() - t0:.1f} s; attention-statistics path here: {choose_path(probe_q)}")
     print(
-        "\n| T | plain s | probe s | probe / plain | plain GB | probe GB | memory probe / plain | eager (output_attentions) |"
+        "\n| T | plain s | probe s | probe / plain | plain GB | probe GB | memory probe / plain "
+        "| eager (output_attentions) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     forward_table(model, lengths, args.device, args.repeats, args.budget)

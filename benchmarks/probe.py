@@ -56,7 +56,7 @@ def worker(mode: str, T: int, repeats: int, threads: int | None = None) -> dict:
         step = lambda: lm.model(input_ids=x, use_cache=False, output_attentions=True, output_hidden_states=True)
     times, cpu = [], []
     with torch.inference_mode():
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             t0, c0 = time.perf_counter(), time.process_time()
             out = step()
             times.append(time.perf_counter() - t0)

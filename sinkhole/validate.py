@@ -51,7 +51,8 @@ def number(
                 f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {value!r}: round it{_eg(example)}"
             )
         raise SinkholeError(
-            f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, not {type(value).__name__} {value!r}{_eg(example)}"
+            f"{name} must be {kind}{_range(lo, hi, lo_open, hi_open)}, "
+            f"not {type(value).__name__} {value!r}{_eg(example)}"
         )
     if not integer and not math.isfinite(value):
         raise SinkholeError(
@@ -360,5 +361,6 @@ def _check_relations(command: str, args) -> None:
         if args.tokens <= args.cache:
             raise SinkholeError(
                 f"--tokens {args.tokens} fits in --cache {args.cache}, so nothing is ever evicted and every "
-                f"method gives dense attention's numbers: stream more tokens than --cache (e.g. --tokens {4 * args.cache})"
+                "method gives dense attention's numbers: stream more tokens than --cache "
+                f"(e.g. --tokens {4 * args.cache})"
             )

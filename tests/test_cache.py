@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama, wrap
 
-from sinkhole.cache.sink_cache import SinkCache, SinkCacheLayer, profile_positions, rotary_inv_freq, rotate_keys
+from sinkhole.cache.sink_cache import SinkCache, SinkCacheLayer, profile_positions, rotate_keys
 from sinkhole.errors import SinkholeError
+from sinkhole.models.families import rotary_inv_freq
 from sinkhole.profiles.profile import SinkProfile
 
 # Larger init than the default 0.02 so that logits differ visibly when positions are wrong.

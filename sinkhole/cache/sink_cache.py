@@ -41,6 +41,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
 from sinkhole.errors import SinkholeError
+from sinkhole.models.families import rotary_inv_freq
 
 GLOBAL_TYPES = ("full_attention",)
 ROTATION_BLOCK = 64  # decode steps whose sink rotations are computed in one batched pass
@@ -257,26 +258,6 @@ class SinkCacheLayer(BatchOpsMixin, CacheLayerMixin):
         raise SinkholeError(
             "SinkCache cannot be cropped (evicted tokens are gone): assisted decoding is not supported"
         )
-
-
-def rotary_inv_freq(model: torch.nn.Module, layer_type: str) -> torch.Tensor:
-    """The rotary frequencies a layer of `layer_type` uses, read from the model's rotary module.
-
-    transformers keeps them as a buffer `inv_freq` (one RoPE for all layers) or
-    `<layer_type>_inv_freq` (Gemma-3: a local base for sliding layers, a global one for full ones).
-    """
-    found = None
-    for name, buf in model.named_buffers():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == f"{layer_type}_inv_freq":
-            return buf
-        if leaf == "inv_freq" and found is None:
-            found = buf
-    if found is None:
-        raise SinkholeError(
-            f"{type(model).__name__} has no rotary embedding (no inv_freq buffer): SinkCache supports RoPE models only"
-        )
-    return found
 
 
 class SinkCache(Cache):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
 import torch.nn as nn
 
 from sinkhole.errors import SinkholeError
@@ -143,3 +144,23 @@ def family_for(model: nn.Module) -> Family:
     if over:
         fam = replace(fam, **over, discovery=f"override:{model_type}")
     return fam
+
+
+def rotary_inv_freq(model: nn.Module, layer_type: str) -> torch.Tensor:
+    """The rotary frequencies a layer of `layer_type` uses, read from the model's rotary module.
+
+    transformers keeps them as a buffer `inv_freq` (one RoPE for all layers) or
+    `<layer_type>_inv_freq` (Gemma-3: a local base for sliding layers, a global one for full ones).
+    """
+    found = None
+    for name, buf in model.named_buffers():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == f"{layer_type}_inv_freq":
+            return buf
+        if leaf == "inv_freq" and found is None:
+            found = buf
+    if found is None:
+        raise SinkholeError(
+            f"{type(model).__name__} has no rotary embedding (no inv_freq buffer): SinkCache supports RoPE models only"
+        )
+    return found
