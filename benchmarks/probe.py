@@ -13,6 +13,8 @@ Modes, each (mode, T) measured in a fresh subprocess so that its peak RSS is its
 Time is the median of --repeats forwards after one warm-up; peak RSS is the process's maximum
 resident set size (ru_maxrss), which includes the model weights and the Python runtime.
 --threads sets torch's intra-op threads in every worker (the same for all modes; default: torch's).
+With more than one thread every worker asks glibc for one malloc arena, as the `sinkhole` command does
+(`sinkhole.cli.common.one_malloc_arena`), so plain and probe are measured under the same allocator.
 --rounds R alternates the modes' workers R times (plain, probe, plain, probe, ...) and reports the
 median over rounds, so that a shared machine's load drifts over both sides alike. CPU time (the
 worker's process time per forward) is reported beside wall time: with one thread it is much
@@ -37,6 +39,10 @@ def worker(mode: str, T: int, repeats: int, threads: int | None = None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
+    if torch.get_num_threads() > 1:  # what the `sinkhole` command does with several threads, in every mode
+        from sinkhole.cli.common import one_malloc_arena
+
+        one_malloc_arena()
 
     from sinkhole.models.loading import load_model
     from sinkhole.probe.probe import ModelProbe

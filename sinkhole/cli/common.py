@@ -82,7 +82,31 @@ def configure_threads(args) -> int | None:
     if n is None:
         n = default_threads(os.cpu_count(), torch.get_num_threads(), busy_cpus())
     torch.set_num_threads(n)
+    if n > 1:
+        one_malloc_arena()
     return n
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def one_malloc_arena() -> bool:
+    """Ask glibc for one malloc arena, as MALLOC_ARENA_MAX=1 would; the command owns its process.
+
+    Why: glibc gives each thread that allocates its own arena, and an arena keeps what its thread
+    freed. The probe's worker threads each free a score block per query block, so every arena holds
+    one: measured with SmolLM2, 2 threads, peak RSS 1506 MB at T = 4096 with per-thread arenas and
+    1356 MB with one (plain forward: 1243 MB), at the same speed (BENCHMARKS.md). A user's own
+    MALLOC_ARENA_MAX wins; other C libraries (musl, macOS) have no such arenas and are left alone."""
+    import ctypes
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def add_prompt_args(p: argparse.ArgumentParser) -> None:
