@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PROMPT ?= Explain the theory of relativity in simple terms.
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test lint test-fast bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,9 +19,13 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/sinkhole analyze --prompt "$(PROMPT)" --output report.html --json report.json
 
-test: setup
+test: setup lint
 	bash scripts/install-chromium.sh
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -m "not integration and not browser"
