@@ -46,15 +46,15 @@ API_CASES = [
     ("analyze(None)", lambda p, c: _analyze(None), "needs a Capture"),
     ("analyze('text')", lambda p, c: _analyze("some text"), "needs a Capture"),
     *[
-        (f"analyze(threshold={v!r})", (lambda v: lambda p, c: _analyze(c, threshold=v))(v), "threshold")
+        (f"analyze(threshold={v!r})", lambda p, c, v=v: _analyze(c, threshold=v), "threshold")
         for v in (NAN, INF, -INF, -1, 0, 0.5, "10", None, True)
     ],
     *[
-        (f"analyze(epsilon={v!r})", (lambda v: lambda p, c: _analyze(c, epsilon=v))(v), "epsilon")
+        (f"analyze(epsilon={v!r})", lambda p, c, v=v: _analyze(c, epsilon=v), "epsilon")
         for v in ("0.3", 2, -0.1, 0, NAN, INF)
     ],
     *[
-        (f"analyze(min_sink_rate={v!r})", (lambda v: lambda p, c: _analyze(c, min_sink_rate=v))(v), "min_sink_rate")
+        (f"analyze(min_sink_rate={v!r})", lambda p, c, v=v: _analyze(c, min_sink_rate=v), "min_sink_rate")
         for v in (1.5, 0, NAN, "0.5")
     ],
     ("run([60000])", lambda p, c: p.run([60000]), "outside the vocabulary"),

@@ -238,7 +238,8 @@ document.querySelectorAll('.js-plotly-plot').forEach((g) => {
     if (l.width < 1 || l.height < 1) return;
     g.querySelectorAll('.nsewdrag').forEach((area) => {
       const p = area.getBoundingClientRect();
-      const ix = Math.min(l.right, p.right) - Math.max(l.left, p.left), iy = Math.min(l.bottom, p.bottom) - Math.max(l.top, p.top);
+      const ix = Math.min(l.right, p.right) - Math.max(l.left, p.left);
+      const iy = Math.min(l.bottom, p.bottom) - Math.max(l.top, p.top);
       if (ix > 1 && iy > 1) bad.push(g.id + ': legend ' + [l.left, l.top, l.right, l.bottom].map(Math.round) +
                                      ' over plot area ' + [p.left, p.top, p.right, p.bottom].map(Math.round));
     });

@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     g.add_argument(
         "--prompts",
         default="builtin",
-        help='\'builtin\' (the shipped suite), a .jsonl file ({"prompt", "category"} a line) or a .txt file (one prompt a line)',
+        help="'builtin' (the shipped suite), a .jsonl file "
+        '({"prompt", "category"} a line) or a .txt file (one prompt a line)',
     )
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
     add_chat_args(g)

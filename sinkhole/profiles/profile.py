@@ -150,7 +150,8 @@ def load_profile(name_or_path: str | Path, model=None) -> SinkProfile:
         if not shipped.is_file():
             names = sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
             raise SinkholeError(
-                f"no profile file '{name_or_path}' and no shipped profile of that name (shipped: {', '.join(names) or 'none'})"
+                f"no profile file '{name_or_path}' and no shipped profile of that name "
+                f"(shipped: {', '.join(names) or 'none'})"
             )
         path = shipped
     try:
