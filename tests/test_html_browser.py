@@ -260,7 +260,7 @@ def mechanism_page(tmp_path_factory):
     """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
     from test_mechanism import planted, prompts
 
-    from sinkhole.analysis.mechanism.runner import MechanismConfig, run_mechanism
+    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
     from sinkhole.cli.mechanism import page_capture
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sinkhole.analysis.perplexity import sequence_nll
+from sinkhole.experiments.perplexity import sequence_nll
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
 from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
 

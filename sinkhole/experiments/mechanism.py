@@ -30,8 +30,8 @@ from sinkhole.analysis.core import (
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
-from sinkhole.analysis.mechanism.gather import Plan, gather
-from sinkhole.analysis.mechanism.interventions import interventions, text_ids
+from sinkhole.experiments.gather import Plan, gather
+from sinkhole.experiments.interventions import interventions, text_ids
 from sinkhole.analysis.mechanism.normalization import normalization
 from sinkhole.analysis.mechanism.sink_keys import sink_keys
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sinkhole.analysis.perplexity import perplexity  # noqa: F401  (re-exported for callers)
+from sinkhole.experiments.perplexity import perplexity  # noqa: F401  (re-exported for callers)
 from sinkhole.models.loading import LoadedModel
 from sinkhole.text import pydoc_text
 
