@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
+from sinkhole.experiments.calibration import collect_stats
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.fakequant import (
     QMAX,
@@ -40,7 +41,6 @@ from sinkhole.quant.stats import (
     OUTLIER_TOKEN_RATIO,
     CalibrationStats,
     LinearInputStats,
-    collect_stats,
     decoder_linears,
 )
 from sinkhole.quant.validate import perplexity, scheme_specs, validate

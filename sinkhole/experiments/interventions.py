@@ -28,6 +28,7 @@ import torch
 
 from sinkhole.experiments.perplexity import perplexity  # noqa: F401  (re-exported for callers)
 from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
@@ -50,16 +51,13 @@ def channel_edit(lm: LoadedModel, layer: int, positions: list[int], channels: li
     ch = torch.tensor(channels, dtype=torch.long)[None, :]
 
     def hook(module, inputs, output):
-        h = output[0] if isinstance(output, (tuple, list)) else output
+        h = first_tensor(output)
         v = torch.zeros(len(channels)) if values is None else torch.as_tensor(values, dtype=torch.float32)
         h[:, pos.to(h.device), ch.to(h.device)] = v.to(h.dtype).to(h.device)[None, None, :]
         return output
 
-    handle = target.register_forward_hook(hook)
-    try:
+    with hooked({target: hook}):
         yield
-    finally:
-        handle.remove()
 
 
 def _nosink_mask(*args, mask_function=None, **kwargs):
@@ -90,15 +88,8 @@ def sink_masked(lm: LoadedModel, positions: list[int]):
 
     AttentionInterface.register(NOSINK, sdpa_attention_forward)
     AttentionMaskInterface.register(NOSINK, _nosink_mask)
-    model = lm.model
-    previous = model.config._attn_implementation
-    token = _HIDDEN.set(tuple(int(p) for p in positions))
-    try:
-        model.set_attn_implementation(NOSINK)
+    with context_value(_HIDDEN, tuple(int(p) for p in positions)), attention_implementation(lm.model, NOSINK):
         yield
-    finally:
-        _HIDDEN.reset(token)
-        model.set_attn_implementation(previous)
 
 
 def interventions(

@@ -30,10 +30,10 @@ from sinkhole.analysis.core import (
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
-from sinkhole.experiments.gather import Plan, gather
-from sinkhole.experiments.interventions import interventions, text_ids
 from sinkhole.analysis.mechanism.normalization import normalization
 from sinkhole.analysis.mechanism.sink_keys import sink_keys
+from sinkhole.experiments.gather import Plan, gather
+from sinkhole.experiments.interventions import interventions, text_ids
 
 DEFAULT_PROMPTS = [
     "Explain the theory of relativity in simple terms.",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.hooks import first_tensor, hooked
 
 REFERENCE_TOKENS = 256
 
@@ -34,20 +35,13 @@ REFERENCE_TOKENS = 256
 @contextmanager
 def peak_norm_hooks(lm: LoadedModel, store: dict):
     """Keep store["peak"] = running max over decoder layers of ||h_l|| (B, T), float32."""
-    handles = []
 
     def hook(module, inputs, output):
-        h = output[0] if isinstance(output, (tuple, list)) else output
-        n = torch.linalg.vector_norm(h.float(), dim=-1)
+        n = torch.linalg.vector_norm(first_tensor(output).float(), dim=-1)
         store["peak"] = n if store.get("peak") is None else torch.maximum(store["peak"], n)
 
-    try:
-        for layer in lm.family.decoder_layers(lm.model):
-            handles.append(layer.register_forward_hook(hook))
+    with hooked([(layer, hook) for layer in lm.family.decoder_layers(lm.model)]):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def peak_norms(lm: LoadedModel, input_ids: torch.Tensor) -> np.ndarray:

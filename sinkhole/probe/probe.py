@@ -4,9 +4,9 @@
     capture = probe.run("Explain relativity simply.")   # or a list of token ids
     captures = probe.run_batch([...])                   # left-padded, same numbers as one by one
 
-Batching: sequences are left-padded; padding is masked as keys (by the attention mask), excluded
-as queries (by `query_valid`), and position ids count only real tokens, so every statistic of a
-padded sequence is that of the sequence alone (tests check it).
+Batching: sequences are left-padded (`sinkhole.probe.batch`); padding is masked as keys (by the
+attention mask), excluded as queries (by `query_valid`), and position ids count only real tokens,
+so every statistic of a padded sequence is that of the sequence alone (tests check it).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.models.loading import LoadedModel, load_model
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
+from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.capture import Capture, ModelInfo
 from sinkhole.probe.recorder import Recorder, recording
 
@@ -152,13 +153,8 @@ class ModelProbe:
             if limit and len(ids) > limit:
                 raise SinkholeError(f"prompt is {len(ids)} tokens, longer than {self.info.name}'s context of {limit}")
         lengths = [len(ids) for ids, _ in encoded]
-        T, B = max(lengths), len(encoded)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((B, T), pad, dtype=torch.long)
-        valid = torch.zeros(B, T, dtype=torch.bool)
-        for b, (ids, _) in enumerate(encoded):
-            input_ids[b, T - len(ids) :] = torch.tensor(ids)
-            valid[b, T - len(ids) :] = True
+        T = max(lengths)
+        input_ids, valid = left_pad([ids for ids, _ in encoded], pad_id(self.tokenizer))
         rec = self._forward(input_ids, valid, progress)
         out = []
         for b, (ids, used_chat) in enumerate(encoded):
@@ -177,7 +173,7 @@ class ModelProbe:
             logits_to_keep=1,  # the probe needs no logits; [T, vocab] would dominate memory
         )
         if not bool(valid.all()):  # only with padding: models with offset positions (RoBERTa) count their own
-            kwargs["position_ids"] = (valid.long().cumsum(-1) - 1).clamp(min=0).to(dev)
+            kwargs["position_ids"] = position_ids(valid).to(dev)
         if self.lm.family.uses_interface:
             with torch.inference_mode(), recording(self.model, self.lm.family, rec), _one_line(self.info.architecture):
                 self.model(**kwargs)

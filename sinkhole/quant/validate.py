@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sinkhole.experiments.calibration import collect_stats
 from sinkhole.experiments.perplexity import sequence_nll
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
-from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
+from sinkhole.quant.stats import CalibrationStats, decoder_linears
 
 SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix", "float_prefix")
 ALPHAS = (0.5, 0.65, 0.8, 0.9)
