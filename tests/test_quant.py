@@ -17,6 +17,7 @@ from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.calibration import collect_stats
+from sinkhole.experiments.perplexity import perplexity
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.fakequant import (
     QMAX,
@@ -43,7 +44,7 @@ from sinkhole.quant.stats import (
     LinearInputStats,
     decoder_linears,
 )
-from sinkhole.quant.validate import perplexity, scheme_specs, validate
+from sinkhole.quant.validate import scheme_specs, validate
 
 PLANT_ID, PLANT_CH = 7, 5
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sinkhole.experiments.perplexity import perplexity  # noqa: F401  (re-exported for callers)
+from sinkhole.experiments.perplexity import perplexity
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
 from sinkhole.text import pydoc_text
@@ -112,26 +112,26 @@ def interventions(
         status(f"interventions {next(step)}/{n}: {what} ({len(ids)} tokens)")
 
     say("unchanged model")
-    ppl = {"none": perplexity(lm, ids)}
+    ppl = {"none": perplexity(lm, [ids])}
     if spike_positions and channels:
         say("spike channels zeroed")
         with channel_edit(lm, layer, spike_positions, channels):
-            ppl["zero"] = perplexity(lm, ids)
+            ppl["zero"] = perplexity(lm, [ids])
         say("spike channels set to their mean")
         with channel_edit(lm, layer, spike_positions, channels, mean_values):
-            ppl["mean"] = perplexity(lm, ids)
+            ppl["mean"] = perplexity(lm, [ids])
         d = lm.config.hidden_size
         g = torch.Generator().manual_seed(seed)
         pool = [c for c in torch.randperm(d, generator=g).tolist() if c not in set(channels)]
         say("random channels zeroed (control)")
         with channel_edit(lm, layer, spike_positions, pool[: len(channels)]):
-            ppl["random_zero"] = perplexity(lm, ids)
+            ppl["random_zero"] = perplexity(lm, [ids])
     else:
         ppl.update(zero=None, mean=None, random_zero=None)
     if sink_positions:
         say("sink masked")
         with sink_masked(lm, sink_positions):
-            ppl["sink_masked"] = perplexity(lm, ids)
+            ppl["sink_masked"] = perplexity(lm, [ids])
     else:
         ppl["sink_masked"] = None
     base = ppl["none"]

@@ -1,21 +1,14 @@
-"""Vocabulary sweep (paper Table 2): which tokens become spike tokens when they open the sequence.
+"""Vocabulary sweep (paper Table 2), the forwards: every token fed alone, and the reference text.
 
-Rule. Every token id v in [0, vocab_size) is fed alone: the whole input is the one token at
-position 0 (no BOS, no chat template). Its peak norm is N(v) = max_l ||h_l||_2 over decoder layer
-outputs. A median over the vocabulary cannot be the reference (on SmolLM2 nearly every token
-spikes at position 0, so the median would itself be a spike); the reference is the ordinary
-in-context token instead:
-
-    ref = median over positions t >= 1 of max_l ||h_l[t]||, on a fixed text (the first 256 tokens of
-          the pydoc topics, the same text the interventions use, special tokens added);
-    score(v) = N(v) / ref;  v is a spike token when score(v) > threshold (10, the core's).
-
-Reported: the share of spike tokens, score percentiles, and the exceptions: the tokens on the
-minority side (the non-spiking ones when most spike, else the spiking ones), lowest/highest first.
-The score against the vocabulary median is reported too, for comparison.
+The rule, the scores and the summary are pure and live in `sinkhole.analysis.mechanism.vocab_sweep`;
+this module runs the model for them: `sweep` gives each token's peak norm N(v) = max_l ||h_l||_2
+alone at position 0 (no BOS, no chat template), `reference_norm` the median peak norm of an
+ordinary in-context token on the reference text (the first REFERENCE_TOKENS tokens of the pydoc
+topics, the text the interventions use, special tokens added).
 
 Batching: sequences of length 1 need no attention beyond v_proj/o_proj, so the batch is simply
-many tokens at once; only a (B,) running maximum is kept per batch.
+many tokens at once; only a (B,) running maximum is kept per batch (`peak_norm_hooks`, over
+`sinkhole.probe.hooks.hooked`).
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from sinkhole.analysis.mechanism.vocab_sweep import summarize
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import first_tensor, hooked
 
@@ -68,35 +62,6 @@ def sweep(lm: LoadedModel, token_ids: np.ndarray | None = None, batch_size: int 
         if progress is not None:
             progress(len(batch))
     return out
-
-
-def summarize(
-    token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0, max_listed: int = 50
-) -> dict:
-    """The sweep's shares, percentiles and exceptions; decode(id) -> text."""
-    score = peaks / max(ref, 1e-30)
-    spike = score > threshold
-    share = float(spike.mean()) if len(spike) else 0.0
-    minority = ~spike if share >= 0.5 else spike
-    idx = np.flatnonzero(minority)
-    idx = idx[np.argsort(score[idx])] if share >= 0.5 else idx[np.argsort(-score[idx])]
-    vmed = float(np.median(peaks)) if len(peaks) else 0.0
-    return {
-        "n_tokens": int(len(token_ids)),
-        "threshold": threshold,
-        "reference_norm": ref,
-        "n_spike": int(spike.sum()),
-        "spike_share": share,
-        "score_percentiles": {str(p): float(np.percentile(score, p)) for p in (0, 1, 5, 25, 50, 75, 95, 99, 100)},
-        "exceptions_are": "non-spiking tokens" if share >= 0.5 else "spiking tokens",
-        "n_exceptions": int(minority.sum()),
-        "exceptions": [
-            {"id": int(token_ids[i]), "text": decode(int(token_ids[i])), "score": float(score[i])}
-            for i in idx[:max_listed]
-        ],
-        "vocab_median_norm": vmed,
-        "n_over_threshold_vs_vocab_median": int((peaks > threshold * vmed).sum()),
-    }
 
 
 def vocab_sweep(
