@@ -85,18 +85,25 @@ def swapped(model: torch.nn.Module, replacements: Mapping[str, Callable]) -> Ite
 
 
 @contextmanager
-def attention_implementation(model, name: str | None) -> Iterator[None]:
+def attention_implementation(model, name: str | None, optional: bool = False) -> Iterator[None]:
     """Switch the model's attention function to `name` (a registered one) while inside; None changes nothing.
 
-    The previous implementation is restored in `finally` (when the config names one).
+    The previous implementation is restored in `finally` (when the config names one). `optional`: a
+    model that refuses the switch (ValueError, ImportError, AttributeError) runs unchanged.
     """
     previous = getattr(model.config, "_attn_implementation", None)
+    changed = name is not None
     try:
-        if name is not None:
-            model.set_attn_implementation(name)
+        if changed:
+            try:
+                model.set_attn_implementation(name)
+            except (ValueError, ImportError, AttributeError):
+                if not optional:
+                    raise
+                changed = False
         yield
     finally:
-        if name is not None and previous is not None:
+        if changed and previous is not None:
             model.set_attn_implementation(previous)
 
 

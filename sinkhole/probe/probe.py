@@ -24,6 +24,7 @@ from sinkhole.models.loading import LoadedModel, load_model
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
 from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.capture import Capture, ModelInfo
+from sinkhole.probe.hooks import attention_implementation
 from sinkhole.probe.recorder import Recorder, recording
 
 EAGER_FALLBACK_MAX_LEN = 2048  # eager output_attentions holds [layers, heads, T, T]: keep T small
@@ -205,21 +206,13 @@ class ModelProbe:
             stacklevel=3,
         )
         rec = Recorder(self.info.n_layers, valid, self.top_k, 0 < T <= self.maps_max_len, self.block_bytes, progress)
-        previous = self.model.config._attn_implementation
-        try:
-            self.model.set_attn_implementation("eager")
-        except (ValueError, ImportError, AttributeError):
-            previous = None  # models that cannot switch are eager already
-        try:
-            with (
-                torch.inference_mode(),
-                recording(self.model, self.lm.family, rec, use_attention=False),
-                _one_line(self.info.architecture),
-            ):
-                out = self.model(**kwargs, output_attentions=True)
-        finally:
-            if previous is not None:
-                self.model.set_attn_implementation(previous)
+        with (
+            attention_implementation(self.model, "eager", optional=True),  # models that cannot switch are eager
+            torch.inference_mode(),
+            recording(self.model, self.lm.family, rec, use_attention=False),
+            _one_line(self.info.architecture),
+        ):
+            out = self.model(**kwargs, output_attentions=True)
         maps = [
             a
             for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T): linear layers may return other things
