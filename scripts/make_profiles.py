@@ -19,9 +19,9 @@ import time
 from tqdm import tqdm
 
 from sinkhole.eval.suite import load_suite
+from sinkhole.experiments.detect import SinkDetector
 from sinkhole.experiments.streaming import DEFAULT_PROMPTS, streaming_section
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.profiles.detect import SinkDetector
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
 BUNDLED = ["smollm2-135m", "gemma3-270m"]
