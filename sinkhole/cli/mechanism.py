@@ -131,9 +131,9 @@ def page_capture(probe, prompt, chat):
 
 
 def run(args) -> int:
-    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.cli.common import load_probe, raise_failures, result_stream, write_all
     from sinkhole.eval.suite import load_suite
+    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.report import html
     from sinkhole.report.schema import write_json
     from sinkhole.text import read_text_file
