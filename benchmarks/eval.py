@@ -25,22 +25,17 @@ import torch
 from sinkhole.analysis.core import analyze
 from sinkhole.eval import EvalSettings, load_suite
 from sinkhole.eval.runner import ResultsStore, plan_batches, prompt_row
+from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.probe import ModelProbe
 
 
 def plain_forward(probe: ModelProbe, batch_ids: list[list[int]]) -> None:
-    T, B = max(map(len, batch_ids)), len(batch_ids)
-    pad = probe.tokenizer.pad_token_id or 0
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
-    for b, x in enumerate(batch_ids):
-        ids[b, T - len(x) :] = torch.tensor(x)
-        valid[b, T - len(x) :] = True
+    ids, valid = left_pad(batch_ids, pad_id(probe.tokenizer))
     with torch.inference_mode():
         probe.model(
             input_ids=ids,
             attention_mask=valid.long(),
-            position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0),
+            position_ids=position_ids(valid),
             use_cache=False,
             logits_to_keep=1,
         )

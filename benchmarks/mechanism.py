@@ -28,9 +28,9 @@ def main() -> None:
     ap.add_argument("--skip-sweep", action="store_true")
     args = ap.parse_args()
 
-    from sinkhole.analysis.mechanism.interventions import text_ids
-    from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_interventions, run_mechanism
-    from sinkhole.analysis.mechanism.vocab_sweep import REFERENCE_TOKENS, reference_norm, sweep, vocab_sweep
+    from sinkhole.experiments.interventions import text_ids
+    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_interventions, run_mechanism
+    from sinkhole.experiments.vocab_sweep import REFERENCE_TOKENS, reference_norm, sweep, vocab_sweep
     from sinkhole.models.loading import load_model
     from sinkhole.probe.probe import ModelProbe
 

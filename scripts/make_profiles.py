@@ -19,10 +19,10 @@ import time
 from tqdm import tqdm
 
 from sinkhole.eval.suite import load_suite
+from sinkhole.experiments.detect import SinkDetector
+from sinkhole.experiments.streaming import DEFAULT_PROMPTS, streaming_section
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.profiles.detect import SinkDetector
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
-from sinkhole.profiles.streaming import DEFAULT_PROMPTS, streaming_section
 
 BUNDLED = ["smollm2-135m", "gemma3-270m"]
 

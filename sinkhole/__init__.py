@@ -25,7 +25,7 @@ _LAZY = {
     "SinkholeError": "sinkhole.errors",
     "SinkProfile": "sinkhole.profiles.profile",
     "load_profile": "sinkhole.profiles.profile",
-    "SinkDetector": "sinkhole.profiles.detect",
+    "SinkDetector": "sinkhole.experiments.detect",
     "SinkCache": "sinkhole.cache.sink_cache",
     "get_quantization_hints": "sinkhole.quant.hints",
 }

@@ -9,7 +9,8 @@ from conftest import tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, select_retrieval_heads, slot_costs
 from sinkhole.errors import SinkholeError
-from sinkhole.profiles.streaming import band_share, layer_kinds, measure_streaming_scores
+from sinkhole.experiments.streaming import measure_streaming_scores
+from sinkhole.profiles.streaming import band_share, layer_kinds
 
 BIG = dict(initializer_range=0.3)
 

@@ -261,8 +261,8 @@ def mechanism_page(tmp_path_factory):
     """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
     from test_mechanism import planted, prompts
 
-    from sinkhole.analysis.mechanism.runner import MechanismConfig, run_mechanism
     from sinkhole.cli.mechanism import page_capture
+    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
     mech, reports = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))

@@ -12,12 +12,13 @@ from conftest import tiny_gemma3, tiny_llama, wrap
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
-from sinkhole.analysis.mechanism.gather import Plan, gather
-from sinkhole.analysis.mechanism.interventions import channel_edit, perplexity, sink_masked
 from sinkhole.analysis.mechanism.normalization import mass_share, normalization, pair_means
-from sinkhole.analysis.mechanism.runner import MechanismConfig, run_mechanism
 from sinkhole.analysis.mechanism.sink_keys import effective_dim, query_alignment, sink_keys
-from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
+from sinkhole.experiments.gather import Plan, gather
+from sinkhole.experiments.interventions import channel_edit, sink_masked
+from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+from sinkhole.experiments.perplexity import perplexity
+from sinkhole.experiments.vocab_sweep import vocab_sweep
 from sinkhole.probe.probe import ModelProbe
 
 SPIKE_TOKEN, IN_CH, OUT_CH, UP_LAYER, DOWN_LAYER = 7, 3, 11, 1, 3
@@ -234,7 +235,7 @@ def test_perplexity_matches_model_loss(tiny_model):
     ids = list(range(3, 40))
     with torch.no_grad():
         loss = tiny_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss
-    assert perplexity(lm, ids, chunk=7) == pytest.approx(float(torch.exp(loss)), rel=1e-4)
+    assert perplexity(lm, [ids], chunk=7) == pytest.approx(float(torch.exp(loss)), rel=1e-4)
 
 
 def test_sink_masked_equals_dropping_the_token(tiny_model):

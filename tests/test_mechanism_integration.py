@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from sinkhole.analysis.mechanism.interventions import text_ids
-from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
-from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
+from sinkhole.experiments.interventions import text_ids
+from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
+from sinkhole.experiments.vocab_sweep import vocab_sweep
 from sinkhole.probe.probe import ModelProbe
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ import pytest
 from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
-from sinkhole.profiles.detect import DEFAULT_PINNED_SLOTS, SinkDetector, build_profile
+from sinkhole.experiments.detect import SinkDetector
+from sinkhole.profiles.detect import DEFAULT_PINNED_SLOTS, build_profile
 from sinkhole.profiles.profile import SHIPPED_DIR, SinkProfile, load_profile
 
 MODEL = {

@@ -16,6 +16,8 @@ import torch
 from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
+from sinkhole.experiments.calibration import collect_stats
+from sinkhole.experiments.perplexity import perplexity
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.backends import BACKENDS, Backend, get_backend, register
 from sinkhole.quant.fakequant import (
@@ -40,10 +42,9 @@ from sinkhole.quant.stats import (
     OUTLIER_TOKEN_RATIO,
     CalibrationStats,
     LinearInputStats,
-    collect_stats,
     decoder_linears,
 )
-from sinkhole.quant.validate import perplexity, scheme_specs, validate
+from sinkhole.quant.validate import scheme_specs, validate
 
 PLANT_ID, PLANT_CH = 7, 5
 

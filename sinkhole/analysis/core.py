@@ -9,6 +9,7 @@ from query t to key k.
 Spikes (massive activations)
 - peak norm:  N[t] = max_l ||h_l[t]||_2.
 - spike score: S[t] = N[t] / median_s N[s] (the original sinkhole's score).
+- a prompt's spike score: max_t S[t] (the eval rows' `spike_score`).
 - spike token: S[t] > threshold (default 10).
 - top value: the signed h_l[t, c] of largest |.| over layers l and channels c; reported with its
   layer and channel (Sun et al. 2024, "Massive Activations in LLMs").
@@ -64,9 +65,18 @@ def peak_norm(resid_norm: np.ndarray) -> np.ndarray:
 
 
 def spike_scores(resid_norm: np.ndarray) -> np.ndarray:
-    """(L, T) -> (T,) peak norm divided by its median over tokens."""
+    """(L, T) -> (T,) per-token spike scores S[t]: peak norm divided by its median over tokens.
+
+    JSON: `spikes.per_token_score`. Not to be confused with `prompt_spike_score` (one number per
+    prompt) or the vocabulary sweep's `vocab_spike_scores` (one per vocabulary token fed alone)."""
     peak = peak_norm(resid_norm)
     return peak / max(float(np.median(peak)), 1e-30)
+
+
+def prompt_spike_score(scores) -> float:
+    """(T,) per-token spike scores S[t] -> the prompt's spike score max_t S[t] (JSON: the eval rows'
+    and the mechanism summary's `spike_score`)."""
+    return float(np.max(scores))
 
 
 def top_value(top_channels: np.ndarray, top_values: np.ndarray, t: int) -> tuple[float, int, int]:
@@ -76,17 +86,27 @@ def top_value(top_channels: np.ndarray, top_values: np.ndarray, t: int) -> tuple
     return float(top_values[layer, t, 0]), layer, int(top_channels[layer, t, 0])
 
 
+def step_indices(start_norm: float, norms: np.ndarray, fraction: float = STEP_FRACTION) -> tuple[list[int], list[int]]:
+    """The step rule, on one token's sequence of residual norms: (step-up indices, step-down indices).
+
+    With n_{-1} = start_norm and n_i = norms[i] (N,), index i steps up when n_i - n_{i-1} >= fraction x
+    max(norms), down when n_{i-1} - n_i >= fraction x max(norms). The one implementation behind the
+    core's per-layer rule (`step_layers`) and the mechanism's per-block rule (`lifecycle.step_blocks`).
+    """
+    n = np.concatenate([[start_norm], norms])
+    delta = np.diff(n)  # delta[i] = n_i - n_{i-1}
+    peak = float(norms.max())
+    return (
+        [int(i) for i in np.flatnonzero(delta >= fraction * peak)],
+        [int(i) for i in np.flatnonzero(-delta >= fraction * peak)],
+    )
+
+
 def step_layers(
     embed_norm: float, layer_norms: np.ndarray, fraction: float = STEP_FRACTION
 ) -> tuple[list[int], list[int]]:
     """(step-up layers, step-down layers) of one token from its per-layer residual norms (L,)."""
-    n = np.concatenate([[embed_norm], layer_norms])
-    delta = np.diff(n)  # delta[l] = n_l - n_{l-1}
-    peak = float(layer_norms.max())
-    return (
-        [int(l) for l in np.flatnonzero(delta >= fraction * peak)],
-        [int(l) for l in np.flatnonzero(-delta >= fraction * peak)],
-    )
+    return step_indices(embed_norm, layer_norms, fraction)
 
 
 def spike_channels(

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.experiments.perplexity import perplexity_from_nll
 
 SCHEMA = "sinkhole.recall/1"
 LABELS = {
@@ -138,7 +139,6 @@ def evaluate_recall(
     progress=None,
 ) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
-    import math
 
     from transformers import DynamicCache
 
@@ -211,7 +211,7 @@ def evaluate_recall(
                 LABELS[name],
                 round(sum(hits2) / len(hits2), 4),
                 round(sum(hits1) / len(hits1), 4),
-                round(math.exp(sum(nll_text) / len(nll_text)), 4),
+                round(perplexity_from_nll(sum(nll_text), len(nll_text)), 4),
                 slots,
                 round(slots / dense_slots, 4),
                 nbytes,

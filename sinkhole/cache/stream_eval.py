@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.experiments.perplexity import scored_perplexity
 from sinkhole.text import pydoc_text
 
 SCHEMA = "sinkhole.stream/1"
@@ -114,11 +115,6 @@ def nll_recompute(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def perplexity(nll: list[float | None]) -> float | None:
-    vals = [v for v in nll if v is not None]
-    return math.exp(sum(vals) / len(vals)) if vals else None
-
-
 @dataclass
 class MethodResult:
     """One method's per-position nll. `nll[j-1]` scores token j; None where the method did not score."""
@@ -164,9 +160,9 @@ class StreamResult:
                     label=m.label,
                     slots=m.slots,
                     scored=m.scored(),
-                    ppl=perplexity(m.nll),
-                    ppl_past_cache=perplexity(past),
-                    ppl_sample=perplexity(sample),
+                    ppl=scored_perplexity(m.nll),
+                    ppl_past_cache=scored_perplexity(past),
+                    ppl_sample=scored_perplexity(sample),
                 )
             )
         return rows

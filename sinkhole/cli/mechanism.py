@@ -131,9 +131,9 @@ def page_capture(probe, prompt, chat):
 
 
 def run(args) -> int:
-    from sinkhole.analysis.mechanism.runner import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.cli.common import load_probe, raise_failures, result_stream, write_all
     from sinkhole.eval.suite import load_suite
+    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.report import html
     from sinkhole.report.schema import write_json
     from sinkhole.text import read_text_file
@@ -150,8 +150,8 @@ def run(args) -> int:
     probe = load_probe(args)
     mech, reports = run_mechanism(probe, prompts, chat=args.chat, cfg=cfg, status=status)
     if args.vocab_sweep:
-        from sinkhole.analysis.mechanism.interventions import text_ids
-        from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
+        from sinkhole.experiments.interventions import text_ids
+        from sinkhole.experiments.vocab_sweep import vocab_sweep
 
         status("vocabulary sweep ...")
         mech["vocab_sweep"] = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)

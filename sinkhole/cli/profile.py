@@ -78,7 +78,7 @@ def render_profile(pr) -> str:
 
 def run(args) -> int:
     from sinkhole.eval.suite import load_suite
-    from sinkhole.profiles.detect import SinkDetector
+    from sinkhole.experiments.detect import SinkDetector
     from sinkhole.profiles.profile import load_profile
 
     if args.show:

@@ -37,9 +37,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from sinkhole.analysis.mechanism.interventions import text_ids
-    from sinkhole.analysis.mechanism.vocab_sweep import vocab_sweep
     from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.experiments.interventions import text_ids
+    from sinkhole.experiments.vocab_sweep import vocab_sweep
     from sinkhole.io import write_output
     from sinkhole.models.loading import load_model
 

@@ -4,9 +4,9 @@
     capture = probe.run("Explain relativity simply.")   # or a list of token ids
     captures = probe.run_batch([...])                   # left-padded, same numbers as one by one
 
-Batching: sequences are left-padded; padding is masked as keys (by the attention mask), excluded
-as queries (by `query_valid`), and position ids count only real tokens, so every statistic of a
-padded sequence is that of the sequence alone (tests check it).
+Batching: sequences are left-padded (`sinkhole.probe.batch`); padding is masked as keys (by the
+attention mask), excluded as queries (by `query_valid`), and position ids count only real tokens,
+so every statistic of a padded sequence is that of the sequence alone (tests check it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.models.loading import LoadedModel, load_model
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
+from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.capture import Capture, ModelInfo
+from sinkhole.probe.hooks import attention_implementation
 from sinkhole.probe.recorder import Recorder, recording
 
 EAGER_FALLBACK_MAX_LEN = 2048  # eager output_attentions holds [layers, heads, T, T]: keep T small
@@ -152,13 +154,8 @@ class ModelProbe:
             if limit and len(ids) > limit:
                 raise SinkholeError(f"prompt is {len(ids)} tokens, longer than {self.info.name}'s context of {limit}")
         lengths = [len(ids) for ids, _ in encoded]
-        T, B = max(lengths), len(encoded)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((B, T), pad, dtype=torch.long)
-        valid = torch.zeros(B, T, dtype=torch.bool)
-        for b, (ids, _) in enumerate(encoded):
-            input_ids[b, T - len(ids) :] = torch.tensor(ids)
-            valid[b, T - len(ids) :] = True
+        T = max(lengths)
+        input_ids, valid = left_pad([ids for ids, _ in encoded], pad_id(self.tokenizer))
         rec = self._forward(input_ids, valid, progress)
         out = []
         for b, (ids, used_chat) in enumerate(encoded):
@@ -177,7 +174,7 @@ class ModelProbe:
             logits_to_keep=1,  # the probe needs no logits; [T, vocab] would dominate memory
         )
         if not bool(valid.all()):  # only with padding: models with offset positions (RoBERTa) count their own
-            kwargs["position_ids"] = (valid.long().cumsum(-1) - 1).clamp(min=0).to(dev)
+            kwargs["position_ids"] = position_ids(valid).to(dev)
         if self.lm.family.uses_interface:
             with torch.inference_mode(), recording(self.model, self.lm.family, rec), _one_line(self.info.architecture):
                 self.model(**kwargs)
@@ -209,21 +206,13 @@ class ModelProbe:
             stacklevel=3,
         )
         rec = Recorder(self.info.n_layers, valid, self.top_k, 0 < T <= self.maps_max_len, self.block_bytes, progress)
-        previous = self.model.config._attn_implementation
-        try:
-            self.model.set_attn_implementation("eager")
-        except (ValueError, ImportError, AttributeError):
-            previous = None  # models that cannot switch are eager already
-        try:
-            with (
-                torch.inference_mode(),
-                recording(self.model, self.lm.family, rec, use_attention=False),
-                _one_line(self.info.architecture),
-            ):
-                out = self.model(**kwargs, output_attentions=True)
-        finally:
-            if previous is not None:
-                self.model.set_attn_implementation(previous)
+        with (
+            attention_implementation(self.model, "eager", optional=True),  # models that cannot switch are eager
+            torch.inference_mode(),
+            recording(self.model, self.lm.family, rec, use_attention=False),
+            _one_line(self.info.architecture),
+        ):
+            out = self.model(**kwargs, output_attentions=True)
         maps = [
             a
             for a in (getattr(out, "attentions", None) or [])  # (B, H, T, T): linear layers may return other things

@@ -1,9 +1,9 @@
 """The recorder: what one forward pass accumulates, and the context manager that wires it in.
 
-`recording(model, family, recorder)` is the only place hooks are installed: it switches the model
-to the "sinkhole" attention function, makes `recorder` the active one, adds forward hooks on the
-decoder layers and on the modules whose outputs are added to the residual, and undoes all of it
-in `finally`, whatever happens inside.
+`recording(model, family, recorder)` installs the probe's hooks with the primitives of
+`sinkhole.probe.hooks`: it switches the model to the "sinkhole" attention function, makes
+`recorder` the active one, adds forward hooks on the decoder layers and on the modules whose
+outputs are added to the residual, and undoes all of it in `finally`, whatever happens inside.
 
 Attention calls are attributed to the decoder layer running at the time (a pre-hook on each layer
 sets `current_layer`), so hybrid models whose linear-attention / SSM layers never call attention
@@ -17,12 +17,13 @@ keep what they need (a few keys, say) without another attention implementation.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from sinkhole.models.families import Family
 from sinkhole.probe.attention import ACTIVE_RECORDER, DEFAULT_BLOCK_BYTES, attention_with_stats, register
+from sinkhole.probe.hooks import attention_implementation, context_value, hooked, observer
 
 
 def residual_stats(h: torch.Tensor, k: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,19 +51,6 @@ def plain_attention(query, key, value, mask, scaling):
         w = w.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else w + mask
     p = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(p, value).transpose(1, 2).contiguous()
-
-
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _observer(fn, *args):
-    """A forward hook that calls fn(*args, output) and returns None (a returned value would replace the output)."""
-
-    def hook(module, inputs, output):
-        fn(*args, _first(output))
-
-    return hook
 
 
 class Recorder:
@@ -209,47 +197,48 @@ class Recorder:
 @contextmanager
 def recording(model: torch.nn.Module, family: Family, recorder: Recorder, use_attention: bool = True):
     """Install the recorder's hooks (and the "sinkhole" attention) for the duration of the block."""
-    handles = []
-    token = None
-    previous = getattr(model.config, "_attn_implementation", None)
+    layers = family.decoder_layers(model)
+    hooks = [(family.part(model, family.embed), observer(recorder.embedding))]
+    inside = family.norm_style == "inside"  # blocks add the residual themselves (BLOOM, BERT-style)
+    enters = []
+    for idx, layer in enumerate(layers):
+        hooks.append((layer, observer(recorder.residual, idx)))
+        mixer, ffn = family.mixer_out_of(idx), family.ffn_out_of(idx)
+        s_mix, s_ffn = family.scales_of(idx)
+        if mixer is not None:
+            obs = (
+                observer(recorder.block_delta, "input", recorder.attn_out_norm, idx)
+                if inside
+                else observer(recorder.block_norm, recorder.attn_out_norm, idx, s_mix)
+            )
+            hooks.append((family.part(layer, mixer), obs))
+        if ffn is not None:
+            obs = (
+                observer(recorder.block_delta, "mixer", recorder.ffn_out_norm, idx)
+                if inside
+                else observer(recorder.block_norm, recorder.ffn_out_norm, idx, s_ffn)
+            )
+            hooks.append((family.part(layer, ffn), obs))
+
+        def enter(module, args, kwargs, idx=idx):
+            h = args[0] if args else kwargs.get("hidden_states")
+            recorder.enter_layer(idx, h if isinstance(h, torch.Tensor) else None)
+
+        enters.append((layer, enter))
+    with (
+        attention_implementation(model, register() if use_attention else None),
+        context_value(ACTIVE_RECORDER, recorder) if use_attention else nullcontext(),
+        hooked(forward=hooks, pre_kwargs=enters),
+    ):
+        yield recorder
+
+
+@contextmanager
+def tapped(recorder: Recorder, tap):
+    """Add `tap(layer, query, key, value)` to the recorder's taps while inside; removed in `finally`."""
+    recorder.taps.append(tap)
     try:
-        if use_attention:
-            model.set_attn_implementation(register())
-            token = ACTIVE_RECORDER.set(recorder)
-        layers = family.decoder_layers(model)
-        hooks = [(family.part(model, family.embed), _observer(recorder.embedding))]
-        inside = family.norm_style == "inside"  # blocks add the residual themselves (BLOOM, BERT-style)
-        for idx, layer in enumerate(layers):
-            hooks.append((layer, _observer(recorder.residual, idx)))
-            mixer, ffn = family.mixer_out_of(idx), family.ffn_out_of(idx)
-            s_mix, s_ffn = family.scales_of(idx)
-            if mixer is not None:
-                obs = (
-                    _observer(recorder.block_delta, "input", recorder.attn_out_norm, idx)
-                    if inside
-                    else _observer(recorder.block_norm, recorder.attn_out_norm, idx, s_mix)
-                )
-                hooks.append((family.part(layer, mixer), obs))
-            if ffn is not None:
-                obs = (
-                    _observer(recorder.block_delta, "mixer", recorder.ffn_out_norm, idx)
-                    if inside
-                    else _observer(recorder.block_norm, recorder.ffn_out_norm, idx, s_ffn)
-                )
-                hooks.append((family.part(layer, ffn), obs))
-
-            def enter(module, args, kwargs, idx=idx):
-                h = args[0] if args else kwargs.get("hidden_states")
-                recorder.enter_layer(idx, h if isinstance(h, torch.Tensor) else None)
-
-            handles.append(layer.register_forward_pre_hook(enter, with_kwargs=True))
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
         yield recorder
     finally:
-        for h in handles:
-            h.remove()
-        if token is not None:
-            ACTIVE_RECORDER.reset(token)
-        if use_attention and previous is not None:
-            model.set_attn_implementation(previous)
+        if tap in recorder.taps:
+            recorder.taps.remove(tap)

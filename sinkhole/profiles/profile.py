@@ -1,7 +1,7 @@
 """SinkProfile: what a model's sinks and spikes look like, for the tools that act on them (the KV
 cache, quantization hints). JSON schema "sinkhole.profile/1"; made by `SinkDetector`
-(sinkhole.profiles.detect) from a prompt suite, shipped for the bundled models in
-sinkhole/data/profiles/<name>.json.
+(sinkhole.experiments.detect, rules in sinkhole.profiles.detect) from a prompt suite, shipped for
+the bundled models in sinkhole/data/profiles/<name>.json.
 
 Keys:
     schema          "sinkhole.profile/1"

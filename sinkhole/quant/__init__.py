@@ -1,5 +1,6 @@
-"""Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`), hints
-in real quantizers' config formats (`hints`), and fake-quantized W8A8 evidence (`fakequant`, `validate`).
+"""Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`, collected
+by `sinkhole.experiments.calibration`), hints in real quantizers' config formats (`hints`), and
+fake-quantized W8A8 evidence (`fakequant`, `validate`).
 
 Importing the package is light (the CLI's --help needs the backend registry only); the functions load on use.
 """
@@ -7,10 +8,10 @@ Importing the package is light (the CLI's --help needs the backend registry only
 from sinkhole.quant.backends import BACKENDS, get_backend  # noqa: F401  (the registry: name -> Backend)
 
 _LAZY = {
-    "get_quantization_hints": "hints",
-    "write_hints": "hints",
-    "collect_stats": "stats",
-    "CalibrationStats": "stats",
+    "get_quantization_hints": "sinkhole.quant.hints",
+    "write_hints": "sinkhole.quant.hints",
+    "collect_stats": "sinkhole.experiments.calibration",
+    "CalibrationStats": "sinkhole.quant.stats",
 }
 
 
@@ -18,5 +19,5 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"sinkhole.quant.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

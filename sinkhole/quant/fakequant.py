@@ -18,7 +18,7 @@ Conventions (the usual W8A8 ones):
   in float: PrefixQuant / CushionCache). Under causal attention that equals a float-prefilled cache.
 
 Mechanism: `fake_quantized(model, specs)` swaps each named Linear for a `FakeQuantLinear` wrapping it
-and puts the originals back in `finally`; model code is never edited.
+and puts the originals back in `finally` (`sinkhole.probe.hooks.swapped`); model code is never edited.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from sinkhole.probe.hooks import swapped
 
 QMAX = 127
 
@@ -126,17 +128,14 @@ class FakeQuantLinear(nn.Module):
 @contextmanager
 def fake_quantized(model: nn.Module, specs: dict[str, QuantSpec]) -> Iterator[nn.Module]:
     """Swap each named Linear for a FakeQuantLinear while inside; originals restored in `finally`."""
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    try:
-        for name, spec in specs.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            original = getattr(parent, child)
+
+    def make(name: str, spec: QuantSpec):
+        def wrap(original: nn.Module) -> nn.Module:
             if not isinstance(original, nn.Linear):
                 raise TypeError(f"{name} is a {type(original).__name__}, not a Linear")
-            setattr(parent, child, FakeQuantLinear(original, spec))
-            swapped.append((parent, child, original))
+            return FakeQuantLinear(original, spec)
+
+        return wrap
+
+    with swapped(model, {name: make(name, spec) for name, spec in specs.items()}):
         yield model
-    finally:
-        for parent, child, original in reversed(swapped):
-            setattr(parent, child, original)

@@ -1,10 +1,10 @@
 """Calibration statistics of every Linear layer's input, for quantization.
 
-Design: one forward pre-hook per `nn.Linear` inside the decoder layers, installed by the context
-manager `linear_input_hooks` and removed in `finally`. Each hook folds its input into running
-reductions (`LinearInputStats.update`), so memory is O(channels) per module whatever the amount of
-calibration text: no activation is ever stored. Sequences run one at a time (batch 1, no padding),
-so every position is a real token.
+Design: the forward that collects them lives in `sinkhole.experiments.calibration` (one
+pre-forward hook per `nn.Linear` inside the decoder layers); this module holds the reductions it
+folds each input into (`reduce_rows`, `LinearInputStats.fold`), so memory is O(channels) per module
+whatever the amount of calibration text: no activation is ever stored. Sequences run one at a time
+(batch 1, no padding), so every position is a real token.
 
 Definitions, for the input x (T tokens, C channels) of one Linear on one sequence:
 - channel absmax a[c] = max over all calibration tokens of |x[t, c]| (SmoothQuant's activation scale).
@@ -21,8 +21,7 @@ of a PrefixQuant/CushionCache run, whose KV is computed once in float).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,73 +215,3 @@ def decoder_linears(model: nn.Module, family) -> dict[str, tuple[int, nn.Linear]
                 out[name] = (index[id(anc)], module)
                 break
     return out
-
-
-@contextmanager
-def linear_input_hooks(model: nn.Module, family, stats: dict[str, LinearInputStats], state: dict) -> Iterator[None]:
-    """Fold every decoder Linear's input into `stats[name]` while inside; hooks removed in `finally`.
-
-    `state` carries what the hooks need about the current sequence: `token_ids` and `skip` (rows to ignore).
-    """
-    handles = []
-    linears = decoder_linears(model, family)
-
-    memo: dict = {}  # q/k/v (and gate/up) read the same tensor: reduce it once per forward
-
-    def make(name: str):
-        def hook(module, args):
-            x = args[0]  # (1, T, C)
-            skip = state.get("skip", 0)
-            if memo.get("x") is not x:  # holding x keeps its memory from being reused by another tensor
-                memo["x"], memo["r"], memo["first"] = x, reduce_rows(x[0, skip:]), name
-            stats[name].input_group = memo["first"]
-            stats[name].fold(memo["r"], token_ids=state.get("token_ids"), offset=skip)
-
-        return hook
-
-    try:
-        for name, (layer, lin) in linears.items():
-            if name not in stats:
-                stats[name] = LinearInputStats(name, layer, name.rpartition(".")[2], lin.in_features)
-            handles.append(lin.register_forward_pre_hook(make(name)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        memo.clear()
-
-
-@torch.no_grad()
-def collect_stats(
-    lm, sequences: Sequence[Sequence[int]], skip_positions: int = 0, source: str = "", progress=None
-) -> CalibrationStats:
-    """Run `sequences` (token id lists) one by one through `lm` (a LoadedModel) and collect statistics.
-
-    `skip_positions`: rows 0..skip-1 of every sequence are left out (a prefix already in the KV cache).
-    """
-    model, family = lm.model, lm.family
-    stats: dict[str, LinearInputStats] = {}
-    state: dict = {"skip": skip_positions}
-    n_tokens = 0
-    with linear_input_hooks(model, family, stats, state):
-        for i, ids in enumerate(sequences):
-            state["token_ids"] = list(ids)
-            model(torch.tensor([list(ids)], device=lm.device), use_cache=False)
-            n_tokens += max(len(ids) - skip_positions, 0)
-            if progress:
-                progress(i + 1, len(sequences))
-    cfg = model.config
-    return CalibrationStats(
-        model={
-            "name": lm.name,
-            "architecture": getattr(cfg, "model_type", ""),
-            "weights_id": lm.weights_id,
-            "n_layers": getattr(cfg, "num_hidden_layers", None),
-        },
-        modules=stats,
-        n_sequences=len(sequences),
-        n_tokens=n_tokens,
-        source=source,
-        skip_positions=skip_positions,
-        first_token_ids=[int(s[0]) for s in sequences if len(s)],
-    )

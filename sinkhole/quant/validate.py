@@ -26,21 +26,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sinkhole.analysis.perplexity import sequence_nll
+from sinkhole.experiments.calibration import collect_stats
+from sinkhole.experiments.perplexity import perplexity
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
-from sinkhole.quant.stats import CalibrationStats, collect_stats, decoder_linears
+from sinkhole.quant.stats import CalibrationStats, decoder_linears
 
 SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix", "float_prefix")
 ALPHAS = (0.5, 0.65, 0.8, 0.9)
-
-
-def perplexity(lm, sequences: Sequence[Sequence[int]], prefix: Sequence[int] = ()) -> float:
-    """exp(mean NLL) over tokens 1.. of each sequence, with `prefix` prepended as context only."""
-    total, count = 0.0, 0
-    for seq in sequences:
-        nll, n = sequence_nll(lm, list(prefix) + list(seq), start=len(prefix) + 1)
-        total, count = total + nll, count + n
-    return math.exp(total / max(count, 1))
 
 
 def static_specs(stats: CalibrationStats, passthrough: int = 0) -> dict[str, QuantSpec]:

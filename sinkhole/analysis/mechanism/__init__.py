@@ -7,8 +7,8 @@ its docstring:
     amplifier      the activation regime and the quadratic amplifier U_k of the step-up FFN
     normalization  sparsity and cosine structure of post-norm spike vectors
     sink_keys      effective dimension of sink keys, sink heads, query alignment
-    vocab_sweep    every vocabulary token alone at position 0
-    interventions  perplexity with the spike channels or the sink removed
-`gather` is the one forward pass with extra hooks; `runner.run_mechanism` assembles the JSON-ready
-`mechanism` dict from two passes over a prompt set.
+    vocab_sweep    scores and summary of every vocabulary token alone at position 0
+Nothing here runs a model: the forwards (the gathering pass, the interventions, the vocabulary
+sweep's forwards) and `run_mechanism`, which assembles the JSON-ready `mechanism` dict from two
+passes over a prompt set, live in `sinkhole.experiments`.
 """

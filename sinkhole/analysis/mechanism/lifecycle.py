@@ -8,7 +8,7 @@ a_l / f_l the attention / FFN block's contribution to the residual (`family.attn
     r_{-1} = e,   r_{2l} = h_{l-1} + a_l  (h_{-1} = e),   r_{2l+1} = h_l = r_{2l} + f_l
     o_{2l} = a_l,  o_{2l+1} = f_l                                    (the block's own output)
 
-Rule (same 10% fraction as the core's per-layer rule): with P = max_b ||r_b[t]||,
+Rule (the core's `step_indices`, same STEP_FRACTION = 10%, applied to blocks): with P = max_b ||r_b[t]||,
 - step-up block:   ||r_b|| - ||r_{b-1}|| >= 0.1 P (the block injects the spike)
 - step-down block: ||r_{b-1}|| - ||r_b|| >= 0.1 P (it cancels it); `cancels` says whether the
   block's output at the token's top channel has the opposite sign of the incoming residual there.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STEP_FRACTION = 0.1
+from sinkhole.analysis.core import STEP_FRACTION, step_indices
 
 
 def block_residuals(embed: np.ndarray, attn_out: np.ndarray, layer_out: np.ndarray) -> np.ndarray:
@@ -56,14 +56,8 @@ def top_channels(x: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
 def step_blocks(
     embed_norm: float, resid_norms: np.ndarray, fraction: float = STEP_FRACTION
 ) -> tuple[list[int], list[int]]:
-    """(step-up blocks, step-down blocks) from the block residual norms (2L,)."""
-    n = np.concatenate([[embed_norm], resid_norms])
-    delta = np.diff(n)
-    peak = float(resid_norms.max())
-    return (
-        [int(b) for b in np.flatnonzero(delta >= fraction * peak)],
-        [int(b) for b in np.flatnonzero(-delta >= fraction * peak)],
-    )
+    """(step-up blocks, step-down blocks) from the block residual norms (2L,): the core's rule per block."""
+    return step_indices(embed_norm, resid_norms, fraction)
 
 
 def block_name(b: int) -> str:

@@ -1,4 +1,5 @@
 """Vocabulary sweep (paper Table 2): which tokens become spike tokens when they open the sequence.
+Pure: the scores and the summary (the forwards are `sinkhole.experiments.vocab_sweep`).
 
 Rule. Every token id v in [0, vocab_size) is fed alone: the whole input is the one token at
 position 0 (no BOS, no chat template). Its peak norm is N(v) = max_l ||h_l||_2 over decoder layer
@@ -14,73 +15,26 @@ Reported: the share of spike tokens, score percentiles, and the exceptions: the 
 minority side (the non-spiking ones when most spike, else the spiking ones), lowest/highest first.
 The score against the vocabulary median is reported too, for comparison.
 
-Batching: sequences of length 1 need no attention beyond v_proj/o_proj, so the batch is simply
-many tokens at once; only a (B,) running maximum is kept per batch.
+Names: `vocab_spike_scores` are these per-vocabulary-token scores (JSON: `score_percentiles`,
+`exceptions[].score`); they are not the core's per-token `spike_scores` S[t] of one prompt, nor a
+prompt's `prompt_spike_score` (max_t S[t], the eval rows' `spike_score`).
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-
 import numpy as np
-import torch
-
-from sinkhole.models.loading import LoadedModel
-
-REFERENCE_TOKENS = 256
 
 
-@contextmanager
-def peak_norm_hooks(lm: LoadedModel, store: dict):
-    """Keep store["peak"] = running max over decoder layers of ||h_l|| (B, T), float32."""
-    handles = []
-
-    def hook(module, inputs, output):
-        h = output[0] if isinstance(output, (tuple, list)) else output
-        n = torch.linalg.vector_norm(h.float(), dim=-1)
-        store["peak"] = n if store.get("peak") is None else torch.maximum(store["peak"], n)
-
-    try:
-        for layer in lm.family.decoder_layers(lm.model):
-            handles.append(layer.register_forward_hook(hook))
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def peak_norms(lm: LoadedModel, input_ids: torch.Tensor) -> np.ndarray:
-    """(B, T) ids -> (B, T) max over layers of ||h_l||. Runs the decoder only (no logits)."""
-    store: dict = {"peak": None}
-    with torch.inference_mode(), peak_norm_hooks(lm, store):
-        lm.model.get_decoder()(input_ids=input_ids.to(lm.device), use_cache=False)
-    return store["peak"].cpu().numpy()
-
-
-def reference_norm(lm: LoadedModel, ids: list[int]) -> float:
-    """Median over positions >= 1 of the peak norm of `ids` run as one sequence."""
-    return float(np.median(peak_norms(lm, torch.tensor([ids]))[0, 1:]))
-
-
-def sweep(lm: LoadedModel, token_ids: np.ndarray | None = None, batch_size: int = 1024, progress=None) -> np.ndarray:
-    """Peak norm of each token fed alone; token_ids default to the whole embedding table."""
-    if token_ids is None:
-        token_ids = np.arange(lm.model.get_input_embeddings().num_embeddings)
-    out = np.empty(len(token_ids), dtype=np.float32)
-    for s in range(0, len(token_ids), batch_size):
-        batch = torch.as_tensor(token_ids[s : s + batch_size], dtype=torch.long)[:, None]  # (B, 1)
-        out[s : s + len(batch)] = peak_norms(lm, batch)[:, 0]
-        if progress is not None:
-            progress(len(batch))
-    return out
+def vocab_spike_scores(peaks: np.ndarray, ref: float) -> np.ndarray:
+    """(V,) peak norms of tokens fed alone -> (V,) score(v) = N(v) / ref (ref: the in-context reference norm)."""
+    return peaks / max(ref, 1e-30)
 
 
 def summarize(
     token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0, max_listed: int = 50
 ) -> dict:
     """The sweep's shares, percentiles and exceptions; decode(id) -> text."""
-    score = peaks / max(ref, 1e-30)
+    score = vocab_spike_scores(peaks, ref)
     spike = score > threshold
     share = float(spike.mean()) if len(spike) else 0.0
     minority = ~spike if share >= 0.5 else spike
@@ -103,37 +57,3 @@ def summarize(
         "vocab_median_norm": vmed,
         "n_over_threshold_vs_vocab_median": int((peaks > threshold * vmed).sum()),
     }
-
-
-def vocab_sweep(
-    lm: LoadedModel,
-    ref_ids: list[int],
-    threshold: float = 10.0,
-    batch_size: int = 1024,
-    sample: int | None = None,
-    seed: int = 0,
-    progress=None,
-) -> dict:
-    """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it."""
-    V = lm.model.get_input_embeddings().num_embeddings
-    ids = np.arange(V)
-    if sample is not None and sample < V:
-        ids = np.sort(np.random.default_rng(seed).choice(V, size=sample, replace=False))
-    t0 = time.perf_counter()
-    peaks = sweep(lm, ids, batch_size, progress)
-    seconds = time.perf_counter() - t0
-    ref = reference_norm(lm, ref_ids[:REFERENCE_TOKENS])
-    tok = lm.tokenizer
-
-    def decode(i: int) -> str:
-        return tok.decode([i]) if hasattr(tok, "decode") else str(i)
-
-    out = summarize(ids, peaks, ref, decode, threshold)
-    out.update(
-        vocab_size=int(V),
-        sampled=bool(len(ids) < V),
-        seconds=seconds,
-        tokens_per_second=len(ids) / max(seconds, 1e-9),
-        dtype=str(lm.dtype).replace("torch.", ""),
-    )
-    return out

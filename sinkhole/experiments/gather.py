@@ -2,8 +2,9 @@
 
 The first pass (the probe's compact `Capture`) finds the spike tokens, their channels, the step-up
 layer and the sink tokens. `gather` then re-runs the same left-padded batch with extra forward
-hooks (installed by `gathering`, removed in `finally`) and a `Recorder` tap for post-RoPE q/k, and
-keeps, with S spike tokens, C spike channels, L layers, B prompts padded to T tokens:
+hooks (installed by `gathering` through `sinkhole.probe.hooks.hooked`, removed in `finally`) and
+a `Recorder` tap for post-RoPE q/k, and keeps, with S spike tokens, C spike channels, L layers,
+B prompts padded to T tokens:
 
     embed        (S, D)      embedding output e at the spike tokens (the residual before layer 0)
     attn_out     (L, S, D)   attention block's contribution to the residual (family.attn_out)
@@ -37,7 +38,9 @@ import numpy as np
 import torch
 
 from sinkhole.models.loading import LoadedModel
-from sinkhole.probe.recorder import Recorder, recording
+from sinkhole.probe.batch import left_pad, pad_id, position_ids
+from sinkhole.probe.hooks import first_tensor, hooked
+from sinkhole.probe.recorder import Recorder, recording, tapped
 
 
 @dataclass
@@ -69,10 +72,6 @@ class Gathered:
     other_queries: np.ndarray
     activation: str = ""
     valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
-
-
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def _index(pos: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +111,7 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
 
     def keep(name, idx=None, scale=1.0):
         def hook(module, inputs, output):
-            h = _first(output).detach() * scale  # a branch's factor before the residual add (Granite)
+            h = first_tensor(output).detach() * scale  # a branch's factor before the residual add (Granite)
             if idx is None:
                 store[name] = h[sb, st].float().cpu()
             else:
@@ -122,7 +121,7 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
 
     def layer_hook(idx):
         def hook(module, inputs, output):
-            h = _first(output).detach()
+            h = first_tensor(output).detach()
             store["layer_out"][idx] = h[sb, st].float().cpu()
             store["chan"][idx] = h[..., ch].float().cpu()
 
@@ -130,7 +129,7 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
 
     def norm_keep(name):
         def hook(module, inputs, output):
-            store[name] = _first(output).detach()[nb, nt].float().cpu()
+            store[name] = first_tensor(output).detach()[nb, nt].float().cpu()
 
         return hook
 
@@ -138,10 +137,10 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
         store["ffn_in"] = inputs[0].detach().float().cpu()
 
     def mlp_hook(module, inputs, output):
-        store["mlp_chan"] = _first(output).detach()[..., ch].float().cpu()
+        store["mlp_chan"] = first_tensor(output).detach()[..., ch].float().cpu()
 
     def act_hook(module, inputs, output):
-        a, b = inputs[0].detach().float(), _first(output).detach().float()
+        a, b = inputs[0].detach().float(), first_tensor(output).detach().float()
         store["act_cos"] = cosine_rows(a, b).cpu()
         store["act_ratio"] = (
             torch.linalg.vector_norm(b, dim=-1) / torch.linalg.vector_norm(a, dim=-1).clamp_min(1e-30)
@@ -170,36 +169,13 @@ def gathering(lm: LoadedModel, plan: Plan, store: dict, recorder: Recorder):
             hooks.append((fam.part(layer, fam.mixer_out_of(idx)), keep("attn_out", idx, s_mix)))
         if fam.ffn_out_of(idx):
             hooks.append((fam.part(layer, fam.ffn_out_of(idx)), keep("ffn_out", idx, s_ffn)))
-    handles = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
-        for module, hook in pre_hooks:
-            handles.append(module.register_forward_pre_hook(hook))
-        recorder.taps.append(tap)
+    with tapped(recorder, tap), hooked(forward=hooks, pre=pre_hooks):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
-        if tap in recorder.taps:
-            recorder.taps.remove(tap)
-
-
-def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists (the probe's layout): input_ids (B, T) and valid (B, T) bool."""
-    T, B = max(len(s) for s in seqs), len(seqs)
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        ids[b, T - len(s) :] = torch.tensor(s)
-        valid[b, T - len(s) :] = True
-    return ids, valid
 
 
 def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
     """Run the padded batch once with the gathering hooks; return the kept tensors as numpy."""
-    pad = getattr(lm.tokenizer, "pad_token_id", None) or 0
-    ids, valid = pad_batch(seqs, pad)
+    ids, valid = left_pad(seqs, pad_id(lm.tokenizer))
     n_layers = len(lm.family.decoder_layers(lm.model))
     rec = Recorder(n_layers, valid, top_k=1)
     store: dict = {}
@@ -208,7 +184,7 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
         lm.model(
             input_ids=ids.to(dev),
             attention_mask=valid.long().to(dev),
-            position_ids=(valid.long().cumsum(-1) - 1).clamp(min=0).to(dev),
+            position_ids=position_ids(valid).to(dev),
             use_cache=False,
             logits_to_keep=1,
         )

@@ -22,7 +22,9 @@ from sinkhole.analysis.core import (
     DEFAULT_EPSILON,
     DEFAULT_MIN_SINK_RATE,
     DEFAULT_THRESHOLD,
+    STEP_FRACTION,
     analyze,
+    prompt_spike_score,
     spike_channels,
     step_layers,
     top_value,
@@ -30,10 +32,10 @@ from sinkhole.analysis.core import (
 from sinkhole.analysis.mechanism import amplifier as amp
 from sinkhole.analysis.mechanism import channels as chn
 from sinkhole.analysis.mechanism import lifecycle as lc
-from sinkhole.analysis.mechanism.gather import Plan, gather
-from sinkhole.analysis.mechanism.interventions import interventions, text_ids
 from sinkhole.analysis.mechanism.normalization import normalization
 from sinkhole.analysis.mechanism.sink_keys import sink_keys
+from sinkhole.experiments.gather import Plan, gather
+from sinkhole.experiments.interventions import interventions, text_ids
 
 DEFAULT_PROMPTS = [
     "Explain the theory of relativity in simple terms.",
@@ -60,7 +62,7 @@ class MechanismConfig:
     threshold: float = DEFAULT_THRESHOLD
     epsilon: float = DEFAULT_EPSILON
     min_sink_rate: float = DEFAULT_MIN_SINK_RATE
-    fraction: float = lc.STEP_FRACTION
+    fraction: float = STEP_FRACTION
     n_others: int = 128  # sampled non-spike, non-sink tokens (keys, queries, norm baselines)
     trace_tokens: int = 2  # spike tokens whose full block-by-block top-3 trace goes into the JSON
     interventions: bool = True
@@ -81,7 +83,7 @@ def _targets(reports, captures, threshold):
         scores = np.asarray(r.spikes["per_token_score"])
         t = int(scores.argmax())
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, t)
-        up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t], lc.STEP_FRACTION)
+        up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t], STEP_FRACTION)
         chans = spike_channels(c.resid_top_channels, c.resid_top_values, t, layer, threshold) or [channel]
         out.append(
             (
@@ -126,7 +128,8 @@ def _plateau(s: dict) -> tuple[int | None, int | None]:
 
 
 def summary(reports, captures) -> dict:
-    """The side-by-side numbers, averaged over prompts (see docs/mechanism.md)."""
+    """The side-by-side numbers, averaged over prompts (see docs/mechanism.md); `spike_score` is the
+    mean of each prompt's `prompt_spike_score` (max_t S[t])."""
     rows = []
     for r, c in zip(reports, captures):
         scores = np.asarray(r.spikes["per_token_score"])
@@ -136,7 +139,7 @@ def summary(reports, captures) -> dict:
         top = r.sinks["top"]
         rows.append(
             (
-                scores.max(),
+                prompt_spike_score(scores),
                 abs(value) / max(typical, 1e-30),
                 top["sink_rate"],
                 top["attn_mass"],

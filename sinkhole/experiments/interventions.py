@@ -26,8 +26,9 @@ from contextlib import contextmanager
 
 import torch
 
-from sinkhole.analysis.perplexity import perplexity  # noqa: F401  (re-exported for callers)
+from sinkhole.experiments.perplexity import perplexity
 from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
@@ -50,16 +51,13 @@ def channel_edit(lm: LoadedModel, layer: int, positions: list[int], channels: li
     ch = torch.tensor(channels, dtype=torch.long)[None, :]
 
     def hook(module, inputs, output):
-        h = output[0] if isinstance(output, (tuple, list)) else output
+        h = first_tensor(output)
         v = torch.zeros(len(channels)) if values is None else torch.as_tensor(values, dtype=torch.float32)
         h[:, pos.to(h.device), ch.to(h.device)] = v.to(h.dtype).to(h.device)[None, None, :]
         return output
 
-    handle = target.register_forward_hook(hook)
-    try:
+    with hooked({target: hook}):
         yield
-    finally:
-        handle.remove()
 
 
 def _nosink_mask(*args, mask_function=None, **kwargs):
@@ -90,15 +88,8 @@ def sink_masked(lm: LoadedModel, positions: list[int]):
 
     AttentionInterface.register(NOSINK, sdpa_attention_forward)
     AttentionMaskInterface.register(NOSINK, _nosink_mask)
-    model = lm.model
-    previous = model.config._attn_implementation
-    token = _HIDDEN.set(tuple(int(p) for p in positions))
-    try:
-        model.set_attn_implementation(NOSINK)
+    with context_value(_HIDDEN, tuple(int(p) for p in positions)), attention_implementation(lm.model, NOSINK):
         yield
-    finally:
-        _HIDDEN.reset(token)
-        model.set_attn_implementation(previous)
 
 
 def interventions(
@@ -121,26 +112,26 @@ def interventions(
         status(f"interventions {next(step)}/{n}: {what} ({len(ids)} tokens)")
 
     say("unchanged model")
-    ppl = {"none": perplexity(lm, ids)}
+    ppl = {"none": perplexity(lm, [ids])}
     if spike_positions and channels:
         say("spike channels zeroed")
         with channel_edit(lm, layer, spike_positions, channels):
-            ppl["zero"] = perplexity(lm, ids)
+            ppl["zero"] = perplexity(lm, [ids])
         say("spike channels set to their mean")
         with channel_edit(lm, layer, spike_positions, channels, mean_values):
-            ppl["mean"] = perplexity(lm, ids)
+            ppl["mean"] = perplexity(lm, [ids])
         d = lm.config.hidden_size
         g = torch.Generator().manual_seed(seed)
         pool = [c for c in torch.randperm(d, generator=g).tolist() if c not in set(channels)]
         say("random channels zeroed (control)")
         with channel_edit(lm, layer, spike_positions, pool[: len(channels)]):
-            ppl["random_zero"] = perplexity(lm, ids)
+            ppl["random_zero"] = perplexity(lm, [ids])
     else:
         ppl.update(zero=None, mean=None, random_zero=None)
     if sink_positions:
         say("sink masked")
         with sink_masked(lm, sink_positions):
-            ppl["sink_masked"] = perplexity(lm, ids)
+            ppl["sink_masked"] = perplexity(lm, [ids])
     else:
         ppl["sink_masked"] = None
     base = ppl["none"]
