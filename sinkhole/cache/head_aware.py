@@ -287,13 +287,10 @@ def register() -> str:
 @contextmanager
 def head_aware_attention(model: torch.nn.Module):
     """Run `model` with the head-aware attention function for the duration of the block."""
-    previous = getattr(model.config, "_attn_implementation", None)
-    try:
-        model.set_attn_implementation(register())
+    from sinkhole.probe.hooks import attention_implementation
+
+    with attention_implementation(model, register()):
         yield model
-    finally:
-        if previous is not None:
-            model.set_attn_implementation(previous)
 
 
 def kv_head_count(model: torch.nn.Module) -> int:

@@ -143,7 +143,7 @@ def probe_checkpoint(
         first_share=float(colsum[..., 0].sum() / max(colsum.sum(), 1e-30)),
         attn_total=float(colsum.sum() / (colsum.shape[0] * colsum.shape[1] * colsum.shape[2] * T)),
         spike_score=float(np.mean([r.spikes["per_token_score"][0] for r in reports])),
-        spike_score_max=float(np.mean([max(r.spikes["per_token_score"]) for r in reports])),
+        spike_score_max=float(np.mean([core.prompt_spike_score(r.spikes["per_token_score"]) for r in reports])),
         spike_detected=float(np.mean([any(s["position"] == 0 for s in r.spikes["tokens"]) for r in reports])),
         top_value=value,
         top_layer=layer,

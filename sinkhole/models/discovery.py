@@ -145,52 +145,47 @@ def _skip(cls: str) -> bool:
 
 @contextmanager
 def _tracing(model: nn.Module, layers: nn.ModuleList, st: _State):
-    handles, token = [], _STATE.set(st)
-    previous = getattr(model.config, "_attn_implementation", None)
-    switched = False
-    try:
-        try:
-            model.set_attn_implementation(_register_trace())
-            switched = True
-        except (ValueError, ImportError, AttributeError):
-            pass  # the model cannot switch: attention bypasses the interface (traced without it)
-        for idx, layer in enumerate(layers):
-            rec = st.layers.setdefault(idx, _Layer())
+    from sinkhole.probe.hooks import attention_implementation, context_value, hooked
 
-            def pre(m, args, kwargs, idx=idx, rec=rec):
-                st.layer = idx
-                rec.h_in = _tensor(args[0] if args else kwargs.get("hidden_states"))
+    pre_kwargs, forward = [], []
+    for idx, layer in enumerate(layers):
+        rec = st.layers.setdefault(idx, _Layer())
 
-            def post(m, args, out, rec=rec):
-                rec.h_out = _tensor(out)
+        def pre(m, args, kwargs, idx=idx, rec=rec):
+            st.layer = idx
+            rec.h_in = _tensor(args[0] if args else kwargs.get("hidden_states"))
 
-            handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(layer.register_forward_hook(post))
-            for name, mod in layer.named_modules():
-                if not name or name.count(".") >= MAX_DEPTH:
-                    continue
+        def post(m, args, out, rec=rec):
+            rec.h_out = _tensor(out)
 
-                def mpre(m, args, kwargs, name=name, rec=rec):
-                    st.clock += 1
-                    ins = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-                    rec.mods[name] = _Rec(st.clock, type(m).__name__, ins)
+        pre_kwargs.append((layer, pre))
+        forward.append((layer, post))
+        for name, mod in layer.named_modules():
+            if not name or name.count(".") >= MAX_DEPTH:
+                continue
 
-                def mpost(m, args, out, name=name, rec=rec):
-                    st.clock += 1
-                    r = rec.mods.get(name)
-                    t = _tensor(out)
-                    if r is not None and t is not None:
-                        r.out, r.out_ref, r.end = t.detach().clone(), t, st.clock
+            def mpre(m, args, kwargs, name=name, rec=rec):
+                st.clock += 1
+                ins = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+                rec.mods[name] = _Rec(st.clock, type(m).__name__, ins)
 
-                handles.append(mod.register_forward_pre_hook(mpre, with_kwargs=True))
-                handles.append(mod.register_forward_hook(mpost))
-        yield switched
-    finally:
-        for h in handles:
-            h.remove()
-        _STATE.reset(token)
-        if switched and previous is not None:
-            model.set_attn_implementation(previous)
+            def mpost(m, args, out, name=name, rec=rec):
+                st.clock += 1
+                r = rec.mods.get(name)
+                t = _tensor(out)
+                if r is not None and t is not None:
+                    r.out, r.out_ref, r.end = t.detach().clone(), t, st.clock
+
+            pre_kwargs.append((mod, mpre))
+            forward.append((mod, mpost))
+    trace = _register_trace()
+    # optional: a model that cannot switch bypasses the interface and is traced without it
+    with (
+        context_value(_STATE, st),
+        attention_implementation(model, trace, optional=True),
+        hooked(forward=forward, pre_kwargs=pre_kwargs),
+    ):
+        yield getattr(model.config, "_attn_implementation", None) == trace
 
 
 def _fits(x: torch.Tensor | None, like: torch.Tensor) -> bool:

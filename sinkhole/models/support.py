@@ -56,15 +56,10 @@ class IdTokenizer:
 
 def eager_alpha(model, ids: list[int]) -> list[np.ndarray]:
     """alpha (H, T) of every layer that returns attention probabilities in eager mode."""
-    prev = model.config._attn_implementation
-    with contextlib.suppress(ValueError, ImportError, AttributeError):
-        model.set_attn_implementation("eager")
-    try:
-        with torch.inference_mode():
-            out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
-    finally:
-        with contextlib.suppress(ValueError, ImportError, AttributeError):
-            model.set_attn_implementation(prev)
+    from sinkhole.probe.hooks import attention_implementation
+
+    with attention_implementation(model, "eager", optional=True), torch.inference_mode():
+        out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
     T = len(ids)
     maps = [
         a
