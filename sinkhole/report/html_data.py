@@ -121,7 +121,7 @@ def maps_plan(n_layers: int, n_heads: int, T: int, have_maps: bool) -> tuple[boo
     elif size > MAPS_MAX_BYTES:
         why = f"all {n_layers * n_heads} heads' maps would take {size / 1e6:.1f} MB"
     else:
-        why = "the capture holds no attention maps (render with the Capture of a run with maps_max_len)"
+        why = "the probe kept no attention maps for this report (run it with maps_max_len)"
     return False, f"Per-key view: {why}, so each head shows α(k), the mean attention key k receives."
 
 

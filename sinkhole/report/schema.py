@@ -23,6 +23,7 @@ Optional keys (present when computed):
     heads{mass_on_top_sink[L][H], top_sink_position}, residual{norm[L][T], attn_out_norm[L][T],
     ffn_out_norm[L][T], embed_norm[T]}, learned_sinks{definition, mean_share, max{layer, head, share},
     per_layer_mean[L], share[L][H], top_token_sink{position, alpha[L][H]}}
+`analyze()` always writes heads and residual; learned_sinks only for models with sink logits (gpt-oss).
 Any other top-level key is an extra section (`Report.extra`, drawn as a generic tree on the page).
 `sinkhole mechanism` writes its example prompt's report with one more key, `mechanism`
 (`MechanismResult`; docs/mechanism.md). `overlap.jaccard` is null when there is neither a spike nor a
