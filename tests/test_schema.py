@@ -4,6 +4,7 @@ and renderers need no Capture (tiny random models, no download)."""
 import json
 import re
 
+import pytest
 from conftest import tiny_llama, wrap
 
 from sinkhole.analysis.core import analyze
@@ -109,6 +110,15 @@ def test_report_round_trips_through_json():
     assert back == r  # every section typed again (detail is not compared)
     d["custom"] = {"v": 1}
     assert Report.from_dict(d).extra == {"custom": {"v": 1}} and Report.from_dict(d).to_dict() == d
+
+
+def test_compare_refuses_an_incomplete_report_in_one_line():
+    from sinkhole.errors import SinkholeError
+    from sinkhole.report.compare import compare
+
+    d = {k: v for k, v in report_of(tiny_llama()).to_dict().items() if k != "kv"}
+    with pytest.raises(SinkholeError, match="not a complete sinkhole.report/1 report"):
+        compare({**d, "_path": "a.json"}, d)
 
 
 def test_sections_read_like_their_dicts():

@@ -157,8 +157,15 @@ def compare(a: dict, b: dict) -> dict:
     if a["schema"] != b["schema"]:
         raise SinkholeError("compare two analyze reports or two eval runs, not one of each")
     if a["schema"] == REPORT:  # read back into typed reports at this edge
-        return compare_reports(Report.from_dict(a), Report.from_dict(b), (a.get("_path"), b.get("_path")))
+        return compare_reports(_typed(a), _typed(b), (a.get("_path"), b.get("_path")))
     return compare_evals(a, b)
+
+
+def _typed(d: dict) -> Report:
+    try:
+        return Report.from_dict(d)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise SinkholeError(f"{d.get('_path', 'a report')} is not a complete {REPORT} report ({err})") from None
 
 
 # ---------- terminal ----------

@@ -44,7 +44,6 @@ KNOWN_KEYS = {
     "layers",
     "heads",
     "residual",
-    "attention_maps",
 }
 
 
