@@ -76,7 +76,7 @@ def main() -> int:
             plain_forward(probe, ids)
             t1 = time.perf_counter()
             caps = probe.run_batch(ids)
-            rows = [prompt_row(suite.items[i], c, analyze(c)) for i, c in zip(batch, caps)]
+            rows = [prompt_row(suite.items[i], analyze(c)) for i, c in zip(batch, caps)]
             t2 = time.perf_counter()
             store.append(rows)
             t3 = time.perf_counter()

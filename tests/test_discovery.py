@@ -147,7 +147,7 @@ def test_learned_sink_share_in_report():
     assert "Learned sinks  absorb" in render_analysis(d)
     from sinkhole.report.html import render_html
 
-    assert "Learned sinks" in render_html(d, cap)
+    assert "Learned sinks" in render_html(analyze(cap))
 
 
 def test_override_path_is_reported(monkeypatch):

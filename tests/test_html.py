@@ -34,8 +34,9 @@ def injected_capture(make=tiny_llama, ids=IDS, name="tiny"):
 
 def test_embedded_data_matches_report_and_capture():
     cap = injected_capture(tiny_gemma3)
-    d = analyze(cap).to_dict()
-    v = page_data(html.render_html(d, capture=cap))
+    r = analyze(cap)
+    d = r.to_dict()
+    v = page_data(html.render_html(r))
     assert v["tokens"] == cap.tokens and v["T"] == len(IDS) and (v["L"], v["H"]) == (2, 4)
     np.testing.assert_allclose(v["mass"], d["sinks"]["per_token_mass"], rtol=1e-3)
     np.testing.assert_allclose(v["heads"], d["heads"]["mass_on_top_sink"], rtol=1e-3)
@@ -49,8 +50,7 @@ def test_embedded_data_matches_report_and_capture():
 
 def test_spike_channel_values_follow_top_k():
     cap = injected_capture()
-    d = analyze(cap).to_dict()
-    ch = page_data(html.render_html(d, capture=cap))["channels"]
+    ch = page_data(html.render_html(analyze(cap)))["channels"]
     assert ch["k"] == 4 and ch["channels"]
     for t in range(len(IDS)):
         for ci, c in enumerate(ch["channels"]):
@@ -65,7 +65,7 @@ def test_spike_channel_values_follow_top_k():
 
 def test_untrusted_tokens_are_escaped_everywhere():
     cap = injected_capture(name="<script>alert(2)</script>")
-    page = html.render_html(analyze(cap).to_dict(), capture=cap)
+    page = html.render_html(analyze(cap))
     for raw in (SCRIPT_TAG, IMG_TAG, "alert(2)</script>", "<img", "<!-- &"):
         assert raw not in page
     assert page.lower().count("</script") == 3  # data, plotly.js, our script: nothing closed early
@@ -75,7 +75,7 @@ def test_untrusted_tokens_are_escaped_everywhere():
 
 def test_self_contained_no_network():
     cap = injected_capture()
-    page = html.render_html(analyze(cap).to_dict(), capture=cap)
+    page = html.render_html(analyze(cap))
     assert not re.search(r"<script[^>]*\bsrc=", page)
     assert not re.search(r"<link[^>]*\bhref=[\"']?(https?:)?//", page)
     assert "Plotly" in page and len(page) > 3_000_000  # plotly.js is inlined
@@ -109,7 +109,7 @@ def test_long_input_gets_per_key_view_and_probe_keeps_no_maps():
     ids = [(i * 7) % 97 + 1 for i in range(T)]
     cap = ModelProbe(wrap(tiny_llama()), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
     assert cap.attn_maps is None  # the probe never kept (L, H, T, T) for this input
-    v = page_data(html.render_html(analyze(cap).to_dict(), capture=cap))
+    v = page_data(html.render_html(analyze(cap)))
     assert v["maps"] is None and unpack(v["alpha"]).shape == (2, 4, T)
     assert v["maps_note"].startswith("Per-key view") and str(html.MAPS_MAX_LEN) in v["maps_note"]
 
@@ -123,7 +123,7 @@ def test_maps_plan_respects_byte_budget():
 
 
 def test_render_without_capture():
-    d = analyze(injected_capture()).to_dict()
+    d = analyze(injected_capture()).to_dict()  # a report read back from JSON has no `detail`
     page = html.render_html(d)
     v = page_data(page)
     assert v["maps"] is None and v["alpha"] is None and v["channels"] is None
@@ -157,7 +157,7 @@ def synthetic_capture(L=30, H=9, T=512, K=8, seed=0, maps=False) -> Capture:
 @pytest.mark.parametrize("T,maps", [(512, False), (html.MAPS_MAX_LEN, True)])
 def test_size_budget_smollm2_shapes(T, maps):
     cap = synthetic_capture(T=T, maps=maps)
-    page = html.render_html(analyze(cap).to_dict(), capture=cap)
+    page = html.render_html(analyze(cap))
     assert (page_data(page)["maps"] is not None) == maps
     assert len(page.encode()) < SIZE_BUDGET
 
@@ -186,11 +186,11 @@ def test_generic_nodes():
 
 def test_mechanism_and_eval_sections_are_embedded():
     cap = injected_capture()
-    d = analyze(cap).to_dict()
-    d["mechanism"] = {"per_layer": [0.1, 0.2, 0.4], "summary": {"score": 1.5, "note": SCRIPT_TAG}}
-    d["eval"] = [{"task": "x", "ppl": 3.2}]
-    d["custom"] = {"v": 1}
-    page = html.render_html(d, capture=cap)
+    r = analyze(cap)
+    r.extra["mechanism"] = {"per_layer": [0.1, 0.2, 0.4], "summary": {"score": 1.5, "note": SCRIPT_TAG}}
+    r.extra["eval"] = [{"task": "x", "ppl": 3.2}]
+    r.extra["custom"] = {"v": 1}
+    page = html.render_html(r)
     secs = page_data(page)["sections"]
     assert [s["key"] for s in secs] == ["mechanism", "eval", "custom"]
     assert SCRIPT_TAG not in page

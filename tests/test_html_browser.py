@@ -90,11 +90,11 @@ def short_page(tmp_path_factory):
     ids = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
     cap = ModelProbe(wrap(tiny_llama(), name="tiny"), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
     cap.tokens[1], cap.tokens[2], cap.tokens[3] = SCRIPT_TAG, IMG_TAG, BOLD
-    d = analyze(cap).to_dict()
-    d["mechanism"] = {"per_layer": [0.1, 0.3, 0.2], "summary": {"verdict": IMG_TAG, "score": 2.5}}
-    d["eval"] = {"tasks": [{"task": "ppl", "value": 3.25}], "curve": [[1.0, 2.0], [3.0, 4.0]]}
+    r = analyze(cap)
+    r.extra["mechanism"] = {"per_layer": [0.1, 0.3, 0.2], "summary": {"verdict": IMG_TAG, "score": 2.5}}
+    r.extra["eval"] = {"tasks": [{"task": "ppl", "value": 3.25}], "curve": [[1.0, 2.0], [3.0, 4.0]]}
     path = tmp_path_factory.mktemp("html") / "short.html"
-    html.write_html(d, path, capture=cap)
+    html.write_html(r, path)
     return path
 
 
@@ -103,7 +103,7 @@ def long_page(tmp_path_factory):
     ids = [(i * 7) % 97 + 1 for i in range(html.MAPS_MAX_LEN + 20)]
     cap = ModelProbe(wrap(tiny_llama(), name="tiny"), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
     path = tmp_path_factory.mktemp("html") / "long.html"
-    html.write_html(analyze(cap).to_dict(), path, capture=cap)
+    html.write_html(analyze(cap), path)
     return path
 
 
@@ -261,15 +261,16 @@ def mechanism_page(tmp_path_factory):
     """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
     from test_mechanism import planted, prompts
 
-    from sinkhole.cli.mechanism import page_capture
+    from sinkhole.cli.mechanism import add_page_detail
     from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+    from sinkhole.report.schema import MechanismResult
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
     mech, reports = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
-    report = reports[0]
-    report.extra["mechanism"] = mech
+    result = MechanismResult.from_sections(mech, example=reports[0])
+    add_page_detail(result, probe, prompts()[0], False)
     path = tmp_path_factory.mktemp("html") / "mechanism.html"
-    html.write_html(report.to_dict(), path, capture=page_capture(probe, prompts()[0], False))
+    html.write_html(result, path)
     return path
 
 
@@ -307,7 +308,7 @@ def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
         lm = LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type)
     cap = ModelProbe(lm, maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
     path = tmp_path / f"{model_type}.html"
-    html.write_html(analyze(cap).to_dict(), path, capture=cap)
+    html.write_html(analyze(cap), path)
     open_page(driver, path)
     assert severe(driver) == []
     for fig in ("fig-heads", "fig-attn", "fig-resid"):

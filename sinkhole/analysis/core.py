@@ -46,12 +46,24 @@ Together
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 
+from sinkhole.analysis.detail import detail
 from sinkhole.probe.capture import Capture
-from sinkhole.report.schema import Report, SinkToken, SpikeToken
+from sinkhole.report.schema import (
+    KV,
+    Heads,
+    Layers,
+    LearnedSinks,
+    Overlap,
+    Report,
+    Residual,
+    Sinks,
+    SinkToken,
+    Spikes,
+    SpikeToken,
+    Token,
+)
 
 DEFAULT_THRESHOLD = 10.0
 DEFAULT_EPSILON = 0.3
@@ -155,19 +167,19 @@ def attention_share(colsum: np.ndarray, positions: list[int]) -> float:
     return float(np.nansum(colsum[..., positions])) / total if positions and total > 0 else 0.0
 
 
-def learned_sinks(share: np.ndarray, alpha: np.ndarray, top_sink: int) -> dict:
-    """share (L, H) learned sink share, alpha (L, H, T): the JSON `learned_sinks` section."""
+def learned_sinks(share: np.ndarray, alpha: np.ndarray, top_sink: int) -> LearnedSinks:
+    """share (L, H) learned sink share, alpha (L, H, T): the report's `learned_sinks` section."""
     finite = np.isfinite(share)
     flat = np.where(finite, share, -np.inf)
     l, h = np.unravel_index(int(flat.argmax()), share.shape)
-    return {
-        "definition": "mean over queries of the probability given to the learned sink (no key receives it)",
-        "mean_share": float(np.nanmean(share)),
-        "max": {"layer": int(l), "head": int(h), "share": float(share[l, h])},
-        "per_layer_mean": [float(np.nanmean(r)) if np.isfinite(r).any() else None for r in share],
-        "share": share.tolist(),  # [L][H], null on layers that are not attention
-        "top_token_sink": {"position": int(top_sink), "alpha": alpha[:, :, top_sink].tolist()},
-    }
+    return LearnedSinks(
+        definition="mean over queries of the probability given to the learned sink (no key receives it)",
+        mean_share=float(np.nanmean(share)),
+        max={"layer": int(l), "head": int(h), "share": float(share[l, h])},
+        per_layer_mean=[float(np.nanmean(r)) if np.isfinite(r).any() else None for r in share],
+        share=share.tolist(),  # [L][H], null on layers that are not attention
+        top_token_sink={"position": int(top_sink), "alpha": alpha[:, :, top_sink].tolist()},
+    )
 
 
 def jaccard(a: set[int], b: set[int]) -> float | None:
@@ -180,7 +192,10 @@ def analyze(
     epsilon: float = DEFAULT_EPSILON,
     min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
 ) -> Report:
-    """Spike tokens, sink tokens, their overlap and KV impact of one captured sequence."""
+    """Spike tokens, sink tokens, their overlap and KV impact of one captured sequence.
+
+    `report.detail` keeps what renderers draw from the Capture (per-head attention, spike-channel
+    values; sinkhole.analysis.detail), so the HTML page and eval rows need the report only."""
     from sinkhole.errors import SinkholeError
     from sinkhole.validate import analysis_params
 
@@ -196,19 +211,17 @@ def analyze(
         value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, int(t))
         up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t])
         spikes.append(
-            asdict(
-                SpikeToken(
-                    position=int(t),
-                    text=c.tokens[t],
-                    score=float(scores[t]),
-                    max_norm=float(peaks[t]),
-                    top_value=value,
-                    layer=layer,
-                    channel=channel,
-                    channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
-                    step_up_layers=up,
-                    step_down_layers=down,
-                )
+            SpikeToken(
+                position=int(t),
+                text=c.tokens[t],
+                score=float(scores[t]),
+                max_norm=float(peaks[t]),
+                top_value=value,
+                layer=layer,
+                channel=channel,
+                channels=spike_channels(c.resid_top_channels, c.resid_top_values, int(t), layer, threshold),
+                step_up_layers=up,
+                step_down_layers=down,
             )
         )
     rows = attention_rows(c.attn_mass)
@@ -217,56 +230,49 @@ def analyze(
     rate = sink_rate(alpha, epsilon)
     n_pairs = np.isfinite(alpha).sum(axis=(0, 1))
 
-    def sink(t: int) -> dict:
-        return asdict(SinkToken(int(t), c.tokens[t], float(mass[t]), float(rate[t]), int(round(rate[t] * n_pairs[t]))))
+    def sink(t: int) -> SinkToken:
+        return SinkToken(int(t), c.tokens[t], float(mass[t]), float(rate[t]), int(round(rate[t] * n_pairs[t])))
 
     sinks = [sink(t) for t in np.flatnonzero(rate >= min_sink_rate)]
-    sinks.sort(key=lambda s: -s["attn_mass"])
-    spike_pos = {s["position"] for s in spikes}
-    sink_pos = {s["position"] for s in sinks}
+    sinks.sort(key=lambda s: -s.attn_mass)
+    spike_pos = {s.position for s in spikes}
+    sink_pos = {s.position for s in sinks}
     sink_list = sorted(sink_pos)
     top_sink = int(mass.argmax())
     return Report(
         model=c.model.to_dict(),
         prompt=c.prompt,
         chat=c.chat,
-        tokens=[
-            {"position": i, "id": int(tid), "text": txt} for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))
-        ],
-        spikes={"threshold": threshold, "tokens": spikes, "per_token_score": scores.tolist()},
-        sinks={
-            "epsilon": epsilon,
-            "min_sink_rate": min_sink_rate,
-            "top": sink(top_sink),
-            "tokens": sinks,
-            "per_token_mass": mass.tolist(),
-            "per_token_sink_rate": rate.tolist(),
-        },
-        overlap={"jaccard": jaccard(spike_pos, sink_pos), "positions": sorted(spike_pos & sink_pos)},
-        kv={
-            "sink_attention_share": attention_share(c.attn_colsum[rows], sink_list),
-            "sink_slot_share": len(sink_list) / T,
-            "n_sink_slots": len(sink_list),
-            "n_slots": T,
-        },
-        layers={
-            "max_norm": c.resid_norm.max(axis=1).tolist(),
-            "median_norm": np.median(c.resid_norm, axis=1).tolist(),
-            "kinds": list(c.model.layer_kinds) or ["attention"] * c.resid_norm.shape[0],
-            "attention": [int(l) for l in np.flatnonzero(rows)],
-        },
-        extra={
-            "heads": {"mass_on_top_sink": c.attn_mass[:, :, top_sink].tolist(), "top_sink_position": top_sink},
-            "residual": {
-                "norm": c.resid_norm.tolist(),
-                "attn_out_norm": c.attn_out_norm.tolist(),
-                "ffn_out_norm": c.ffn_out_norm.tolist(),
-                "embed_norm": c.embed_norm.tolist(),
-            },
-            **(
-                {"learned_sinks": learned_sinks(c.sink_share, c.attn_mass, top_sink)}
-                if c.sink_share is not None
-                else {}
-            ),
-        },
+        tokens=[Token(i, int(tid), txt) for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))],
+        spikes=Spikes(threshold=threshold, tokens=spikes, per_token_score=scores.tolist()),
+        sinks=Sinks(
+            epsilon=epsilon,
+            min_sink_rate=min_sink_rate,
+            top=sink(top_sink),
+            tokens=sinks,
+            per_token_mass=mass.tolist(),
+            per_token_sink_rate=rate.tolist(),
+        ),
+        overlap=Overlap(jaccard=jaccard(spike_pos, sink_pos), positions=sorted(spike_pos & sink_pos)),
+        kv=KV(
+            sink_attention_share=attention_share(c.attn_colsum[rows], sink_list),
+            sink_slot_share=len(sink_list) / T,
+            n_sink_slots=len(sink_list),
+            n_slots=T,
+        ),
+        layers=Layers(
+            max_norm=c.resid_norm.max(axis=1).tolist(),
+            median_norm=np.median(c.resid_norm, axis=1).tolist(),
+            kinds=list(c.model.layer_kinds) or ["attention"] * c.resid_norm.shape[0],
+            attention=[int(l) for l in np.flatnonzero(rows)],
+        ),
+        heads=Heads(mass_on_top_sink=c.attn_mass[:, :, top_sink].tolist(), top_sink_position=top_sink),
+        residual=Residual(
+            norm=c.resid_norm.tolist(),
+            attn_out_norm=c.attn_out_norm.tolist(),
+            ffn_out_norm=c.ffn_out_norm.tolist(),
+            embed_norm=c.embed_norm.tolist(),
+        ),
+        learned_sinks=None if c.sink_share is None else learned_sinks(c.sink_share, c.attn_mass, top_sink),
+        detail=detail(c, spikes),
     )

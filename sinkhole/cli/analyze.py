@@ -53,13 +53,12 @@ def run(args) -> int:
     probe = load_probe(args, maps_max_len=html.MAPS_MAX_LEN if args.output else 0)
     capture = probe.run(prompt, chat=args.chat, progress=progress_printer(probe.info.n_layers))
     report = analyze(capture, threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate)
-    d = report.to_dict()
     failures = write_all(
         [
-            (args.output, lambda: html.write_html(d, args.output, capture=capture)),
-            (args.json, lambda: write_json(d, args.json)),
+            (args.output, lambda: html.write_html(report, args.output)),
+            (args.json, lambda: write_json(report, args.json)),
         ]
     )
-    print(render_analysis(d), file=result_stream(args.json))
+    print(render_analysis(report), file=result_stream(args.json))
     raise_failures(failures)
     return 0

@@ -130,12 +130,20 @@ def page_capture(probe, prompt, chat):
     return probe.run(prompt, chat=chat)
 
 
+def add_page_detail(result, probe, prompt, chat) -> None:
+    """Give the example report the `detail` the page draws: the batch kept no attention maps, so its
+    per-head figures come from `page_capture` (the report's numbers stay those of the batch)."""
+    from sinkhole.analysis.detail import detail
+
+    result.example.detail = detail(page_capture(probe, prompt, chat), result.example.spikes.tokens)
+
+
 def run(args) -> int:
     from sinkhole.cli.common import load_probe, raise_failures, result_stream, write_all
     from sinkhole.eval.suite import load_suite
     from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.report import html
-    from sinkhole.report.schema import write_json
+    from sinkhole.report.schema import MechanismResult, write_json
     from sinkhole.text import read_text_file
 
     prompts = [item.prompt for item in load_suite(args.prompts).items] if args.prompts else DEFAULT_PROMPTS
@@ -149,21 +157,19 @@ def run(args) -> int:
     )
     probe = load_probe(args)
     mech, reports = run_mechanism(probe, prompts, chat=args.chat, cfg=cfg, status=status)
+    result = MechanismResult.from_sections(mech, example=reports[0])
     if args.vocab_sweep:
         from sinkhole.experiments.interventions import text_ids
         from sinkhole.experiments.vocab_sweep import vocab_sweep
 
         status("vocabulary sweep ...")
-        mech["vocab_sweep"] = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)
-    report = reports[0]
-    report.extra["mechanism"] = mech
-    d = report.to_dict()
-    failures = write_all(
-        [
-            (args.output, lambda: html.write_html(d, args.output, capture=page_capture(probe, prompts[0], args.chat))),
-            (args.json, lambda: write_json(d, args.json)),
-        ]
-    )
-    print(render(d["mechanism"]), file=result_stream(args.json))
+        result.vocab_sweep = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)
+
+    def write_page():
+        add_page_detail(result, probe, prompts[0], args.chat)
+        html.write_html(result, args.output)
+
+    failures = write_all([(args.output, write_page), (args.json, lambda: write_json(result, args.json))])
+    print(render(result.sections()), file=result_stream(args.json))
     raise_failures(failures)
     return 0

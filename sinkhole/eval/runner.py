@@ -26,6 +26,7 @@ import numpy as np
 from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze, order_channels
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import Suite, SuiteItem
+from sinkhole.report.schema import Report
 
 RUN_SCHEMA = "sinkhole.eval/1"
 RESULTS_NAME, MANIFEST_NAME, LOCK_NAME = "results.jsonl", "run.json", ".sinkhole-eval.lock"
@@ -77,52 +78,51 @@ def plan_batches(
     return batches
 
 
-def _spike_entry(s: dict, capture) -> dict:
-    """A spike token from the report, plus the signed values of its spike channels at its top layer."""
-    t, layer = s["position"], s["layer"]
-    at = dict(zip(capture.resid_top_channels[layer, t].tolist(), capture.resid_top_values[layer, t].tolist()))
-    keys = (
-        "position",
-        "text",
-        "score",
-        "top_value",
-        "layer",
-        "channel",
-        "channels",
-        "step_up_layers",
-        "step_down_layers",
-    )
-    return {**{k: s[k] for k in keys}, "channel_values": [at[c] for c in s["channels"]]}
+SPIKE_KEYS = (
+    "position",
+    "text",
+    "score",
+    "top_value",
+    "layer",
+    "channel",
+    "channels",
+    "step_up_layers",
+    "step_down_layers",
+)
 
 
-def prompt_row(item: SuiteItem, capture, report) -> dict:
+def prompt_row(item: SuiteItem, report: Report) -> dict:
     """One results.jsonl row: the prompt's numbers, all taken from its `analyze` report.
 
     spike_score = max_t S[t]; sink_mass / sink_rate = those of the top sink (the token of largest
     attention mass); spike_channels = union of the spike tokens' channels; sink_heads = (layer, head)
-    pairs whose alpha on the top sink exceeds epsilon.
+    pairs whose alpha on the top sink exceeds epsilon; each spike's channel_values = the signed values
+    of its spike channels at its top layer (`report.detail`, which `analyze` fills from the Capture).
     """
     sp, sk = report.spikes, report.sinks
-    top = sk["top"]
-    heads = np.asarray(report.extra["heads"]["mass_on_top_sink"]) > sk["epsilon"]
-    spikes = [_spike_entry(s, capture) for s in sp["tokens"]]
+    top = sk.top
+    heads = np.asarray(report.heads.mass_on_top_sink) > sk.epsilon
+    spikes = [
+        {**{k: s[k] for k in SPIKE_KEYS}, "channel_values": values}
+        for s, values in zip(sp.tokens, report.detail.spike_channel_values)
+    ]
     return {
         "index": item.index,
         "category": item.category,
-        "n_tokens": capture.n_tokens,
+        "n_tokens": len(report.tokens),
         "n_spikes": len(spikes),
-        "spike_score": float(max(sp["per_token_score"])),
+        "spike_score": float(max(sp.per_token_score)),
         "spike_channels": order_channels([s["channels"] for s in spikes]),
         "spikes": spikes,
-        "n_sinks": len(sk["tokens"]),
-        "sink_mass": top["attn_mass"],
-        "sink_rate": top["sink_rate"],
+        "n_sinks": len(sk.tokens),
+        "sink_mass": top.attn_mass,
+        "sink_rate": top.sink_rate,
         "top_sink": {k: top[k] for k in ("position", "text", "attn_mass", "sink_rate")},
-        "sinks": [{k: s[k] for k in ("position", "text", "attn_mass", "sink_rate")} for s in sk["tokens"]],
+        "sinks": [{k: s[k] for k in ("position", "text", "attn_mass", "sink_rate")} for s in sk.tokens],
         "sink_heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(heads))],
-        "jaccard": report.overlap["jaccard"],
-        "sink_attention_share": report.kv["sink_attention_share"],
-        "tokens": list(capture.tokens),
+        "jaccard": report.overlap.jaccard,
+        "sink_attention_share": report.kv.sink_attention_share,
+        "tokens": [t.text for t in report.tokens],
     }
 
 
@@ -142,7 +142,7 @@ def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[
         rows = []
         for i, cap in zip(batch, captures):
             report = analyze(cap, settings.threshold, settings.epsilon, settings.min_sink_rate)
-            rows.append(prompt_row(items[i], cap, report))
+            rows.append(prompt_row(items[i], report))
         yield rows
 
 

@@ -2,7 +2,8 @@
 
 Inputs are JSON files sinkhole wrote: two `analyze` reports ("sinkhole.report/1", e.g. two models on
 one prompt, or one model on two prompts) or two eval runs ("sinkhole.eval-summary/1"; a run
-directory stands for its summary.json). `compare(a, b)` returns one JSON-ready dict
+directory stands for its summary.json); two reports are read back into typed `Report`s
+(`Report.from_dict`) before they are compared. `compare(a, b)` returns one JSON-ready dict
 ("sinkhole.compare/1"); `render_compare` prints it; `compare_html` draws it as one offline page.
 
 Matching: spike and sink tokens are matched by position (a position in one report only is "added"
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
+from sinkhole.report.schema import Report
 from sinkhole.report.terminal import pct
 
 SCHEMA = "sinkhole.compare/1"
@@ -41,17 +43,17 @@ def load(path: str | Path) -> dict:
     return d
 
 
-def _channels(r: dict) -> list[int]:
+def _channels(r: Report) -> list[int]:
     from sinkhole.analysis.core import order_channels
 
-    return order_channels([s["channels"] for s in r["spikes"]["tokens"]])
+    return order_channels([s.channels for s in r.spikes.tokens])
 
 
-def _by_pos(tokens: list[dict], keys: tuple) -> dict:
-    return {t["position"]: {k: t.get(k) for k in keys} for t in tokens}
+def _by_pos(tokens: list, keys: tuple) -> dict:
+    return {t.position: {k: t.get(k) for k in keys} for t in tokens}
 
 
-def _matched(a: list[dict], b: list[dict], keys: tuple) -> dict:
+def _matched(a: list, b: list, keys: tuple) -> dict:
     pa, pb = _by_pos(a, keys), _by_pos(b, keys)
     return {
         "both": [{"position": p, "a": pa[p], "b": pb[p]} for p in sorted(set(pa) & set(pb))],
@@ -60,9 +62,10 @@ def _matched(a: list[dict], b: list[dict], keys: tuple) -> dict:
     }
 
 
-def _heads(a: dict, b: dict) -> dict:
-    ha, hb = (a.get("heads") or {}).get("mass_on_top_sink"), (b.get("heads") or {}).get("mass_on_top_sink")
-    eps_a, eps_b = a["sinks"]["epsilon"], b["sinks"]["epsilon"]
+def _heads(a: Report, b: Report) -> dict:
+    ha = a.heads.mass_on_top_sink if a.heads is not None else None
+    hb = b.heads.mass_on_top_sink if b.heads is not None else None
+    eps_a, eps_b = a.sinks.epsilon, b.sinks.epsilon
     out = {
         "n_sink_heads": [
             None if ha is None else sum(v > eps_a for row in ha for v in row),
@@ -87,31 +90,27 @@ def _heads(a: dict, b: dict) -> dict:
     return out
 
 
-def compare_reports(a: dict, b: dict) -> dict:
+def compare_reports(a: Report, b: Report, files: tuple = (None, None)) -> dict:
+    """Two typed reports (`Report.from_dict` of the files `load` read); `files`: their paths, for the output."""
     ca, cb = _channels(a), _channels(b)
+    top_keys = ("position", "text", "attn_mass", "sink_rate")
     return {
         "schema": SCHEMA,
         "kind": "report",
-        "files": [a.get("_path"), b.get("_path")],
-        "models": [a["model"]["name"], b["model"]["name"]],
-        "weights": [a["model"].get("weights_id"), b["model"].get("weights_id")],
-        "n_tokens": [len(a["tokens"]), len(b["tokens"])],
-        "same_prompt": a.get("prompt") == b.get("prompt")
-        and [t["id"] for t in a["tokens"]] == [t["id"] for t in b["tokens"]],
+        "files": list(files),
+        "models": [a.model["name"], b.model["name"]],
+        "weights": [a.model.get("weights_id"), b.model.get("weights_id")],
+        "n_tokens": [len(a.tokens), len(b.tokens)],
+        "same_prompt": a.prompt == b.prompt and [t.id for t in a.tokens] == [t.id for t in b.tokens],
         "spikes": {
-            "n": [len(a["spikes"]["tokens"]), len(b["spikes"]["tokens"])],
-            "top_score": [max(a["spikes"]["per_token_score"] or [0]), max(b["spikes"]["per_token_score"] or [0])],
-            **_matched(
-                a["spikes"]["tokens"], b["spikes"]["tokens"], ("text", "score", "layer", "channel", "channels")
-            ),
+            "n": [len(a.spikes.tokens), len(b.spikes.tokens)],
+            "top_score": [max(a.spikes.per_token_score or [0]), max(b.spikes.per_token_score or [0])],
+            **_matched(a.spikes.tokens, b.spikes.tokens, ("text", "score", "layer", "channel", "channels")),
         },
         "sinks": {
-            "n": [len(a["sinks"]["tokens"]), len(b["sinks"]["tokens"])],
-            "top": [
-                {k: a["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")},
-                {k: b["sinks"]["top"][k] for k in ("position", "text", "attn_mass", "sink_rate")},
-            ],
-            **_matched(a["sinks"]["tokens"], b["sinks"]["tokens"], ("text", "attn_mass", "sink_rate")),
+            "n": [len(a.sinks.tokens), len(b.sinks.tokens)],
+            "top": [{k: a.sinks.top[k] for k in top_keys}, {k: b.sinks.top[k] for k in top_keys}],
+            **_matched(a.sinks.tokens, b.sinks.tokens, ("text", "attn_mass", "sink_rate")),
         },
         "channels": {
             "a": ca,
@@ -120,8 +119,8 @@ def compare_reports(a: dict, b: dict) -> dict:
             "only_a": [c for c in ca if c not in cb],
             "only_b": [c for c in cb if c not in ca],
         },
-        "jaccard": [a["overlap"]["jaccard"], b["overlap"]["jaccard"]],
-        "kv": [a["kv"]["sink_attention_share"], b["kv"]["sink_attention_share"]],
+        "jaccard": [a.overlap.jaccard, b.overlap.jaccard],
+        "kv": [a.kv.sink_attention_share, b.kv.sink_attention_share],
         "heads": _heads(a, b),
     }
 
@@ -157,7 +156,16 @@ def compare_evals(a: dict, b: dict) -> dict:
 def compare(a: dict, b: dict) -> dict:
     if a["schema"] != b["schema"]:
         raise SinkholeError("compare two analyze reports or two eval runs, not one of each")
-    return compare_reports(a, b) if a["schema"] == REPORT else compare_evals(a, b)
+    if a["schema"] == REPORT:  # read back into typed reports at this edge
+        return compare_reports(_typed(a), _typed(b), (a.get("_path"), b.get("_path")))
+    return compare_evals(a, b)
+
+
+def _typed(d: dict) -> Report:
+    try:
+        return Report.from_dict(d)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise SinkholeError(f"{d.get('_path', 'a report')} is not a complete {REPORT} report ({err})") from None
 
 
 # ---------- terminal ----------
@@ -216,7 +224,8 @@ def render_compare(c: dict) -> str:
     )
     sp = c["spikes"]
     lines.append(
-        f"Spike tokens  {sp['n'][0]} -> {sp['n'][1]}   top score {sp['top_score'][0]:.1f}x -> {sp['top_score'][1]:.1f}x"
+        f"Spike tokens  {sp['n'][0]} -> {sp['n'][1]}   "
+        f"top score {sp['top_score'][0]:.1f}x -> {sp['top_score'][1]:.1f}x"
     )
     lines += _tokens(sp, "spike", lambda t: f"score {t['score']:.1f}x, channels {t['channels']}")
     sk = c["sinks"]
@@ -310,15 +319,19 @@ def compare_html(c: dict) -> str:
             f"<script>{plotly.offline.get_plotlyjs()}</script><script>(function(){{"
             "const d=JSON.parse(document.getElementById('diff-data').textContent);"
             "Plotly.newPlot('fig-diff',[{type:'heatmap',z:d.z,zmid:0,zmin:-1,zmax:1,colorscale:'RdBu',"
-            "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
+            "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},"
+            "hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
             "{margin:{l:60,r:10,t:10,b:50},xaxis:{title:{text:'head'},dtick:1},yaxis:{title:{text:'layer'},autorange:'reversed'}},"
             "{displaylogo:false,responsive:true});window.sinkholeCompareReady=true;})();</script>"
         )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sinkhole compare: {esc(str(c["models"][0]))} vs {esc(str(c["models"][1]))}</title>
+<html lang="en"><head><meta charset="utf-8">
+<title>sinkhole compare: {esc(str(c["models"][0]))} vs {esc(str(c["models"][1]))}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#1d2330}}
-table.t{{border-collapse:collapse;font-size:13px}} table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 10px;text-align:left}}
-table.t th{{background:#f6f7f9}} pre{{background:#f6f7f9;padding:10px;font-size:12.5px;overflow-x:auto}} .hint{{color:#5b6475}}
+table.t{{border-collapse:collapse;font-size:13px}}
+table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 10px;text-align:left}}
+table.t th{{background:#f6f7f9}} pre{{background:#f6f7f9;padding:10px;font-size:12.5px;overflow-x:auto}}
+.hint{{color:#5b6475}}
 h2{{font-size:17px;border-bottom:1px solid #dde1e8}}</style></head>
 <body><h1>sinkhole compare</h1>{rows}{fig}{script}</body></html>
 """

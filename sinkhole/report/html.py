@@ -5,7 +5,8 @@ from `sinkhole.analysis.core`'s docstring, so the page and the code cannot disag
 a token strip coloured by attention mass; a layers x heads grid of mass on the top sink, whose cells
 select the head whose attention pattern is drawn; the residual lifecycle (layers x tokens ||h||, log
 scale) and the spike channels across layers; generic sections for `mechanism`, `eval` and any other
-extra report key. The data it draws is `html_data.view(...)`, embedded once as JSON.
+extra report key. The data it draws is `html_data.view(report)`, embedded once as JSON; it reads the
+typed report only (its `detail` holds what the page needs from the Capture).
 
 Token text is untrusted. Python-side text is escaped with `html.escape`; the embedded JSON escapes
 `<`, `>`, `&` (so no `</script>` or `<!--` can close or confuse its script tag); the script writes
@@ -23,6 +24,7 @@ from pathlib import Path
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
 from sinkhole.report.html_mechanism import MECH_CSS, MECH_HTML, MECH_SCRIPT, designed
 from sinkhole.report.html_script import CSS, SCRIPT
+from sinkhole.report.schema import SCHEMA, MechanismResult, Report
 from sinkhole.report.terminal import concentration, pct, render_analysis
 
 __all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
@@ -135,10 +137,14 @@ PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's def
 
 MECH_DEFINITIONS = """<h3 id="def-mechanism">Mechanism</h3><ul>
 <li><b>block</b> b: 2l is layer l's attention, 2l+1 its FFN; r<sub>b</sub> the residual after block b.</li>
-<li><b>U<sub>k</sub></b> = W<sub>gate</sub><sup>T</sup> diag(W<sub>down</sub>[k, :]) W<sub>up</sub>, S<sub>k</sub> = (U<sub>k</sub> + U<sub>k</sub><sup>T</sup>)/2:
-the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks are 1-based (rank 1 = largest ‖U<sub>k</sub>‖<sub>F</sub>).</li>
+<li><b>U<sub>k</sub></b> = W<sub>gate</sub><sup>T</sup> diag(W<sub>down</sub>[k, :]) W<sub>up</sub>,
+S<sub>k</sub> = (U<sub>k</sub> + U<sub>k</sub><sup>T</sup>)/2:
+the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks are 1-based
+(rank 1 = largest ‖U<sub>k</sub>‖<sub>F</sub>).</li>
 <li><b>sparsity</b>: share of a norm output's squared mass in the spike channels.</li>
-<li><b>participation ratio</b> of a set of keys: (Σ s<sub>i</sub><sup>2</sup>)<sup>2</sup> / Σ s<sub>i</sub><sup>4</sup> over its singular values (1 = one direction).</li>
+<li><b>participation ratio</b> of a set of keys:
+(Σ s<sub>i</sub><sup>2</sup>)<sup>2</sup> / Σ s<sub>i</sub><sup>4</sup> over its singular values
+(1 = one direction).</li>
 <li><b>sink head</b>: α on the sink tokens > ε, mean over the prompts. Details: docs/mechanism.md.</li></ul>"""
 
 
@@ -151,48 +157,46 @@ def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
     )
 
 
-def cards_html(r: dict) -> str:
+def cards_html(r: Report) -> str:
     """The terminal output's four blocks as cards (values formatted the same way)."""
-    sp, sk = r["spikes"], r["sinks"]
+    sp, sk = r.spikes, r.sinks
 
-    def tok(s):
-        return f"<code>{_esc(_vis(s['text']))}</code> <span class='pos'>#{s['position']}</span>"
+    def tok(text: str, position: int) -> str:
+        return f"<code>{_esc(_vis(text))}</code> <span class='pos'>#{position}</span>"
 
-    spike_lines = [f"threshold {sp['threshold']:.1f}× median peak norm"] + [
-        f"{tok(s)} score {s['score']:.1f}× · max |h| {abs(s['top_value']):.0f} (layer {s['layer']}, channel "
-        f"{s['channel']}) · channels {_esc(s['channels'])} · rises at {_esc(s['step_up_layers'])}, "
-        f"falls at {_esc(s['step_down_layers'])}"
-        for s in sp["tokens"][:6]
+    spike_lines = [f"threshold {sp.threshold:.1f}× median peak norm"] + [
+        f"{tok(s.text, s.position)} score {s.score:.1f}× · max |h| {abs(s.top_value):.0f} (layer {s.layer}, "
+        f"channel {s.channel}) · channels {_esc(s.channels)} · rises at {_esc(s.step_up_layers)}, "
+        f"falls at {_esc(s.step_down_layers)}"
+        for s in sp.tokens[:6]
     ]
-    if len(sp["tokens"]) > 6:
-        spike_lines.append(f"… and {len(sp['tokens']) - 6} more")
-    sink_lines = [f"ε {sk['epsilon']}, sink rate ≥ {pct(sk['min_sink_rate'], 0)}"] + [
-        f"{tok(s)} attention mass {pct(s['attn_mass'])} · sink rate {pct(s['sink_rate'], 0)} of heads"
-        for s in sk["tokens"][:6]
+    if len(sp.tokens) > 6:
+        spike_lines.append(f"… and {len(sp.tokens) - 6} more")
+    sink_lines = [f"ε {sk.epsilon}, sink rate ≥ {pct(sk.min_sink_rate, 0)}"] + [
+        f"{tok(s.text, s.position)} attention mass {pct(s.attn_mass)} · sink rate {pct(s.sink_rate, 0)} of heads"
+        for s in sk.tokens[:6]
     ]
-    if len(sk["tokens"]) > 6:
-        sink_lines.append(f"… and {len(sk['tokens']) - 6} more")
-    if not sk["tokens"]:
-        t = sk["top"]
+    if len(sk.tokens) > 6:
+        sink_lines.append(f"… and {len(sk.tokens) - 6} more")
+    if not sk.tokens:
+        t = sk.top
         sink_lines.append(
-            f"top token by mass: {tok(t)} mass {pct(t['attn_mass'])}, sink rate {pct(t['sink_rate'], 0)}"
+            f"top token by mass: {tok(t.text, t.position)} mass {pct(t.attn_mass)}, sink rate {pct(t.sink_rate, 0)}"
         )
-    if not sp["tokens"] and sp.get("per_token_score"):
-        sc = sp["per_token_score"]
+    if not sp.tokens and sp.per_token_score:
+        sc = sp.per_token_score
         t = max(range(len(sc)), key=lambda i: -1 if sc[i] is None else sc[i])
-        spike_lines.append(
-            f"top score: {tok({'text': r['tokens'][t]['text'], 'position': t})} {sc[t]:.1f}× (below the threshold)"
-        )
-    j = r["overlap"]["jaccard"]
+        spike_lines.append(f"top score: {tok(r.tokens[t].text, t)} {sc[t]:.1f}× (below the threshold)")
+    j = r.overlap.jaccard
     extra = []
-    if r.get("learned_sinks"):
+    if r.learned_sinks:
         from sinkhole.report.terminal import learned_sinks_line
 
-        ls = r["learned_sinks"]
+        ls = r.learned_sinks
         extra.append(
             _card(
                 "Learned sinks",
-                f"{ls['mean_share']:.1%}",
+                f"{ls.mean_share:.1%}",
                 [
                     _esc(learned_sinks_line(ls).removeprefix("Learned sinks  absorb ")),
                     "per layer and head: the learned_sinks section below",
@@ -203,14 +207,14 @@ def cards_html(r: dict) -> str:
     return "".join(
         extra
         + [
-            _card("Spike tokens", str(len(sp["tokens"])), spike_lines, "def-spikes"),
-            _card("Sink tokens", str(len(sk["tokens"])), sink_lines, "def-sinks"),
+            _card("Spike tokens", str(len(sp.tokens)), spike_lines, "def-spikes"),
+            _card("Sink tokens", str(len(sk.tokens)), sink_lines, "def-sinks"),
             _card(
                 "Spike ∩ Sink",
                 "n/a" if j is None else f"{j:.2f}",
                 [
                     "Jaccard of the two position sets" + ("" if j is not None else " (no spike or sink tokens)"),
-                    f"shared positions {_esc(r['overlap']['positions'])}",
+                    f"shared positions {_esc(r.overlap.positions)}",
                 ],
                 "def-together",
             ),
@@ -219,38 +223,45 @@ def cards_html(r: dict) -> str:
     )
 
 
-def kv_card(r: dict) -> tuple[str, list[str]]:
+def kv_card(r: Report) -> tuple[str, list[str]]:
     """The KV card's value and lines. The sink slots' share of attention equals the sink's attention
     mass when the only sink is token 0 (every query sees it), so the card leads with what that share
     means for a KV cache instead: how concentrated it is, and which slots a cache must keep."""
-    kv, sinks = r["kv"], [s["position"] for s in r["sinks"]["tokens"]]
+    kv, sinks = r.kv, [s.position for s in r.sinks.tokens]
     c = concentration(kv)
     if c is None:
-        return "none", [f"no sink tokens: attention spreads over the {kv['n_slots']} KV slots"]
+        return "none", [f"no sink tokens: attention spreads over the {kv.n_slots} KV slots"]
     where = "token 0" if sinks == [0] else f"positions {_esc(sinks[:8])}" + (" …" if len(sinks) > 8 else "")
     return f"{c:.0f}×", [
-        f"per sink slot, {c:.0f}× an average slot's share of attention: {kv['n_sink_slots']} of {kv['n_slots']} "
-        f"slots ({pct(kv['sink_slot_share'])}) take {pct(kv['sink_attention_share'])}",
-        f"a KV cache that evicts {where} loses it; keep {kv['n_sink_slots']} pinned slot"
-        f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)",
+        f"per sink slot, {c:.0f}× an average slot's share of attention: {kv.n_sink_slots} of {kv.n_slots} "
+        f"slots ({pct(kv.sink_slot_share)}) take {pct(kv.sink_attention_share)}",
+        f"a KV cache that evicts {where} loses it; keep {kv.n_sink_slots} pinned slot"
+        f"{'s' if kv.n_sink_slots > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)",
     ]
 
 
-def render_html(report: dict, capture=None) -> str:
-    """The report page. With the run's Capture it also draws per-head attention and spike channels."""
+def render_html(result: Report | MechanismResult | dict) -> str:
+    """The report page (a `sinkhole mechanism` result: its example prompt's page plus the Mechanism
+    section). A report from `analyze()` carries its `detail`, so the page also draws per-head
+    attention and spike channels; one read back from JSON (a dict) draws without them."""
     import plotly.offline
 
-    m = report["model"]
-    from sinkhole.report.terminal import layout_line
+    from sinkhole.report.terminal import as_report, layout_line
 
+    mechanism = None
+    if isinstance(result, MechanismResult):
+        report, mechanism = result.example, result.sections()
+    else:
+        report = as_report(result)
+    m = report.model
     model_line = (
         f"{m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, {m['n_kv_heads']} KV heads, "
-        f"d_model {m['d_model']}, {m['dtype']} · {len(report['tokens'])} tokens"
-        f"{' · chat template' if report.get('chat') else ''} · "
+        f"d_model {m['d_model']}, {m['dtype']} · {len(report.tokens)} tokens"
+        f"{' · chat template' if report.chat else ''} · "
         f"{layout_line(report).removeprefix('Layout  ')}"
     )
-    data = embed_json(view(report, capture))
-    mech = designed(report.get("mechanism"))
+    data = embed_json(view(report, mechanism))
+    mech = designed(mechanism if mechanism is not None else report.extra.get("mechanism"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -259,7 +270,8 @@ def render_html(report: dict, capture=None) -> str:
 <style>{CSS}{MECH_CSS if mech else ""}</style>
 </head><body>
 <header><h1>sinkhole report <span class="model">{_esc(m["name"])}</span></h1>
-<div class="sub">{_esc(model_line)} <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
+<div class="sub">{_esc(model_line)}
+<button class="def linkish" data-def="def-spikes">definitions</button></div></header>
 <section class="cards">{cards_html(report)}</section>
 <details class="term"><summary>terminal summary</summary><pre>{_esc(render_analysis(report))}</pre></details>
 
@@ -272,23 +284,28 @@ spike token; <span class="tok sink">underlined</span> sink token. Hover for valu
 <section><h2>Heads <button class="def" data-def="def-sinks">?</button></h2>
 <p class="hint">Left: each head's attention mass α on the top sink token. Click a cell (or use the menus) to
 select a layer and head; right: that head's attention.</p>
-<div class="row"><div class="gridcol"><div id="cap-heads" class="figcap"></div><div id="fig-heads" class="fig grid"></div></div>
+<div class="row"><div class="gridcol"><div id="cap-heads" class="figcap"></div>
+<div id="fig-heads" class="fig grid"></div></div>
 <div class="col"><div class="controls">layer <select id="sel-layer"></select> head <select id="sel-head"></select>
-<label title="√ colour scale; log scale for the α line"><input type="checkbox" id="chk-sqrt" checked> emphasise small values</label></div>
-<p id="maps-note" class="note"></p><div id="cap-attn" class="figcap"></div><div id="fig-attn" class="fig attn"></div></div></div></section>
+<label title="√ colour scale; log scale for the α line"><input type="checkbox" id="chk-sqrt" checked>
+emphasise small values</label></div>
+<p id="maps-note" class="note"></p><div id="cap-attn" class="figcap"></div>
+<div id="fig-attn" class="fig attn"></div></div></div></section>
 
 <section><h2>Residual lifecycle <button class="def" data-def="def-spikes">?</button></h2>
 <p class="hint">‖h_l[t]‖ of every token after every layer (log colour; row “emb” is the input embedding).
 Click a token to follow it below.</p>
 <div id="fig-resid" class="fig resid"></div>
 <div class="row"><div class="col"><div class="controls">&nbsp;</div>
-<div class="figcap">‖h_l‖ per layer: largest and median over tokens</div><div id="fig-layers" class="fig half"></div></div>
+<div class="figcap">‖h_l‖ per layer: largest and median over tokens</div>
+<div id="fig-layers" class="fig half"></div></div>
 <div class="col"><div class="controls">token <select id="sel-token"></select></div>
-<div id="cap-channels" class="figcap"></div><div id="fig-channels" class="fig half"></div><p id="channels-note" class="note"></p></div></div></section>
+<div id="cap-channels" class="figcap"></div><div id="fig-channels" class="fig half"></div>
+<p id="channels-note" class="note"></p></div></div></section>
 
 {MECH_HTML if mech else ""}
 <div id="sections"></div>
-<footer>schema {_esc(report.get("schema", ""))} · weights {_esc(m.get("weights_id") or "n/a")} ·
+<footer>schema {_esc(SCHEMA)} · weights {_esc(m.get("weights_id") or "n/a")} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>
@@ -304,7 +321,7 @@ written by sinkhole; opens offline (plotly.js is inlined).</footer>
 """
 
 
-def write_html(report: dict, path: str | Path, capture=None) -> None:
+def write_html(result: Report | MechanismResult | dict, path: str | Path) -> None:
     from sinkhole.io import write_output
 
-    write_output(Path(path), render_html(report, capture=capture), "HTML report")
+    write_output(Path(path), render_html(result), "HTML report")

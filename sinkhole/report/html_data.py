@@ -1,4 +1,4 @@
-"""The data an HTML report embeds: a compact, JSON-ready view of a report dict (and its Capture).
+"""The data an HTML report embeds: a compact, JSON-ready view of a typed `Report` (and its `detail`).
 
 The page is one file with plotly.js inlined (~4.8 MB), so everything else must stay small: floats are
 rounded to 4 significant digits, and the two big arrays are packed as little-endian integers in
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import math
-from collections import Counter
 
 import numpy as np
 
+from sinkhole.report.schema import Report, _jsonable
+
 MAPS_MAX_LEN = 96  # full (query x key) maps for inputs up to this many tokens
 MAPS_MAX_BYTES = 2_000_000  # and only if all heads' lower triangles fit in this many bytes
-CHANNELS_MAX = 8  # spike channels drawn across layers
 NODES_MAX_ITEMS = 60  # children shown per generic list / dict before "... more"
 NODES_MAX_ROWS = 300  # rows shown per generic table
 NODES_MAX_DEPTH = 6
@@ -44,7 +44,6 @@ KNOWN_KEYS = {
     "layers",
     "heads",
     "residual",
-    "attention_maps",
 }
 
 
@@ -121,95 +120,82 @@ def maps_plan(n_layers: int, n_heads: int, T: int, have_maps: bool) -> tuple[boo
     elif size > MAPS_MAX_BYTES:
         why = f"all {n_layers * n_heads} heads' maps would take {size / 1e6:.1f} MB"
     else:
-        why = "the capture holds no attention maps (render with the Capture of a run with maps_max_len)"
+        why = "the probe kept no attention maps for this report (run it with maps_max_len)"
     return False, f"Per-key view: {why}, so each head shows α(k), the mean attention key k receives."
 
 
-def spike_channel_set(report: dict, top_channels: np.ndarray) -> tuple[list[int], str]:
-    """Channels to draw across layers: the spike tokens' spike channels, else the most common top-1."""
-    chans: list[int] = []
-    for s in report["spikes"]["tokens"]:
-        for c in [s["channel"], *s["channels"]]:
-            if c not in chans:
-                chans.append(int(c))
-    if chans:
-        return chans[:CHANNELS_MAX], "the spike tokens' spike channels"
-    common = Counter(top_channels[:, :, 0].ravel().tolist()).most_common(4)
-    return [int(c) for c, _ in common], "no spike tokens: the channels most often largest in a token's residual"
-
-
-def channel_values(top_channels: np.ndarray, top_values: np.ndarray, chans: list[int]) -> list:
-    """(L, T, K) top-K -> [T][C][L] value of each channel, None where it is below the token's top-K."""
-    L, T, _ = top_channels.shape
-    out = np.full((T, len(chans), L), np.nan)
-    for ci, c in enumerate(chans):
-        hit = top_channels == c  # (L, T, K); a channel appears at most once per (l, t)
-        val = np.where(hit, top_values, 0.0).sum(-1)  # (L, T)
-        out[:, ci, :] = np.where(hit.any(-1), val, np.nan).T
-    return rnd(out.tolist())
-
-
-def view(report: dict, capture=None) -> dict:
-    """Everything the page's script needs, compact and rounded."""
-    m = report["model"]
-    T = len(report["tokens"])
+def view(report: Report, mechanism: dict | None = None) -> dict:
+    """Everything the page's script needs, compact and rounded. `mechanism`: a `sinkhole mechanism`
+    result's sections (MechanismResult.sections()), drawn beside the example prompt's report."""
+    m = report.model
+    T = len(report.tokens)
     L, H = int(m["n_layers"]), int(m["n_heads"])
-    heads = report.get("heads") or {}
-    if heads.get("mass_on_top_sink"):  # layers with several attention sublayers have more heads than n_heads
-        H = len(heads["mass_on_top_sink"][0])
-    resid = report.get("residual") or {}
+    heads = report.heads.mass_on_top_sink if report.heads is not None else None
+    if heads:  # layers with several attention sublayers have more heads than n_heads
+        H = len(heads[0])
+    resid = report.residual
+    sp, sk = report.spikes, report.sinks
     v = {
         "model": rnd(m),
         "T": T,
         "L": L,
         "H": H,
-        "tokens": [t["text"] for t in report["tokens"]],
-        "ids": [t["id"] for t in report["tokens"]],
-        "mass": rnd(report["sinks"]["per_token_mass"]),
-        "sink_rate": rnd(report["sinks"]["per_token_sink_rate"]),
-        "score": rnd(report["spikes"].get("per_token_score")),
-        "spikes": rnd(report["spikes"]["tokens"]),
-        "sinks": rnd(report["sinks"]["tokens"]),
-        "top_sink": rnd(report["sinks"]["top"]),
-        "threshold": report["spikes"]["threshold"],
-        "epsilon": report["sinks"]["epsilon"],
-        "heads": rnd(heads.get("mass_on_top_sink")),
-        "layers": rnd(report.get("layers", {})),
-        "resid_norm": rnd(resid.get("norm")),
-        "embed_norm": rnd(resid.get("embed_norm")),
+        "tokens": [t.text for t in report.tokens],
+        "ids": [t.id for t in report.tokens],
+        "mass": rnd(sk.per_token_mass),
+        "sink_rate": rnd(sk.per_token_sink_rate),
+        "score": rnd(sp.per_token_score),
+        "spikes": rnd([s.to_dict() for s in sp.tokens]),
+        "sinks": rnd([s.to_dict() for s in sk.tokens]),
+        "top_sink": rnd(sk.top.to_dict()),
+        "threshold": sp.threshold,
+        "epsilon": sk.epsilon,
+        "heads": rnd(heads),
+        "layers": rnd(report.layers.to_dict()),
+        "resid_norm": rnd(resid.norm if resid else None),
+        "embed_norm": rnd(resid.embed_norm if resid else None),
         "maps": None,
         "alpha": None,
         "channels": None,
     }
-    have_maps = capture is not None and capture.attn_maps is not None
-    embed_maps, v["maps_note"] = maps_plan(L, H, T, have_maps)
-    if capture is not None:
+    d = report.detail
+    embed_maps, v["maps_note"] = maps_plan(L, H, T, d is not None and d.maps is not None)
+    if d is not None:
         if embed_maps:
-            v["maps"] = pack(lower_triangles(capture.attn_maps.astype(np.float32)), "u8", "sqrt")
-        v["alpha"] = pack(capture.attn_mass, "f16")
-        chans, why = spike_channel_set(report, capture.resid_top_channels)
+            v["maps"] = pack(lower_triangles(d.maps.astype(np.float32)), "u8", "sqrt")
+        v["alpha"] = pack(d.alpha, "f16")
         v["channels"] = {
-            "channels": chans,
-            "why": why,
-            "k": int(capture.resid_top_channels.shape[-1]),
-            "values": channel_values(capture.resid_top_channels, capture.resid_top_values, chans),
+            "channels": d.channels,
+            "why": d.channels_why,
+            "k": d.top_k,
+            "values": rnd(d.channel_values.tolist()),
         }
-    if capture is None:
+    else:
         v["maps_note"] = (
             "Per-key view unavailable: this page was rendered from a report without its Capture, "
             "which holds per-head attention; only the layers × heads grid is shown."
         )
     from sinkhole.report.html_mechanism import designed, mechanism_view
 
-    if designed(report.get("mechanism")):
-        v["mechanism"] = mechanism_view(report["mechanism"], m)
-    v["sections"] = [{"key": k, "nodes": to_nodes(report[k])} for k in _section_keys(report)]
+    sections = dict(report.extra)
+    if mechanism is not None:
+        sections["mechanism"] = mechanism
+    if designed(sections.get("mechanism")):
+        v["mechanism"] = mechanism_view(sections["mechanism"], m)
+    v["sections"] = [{"key": k, "nodes": to_nodes(val)} for k, val in _sections(report, sections)]
     return v
 
 
-def _section_keys(report: dict) -> list[str]:
-    first = [k for k in ("mechanism", "eval") if report.get(k) is not None]
-    return first + [k for k in report if k not in KNOWN_KEYS and k not in first and report[k] is not None]
+def _sections(report: Report, extra: dict) -> list[tuple[str, object]]:
+    """The generic sections in page order: mechanism, eval, then the report's other sections in JSON order."""
+    first = [k for k in ("mechanism", "eval") if extra.get(k) is not None]
+    rest = {}
+    if report.learned_sinks is not None:  # drawn as a tree beside its card
+        rest["learned_sinks"] = report.learned_sinks.to_dict()
+    rest.update(extra)
+    return [(k, _jsonable(extra[k])) for k in first] + [
+        (k, _jsonable(val)) for k, val in rest.items() if k not in KNOWN_KEYS and k not in first and val is not None
+    ]
 
 
 def _is_num(x) -> bool:

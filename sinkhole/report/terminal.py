@@ -1,6 +1,13 @@
-"""Terminal rendering of a report dict (the same dict the JSON file holds)."""
+"""Terminal rendering of a `Report` (sinkhole.report.schema; a JSON dict is read back into one first)."""
 
 from __future__ import annotations
+
+from sinkhole.report.schema import KV, LearnedSinks, Report
+
+
+def as_report(r: Report | dict) -> Report:
+    """The typed report; a dict (a JSON file read back) is converted at this edge."""
+    return r if isinstance(r, Report) else Report.from_dict(r)
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -16,11 +23,11 @@ def pct(x: float | None, digits: int = 1) -> str:
     return s
 
 
-def concentration(kv: dict) -> float | None:
+def concentration(kv: KV) -> float | None:
     """How many times an average KV slot's share of attention the sink slots take (None without sinks)."""
-    if not kv["n_sink_slots"] or not kv["sink_slot_share"]:
+    if not kv.n_sink_slots or not kv.sink_slot_share:
         return None
-    return kv["sink_attention_share"] / kv["sink_slot_share"]
+    return kv.sink_attention_share / kv.sink_slot_share
 
 
 def _tok(text: str) -> str:
@@ -39,17 +46,17 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(out)
 
 
-def layout_line(r: dict) -> str:
+def layout_line(r: Report) -> str:
     """How the model was read: norm placement, which layers are attention, how attention was measured."""
-    m, layers = r["model"], r.get("layers", {})
-    kinds = layers.get("kinds") or []
+    m, layers = r.model, r.layers
+    kinds = layers.kinds or []
     parts = [f"{m.get('norm_style', '?')}-norm"]
     others: dict[str, list[int]] = {}
     for i, k in enumerate(kinds):
         if k != "attention":
             others.setdefault(k, []).append(i)
     if others:
-        att = layers.get("attention", [])
+        att = layers.attention
         parts.append(
             f"attention layers {_ranges(att)}; "
             + "; ".join(f"{k} layers {_ranges(v)} (no attention statistics)" for k, v in others.items())
@@ -60,11 +67,11 @@ def layout_line(r: dict) -> str:
     return "Layout  " + ", ".join(parts)
 
 
-def learned_sinks_line(ls: dict) -> str:
-    mx = ls["max"]
-    top = ls["top_token_sink"]
+def learned_sinks_line(ls: LearnedSinks) -> str:
+    mx = ls.max
+    top = ls.top_token_sink
     return (
-        f"Learned sinks  absorb {ls['mean_share']:.1%} of attention (mean over layers and heads; "
+        f"Learned sinks  absorb {ls.mean_share:.1%} of attention (mean over layers and heads; "
         f"max {mx['share']:.1%} at layer {mx['layer']}, head {mx['head']}); token sink pos {top['position']} "
         f"gets {_nanmean(top['alpha']):.1%}"
     )
@@ -75,50 +82,47 @@ def _nanmean(rows) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def render_analysis(r: dict) -> str:
-    m = r["model"]
+def render_analysis(r: Report | dict) -> str:
+    r = as_report(r)
+    m = r.model
     lines = [
         f"Model  {m['name']}  ({m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, "
-        f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r['tokens'])}",
+        f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r.tokens)}",
         layout_line(r),
     ]
-    sp = r["spikes"]
-    lines.append(f"Spike tokens  {len(sp['tokens'])} found (threshold {sp['threshold']:.1f}x)")
-    scores = sp.get("per_token_score") or []
-    if not sp["tokens"] and scores and any(v is not None for v in scores):
+    sp = r.spikes
+    lines.append(f"Spike tokens  {len(sp.tokens)} found (threshold {sp.threshold:.1f}x)")
+    scores = sp.per_token_score or []
+    if not sp.tokens and scores and any(v is not None for v in scores):
         t = max(range(len(scores)), key=lambda i: -1 if scores[i] is None else scores[i])
+        lines.append(f"  (top score: pos {t} {_tok(r.tokens[t].text)} score {scores[t]:.1f}x, below the threshold)")
+    for s in sp.tokens:
         lines.append(
-            f"  (top score: pos {t} {_tok(r['tokens'][t]['text'])} score {scores[t]:.1f}x, below the threshold)"
+            f"  pos {s.position}  {_tok(s.text)}  score {s.score:.1f}x  max |h| {abs(s.top_value):.0f} "
+            f"(layer {s.layer}, channel {s.channel})  channels {s.channels}"
         )
-    for s in sp["tokens"]:
+        lines.append(f"    rises at layer {s.step_up_layers}, falls at layer {s.step_down_layers}")
+    sk = r.sinks
+    lines.append(f"Sink tokens  {len(sk.tokens)} found (epsilon {sk.epsilon}, sink rate >= {sk.min_sink_rate:.0%})")
+    for s in sk.tokens:
         lines.append(
-            f"  pos {s['position']}  {_tok(s['text'])}  score {s['score']:.1f}x  max |h| {abs(s['top_value']):.0f} "
-            f"(layer {s['layer']}, channel {s['channel']})  channels {s['channels']}"
+            f"  pos {s.position}  {_tok(s.text)}  attention mass {pct(s.attn_mass)}  "
+            f"sink rate {pct(s.sink_rate, 0)} of heads"
         )
-        lines.append(f"    rises at layer {s['step_up_layers']}, falls at layer {s['step_down_layers']}")
-    sk = r["sinks"]
-    lines.append(
-        f"Sink tokens  {len(sk['tokens'])} found (epsilon {sk['epsilon']}, sink rate >= {sk['min_sink_rate']:.0%})"
-    )
-    for s in sk["tokens"]:
+    if not sk.tokens:
+        top = sk.top
         lines.append(
-            f"  pos {s['position']}  {_tok(s['text'])}  attention mass {pct(s['attn_mass'])}  "
-            f"sink rate {pct(s['sink_rate'], 0)} of heads"
+            f"  (top token by mass: pos {top.position} {_tok(top.text)} "
+            f"mass {pct(top.attn_mass)}, sink rate {pct(top.sink_rate, 0)})"
         )
-    if not sk["tokens"]:
-        top = sk["top"]
-        lines.append(
-            f"  (top token by mass: pos {top['position']} {_tok(top['text'])} "
-            f"mass {pct(top['attn_mass'])}, sink rate {pct(top['sink_rate'], 0)})"
-        )
-    j = r["overlap"]["jaccard"]
+    j = r.overlap.jaccard
     lines.append(f"Spike ∩ Sink  Jaccard {'n/a (no spike or sink tokens)' if j is None else f'{j:.2f}'}")
-    if r.get("learned_sinks"):
-        lines.append(learned_sinks_line(r["learned_sinks"]))
-    kv = r["kv"]
+    if r.learned_sinks:
+        lines.append(learned_sinks_line(r.learned_sinks))
+    kv = r.kv
     lines.append(
-        f"KV impact  sinks take {pct(kv['sink_attention_share'])} of attention from "
-        f"{kv['n_sink_slots']} of {kv['n_slots']} KV slots"
+        f"KV impact  sinks take {pct(kv.sink_attention_share)} of attention from "
+        f"{kv.n_sink_slots} of {kv.n_slots} KV slots"
         + (f" ({c:.0f}x an average slot)" if (c := concentration(kv)) else "")
     )
     return "\n".join(lines)

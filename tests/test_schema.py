@@ -1,0 +1,155 @@
+"""The report schema: the documented keys are the written keys, typed results round-trip through JSON,
+and renderers need no Capture (tiny random models, no download)."""
+
+import json
+import re
+
+import pytest
+from conftest import tiny_llama, wrap
+
+from sinkhole.analysis.core import analyze
+from sinkhole.probe.probe import ModelProbe
+from sinkhole.report import schema
+from sinkhole.report.schema import MechanismResult, Report, SpikeToken, documented_keys, schema_doc
+
+IDS = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
+LOW = {"threshold": 1.2, "epsilon": 0.05, "min_sink_rate": 0.3}  # a tiny random model has spikes and sinks
+
+
+def parse_keys(text: str, prefix: str = "") -> set[str]:
+    """'a{b, c[{d}], e[T]}, f' -> {'a', 'a.b', 'a.c', 'a.c[].d', 'a.e', 'f'} (the docstring's notation)."""
+    out, i = set(), 0
+
+    def block(i: int, prefix: str) -> int:
+        while i < len(text) and text[i] != "}":
+            m = re.compile(r"\s*,?\s*(\w+)").match(text, i)
+            name, i = prefix + m.group(1), m.end()
+            out.add(name)
+            while i < len(text) and text[i] == "[":
+                if text[i + 1] == "{":
+                    i = block(i + 2, name + "[].") + 2  # past '}]'
+                else:
+                    i = text.index("]", i) + 1  # a shape: [T], [L][H]
+            if i < len(text) and text[i] == "{":
+                i = block(i + 1, name + ".") + 1
+            i = re.compile(r"\s*,?\s*").match(text, i).end()
+        return i
+
+    while i < len(text):
+        i = block(i, prefix) + 1
+    return out
+
+
+def written_keys(x, prefix: str = "") -> set[str]:
+    """Key paths of a JSON value; list items that are objects add 'key[].sub'."""
+    out = set()
+    if isinstance(x, dict):
+        for k, v in x.items():
+            out.add(prefix + k)
+            out |= written_keys(v, prefix + k + ".")
+    elif isinstance(x, list):
+        for v in x:
+            if isinstance(v, dict):
+                out |= written_keys(v, prefix[:-1] + "[].")
+    return out
+
+
+def documented() -> tuple[set[str], set[str]]:
+    always, optional = documented_keys()
+    return parse_keys(", ".join(always)), parse_keys(", ".join(optional))
+
+
+def report_of(model, **kw) -> Report:
+    return analyze(ModelProbe(wrap(model), top_k=4).run(IDS), **kw)
+
+
+def test_docstring_is_generated_from_the_dataclasses():
+    flat = " ".join(schema.__doc__.split())
+    assert " ".join(schema_doc().split()) in flat
+    always, optional = documented()
+    assert {"spikes.tokens[].step_up_layers", "sinks.top.n_heads", "model.attention_path"} <= always
+    assert {"heads.mass_on_top_sink", "learned_sinks.top_token_sink.alpha"} <= optional
+
+
+def test_parse_keys_reads_the_notation():
+    assert parse_keys("a{b, c[{d, e[T]}], f[L][H]}, g") == {"a", "a.b", "a.c", "a.c[].d", "a.c[].e", "a.f", "g"}
+
+
+def test_every_written_key_is_documented_and_every_documented_key_is_written_or_optional():
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.models.tiny import tiny_model
+
+    always, optional = documented()
+    plain = json.loads(report_of(tiny_llama(), **LOW).to_json())
+    assert plain["spikes"]["tokens"] and plain["sinks"]["tokens"]  # the lists' rows are looked at
+    with quiet():
+        lm = LoadedModel.wrap(tiny_model("gpt_oss"), IdTokenizer(), name="gpt_oss")
+    learned = json.loads(analyze(ModelProbe(lm, top_k=4).run(IDS)).to_json())  # has learned_sinks
+    for d in (plain, learned):
+        assert written_keys(d) - always - optional == set(), "written but not documented"
+        assert {k for k in always if "." not in k} <= set(d)
+    assert always - written_keys(plain) == set(), "documented as always present but not written"
+    assert optional - written_keys(plain) - written_keys(learned) == set(), "documented optional key never written"
+
+
+def test_readme_json_section_names_every_documented_key():
+    readme = open("README.md", encoding="utf-8").read()
+    section = readme.split("### JSON report (", 1)[1].split("\n## ", 1)[0]
+    always, optional = documented()
+    names = {k.replace("[]", "").split(".")[-1] for k in always | optional}
+    assert {n for n in names if not re.search(rf"\b{n}\b", section)} == set()
+
+
+def test_report_round_trips_through_json():
+    r = report_of(tiny_llama(), **LOW)
+    d = r.to_dict()
+    back = Report.from_dict(json.loads(json.dumps(d)))
+    assert back.to_dict() == d and back.detail is None and r.detail is not None
+    assert isinstance(back.spikes.tokens[0], SpikeToken) and back.sinks.top == r.sinks.top
+    assert back == r  # every section typed again (detail is not compared)
+    d["custom"] = {"v": 1}
+    assert Report.from_dict(d).extra == {"custom": {"v": 1}} and Report.from_dict(d).to_dict() == d
+
+
+def test_compare_refuses_an_incomplete_report_in_one_line():
+    from sinkhole.errors import SinkholeError
+    from sinkhole.report.compare import compare
+
+    d = {k: v for k, v in report_of(tiny_llama()).to_dict().items() if k != "kv"}
+    with pytest.raises(SinkholeError, match="not a complete sinkhole.report/1 report"):
+        compare({**d, "_path": "a.json"}, d)
+
+
+def test_sections_read_like_their_dicts():
+    r = report_of(tiny_llama(), **LOW)
+    assert r.spikes["tokens"][0]["position"] == r.spikes.tokens[0].position
+    assert r.kv.get("n_slots") == len(IDS) and r["kv"] is r.kv and r.get("learned_sinks") is None
+    assert "heads" in r and "learned_sinks" in r and "detail" not in r and r["schema"] == "sinkhole.report/1"
+
+
+def test_mechanism_json_keeps_its_layout():
+    r = report_of(tiny_llama())
+    mech = {k: {"k": k} for k in ("config", *schema.MECHANISM_SECTIONS)}
+    res = MechanismResult.from_sections(mech, example=r)
+    d = res.to_dict()
+    assert list(d)[:-1] == list(r.to_dict()) and list(d["mechanism"]) == list(mech)
+    res.vocab_sweep = {"spike_share": 1.0}
+    assert list(res.to_dict()["mechanism"])[-1] == "vocab_sweep" and res.example is r and res.model == r.model
+
+
+def test_renderers_read_the_report_only():
+    """The page and an eval row come from the report (its detail), with no Capture in sight."""
+    from sinkhole.eval.runner import prompt_row
+    from sinkhole.eval.suite import SuiteItem
+    from sinkhole.report import html
+
+    cap = ModelProbe(wrap(tiny_llama()), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
+    r = analyze(cap, threshold=1.2)
+    page = html.render_html(r)
+    assert '"maps":{"shape"' in page and '"alpha":{"shape"' in page
+    row = prompt_row(SuiteItem(index=0, category="x", prompt="p"), r)
+    s = r.spikes.tokens[0]
+    at = dict(zip(cap.resid_top_channels[s.layer, s.position], cap.resid_top_values[s.layer, s.position]))
+    assert row["spikes"][0]["channel_values"] == [float(at[c]) for c in s.channels]
+    assert row["n_tokens"] == len(IDS) and row["tokens"] == cap.tokens
