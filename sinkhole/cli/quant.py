@@ -86,7 +86,7 @@ def run(args) -> int:
     from sinkhole.io import is_stdout, write_output
     from sinkhole.models.loading import load_model
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
-    from sinkhole.quant.report import render_stats
+    from sinkhole.report.quant_text import render_stats
     from sinkhole.quant.stats import collect_stats
     from sinkhole.quant.texts import calibration_sequences, heldout_sequences
 
@@ -143,7 +143,7 @@ def run(args) -> int:
         else:
             print(json.dumps(hints, indent=1))
     if args.validate:
-        from sinkhole.quant.report import render_validation
+        from sinkhole.report.quant_text import render_validation
         from sinkhole.quant.validate import validate
 
         heldout = heldout_sequences(lm.tokenizer, args.heldout, args.heldout_seqs, args.heldout_len)

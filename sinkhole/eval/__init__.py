@@ -38,7 +38,7 @@ def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -
     write_json(summary, out / "summary.json")
     write_csv(rows, out / "rows.csv")
     if figures and rows:
-        from sinkhole.eval.figures import write_figures, write_html
+        from sinkhole.report.eval_figures import write_figures, write_html
 
         write_figures(rows, summary, out)
         write_html(summary, render_summary(summary), out)

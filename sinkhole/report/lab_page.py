@@ -15,7 +15,7 @@ import base64
 import html
 from pathlib import Path
 
-from sinkhole.eval.figures import _plt, _save  # one matplotlib set-up, PNGs through the checked writer
+from sinkhole.report.eval_figures import _plt, _save  # one matplotlib set-up, PNGs through the checked writer
 from sinkhole.lab.run import LabResult
 
 FIGURES = ("trajectories.png", "final.png")
