@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     g.add_argument(
         "--prompts",
         default="builtin",
-        help='\'builtin\' (the shipped suite), a .jsonl file ({"prompt", "category"} a line) or a .txt file (one prompt a line)',
+        help='\'builtin\' (the shipped suite), a .jsonl file ({"prompt", "category"} a line) '
+        "or a .txt file (one prompt a line)",
     )
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
     add_chat_args(g)
@@ -47,7 +48,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sinkhole.errors import SinkholeError
-    from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
+    from sinkhole.eval import EvalSettings, load_suite, run_eval, write_outputs
+    from sinkhole.report.eval_text import render_summary
 
     suite = load_suite(args.prompts, args.limit)
     settings = EvalSettings(

@@ -86,9 +86,9 @@ def run(args) -> int:
     from sinkhole.io import is_stdout, write_output
     from sinkhole.models.loading import load_model
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
-    from sinkhole.report.quant_text import render_stats
     from sinkhole.quant.stats import collect_stats
     from sinkhole.quant.texts import calibration_sequences, heldout_sequences
+    from sinkhole.report.quant_text import render_stats
 
     if not args.backend and not args.validate:
         raise SinkholeError("give --backend B (to emit hints) and/or --validate (to measure perplexity)")
@@ -143,8 +143,8 @@ def run(args) -> int:
         else:
             print(json.dumps(hints, indent=1))
     if args.validate:
-        from sinkhole.report.quant_text import render_validation
         from sinkhole.quant.validate import validate
+        from sinkhole.report.quant_text import render_validation
 
         heldout = heldout_sequences(lm.tokenizer, args.heldout, args.heldout_seqs, args.heldout_len)
         h = {

@@ -1,4 +1,4 @@
-"""PNG figures of an eval run (matplotlib, Agg backend: no display needed) and the HTML summary page.
+"""PNG figures of an eval run (matplotlib through sinkhole.report.png); eval_page embeds them in summary.html.
 
 Figures (written into the run directory):
     distributions.png       histograms of spike score, sink mass, sink rate, spike tokens per prompt
@@ -9,45 +9,11 @@ Figures (written into the run directory):
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 
+from sinkhole.report.png import percent_axis, pyplot, save_png, style_axes
+
 FIGURES = ("distributions.png", "length_vs_sink_mass.png", "positions.png", "categories.png")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    from sinkhole.io import write_atomic
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=90, format="png")
-    write_atomic(path, buf.getvalue())
-
-
-def _style(ax, title: str | None = None) -> None:
-    ax.grid(True, axis="y", color="#e5e7eb", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10, loc="left")
-
-
-def _percent(ax, axis: str = "x") -> None:
-    from matplotlib.ticker import PercentFormatter
-
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
 def position_counts(positions: list[int], top: int) -> list[int]:
@@ -59,7 +25,7 @@ def position_counts(positions: list[int], top: int) -> list[int]:
 
 
 def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
@@ -81,13 +47,13 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
             else:
                 ax.hist(vals, bins=30, color=blue)
             if percent:
-                _percent(ax)
+                percent_axis(ax)
             ax.set_xlabel(label)
             ax.set_ylabel("prompts")
-            _style(ax)
+            style_axes(ax)
         fig.suptitle(f"{len(rows)} prompts: distributions over prompts", fontsize=11)
         fig.tight_layout()
-        _save(fig, paths[0])
+        save_png(fig, paths[0])
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -103,14 +69,14 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
                 color=plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")(i),
             )
         r = summary["length_vs_sink_mass_r"]
-        _style(ax, f"sink mass falls with length: Pearson r = {'n/a' if r is None else f'{r:+.2f}'}")
-        _percent(ax, "y")
+        style_axes(ax, f"sink mass falls with length: Pearson r = {'n/a' if r is None else f'{r:+.2f}'}")
+        percent_axis(ax, "y")
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel("top sink's attention mass")
         if 1 < len(cats) <= 12:
             ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper right")
         fig.tight_layout()
-        _save(fig, paths[1])
+        save_png(fig, paths[1])
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -130,10 +96,10 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("token position")
         ax.set_ylabel("tokens (all prompts)")
-        _style(ax, "where spike and sink tokens sit")
+        style_axes(ax, "where spike and sink tokens sit")
         ax.legend(frameon=False)
         fig.tight_layout()
-        _save(fig, paths[2])
+        save_png(fig, paths[2])
         plt.close(fig)
 
         cats = list(summary["per_category"])
@@ -154,134 +120,11 @@ def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[
             ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
             ax.set_ylabel(label)
             if percent:
-                _percent(ax, "y")
-            _style(ax, "mean ± std per category")
+                percent_axis(ax, "y")
+            style_axes(ax, "mean ± std per category")
         fig.tight_layout()
-        _save(fig, paths[3])
+        save_png(fig, paths[3])
         plt.close(fig)
     finally:
         plt.close("all")
     return paths
-
-
-CAPTIONS = {
-    "distributions.png": "Per-prompt numbers across the suite: a narrow peak means the structure does not depend on the prompt.",
-    "length_vs_sink_mass.png": "The top sink's attention mass against prompt length (one dot per prompt, coloured by category).",
-    "positions.png": "Positions of spike and sink tokens over all prompts.",
-    "categories.png": "Per-category mean ± std of the spike score and the sink's attention mass.",
-}
-
-
-def _cells(tag: str, cells: list[str], cls: list[str] | None = None) -> str:
-    cls = cls or [""] * len(cells)
-    return "<tr>" + "".join(f"<{tag}{f' class={c!r}' if c else ''}>{v}</{tag}>" for v, c in zip(cells, cls)) + "</tr>"
-
-
-def tables_html(summary: dict) -> str:
-    """The summary as HTML tables (the same numbers and formats as the terminal table)."""
-    from sinkhole.eval.aggregate import METRICS, _fmt, _fmt_std
-    from sinkhole.report.terminal import pct
-
-    esc = html.escape
-    num = ["", "num", "num", "num", "num", "num"]
-    rows = [_cells("th", ["metric", "mean", "± std", "min", "max", "prompts"])]
-    for k, label in METRICS.items():
-        s = summary["metrics"][k]
-        rows.append(
-            _cells(
-                "td",
-                [
-                    esc(label),
-                    _fmt(k, s["mean"]),
-                    "" if s["std"] is None else "± " + _fmt_std(k, s["std"]),
-                    _fmt(k, s["min"]),
-                    _fmt(k, s["max"]),
-                    str(s["n"]),
-                ],
-                num,
-            )
-        )
-    out = [f"<table class='t'>{''.join(rows)}</table>"]
-    ch = summary["spike_channels"]
-    if ch["prompts_with_spikes"]:
-        out.append(
-            f"<p><b>Spike channels</b> {esc(str(ch['most_common_set']))} in {pct(ch['same_set_share'], 0)} of the "
-            f"{ch['prompts_with_spikes']} prompts with spikes ({ch['distinct_sets']} distinct sets).</p>"
-        )
-        out.append(
-            "<table class='t'>"
-            + _cells("th", ["channel", "in prompts", "mean value"])
-            + "".join(
-                _cells(
-                    "td",
-                    [str(c["channel"]), pct(c["frequency"], 0), f"{c['mean_value']:+,.0f}"],
-                    ["num", "num", "num"],
-                )
-                for c in ch["channels"][:12]
-            )
-            + "</table>"
-        )
-    else:
-        out.append("<p><b>Spike channels</b> none (no prompt has a spike token).</p>")
-    tops = sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:6]
-    out.append("<p><b>Top sink position</b> " + ", ".join(f"#{esc(p)}: {pct(s, 0)}" for p, s in tops) + "</p>")
-    cats = summary["per_category"]
-    if len(cats) > 1:
-        keys = ["spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens"]
-        head = ["category", "prompts"] + [esc(METRICS[k]) for k in keys]
-        body = []
-        for c, d in cats.items():
-            cells = [esc(c), str(d["n_prompts"])]
-            for k in keys:
-                s = d["metrics"][k]
-                cells.append("n/a" if s["mean"] is None else f"{_fmt(k, s['mean'])} ± {_fmt_std(k, s['std'])}")
-            body.append(_cells("td", cells, [""] + ["num"] * (len(cells) - 1)))
-        out.append(
-            "<h2>Per category (mean ± std)</h2><div class='scroll'><table class='t'>"
-            + _cells("th", head)
-            + "".join(body)
-            + "</table></div>"
-        )
-    return "\n".join(out)
-
-
-def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
-    """summary.html: the summary as tables, the PNG figures embedded (one self-contained file), and the
-    terminal table (`table`) one click away."""
-    from sinkhole.io import write_atomic
-
-    out = Path(out_dir)
-    imgs = []
-    for name in FIGURES:
-        p = out / name
-        if p.is_file():
-            data = base64.b64encode(p.read_bytes()).decode()
-            imgs.append(
-                f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                f"<figcaption><b>{name}</b>: {html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
-            )
-    run = summary.get("run", {})
-    model = html.escape(str(run.get("model", {}).get("name", "")))
-    suite = html.escape(str(run.get("suite", {}).get("source", "?")))
-    chat = run.get("settings", {}).get("chat")
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sinkhole eval: {model}</title>
-<style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#1d2330}}
-h1{{font-size:22px}} h2{{font-size:17px;margin-top:1.6em;border-bottom:1px solid #dde1e8}}
-table.t{{border-collapse:collapse;margin:8px 0 12px;font-size:13px}}
-table.t td,table.t th{{border:1px solid #dde1e8;padding:3px 8px;text-align:left;white-space:nowrap}}
-table.t th{{white-space:normal;vertical-align:bottom}}
-table.t th{{background:#f6f7f9}} table.t td.num{{text-align:right;font-variant-numeric:tabular-nums}}
-.scroll{{overflow-x:auto}} .figs{{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:16px}}
-figure{{margin:0}} img{{max-width:100%;height:auto}} figcaption{{font-size:13px;color:#5b6475}}
-pre{{background:#f6f7f9;padding:1em;overflow-x:auto}}</style></head>
-<body><h1>sinkhole eval: {model}</h1>
-<p>{summary["n_prompts"]} prompts from {suite} · chat template {html.escape(str(chat))}</p>
-{tables_html(summary)}
-<h2>Figures</h2><div class="figs">{"".join(imgs)}</div>
-<details><summary>terminal summary</summary><pre>{html.escape(table)}</pre></details>
-</body></html>
-"""
-    path = out / "summary.html"
-    write_atomic(path, page)
-    return path
