@@ -139,7 +139,7 @@ MECH_DEFINITIONS = """<h3 id="def-mechanism">Mechanism</h3><ul>
 the step-up FFN's output channel k is ≈ x<sup>T</sup> S<sub>k</sub> x; ranks are 1-based (rank 1 = largest ‖U<sub>k</sub>‖<sub>F</sub>).</li>
 <li><b>sparsity</b>: share of a norm output's squared mass in the spike channels.</li>
 <li><b>participation ratio</b> of a set of keys: (Σ s<sub>i</sub><sup>2</sup>)<sup>2</sup> / Σ s<sub>i</sub><sup>4</sup> over its singular values (1 = one direction).</li>
-<li><b>sink head</b>: α on the sink tokens > ε, mean over the prompts. Details: docs/mechanism.md.</li></ul>"""  # noqa: E501 (markup)
+<li><b>sink head</b>: α on the sink tokens > ε, mean over the prompts. Details: docs/mechanism.md.</li></ul>"""
 
 
 def _card(title: str, value: str, lines: list[str], anchor: str) -> str:
@@ -236,6 +236,15 @@ def kv_card(r: dict) -> tuple[str, list[str]]:
     ]
 
 
+def _styles(mech: bool) -> str:
+    """static/report.css (+ mechanism.css for a designed Mechanism section), each file on lines of its own."""
+    return "\n" + static.read("report.css") + ("\n" + static.read("mechanism.css") if mech else "")
+
+
+def _mech_script(mech: bool) -> str:
+    return "<script>\n" + static.read("mechanism.js") + "</script>" if mech else ""
+
+
 def render_html(report: dict, capture=None) -> str:
     """The report page. With the run's Capture it also draws per-head attention and spike channels."""
     import plotly.offline
@@ -251,15 +260,12 @@ def render_html(report: dict, capture=None) -> str:
     )
     data = embed_json(view(report, capture))
     mech = designed(report.get("mechanism"))
-    # static/'s files, each starting on a line of its own inside its tag
-    css = "\n" + static.read("report.css") + ("\n" + static.read("mechanism.css") if mech else "")
-    mech_script = "<script>\n" + static.read("mechanism.js") + "</script>" if mech else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>sinkhole report: {_esc(m["name"])}</title>
-<style>{css}</style>
+<style>{_styles(mech)}</style>
 </head><body>
 <header><h1>sinkhole report <span class="model">{_esc(m["name"])}</span></h1>
 <div class="sub">{_esc(model_line)} <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
@@ -301,11 +307,11 @@ written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
 <script>{plotly.offline.get_plotlyjs()}</script>
-{mech_script}
+{_mech_script(mech)}
 <script>
 {static.read("report.js")}</script>
 </body></html>
-"""  # noqa: E501 (markup)
+"""
 
 
 def write_html(report: dict, path: str | Path, capture=None) -> None:
