@@ -54,6 +54,15 @@ def embed_json(data) -> str:
     return s
 
 
+def _styles(mech: bool) -> str:
+    """static/report.css (+ mechanism.css for a designed Mechanism section), each file on lines of its own."""
+    return "\n" + static.read("report.css") + ("\n" + static.read("mechanism.css") if mech else "")
+
+
+def _mech_script(mech: bool) -> str:
+    return "<script>\n" + static.read("mechanism.js") + "</script>" if mech else ""
+
+
 _SUB = re.compile(r"(?:(?<=[^\W\d_])|(?<=[\])‖]))_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
 _WORDS = [
     (r"(?<![A-Za-z])alpha(?![A-Za-z])", "α"),
@@ -234,15 +243,6 @@ def kv_card(r: dict) -> tuple[str, list[str]]:
         f"a KV cache that evicts {where} loses it; keep {kv['n_sink_slots']} pinned slot"
         f"{'s' if kv['n_sink_slots'] > 1 else ''} (<code>sinkhole stream --sinks</code>, <code>SinkCache</code>)",
     ]
-
-
-def _styles(mech: bool) -> str:
-    """static/report.css (+ mechanism.css for a designed Mechanism section), each file on lines of its own."""
-    return "\n" + static.read("report.css") + ("\n" + static.read("mechanism.css") if mech else "")
-
-
-def _mech_script(mech: bool) -> str:
-    return "<script>\n" + static.read("mechanism.js") + "</script>" if mech else ""
 
 
 def render_html(report: dict, capture=None) -> str:
