@@ -257,7 +257,9 @@ def test_crop_is_refused():
 
 
 def test_evaluate_stream_on_tiny_model(tmp_path):
-    from sinkhole.cache.stream_eval import evaluate_stream, plot_stream, render_table
+    from sinkhole.cache.stream_eval import evaluate_stream
+    from sinkhole.report.stream_figures import plot_stream
+    from sinkhole.report.stream_text import render_table
 
     lm = wrap(tiny_llama(num_hidden_layers=1, **BIG))
     ids = torch.randint(1, 99, (1, 40), generator=torch.Generator().manual_seed(5))

@@ -49,7 +49,8 @@ def test_gemma3_global_layers_pin_sinks_and_local_layers_slide(gemma3):
 def test_smollm2_streaming_shape(smollm2):
     """The literature's shape at a small scale: once the first tokens leave a 64-slot cache,
     window-only perplexity rises above sinks + window. Printed numbers go to docs/cache.md."""
-    from sinkhole.cache.stream_eval import evaluate_stream, render_table
+    from sinkhole.cache.stream_eval import evaluate_stream
+    from sinkhole.report.stream_text import render_table
 
     ids = stream_ids(smollm2, 224)
     res = evaluate_stream(smollm2, ids, cache_size=64, n_sink=4, profile_positions=None, recompute_samples=12)

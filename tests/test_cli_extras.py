@@ -181,7 +181,7 @@ def test_report_rows_are_typed_and_json_is_unchanged():
 
 
 def test_mechanism_terminal_formats_counts():
-    from sinkhole.cli.mechanism import _counts
+    from sinkhole.report.mechanism_text import _counts
 
     assert _counts({"L11.ffn": 16}, 16) == "L11.ffn (16 of 16 tokens)"
     assert _counts({}, 3) == "none"

@@ -21,13 +21,13 @@ from sinkhole.eval import (
     Suite,
     SuiteItem,
     load_suite,
-    render_summary,
     run_eval,
     summarize,
     write_outputs,
 )
 from sinkhole.eval.runner import ResultsStore, plan_batches
 from sinkhole.probe.probe import ModelProbe
+from sinkhole.report.eval_text import render_summary
 
 TESTS = Path(__file__).resolve().parent
 # Low threshold/epsilon so that tiny random models have spike and sink tokens to compare.

@@ -24,7 +24,6 @@ the recompute sample (the only like-for-like comparison with the reference).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -281,87 +280,3 @@ def evaluate_stream(
 def progress_total(n: int, cache_size: int, n_streams: int, n_samples: int, dense_upto: int) -> int:
     """Work units `evaluate_stream` reports: decode steps, plus batched tokens at their relative cost."""
     return n_streams * (n - 1) + (dense_upto + n_samples * cache_size) * BATCHED_TOKEN_COST
-
-
-def binned_ppl(nll: list[float | None], width: int) -> tuple[list[float], list[float]]:
-    """Perplexity in consecutive bins of `width` positions, placed at the mean scored position of
-    each bin (nll[i] scores token i+1); bins with nothing scored are left out."""
-    centres, vals = [], []
-    for s in range(0, len(nll), width):
-        scored = [(i + 1, v) for i, v in enumerate(nll[s : s + width], start=s) if v is not None]
-        if scored:
-            centres.append(sum(j for j, _ in scored) / len(scored))
-            vals.append(math.exp(sum(v for _, v in scored) / len(scored)))
-    return centres, vals
-
-
-def render_table(result: dict) -> str:
-    """Plain-text table of `StreamResult.to_dict()`."""
-
-    def f(v):
-        return "-" if v is None else (f"{v:.2f}" if v < 1000 else f"{v:.0f}")
-
-    lines = [
-        f"{result['model']}: {result['n_tokens']} tokens of {result['text_source']}, "
-        f"cache {result['cache_size']} keys per global layer, {len(result['sample_positions'])} recompute samples",
-        f"{'method':<28} {'slots':>5} {'scored':>6} {'ppl':>9} {'ppl t>=cache':>13} {'ppl @sample':>12}",
-    ]
-    for r in result["summary"]:
-        slots = "all" if r["slots"] is None else str(r["slots"])
-        label = r["label"] + (
-            f" {result['methods'][r['method']]['sink_positions']}" if r["method"] == "profile" else ""
-        )
-        lines.append(
-            f"{label:<28} {slots:>5} {r['scored']:>6} {f(r['ppl']):>9} {f(r['ppl_past_cache']):>13} "
-            f"{f(r['ppl_sample']):>12}"
-        )
-    return "\n".join(lines)
-
-
-# Distinct line styles and markers: "profile" often pins the same slots as "sinks" and then draws
-# exactly on top of it; dashes and markers keep both visible.
-PLOT_STYLES = {
-    "dense": dict(color="tab:green", linestyle="-", linewidth=2.2),
-    "window": dict(color="tab:red", linestyle="-"),
-    "sinks": dict(color="tab:blue", linestyle="-", linewidth=3.0, alpha=0.6),
-    "profile": dict(color="tab:orange", linestyle="--", marker="x", markersize=4, markevery=3),
-    "recompute": dict(color="black", linestyle="none", marker="o", markersize=4),
-}
-
-
-def plot_stream(result: dict, path, width: int = 32) -> None:
-    """PNG of perplexity against position (bins of `width` tokens), recompute samples as dots."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sinkhole.io import write_output
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for name, m in result["methods"].items():
-        w = width
-        if name == "recompute":  # sampled positions: widen the bins so each holds several samples
-            gaps = [b - a for a, b in zip(result["sample_positions"], result["sample_positions"][1:])]
-            w = max(width, 8 * (max(gaps) if gaps else 1))
-        xs, ys = binned_ppl(m["nll"], w)
-        if xs:
-            label = m["label"] + (f" {m['sink_positions']}" if name == "profile" else "")
-            if name == "recompute":
-                # A sample of positions, a few per bin: its bin means are noisy, so show them as
-                # points rather than a line whose jumps would read as a trend.
-                label += f" (mean of samples, bins of {w})"
-            ax.plot(xs, ys, label=label, **PLOT_STYLES.get(name, {}))
-    ax.axvline(result["cache_size"], color="grey", linestyle=":", label="cache full")
-    ax.set_yscale("log")
-    ax.set_xlabel("position in stream (tokens)")
-    ax.set_ylabel(f"perplexity (bins of {width} tokens)")
-    ax.set_title(f"{result['model']}: streaming perplexity, cache {result['cache_size']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_output(path, buf.getvalue(), "plot")

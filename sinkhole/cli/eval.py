@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sinkhole.errors import SinkholeError
-    from sinkhole.eval import EvalSettings, load_suite, render_summary, run_eval, write_outputs
+    from sinkhole.eval import EvalSettings, load_suite, run_eval, write_outputs
+    from sinkhole.report.eval_text import render_summary
 
     suite = load_suite(args.prompts, args.limit)
     settings = EvalSettings(

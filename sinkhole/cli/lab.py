@@ -75,9 +75,10 @@ def settings_from_args(args):
 def run(args) -> int:
     import torch
 
-    from sinkhole.lab.report import render_table, write_outputs
     from sinkhole.lab.run import check_settings, run_lab
     from sinkhole.progress import progress
+    from sinkhole.report.lab_page import write_outputs
+    from sinkhole.report.lab_text import render_table
 
     settings = settings_from_args(args)
     check_settings(settings)

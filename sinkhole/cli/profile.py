@@ -43,43 +43,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def render_profile(pr) -> str:
-    from sinkhole.report.terminal import pct
-
-    m = pr.model
-    lines = [
-        f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
-        f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
-        f"sink rule  {pr.sink_rule.get('description')}",
-        f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}",
-    ]
-    for t in pr.sink_tokens[:6]:
-        where = "anywhere" if t["position"] is None else f"pos {t['position']}"
-        lines.append(
-            f"  {where}  {t['text']!r}  mass {pct(t['attn_mass'])}  sink rate {pct(t['sink_rate'], 0)}  in {pct(t['frequency'], 0)}"
-        )
-    ch = ", ".join(
-        f"{c['channel']} ({c['typical_value']:+.0f}, {pct(c['frequency'], 0)})"
-        for c in sorted(pr.spike_channels, key=lambda c: -abs(c["typical_value"]))[:8]
-    )  # by |h|, as everywhere
-    lines.append(f"spike channels  {ch or 'none'}")
-    lines.append(f"step-up layers {pr.step_up_layers}  step-down layers {pr.step_down_layers}")
-    lines.append(f"sink heads  {len(pr.sink_heads)} (layer, head) pairs")
-    st = pr.streaming
-    if st:
-        flat = sorted((v, l, h) for l, row in enumerate(st["scores"]) for h, v in enumerate(row))
-        low = ", ".join(f"L{l}H{h} {v:.2f}" for v, l, h in flat[:6])
-        lines.append(
-            f"streaming scores  (share on {st['n_sink']} sinks + last {st['window']} keys, "
-            f"{len(flat)} KV heads)  mean {sum(v for v, _, _ in flat) / len(flat):.2f}  lowest: {low}"
-        )
-    return "\n".join(lines)
-
-
 def run(args) -> int:
     from sinkhole.eval.suite import load_suite
     from sinkhole.experiments.detect import SinkDetector
     from sinkhole.profiles.profile import load_profile
+    from sinkhole.report.profile_text import render_profile
 
     if args.show:
         print(render_profile(load_profile(args.show)))

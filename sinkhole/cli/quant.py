@@ -104,8 +104,8 @@ def run(args) -> int:
     from sinkhole.models.loading import load_model
     from sinkhole.quant import get_backend
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
-    from sinkhole.quant.report import render_stats
     from sinkhole.quant.texts import calibration_sequences, heldout_sequences
+    from sinkhole.report.quant_text import render_stats
 
     if not args.backend and not args.validate:
         raise SinkholeError("give --backend B (to emit hints) and/or --validate (to measure perplexity)")
@@ -161,8 +161,8 @@ def run(args) -> int:
         else:
             print(json.dumps(hints, indent=1))
     if args.validate:
-        from sinkhole.quant.report import render_validation
         from sinkhole.quant.validate import validate
+        from sinkhole.report.quant_text import render_validation
 
         heldout = heldout_sequences(lm.tokenizer, args.heldout, args.heldout_seqs, args.heldout_len)
         h = {

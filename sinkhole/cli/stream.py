@@ -147,15 +147,15 @@ def run(args) -> int:
         default_text,
         encode_stream,
         evaluate_stream,
-        plot_stream,
         progress_total,
-        render_table,
         sample_targets,
     )
     from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.models.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.report.schema import write_json
+    from sinkhole.report.stream_figures import plot_stream
+    from sinkhole.report.stream_text import render_table
 
     given = None
     if args.profile is not None and not args.no_profile:  # a bad profile fails before the model loads

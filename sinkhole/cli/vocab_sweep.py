@@ -52,7 +52,7 @@ def run(args) -> int:
     )
     V = lm.model.get_input_embeddings().num_embeddings
     from sinkhole.progress import progress
-    from sinkhole.report.terminal import pct
+    from sinkhole.report.vocab_text import render_vocab_sweep
 
     bar = progress(total=min(V, args.sample or V), desc="tokens", unit="tok")
     try:
@@ -70,20 +70,6 @@ def run(args) -> int:
     failures = write_all(
         [(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))]
     )
-    out = result_stream(args.json)
-    print(
-        f"{lm.name}: {result['n_spike']} of {result['n_tokens']} tokens ({pct(result['spike_share'])}) spike alone at "
-        f"position 0 (peak norm > {args.threshold:g} x in-context median {result['reference_norm']:.0f}; "
-        f"{result['dtype']}, {result['seconds']:.1f} s, {result['tokens_per_second']:.0f} tokens/s)",
-        file=out,
-    )
-    p = result["score_percentiles"]
-    print(
-        f"score percentiles: min {p['0']:.1f}  5% {p['5']:.1f}  median {p['50']:.1f}  95% {p['95']:.1f}  max {p['100']:.1f}",
-        file=out,
-    )
-    print(f"exceptions ({result['exceptions_are']}, {result['n_exceptions']}):", file=out)
-    for e in result["exceptions"][: args.list]:
-        print(f"  {e['id']:>7}  {e['text']!r:<24} score {e['score']:.1f}", file=out)
+    print(render_vocab_sweep(result, args.list), file=result_stream(args.json))
     raise_failures(failures)
     return 0

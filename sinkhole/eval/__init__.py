@@ -4,6 +4,7 @@ structural, or prompt-specific?
     suite = load_suite("builtin")                       # sinkhole.eval.suite
     rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
     summary = write_outputs(rows, "runs/smollm2")       # summary.json, rows.csv, PNG figures, summary.html
+    print(render_summary(summary))                      # sinkhole.report.eval_text
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sinkhole.eval.aggregate import render_summary, summarize
+from sinkhole.eval.aggregate import summarize
 from sinkhole.eval.runner import MANIFEST_NAME, EvalSettings, run_eval
 from sinkhole.eval.suite import Suite, SuiteItem, load_suite
 
@@ -22,7 +23,6 @@ __all__ = [
     "load_suite",
     "run_eval",
     "summarize",
-    "render_summary",
     "write_outputs",
 ]
 
@@ -38,7 +38,9 @@ def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -
     write_json(summary, out / "summary.json")
     write_csv(rows, out / "rows.csv")
     if figures and rows:
-        from sinkhole.eval.figures import write_figures, write_html
+        from sinkhole.report.eval_figures import write_figures
+        from sinkhole.report.eval_page import write_html
+        from sinkhole.report.eval_text import render_summary
 
         write_figures(rows, summary, out)
         write_html(summary, render_summary(summary), out)

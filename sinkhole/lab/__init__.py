@@ -4,5 +4,5 @@ data.py    synthetic token streams (Bigram-Backcopy, Zipf), reproducible from a 
 model.py   a tiny decoder-only transformer with the paper's switches, readable by sinkhole's probe
 train.py   the training loop, log-spaced checkpoints, what is measured at each
 run.py     variants (one switch each), settings, typed results, resumable lab.json
-report.py  terminal table, PNG figures, lab.html
+(sinkhole/report/lab_*.py draws the terminal table, PNG figures and lab.html)
 """

@@ -21,9 +21,9 @@ import json
 import re
 from pathlib import Path
 
+from sinkhole.report import static
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
-from sinkhole.report.html_mechanism import MECH_CSS, MECH_HTML, MECH_SCRIPT, designed
-from sinkhole.report.html_script import CSS, SCRIPT
+from sinkhole.report.html_mechanism import MECH_HTML, designed
 from sinkhole.report.schema import SCHEMA, MechanismResult, Report
 from sinkhole.report.terminal import concentration, pct, render_analysis
 
@@ -54,6 +54,15 @@ def embed_json(data) -> str:
     ):
         s = s.replace(ch, rep)
     return s
+
+
+def _styles(mech: bool) -> str:
+    """static/report.css (+ mechanism.css for a designed Mechanism section), each file on lines of its own."""
+    return "\n" + static.read("report.css") + ("\n" + static.read("mechanism.css") if mech else "")
+
+
+def _mech_script(mech: bool) -> str:
+    return "<script>\n" + static.read("mechanism.js") + "</script>" if mech else ""
 
 
 _SUB = re.compile(r"(?:(?<=[^\W\d_])|(?<=[\])‖]))_(\{[^{}]+\}|[A-Za-z0-9][*']?)(?![A-Za-z0-9_])")
@@ -267,7 +276,7 @@ def render_html(result: Report | MechanismResult | dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>sinkhole report: {_esc(m["name"])}</title>
-<style>{CSS}{MECH_CSS if mech else ""}</style>
+<style>{_styles(mech)}</style>
 </head><body>
 <header><h1>sinkhole report <span class="model">{_esc(m["name"])}</span></h1>
 <div class="sub">{_esc(model_line)}
@@ -315,8 +324,9 @@ written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <script type="application/json" id="sinkhole-data">{data}</script>
 <script>{plotly.offline.get_plotlyjs()}</script>
-{f"<script>{MECH_SCRIPT}</script>" if mech else ""}
-<script>{SCRIPT}</script>
+{_mech_script(mech)}
+<script>
+{static.read("report.js")}</script>
 </body></html>
 """
 

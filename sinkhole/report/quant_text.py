@@ -1,4 +1,5 @@
-"""Plain-text tables of calibration statistics and validation results (the CLI's stdout)."""
+"""The terminal tables of `sinkhole quant`: calibration statistics (`stats`) and fake-quantized validation
+(`validate`) results."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ def render_stats(stats: CalibrationStats, top: int = 12) -> str:
     lines = [
         f"Linear inputs of {stats.model.get('name')} over {stats.n_sequences} sequences / {stats.n_tokens} tokens "
         f"(top {len(rows)} by absmax)",
-        f"{'module':<36} {'absmax':>9} {'top ch':>6} {'x median':>9} {'|x|>=6':>8} {'tok ratio':>9} {'outlier tok':>11}  positions",
+        f"{'module':<36} {'absmax':>9} {'top ch':>6} {'x median':>9} {'|x|>=6':>8} {'tok ratio':>9} "
+        f"{'outlier tok':>11}  positions",
     ]
     for s in rows:
         ratios = s.channel_ratios()

@@ -1,64 +1,3 @@
-"""The HTML report's stylesheet and script (kept as Python strings so they ship inside the package).
-
-The script reads the JSON that `html_data.view` produced (element #sinkhole-data) and draws every
-figure with plotly. Rules it keeps: token text reaches the DOM only through `textContent` / DOM
-properties, and reaches plotly (which renders some HTML in labels and hover text) only through
-`esc()`. `window.sinkhole` exposes the data, the selection and `select*` functions for tests.
-"""
-
-CSS = r"""
-:root { --fg:#1d2330; --muted:#5b6475; --line:#dde1e8; --bg:#f6f7f9; --accent:#1f6feb; --sink:#d64541; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       max-width: 1280px; margin: 0 auto; padding: 16px 24px 40px; background: #fff; }
-header h1 { font-size: 22px; margin: 4px 0; } header .model { color: var(--accent); font-weight: 600; }
-.sub { color: var(--muted); }
-h2 { font-size: 17px; margin: 28px 0 6px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 16px 0 6px; }
-.hint, .note { color: var(--muted); margin: 4px 0 8px; font-size: 13px; }
-.note { background: var(--bg); border-left: 3px solid var(--accent); padding: 4px 8px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 12px; margin-top: 14px; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; background: var(--bg); }
-.card-h { font-weight: 600; color: var(--muted); display: flex; justify-content: space-between; }
-.card-v { font-size: 28px; font-weight: 650; margin: 2px 0 4px; }
-.card .line { font-size: 12.5px; margin-top: 3px; overflow-wrap: anywhere; }
-.pos { color: var(--muted); font-size: 11px; }
-code { background: #eceff4; border-radius: 3px; padding: 0 3px; white-space: pre; }
-button.def { border: 1px solid var(--line); background: #fff; border-radius: 50%; width: 20px; height: 20px;
-             font-size: 12px; cursor: pointer; color: var(--accent); padding: 0; vertical-align: middle; }
-button.def.linkish { border-radius: 4px; width: auto; padding: 0 8px; }
-details.term { margin-top: 10px; } details.term pre { background: var(--bg); padding: 10px; overflow-x: auto; }
-.strip { line-height: 1.9; max-height: 260px; overflow-y: auto; border: 1px solid var(--line); border-radius: 6px;
-         padding: 6px; }
-.tok { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; white-space: pre;
-       border: 1px solid #e3e6eb; border-radius: 3px; margin: 1px; padding: 0 2px; cursor: pointer; display: inline-block; }
-.tok.spike { outline: 2px solid var(--accent); outline-offset: -1px; }
-.tok.sink { text-decoration: underline 2px; font-weight: 700; }
-.tok.sel { box-shadow: 0 0 0 2px #111; }
-.row { display: flex; gap: 16px; flex-wrap: wrap; align-items: flex-start; }
-.col { flex: 1 1 480px; min-width: 0; }
-.fig { width: 100%; } .fig.short { height: 220px; } .gridcol { flex: 0 0 380px; } .fig.grid { height: 560px; }
-.fig.attn { height: 560px; } .fig.resid { height: 440px; } .fig.half { flex: 1 1 480px; height: 360px; }
-.controls { display: flex; gap: 10px; align-items: center; flex-wrap: wrap; color: var(--muted); }
-select { font: inherit; max-width: 280px; }
-.scroll { overflow-x: auto; max-width: 100%; }
-table.gen { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
-table.gen td, table.gen th { border: 1px solid var(--line); padding: 2px 8px; text-align: left; vertical-align: top; }
-table.gen th { background: var(--bg); }
-table.gen td.num { text-align: right; font-variant-numeric: tabular-nums; }
-details.group { margin: 4px 0 4px 6px; border-left: 2px solid var(--line); padding-left: 10px; }
-details.group > summary { cursor: pointer; font-weight: 600; }
-.gen-fig { height: 240px; max-width: 760px; }
-.figcap { font-weight: 600; font-size: 13px; margin: 8px 0 0; min-height: 18px; overflow-wrap: anywhere; }
-pre.json { background: var(--bg); padding: 8px; max-height: 300px; overflow: auto; font-size: 12px; }
-dialog#defs { max-width: 820px; border: 1px solid var(--line); border-radius: 10px; padding: 18px 24px; }
-dialog#defs form { position: sticky; top: 0; text-align: right; height: 0; }
-dialog#defs .close { background: #fff; }
-dialog#defs li { margin: 4px 0; }
-footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
-"""
-
-SCRIPT = r"""
 (function () {
 "use strict";
 const D = JSON.parse(document.getElementById("sinkhole-data").textContent);
@@ -459,10 +398,9 @@ function start() {
   }
   S.token = D.spikes.length ? D.spikes[0].position : D.top_sink.position;
   drawTokensChart(); drawHeads(); drawResidual(); buildSections();
-  (window.sinkholeSections || []).forEach((f) => f(API));  // designed sections (html_mechanism.MECH_SCRIPT)
+  (window.sinkholeSections || []).forEach((f) => f(API));  // designed sections (static/mechanism.js)
   selectHead(S.layer, S.head); selectToken(S.token);
   API.ready = true;
 }
 start();
 })();
-"""

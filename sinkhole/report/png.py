@@ -1,0 +1,51 @@
+"""PNG figures: the one matplotlib set-up and writer that every figure renderer uses
+(eval_figures, lab_figures, stream_figures).
+
+matplotlib runs on the Agg backend, so no display is needed; a figure becomes PNG bytes in memory
+and reaches the disk through `sinkhole.io`'s atomic writer, so a reader never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use: matplotlib is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    return buf.getvalue()
+
+
+def save_png(fig, path: Path, dpi: int = 90) -> None:
+    """Write `fig` as a PNG, atomically."""
+    from sinkhole.io import write_atomic
+
+    write_atomic(path, png_bytes(fig, dpi))
+
+
+def style_axes(ax, title: str | None = None) -> None:
+    """The house style: light horizontal grid behind the data, no top/right spines, a small left title."""
+    ax.grid(True, axis="y", color="#e5e7eb", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
+
+
+def percent_axis(ax, axis: str = "x") -> None:
+    """Tick labels of shares (0..1) as whole percentages."""
+    from matplotlib.ticker import PercentFormatter
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
