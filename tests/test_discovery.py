@@ -16,7 +16,7 @@ from sinkhole.models.support import IDS, IdTokenizer, eager_alpha, quiet
 from sinkhole.models.tiny import tiny_model
 from sinkhole.probe.attention import attention_with_stats
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report.terminal import render_analysis
+from sinkhole.report.analyze_text import render_analysis
 
 
 def probe_of(model_type: str, **kw) -> ModelProbe:

@@ -17,6 +17,7 @@ from conftest import tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
 from sinkhole.eval import (
+    EvalRow,
     EvalSettings,
     Suite,
     SuiteItem,
@@ -40,9 +41,10 @@ def id_suite(n: int, seed: int = 0, lo: int = 2, hi: int = 40) -> Suite:
     return Suite("test", items)
 
 
-def assert_rows_close(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
+def assert_rows_close(a: list[EvalRow], b: list[EvalRow], tol: float = 1e-4) -> None:
     assert len(a) == len(b)
-    for ra, rb in zip(a, b):
+    assert all(isinstance(r, EvalRow) for r in a + b)
+    for ra, rb in zip((r.to_dict() for r in a), (r.to_dict() for r in b)):
         assert ra.keys() == rb.keys()
         for k in ra:
             _close(ra[k], rb[k], tol, f"row {ra['index']} {k}")

@@ -268,8 +268,9 @@ class CharTokenizer:
 
 
 def test_recall_evaluation_on_a_tiny_model():
-    from sinkhole.cache.recall import evaluate_recall, render_recall
+    from sinkhole.cache.recall import evaluate_recall
     from sinkhole.profiles.profile import SinkProfile
+    from sinkhole.report.recall_text import render_recall
 
     model = tiny_llama(**BIG)
     lm = wrap(model)

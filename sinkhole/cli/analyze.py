@@ -46,8 +46,8 @@ def run(args) -> int:
     from sinkhole.analysis.core import analyze
     from sinkhole.probe.probe import progress_printer
     from sinkhole.report import html
+    from sinkhole.report.analyze_text import render_analysis
     from sinkhole.report.schema import write_json
-    from sinkhole.report.terminal import render_analysis
 
     prompt = read_prompt(args)
     probe = load_probe(args, maps_max_len=html.MAPS_MAX_LEN if args.output else 0)

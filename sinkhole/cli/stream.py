@@ -106,11 +106,12 @@ def _checked_positions(args, prof) -> list[int]:
 
 
 def run_recall(args) -> int:
-    from sinkhole.cache.recall import LABELS, evaluate_recall, render_recall
+    from sinkhole.cache.recall import LABELS, evaluate_recall
     from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.errors import SinkholeError
     from sinkhole.models.loading import load_model
     from sinkhole.profiles.profile import load_profile
+    from sinkhole.report.recall_text import render_recall
     from sinkhole.report.schema import write_json
 
     if args.text is not None or args.plot:

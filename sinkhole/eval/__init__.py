@@ -3,6 +3,7 @@ structural, or prompt-specific?
 
     suite = load_suite("builtin")                       # sinkhole.eval.suite
     rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
+                                                        # (typed rows: sinkhole.eval.rows.EvalRow)
     summary = write_outputs(rows, "runs/smollm2")       # summary.json, rows.csv, PNG figures, summary.html
     print(render_summary(summary))                      # sinkhole.report.eval_text
 """
@@ -13,10 +14,12 @@ import json
 from pathlib import Path
 
 from sinkhole.eval.aggregate import summarize
+from sinkhole.eval.rows import EvalRow
 from sinkhole.eval.runner import MANIFEST_NAME, EvalSettings, run_eval
 from sinkhole.eval.suite import Suite, SuiteItem, load_suite
 
 __all__ = [
+    "EvalRow",
     "EvalSettings",
     "Suite",
     "SuiteItem",
@@ -27,7 +30,7 @@ __all__ = [
 ]
 
 
-def write_outputs(rows: list[dict], out_dir: str | Path, figures: bool = True) -> dict:
+def write_outputs(rows: list[EvalRow], out_dir: str | Path, figures: bool = True) -> dict:
     """summary.json, rows.csv (+ PNG figures and summary.html) of the rows in `out_dir`; returns the summary."""
     from sinkhole.eval.export import write_csv
     from sinkhole.report.schema import write_json

@@ -1,5 +1,5 @@
-"""Aggregate results.jsonl rows into summary.json (sinkhole.report.eval_text prints it like the original
-400-prompt study).
+"""Aggregate the typed rows (`EvalRow`, sinkhole.eval.rows) into summary.json (sinkhole.report.eval_text
+prints it like the original 400-prompt study).
 
 Every per-prompt number is one `analyze` computed (see sinkhole.eval.runner.prompt_row); here we
 only take statistics over prompts:
@@ -11,6 +11,9 @@ only take statistics over prompts:
   channel occurs; the mean of its signed value;
 - the share of prompts whose top sink is at each position (position 0, ...);
 - Pearson r between the sequence length (tokens) and the top sink's attention mass.
+
+The rows are read by key (`r["sink_mass"]`), which `EvalRow` supports, so dicts of the same keys
+(tests, rows from other tools) aggregate the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import Counter
 import numpy as np
 
 from sinkhole.analysis.core import order_channels
+from sinkhole.eval.rows import EvalRow
 
 SUMMARY_SCHEMA = "sinkhole.eval-summary/1"
 METRICS = {  # key in a row -> label in the table
@@ -55,11 +59,11 @@ def pearson(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def metric_stats(rows: list[dict]) -> dict:
+def metric_stats(rows: list[EvalRow]) -> dict:
     return {k: stats(r.get(k) for r in rows) for k in METRICS}
 
 
-def channel_summary(rows: list[dict]) -> dict:
+def channel_summary(rows: list[EvalRow]) -> dict:
     spiking = [r for r in rows if r["spikes"]]
     # sets, not sequences: rows written before the one channel order (sorted ids) count with the rest
     sets = Counter(frozenset(r["spike_channels"]) for r in spiking)
@@ -86,8 +90,14 @@ def channel_summary(rows: list[dict]) -> dict:
     }
 
 
-def summarize(rows: list[dict], run: dict | None = None) -> dict:
-    """The summary.json dict of a finished (or partial) run."""
+def summarize(rows: list[EvalRow], run: dict | None = None) -> dict:
+    """The summary.json dict of a finished (or partial) run.
+
+    It stays a plain dict, unlike the rows: its keys are data (metric names, category names, sink
+    positions), not fields, so a dataclass would only wrap dicts in dicts; it goes straight to
+    summary.json, and what reads it back (eval_text, eval_page, `sinkhole compare`) reads that file's
+    keys, documented in docs/eval.md.
+    """
     cats = sorted({r["category"] for r in rows})
     tops = Counter(r["top_sink"]["position"] for r in rows)
     return {

@@ -1,4 +1,4 @@
-"""rows.csv: one line per prompt of results.jsonl, flat, for spreadsheets and pandas.
+"""rows.csv: one line per prompt (an `EvalRow`, sinkhole.eval.rows), flat, for spreadsheets and pandas.
 
 Lists become space-separated cells (`spike_channels` "507 247 14 100", in the one channel order of
 `sinkhole.analysis.core.order_channels`); the prompt's tokens are left out (results.jsonl has them).
@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+
+from sinkhole.eval.rows import EvalRow
 
 COLUMNS = [
     "index",
@@ -30,7 +32,9 @@ COLUMNS = [
 ]
 
 
-def csv_row(r: dict) -> dict:
+def csv_row(r: EvalRow) -> dict:
+    """The CSV cells of a row (read by key, so a dict of the row's keys works too)."""
+
     def join(xs) -> str:
         return " ".join(str(x) for x in xs)
 
@@ -54,7 +58,7 @@ def csv_row(r: dict) -> dict:
     }
 
 
-def rows_csv(rows: list[dict]) -> str:
+def rows_csv(rows: list[EvalRow]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -63,7 +67,7 @@ def rows_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_csv(rows: list[dict], path: str | Path) -> Path:
+def write_csv(rows: list[EvalRow], path: str | Path) -> Path:
     from sinkhole.io import write_output
 
     write_output(Path(path), rows_csv(rows), "rows CSV")

@@ -6,8 +6,9 @@ Design:
   `max_batch_tokens` padded tokens (B x T_max). Sorting keeps padding small; the probe removes
   padding's effect exactly (left padding, masked keys, position ids over real tokens only).
 - Each prompt's numbers are those of `sinkhole.analysis.core.analyze` on its own capture;
-  `prompt_row` only picks and names them, it defines no metric.
-- `DIR/results.jsonl` gets one JSON line per prompt, written per batch and fsync'ed. `DIR/run.json`
+  `prompt_row` only picks and names them (a typed `EvalRow`, sinkhole.eval.rows), it defines no metric.
+- `DIR/results.jsonl` gets one JSON line per prompt (`EvalRow.to_dict()`; read back with
+  `EvalRow.from_dict`), written per batch and fsync'ed. `DIR/run.json`
   holds the settings that decide the numbers (model weights, suite hash, threshold, epsilon,
   min_sink_rate, chat, top_k); a re-run with the same settings skips the rows already there, a
   re-run with other settings is refused. A last line cut short by a kill is dropped and redone.
@@ -18,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze, order_channels
 from sinkhole.errors import SinkholeError
+from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
 from sinkhole.eval.suite import Suite, SuiteItem
 from sinkhole.report.schema import Report
 
@@ -78,20 +80,11 @@ def plan_batches(
     return batches
 
 
-SPIKE_KEYS = (
-    "position",
-    "text",
-    "score",
-    "top_value",
-    "layer",
-    "channel",
-    "channels",
-    "step_up_layers",
-    "step_down_layers",
-)
+# The SpikeToken fields a row keeps, in the row's key order (channel_values comes from report.detail).
+SPIKE_KEYS = tuple(f.name for f in fields(EvalSpike) if f.name != "channel_values")
 
 
-def prompt_row(item: SuiteItem, report: Report) -> dict:
+def prompt_row(item: SuiteItem, report: Report) -> EvalRow:
     """One results.jsonl row: the prompt's numbers, all taken from its `analyze` report.
 
     spike_score = max_t S[t]; sink_mass / sink_rate = those of the top sink (the token of largest
@@ -103,30 +96,34 @@ def prompt_row(item: SuiteItem, report: Report) -> dict:
     top = sk.top
     heads = np.asarray(report.heads.mass_on_top_sink) > sk.epsilon
     spikes = [
-        {**{k: s[k] for k in SPIKE_KEYS}, "channel_values": values}
+        EvalSpike(**{k: s[k] for k in SPIKE_KEYS}, channel_values=values)
         for s, values in zip(sp.tokens, report.detail.spike_channel_values)
     ]
-    return {
-        "index": item.index,
-        "category": item.category,
-        "n_tokens": len(report.tokens),
-        "n_spikes": len(spikes),
-        "spike_score": float(max(sp.per_token_score)),
-        "spike_channels": order_channels([s["channels"] for s in spikes]),
-        "spikes": spikes,
-        "n_sinks": len(sk.tokens),
-        "sink_mass": top.attn_mass,
-        "sink_rate": top.sink_rate,
-        "top_sink": {k: top[k] for k in ("position", "text", "attn_mass", "sink_rate")},
-        "sinks": [{k: s[k] for k in ("position", "text", "attn_mass", "sink_rate")} for s in sk.tokens],
-        "sink_heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(heads))],
-        "jaccard": report.overlap.jaccard,
-        "sink_attention_share": report.kv.sink_attention_share,
-        "tokens": [t.text for t in report.tokens],
-    }
+    return EvalRow(
+        index=item.index,
+        category=item.category,
+        n_tokens=len(report.tokens),
+        n_spikes=len(spikes),
+        spike_score=float(max(sp.per_token_score)),
+        spike_channels=order_channels([s.channels for s in spikes]),
+        spikes=spikes,
+        n_sinks=len(sk.tokens),
+        sink_mass=top.attn_mass,
+        sink_rate=top.sink_rate,
+        top_sink=_sink(top),
+        sinks=[_sink(s) for s in sk.tokens],
+        sink_heads=[[int(l), int(h)] for l, h in zip(*np.nonzero(heads))],
+        jaccard=report.overlap.jaccard,
+        sink_attention_share=report.kv.sink_attention_share,
+        tokens=[t.text for t in report.tokens],
+    )
 
 
-def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[list[dict]]:
+def _sink(s) -> EvalSink:
+    return EvalSink(position=s.position, text=s.text, attn_mass=s.attn_mass, sink_rate=s.sink_rate)
+
+
+def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[list[EvalRow]]:
     """Rows for `items`, one list per batch (in batch order, not index order)."""
     if not items:
         return
@@ -202,7 +199,7 @@ class ResultsStore:
         self.results = self.dir / RESULTS_NAME
         self.manifest_path = self.dir / MANIFEST_NAME
 
-    def open(self, new_manifest: dict) -> dict[int, dict]:
+    def open(self, new_manifest: dict) -> dict[int, EvalRow]:
         """Check (or write) the manifest and return the rows already done, keyed by prompt index."""
         from sinkhole.io import write_atomic
 
@@ -226,8 +223,9 @@ class ResultsStore:
             write_atomic(self.manifest_path, json.dumps(new_manifest, indent=1, ensure_ascii=False))
         return self.read_rows()
 
-    def read_rows(self) -> dict[int, dict]:
-        """Complete rows by index. A last line without its newline (a write cut by a kill) is cut off the file."""
+    def read_rows(self) -> dict[int, EvalRow]:
+        """Complete rows by index, typed again (`EvalRow.from_dict`). A last line without its newline (a write
+        cut by a kill) is cut off the file; a line that is not a complete row is refused as corrupt."""
         if not self.results.is_file():
             return {}
         data = self.results.read_bytes()
@@ -236,20 +234,20 @@ class ResultsStore:
             with open(self.results, "r+b") as f:
                 f.truncate(end)
                 os.fsync(f.fileno())
-        rows: dict[int, dict] = {}
+        rows: dict[int, EvalRow] = {}
         for lineno, line in enumerate(data[:end].splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                index = int(row["index"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                row = EvalRow.from_dict(json.loads(line))
+                index = int(row.index)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 raise SinkholeError(f"{self.results}:{lineno} is corrupt; use another --out directory") from None
             rows.setdefault(index, row)
         return rows
 
-    def append(self, rows: list[dict]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    def append(self, rows: list[EvalRow]) -> None:
+        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
         with open(self.results, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -263,7 +261,7 @@ def run_eval(
     settings: EvalSettings | None = None,
     progress: Callable[[int], None] | None = None,
     initial: Callable[[int], None] | None = None,
-) -> list[dict]:
+) -> list[EvalRow]:
     """Evaluate `suite`; with `out_dir`, stream rows to it and resume what is there. Returns rows by index.
 
     progress(n) is called after each batch with the number of prompts it finished; initial(n) once
@@ -280,8 +278,8 @@ def run_eval(
         return _run(probe, suite, out_dir, settings, progress, initial)
 
 
-def _run(probe, suite, out_dir, settings, progress, initial) -> list[dict]:
-    done: dict[int, dict] = {}
+def _run(probe, suite, out_dir, settings, progress, initial) -> list[EvalRow]:
+    done: dict[int, EvalRow] = {}
     store = None
     if out_dir is not None:
         store = ResultsStore(out_dir)
@@ -302,7 +300,7 @@ def _run(probe, suite, out_dir, settings, progress, initial) -> list[dict]:
                     f"cannot append to {store.results} ({err.strerror or err}); the rows written so far "
                     "are kept: free space and run the same command again to resume"
                 ) from None
-        done.update((r["index"], r) for r in rows)
+        done.update((r.index, r) for r in rows)
         if progress is not None:
             progress(len(rows))
     return [done[it.index] for it in suite.items]

@@ -5,7 +5,8 @@ pure). `sinkhole.experiments.detect.SinkDetector` runs the eval and calls it:
     profile.save("smollm2.json")
 
 How each part of the profile is decided from the per-prompt rows of `sinkhole.eval.runner`
-(every per-prompt number is `sinkhole.analysis.core.analyze`'s):
+(`EvalRow`s, read by key, so dicts of the same keys work too; every per-prompt number is
+`sinkhole.analysis.core.analyze`'s):
 - sink_rule.positions: positions that are sink tokens in >= `position_share` (0.9) of the prompts
   long enough to have them (and such prompts are at least half the suite).
 - sink_rule.token_texts: token texts, seen >= `min_text_count` (5) times outside those positions,
@@ -29,11 +30,15 @@ tokenizer has one (SmolLM2-Instruct), plain text otherwise (Gemma-3-270M); `sett
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sinkhole.errors import SinkholeError
 from sinkhole.profiles.profile import SinkProfile
+
+if TYPE_CHECKING:
+    from sinkhole.eval.rows import EvalRow
 
 DEFAULT_PINNED_SLOTS = 4  # StreamingLLM's start_size, when no position sinks reliably
 POSITION_SHARE, TEXT_SHARE, MIN_TEXT_COUNT = 0.9, 0.9, 5
@@ -41,7 +46,7 @@ HEAD_SHARE, LAYER_SHARE = 0.5, 0.5
 SINK_TOKEN_MIN_FREQ, CHANNEL_MIN_FREQ = 0.05, 0.1
 
 
-def sink_positions(rows: list[dict], share: float = POSITION_SHARE) -> list[int]:
+def sink_positions(rows: list[EvalRow], share: float = POSITION_SHARE) -> list[int]:
     """Positions that are sink tokens in >= share of the prompts that reach them."""
     n_rows = len(rows)
     lengths = np.array([r["n_tokens"] for r in rows])
@@ -55,7 +60,7 @@ def sink_positions(rows: list[dict], share: float = POSITION_SHARE) -> list[int]
 
 
 def sink_texts(
-    rows: list[dict], skip_positions: list[int], share: float = TEXT_SHARE, min_count: int = MIN_TEXT_COUNT
+    rows: list[EvalRow], skip_positions: list[int], share: float = TEXT_SHARE, min_count: int = MIN_TEXT_COUNT
 ) -> dict[str, float]:
     """{text: share of its occurrences that sink} for texts that sink wherever they appear."""
     skip = set(skip_positions)
@@ -77,7 +82,7 @@ def frequent(items: list, share: float, total: int) -> list:
 
 
 def build_profile(
-    rows: list[dict],
+    rows: list[EvalRow],
     model: dict,
     prompts: dict,
     settings: dict,

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
+from sinkhole.report.analyze_text import pct
 from sinkhole.report.schema import Report
-from sinkhole.report.terminal import pct
 
 SCHEMA = "sinkhole.compare/1"
 REPORT, EVAL = "sinkhole.report/1", "sinkhole.eval-summary/1"

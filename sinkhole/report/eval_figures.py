@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sinkhole.eval.rows import EvalRow
 from sinkhole.report.png import percent_axis, pyplot, save_png, style_axes
 
 FIGURES = ("distributions.png", "length_vs_sink_mass.png", "positions.png", "categories.png")
@@ -24,7 +25,7 @@ def position_counts(positions: list[int], top: int) -> list[int]:
     return counts
 
 
-def write_figures(rows: list[dict], summary: dict, out_dir: str | Path) -> list[Path]:
+def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> list[Path]:
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 

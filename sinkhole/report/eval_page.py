@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sinkhole.eval.aggregate import METRICS
 from sinkhole.report import static
+from sinkhole.report.analyze_text import pct
 from sinkhole.report.eval_figures import FIGURES
 from sinkhole.report.eval_text import fmt_metric, fmt_std
-from sinkhole.report.terminal import pct
 
 CAPTIONS = {
     "distributions.png": "Per-prompt numbers across the suite: a narrow peak means the structure does not depend on "

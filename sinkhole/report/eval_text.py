@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from sinkhole.eval.aggregate import METRICS, PERCENT
-from sinkhole.report.terminal import pct
+from sinkhole.report.analyze_text import pct
 
 
 def fmt_metric(key: str, x) -> str:

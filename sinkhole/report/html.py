@@ -22,10 +22,10 @@ import re
 from pathlib import Path
 
 from sinkhole.report import static
+from sinkhole.report.analyze_text import concentration, pct, render_analysis
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
 from sinkhole.report.html_mechanism import MECH_HTML, designed
 from sinkhole.report.schema import SCHEMA, MechanismResult, Report
-from sinkhole.report.terminal import concentration, pct, render_analysis
 
 __all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
 
@@ -199,7 +199,7 @@ def cards_html(r: Report) -> str:
     j = r.overlap.jaccard
     extra = []
     if r.learned_sinks:
-        from sinkhole.report.terminal import learned_sinks_line
+        from sinkhole.report.analyze_text import learned_sinks_line
 
         ls = r.learned_sinks
         extra.append(
@@ -255,7 +255,7 @@ def render_html(result: Report | MechanismResult | dict) -> str:
     attention and spike channels; one read back from JSON (a dict) draws without them."""
     import plotly.offline
 
-    from sinkhole.report.terminal import as_report, layout_line
+    from sinkhole.report.analyze_text import as_report, layout_line
 
     mechanism = None
     if isinstance(result, MechanismResult):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from sinkhole.report.analyze_text import pct
 from sinkhole.report.html_data import rnd
-from sinkhole.report.terminal import pct
 
 INTERVENTION_LABELS = {
     "none": "unchanged",

@@ -4,7 +4,7 @@ activation, amplifier, normalization, sink keys, interventions, vocabulary sweep
 
 from __future__ import annotations
 
-from sinkhole.report.terminal import pct
+from sinkhole.report.analyze_text import pct
 
 
 def _counts(d: dict, n: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sinkhole.report.terminal import pct
+from sinkhole.report.analyze_text import pct
 
 if TYPE_CHECKING:
     from sinkhole.profiles.profile import SinkProfile

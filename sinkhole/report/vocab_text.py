@@ -4,7 +4,7 @@ percentiles, and the first exceptions."""
 
 from __future__ import annotations
 
-from sinkhole.report.terminal import pct
+from sinkhole.report.analyze_text import pct
 
 
 def render_vocab_sweep(result: dict, limit: int = 20) -> str:
