@@ -43,9 +43,9 @@ def main() -> None:
     mech, _ = run_mechanism(probe, DEFAULT_PROMPTS, cfg=MechanismConfig(interventions=False))
     rows.append((f"mechanism analyses, {len(DEFAULT_PROMPTS)} prompts (2 passes + analyses)", time.perf_counter() - t))
     t = time.perf_counter()
-    layer, channels = mech["targets"]["step_up_layer"], mech["targets"]["spike_channels"]
-    iv = run_interventions(probe, MechanismConfig(), layer, channels, mech["targets"]["step_up_mean_values"])
-    rows.append((f"interventions ({iv['n_tokens']} tokens, 5 perplexities + 1 probe run)", time.perf_counter() - t))
+    layer, channels = mech.targets.step_up_layer, mech.targets.spike_channels
+    iv = run_interventions(probe, MechanismConfig(), layer, channels, mech.targets.step_up_mean_values)
+    rows.append((f"interventions ({iv.n_tokens} tokens, 5 perplexities + 1 probe run)", time.perf_counter() - t))
     total = sum(s for name, s in rows[1:])
     rows.append(("**mechanism total (excluding load)**", total))
 
@@ -56,18 +56,18 @@ def main() -> None:
         out = vocab_sweep(lm16, ref_ids, sample=args.sweep_sample)
         rows.append(
             (
-                f"vocab sweep, {out['n_tokens']} tokens, bfloat16 ({out['tokens_per_second']:.0f} tokens/s)",
-                out["seconds"],
+                f"vocab sweep, {out.n_tokens} tokens, bfloat16 ({out.tokens_per_second:.0f} tokens/s)",
+                out.seconds,
             )
         )
         # bfloat16 vs float32 on a fixed sample: do the two dtypes call the same tokens spikes?
-        ids = np.sort(np.random.default_rng(1).choice(out["vocab_size"], size=args.agree_sample, replace=False))
+        ids = np.sort(np.random.default_rng(1).choice(out.vocab_size, size=args.agree_sample, replace=False))
         s16 = sweep(lm16, ids) / reference_norm(lm16, ref_ids)
         s32 = sweep(probe.lm, ids) / reference_norm(probe.lm, ref_ids)
-        agree = float(((s16 > out["threshold"]) == (s32 > out["threshold"])).mean())
+        agree = float(((s16 > out.threshold) == (s32 > out.threshold)).mean())
         sweep_lines = [
-            f"- sweep: {out['n_spike']} of {out['n_tokens']} tokens spike ({out['spike_share']:.2%}); "
-            f"{out['n_exceptions']} exceptions ({out['exceptions_are']})",
+            f"- sweep: {out.n_spike} of {out.n_tokens} tokens spike ({out.spike_share:.2%}); "
+            f"{out.n_exceptions} exceptions ({out.exceptions_are})",
             f"- bfloat16 vs float32 on {args.agree_sample} sampled tokens: same verdict for {agree:.2%}, "
             f"median |score ratio - 1| = {float(np.median(np.abs(s16 / s32 - 1))):.3%}",
         ]
@@ -82,7 +82,7 @@ def main() -> None:
     print()
     for line in sweep_lines:
         print(line)
-    ppl = iv["perplexity"]
+    ppl = iv.perplexity
     print("- perplexity: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in ppl.items()))
 
 

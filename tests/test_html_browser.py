@@ -263,11 +263,9 @@ def mechanism_page(tmp_path_factory):
 
     from sinkhole.cli.mechanism import add_page_detail
     from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
-    from sinkhole.report.schema import MechanismResult
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
-    mech, reports = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
-    result = MechanismResult.from_sections(mech, example=reports[0])
+    result, _ = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
     add_page_detail(result, probe, prompts()[0], False)
     path = tmp_path_factory.mktemp("html") / "mechanism.html"
     html.write_html(result, path)
@@ -313,3 +311,28 @@ def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
     assert severe(driver) == []
     for fig in ("fig-heads", "fig-attn", "fig-resid"):
         assert drawn(driver, fig), fig
+
+
+@pytest.mark.parametrize("model_type", ["lfm2", "olmo2"])
+def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_type):
+    """lfm2 (hybrid, no gated FFN: no amplifier) and olmo2 (no norm before its attention: no normalization)
+    draw the Mechanism section without errors, and say why in the story."""
+    from test_mechanism import prompts
+
+    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.models.tiny import tiny_model
+
+    with quiet():
+        lm = LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type)
+    cfg = MechanismConfig(interventions=False)
+    result, _ = run_mechanism(ModelProbe(lm, top_k=4), prompts(3), chat=False, cfg=cfg)
+    path = tmp_path / f"{model_type}-mechanism.html"
+    html.write_html(result, path)
+    open_page(driver, path)
+    assert severe(driver) == []
+    for fig in ("mech-lifecycle", "mech-channels", "mech-norm", "mech-heads"):
+        assert drawn(driver, fig), fig
+    story = driver.find_element("id", "mech-story").text
+    assert ("Norm: not applicable" in story) == (model_type == "olmo2")

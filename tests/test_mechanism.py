@@ -87,40 +87,42 @@ def planted_run(request):
 def test_planted_spike_is_found(planted_run):
     _, mech, reports = planted_run
     for r in reports:
-        assert [s["position"] for s in r.spike_tokens] == [0]
-    t = mech["targets"]
-    assert not t["fallback"] and t["n"] == 4
-    assert t["step_up_layer"] == UP_LAYER
-    assert t["spike_channels"][0] == OUT_CH
+        assert [s.position for s in r.spike_tokens] == [0]
+    t = mech.targets
+    assert not t.fallback and t.n == 4
+    assert t.step_up_layer == UP_LAYER
+    assert t.spike_channels[0] == OUT_CH
+    assert mech.example is reports[0] and mech.summary.step_up_layer == UP_LAYER
 
 
 def test_lifecycle_names_the_planted_blocks(planted_run):
     _, mech, _ = planted_run
-    for tok in mech["lifecycle"]["tokens"]:
-        assert tok["rise"] == f"L{UP_LAYER}.ffn" and tok["rise_block"] == 2 * UP_LAYER + 1
-        assert tok["fall"] == f"L{DOWN_LAYER}.ffn"
-        assert tok["main_channel"] == OUT_CH
-        assert tok["step_down_cancels"][f"L{DOWN_LAYER}.ffn"] is True
-        assert tok["plateau_blocks"] == 2 * DOWN_LAYER + 1 - (2 * UP_LAYER + 1) - 1
+    for tok in mech.lifecycle.tokens:
+        assert tok.rise == f"L{UP_LAYER}.ffn" and tok.rise_block == 2 * UP_LAYER + 1
+        assert tok.fall == f"L{DOWN_LAYER}.ffn"
+        assert tok.main_channel == OUT_CH
+        assert tok.step_down_cancels[f"L{DOWN_LAYER}.ffn"] is True
+        assert tok.plateau_blocks == 2 * DOWN_LAYER + 1 - (2 * UP_LAYER + 1) - 1
         # the core's per-layer step-up layer is the layer of the step-up block
-        assert tok["core_step_up_layers"][0] == tok["rise_block"] // 2
-    trace = mech["lifecycle"]["tokens"][0]["trace"]
-    assert len(trace["blocks"]) == 8 and trace["block_top3_channels"][2 * UP_LAYER + 1][0] == OUT_CH
+        assert tok.core_step_up_layers[0] == tok.rise_block // 2
+    assert mech.lifecycle.rise_counts == {f"L{UP_LAYER}.ffn": 4} and mech.lifecycle.rise_block_mode == 2 * UP_LAYER + 1
+    trace = mech.lifecycle.tokens[0].trace
+    assert len(trace.blocks) == 8 and trace.block_top3_channels[2 * UP_LAYER + 1][0] == OUT_CH
 
 
 def test_channels_activation_amplifier_normalization(planted_run):
     _, mech, _ = planted_run
-    ch = mech["channels"]
-    assert ch["main"] == OUT_CH and ch["ratio_cv_across_layers"][0] == 0.0
-    act = mech["activation"]
+    ch = mech.channels
+    assert ch.main == OUT_CH and ch.ratio_cv_across_layers[0] == 0.0
+    act = mech.activation
     # unit 0 sees a large positive gate input on the spike token: SiLU is nearly the identity there
-    assert act["spike"]["cos"] > 0.99 and act["spike"]["cos"] > act["other"]["cos"]
-    a = mech["amplifier"]["channels"][0]
-    assert a["channel"] == OUT_CH and a["fro_rank"] == 1 and a["fro_over_median"] > 10
-    assert a["dominance"] > 10
-    assert a["alignment_spike"] > 0.9 > 0.5 > a["alignment_other"]
-    assert a["quadratic_over_actual"] == pytest.approx(1.0, abs=0.05)
-    gain = mech["amplifier"]["post_block_gain"][0]
+    assert act.spike.cos > 0.99 and act.spike.cos > act.other.cos
+    a = mech.amplifier.channels[0]
+    assert a.channel == OUT_CH and a.fro_rank == 1 and a.fro_over_median > 10
+    assert a.dominance > 10
+    assert a.alignment_spike > 0.9 > 0.5 > a.alignment_other
+    assert a.quadratic_over_actual == pytest.approx(1.0, abs=0.05)
+    gain = mech.amplifier.post_block_gain[0]
     if planted_run[0].lm.family.norm_style == "pre":
         assert gain == pytest.approx(1.0, rel=1e-5)  # pre-norm: the MLP output is the block output
     else:
@@ -128,9 +130,9 @@ def test_channels_activation_amplifier_normalization(planted_run):
         # while the MLP wrote 100 x gelu(g) x g with g = 3 x sqrt(D) (the normed planted input)
         g = 3 * 32**0.5
         assert gain == pytest.approx(32**0.5 * 1001 / (100 * g * g), rel=0.05)
-    n = mech["normalization"]
-    assert n["after"]["spike_sparsity"] > 0.9 > n["after"]["other_sparsity"]
-    assert n["after"]["cos_across_tokens"] is None and n["after"]["n_pairs_prompts"] == 6
+    n = mech.normalization
+    assert n.after.spike_sparsity > 0.9 > n.after.other_sparsity
+    assert n.after.cos_across_tokens is None and n.after.n_pairs_prompts == 6
 
 
 def test_gather_block_bookkeeping(tiny_model):
@@ -173,8 +175,9 @@ def test_step_blocks_and_residuals():
     embed = np.ones(D, np.float32)
     out = np.cumsum(attn + ffn, axis=0) + embed
     d = lc.lifecycle(embed, attn, ffn, out)
-    assert d["rise"] == "L0.ffn" and d["fall"] == "L2.ffn" and d["plateau_blocks"] == 3
-    assert d["step_down_cancels"] == {"L2.ffn": True}
+    assert d.rise == "L0.ffn" and d.fall == "L2.ffn" and d.plateau_blocks == 3
+    assert d.step_down_cancels == {"L2.ffn": True} and d.trace is None
+    assert "trace" not in d.to_dict() and lc.lifecycle(embed, attn, ffn, out, trace=True).trace.blocks[1] == "L0.ffn"
 
 
 def test_channel_profile_constant_ratio():
@@ -182,8 +185,8 @@ def test_channel_profile_constant_ratio():
     base = np.arange(1, L * S + 1, dtype=np.float32).reshape(L, S)
     values = np.stack([base, -0.5 * base], axis=-1)
     prof = chn.channel_profile(values, [[1, 2, 3]] * S, [9, 4])
-    assert prof["ratio_to_main"] == [1.0, -0.5]
-    assert prof["ratio_cv_across_layers"][1] == pytest.approx(0.0, abs=1e-7)
+    assert prof.ratio_to_main == [1.0, -0.5]
+    assert prof.ratio_cv_across_layers[1] == pytest.approx(0.0, abs=1e-7)
     assert chn.pool_channels([[1, 2], [1], [1, 3]]) == [1]
     assert chn.pool_channels([[1, 2], [2, 1], [1, 2]], main=2) == [2, 1]
 
@@ -200,7 +203,7 @@ def test_normalization_functions():
         "n_pairs_tokens": 2,
     }
     out = normalization(v, v, 2, [0, 1], [0, 1], [5, 5])
-    assert out["after"]["spike_sparsity"] == pytest.approx(1.0)
+    assert out.after.spike_sparsity == pytest.approx(1.0)
 
 
 def test_sink_keys_planted_subspace():
@@ -214,10 +217,10 @@ def test_sink_keys_planted_subspace():
     q[:, :, 0, 3] += 5.0  # head 0 queries point at the sink direction
     mass = np.array([[0.8, 0.1], [0.7, 0.05]])
     out = sink_keys(sink, other_k, q, mass, epsilon=0.3)
-    assert out["mean_sink_pr"] == pytest.approx(1.0) and out["mean_sink_r90"] == 1
-    assert out["mean_other_pr"] > 3
-    assert out["sink_heads"] == [[0, 0], [1, 0]]
-    assert out["energy_share_sink_heads"] > 0.9 > 0.2 > out["energy_share_other_heads"]
+    assert out.mean_sink_pr == pytest.approx(1.0) and out.mean_sink_r90 == 1
+    assert out.mean_other_pr > 3
+    assert out.sink_heads == [[0, 0], [1, 0]] and out.layers is None
+    assert out.energy_share_sink_heads > 0.9 > 0.2 > out.energy_share_other_heads
     pr, r = effective_dim(np.eye(4))
     assert pr == pytest.approx(4.0) and r == 4
     assert query_alignment(np.eye(4)[:1], np.eye(4)[:1], np.eye(4)[0])[0] == pytest.approx(1.0)
@@ -226,8 +229,8 @@ def test_sink_keys_planted_subspace():
 def test_vocab_sweep_finds_the_planted_token():
     lm = wrap(planted())
     out = vocab_sweep(lm, ref_ids=prompts(1, T=20)[0][1:] + [20, 21], threshold=10.0, batch_size=32)
-    assert out["n_spike"] == 1 and out["exceptions_are"] == "spiking tokens"
-    assert out["exceptions"][0]["id"] == SPIKE_TOKEN and out["n_tokens"] == 99
+    assert out.n_spike == 1 and out.exceptions_are == "spiking tokens"
+    assert out.exceptions[0].id == SPIKE_TOKEN and out.n_tokens == 99 and out.vocab_size == 99 and not out.sampled
 
 
 def test_perplexity_matches_model_loss(tiny_model):

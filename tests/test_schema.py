@@ -9,8 +9,9 @@ from conftest import tiny_llama, wrap
 
 from sinkhole.analysis.core import analyze
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report import schema
-from sinkhole.report.schema import MechanismResult, Report, SpikeToken, documented_keys, schema_doc
+from sinkhole.report import mechanism_schema, schema
+from sinkhole.report.mechanism_schema import MechanismResult, key_paths, mechanism_doc
+from sinkhole.report.schema import Report, SpikeToken, documented_keys, schema_doc
 
 IDS = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
 LOW = {"threshold": 1.2, "epsilon": 0.05, "min_sink_rate": 0.3}  # a tiny random model has spikes and sinks
@@ -128,14 +129,144 @@ def test_sections_read_like_their_dicts():
     assert "heads" in r and "learned_sinks" in r and "detail" not in r and r["schema"] == "sinkhole.report/1"
 
 
-def test_mechanism_json_keeps_its_layout():
-    r = report_of(tiny_llama())
-    mech = {k: {"k": k} for k in ("config", *schema.MECHANISM_SECTIONS)}
-    res = MechanismResult.from_sections(mech, example=r)
-    d = res.to_dict()
-    assert list(d)[:-1] == list(r.to_dict()) and list(d["mechanism"]) == list(mech)
-    res.vocab_sweep = {"spike_share": 1.0}
-    assert list(res.to_dict()["mechanism"])[-1] == "vocab_sweep" and res.example is r and res.model == r.model
+# ---------- the mechanism result (sinkhole.report.mechanism_schema) ----------
+
+
+class CharTokenizer:
+    """IdTokenizer plus a text encoder, so the interventions can run on a tiny model."""
+
+    pad_token_id, eos_token, chat_template = 0, None, None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [12 + ord(c) % 80 for c in text]}
+
+    def decode(self, ids):
+        return "".join(f"<{i}>" for i in ids)
+
+
+def mechanism_of(lm, prompts, interventions=False) -> MechanismResult:
+    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+
+    cfg = MechanismConfig(interventions=interventions, text="the sink and the spike " * 4, text_tokens=48)
+    return run_mechanism(ModelProbe(lm, top_k=4), prompts, chat=False, cfg=cfg)[0]
+
+
+@pytest.fixture(scope="module")
+def mechanism_runs():
+    """{name: (typed result, its JSON read back)}: the planted model of tests/test_mechanism.py with every
+    optional section (interventions, vocab sweep), a hybrid (lfm2: sink_keys.layers, no gated FFN) and a
+    model without a norm before its attention (olmo2)."""
+    from test_mechanism import planted, prompts
+
+    from sinkhole.experiments.vocab_sweep import vocab_sweep
+    from sinkhole.models.loading import LoadedModel
+    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.models.tiny import tiny_model
+
+    lm = LoadedModel.wrap(planted(), CharTokenizer(), name="planted")
+    full = mechanism_of(lm, prompts(), interventions=True)
+    full.vocab_sweep = vocab_sweep(lm, prompts(1, T=20)[0][1:], threshold=10.0, batch_size=32)
+    runs = {"planted": full}
+    for mt in ("lfm2", "olmo2"):
+        with quiet():
+            tiny = LoadedModel.wrap(tiny_model(mt), IdTokenizer(), name=mt)
+        runs[mt] = mechanism_of(tiny, prompts(3))
+    return {k: (r, json.loads(json.dumps(r.to_dict(), allow_nan=False))) for k, r in runs.items()}
+
+
+def mechanism_keys(x, maps: set[str], prefix: str = "") -> set[str]:
+    """Key paths under `mechanism` ('a.b', 'a[].b' in list items), not below the free-key objects `maps`."""
+    out = set()
+    if isinstance(x, dict):
+        for k, v in x.items():
+            out.add(prefix + k)
+            if prefix + k not in maps:
+                out |= mechanism_keys(v, maps, prefix + k + ".")
+    elif isinstance(x, list):
+        for v in x:
+            if isinstance(v, dict):
+                out |= mechanism_keys(v, maps, prefix[:-1] + "[].")
+    return out
+
+
+def test_mechanism_docstring_and_docs_are_generated_from_the_dataclasses():
+    listing = " ".join(mechanism_doc().split())
+    assert listing in " ".join(mechanism_schema.__doc__.split())
+    assert listing in " ".join(open("docs/mechanism.md", encoding="utf-8").read().split())
+    paths = key_paths()
+    assert paths["lifecycle.tokens[].rise"] == "key" and paths["lifecycle.tokens[].trace.blocks"] == "optional key"
+    assert paths["activation.reason"] == "optional key" and paths["lifecycle.rise_counts"] == "map"
+
+
+def test_every_written_mechanism_key_is_documented_and_every_documented_key_is_written_or_optional(
+    mechanism_runs,
+):
+    paths = key_paths()
+    maps = {p for p, kind in paths.items() if kind.endswith("map")}
+    always = {p for p, kind in paths.items() if not kind.startswith("optional")}
+    written = {k: mechanism_keys(d["mechanism"], maps) for k, (_, d) in mechanism_runs.items()}
+    for name, keys in written.items():
+        assert keys - set(paths) == set(), f"{name}: written but not documented"
+    assert always - written["planted"] == set(), "documented as always present but not written"
+    assert set(paths) - set().union(*written.values()) == set(), "documented key never written"
+    planted = mechanism_runs["planted"][1]["mechanism"]
+    assert "trace" in planted["lifecycle"]["tokens"][0] and "trace" not in planted["lifecycle"]["tokens"][-1]
+    assert mechanism_runs["lfm2"][1]["mechanism"]["activation"] == {
+        "applicable": False,
+        "reason": mechanism_runs["lfm2"][0].activation.reason,
+    }
+
+
+def test_mechanism_json_keeps_its_layout_and_round_trips(mechanism_runs):
+    from sinkhole.report.mechanism_schema import Amplifier, LifecycleToken, NotApplicable, PerVariant
+
+    for res, d in mechanism_runs.values():
+        assert list(d)[:-1] == list(res.example.to_dict()) and res.model == res.example.model
+        back = MechanismResult.from_dict(d)
+        assert back.to_dict() == d and back.sections() == res.sections()
+        assert type(back.activation) is type(res.activation) and type(back.normalization) is type(res.normalization)
+        assert all(type(a) is type(b) for a, b in zip(back.lifecycle.tokens, res.lifecycle.tokens))
+    res, d = mechanism_runs["planted"]
+    order = ["config", "targets", "summary", "lifecycle", "channels", "activation", "amplifier", "normalization"]
+    assert list(d["mechanism"]) == [*order, "sink_keys", "interventions", "vocab_sweep"]
+    assert list(mechanism_runs["olmo2"][1]["mechanism"]) == [*order, "sink_keys"]
+    assert isinstance(res.lifecycle.tokens[0], LifecycleToken) and isinstance(res.amplifier, Amplifier)
+    assert isinstance(res.interventions.perplexity, PerVariant)
+    assert isinstance(mechanism_runs["olmo2"][0].normalization, NotApplicable)
+    tok = res.lifecycle.tokens[0]  # the JSON's flat row: who it is, then its block lifecycle
+    assert list(d["mechanism"]["lifecycle"]["tokens"][0])[:8] == [
+        "prompt",
+        "position",
+        "token_id",
+        "text",
+        "score",
+        "core_step_up_layers",
+        "core_step_down_layers",
+        "step_up_blocks",
+    ]
+    assert tok["rise"] == tok.rise and tok.get("trace") is tok.trace and "trace" in tok
+    lfm2 = mechanism_runs["lfm2"][1]["mechanism"]["sink_keys"]
+    assert list(lfm2)[-1] == "layers" and len(lfm2["per_layer_kv_head"]["sink_pr"]) == len(lfm2["layers"])
+
+
+def test_mechanism_renderers_read_the_typed_sections(mechanism_runs):
+    """The terminal text and the page draw a typed result and the same result read back from JSON alike,
+    for every form of the sections (not applicable ones included)."""
+    from sinkhole.report import html
+    from sinkhole.report.html_data import view
+    from sinkhole.report.mechanism_text import render_mechanism
+
+    for name, (res, d) in mechanism_runs.items():
+        back = MechanismResult.from_dict(d)
+        assert render_mechanism(res) == render_mechanism(back)
+        live, read = view(res.example, res), view(Report.from_dict(d), None)
+        assert live["mechanism"] == read["mechanism"] and live["sections"] == read["sections"], name
+        assert 'id="mech-story"' in html.render_html(res)
+    text = render_mechanism(mechanism_runs["lfm2"][0])
+    assert "Activation / amplifier  not applicable" in text and "Amplifier ch" not in text
+    assert "Normalization  not applicable" in render_mechanism(mechanism_runs["olmo2"][0])
+    story = view(mechanism_runs["olmo2"][0].example, mechanism_runs["olmo2"][0])["mechanism"]["story"]
+    assert any(s.startswith("Norm: not applicable") for s in story)
 
 
 def test_renderers_read_the_report_only():

@@ -69,7 +69,7 @@ def run(args) -> int:
     from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
     from sinkhole.report import html
     from sinkhole.report.mechanism_text import render_mechanism
-    from sinkhole.report.schema import MechanismResult, write_json
+    from sinkhole.report.schema import write_json
     from sinkhole.text import read_text_file
 
     prompts = [item.prompt for item in load_suite(args.prompts).items] if args.prompts else DEFAULT_PROMPTS
@@ -82,8 +82,7 @@ def run(args) -> int:
         text_tokens=args.text_tokens,
     )
     probe = load_probe(args)
-    mech, reports = run_mechanism(probe, prompts, chat=args.chat, cfg=cfg, status=status)
-    result = MechanismResult.from_sections(mech, example=reports[0])
+    result, _ = run_mechanism(probe, prompts, chat=args.chat, cfg=cfg, status=status)
     if args.vocab_sweep:
         from sinkhole.experiments.interventions import text_ids
         from sinkhole.experiments.vocab_sweep import vocab_sweep
@@ -96,6 +95,6 @@ def run(args) -> int:
         html.write_html(result, args.output)
 
     failures = write_all([(args.output, write_page), (args.json, lambda: write_json(result, args.json))])
-    print(render_mechanism(result.sections()), file=result_stream(args.json))
+    print(render_mechanism(result), file=result_stream(args.json))
     raise_failures(failures)
     return 0

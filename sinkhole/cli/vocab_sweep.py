@@ -66,10 +66,10 @@ def run(args) -> int:
         )
     finally:
         bar.close()
-    result["model"] = lm.name
+    d = {**result.to_dict(), "model": lm.name}
     failures = write_all(
-        [(args.json, lambda: write_output(args.json, json.dumps(result, indent=1, ensure_ascii=False), "result"))]
+        [(args.json, lambda: write_output(args.json, json.dumps(d, indent=1, ensure_ascii=False), "result"))]
     )
-    print(render_vocab_sweep(result, args.list), file=result_stream(args.json))
+    print(render_vocab_sweep(result, lm.name, args.list), file=result_stream(args.json))
     raise_failures(failures)
     return 0

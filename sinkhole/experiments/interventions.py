@@ -29,6 +29,7 @@ import torch
 from sinkhole.experiments.perplexity import perplexity
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
+from sinkhole.report.mechanism_schema import Interventions, PerVariant
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"
@@ -102,7 +103,7 @@ def interventions(
     sink_positions: list[int],
     seed: int = 0,
     status=lambda m: None,
-) -> dict:
+) -> Interventions:
     """Perplexity of `ids` under each variant (see the module docstring); None where not applicable.
     `status(line)` hears about each of the (up to) five forwards before it starts."""
     n = 1 + 3 * bool(spike_positions and channels) + bool(sink_positions)
@@ -135,13 +136,13 @@ def interventions(
     else:
         ppl["sink_masked"] = None
     base = ppl["none"]
-    return {
-        "n_tokens": len(ids),
-        "layer": layer,
-        "spike_positions": spike_positions,
-        "channels": channels,
-        "mean_values": mean_values,
-        "sink_positions": sink_positions,
-        "perplexity": ppl,
-        "ratio_to_none": {k: (None if v is None else v / base) for k, v in ppl.items()},
-    }
+    return Interventions(
+        n_tokens=len(ids),
+        layer=layer,
+        spike_positions=spike_positions,
+        channels=channels,
+        mean_values=mean_values,
+        sink_positions=sink_positions,
+        perplexity=PerVariant(**ppl),
+        ratio_to_none=PerVariant(**{k: (None if v is None else v / base) for k, v in ppl.items()}),
+    )

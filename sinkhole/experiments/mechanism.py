@@ -1,4 +1,5 @@
-"""Assemble the `mechanism` section: two passes over a prompt set, then the pure analyses.
+"""Assemble `sinkhole mechanism`'s typed `MechanismResult` (sinkhole.report.mechanism_schema): two passes
+over a prompt set, then the pure analyses, which return the result's sections.
 
 Pass 1 is the ordinary probe (`ModelProbe.run_batch`) and the core `analyze` of every prompt:
 it names the target tokens, their spike channels, the step-up layer and the sink tokens. Pass 2
@@ -36,6 +37,16 @@ from sinkhole.analysis.mechanism.normalization import normalization
 from sinkhole.analysis.mechanism.sink_keys import sink_keys
 from sinkhole.experiments.gather import Plan, gather
 from sinkhole.experiments.interventions import interventions, text_ids
+from sinkhole.report.mechanism_schema import (
+    Interventions,
+    LifecycleToken,
+    MechanismResult,
+    MechanismSettings,
+    MechanismSummary,
+    NotApplicable,
+    Targets,
+    TargetToken,
+)
 
 DEFAULT_PROMPTS = [
     "Explain the theory of relativity in simple terms.",
@@ -127,7 +138,7 @@ def _plateau(s: dict) -> tuple[int | None, int | None]:
     return rise, (downs[-1] if downs else None)
 
 
-def summary(reports, captures) -> dict:
+def summary(reports, captures, step_up: int) -> MechanismSummary:
     """The side-by-side numbers, averaged over prompts (see docs/mechanism.md); `spike_score` is the
     mean of each prompt's `prompt_spike_score` (max_t S[t])."""
     rows = []
@@ -158,13 +169,13 @@ def summary(reports, captures) -> dict:
         "n_sink_tokens",
         "sink_attention_share",
     ]
-    return {k: float(a[:, i].mean()) for i, k in enumerate(keys)}
+    return MechanismSummary(**{k: float(a[:, i].mean()) for i, k in enumerate(keys)}, step_up_layer=step_up)
 
 
 def run_mechanism(
     probe, prompts: list, chat: bool | None = None, cfg: MechanismConfig | None = None, status=lambda m: None
-) -> tuple[dict, list]:
-    """The `mechanism` dict and the core reports of every prompt."""
+) -> tuple[MechanismResult, list]:
+    """The typed result (its `example`: prompt 0's report) and the core reports of every prompt."""
     cfg = cfg or MechanismConfig()
     lm = probe.lm
     status(f"pass 1: probing {len(prompts)} prompts")
@@ -204,22 +215,18 @@ def run_mechanism(
             g.embed[i], g.attn_out[:, i], g.ffn_out[:, i], g.layer_out[:, i], cfg.fraction, trace=i < cfg.trace_tokens
         )
         per_token.append(
-            {
-                "prompt": b,
-                "position": t,
-                "token_id": int(tid),
-                "text": s["text"],
-                "score": s["score"],
-                "core_step_up_layers": s["step_up_layers"],
-                "core_step_down_layers": s["step_down_layers"],
-                **d,
-            }
+            LifecycleToken(
+                prompt=b,
+                position=t,
+                token_id=int(tid),
+                text=s["text"],
+                score=s["score"],
+                core_step_up_layers=s["step_up_layers"],
+                core_step_down_layers=s["step_down_layers"],
+                **vars(d),
+            )
         )
-    lifecycle = {
-        "rule": f"block b=2l (attention) / 2l+1 (FFN); step when |delta ||r_b||| >= {cfg.fraction} x peak",
-        **lc.summarize(per_token),
-        "tokens": per_token,
-    }
+    lifecycle = lc.summarize(per_token, cfg.fraction)
 
     # 2. spike channels along the plateau
     plateaus = [chn.plateau_layers(*_plateau(s), L) for *_, s in targets]
@@ -238,13 +245,13 @@ def run_mechanism(
         amplifier = amp.amplifier(*w, channels, g.ffn_in, g.mlp_chan, spike_mask, g.valid)
         # What reaches the residual over what the MLP computed, at the spike channels of the targets:
         # exactly 1 for pre-norm; a sandwich model's post-FFN norm rescales (and may amplify) it.
-        amplifier["post_block_gain"] = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
+        amplifier.post_block_gain = amp.post_block_gain(g.ffn_out[step_up][:, channels], g.mlp_chan[spike_mask])
     else:
         why = (
             f"not applicable: {fam.name}'s FFN has no separate gate / up / down projections "
             "(a fused or mixture-of-experts FFN, or no gated FFN; the quadratic amplifier is a SwiGLU property)"
         )
-        activation, amplifier = {"applicable": False, "reason": why}, {"applicable": False, "reason": why}
+        activation, amplifier = NotApplicable(reason=why), NotApplicable(reason=why)
 
     # 5. normalization
     if g.norm_before is not None:
@@ -257,10 +264,7 @@ def run_mechanism(
             ids=[int(tid) for _, _, tid, _ in targets],
         )
     else:
-        norm = {
-            "applicable": False,
-            "reason": f"not applicable: no norm feeds {fam.name}'s attention ({fam.norm_style}-norm)",
-        }
+        norm = NotApplicable(reason=f"not applicable: no norm feeds {fam.name}'s attention ({fam.norm_style}-norm)")
 
     # 6. sink keys and sink heads on the attention layers: per head, alpha summed over each prompt's
     # sink tokens, mean over prompts
@@ -268,47 +272,46 @@ def run_mechanism(
     mass = np.mean([sum(c.attn_mass[:, :, t] for bb, t in sinks if bb == b) for b, c in enumerate(captures)], axis=0)
     keys = sink_keys(g.sink_keys[att], g.other_keys[att], g.other_queries[att], mass[att], cfg.epsilon, cfg.seed)
     if len(att) != L:
-        keys["layers"] = att  # the rows of per_layer_* are these (attention) layers
-        keys["sink_heads"] = [[att[l], h] for l, h in keys["sink_heads"]]
+        keys.layers = att  # the rows of per_layer_* are these (attention) layers
+        keys.sink_heads = [[att[l], h] for l, h in keys.sink_heads]
 
-    out = {
-        "config": {
-            "n_prompts": len(prompts),
-            "chat": captures[0].chat,
-            "threshold": cfg.threshold,
-            "epsilon": cfg.epsilon,
-            "min_sink_rate": cfg.min_sink_rate,
-            "step_fraction": cfg.fraction,
-        },
-        "targets": {
-            "fallback": fallback,
-            "n": len(targets),
-            "step_up_layer": step_up,
-            "spike_channels": channels,
+    out = MechanismResult(
+        config=MechanismSettings(
+            n_prompts=len(prompts),
+            chat=captures[0].chat,
+            threshold=cfg.threshold,
+            epsilon=cfg.epsilon,
+            min_sink_rate=cfg.min_sink_rate,
+            step_fraction=cfg.fraction,
+        ),
+        targets=Targets(
+            fallback=fallback,
+            n=len(targets),
+            step_up_layer=step_up,
+            spike_channels=channels,
             # mean of h_s at the spike channels over the targets (the interventions' "mean" values)
-            "step_up_mean_values": [float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
-            "tokens": [
-                {"prompt": b, "position": t, "token_id": int(tid), "text": s["text"]} for b, t, tid, s in targets
-            ],
-        },
-        "summary": {**summary(reports, captures), "step_up_layer": step_up},
-        "lifecycle": lifecycle,
-        "channels": channel_info,
-        "activation": activation,
-        "amplifier": amplifier,
-        "normalization": norm,
-        "sink_keys": keys,
-    }
+            step_up_mean_values=[float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
+            tokens=[TargetToken(prompt=b, position=t, token_id=int(tid), text=s["text"]) for b, t, tid, s in targets],
+        ),
+        summary=summary(reports, captures, step_up),
+        lifecycle=lifecycle,
+        channels=channel_info,
+        activation=activation,
+        amplifier=amplifier,
+        normalization=norm,
+        sink_keys=keys,
+        example=reports[0],
+    )
     if cfg.interventions:
-        out["interventions"] = run_interventions(
-            probe, cfg, step_up, channels, out["targets"]["step_up_mean_values"], status=status
+        out.interventions = run_interventions(
+            probe, cfg, step_up, channels, out.targets.step_up_mean_values, status=status
         )
     return out, reports
 
 
 def run_interventions(
     probe, cfg: MechanismConfig, layer: int, channels: list[int], mean_values, status=lambda m: None
-) -> dict:
+) -> Interventions:
     """Perplexity on the fixed text with the spike / sink taken away (see interventions.py)."""
     lm = probe.lm
     ids = text_ids(lm.tokenizer, cfg.text, cfg.text_tokens)
@@ -323,6 +326,6 @@ def run_interventions(
     out = interventions(
         lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed, status=status
     )
-    out["spike_fallback"] = fallback
-    out["text"] = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
+    out.spike_fallback = fallback
+    out.text = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
     return out

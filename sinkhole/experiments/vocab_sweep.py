@@ -22,6 +22,7 @@ import torch
 from sinkhole.analysis.mechanism.vocab_sweep import summarize
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import first_tensor, hooked
+from sinkhole.report.mechanism_schema import VocabSweep
 
 REFERENCE_TOKENS = 256
 
@@ -72,7 +73,7 @@ def vocab_sweep(
     sample: int | None = None,
     seed: int = 0,
     progress=None,
-) -> dict:
+) -> VocabSweep:
     """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it."""
     V = lm.model.get_input_embeddings().num_embeddings
     ids = np.arange(V)
@@ -88,11 +89,9 @@ def vocab_sweep(
         return tok.decode([i]) if hasattr(tok, "decode") else str(i)
 
     out = summarize(ids, peaks, ref, decode, threshold)
-    out.update(
-        vocab_size=int(V),
-        sampled=bool(len(ids) < V),
-        seconds=seconds,
-        tokens_per_second=len(ids) / max(seconds, 1e-9),
-        dtype=str(lm.dtype).replace("torch.", ""),
-    )
+    out.vocab_size = int(V)
+    out.sampled = bool(len(ids) < V)
+    out.seconds = seconds
+    out.tokens_per_second = len(ids) / max(seconds, 1e-9)
+    out.dtype = str(lm.dtype).replace("torch.", "")
     return out

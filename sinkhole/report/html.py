@@ -25,7 +25,8 @@ from sinkhole.report import static
 from sinkhole.report.analyze_text import concentration, pct, render_analysis
 from sinkhole.report.html_data import MAPS_MAX_LEN, view
 from sinkhole.report.html_mechanism import MECH_HTML, designed
-from sinkhole.report.schema import SCHEMA, MechanismResult, Report
+from sinkhole.report.mechanism_schema import MechanismResult
+from sinkhole.report.schema import SCHEMA, Report
 
 __all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
 
@@ -259,7 +260,7 @@ def render_html(result: Report | MechanismResult | dict) -> str:
 
     mechanism = None
     if isinstance(result, MechanismResult):
-        report, mechanism = result.example, result.sections()
+        report, mechanism = result.example, result
     else:
         report = as_report(result)
     m = report.model

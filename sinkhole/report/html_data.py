@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import base64
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sinkhole.report.schema import Report, _jsonable
+
+if TYPE_CHECKING:
+    from sinkhole.report.mechanism_schema import Mechanism
 
 MAPS_MAX_LEN = 96  # full (query x key) maps for inputs up to this many tokens
 MAPS_MAX_BYTES = 2_000_000  # and only if all heads' lower triangles fit in this many bytes
@@ -124,9 +128,10 @@ def maps_plan(n_layers: int, n_heads: int, T: int, have_maps: bool) -> tuple[boo
     return False, f"Per-key view: {why}, so each head shows α(k), the mean attention key k receives."
 
 
-def view(report: Report, mechanism: dict | None = None) -> dict:
+def view(report: Report, mechanism: Mechanism | None = None) -> dict:
     """Everything the page's script needs, compact and rounded. `mechanism`: a `sinkhole mechanism`
-    result's sections (MechanismResult.sections()), drawn beside the example prompt's report."""
+    result's typed sections (a MechanismResult), drawn beside the example prompt's report; a report read
+    back from JSON may carry them as its extra `mechanism` dict instead."""
     m = report.model
     T = len(report.tokens)
     L, H = int(m["n_layers"]), int(m["n_heads"])
@@ -175,13 +180,13 @@ def view(report: Report, mechanism: dict | None = None) -> dict:
             "Per-key view unavailable: this page was rendered from a report without its Capture, "
             "which holds per-head attention; only the layers × heads grid is shown."
         )
-    from sinkhole.report.html_mechanism import designed, mechanism_view
+    from sinkhole.report.html_mechanism import as_mechanism, designed, mechanism_view
 
     sections = dict(report.extra)
     if mechanism is not None:
-        sections["mechanism"] = mechanism
+        sections["mechanism"] = mechanism.sections()  # the generic tree ("all numbers") shows the JSON
     if designed(sections.get("mechanism")):
-        v["mechanism"] = mechanism_view(sections["mechanism"], m)
+        v["mechanism"] = mechanism_view(mechanism if mechanism is not None else as_mechanism(sections["mechanism"]), m)
     v["sections"] = [{"key": k, "nodes": to_nodes(val)} for k, val in _sections(report, sections)]
     return v
 

@@ -1,12 +1,13 @@
 """The HTML report's Mechanism section: the paper's chain for this model, one figure per link.
 
-`mechanism_view(mech, model)` turns the report's `mechanism` dict (sinkhole.analysis.mechanism) into
-the compact data the section draws; `static/mechanism.js` draws it. The order follows "The Spike, the
-Sparse and the Sink": which tokens spike -> the lifecycle over the 2L blocks -> the spike channels
--> the quadratic amplifier at the step-up FFN -> the norm that makes the spike sparse -> the sink
-keys' low-dimensional subspace and the heads that aim at it -> what breaks when the spike or the
-sink is taken away. Every sentence of the story is built from the numbers drawn beside it. The
-full dict stays one click away as a generic tree ("all numbers").
+`mechanism_view(mech, model)` turns the typed mechanism sections (sinkhole.report.mechanism_schema; a
+`mechanism` dict read back from a file goes through `Mechanism.from_dict` first) into the compact data
+the section draws; `static/mechanism.js` draws it. The order follows "The Spike, the Sparse and the
+Sink": which tokens spike -> the lifecycle over the 2L blocks -> the spike channels -> the quadratic
+amplifier at the step-up FFN -> the norm that makes the spike sparse -> the sink keys' low-dimensional
+subspace and the heads that aim at it -> what breaks when the spike or the sink is taken away. Every
+sentence of the story is built from the numbers drawn beside it. The full section stays one click away
+as a generic tree ("all numbers").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 
 from sinkhole.report.analyze_text import pct
 from sinkhole.report.html_data import rnd
+from sinkhole.report.mechanism_schema import Amplifier, Mechanism, Normalization
 
 INTERVENTION_LABELS = {
     "none": "unchanged",
@@ -29,76 +31,84 @@ REQUIRED = ("config", "targets", "summary", "lifecycle", "channels", "amplifier"
 
 
 def designed(m) -> bool:
-    """Whether `m` is a `sinkhole mechanism` section (anything else gets the generic tree only)."""
-    return isinstance(m, dict) and all(isinstance(m.get(k), dict) for k in REQUIRED)
+    """Whether `m` is a `sinkhole mechanism` section, typed or a dict read back (anything else gets the
+    generic tree only)."""
+    return isinstance(m, Mechanism) or (isinstance(m, dict) and all(isinstance(m.get(k), dict) for k in REQUIRED))
+
+
+def as_mechanism(m: Mechanism | dict) -> Mechanism:
+    """The typed sections of a designed section (see `designed`)."""
+    return m if isinstance(m, Mechanism) else Mechanism.from_dict(m)
 
 
 def _counts(d: dict, n: int) -> str:
     return ", ".join(f"{k} ({v} of {n})" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def story(m: dict, model: dict) -> list[str]:
+def story(m: Mechanism, model: dict) -> list[str]:
     """Plain sentences (the page sets them as text) that say what each figure shows for this model."""
-    t, lcy, ch, amp, nrm, keys = (
-        m["targets"],
-        m["lifecycle"],
-        m["channels"],
-        m["amplifier"],
-        m["normalization"],
-        m["sink_keys"],
+    t, s, lcy, ch, amp, nrm, keys = (
+        m.targets,
+        m.summary,
+        m.lifecycle,
+        m.channels,
+        m.amplifier,
+        m.normalization,
+        m.sink_keys,
     )
-    s = m["summary"]
-    n = t["n"]
-    texts = Counter(x["text"] for x in t["tokens"]).most_common(2)
+    n = t.n
+    texts = Counter(x.text for x in t.tokens).most_common(2)
     who = " and ".join(f"{tx!r} ({k} of {n})" for tx, k in texts)
     out = [
         (
-            f"No token passes the spike threshold (mean top score {s['spike_score']:.1f}×), so the {n} "
+            f"No token passes the spike threshold (mean top score {s.spike_score:.1f}×), so the {n} "
             f"highest-scoring tokens stand in: {who}."
         )
-        if t["fallback"]
+        if t.fallback
         else (
-            f"{n} spike tokens over {m['config']['n_prompts']} prompts: {who}; spike score {s['spike_score']:.1f}× "
-            f"the median token, top |h| {s['top_abs_over_median']:.0f}× the typical token's largest entry."
+            f"{n} spike tokens over {m.config.n_prompts} prompts: {who}; spike score {s.spike_score:.1f}× "
+            f"the median token, top |h| {s.top_abs_over_median:.0f}× the typical token's largest entry."
         )
     ]
     out.append(
-        f"Lifecycle: the residual norm rises at {_counts(lcy['rise_counts'], n)} and falls at "
-        f"{_counts(lcy['fall_counts'], n)}; the plateau lasts {lcy['plateau_blocks_mean']:.1f} of "
+        f"Lifecycle: the residual norm rises at {_counts(lcy.rise_counts, n)} and falls at "
+        f"{_counts(lcy.fall_counts, n)}; the plateau lasts {lcy.plateau_blocks_mean:.1f} of "
         f"{2 * model['n_layers']} blocks."
     )
-    vals = [f"{c} ({v:,.0f})" for c, v in zip(ch["channels"], ch["plateau_value"]) if v is not None]
-    out.append(f"Spike channels at the step-up layer {t['step_up_layer']}: " + (", ".join(vals) or "none") + ".")
-    if amp.get("channels"):
-        a = amp["channels"][0]
-        gain = (amp.get("post_block_gain") or [None])[0]
+    vals = [f"{c} ({v:,.0f})" for c, v in zip(ch.channels, ch.plateau_value) if v is not None]
+    out.append(f"Spike channels at the step-up layer {t.step_up_layer}: " + (", ".join(vals) or "none") + ".")
+    if isinstance(amp, Amplifier) and amp.channels:
+        a = amp.channels[0]
+        gain = (amp.post_block_gain or [None])[0]
         out.append(
-            f"Amplifier: ‖U_{a['channel']}‖_F of the step-up FFN is rank {a['fro_rank']} of "
-            f"{amp.get('n_channels', model['d_model'])} output channels ({a['fro_over_median']:.1f}× the median); "
-            f"the spike tokens' inputs align with its top eigenvector s* (|cos| {a['alignment_spike'] or 0:.2f} "
-            f"vs {a['alignment_other'] or 0:.2f} for other tokens)"
+            f"Amplifier: ‖U_{a.channel}‖_F of the step-up FFN is rank {a.fro_rank} of "
+            f"{amp.n_channels} output channels ({a.fro_over_median:.1f}× the median); "
+            f"the spike tokens' inputs align with its top eigenvector s* (|cos| {a.alignment_spike or 0:.2f} "
+            f"vs {a.alignment_other or 0:.2f} for other tokens)"
             + (
                 f"; the post-FFN norm multiplies the block's output by {gain:.3g}×."
                 if gain and abs(gain - 1) > 1e-3
                 else "."
             )
         )
-    out.append(
-        f"Norm: the spike channels hold {pct(nrm['before']['spike_sparsity'])} of the spike token's squared "
-        f"mass entering the step-up layer and {pct(nrm['after']['spike_sparsity'])} after it: RMSNorm leaves a "
-        f"sparse, near-constant vector."
-    )
-    if keys.get("mean_sink_pr") is not None:
+    if isinstance(nrm, Normalization):
         out.append(
-            f"Sink keys span {keys['mean_sink_pr']:.2f} effective dimensions (participation ratio) against "
-            f"{keys['mean_other_pr']:.2f} for other keys; {keys['n_sink_heads']} of {keys['n_heads']} heads "
-            f"give the sink more than ε = {m['config']['epsilon']} of their attention."
+            f"Norm: the spike channels hold {pct(nrm.before.spike_sparsity)} of the spike token's squared "
+            f"mass entering the step-up layer and {pct(nrm.after.spike_sparsity)} after it: RMSNorm leaves a "
+            f"sparse, near-constant vector."
         )
-    iv = m.get("interventions")
+    else:
+        out.append(f"Norm: {nrm.reason}.")
+    if keys.mean_sink_pr is not None:
+        out.append(
+            f"Sink keys span {keys.mean_sink_pr:.2f} effective dimensions (participation ratio) against "
+            f"{keys.mean_other_pr:.2f} for other keys; {keys.n_sink_heads} of {keys.n_heads} heads "
+            f"give the sink more than ε = {m.config.epsilon} of their attention."
+        )
+    iv = m.interventions
     if iv:
-        p = iv["perplexity"]
-        parts = [f"{INTERVENTION_LABELS.get(k, k)} {v:,.2f}" for k, v in p.items() if v is not None]
-        out.append(f"Perplexity on {iv['n_tokens']} tokens: " + ", ".join(parts) + ".")
+        parts = [f"{INTERVENTION_LABELS.get(k, k)} {v:,.2f}" for k, v in iv.perplexity.items() if v is not None]
+        out.append(f"Perplexity on {iv.n_tokens} tokens: " + ", ".join(parts) + ".")
     return out
 
 
@@ -113,89 +123,88 @@ def _mean_rows(x) -> list | None:
     return out
 
 
-def mechanism_view(m: dict, model: dict) -> dict:
+AMPLIFIER_KEYS = (
+    "channel",
+    "fro_norm",
+    "fro_rank",
+    "fro_over_median",
+    "top_eigenvalues",
+    "alignment_spike",
+    "alignment_other",
+    "dominance",
+)
+
+
+def mechanism_view(m: Mechanism, model: dict) -> dict:
     """The compact data static/mechanism.js draws (rounded to 4 significant digits)."""
     L, H = int(model["n_layers"]), int(model["n_heads"])
-    lcy, ch, amp, nrm, keys = m["lifecycle"], m["channels"], m["amplifier"], m["normalization"], m["sink_keys"]
+    lcy, ch, amp, nrm, keys = m.lifecycle, m.channels, m.amplifier, m.normalization, m.sink_keys
+    amp = amp if isinstance(amp, Amplifier) else None
+    nrm = nrm if isinstance(nrm, Normalization) else None
     traces = [
         {
-            "label": f"prompt {t['prompt']} #{t['position']} {t['text']}",
-            "blocks": t["trace"]["blocks"],
-            "norm": t["trace"]["resid_norm"],
-            "rise": t.get("rise"),
-            "fall": t.get("fall"),
+            "label": f"prompt {t.prompt} #{t.position} {t.text}",
+            "blocks": t.trace.blocks,
+            "norm": t.trace.resid_norm,
+            "rise": t.rise,
+            "fall": t.fall,
         }
-        for t in lcy["tokens"]
-        if t.get("trace")
+        for t in lcy.tokens
+        if t.trace
     ]
     grid = [[0] * H for _ in range(L)]
-    for layer, head in keys.get("sink_heads") or []:
+    for layer, head in keys.sink_heads or []:
         if 0 <= layer < L and 0 <= head < H:
             grid[layer][head] = 1
-    qa = keys.get("query_alignment") or {}
+    kv, qa = keys.per_layer_kv_head, keys.query_alignment
     v = {
         "story": story(m, model),
-        "step_up": m["targets"]["step_up_layer"],
-        "fallback": m["targets"]["fallback"],
+        "step_up": m.targets.step_up_layer,
+        "fallback": m.targets.fallback,
         "lifecycle": traces,
-        "channels": {"channels": ch["channels"], "values": ch["value_by_layer"], "plateau": ch["plateau_value"]},
+        "channels": {"channels": ch.channels, "values": ch.value_by_layer, "plateau": ch.plateau_value},
         "amplifier": {
-            "top_channels": amp.get("fro_norm_top_channels"),
-            "top_values": amp.get("fro_norm_top_values"),
-            "median": amp.get("fro_norm_median"),
-            "n_channels": amp.get("n_channels", model["d_model"]),
-            "per": [
-                {
-                    k: c.get(k)
-                    for k in (
-                        "channel",
-                        "fro_norm",
-                        "fro_rank",
-                        "fro_over_median",
-                        "top_eigenvalues",
-                        "alignment_spike",
-                        "alignment_other",
-                        "dominance",
-                    )
-                }
-                for c in amp.get("channels", [])
-            ],
+            "top_channels": amp.fro_norm_top_channels if amp else None,
+            "top_values": amp.fro_norm_top_values if amp else None,
+            "median": amp.fro_norm_median if amp else None,
+            "n_channels": amp.n_channels if amp else model["d_model"],
+            "per": [{k: getattr(c, k) for k in AMPLIFIER_KEYS} for c in (amp.channels if amp else [])],
         },
         "norm": {
             "labels": ["entering the step-up layer", "after it"],
-            "spike": [nrm["before"]["spike_sparsity"], nrm["after"]["spike_sparsity"]],
-            "other": [nrm["before"]["other_sparsity"], nrm["after"]["other_sparsity"]],
+            "spike": [nrm.before.spike_sparsity, nrm.after.spike_sparsity] if nrm else [None, None],
+            "other": [nrm.before.other_sparsity, nrm.after.other_sparsity] if nrm else [None, None],
         },
         "keys": {
-            "sink_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("sink_pr")),
-            "other_pr": _mean_rows((keys.get("per_layer_kv_head") or {}).get("other_pr")),
-            "energy": _mean_rows(qa.get("energy_share")),
-            "random": _mean_rows(qa.get("random_share")),
-            "n_sink": keys.get("n_sink_keys"),
-            "n_other": keys.get("n_other_keys"),
+            "sink_pr": _mean_rows(kv.sink_pr),
+            "other_pr": _mean_rows(kv.other_pr),
+            "energy": _mean_rows(qa.energy_share),
+            "random": _mean_rows(qa.random_share),
+            "n_sink": keys.n_sink_keys,
+            "n_other": keys.n_other_keys,
         },
         "heads": {
             "grid": grid,
-            "n": keys.get("n_sink_heads"),
-            "total": keys.get("n_heads"),
-            "epsilon": m["config"]["epsilon"],
+            "n": keys.n_sink_heads,
+            "total": keys.n_heads,
+            "epsilon": m.config.epsilon,
         },
         "interventions": None,
     }
-    iv = m.get("interventions")
+    iv = m.interventions
     if iv:
-        names = [k for k, x in iv["perplexity"].items() if x is not None]
+        names = [k for k, x in iv.perplexity.items() if x is not None]
         v["interventions"] = {
             "labels": [INTERVENTION_LABELS.get(k, k) for k in names],
             "keys": names,
-            "ppl": [iv["perplexity"][k] for k in names],
-            "n_tokens": iv["n_tokens"],
-            "text": iv.get("text"),
+            "ppl": [iv.perplexity[k] for k in names],
+            "n_tokens": iv.n_tokens,
+            "text": iv.text,
         }
-    if m.get("vocab_sweep"):
-        vs = m["vocab_sweep"]
+    if m.vocab_sweep:
+        vs = m.vocab_sweep
         v["story"].append(
-            f"Vocabulary sweep: {pct(vs['spike_share'])} of {vs['n_tokens']:,} tokens spike when alone at position 0."
+            f"Vocabulary sweep: {pct(vs.spike_share)} of {vs.n_tokens:,} tokens spike when alone at position 0."
         )
     return rnd(v)
 

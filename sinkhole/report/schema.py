@@ -25,9 +25,10 @@ Optional keys (present when computed):
     per_layer_mean[L], share[L][H], top_token_sink{position, alpha[L][H]}}
 `analyze()` always writes heads and residual; learned_sinks only for models with sink logits (gpt-oss).
 Any other top-level key is an extra section (`Report.extra`, drawn as a generic tree on the page).
-`sinkhole mechanism` writes its example prompt's report with one more key, `mechanism`
-(`MechanismResult`; docs/mechanism.md). `overlap.jaccard` is null when there is neither a spike nor a
-sink token; values not measured (a hybrid's non-attention layers) are null.
+`sinkhole mechanism` writes its example prompt's report with one more key, `mechanism` (`MechanismResult`,
+typed and documented in sinkhole.report.mechanism_schema; docs/mechanism.md). `overlap.jaccard` is null
+when there is neither a spike nor a sink token; values not measured (a hybrid's non-attention layers) are
+null.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import textwrap
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+
+if typing.TYPE_CHECKING:
+    from sinkhole.report.mechanism_schema import MechanismResult
 
 SCHEMA = "sinkhole.report/1"
 
@@ -286,70 +290,6 @@ class Report(_Row):
     def top_sink(self) -> SinkToken:
         """The token with the largest attention mass (a sink token or not)."""
         return self.sinks.top
-
-
-MECHANISM_SECTIONS = (
-    "targets",
-    "summary",
-    "lifecycle",
-    "channels",
-    "activation",
-    "amplifier",
-    "normalization",
-    "sink_keys",
-)
-
-
-@dataclass
-class MechanismResult:
-    """`sinkhole mechanism`: the mechanism sections over a prompt set, and its example prompt's report.
-
-    The JSON file keeps the layout it had before this class: the example prompt's (prompt 0's) report
-    at the top level plus one `mechanism` key {config, targets, summary, lifecycle, channels,
-    activation, amplifier, normalization, sink_keys, [interventions], [vocab_sweep]} (docs/mechanism.md),
-    so readers of `mechanism.json` and the HTML page see what they saw. The sections are the runner's
-    dicts (sinkhole.analysis.mechanism); `example` is the typed report whose tokens and heads the page
-    draws beside them.
-    """
-
-    model: dict
-    config: dict
-    targets: dict
-    summary: dict
-    lifecycle: dict
-    channels: dict
-    activation: dict
-    amplifier: dict
-    normalization: dict
-    sink_keys: dict
-    example: Report  # prompt 0's report
-    interventions: dict | None = None  # without --no-interventions
-    vocab_sweep: dict | None = None  # with --vocab-sweep
-
-    @classmethod
-    def from_sections(cls, mech: dict, example: Report) -> MechanismResult:
-        """From the runner's `mechanism` dict (run_mechanism's first value) and prompt 0's report."""
-        return cls(
-            model=example.model,
-            config=mech["config"],
-            **{k: mech[k] for k in MECHANISM_SECTIONS},
-            example=example,
-            interventions=mech.get("interventions"),
-            vocab_sweep=mech.get("vocab_sweep"),
-        )
-
-    def sections(self) -> dict:
-        """The JSON `mechanism` section, in the runner's key order."""
-        d = {"config": self.config, **{k: getattr(self, k) for k in MECHANISM_SECTIONS}}
-        for k in ("interventions", "vocab_sweep"):
-            if getattr(self, k) is not None:
-                d[k] = getattr(self, k)
-        return _jsonable(d)
-
-    def to_dict(self) -> dict:
-        d = self.example.to_dict()
-        d["mechanism"] = self.sections()
-        return d
 
 
 def _jsonable(x):

@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sinkhole.report.mechanism_schema import ActivationRegime, Amplifier, AmplifierChannel, RegimeStats
+
 
 def frobenius_norms(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> np.ndarray:
     """(F, D), (F, D), (D, F) -> (D,) ||U_k||_F for every output channel k (closed form, float64)."""
@@ -61,18 +63,16 @@ def _mean(x) -> float | None:
 
 def activation_regime(
     act_cos: np.ndarray, act_ratio: np.ndarray, spike_mask: np.ndarray, valid: np.ndarray, name: str
-) -> dict:
+) -> ActivationRegime:
     """act_cos/act_ratio/spike_mask/valid: (B, T). Means for spike tokens and for the other valid tokens."""
     other = valid & ~spike_mask
-    return {
-        "activation": name,
-        "spike": {
-            "cos": _mean(act_cos[spike_mask]),
-            "norm_ratio": _mean(act_ratio[spike_mask]),
-            "n": int(spike_mask.sum()),
-        },
-        "other": {"cos": _mean(act_cos[other]), "norm_ratio": _mean(act_ratio[other]), "n": int(other.sum())},
-    }
+    return ActivationRegime(
+        activation=name,
+        spike=RegimeStats(
+            cos=_mean(act_cos[spike_mask]), norm_ratio=_mean(act_ratio[spike_mask]), n=int(spike_mask.sum())
+        ),
+        other=RegimeStats(cos=_mean(act_cos[other]), norm_ratio=_mean(act_ratio[other]), n=int(other.sum())),
+    )
 
 
 def post_block_gain(block_out: np.ndarray, mlp_out: np.ndarray) -> list[float | None]:
@@ -94,8 +94,9 @@ def amplifier(
     mlp_chan: np.ndarray,
     spike_mask: np.ndarray,
     valid: np.ndarray,
-) -> dict:
-    """The quadratic-amplifier analysis of one FFN.
+) -> Amplifier:
+    """The quadratic-amplifier analysis of one FFN (its `post_block_gain` is the caller's: see
+    `post_block_gain`).
 
     ffn_in: (B, T, D) normalized FFN inputs; mlp_chan: (B, T, C) the MLP's output at `channels`;
     spike_mask, valid: (B, T) bool.
@@ -112,30 +113,28 @@ def amplifier(
         q_spike = np.einsum("nd,de,ne->n", x_spike, ((u + u.T) / 2).numpy(), x_spike) if len(x_spike) else np.zeros(0)
         actual = mlp_chan[spike_mask][:, i]
         per_channel.append(
-            {
-                "channel": int(k),
-                "fro_norm": float(fro[k]),
-                "fro_over_median": float(fro[k] / max(med, 1e-30)),
+            AmplifierChannel(
+                channel=int(k),
+                fro_norm=float(fro[k]),
+                fro_over_median=float(fro[k] / max(med, 1e-30)),
                 # 1-based like every rank sinkhole prints ("rank 1 of 576" = the largest of all D channels)
-                "fro_rank": int(np.flatnonzero(rank == k)[0]) + 1,
-                "top_eigenvalues": vals.tolist(),
-                "dominance": float(abs(vals[0]) / max(abs(vals[1]), 1e-30)) if len(vals) > 1 else None,
-                "alignment_spike": _mean(abs_cos(x_spike, star)) if len(x_spike) else None,
-                "alignment_other": _mean(abs_cos(x_other, star)) if len(x_other) else None,
+                fro_rank=int(np.flatnonzero(rank == k)[0]) + 1,
+                top_eigenvalues=vals.tolist(),
+                dominance=float(abs(vals[0]) / max(abs(vals[1]), 1e-30)) if len(vals) > 1 else None,
+                alignment_spike=_mean(abs_cos(x_spike, star)) if len(x_spike) else None,
+                alignment_other=_mean(abs_cos(x_other, star)) if len(x_other) else None,
                 # x^T S_k x / actual MLP output: near 1 when act(g) ~ g on the units that matter
-                "quadratic_over_actual": _mean(q_spike / np.where(actual == 0, np.nan, actual))
-                if len(x_spike)
-                else None,
-            }
+                quadratic_over_actual=_mean(q_spike / np.where(actual == 0, np.nan, actual)) if len(x_spike) else None,
+            )
         )
         del u
     n = len(stars)
     star_cos = [[float(abs(np.dot(stars[i], stars[j]))) for j in range(n)] for i in range(n)]
-    return {
-        "fro_norm_median": med,
-        "n_channels": int(len(fro)),
-        "fro_norm_top_channels": [int(k) for k in rank[:8]],
-        "fro_norm_top_values": [float(fro[k]) for k in rank[:8]],
-        "channels": per_channel,
-        "s_star_abs_cos": star_cos,
-    }
+    return Amplifier(
+        fro_norm_median=med,
+        n_channels=int(len(fro)),
+        fro_norm_top_channels=[int(k) for k in rank[:8]],
+        fro_norm_top_values=[float(fro[k]) for k in rank[:8]],
+        channels=per_channel,
+        s_star_abs_cos=star_cos,
+    )

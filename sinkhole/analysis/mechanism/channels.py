@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sinkhole.report.mechanism_schema import ChannelProfile
+
 
 def pool_channels(per_token_channels: list[list[int]], main: int | None = None, min_share: float = 0.5) -> list[int]:
     """Channels that are spike channels of >= min_share of the tokens: `main` (the most common top-value
@@ -47,7 +49,7 @@ def _cv(x: np.ndarray) -> float | None:
     return float(np.std(x) / abs(m)) if m != 0 else None
 
 
-def channel_profile(values: np.ndarray, plateaus: list[list[int]], channels: list[int]) -> dict:
+def channel_profile(values: np.ndarray, plateaus: list[list[int]], channels: list[int]) -> ChannelProfile:
     """values: (L, S, C) residual values at the spike channels of the S spike tokens per layer."""
     L, S, C = values.shape
     per_layer = []
@@ -57,18 +59,18 @@ def channel_profile(values: np.ndarray, plateaus: list[list[int]], channels: lis
             vs = [values[l, t, c] for t in range(S) if l in plateaus[t]]
             row.append(float(np.mean(vs)) if vs else None)
         per_layer.append(row)
-    out = {
-        "channels": channels,
-        "main": channels[0] if channels else None,
-        "plateau_value": [],
-        "value_by_layer": per_layer,
-        "ratio_to_main": [],
-        "ratio_cv_across_layers": [],
-        "ratio_cv_across_tokens": [],
-    }
+    out = ChannelProfile(
+        channels=channels,
+        main=channels[0] if channels else None,
+        plateau_value=[],
+        value_by_layer=per_layer,
+        ratio_to_main=[],
+        ratio_cv_across_layers=[],
+        ratio_cv_across_tokens=[],
+    )
     for c in range(C):
         vals = [values[P, t, c] for t, P in enumerate(plateaus) if P]
-        out["plateau_value"].append(float(np.mean(np.concatenate(vals))) if vals else None)
+        out.plateau_value.append(float(np.mean(np.concatenate(vals))) if vals else None)
         token_means, token_cvs = [], []
         for t, P in enumerate(plateaus):
             if not P:
@@ -77,7 +79,7 @@ def channel_profile(values: np.ndarray, plateaus: list[list[int]], channels: lis
             token_means.append(float(np.mean(rho)))
             token_cvs.append(_cv(rho))
         cvs = [x for x in token_cvs if x is not None]
-        out["ratio_to_main"].append(float(np.mean(token_means)) if token_means else None)
-        out["ratio_cv_across_layers"].append(float(np.mean(cvs)) if cvs else None)
-        out["ratio_cv_across_tokens"].append(_cv(np.array(token_means)) if len(token_means) > 1 else None)
+        out.ratio_to_main.append(float(np.mean(token_means)) if token_means else None)
+        out.ratio_cv_across_layers.append(float(np.mean(cvs)) if cvs else None)
+        out.ratio_cv_across_tokens.append(_cv(np.array(token_means)) if len(token_means) > 1 else None)
     return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from sinkhole.analysis.core import STEP_FRACTION, step_indices
+from sinkhole.report.mechanism_schema import BlockLifecycle, BlockTrace, Lifecycle, LifecycleToken
 
 
 def block_residuals(embed: np.ndarray, attn_out: np.ndarray, layer_out: np.ndarray) -> np.ndarray:
@@ -71,8 +72,9 @@ def lifecycle(
     layer_out: np.ndarray,
     fraction: float = STEP_FRACTION,
     trace: bool = False,
-) -> dict:
-    """The block-level lifecycle of one token: embed (D,), attn_out/ffn_out/layer_out (L, D)."""
+) -> BlockLifecycle:
+    """The block-level lifecycle of one token: embed (D,), attn_out/ffn_out/layer_out (L, D); `trace`:
+    keep the top-3 channels of every block (the JSON's `trace`)."""
     r = block_residuals(embed, attn_out, layer_out)
     o = block_outputs(attn_out, ffn_out)
     norms = np.linalg.norm(r, axis=-1)
@@ -91,50 +93,57 @@ def lifecycle(
         if rise is not None and fall is not None
         else (list(range(rise + 1, len(r))) if rise is not None else [])
     )
-    out = {
-        "step_up_blocks": up,
-        "step_down_blocks": down,
-        "rise_block": rise,
-        "rise": None if rise is None else block_name(rise),
-        "fall_block": fall,
-        "fall": None if fall is None else block_name(fall),
-        "plateau_blocks": len(plateau),
-        "plateau_mean_norm": float(norms[plateau].mean()) if plateau else None,
-        "peak_norm": float(norms.max()),
-        "main_channel": top,
-        "step_down_cancels": {block_name(b): cancels(b) for b in down},
+    out = BlockLifecycle(
+        step_up_blocks=up,
+        step_down_blocks=down,
+        rise_block=rise,
+        rise=None if rise is None else block_name(rise),
+        fall_block=fall,
+        fall=None if fall is None else block_name(fall),
+        plateau_blocks=len(plateau),
+        plateau_mean_norm=float(norms[plateau].mean()) if plateau else None,
+        peak_norm=float(norms.max()),
+        main_channel=top,
+        step_down_cancels={block_name(b): cancels(b) for b in down},
         # How much of the step-up block's jump sits in the main channel: a spike is one or two channels.
-        "rise_main_channel_value": None if rise is None else float(o[rise, top]),
-    }
+        rise_main_channel_value=None if rise is None else float(o[rise, top]),
+    )
     if trace:
         rc, rv = top_channels(r)
         oc, ov = top_channels(o)
-        out["trace"] = {
-            "blocks": [block_name(b) for b in range(len(r))],
-            "resid_norm": norms.tolist(),
-            "resid_top3_channels": rc.tolist(),
-            "resid_top3_values": rv.tolist(),
-            "block_top3_channels": oc.tolist(),
-            "block_top3_values": ov.tolist(),
-        }
+        out.trace = BlockTrace(
+            blocks=[block_name(b) for b in range(len(r))],
+            resid_norm=norms.tolist(),
+            resid_top3_channels=rc.tolist(),
+            resid_top3_values=rv.tolist(),
+            block_top3_channels=oc.tolist(),
+            block_top3_values=ov.tolist(),
+        )
     return out
 
 
-def summarize(per_token: list[dict]) -> dict:
-    """Counts of rise / fall blocks over spike tokens."""
+def rule(fraction: float = STEP_FRACTION) -> str:
+    """The rule in one line (the JSON's `lifecycle.rule`)."""
+    return f"block b=2l (attention) / 2l+1 (FFN); step when |delta ||r_b||| >= {fraction} x peak"
 
-    def hist(key):
+
+def summarize(per_token: list[LifecycleToken], fraction: float = STEP_FRACTION) -> Lifecycle:
+    """The section: the rule, counts of rise / fall blocks over the spike tokens, and the tokens."""
+
+    def hist(names: list[str | None]) -> dict[str, int]:
         h: dict[str, int] = {}
-        for d in per_token:
-            if d[key] is not None:
-                h[d[key]] = h.get(d[key], 0) + 1
+        for name in names:
+            if name is not None:
+                h[name] = h.get(name, 0) + 1
         return dict(sorted(h.items(), key=lambda kv: -kv[1]))
 
-    rises = [d["rise_block"] for d in per_token if d["rise_block"] is not None]
-    return {
-        "n_spike_tokens": len(per_token),
-        "rise_counts": hist("rise"),
-        "fall_counts": hist("fall"),
-        "rise_block_mode": max(set(rises), key=rises.count) if rises else None,
-        "plateau_blocks_mean": float(np.mean([d["plateau_blocks"] for d in per_token])) if per_token else None,
-    }
+    rises = [d.rise_block for d in per_token if d.rise_block is not None]
+    return Lifecycle(
+        rule=rule(fraction),
+        n_spike_tokens=len(per_token),
+        rise_counts=hist([d.rise for d in per_token]),
+        fall_counts=hist([d.fall for d in per_token]),
+        rise_block_mode=max(set(rises), key=rises.count) if rises else None,
+        plateau_blocks_mean=float(np.mean([d.plateau_blocks for d in per_token])) if per_token else None,
+        tokens=per_token,
+    )

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sinkhole.report.mechanism_schema import Normalization, NormStats
+
 
 def mass_share(v: np.ndarray, channels: list[int]) -> np.ndarray:
     """(N, D) -> (N,) share of squared mass in `channels`."""
@@ -52,15 +54,15 @@ def mean_offdiag(cos: np.ndarray) -> float | None:
 
 def normalization(
     before: np.ndarray, after: np.ndarray, n_spike: int, channels: list[int], rows: list[int], ids: list[int]
-) -> dict:
+) -> Normalization:
     """before/after: (S + O, D) norm outputs, the S spike tokens first; rows/ids: their prompt and token id."""
     out = {}
     for name, v in (("before", before), ("after", after)):
         sp, ot = v[:n_spike], v[n_spike:]
-        out[name] = {
-            "spike_sparsity": float(mass_share(sp, channels).mean()) if len(sp) else None,
-            "other_sparsity": float(mass_share(ot, channels).mean()) if len(ot) else None,
+        out[name] = NormStats(
+            spike_sparsity=float(mass_share(sp, channels).mean()) if len(sp) else None,
+            other_sparsity=float(mass_share(ot, channels).mean()) if len(ot) else None,
             **pair_means(cosine_matrix(sp), rows, ids),
-            "other_mean_cos": mean_offdiag(cosine_matrix(ot)),
-        }
-    return out
+            other_mean_cos=mean_offdiag(cosine_matrix(ot)),
+        )
+    return Normalization(**out)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sinkhole.report.mechanism_schema import KVHeadDims, QueryAlignment, SinkKeys
+
 
 def effective_dim(x: np.ndarray, energy: float = 0.9) -> tuple[float, int]:
     """(N, Dh) -> (participation ratio, r90)."""
@@ -47,7 +49,7 @@ def query_alignment(q: np.ndarray, basis: np.ndarray, mean_key: np.ndarray) -> t
 
 def sink_keys(
     sink_k: np.ndarray, other_k: np.ndarray, other_q: np.ndarray, head_mass: np.ndarray, epsilon: float, seed: int = 0
-) -> dict:
+) -> SinkKeys:
     """sink_k (L, Ns, Hkv, Dh), other_k (L, O, Hkv, Dh), other_q (L, O, Hq, Dh), head_mass (L, Hq).
 
     head_mass: attention mass on the sink tokens per head, averaged over prompts.
@@ -86,21 +88,21 @@ def sink_keys(
     def m(x, mask):
         return float(x[mask].mean()) if mask.any() else None
 
-    return {
-        "n_sink_keys": int(Ns),
-        "n_other_keys": int(len(pick)),
-        "head_dim": int(Dh),
-        "per_layer_kv_head": kv,
-        "query_alignment": align,
-        "sink_heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(sink_head))],
-        "n_sink_heads": int(sink_head.sum()),
-        "n_heads": int(sink_head.size),
-        "mean_sink_pr": float(np.mean(kv["sink_pr"])) if Ns else None,
-        "mean_other_pr": float(np.mean(kv["other_pr"])) if Ns else None,
-        "mean_sink_r90": float(np.mean(kv["sink_r90"])) if Ns else None,
-        "mean_other_r90": float(np.mean(kv["other_r90"])) if Ns else None,
-        "energy_share_sink_heads": m(share, sink_head),
-        "energy_share_other_heads": m(share, ~sink_head),
-        "cos_sink_heads": m(cos, sink_head),
-        "cos_other_heads": m(cos, ~sink_head),
-    }
+    return SinkKeys(
+        n_sink_keys=int(Ns),
+        n_other_keys=int(len(pick)),
+        head_dim=int(Dh),
+        per_layer_kv_head=KVHeadDims(**kv),
+        query_alignment=QueryAlignment(**align),
+        sink_heads=[[int(l), int(h)] for l, h in zip(*np.nonzero(sink_head))],
+        n_sink_heads=int(sink_head.sum()),
+        n_heads=int(sink_head.size),
+        mean_sink_pr=float(np.mean(kv["sink_pr"])) if Ns else None,
+        mean_other_pr=float(np.mean(kv["other_pr"])) if Ns else None,
+        mean_sink_r90=float(np.mean(kv["sink_r90"])) if Ns else None,
+        mean_other_r90=float(np.mean(kv["other_r90"])) if Ns else None,
+        energy_share_sink_heads=m(share, sink_head),
+        energy_share_other_heads=m(share, ~sink_head),
+        cos_sink_heads=m(cos, sink_head),
+        cos_other_heads=m(cos, ~sink_head),
+    )

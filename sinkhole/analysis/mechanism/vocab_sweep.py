@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sinkhole.report.mechanism_schema import VocabException, VocabSweep
+
 
 def vocab_spike_scores(peaks: np.ndarray, ref: float) -> np.ndarray:
     """(V,) peak norms of tokens fed alone -> (V,) score(v) = N(v) / ref (ref: the in-context reference norm)."""
@@ -32,8 +34,9 @@ def vocab_spike_scores(peaks: np.ndarray, ref: float) -> np.ndarray:
 
 def summarize(
     token_ids: np.ndarray, peaks: np.ndarray, ref: float, decode, threshold: float = 10.0, max_listed: int = 50
-) -> dict:
-    """The sweep's shares, percentiles and exceptions; decode(id) -> text."""
+) -> VocabSweep:
+    """The sweep's shares, percentiles and exceptions; decode(id) -> text. The run's own numbers
+    (vocab_size, seconds, ...) are the caller's (sinkhole.experiments.vocab_sweep)."""
     score = vocab_spike_scores(peaks, ref)
     spike = score > threshold
     share = float(spike.mean()) if len(spike) else 0.0
@@ -41,19 +44,19 @@ def summarize(
     idx = np.flatnonzero(minority)
     idx = idx[np.argsort(score[idx])] if share >= 0.5 else idx[np.argsort(-score[idx])]
     vmed = float(np.median(peaks)) if len(peaks) else 0.0
-    return {
-        "n_tokens": int(len(token_ids)),
-        "threshold": threshold,
-        "reference_norm": ref,
-        "n_spike": int(spike.sum()),
-        "spike_share": share,
-        "score_percentiles": {str(p): float(np.percentile(score, p)) for p in (0, 1, 5, 25, 50, 75, 95, 99, 100)},
-        "exceptions_are": "non-spiking tokens" if share >= 0.5 else "spiking tokens",
-        "n_exceptions": int(minority.sum()),
-        "exceptions": [
-            {"id": int(token_ids[i]), "text": decode(int(token_ids[i])), "score": float(score[i])}
+    return VocabSweep(
+        n_tokens=int(len(token_ids)),
+        threshold=threshold,
+        reference_norm=ref,
+        n_spike=int(spike.sum()),
+        spike_share=share,
+        score_percentiles={str(p): float(np.percentile(score, p)) for p in (0, 1, 5, 25, 50, 75, 95, 99, 100)},
+        exceptions_are="non-spiking tokens" if share >= 0.5 else "spiking tokens",
+        n_exceptions=int(minority.sum()),
+        exceptions=[
+            VocabException(id=int(token_ids[i]), text=decode(int(token_ids[i])), score=float(score[i]))
             for i in idx[:max_listed]
         ],
-        "vocab_median_norm": vmed,
-        "n_over_threshold_vs_vocab_median": int((peaks > threshold * vmed).sum()),
-    }
+        vocab_median_norm=vmed,
+        n_over_threshold_vs_vocab_median=int((peaks > threshold * vmed).sum()),
+    )
