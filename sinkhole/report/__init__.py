@@ -4,7 +4,7 @@ Renderers are named `<command>_<medium>`: `_text` prints to the terminal, `_figu
 `_page` writes a self-contained HTML page.
 
     schema.py           the typed report and its JSON file
-    mechanism_schema.py `mechanism`'s typed result (its JSON `mechanism` section)
+    mechanism_schema.py `mechanism`'s typed result (its JSON `mechanism` section), on sections.py
     analyze_text.py     `analyze`'s terminal text (`pct`, shared by every text renderer)
     html.py             `analyze` / `mechanism`'s HTML report; html_data.py the data it embeds,
                         html_mechanism.py its Mechanism section
