@@ -261,12 +261,11 @@ def mechanism_page(tmp_path_factory):
     """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
     from test_mechanism import planted, prompts
 
-    from sinkhole.cli.mechanism import add_page_detail
-    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+    from sinkhole.experiments.mechanism import MechanismConfig, add_page_detail, run_mechanism
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
     result, _ = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
-    add_page_detail(result, probe, prompts()[0], False)
+    add_page_detail(result, probe, prompts()[0], False, maps_max_len=html.MAPS_MAX_LEN)
     path = tmp_path_factory.mktemp("html") / "mechanism.html"
     html.write_html(result, path)
     return path

@@ -46,27 +46,10 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def page_capture(probe, prompt, chat):
-    """The Capture the page draws prompt 0 from (per-head attention, channels): that prompt run once
-    more alone, with full maps (batched and alone give the same numbers; tests/test_probe.py)."""
-    from sinkhole.report import html
-
-    probe.maps_max_len = html.MAPS_MAX_LEN
-    return probe.run(prompt, chat=chat)
-
-
-def add_page_detail(result, probe, prompt, chat) -> None:
-    """Give the example report the `detail` the page draws: the batch kept no attention maps, so its
-    per-head figures come from `page_capture` (the report's numbers stay those of the batch)."""
-    from sinkhole.analysis.detail import detail
-
-    result.example.detail = detail(page_capture(probe, prompt, chat), result.example.spikes.tokens)
-
-
 def run(args) -> int:
     from sinkhole.cli.common import load_probe, raise_failures, result_stream, write_all
     from sinkhole.eval.suite import load_suite
-    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
+    from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, add_page_detail, run_mechanism
     from sinkhole.report import html
     from sinkhole.report.mechanism_text import render_mechanism
     from sinkhole.report.schema import write_json
@@ -91,7 +74,7 @@ def run(args) -> int:
         result.vocab_sweep = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)
 
     def write_page():
-        add_page_detail(result, probe, prompts[0], args.chat)
+        add_page_detail(result, probe, prompts[0], args.chat, maps_max_len=html.MAPS_MAX_LEN)
         html.write_html(result, args.output)
 
     failures = write_all([(args.output, write_page), (args.json, lambda: write_json(result, args.json))])

@@ -329,3 +329,19 @@ def run_interventions(
     out.spike_fallback = fallback
     out.text = "pydoc_data.topics (sorted keys, joined)" if cfg.text is None else "user file"
     return out
+
+
+def page_capture(probe, prompt, chat, maps_max_len: int):
+    """The Capture the page draws prompt 0 from (per-head attention, channels): that prompt run once
+    more alone, with full maps up to `maps_max_len` tokens (batched and alone give the same numbers;
+    tests/test_probe.py)."""
+    probe.maps_max_len = maps_max_len
+    return probe.run(prompt, chat=chat)
+
+
+def add_page_detail(result, probe, prompt, chat, maps_max_len: int) -> None:
+    """Give the example report the `detail` the page draws: the batch kept no attention maps, so its
+    per-head figures come from `page_capture` (the report's numbers stay those of the batch)."""
+    from sinkhole.analysis.detail import detail
+
+    result.example.detail = detail(page_capture(probe, prompt, chat, maps_max_len), result.example.spikes.tokens)
