@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import threading
 import warnings
 
 import torch
@@ -100,6 +101,7 @@ def exact_attention_with_stats(
     row_bytes = max(1, B * Hq * Tk * 4)
     block = max(block_bytes // row_bytes, min(MIN_BLOCK_ROWS, 8 * block_bytes // row_bytes), 1)
     block = min(Tq, block)
+    score_buf, prob_buf = scratch(B * Hq * block * Tk, query.device)  # the last block sees every key
     for q0 in range(0, Tq, block):
         q1 = min(Tq, q0 + block)
         tb = q1 - q0
@@ -109,7 +111,9 @@ def exact_attention_with_stats(
         # KV head, with no broadcast copy of the keys.
         # Scaling the (small) query block instead of the (large) scores saves a pass over memory.
         qb = q[:, :, :, q0:q1].reshape(B, Hkv, G * tb, D).float() * scaling
-        scores = torch.matmul(qb, k_t[..., :kend].float()).view(B, Hkv, G, tb, kend)
+        n = B * Hkv * G * tb * kend
+        into = {} if score_buf is None else {"out": score_buf[:n].view(B, Hkv, G * tb, kend)}
+        scores = torch.matmul(qb, k_t[..., :kend].float(), **into).view(B, Hkv, G, tb, kend)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         dead = None  # fully masked query rows (left padding): they would softmax to NaN
@@ -139,7 +143,11 @@ def exact_attention_with_stats(
                 p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
             sink_mass += p_sink.sum(dim=-1)
         else:
-            p = torch.softmax(scores, dim=-1)
+            p = (
+                torch.softmax(scores, dim=-1)
+                if prob_buf is None
+                else torch.ops.aten._softmax.out(scores, -1, False, out=prob_buf[:n].view(B, Hkv, G, tb, kend))
+            )
         if dead is not None:
             p.masked_fill_(dead, 0.0)  # fully masked rows (left padding) attend to nothing
         pv = torch.matmul(p.reshape(B, Hkv, G * tb, kend).to(value.dtype), value[:, :, :kend])
@@ -152,6 +160,35 @@ def exact_attention_with_stats(
     out = out.reshape(B, Hq, Tq, Dv).transpose(1, 2).contiguous()
     sink_mass = sink_mass.reshape(B, Hq) if sink_mass is not None else None
     return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
+
+
+_SCRATCH: dict = {}  # thread id -> (scores, probabilities) float32 buffers, CPU only
+_SCRATCH_LOCK = threading.Lock()
+
+
+def scratch(n: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Two float32 buffers of at least n elements for the query blocks' scores and probabilities.
+
+    Why: allocated afresh per block (sizes growing with the block's keys), the freed blocks stayed
+    scattered in glibc's heap; measured with SmolLM2 at T = 8192, 2 threads: peak RSS 1.23x a plain
+    forward's. On the CPU each thread keeps its pair across blocks, layers and calls until
+    `release_scratch()` (the probe calls it after each forward). None, None (allocate per block) on
+    CUDA, whose caching allocator already reuses blocks, and under autograd."""
+    if device.type != "cpu" or torch.is_grad_enabled():  # autograd records no `out=` op
+        return None, None
+    tid = (threading.get_ident(), torch.is_inference_mode_enabled())  # inference tensors stay in inference mode
+    bufs = _SCRATCH.get(tid)
+    if bufs is None or bufs[0].numel() < n:
+        with _SCRATCH_LOCK:
+            _SCRATCH.pop(tid, None)  # the smaller pair goes before the larger one is allocated
+            bufs = _SCRATCH[tid] = (torch.empty(n), torch.empty(n))
+    return bufs
+
+
+def release_scratch() -> None:
+    """Free every thread's scratch buffers (after a forward: nothing stays allocated between runs)."""
+    with _SCRATCH_LOCK:
+        _SCRATCH.clear()
 
 
 def _sinks(kwargs: dict):
