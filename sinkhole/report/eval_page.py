@@ -4,7 +4,6 @@ offline), and the terminal summary one click away. Stylesheet: static/eval.css."
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from sinkhole.report import static
 from sinkhole.report.analyze_text import pct
 from sinkhole.report.eval_figures import FIGURES
 from sinkhole.report.eval_text import fmt_metric, fmt_std
+from sinkhole.report.png import embedded
 
 CAPTIONS = {
     "distributions.png": "Per-prompt numbers across the suite: a narrow peak means the structure does not depend on "
@@ -100,15 +100,11 @@ def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
     from sinkhole.io import write_atomic
 
     out = Path(out_dir)
-    imgs = []
-    for name in FIGURES:
-        p = out / name
-        if p.is_file():
-            data = base64.b64encode(p.read_bytes()).decode()
-            imgs.append(
-                f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                f"<figcaption><b>{name}</b>: {html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
-            )
+    imgs = [
+        f'<figure><img alt="{name}" src="{uri}">'
+        f"<figcaption><b>{name}</b>: {html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
+        for name, uri in embedded(out, FIGURES)
+    ]
     run = summary.get("run", {})
     model = html.escape(str(run.get("model", {}).get("name", "")))
     suite = html.escape(str(run.get("suite", {}).get("source", "?")))

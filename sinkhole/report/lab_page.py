@@ -5,7 +5,6 @@ table (lab_text), the PNG figures (lab_figures) embedded as data URIs, and the c
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -13,19 +12,14 @@ from sinkhole.lab.run import LabResult
 from sinkhole.report import static
 from sinkhole.report.lab_figures import FIGURES, write_figures
 from sinkhole.report.lab_text import render_table
+from sinkhole.report.png import embedded
 
 
 def render_html(result: LabResult, out_dir: str | Path) -> str:
     """The page as a string; it embeds the figures that are already in out_dir."""
     from sinkhole.lab import train as train_module
 
-    out = Path(out_dir)
-    imgs = []
-    for name in FIGURES:
-        p = out / name
-        if p.is_file():
-            data = base64.b64encode(p.read_bytes()).decode()
-            imgs.append(f'<figure><img class="fig" alt="{name}" src="data:image/png;base64,{data}"></figure>')
+    imgs = [f'<figure><img class="fig" alt="{name}" src="{uri}"></figure>' for name, uri in embedded(out_dir, FIGURES)]
     claims = "".join(f"<li><b>{html.escape(v.name)}</b>: {html.escape(v.claim)}</li>" for v in result.variants)
     env = result.environment
     return f"""<!doctype html>

@@ -7,6 +7,7 @@ and reaches the disk through `sinkhole.io`'s atomic writer, so a reader never se
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -49,3 +50,14 @@ def percent_axis(ax, axis: str = "x") -> None:
     from matplotlib.ticker import PercentFormatter
 
     (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
+
+
+def embedded(out_dir: str | Path, names) -> list[tuple[str, str]]:
+    """(name, data URI) of each PNG of `names` present in out_dir, in order: pages carry their figures
+    inside them, so they open offline and survive being mailed alone."""
+    out = []
+    for name in names:
+        p = Path(out_dir) / name
+        if p.is_file():
+            out.append((name, "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()))
+    return out
