@@ -46,10 +46,11 @@ def style_axes(ax, title: str | None = None) -> None:
 
 
 def percent_axis(ax, axis: str = "x") -> None:
-    """Tick labels of shares (0..1) as whole percentages."""
+    """Tick labels of shares (0..1) as percentages, with as many decimals as the axis range needs
+    (whole percentages over a span of 59.1%-60.1% labelled five ticks 59%, 59%, 60%, 60%, 60%)."""
     from matplotlib.ticker import PercentFormatter
 
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
 
 
 def embedded(out_dir: str | Path, names) -> list[tuple[str, str]]:
