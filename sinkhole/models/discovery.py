@@ -145,6 +145,7 @@ def _skip(cls: str) -> bool:
 
 @contextmanager
 def _tracing(model: nn.Module, layers: nn.ModuleList, st: _State):
+    from sinkhole.probe.attention import release_scratch
     from sinkhole.probe.hooks import attention_implementation, context_value, hooked
 
     pre_kwargs, forward = [], []
@@ -185,7 +186,10 @@ def _tracing(model: nn.Module, layers: nn.ModuleList, st: _State):
         attention_implementation(model, trace, optional=True),
         hooked(forward=forward, pre_kwargs=pre_kwargs),
     ):
-        yield getattr(model.config, "_attn_implementation", None) == trace
+        try:
+            yield getattr(model.config, "_attn_implementation", None) == trace
+        finally:
+            release_scratch()  # the traced attention's block buffers (sinkhole.probe.attention)
 
 
 def _fits(x: torch.Tensor | None, like: torch.Tensor) -> bool:

@@ -172,7 +172,7 @@ def scratch(n: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Te
     Why: allocated afresh per block (sizes growing with the block's keys), the freed blocks stayed
     scattered in glibc's heap; measured with SmolLM2 at T = 8192, 2 threads: peak RSS 1.23x a plain
     forward's. On the CPU each thread keeps its pair across blocks, layers and calls until
-    `release_scratch()` (the probe calls it after each forward). None, None (allocate per block) on
+    `release_scratch()` (`recording` calls it when its forward ends). None, None (allocate per block) on
     CUDA, whose caching allocator already reuses blocks, and under autograd."""
     if device.type != "cpu" or torch.is_grad_enabled():  # autograd records no `out=` op
         return None, None

@@ -21,7 +21,7 @@ import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.models.loading import LoadedModel, load_model
-from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES, release_scratch
+from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
 from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.capture import Capture, ModelInfo
 from sinkhole.probe.hooks import attention_implementation
@@ -176,15 +176,12 @@ class ModelProbe:
         if not bool(valid.all()):  # only with padding: models with offset positions (RoBERTa) count their own
             kwargs["position_ids"] = position_ids(valid).to(dev)
         if self.lm.family.uses_interface:
-            try:
-                with (
-                    torch.inference_mode(),
-                    recording(self.model, self.lm.family, rec),
-                    _one_line(self.info.architecture),
-                ):
-                    self.model(**kwargs)
-            finally:
-                release_scratch()  # the attention blocks' buffers, kept across layers during the forward
+            with (
+                torch.inference_mode(),
+                recording(self.model, self.lm.family, rec),
+                _one_line(self.info.architecture),
+            ):
+                self.model(**kwargs)
         if rec.attn_calls == 0 or (max(rec.attn_layer_calls) > 1 and self.lm.family.attn_repeats):
             # The model's code never called the attention interface (set_attn_implementation did nothing),
             # or a layer attends several times (differential attention, recurrent depth): eager maps instead.

@@ -22,7 +22,13 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from sinkhole.models.families import Family
-from sinkhole.probe.attention import ACTIVE_RECORDER, DEFAULT_BLOCK_BYTES, attention_with_stats, register
+from sinkhole.probe.attention import (
+    ACTIVE_RECORDER,
+    DEFAULT_BLOCK_BYTES,
+    attention_with_stats,
+    register,
+    release_scratch,
+)
 from sinkhole.probe.hooks import attention_implementation, context_value, hooked, observer
 
 
@@ -230,7 +236,10 @@ def recording(model: torch.nn.Module, family: Family, recorder: Recorder, use_at
         context_value(ACTIVE_RECORDER, recorder) if use_attention else nullcontext(),
         hooked(forward=hooks, pre_kwargs=enters),
     ):
-        yield recorder
+        try:
+            yield recorder
+        finally:
+            release_scratch()  # the attention blocks' buffers live for one forward only
 
 
 @contextmanager
