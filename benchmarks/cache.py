@@ -2,7 +2,8 @@
 
 1. decode: tokens/s of SinkCache and HeadAwareSinkCache against transformers' DynamicCache, each
    attending to L keys per step (DynamicCache prefilled to L - 1; SinkCache full at L = sinks +
-   window; head-aware with every head in full, and with half the heads at L / 4). Rounds alternate
+   window; head-aware with every head in full, with half the heads at L / 4, and with every head
+   streaming through sinks + 32 local sinks + window = L). Rounds alternate
    the caches, and each ratio is the median of per-round ratios, so load drifts hit all of them.
 2. memory: bytes held by the cache's tensors (exact) and process RSS as a stream grows, for
    SinkCache and DynamicCache. On the real model up to --mem-tokens; on a tiny random Llama
@@ -64,7 +65,8 @@ def decode_caches(model, length: int, sinks: int = 4) -> dict:
     """Cache factories that attend to the same number of keys (`length`) in every decode step:
     DynamicCache prefilled to length - 1, SinkCache full (sinks + window = length), and the
     head-aware cache with every head in full (its attention path and storage, no eviction) and with
-    half of each layer's KV heads streaming (sinks + window = length / 4) and the rest in full."""
+    half of each layer's KV heads streaming (sinks + window = length / 4) and the rest in full, and
+    with every head streaming through sinks + 32 local sinks + window (= length)."""
     from sinkhole.profiles.streaming import layer_kinds
 
     H = kv_head_count(model)
@@ -75,6 +77,10 @@ def decode_caches(model, length: int, sinks: int = 4) -> dict:
         "head_aware_full": lambda: HeadAwareSinkCache([list(range(H))] * L, sinks, length - sinks, model=model),
         "head_aware_half": lambda: HeadAwareSinkCache(
             [list(range(H // 2))] * L, sinks, length // 4 - sinks, model=model
+        ),
+        # every head streaming with 32 local sinks (explicit probabilities, a promotion per step)
+        "head_aware_local": lambda: HeadAwareSinkCache(
+            [[]] * L, sinks, length - sinks - 32, model=model, local_sinks=32
         ),
     }
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama, wrap
 
-from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, select_retrieval_heads, slot_costs
+from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
+from sinkhole.cache.head_plan import select_retrieval_heads, slot_costs
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.streaming import measure_streaming_scores
 from sinkhole.profiles.streaming import band_share, layer_kinds
@@ -126,15 +127,16 @@ def test_generate_works_and_needs_the_attention_function():
 def test_select_heads_meets_budget_and_prefers_low_scores():
     kinds, windows = ["global", "global"], [None, None]
     scores = [[0.99, 0.2], [0.5, 0.95]]
-    picked = select_retrieval_heads(scores, kinds, windows, 4, 60, budget=0.5, length=1000)
+    costs = slot_costs(kinds, windows, 4, 60, 1000)
+    picked = select_retrieval_heads(scores, kinds, costs, budget=0.5, length=1000)
     assert picked == [[1], []]  # one upgrade costs 936 slots; a second would pass 2000
-    stream, full = slot_costs(kinds, windows, 4, 60, 1000)
+    stream, full = costs
     used = sum(full[l] if h in picked[l] else stream[l] for l in range(2) for h in range(2))
     assert used <= 0.5 * 4 * 1000
-    rnd = select_retrieval_heads(scores, kinds, windows, 4, 60, 0.5, 1000, random_heads=1)
+    rnd = select_retrieval_heads(scores, kinds, costs, 0.5, 1000, random_heads=1)
     assert sum(map(len, rnd)) == 1
     with pytest.raises(SinkholeError, match="budget"):
-        select_retrieval_heads(scores, kinds, windows, 4, 600, budget=0.5, length=1000)
+        select_retrieval_heads(scores, kinds, slot_costs(kinds, windows, 4, 600, 1000), budget=0.5, length=1000)
 
 
 def test_from_profile_needs_streaming_scores():
@@ -155,7 +157,7 @@ def test_from_profile_needs_streaming_scores():
     with pytest.raises(SinkholeError, match="streaming scores"):
         HeadAwareSinkCache.from_profile(p, model=model)
     p.streaming = {"n_sink": 1, "window": 4, "scores": [[0.9, 0.1], [0.8, 0.7]]}
-    cache = HeadAwareSinkCache.from_profile(p, model=model, window=4, budget=0.6, length=64)
+    cache = HeadAwareSinkCache.from_profile(p, model=model, window=4, budget=0.6, length=64, local_sinks=0)
     assert cache.retrieval == [[1], [1]] and cache.n_sink == 1
 
 

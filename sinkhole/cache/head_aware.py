@@ -1,36 +1,41 @@
-"""HeadAwareSinkCache: streaming KV heads keep sinks + a window, retrieval KV heads keep everything.
+"""HeadAwareSinkCache: streaming KV heads keep sinks + local sinks + a window, retrieval KV heads keep
+everything.
 
 DuoAttention (Xiao et al., ICLR 2025) showed that only some heads need the whole context; the
 others attend to the sinks and the recent tokens. DuoAttention finds them by optimisation; here a
-profile's measured streaming scores (`sinkhole.profiles.streaming`) rank them, and the heads that
-look least like streaming heads keep everything, as many as a KV memory budget allows.
+profile's measured streaming scores (`sinkhole.profiles.streaming`) rank them
+(`sinkhole.cache.head_plan`), and the heads that look most like retrieval heads keep everything, as
+many as a KV memory budget allows.
 
     profile = load_profile("smollm2-135m")
-    cache = HeadAwareSinkCache.from_profile(profile, model=model, window=256, budget=0.5, length=2048)
+    cache = HeadAwareSinkCache.from_profile(profile, model=model, budget=0.5, length=2048)
     with head_aware_attention(model):
         model.generate(ids, cache=cache, max_new_tokens=200)
     cache.kv_bytes()
 
 Design decisions:
 
-- Storage per layer (B batch, D head dim): retrieval heads in one growing buffer (B, Hr, capacity, D)
-  that doubles when full (amortised O(1) per token, never a per-step concatenation of the cache);
-  streaming heads in a preallocated ring (B, Hs, S + W, D): S sink slots written once, then W
-  window slots where position p lands in slot S + (p - S) % W. Nothing is re-rotated: positions
-  stay the model's own (DuoAttention's choice), which is exact within the trained context (this
-  cache is for long-context recall, not for running past the context as `SinkCache` does).
-- Sliding-window layers (Gemma-3's local layers) never saw their sinks leave the window in training,
-  so their streaming heads keep a plain window of W (no sinks) and their retrieval heads keep the
-  layer's own window.
+- Storage per layer (`sinkhole.cache.kv_stores`): retrieval heads in one growing buffer that
+  doubles when full (amortised O(1) per token, never a per-step concatenation of the cache);
+  streaming heads in a preallocated ring of S sinks, M local sinks and W window slots. Local sinks
+  are the keys that drew the most attention while in the window (the sinks a model forms again
+  once its first token is out of reach; measured on Gemma-3's sliding layers, docs/cache.md).
+  Nothing is re-rotated: positions stay the model's own (DuoAttention's choice), which is exact
+  within the trained context (this cache is for long-context recall, not for running past the
+  context as `SinkCache` does).
+- Sliding-window layers (Gemma-3's local layers) never saw their first tokens leave the window in
+  training, so their streaming heads keep no first-token sinks, only local sinks and a window, and
+  their retrieval heads keep the layer's own window.
 - Heads of different lengths cannot share one attention call, so the cache pairs with an attention
   function registered with transformers' `AttentionInterface` ("sinkhole_head_aware", installed
   by the `head_aware_attention(model)` context manager, removed in `finally`). The cache layer
   hands its per-group tensors to it through the `kwargs` dict that transformers passes from
   `Cache.update` to the attention interface (no globals, no patched model code). Forgetting the
   context manager raises a SinkholeError at the next layer instead of computing garbage.
-- Decode (one new token): each group is one SDPA call over its stored tensors, no mask (every
-  stored key is visible; order does not matter to softmax). Chunks (prefill): each group gets a
-  boolean mask built from its keys' absolute positions, so a chunked prefill is exact too.
+- Each group is one SDPA call over its stored tensors with the mask its store gives (none for a
+  plain decode step: every stored key is visible and order does not matter to softmax; chunks get
+  masks from the keys' absolute positions, so a chunked prefill is exact). Groups with local sinks
+  compute their probabilities explicitly, because the store needs each key's attention.
 - Batches: rows of one length, no padding (as SinkCache).
 """
 
@@ -41,6 +46,8 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from sinkhole.cache.head_plan import local_sinks_fit, rank_scores, select_retrieval_heads, slot_costs
+from sinkhole.cache.kv_stores import Grow, LocalSinkRing, Ring
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
 
@@ -48,99 +55,15 @@ ATTN_NAME = "sinkhole_head_aware"
 PLAN_KEY = "sinkhole_head_aware_plan"
 
 
-class _Ring:
-    """S pinned first positions + a ring of W recent positions, for a subset of KV heads."""
-
-    def __init__(self, n_sink: int, window: int):
-        self.S, self.W = n_sink, window
-        self.k = self.v = None
-
-    def slots(self, pos: torch.Tensor) -> torch.Tensor:
-        return torch.where(pos < self.S, pos, self.S + (pos - self.S) % self.W)
-
-    def held_positions(self, n: int) -> list[int]:
-        """Positions in slot order after n tokens (the valid prefix of the ring)."""
-        sinks = list(range(min(self.S, n)))
-        recent = list(range(max(self.S, n - self.W), n))
-        order = sorted(recent, key=lambda p: (p - self.S) % self.W)
-        return sinks + order
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
-        """Add q tokens at positions n..n+q-1; return (keys, values, key positions or None)."""
-        B, H, q, D = k.shape
-        if self.k is None:
-            self.k = k.new_zeros(B, H, self.S + self.W, D)
-            self.v = v.new_zeros(B, H, self.S + self.W, v.shape[-1])
-        cap = self.S + self.W
-        if q == 1:  # decode: write one slot, attend to the valid prefix, no mask needed
-            slot = n if n < self.S else self.S + (n - self.S) % self.W
-            self.k[:, :, slot] = k[:, :, 0]
-            self.v[:, :, slot] = v[:, :, 0]
-            m = min(n + 1, cap)
-            return self.k[:, :, :m], self.v[:, :, :m], None
-        held = self.held_positions(n)
-        pos = torch.tensor(held + list(range(n, n + q)), device=k.device)
-        keys = torch.cat((self.k[:, :, : len(held)], k), dim=-2)
-        values = torch.cat((self.v[:, :, : len(held)], v), dim=-2)
-        new = torch.arange(n, n + q, device=k.device)
-        keep = (new < self.S) | (new >= n + q - self.W)  # what the ring holds after the chunk
-        self.k.index_copy_(2, self.slots(new[keep]), k[:, :, keep])
-        self.v.index_copy_(2, self.slots(new[keep]), v[:, :, keep])
-        return keys, values, pos
-
-    def visible(self, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
-        """(q, N) bool: causal, and within sinks + the last W keys of each query."""
-        qp, kp = qpos[:, None], kpos[None, :]
-        return (kp <= qp) & ((kp < self.S) | (kp > qp - self.W))
-
-    def nbytes(self) -> int:
-        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
-
-    def used_slots(self, n: int) -> int:
-        return min(n, self.S + self.W)
-
-
-class _Grow:
-    """Every position, for a subset of KV heads: a buffer that doubles when full."""
-
-    MIN_CAPACITY = 256
-
-    def __init__(self):
-        self.k = self.v = None
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
-        B, H, q, D = k.shape
-        if self.k is None or n + q > self.k.shape[2]:
-            cap = max(self.MIN_CAPACITY, n + q, 2 * (0 if self.k is None else self.k.shape[2]))
-            nk, nv = k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, v.shape[-1])
-            if self.k is not None:
-                nk[:, :, :n], nv[:, :, :n] = self.k[:, :, :n], self.v[:, :, :n]
-            self.k, self.v = nk, nv
-        self.k[:, :, n : n + q] = k
-        self.v[:, :, n : n + q] = v
-        pos = None if q == 1 else torch.arange(n + q, device=k.device)
-        return self.k[:, :, : n + q], self.v[:, :, : n + q], pos
-
-    @staticmethod
-    def visible(qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
-        return kpos[None, :] <= qpos[:, None]
-
-    def nbytes(self) -> int:
-        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
-
-    @staticmethod
-    def used_slots(n: int) -> int:
-        return n
-
-
 class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
-    """One layer: `retrieval` KV heads in a store of `full` (a _Grow, or a _Ring for sliding
-    layers), the other KV heads in a `_Ring(stream_sink, window)`."""
+    """One layer: `retrieval` KV heads in the store `full` (a Grow, or a Ring of the layer's own
+    window on sliding layers), the other KV heads in the store `stream` (a Ring of sinks + window,
+    or a LocalSinkRing); stores are in `sinkhole.cache.kv_stores`."""
 
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, n_kv_heads: int, retrieval: list[int], stream: _Ring, full, is_sliding: bool = False):
+    def __init__(self, n_kv_heads: int, retrieval: list[int], stream, full, is_sliding: bool = False):
         super().__init__()
         self.is_sliding = is_sliding
         self.n_kv_heads = n_kv_heads
@@ -183,11 +106,8 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
                 continue
             idx = self._index(heads, key_states.device)
             k, v = take(key_states, idx), take(value_states, idx)
-            keys, values, kpos = store.update(k, v, n)
-            mask = None
-            if kpos is not None:
-                mask = store.visible(torch.arange(n, n + q, device=keys.device), kpos)
-            groups.append((idx, keys, values, mask))
+            keys, values, mask, observe = store.update(k, v, n)
+            groups.append((idx, keys, values, mask, observe))
         self.cumulative_length += q
         self.plan = {"groups": groups, "used": False}
         kw = kwargs.get("kwargs")
@@ -216,13 +136,11 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
         return len(self.retrieval) * self.full.used_slots(n) + len(self.streaming) * self.stream.used_slots(n)
 
     def reset(self) -> None:
-        self.stream.k = self.stream.v = self.full.k = self.full.v = None
+        self.stream.reset(), self.full.reset()
         self.cumulative_length, self.plan, self.is_initialized = 0, None, False
 
     def _map_batch(self, fn) -> None:
-        for store in (self.stream, self.full):
-            if store.k is not None:
-                store.k, store.v = fn(store.k), fn(store.v)
+        self.stream.map_batch(fn), self.full.map_batch(fn)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise SinkholeError("HeadAwareSinkCache cannot be cropped: assisted decoding is not supported")
@@ -256,11 +174,17 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     G = Hq // n_kv
     qg = query.reshape(B, n_kv, G, q, D)
     out = None
-    for idx, keys, values, mask in plan["groups"]:
+    for idx, keys, values, mask, observe in plan["groups"]:
         h = keys.shape[1]
         qh = take(qg, idx).reshape(B, h, G * q, D)  # GQA packed: the G query heads of a KV head are extra rows
-        m = None if mask is None else mask.repeat(G, 1)  # (G*q, N): rows ordered (g, t)
-        o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
+        m = None  # rows ordered (g, t): a (q, N) or (B, h, q, N) mask repeats G times along the rows
+        if mask is not None:
+            m = mask.repeat(G, 1) if mask.dim() == 2 else mask.repeat(1, 1, G, 1)
+        if observe is None:
+            o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
+        else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
+            o, colsum = attention_and_colsum(qh, keys, values, m, scaling)
+            observe(colsum)
         o = o.reshape(B, h, G, q, values.shape[-1])
         if idx is None:
             out = o
@@ -272,6 +196,18 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
             else:
                 out.index_copy_(1, idx, o)
     return out.reshape(B, Hq, q, -1).transpose(1, 2).contiguous(), None
+
+
+def attention_and_colsum(q, k, v, mask, scaling):
+    """Softmax attention with the probabilities' column sums: q (B, h, R, D), k (B, h, N, D),
+    v (B, h, N, Dv), mask None or bool broadcastable to (B, h, R, N). Returns output (B, h, R, Dv) in
+    v's dtype and colsum (B, h, N) float32 (summed over the R rows). Small: a decode step or a chunk
+    over a bounded ring."""
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.matmul(p.to(v.dtype), v), p.sum(-2)
 
 
 def register() -> str:
@@ -303,31 +239,41 @@ class HeadAwareSinkCache(Cache):
 
     retrieval: per layer, the KV heads that keep everything (their layer's own window on sliding
     layers). n_sink, window: what streaming heads of global layers keep (sliding layers: a window
-    of `window`, no sinks). `HeadAwareSinkCache(retrieval=[[]] * L, ...)` is sinks + window for
-    every head; n_sink=0 makes it window-only.
+    of `window`, no sinks). local_sinks: M extra slots per streaming head for the keys that received
+    the most attention while in the window (`kv_stores.LocalSinkRing`; 0 = none).
+    `HeadAwareSinkCache(retrieval=[[]] * L, ...)` is sinks + window for every head; n_sink=0 makes
+    it window-only.
     """
 
-    def __init__(self, retrieval: list[list[int]], n_sink: int = 4, window: int = 256, *, model: torch.nn.Module):
+    def __init__(
+        self,
+        retrieval: list[list[int]],
+        n_sink: int = 4,
+        window: int = 256,
+        *,
+        model: torch.nn.Module,
+        local_sinks: int = 0,
+    ):
         from sinkhole.profiles.streaming import layer_kinds
 
         if model is None:
             raise SinkholeError("HeadAwareSinkCache needs the model (for its layer types): ..., model=model)")
-        if n_sink < 0 or window < 1:
-            raise SinkholeError(f"need n_sink >= 0 and window >= 1 (got {n_sink}, {window})")
+        if n_sink < 0 or window < 1 or local_sinks < 0:
+            raise SinkholeError(
+                f"need n_sink >= 0, window >= 1 and local_sinks >= 0 (got {n_sink}, {window}, {local_sinks})"
+            )
         kinds, windows = layer_kinds(model)
         if len(retrieval) != len(kinds):
             raise SinkholeError(f"retrieval lists {len(retrieval)} layers; the model has {len(kinds)}")
-        self.n_sink, self.window, self.kinds, self.sliding = n_sink, window, kinds, windows
+        self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
+        self.kinds, self.sliding = kinds, windows
         self.n_kv_heads = kv_head_count(model)
         self.retrieval = [sorted(set(int(h) for h in r)) for r in retrieval]
         layers = []
         for kind, sw, r in zip(kinds, windows, self.retrieval):
-            if kind == "global":
-                layers.append(HeadAwareLayer(self.n_kv_heads, r, _Ring(n_sink, window), _Grow()))
-            else:
-                layers.append(
-                    HeadAwareLayer(self.n_kv_heads, r, _Ring(0, min(window, sw)), _Ring(0, sw), is_sliding=True)
-                )
+            stream = streaming_store(kind, sw, n_sink, window, local_sinks)
+            full = Grow() if kind == "global" else Ring(0, sw)
+            layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global"))
         super().__init__(layers=layers)
 
     @classmethod
@@ -336,25 +282,23 @@ class HeadAwareSinkCache(Cache):
         profile,
         *,
         model: torch.nn.Module,
-        window: int = 256,
+        window: int = 224,
         budget: float = 0.5,
         length: int | None = None,
         n_sink: int | None = None,
+        local_sinks: int = 32,
         random_heads: int | None = None,
-        rank_by: str = "copy",
+        rank_by: str = "both",
     ) -> HeadAwareSinkCache:
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
 
         Memory is counted in key slots at `length` tokens (default: the model's trained context):
         dense holds `length` per global-layer head and min(length, own window) per sliding-layer
-        head. Heads are upgraded from streaming to retrieval in order of increasing streaming score
-        while the total fits. n_sink defaults to the sinks the scores were measured with
-        (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
-        per layer kind, picked at random. rank_by: "copy" (default) keeps first the heads with the
-        least attention inside sinks + window at copy queries (`streaming.copy_scores`),
-        "retrieval" the heads with the most
-        attention on the token to copy (`retrieval_scores`), "all" the band share over every
-        query (`scores`); a profile without the chosen scores falls back to `scores`.
+        head; a streaming head holds its sinks, local sinks and window. Heads are upgraded from
+        streaming to retrieval in the order `rank_by` gives (`head_plan.rank_scores`) while the
+        total fits. n_sink defaults to the sinks the scores were measured with (`streaming.n_sink`).
+        random_heads=seed: the control, the same number of retrieval heads per layer kind, picked
+        at random.
         """
         from sinkhole.profiles.streaming import layer_kinds
 
@@ -365,13 +309,7 @@ class HeadAwareSinkCache(Cache):
                 "(sinkhole >= the head-aware cache) or use a shipped one"
             )
         kinds, windows = layer_kinds(model)
-        if rank_by not in ("retrieval", "copy", "all"):
-            raise SinkholeError(f"rank_by must be 'retrieval', 'copy' or 'all' (got {rank_by!r})")
-        scores = stream["scores"]
-        if rank_by == "retrieval" and stream.get("retrieval_scores"):
-            scores = [[1.0 - v for v in row] for row in stream["retrieval_scores"]]  # low = keep first
-        elif rank_by == "copy" and stream.get("copy_scores"):
-            scores = stream["copy_scores"]
+        scores = rank_scores(stream, rank_by)
         H = kv_head_count(model)
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
             raise SinkholeError(
@@ -380,8 +318,9 @@ class HeadAwareSinkCache(Cache):
             )
         n_sink = int(stream.get("n_sink", profile.pinned_slots)) if n_sink is None else n_sink
         length = length or getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 4096
-        picked = select_retrieval_heads(scores, kinds, windows, n_sink, window, budget, length, random_heads)
-        return cls(picked, n_sink, window, model=model)
+        costs = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
+        picked = select_retrieval_heads(scores, kinds, costs, budget, length, random_heads)
+        return cls(picked, n_sink, window, model=model, local_sinks=local_sinks)
 
     def kv_bytes(self) -> int:
         """Bytes allocated for keys and values (ring slots and the retrieval buffers' spare capacity included)."""
@@ -394,63 +333,18 @@ class HeadAwareSinkCache(Cache):
         return dict(
             n_sink=self.n_sink,
             window=self.window,
+            local_sinks=self.local_sinks,
             retrieval=self.retrieval,
             retrieval_heads=sum(len(r) for r in self.retrieval),
             kv_heads=self.n_kv_heads * len(self.layers),
         )
 
 
-def slot_costs(
-    kinds: list[str], windows: list[int | None], n_sink: int, window: int, length: int
-) -> tuple[list[int], list[int]]:
-    """Per layer: key slots one KV head holds at `length` tokens as streaming, and as retrieval (= dense)."""
-    stream, full = [], []
-    for kind, sw in zip(kinds, windows):
-        if kind == "global":
-            stream.append(min(length, n_sink + window)), full.append(length)
-        else:
-            stream.append(min(length, window, sw)), full.append(min(length, sw))
-    return stream, full
-
-
-def select_retrieval_heads(
-    scores: list[list[float]],
-    kinds: list[str],
-    windows: list[int | None],
-    n_sink: int,
-    window: int,
-    budget: float,
-    length: int,
-    random_heads: int | None = None,
-) -> list[list[int]]:
-    """Per layer, the KV heads to keep in full so that slots <= budget x dense slots at `length` tokens."""
-    import random
-
-    stream, full = slot_costs(kinds, windows, n_sink, window, length)
-    H = len(scores[0])
-    dense = H * sum(full)
-    used = H * sum(stream)
-    if used > budget * dense + 1e-9:
-        raise SinkholeError(
-            f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
-            f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window"
-        )
-    heads = sorted(
-        ((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H)), key=lambda x: (x[0], x[1], x[2])
-    )
-    picked: list[list[int]] = [[] for _ in kinds]
-    for _, l, h in heads:
-        extra = full[l] - stream[l]
-        if extra > 0 and used + extra <= budget * dense + 1e-9:
-            picked[l].append(h)
-            used += extra
-    if random_heads is not None:  # the control: same count per layer kind, random heads
-        rng = random.Random(random_heads)
-        out: list[list[int]] = [[] for _ in kinds]
-        for kind in set(kinds):
-            pool = [(l, h) for l in range(len(kinds)) if kinds[l] == kind for h in range(H)]
-            n = sum(len(picked[l]) for l in range(len(kinds)) if kinds[l] == kind)
-            for l, h in rng.sample(pool, n):
-                out[l].append(h)
-        picked = out
-    return [sorted(p) for p in picked]
+def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):
+    """What a streaming head keeps: sinks + window (global layers) or a window (sliding layers, no
+    sinks: they never saw their first tokens leave in training), plus `local_sinks` local-sink slots
+    when they fit inside the layer's own window."""
+    S = n_sink if kind == "global" else 0
+    if local_sinks_fit(kind, sliding, window, local_sinks):
+        return LocalSinkRing(S, local_sinks, window, sliding=sliding)
+    return Ring(S, window if sliding is None else min(window, sliding))

@@ -16,8 +16,8 @@ Methods, all at about `budget` x dense's KV memory except dense:
     dense       DynamicCache, full attention
     window      the most recent C tokens in every head (C: the largest uniform size within budget)
     sinks       the first n_sink tokens + the most recent C - n_sink, every head (StreamingLLM's policy)
-    head_aware  HeadAwareSinkCache.from_profile: the heads with the lowest streaming scores keep
-                everything, the others n_sink + `window`
+    head_aware  HeadAwareSinkCache.from_profile: the heads its ranking puts first keep everything,
+                the others n_sink + `local_sinks` + `window`
     random      the same number of full heads per layer kind, picked at random (the control)
 
 Every method runs the same chunked forwards (chunks of `chunk` tokens; the head-aware masks make a
@@ -83,7 +83,7 @@ class RecallResult:
 
 def uniform_size(kinds, windows, n_heads: int, budget: float, length: int) -> int:
     """The largest cache size C (keys per head) with every head at C keys within budget x dense."""
-    from sinkhole.cache.head_aware import slot_costs
+    from sinkhole.cache.head_plan import slot_costs
 
     _, full = slot_costs(kinds, windows, 0, 1, length)
     dense = n_heads * sum(full)
@@ -129,7 +129,7 @@ def evaluate_recall(
     profile,
     n_tokens: int = 2048,
     budget: float = 0.5,
-    window: int = 256,
+    window: int = 224,
     n_sink: int | None = None,
     span: int = 32,
     n_spans: int = 4,
@@ -137,14 +137,16 @@ def evaluate_recall(
     chunk: int = 64,
     random_seed: int = 0,
     methods: tuple[str, ...] | None = None,
-    rank_by: str = "copy",
+    rank_by: str = "both",
+    local_sinks: int = 32,
     progress=None,
 ) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
 
     from transformers import DynamicCache
 
-    from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count, slot_costs
+    from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count
+    from sinkhole.cache.head_plan import slot_costs
     from sinkhole.cache.sink_cache import cache_nbytes
     from sinkhole.profiles.streaming import copy_prompt, layer_kinds
 
@@ -168,7 +170,14 @@ def evaluate_recall(
         "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
         "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
         "head_aware": lambda: HeadAwareSinkCache.from_profile(
-            profile, model=model, window=window, budget=budget, length=n_tokens, n_sink=n_sink, rank_by=rank_by
+            profile,
+            model=model,
+            window=window,
+            budget=budget,
+            length=n_tokens,
+            n_sink=n_sink,
+            rank_by=rank_by,
+            local_sinks=local_sinks,
         ),
         "random": lambda: HeadAwareSinkCache.from_profile(
             profile,
@@ -179,6 +188,7 @@ def evaluate_recall(
             n_sink=n_sink,
             random_heads=random_seed,
             rank_by=rank_by,
+            local_sinks=local_sinks,
         ),
     }
     if methods is not None:
@@ -236,6 +246,7 @@ def evaluate_recall(
             seeds=list(seeds),
             chunk=chunk,
             rank_by=rank_by,
+            local_sinks=local_sinks,
             random_seed=random_seed,
             dtype=str(lm.dtype).replace("torch.", ""),
             device=str(lm.device),

@@ -51,14 +51,20 @@ def add_parser(sub) -> None:
     r.add_argument("--recall", action="store_true", help="run the copy-recall test instead of perplexity")
     r.add_argument("--budget", type=float, default=0.5, help="KV memory as a share of dense, default 0.5")
     r.add_argument(
-        "--window", type=int, default=256, help="window of the head-aware cache's streaming heads, default 256"
+        "--window", type=int, default=224, help="window of the head-aware cache's streaming heads, default 224"
     )
     r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
     r.add_argument(
+        "--local-sinks",
+        type=int,
+        default=32,
+        help="slots per streaming head for the keys that drew the most attention in the window, default 32",
+    )
+    r.add_argument(
         "--rank-by",
-        choices=["copy", "retrieval", "all"],
-        default="copy",
-        help="which profile scores pick the full heads (docs/cache.md), default copy",
+        choices=["both", "copy", "retrieval", "all"],
+        default="both",
+        help="which profile scores pick the full heads (docs/cache.md), default both",
     )
     o = p.add_argument_group("output")
     o.add_argument(
@@ -116,6 +122,8 @@ def run_recall(args) -> int:
 
     if args.text is not None or args.plot:
         raise SinkholeError("--recall builds its own streams and draws no plot: drop --text/--plot")
+    if args.window < 1 or args.local_sinks < 0:
+        raise SinkholeError(f"need --window >= 1 and --local-sinks >= 0 (got {args.window}, {args.local_sinks})")
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
     )
@@ -130,6 +138,7 @@ def run_recall(args) -> int:
             window=args.window,
             seeds=tuple(range(args.seeds)),
             rank_by=args.rank_by,
+            local_sinks=args.local_sinks,
             progress=bar.update,
         )
     d = result.to_dict()

@@ -11,7 +11,8 @@ def render_recall(d: dict) -> str:
         f"{d['model']}: copy recall over {d['n_tokens']}-token streams ({len(d['settings']['seeds'])} x "
         f"{d['settings']['n_spans']} spans of {d['settings']['span']} random tokens, repeated "
         f"{d['spans'][0][0][1] - d['spans'][0][0][0]} tokens later); budget {d['budget']:.0%} of dense KV; "
-        f"uniform caches {d['uniform_cache']} keys/head, head-aware {d['n_sink']} sinks + {d['window']}",
+        f"uniform caches {d['uniform_cache']} keys/head, head-aware {d['n_sink']} sinks + "
+        f"{d['settings'].get('local_sinks', 0)} local sinks + {d['window']}",
         f"{'method':<26} {'KV':>6} {'recall':>7} {'vs dense':>9} {'1st occ.':>9} {'ppl text':>9} {'vs dense':>9} "
         f"{'seconds':>8}  full heads",
     ]
