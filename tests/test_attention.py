@@ -58,6 +58,21 @@ def test_bool_and_float_masks_with_padding_and_query_validity():
     assert colsum[1, :, :3].abs().max() == 0  # padded keys receive nothing
 
 
+@pytest.mark.parametrize("block_bytes", [300, 1 << 30])
+def test_per_head_masks_with_gqa(block_bytes):
+    """A mask with a head axis (B, Hq, Tq, Tk): each query head keeps its own, also when its KV head is shared."""
+    torch.manual_seed(4)
+    B, Hq, Hkv, T, D = 2, 6, 2, 11, 8
+    q, k, v = torch.randn(B, Hq, T, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D)
+    allowed = causal(T, T)[None, None] & (torch.rand(B, Hq, T, T) < 0.7)
+    allowed |= torch.eye(T, dtype=torch.bool)  # every row sees itself
+    p, ref_out = brute(q, k, v, allowed, 0.3)
+    out, colsum, probs, _ = attention_with_stats(q, k, v, allowed, 0.3, block_bytes=block_bytes, keep_probs=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(colsum, p.sum(-2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs.float(), p, atol=1e-3, rtol=1e-3)
+
+
 def test_sliding_window_mask_decode_offset_softcap_and_sinks():
     torch.manual_seed(2)
     B, H, Tq, Tk, D = 1, 2, 3, 10, 4  # decoding: 3 queries at the end of 10 keys

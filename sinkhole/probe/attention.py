@@ -29,7 +29,9 @@ Design:
   QK^T, exp(s - lse) and a column sum, 0.21 s even with -lse folded into the GEMM): on a CPU,
   recomputing QK^T costs more than the softmax normalisation and P @ V that it saves. What is
   left between the blocked path and SDPA is memory traffic of the materialised score blocks,
-  which only a fused CPU kernel would remove.
+  which only a fused CPU kernel would remove. Also tried (2026-11-28, same VM, T = 4096, 1 and 2
+  threads): one KV head per block step (blocks of 3-8 MB) with the softmax in place in a single
+  buffer; 0.97-1.03x this path's time, within the run-to-run noise, so not kept.
 """
 
 from __future__ import annotations
