@@ -6,8 +6,8 @@ Rankings (`rank_scores`), measured on 2k-token copy streams at 50% KV (docs/cach
                  the copy queries *and* put that attention on the token to copy. Default: the only
                  one of the four that picked the copying heads of both bundled models (SmolLM2:
                  75.0% recall, 0.95x dense; Gemma-3: its two copying global layers, 5 and 11).
-    "copy"       1 - copy_score alone: SmolLM2 72.6%, but on Gemma-3 it ranks global layer 17
-                 (diffuse far attention) above layer 11, and recall falls to 0.
+    "copy"       1 - copy_score alone: SmolLM2 72.6%, but on Gemma-3 it ranks global layer 17 (far
+                 attention that does not land on the token to copy) above layer 11, and recall is 0.
     "retrieval"  retrieval_score alone: right on Gemma-3, 54.4% on SmolLM2.
     "all"        1 - the band share over every query: 0% on SmolLM2 (early layers' diffuse heads win).
 """

@@ -19,7 +19,7 @@ Every store has the same small protocol:
   queries that saw it there); the M highest are kept. Why (measured on Gemma-3-270M's sliding
   layers, docs/cache.md): once the first token has left a local layer's window, the attention
   that reaches beyond the last 64 keys lands mostly on a few delimiter tokens ('.', '\\n\\n'), the
-  top 8 keys taking 41-96% of it in 14 of 15 layers; keeping those few keys recovers most of what a
+  top 8 keys taking 41-97% of it in 14 of 15 layers; keeping those few keys recovers most of what a
   short window loses. A local sink stops being visible once it is older than the layer's own
   sliding window, as in the model. The choice is made once per forward call: a chunk of queries
   sees the local sinks chosen before it (token-by-token decoding chooses at every token).

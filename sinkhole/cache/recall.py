@@ -165,31 +165,13 @@ def evaluate_recall(
     if C <= n_sink + 1:
         raise SinkholeError(f"budget {budget:.0%} leaves {C} keys per head: too few for {n_sink} sinks + a window")
     none = [[] for _ in kinds]
+    plan = dict(window=window, budget=budget, length=n_tokens, n_sink=n_sink, rank_by=rank_by, local_sinks=local_sinks)
     makers = {
         "dense": lambda: DynamicCache(config=model.config),
         "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
         "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
-        "head_aware": lambda: HeadAwareSinkCache.from_profile(
-            profile,
-            model=model,
-            window=window,
-            budget=budget,
-            length=n_tokens,
-            n_sink=n_sink,
-            rank_by=rank_by,
-            local_sinks=local_sinks,
-        ),
-        "random": lambda: HeadAwareSinkCache.from_profile(
-            profile,
-            model=model,
-            window=window,
-            budget=budget,
-            length=n_tokens,
-            n_sink=n_sink,
-            random_heads=random_seed,
-            rank_by=rank_by,
-            local_sinks=local_sinks,
-        ),
+        "head_aware": lambda: HeadAwareSinkCache.from_profile(profile, model=model, **plan),
+        "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, random_heads=random_seed, **plan),
     }
     if methods is not None:
         unknown = sorted(set(methods) - set(makers))
