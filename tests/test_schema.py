@@ -155,7 +155,8 @@ def mechanism_of(lm, prompts, interventions=False) -> MechanismResult:
 def mechanism_runs():
     """{name: (typed result, its JSON read back)}: the planted model of tests/test_mechanism.py with every
     optional section (interventions, vocab sweep), a hybrid (lfm2: sink_keys.layers, no gated FFN) and a
-    model without a norm before its attention (olmo2)."""
+    model without a norm before its attention (olmo2), and a hybrid whose blocks discovery cannot split
+    (falcon_h1: no attention or FFN contributions measured)."""
     from test_mechanism import planted, prompts
 
     from sinkhole.experiments.vocab_sweep import vocab_sweep
@@ -167,7 +168,7 @@ def mechanism_runs():
     full = mechanism_of(lm, prompts(), interventions=True)
     full.vocab_sweep = vocab_sweep(lm, prompts(1, T=20)[0][1:], threshold=10.0, batch_size=32)
     runs = {"planted": full}
-    for mt in ("lfm2", "olmo2"):
+    for mt in ("lfm2", "olmo2", "falcon_h1"):
         with quiet():
             tiny = LoadedModel.wrap(tiny_model(mt), IdTokenizer(), name=mt)
         runs[mt] = mechanism_of(tiny, prompts(3))

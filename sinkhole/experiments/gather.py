@@ -189,9 +189,13 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
             logits_to_keep=1,
         )
 
-    def stack(name):
-        """Per-layer tensors stacked; a layer without one (not measured there) is NaN."""
+    def stack(name, like_name=None):
+        """Per-layer tensors stacked; a layer without one (not measured there) is NaN. With `like_name`,
+        a piece no layer measured is all NaN in that one's shape (a hybrid whose blocks discovery
+        could not split still has a residual stream) instead of None."""
         like = next((t for t in store[name] if t is not None), None)
+        if like is None and like_name is not None:
+            like = next((t for t in store[like_name] if t is not None), None)
         if like is None:
             return None
         return torch.stack([t if t is not None else torch.full_like(like, float("nan")) for t in store[name]]).numpy()
@@ -202,8 +206,8 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
 
     return Gathered(
         embed=store["embed"].numpy(),
-        attn_out=stack("attn_out"),
-        ffn_out=stack("ffn_out"),
+        attn_out=stack("attn_out", "layer_out"),
+        ffn_out=stack("ffn_out", "layer_out"),
         layer_out=stack("layer_out"),
         chan=stack("chan"),
         ffn_in=opt("ffn_in"),
