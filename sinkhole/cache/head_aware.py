@@ -323,7 +323,8 @@ class HeadAwareSinkCache(Cache):
         return cls(picked, n_sink, window, model=model, local_sinks=local_sinks)
 
     def kv_bytes(self) -> int:
-        """Bytes allocated for keys and values (ring slots and the retrieval buffers' spare capacity included)."""
+        """Bytes allocated for keys and values (ring slots, the retrieval buffers' spare capacity and the
+        local sinks' bookkeeping included)."""
         return sum(layer.kv_bytes() for layer in self.layers)
 
     def used_slots(self) -> int:
