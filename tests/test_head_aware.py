@@ -269,13 +269,11 @@ class CharTokenizer:
         return {"input_ids": [1 + ord(c) % 97 for c in text]}
 
 
-def test_recall_evaluation_on_a_tiny_model():
-    from sinkhole.cache.recall import evaluate_recall
+def tiny_recall_setup():
+    """A tiny Llama with a character tokenizer and a profile with streaming scores."""
     from sinkhole.profiles.profile import SinkProfile
-    from sinkhole.report.recall_text import render_recall
 
-    model = tiny_llama(**BIG)
-    lm = wrap(model)
+    lm = wrap(tiny_llama(**BIG))
     lm.tokenizer = CharTokenizer()
     p = SinkProfile(
         model={"name": "t"},
@@ -289,6 +287,14 @@ def test_recall_evaluation_on_a_tiny_model():
         prompts={},
         streaming={"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]},
     )
+    return lm, p
+
+
+def test_recall_evaluation_on_a_tiny_model():
+    from sinkhole.cache.recall import evaluate_recall
+    from sinkhole.report.recall_text import render_recall
+
+    lm, p = tiny_recall_setup()
     res = evaluate_recall(lm, p, n_tokens=240, budget=0.5, window=8, span=8, n_spans=2, seeds=(0, 1), chunk=16)
     rows = {r.method: r for r in res.rows}
     assert list(rows) == ["dense", "window", "sinks", "head_aware", "random"]
@@ -302,6 +308,16 @@ def test_recall_evaluation_on_a_tiny_model():
         by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
     )
     assert "head-aware (profile)" in render_recall(res.to_dict())
+
+
+def test_recall_refuses_a_plan_that_cannot_fit_before_any_forward():
+    from sinkhole.cache.recall import evaluate_recall
+
+    lm, p = tiny_recall_setup()
+    runs = []
+    with pytest.raises(SinkholeError, match="budget"):
+        evaluate_recall(lm, p, n_tokens=240, window=150, span=8, n_spans=2, seeds=(0,), chunk=16, progress=runs.append)
+    assert runs == []
 
 
 def test_cli_recall_rejects_plot_and_text_before_loading(capsys):

@@ -178,6 +178,9 @@ def evaluate_recall(
         if unknown:
             raise SinkholeError(f"unknown recall methods {unknown} (known: {', '.join(makers)})")
         makers = {k: v for k, v in makers.items() if k in methods}
+    for name in ("head_aware", "random"):  # a plan that cannot fit fails here, before any forward
+        if name in makers:
+            makers[name]()
     streams = [copy_prompt(lm.tokenizer, n_tokens, span=span, n_spans=n_spans, seed=s) for s in seeds]
     rows = []
     for name, make in makers.items():
