@@ -312,10 +312,12 @@ def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
         assert drawn(driver, fig), fig
 
 
-@pytest.mark.parametrize("model_type", ["lfm2", "olmo2"])
+@pytest.mark.parametrize("model_type", ["lfm2", "olmo2", "falcon_h1"])
 def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_type):
-    """lfm2 (hybrid, no gated FFN: no amplifier) and olmo2 (no norm before its attention: no normalization)
-    draw the Mechanism section without errors, and say why in the story."""
+    """lfm2 (hybrid, no gated FFN: no amplifier), olmo2 (no norm before its attention: no normalization)
+    and falcon_h1 (blocks not split: the lifecycle has only layer outputs, and neither applies) draw the
+    Mechanism section without errors, and say why in the story and in place of the figures that do not
+    apply."""
     from test_mechanism import prompts
 
     from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
@@ -331,7 +333,13 @@ def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_
     html.write_html(result, path)
     open_page(driver, path)
     assert severe(driver) == []
-    for fig in ("mech-lifecycle", "mech-channels", "mech-norm", "mech-heads"):
+    no_norm = model_type in ("olmo2", "falcon_h1")
+    for fig in ("mech-channels", "mech-heads") + (() if no_norm else ("mech-norm",)):
         assert drawn(driver, fig), fig
+    points = "return document.querySelectorAll('#mech-lifecycle .scatterlayer path.point').length"
+    assert drawn(driver, "mech-lifecycle") or driver.execute_script(points) > 0
     story = driver.find_element("id", "mech-story").text
-    assert ("Norm: not applicable" in story) == (model_type == "olmo2")
+    assert ("Norm: not applicable" in story) == no_norm
+    text = lambda fig: driver.find_element("id", fig).text
+    assert text("mech-norm").startswith("Not applicable: no norm feeds") == no_norm
+    assert text("mech-amplifier").startswith("Not applicable:") == (model_type != "olmo2")

@@ -139,6 +139,8 @@ def mechanism_view(m: Mechanism, model: dict) -> dict:
     """The compact data static/mechanism.js draws (rounded to 4 significant digits)."""
     L, H = int(model["n_layers"]), int(model["n_heads"])
     lcy, ch, amp, nrm, keys = m.lifecycle, m.channels, m.amplifier, m.normalization, m.sink_keys
+    why_amp = "" if isinstance(amp, Amplifier) else amp.reason[:1].upper() + amp.reason[1:] + "."
+    why_nrm = "" if isinstance(nrm, Normalization) else nrm.reason[:1].upper() + nrm.reason[1:] + "."
     amp = amp if isinstance(amp, Amplifier) else None
     nrm = nrm if isinstance(nrm, Normalization) else None
     traces = [
@@ -169,11 +171,13 @@ def mechanism_view(m: Mechanism, model: dict) -> dict:
             "median": amp.fro_norm_median if amp else None,
             "n_channels": amp.n_channels if amp else model["d_model"],
             "per": [{k: getattr(c, k) for k in AMPLIFIER_KEYS} for c in (amp.channels if amp else [])],
+            "why": why_amp,
         },
         "norm": {
             "labels": ["entering the step-up layer", "after it"],
             "spike": [nrm.before.spike_sparsity, nrm.after.spike_sparsity] if nrm else [None, None],
             "other": [nrm.before.other_sparsity, nrm.after.other_sparsity] if nrm else [None, None],
+            "why": why_nrm,
         },
         "keys": {
             "sink_pr": _mean_rows(kv.sink_pr),

@@ -5,8 +5,12 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
   const plot = (id, traces, layout) => Plotly.newPlot(id, traces, base(layout), h.CFG);
   M.story.forEach((s) => { const li = document.createElement("li"); li.textContent = s; $("mech-story").appendChild(li); });
 
-  if (M.lifecycle.length) {
-    plot("mech-lifecycle", M.lifecycle.map((t) => ({ type: "scatter", mode: "lines", x: t.blocks.map((b, i) => i), y: t.norm,
+  const measured = (t) => t.norm.some((x) => x !== null);
+  if (M.lifecycle.length && !M.lifecycle.some(measured))
+    $("mech-lifecycle").textContent = "Not measured: this model's attention and FFN contributions could not be told apart (its blocks were not split by discovery).";
+  else if (M.lifecycle.length) {
+    // blocks that were not measured (null) are gaps: markers keep isolated points visible
+    plot("mech-lifecycle", M.lifecycle.map((t) => ({ type: "scatter", mode: t.norm.includes(null) ? "lines+markers" : "lines", x: t.blocks.map((b, i) => i), y: t.norm,
       name: esc(t.label), customdata: t.blocks, hovertemplate: "%{customdata}<br>\u2016r\u2016 = %{y:.4g}<extra>" + esc(t.label) + "</extra>" })),
       { xaxis: { title: { text: "block (2l = attention of layer l, 2l+1 = its FFN)" } },
         yaxis: { title: { text: "\u2016r_b\u2016 (log)" }, type: "log", dtick: 1 } });
@@ -36,10 +40,11 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
       yaxis2: { anchor: "x2", title: { text: "\u03bb", standoff: 2 } },
       shapes: [{ type: "line", xref: "x domain", yref: "y", x0: 0, x1: 1, y0: A.median, y1: A.median, line: { dash: "dot", color: "#555" } }],
       annotations: [{ xref: "x domain", yref: "y", x: 1, y: A.median, text: "median", showarrow: false, xanchor: "right", yanchor: "bottom", font: { size: 10 } }] });
-  }
+  } else $("mech-amplifier").textContent = A.why;
 
   const N = M.norm;
-  plot("mech-norm", [{ type: "bar", x: N.labels, y: N.spike, name: "spike tokens", marker: { color: "#d64541" }, hovertemplate: "%{y:.1%}<extra>spike tokens</extra>" },
+  if (N.why) $("mech-norm").textContent = N.why;
+  else plot("mech-norm", [{ type: "bar", x: N.labels, y: N.spike, name: "spike tokens", marker: { color: "#d64541" }, hovertemplate: "%{y:.1%}<extra>spike tokens</extra>" },
     { type: "bar", x: N.labels, y: N.other, name: "other tokens", marker: { color: "#8da0cb" }, hovertemplate: "%{y:.1%}<extra>other tokens</extra>" }],
     { barmode: "group", yaxis: { title: { text: "share of squared mass in spike channels" }, tickformat: ".0%", range: [0, 1] } });
 
