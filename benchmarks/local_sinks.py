@@ -26,12 +26,15 @@ from sinkhole.probe.recorder import Recorder, recording, tapped
 from sinkhole.profiles.streaming import attention_modules, layer_kinds
 
 
-def far_attention(query, key, scaling, sliding: int, window: int, start: int, top: int) -> dict:
-    """query (1, Hq, T, D), key (1, Hkv, T, D): far mass per query and its concentration, head mean."""
+def far_attention(query, key, scaling, sliding: int, window: int, start: int, top: int, softcap=None) -> dict:
+    """query (1, Hq, T, D), key (1, Hkv, T, D): far mass per query and its concentration, head mean.
+    softcap: the layer's logit soft-capping (Gemma-2), applied as the model does."""
     _, Hq, T, _ = query.shape
     G = Hq // key.shape[1]
     k = key.repeat_interleave(G, 1)
     s = torch.einsum("bhtd,bhkd->bhtk", query[:, :, start:].float(), k.float()) * scaling
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
     t, kp = torch.arange(start, T)[:, None], torch.arange(T)[None]
     own = (kp <= t) & (t - kp < sliding)
     p = torch.softmax(s.masked_fill(~own, float("-inf")), -1)[0]  # (Hq, queries, T)
@@ -61,8 +64,9 @@ def main() -> int:
 
     def tap(layer, query, key, value):
         if kinds[layer] == "sliding":
+            softcap = getattr(mods[layer], "attn_logit_softcapping", None)
             rows[layer] = far_attention(
-                query, key, mods[layer].scaling, windows[layer], args.window, args.start, args.top
+                query, key, mods[layer].scaling, windows[layer], args.window, args.start, args.top, softcap
             )
 
     rec = Recorder(len(kinds), torch.ones(ids.shape, dtype=torch.bool))

@@ -139,11 +139,11 @@ def test_select_heads_meets_budget_and_prefers_low_scores():
         select_retrieval_heads(scores, kinds, slot_costs(kinds, windows, 4, 600, 1000), budget=0.5, length=1000)
 
 
-def test_from_profile_needs_streaming_scores():
+def bare_profile(streaming: dict | None = None):
+    """A profile with one pinned slot and nothing else measured, but `streaming`."""
     from sinkhole.profiles.profile import SinkProfile
 
-    model = tiny_llama()
-    p = SinkProfile(
+    return SinkProfile(
         model={"name": "t"},
         sink_rule={"positions": [0]},
         sink_tokens=[],
@@ -153,7 +153,13 @@ def test_from_profile_needs_streaming_scores():
         sink_heads=[],
         pinned_slots=1,
         prompts={},
+        streaming=streaming,
     )
+
+
+def test_from_profile_needs_streaming_scores():
+    model = tiny_llama()
+    p = bare_profile()
     with pytest.raises(SinkholeError, match="streaming scores"):
         HeadAwareSinkCache.from_profile(p, model=model)
     p.streaming = {"n_sink": 1, "window": 4, "scores": [[0.9, 0.1], [0.8, 0.7]]}
@@ -271,23 +277,9 @@ class CharTokenizer:
 
 def tiny_recall_setup():
     """A tiny Llama with a character tokenizer and a profile with streaming scores."""
-    from sinkhole.profiles.profile import SinkProfile
-
     lm = wrap(tiny_llama(**BIG))
     lm.tokenizer = CharTokenizer()
-    p = SinkProfile(
-        model={"name": "t"},
-        sink_rule={"positions": [0]},
-        sink_tokens=[],
-        spike_channels=[],
-        step_up_layers=[],
-        step_down_layers=[],
-        sink_heads=[],
-        pinned_slots=1,
-        prompts={},
-        streaming={"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]},
-    )
-    return lm, p
+    return lm, bare_profile({"n_sink": 2, "window": 8, "scores": [[0.9, 0.1], [0.8, 0.7]]})
 
 
 def test_recall_evaluation_on_a_tiny_model():

@@ -46,7 +46,15 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from sinkhole.cache.head_plan import local_sinks_fit, rank_scores, select_retrieval_heads, slot_costs
+from sinkhole.cache.head_plan import (
+    DEFAULT_LOCAL_SINKS,
+    DEFAULT_RANK_BY,
+    DEFAULT_WINDOW,
+    local_sinks_fit,
+    rank_scores,
+    select_retrieval_heads,
+    slot_costs,
+)
 from sinkhole.cache.kv_stores import Grow, LocalSinkRing, Ring
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
@@ -177,8 +185,8 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     for idx, keys, values, mask, observe in plan["groups"]:
         h = keys.shape[1]
         qh = take(qg, idx).reshape(B, h, G * q, D)  # GQA packed: the G query heads of a KV head are extra rows
-        m = None  # rows ordered (g, t): a (q, N) or (B, h, q, N) mask repeats G times along the rows
-        if mask is not None:
+        m = mask  # rows ordered (g, t): a (q, N) or (B, h, q, N) mask repeats G times along the rows
+        if mask is not None and q > 1:  # (one query row broadcasts over the G heads as it is)
             m = mask.repeat(G, 1) if mask.dim() == 2 else mask.repeat(1, 1, G, 1)
         if observe is None:
             o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
@@ -282,13 +290,13 @@ class HeadAwareSinkCache(Cache):
         profile,
         *,
         model: torch.nn.Module,
-        window: int = 224,
+        window: int = DEFAULT_WINDOW,
         budget: float = 0.5,
         length: int | None = None,
         n_sink: int | None = None,
-        local_sinks: int = 32,
+        local_sinks: int = DEFAULT_LOCAL_SINKS,
         random_heads: int | None = None,
-        rank_by: str = "both",
+        rank_by: str = DEFAULT_RANK_BY,
     ) -> HeadAwareSinkCache:
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
 

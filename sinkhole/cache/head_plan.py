@@ -20,9 +20,11 @@ import random
 from sinkhole.errors import SinkholeError
 
 RANKINGS = ("both", "copy", "retrieval", "all")
+# What a streaming head keeps by default (measured on SmolLM2, docs/cache.md; Gemma-3 needs window 128)
+DEFAULT_WINDOW, DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY = 224, 32, "both"
 
 
-def rank_scores(stream: dict, rank_by: str = "both") -> list[list[float]]:
+def rank_scores(stream: dict, rank_by: str = DEFAULT_RANK_BY) -> list[list[float]]:
     """Per layer and KV head, a score where lower = keep whole first, from a profile's `streaming`
     section. A profile without the scores a ranking needs falls back to the plain `scores`."""
     if rank_by not in RANKINGS:
@@ -85,9 +87,7 @@ def select_retrieval_heads(
             f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
             f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window"
         )
-    heads = sorted(
-        ((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H)), key=lambda x: (x[0], x[1], x[2])
-    )
+    heads = sorted((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H))
     picked: list[list[int]] = [[] for _ in kinds]
     for _, l, h in heads:
         extra = full[l] - stream[l]

@@ -32,13 +32,36 @@ import torch
 NEG = float("-inf")
 
 
-class Grow:
+class _Store:
+    """What every store shares: its tensors (`BUFFERS`, all None until the first update) and `cap`,
+    the slots it holds at most (None: unbounded)."""
+
+    BUFFERS: tuple[str, ...] = ("k", "v")
+    cap: int | None = None
+
+    def __init__(self):
+        self.reset()
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else sum(getattr(self, b).nbytes for b in self.BUFFERS)
+
+    def used_slots(self, n: int) -> int:
+        return n if self.cap is None else min(n, self.cap)
+
+    def map_batch(self, fn) -> None:
+        if self.k is not None:
+            for b in self.BUFFERS:
+                setattr(self, b, fn(getattr(self, b)))
+
+    def reset(self) -> None:
+        for b in self.BUFFERS:
+            setattr(self, b, None)
+
+
+class Grow(_Store):
     """Every position: a buffer that doubles when full (amortised O(1) per token)."""
 
     MIN_CAPACITY = 256
-
-    def __init__(self):
-        self.k = self.v = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
         B, H, q, D = k.shape
@@ -56,28 +79,18 @@ class Grow:
             mask = kpos[None, :] <= qpos[:, None]
         return self.k[:, :, : n + q], self.v[:, :, : n + q], mask, None
 
-    def nbytes(self) -> int:
-        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
 
-    @staticmethod
-    def used_slots(n: int) -> int:
-        return n
-
-    def map_batch(self, fn) -> None:
-        if self.k is not None:
-            self.k, self.v = fn(self.k), fn(self.v)
-
-    def reset(self) -> None:
-        self.k = self.v = None
-
-
-class Ring(Grow):
+class Ring(_Store):
     """S pinned first positions + a ring of the W most recent positions (position p >= S in slot
     S + (p - S) % W)."""
 
     def __init__(self, n_sink: int, window: int):
         super().__init__()
         self.S, self.W = n_sink, window
+
+    @property
+    def cap(self) -> int:
+        return self.S + self.W
 
     def slots(self, pos: torch.Tensor) -> torch.Tensor:
         return torch.where(pos < self.S, pos, self.S + (pos - self.S) % self.W)
@@ -92,14 +105,13 @@ class Ring(Grow):
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
         B, H, q, D = k.shape
         if self.k is None:
-            self.k = k.new_zeros(B, H, self.S + self.W, D)
-            self.v = v.new_zeros(B, H, self.S + self.W, v.shape[-1])
-        cap = self.S + self.W
+            self.k = k.new_zeros(B, H, self.cap, D)
+            self.v = v.new_zeros(B, H, self.cap, v.shape[-1])
         if q == 1:  # decode: write one slot, attend to the valid prefix, no mask needed
             slot = n if n < self.S else self.S + (n - self.S) % self.W
             self.k[:, :, slot] = k[:, :, 0]
             self.v[:, :, slot] = v[:, :, 0]
-            m = min(n + 1, cap)
+            m = min(n + 1, self.cap)
             return self.k[:, :, :m], self.v[:, :, :m], None, None
         held = self.held_positions(n)
         pos = torch.tensor(held + list(range(n, n + q)), device=k.device)
@@ -112,19 +124,19 @@ class Ring(Grow):
         qp, kp = new[:, None], pos[None, :]
         return keys, values, (kp <= qp) & ((kp < self.S) | (kp > qp - self.W)), None
 
-    def used_slots(self, n: int) -> int:
-        return min(n, self.S + self.W)
 
-
-class LocalSinkRing(Ring):
-    """A Ring (S sinks + W recent) plus M local-sink slots filled by the attention keys received
+class LocalSinkRing(_Store):
+    """S sinks + W recent (as a Ring) plus M local-sink slots filled by the attention keys received
     while in the window (module docstring). Slots: [0, S) sinks, [S, S + M) local sinks, then the
-    window ring. `sliding`: the layer's own window (local sinks older than that are dropped)."""
+    window ring. `sliding`: the layer's own window (local sinks older than that are dropped).
+    Besides k and v it holds, per slot, `acc` (B, H, cap) the attention received in the window and
+    `pos` (B, H, cap) the position held, -1 = empty."""
+
+    BUFFERS = ("k", "v", "acc", "pos")
 
     def __init__(self, n_sink: int, local: int, window: int, sliding: int | None = None):
-        super().__init__(n_sink, window)
-        self.M, self.sliding = local, sliding
-        self.acc = self.pos = None  # (B, H, cap) attention received in the window; position, -1 = empty
+        super().__init__()
+        self.S, self.M, self.W, self.sliding = n_sink, local, window, sliding
 
     @property
     def cap(self) -> int:
@@ -182,6 +194,7 @@ class LocalSinkRing(Ring):
             self.acc[:, :, S : S + M] = NEG  # empty local sinks lose to any key
             self.pos = torch.full((B, H, cap), -1, dtype=torch.long, device=dev)
             self._kind = torch.tensor([0] * S + [1] * M + [2] * W, device=dev)
+            self._not_local = self._kind != 1
         window = slice(S + M, cap)
         slot = n if n < S else S + M + (n - S) % W  # where position n goes: the slot of n - W, leaving now
         if n >= S + W:
@@ -191,7 +204,7 @@ class LocalSinkRing(Ring):
             self.pos[:, :, slot], self.acc[:, :, slot] = n, 0.0
             ok = self.pos >= 0  # every held window key is within the last W: only emptiness and expiry matter
             if self.sliding is not None:
-                ok &= (self._kind != 1) | (n - self.pos < self.sliding)
+                ok &= self._not_local | (n - self.pos < self.sliding)
 
             def observe(colsum: torch.Tensor) -> None:
                 self.acc[:, :, window] += colsum[:, :, window]
@@ -220,20 +233,3 @@ class LocalSinkRing(Ring):
             self.acc.index_copy_(2, slots, acc[:, :, cap:][:, :, keep].contiguous())
 
         return keys, values, mask, observe
-
-    def held_positions(self, n: int) -> list[int]:
-        raise NotImplementedError("local-sink rings hold per-head positions: read `pos`")
-
-    def nbytes(self) -> int:
-        """Keys and values plus the bookkeeping (attention received, positions)."""
-        return 0 if self.k is None else sum(t.nbytes for t in (self.k, self.v, self.acc, self.pos))
-
-    def used_slots(self, n: int) -> int:
-        return min(n, self.cap)
-
-    def map_batch(self, fn) -> None:
-        if self.k is not None:
-            self.k, self.v, self.acc, self.pos = (fn(t) for t in (self.k, self.v, self.acc, self.pos))
-
-    def reset(self) -> None:
-        self.k = self.v = self.acc = self.pos = None

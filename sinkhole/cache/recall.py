@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAULT_WINDOW
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.perplexity import perplexity_from_nll
 
@@ -129,7 +130,7 @@ def evaluate_recall(
     profile,
     n_tokens: int = 2048,
     budget: float = 0.5,
-    window: int = 224,
+    window: int = DEFAULT_WINDOW,
     n_sink: int | None = None,
     span: int = 32,
     n_spans: int = 4,
@@ -137,8 +138,8 @@ def evaluate_recall(
     chunk: int = 64,
     random_seed: int = 0,
     methods: tuple[str, ...] | None = None,
-    rank_by: str = "both",
-    local_sinks: int = 32,
+    rank_by: str = DEFAULT_RANK_BY,
+    local_sinks: int = DEFAULT_LOCAL_SINKS,
     progress=None,
 ) -> RecallResult:
     """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""

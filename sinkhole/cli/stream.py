@@ -47,24 +47,30 @@ def add_parser(sub) -> None:
         default=48,
         help="positions scored by the recompute reference (each costs --cache tokens of compute), default 48",
     )
+    from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAULT_WINDOW, RANKINGS
+
     r = p.add_argument_group("recall (retrieval test)")
     r.add_argument("--recall", action="store_true", help="run the copy-recall test instead of perplexity")
     r.add_argument("--budget", type=float, default=0.5, help="KV memory as a share of dense, default 0.5")
     r.add_argument(
-        "--window", type=int, default=224, help="window of the head-aware cache's streaming heads, default 224"
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"window of the head-aware cache's streaming heads, default {DEFAULT_WINDOW}",
     )
     r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
     r.add_argument(
         "--local-sinks",
         type=int,
-        default=32,
-        help="slots per streaming head for the keys that drew the most attention in the window, default 32",
+        default=DEFAULT_LOCAL_SINKS,
+        help="slots per streaming head for the keys that drew the most attention in the window, "
+        f"default {DEFAULT_LOCAL_SINKS}",
     )
     r.add_argument(
         "--rank-by",
-        choices=["both", "copy", "retrieval", "all"],
-        default="both",
-        help="which profile scores pick the full heads (docs/cache.md), default both",
+        choices=RANKINGS,
+        default=DEFAULT_RANK_BY,
+        help=f"which profile scores pick the full heads (docs/cache.md), default {DEFAULT_RANK_BY}",
     )
     o = p.add_argument_group("output")
     o.add_argument(

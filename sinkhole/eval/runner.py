@@ -24,7 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD, analyze, order_channels
+from sinkhole.analysis.core import (
+    DEFAULT_EPSILON,
+    DEFAULT_MIN_SINK_RATE,
+    DEFAULT_THRESHOLD,
+    analyze,
+    order_channels,
+    prompt_spike_score,
+)
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
 from sinkhole.eval.suite import Suite, SuiteItem
@@ -104,7 +111,7 @@ def prompt_row(item: SuiteItem, report: Report) -> EvalRow:
         category=item.category,
         n_tokens=len(report.tokens),
         n_spikes=len(spikes),
-        spike_score=float(max(sp.per_token_score)),
+        spike_score=prompt_spike_score(sp.per_token_score),
         spike_channels=order_channels([s.channels for s in spikes]),
         spikes=spikes,
         n_sinks=len(sk.tokens),

@@ -32,9 +32,9 @@ import warnings
 
 import torch
 
-from sinkhole.probe.triton_kernels import BLOCK_M, BLOCK_N, _colsum_kernel, _forward_kernel, triton, triton_importable
+from sinkhole.probe.triton_kernels import BLOCK_M, BLOCK_N, _colsum_kernel, _forward_kernel, triton
 
-__all__ = ["available", "fused_attention_with_stats", "triton_colsum", "triton_forward", "triton_importable"]
+__all__ = ["available", "fused_attention_with_stats", "triton_colsum", "triton_forward"]
 
 
 def _mask_args(mask: torch.Tensor | None, Hq: int):

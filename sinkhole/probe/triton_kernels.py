@@ -6,8 +6,7 @@ the math, the design and the Python wrappers that launch them).
   skipping, softcap, learned sinks, fully-masked rows.
 - `_colsum_kernel`: per (key block, batch, query head), sum over query rows of w[t] * exp(s - lse[t]).
 
-Triton is optional: without it this module defines only `triton = tl = None`, the tile sizes and
-`triton_importable()`.
+Triton is optional: without it this module defines only `triton = tl = None` and the tile sizes.
 """
 
 from __future__ import annotations
@@ -21,10 +20,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 BLOCK_M = 64  # query rows per tile
 BLOCK_N = 64  # keys per tile
-
-
-def triton_importable() -> bool:
-    return triton is not None
 
 
 if triton is not None:

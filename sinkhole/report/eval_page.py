@@ -11,7 +11,7 @@ from sinkhole.eval.aggregate import METRICS
 from sinkhole.report import static
 from sinkhole.report.analyze_text import pct
 from sinkhole.report.eval_figures import FIGURES
-from sinkhole.report.eval_text import fmt_metric, fmt_std
+from sinkhole.report.eval_text import CATEGORY_KEYS, fmt_metric, fmt_std, mean_std, top_sink_positions
 from sinkhole.report.png import embedded
 
 CAPTIONS = {
@@ -72,18 +72,14 @@ def tables_html(summary: dict) -> str:
         )
     else:
         out.append("<p><b>Spike channels</b> none (no prompt has a spike token).</p>")
-    tops = sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:6]
+    tops = top_sink_positions(summary, 6)
     out.append("<p><b>Top sink position</b> " + ", ".join(f"#{esc(p)}: {pct(s, 0)}" for p, s in tops) + "</p>")
     cats = summary["per_category"]
     if len(cats) > 1:
-        keys = ["spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens"]
-        head = ["category", "prompts"] + [esc(METRICS[k]) for k in keys]
+        head = ["category", "prompts"] + [esc(METRICS[k]) for k in CATEGORY_KEYS]
         body = []
         for c, d in cats.items():
-            cells = [esc(c), str(d["n_prompts"])]
-            for k in keys:
-                s = d["metrics"][k]
-                cells.append("n/a" if s["mean"] is None else f"{fmt_metric(k, s['mean'])} ± {fmt_std(k, s['std'])}")
+            cells = [esc(c), str(d["n_prompts"])] + [mean_std(k, d["metrics"][k]) for k in CATEGORY_KEYS]
             body.append(_cells("td", cells, [""] + ["num"] * (len(cells) - 1)))
         out.append(
             "<h2>Per category (mean ± std)</h2><div class='scroll'><table class='t'>"

@@ -25,6 +25,19 @@ def fmt_std(key: str, x: float) -> str:
     return f"{100 * x:.2f}%" if key in PERCENT else f"{x:.2f}"
 
 
+CATEGORY_KEYS = ("spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens")  # per-category table
+
+
+def mean_std(key: str, s: dict) -> str:
+    """A per-category cell: 'mean ± std', or n/a."""
+    return "n/a" if s["mean"] is None else f"{fmt_metric(key, s['mean'])} ± {fmt_std(key, s['std'])}"
+
+
+def top_sink_positions(summary: dict, n: int) -> list:
+    """The n positions most often the top sink, most frequent first: [(position, share)]."""
+    return sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:n]
+
+
 def _table(metrics: dict, indent: str = "") -> list[str]:
     out = [f"{indent}{'metric':<28}{'mean':>9}{'± std':>10}{'min':>9}{'max':>9}"]
     for k, label in METRICS.items():
@@ -60,20 +73,14 @@ def render_summary(summary: dict, per_category: bool = True) -> str:
         )
     else:
         lines.append("spike channels  none (no prompt has a spike token)")
-    tops = ", ".join(
-        f"pos {p}: {s:.0%}" for p, s in sorted(summary["top_sink_positions"].items(), key=lambda kv: -kv[1])[:4]
-    )
+    tops = ", ".join(f"pos {p}: {s:.0%}" for p, s in top_sink_positions(summary, 4))
     lines.append(f"top sink position  {tops}")
     r = summary["length_vs_sink_mass_r"]
     lines.append(f"Pearson r(sequence length, sink mass) = {'n/a' if r is None else f'{r:+.2f}'}")
     if per_category and len(summary["per_category"]) > 1:
         lines.append("per category (mean ± std)")
-        keys = ["spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens"]
-        lines.append(f"  {'category':<14}{'n':>4}" + "".join(f"{k:>20}" for k in keys))
+        lines.append(f"  {'category':<14}{'n':>4}" + "".join(f"{k:>20}" for k in CATEGORY_KEYS))
         for c, d in summary["per_category"].items():
-            cells = []
-            for k in keys:
-                s = d["metrics"][k]
-                cells.append("n/a" if s["mean"] is None else f"{fmt_metric(k, s['mean'])} ± {fmt_std(k, s['std'])}")
+            cells = [mean_std(k, d["metrics"][k]) for k in CATEGORY_KEYS]
             lines.append(f"  {c:<14}{d['n_prompts']:>4}" + "".join(f"{x:>20}" for x in cells))
     return "\n".join(lines)

@@ -61,8 +61,8 @@ import textwrap
 import typing
 from dataclasses import dataclass, field, fields
 
-from sinkhole.report.schema import Report, _jsonable
-from sinkhole.report.sections import OPTIONAL, NotApplicable, _fields_dict, _rows_of, _Section, opt, shape
+from sinkhole.report.schema import Report, _jsonable, _rows_of
+from sinkhole.report.sections import OPTIONAL, NotApplicable, _fields_dict, _Section, opt, shape
 
 # ---------- config, targets, summary (sinkhole.experiments.mechanism) ----------
 

@@ -77,22 +77,30 @@ class _Row:
         return cls(**kw)
 
 
+def _rows_of(tp) -> tuple[list[type], bool]:
+    """(row classes, is_list) of an annotation: `Row`, `list[Row]`, `A | B`, `A | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        return ([args[0]] if args and is_dataclass(args[0]) else []), True
+    return [a for a in (tp, *args) if isinstance(a, type) and is_dataclass(a)], False
+
+
 def _row_type(tp):
     """(row class, is_list) for `Row`, `list[Row]` and `Row | None` annotations, else (None, False)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is list and args and is_dataclass(args[0]):
-        return args[0], True
-    for a in (tp, *args):
-        if isinstance(a, type) and is_dataclass(a):
-            return a, False
-    return None, False
+    rows, many = _rows_of(tp)
+    return (rows[0], many) if rows else (None, False)
 
 
 def _load(tp, value):
-    row, many = _row_type(tp)
-    if row is None or value is None:
+    rows, many = _rows_of(tp)
+    if not rows or value is None:
         return value
-    return [row.from_dict(v) for v in value] if many else row.from_dict(value)
+    if many:
+        return [rows[0].from_dict(v) for v in value]
+    for row in rows:  # the first form whose fields hold the object's keys (NotApplicable has its own)
+        if set(value) <= {f.name for f in fields(row)}:
+            return row.from_dict(value)
+    return rows[0].from_dict(value)
 
 
 @dataclass

@@ -9,8 +9,7 @@ field is written).
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 
 from sinkhole.report.schema import _Row
 
@@ -35,11 +34,6 @@ class _Section(_Row):
     def to_dict(self) -> dict:
         return _fields_dict(self, fields(self))
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _load(hints[f.name], d[f.name]) for f in fields(cls) if f.name in d})
-
 
 def _fields_dict(obj, flds) -> dict:
     """{name: plain value} over `flds`, in order; optional fields that are None are left out."""
@@ -58,27 +52,6 @@ def _plain(x):
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     return x
-
-
-def _rows_of(tp) -> tuple[list[type], bool]:
-    """(section classes, is_list) of an annotation: `Row`, `list[Row]`, `A | B`, `A | None`."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is list:
-        return ([args[0]] if args and is_dataclass(args[0]) else []), True
-    return [a for a in (tp, *args) if isinstance(a, type) and is_dataclass(a)], False
-
-
-def _load(tp, value):
-    rows, many = _rows_of(tp)
-    if not rows or value is None:
-        return value
-    if many:
-        return [rows[0].from_dict(v) for v in value]
-    for row in rows:  # the first form whose fields hold the object's keys (NotApplicable has its own)
-        names = {f.name for f in fields(row)}
-        if set(value) <= names:
-            return row.from_dict(value)
-    return rows[0].from_dict(value)
 
 
 @dataclass
