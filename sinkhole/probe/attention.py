@@ -320,6 +320,9 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
     else:
         bounds = [round(Tq * j / threads) for j in range(threads + 1)]
     valid = kwargs.pop("query_valid", None)
+    # Grad and inference mode are per thread: a worker starts with grad on, which would keep it off
+    # the scratch buffers (and out of inference mode); it runs in the caller's modes instead.
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def work(j: int):
         _single_threaded()
@@ -327,9 +330,11 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
         kend = offset + q1 if is_causal else Tk
         m = mask[..., q0:q1, :kend] if mask is not None else None
         v = valid[:, q0:q1] if valid is not None else None
-        return exact_attention_with_stats(
-            query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling, query_valid=v, **kwargs
-        ), kend
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            out = exact_attention_with_stats(
+                query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling, query_valid=v, **kwargs
+            )
+        return out, kend
 
     pool = _POOL.get(threads)
     if pool is None:
