@@ -12,10 +12,12 @@ Design:
   GQA, Dv != D, float32/bfloat16/float16 inputs with float32 statistics); `choose_path` picks:
   - CPU -> `exact_attention_with_stats`, below: queries in blocks sized by a memory budget, each
     block only looking at the keys it can see (causal skip); softmax, P @ V and the column sum
-    per block. GQA keys are never repeated (queries are viewed as [B, Hkv, G, T, D]). No
-    [heads, T, T] tensor exists, let alone [layers, heads, T, T]. With several torch threads,
-    the query rows are cut into slices of equal causal work, one per Python thread running
-    single-threaded ops (`threaded_exact_attention_with_stats`, measured reason there).
+    per block, the softmax and column sum fused in C where a compiler exists
+    (`sinkhole.probe.cpu_kernel`; torch ops otherwise, same numbers). GQA keys are never
+    repeated (queries are viewed as [B, Hkv, G, T, D]). No [heads, T, T] tensor exists, let alone
+    [layers, heads, T, T]. With several torch threads, the query rows are cut into slices of equal
+    causal work, one per Python thread running single-threaded ops
+    (`threaded_exact_attention_with_stats`, measured reason there).
   - CUDA with Triton -> `sinkhole.probe.triton_attention`: a fused kernel gives the output and
     each row's log-sum-exp, then one Triton kernel sums exp(q.k * scale - lse[t]) over rows per
     key block without ever writing a score to memory.
@@ -27,11 +29,14 @@ Design:
   layer, 2026-11-28 on the 2-core dev VM): SDPA 0.25-0.30 s, the blocked path 0.41-0.45 s, and the
   lse design 0.51 s (torch's CPU flash attention with its lse, 0.30 s, plus a statistics pass of
   QK^T, exp(s - lse) and a column sum, 0.21 s even with -lse folded into the GEMM): on a CPU,
-  recomputing QK^T costs more than the softmax normalisation and P @ V that it saves. What is
-  left between the blocked path and SDPA is memory traffic of the materialised score blocks,
-  which only a fused CPU kernel would remove. Also tried (2026-11-28, same VM, T = 4096, 1 and 2
-  threads): one KV head per block step (blocks of 3-8 MB) with the softmax in place in a single
-  buffer; 0.97-1.03x this path's time, within the run-to-run noise, so not kept.
+  recomputing QK^T costs more than the softmax normalisation and P @ V that it saves. A profile
+  of the blocked path (same shapes) put 62% of its time in the two GEMMs (as much as all of SDPA)
+  and 31% in the torch softmax, mask fill and column sum: passes over multi-megabyte blocks. The C
+  step does those in one function with each row in L1: best of 9 per layer (`python
+  benchmarks/probe.py --lengths 4096 --one-layer --rounds 9`), SDPA 0.189 s, the blocked path with
+  the C step 0.198 s (1.05x), with torch ops 0.236 s (1.25x). Also tried: one KV head
+  per block step (blocks of 3-8 MB) with the softmax in place in a single buffer; 0.97-1.03x the
+  torch-ops path's time, within the run-to-run noise, so not kept.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import threading
 import warnings
 
 import torch
+
+from sinkhole.probe import cpu_kernel
 
 ATTN_NAME = "sinkhole"
 # Scores of one query block. Measured on a 2-core CPU: blocks that stay cache-sized (a few MB) run
@@ -67,6 +74,7 @@ def exact_attention_with_stats(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     keep_probs: bool = False,
     causal: bool = True,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Exact attention plus the column sums of its probabilities, in query blocks (the reference path).
 
@@ -82,6 +90,8 @@ def exact_attention_with_stats(
         keep_probs: also return the full probabilities (B, Hq, Tq, Tk) in float16 (small inputs only).
         causal: the model never attends to later keys (whatever the mask says), so each query block
             skips the keys past its last row. Only a bidirectional model would set False.
+        out: (B, Tq, Hq, Dv) to write the output into (the threaded path's row slices of one tensor);
+            by default a new tensor.
 
     Returns:
         out: (B, Tq, Hq, Dv) in query's dtype, the layout transformers' attention functions return.
@@ -96,14 +106,22 @@ def exact_attention_with_stats(
     offset = Tk - Tq  # absolute position of query row 0 among the keys
     q = query.reshape(B, Hkv, G, Tq, D)
     k_t = key.transpose(-1, -2)  # (B, Hkv, D, Tk)
-    out = torch.empty(B, Hkv, G, Tq, Dv, dtype=query.dtype, device=query.device)
+    if out is None:
+        out = torch.empty(B, Tq, Hq, Dv, dtype=query.dtype, device=query.device)
     colsum = torch.zeros(B, Hkv, G, Tk, dtype=torch.float32, device=query.device)
-    sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float32, device=query.device) if sinks is not None else None
     probs_all = torch.zeros(B, Hq, Tq, Tk, dtype=torch.float16, device=query.device) if keep_probs else None
     row_bytes = max(1, B * Hq * Tk * 4)
     block = max(block_bytes // row_bytes, min(MIN_BLOCK_ROWS, 8 * block_bytes // row_bytes), 1)
     block = min(Tq, block)
-    score_buf, prob_buf = scratch(B * Hq * block * Tk, query.device)  # the last block sees every key
+    # The fused softmax + column-sum step (C, in place) where it is built; torch ops otherwise.
+    # It writes through raw pointers, which autograd would not see: not when gradients flow.
+    fused = cpu_kernel.kernel() if query.device.type == "cpu" and not grads_flow(query, key, value) else None
+    # The last block sees every key; the kernel's softmax is in place, torch's needs a second buffer.
+    score_buf, prob_buf = scratch(B * Hq * block * Tk, query.device, 1 if fused else 2)
+    sink_mass, sinks32 = None, None
+    if sinks is not None:  # the kernel sums in float64 (MPS has no float64; only the CPU runs the kernel)
+        sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float64 if fused else torch.float32, device=query.device)
+        sinks32 = sinks.float().contiguous()
     for q0 in range(0, Tq, block):
         q1 = min(Tq, q0 + block)
         tb = q1 - q0
@@ -112,79 +130,100 @@ def exact_attention_with_stats(
         # The G query heads sharing a KV head are stacked along rows: one plain batched GEMM per
         # KV head, with no broadcast copy of the keys.
         # Scaling the (small) query block instead of the (large) scores saves a pass over memory.
-        qb = q[:, :, :, q0:q1].reshape(B, Hkv, G * tb, D).float() * scaling
+        qb = (q[:, :, :, q0:q1].float() * scaling).reshape(B, Hkv, G * tb, D)  # one copy: mul makes it contiguous
         n = B * Hkv * G * tb * kend
         into = {} if score_buf is None else {"out": score_buf[:n].view(B, Hkv, G * tb, kend)}
         scores = torch.matmul(qb, k_t[..., :kend].float(), **into).view(B, Hkv, G, tb, kend)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        dead = None  # fully masked query rows (left padding): they would softmax to NaN
-        if mask is None:
-            # Only the block's diagonal square holds keys later than some of its queries.
-            d0 = offset + q0
-            hidden = torch.ones(tb, kend - d0, dtype=torch.bool, device=query.device).triu_(1)
-            scores[..., d0:].masked_fill_(hidden, float("-inf"))
-        else:
+        m = None  # plain causal: left to the softmax step, which knows each row's last key
+        if mask is not None:
             m = mask[..., q0:q1, :kend]
             m = m.reshape(m.shape[0], -1, 1, tb, kend) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, G, tb, kend)
             if m.dtype == torch.bool:
                 scores.masked_fill_(~m, float("-inf"))
-                dead = ~m.any(dim=-1, keepdim=True)  # checked on the mask, which has no head axis: cheap
-                dead = dead if dead.any() else None
             else:
                 scores.add_(m.float())
-        if dead is not None:
-            scores.masked_fill_(dead, 0.0)
-        if sinks is not None:
-            sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
-            p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
-            p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
-            if dead is not None:
-                p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
-            if query_valid is not None:
-                p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
-            sink_mass += p_sink.sum(dim=-1)
+        if fused is not None:
+            valid = None if query_valid is None else query_valid[:, q0:q1].float().contiguous()
+            causal_base = offset + q0 if mask is None else None
+            cpu_kernel.softmax_colsum(scores, colsum, causal_base, valid, sinks32, sink_mass, fn=fused)
+            p = scores
         else:
-            p = (
-                torch.softmax(scores, dim=-1)
-                if prob_buf is None
-                else torch.ops.aten._softmax.out(scores, -1, False, out=prob_buf[:n].view(B, Hkv, G, tb, kend))
-            )
-        if dead is not None:
-            p.masked_fill_(dead, 0.0)  # fully masked rows (left padding) attend to nothing
+            p = _softmax_colsum_torch(scores, m, colsum, offset + q0, sinks, sink_mass, query_valid, q0, q1, prob_buf)
         pv = torch.matmul(p.reshape(B, Hkv, G * tb, kend).to(value.dtype), value[:, :, :kend])
-        out[:, :, :, q0:q1] = pv.view(B, Hkv, G, tb, Dv)
-        if query_valid is not None:
-            p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
-        colsum[..., :kend] += p.sum(dim=-2)
+        # Straight into the returned layout: no (B, Hq, Tq, Dv) copy to transpose at the end.
+        out[:, q0:q1].view(B, tb, Hkv, G, Dv).copy_(pv.view(B, Hkv, G, tb, Dv).permute(0, 3, 1, 2, 4))
         if keep_probs:
+            if query_valid is not None:  # padding rows show no attention
+                p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
             probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
-    out = out.reshape(B, Hq, Tq, Dv).transpose(1, 2).contiguous()
-    sink_mass = sink_mass.reshape(B, Hq) if sink_mass is not None else None
+    sink_mass = sink_mass.reshape(B, Hq).float() if sink_mass is not None else None
     return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
 
 
-_SCRATCH: dict = {}  # thread id -> (scores, probabilities) float32 buffers, CPU only
+def grads_flow(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _softmax_colsum_torch(scores, m, colsum, d0, sinks, sink_mass, query_valid, q0, q1, prob_buf):
+    """`cpu_kernel.softmax_colsum` in torch ops (CUDA, or a CPU without a C compiler): the block's
+    probabilities, with `colsum` (and `sink_mass`) updated. scores (B, Hkv, G, tb, kend); m the
+    block's mask, already applied (None = plain causal, row t seeing keys up to d0 + t); rows with no
+    visible key (left padding) attend to nothing and take no sink mass."""
+    B, Hkv, G, tb, kend = scores.shape
+    dead = None
+    if m is None:
+        # Only the block's diagonal square holds keys later than some of its queries.
+        hidden = torch.ones(tb, kend - d0, dtype=torch.bool, device=scores.device).triu_(1)
+        scores[..., d0:].masked_fill_(hidden, float("-inf"))
+    elif m.dtype == torch.bool:
+        dead = ~m.any(dim=-1, keepdim=True)  # checked on the mask, which has no head axis: cheap
+        dead = dead if dead.any() else None
+    if dead is not None:
+        scores.masked_fill_(dead, 0.0)  # they would softmax to NaN
+    if sinks is not None:
+        sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
+        p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
+        p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
+        if dead is not None:
+            p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
+        if query_valid is not None:
+            p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
+        sink_mass += p_sink.sum(dim=-1)
+    elif prob_buf is None:
+        p = torch.softmax(scores, dim=-1)
+    else:
+        p = torch.ops.aten._softmax.out(scores, -1, False, out=prob_buf[: scores.numel()].view(scores.shape))
+    if dead is not None:
+        p.masked_fill_(dead, 0.0)
+    w = p if query_valid is None else p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
+    colsum[..., :kend] += w.sum(dim=-2)
+    return p
+
+
+_SCRATCH: dict = {}  # thread id -> (scores[, probabilities]) float32 buffers, CPU only
 _SCRATCH_LOCK = threading.Lock()
 
 
-def scratch(n: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Two float32 buffers of at least n elements for the query blocks' scores and probabilities.
+def scratch(n: int, device: torch.device, count: int = 2) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`count` (1 or 2) float32 buffers of at least n elements for the query blocks' scores and
+    probabilities, padded with None to a pair.
 
     Why: allocated afresh per block (sizes growing with the block's keys), the freed blocks stayed
     scattered in glibc's heap; measured with SmolLM2 at T = 8192, 2 threads: peak RSS 1.23x a plain
-    forward's. On the CPU each thread keeps its pair across blocks, layers and calls until
+    forward's. On the CPU each thread keeps its buffers across blocks, layers and calls until
     `release_scratch()` (`recording` calls it when its forward ends). None, None (allocate per block) on
     CUDA, whose caching allocator already reuses blocks, and under autograd."""
     if device.type != "cpu" or torch.is_grad_enabled():  # autograd records no `out=` op
         return None, None
     tid = (threading.get_ident(), torch.is_inference_mode_enabled())  # inference tensors stay in inference mode
     bufs = _SCRATCH.get(tid)
-    if bufs is None or bufs[0].numel() < n:
+    if bufs is None or len(bufs) < count or bufs[0].numel() < n:
         with _SCRATCH_LOCK:
-            _SCRATCH.pop(tid, None)  # the smaller pair goes before the larger one is allocated
-            bufs = _SCRATCH[tid] = (torch.empty(n), torch.empty(n))
-    return bufs
+            _SCRATCH.pop(tid, None)  # the smaller buffers go before the larger ones are allocated
+            bufs = _SCRATCH[tid] = tuple(torch.empty(n) for _ in range(count))
+    return bufs[0], bufs[1] if count > 1 else None
 
 
 def release_scratch() -> None:
@@ -285,7 +324,10 @@ def attention_with_stats(
             )
     kwargs = dict(softcap=softcap, sinks=sinks, query_valid=query_valid, block_bytes=block_bytes, causal=causal)
     threads = torch.get_num_threads()
-    if query.device.type == "cpu" and not keep_probs and threads > 1 and query.shape[2] >= THREADED_MIN_ROWS:
+    # Workers write slices of one output tensor; autograd's bookkeeping of in-place writes is not
+    # made for concurrent threads, so with gradients flowing one call does the work.
+    cpu, long = query.device.type == "cpu", query.shape[2] >= THREADED_MIN_ROWS
+    if cpu and long and threads > 1 and not (keep_probs or grads_flow(query, key, value)):
         return threaded_exact_attention_with_stats(query, key, value, mask, scaling, threads, **kwargs)
     return exact_attention_with_stats(query, key, value, mask, scaling, keep_probs=keep_probs, **kwargs)
 
@@ -324,6 +366,8 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
     # the scratch buffers (and out of inference mode); it runs in the caller's modes instead.
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
+    out = torch.empty(B, Tq, Hq, value.shape[-1], dtype=query.dtype, device=query.device)
+
     def work(j: int):
         _single_threaded()
         q0, q1 = bounds[j], bounds[j + 1]
@@ -331,10 +375,17 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
         m = mask[..., q0:q1, :kend] if mask is not None else None
         v = valid[:, q0:q1] if valid is not None else None
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            out = exact_attention_with_stats(
-                query[:, :, q0:q1], key[:, :, :kend], value[:, :, :kend], m, scaling, query_valid=v, **kwargs
+            part = exact_attention_with_stats(
+                query[:, :, q0:q1],
+                key[:, :, :kend],
+                value[:, :, :kend],
+                m,
+                scaling,
+                query_valid=v,
+                out=out[:, q0:q1],
+                **kwargs,
             )
-        return out, kend
+        return part, kend
 
     pool = _POOL.get(threads)
     if pool is None:
@@ -346,7 +397,6 @@ def threaded_exact_attention_with_stats(query, key, value, mask, scaling, thread
     colsum = torch.zeros(B, Hq, Tk, dtype=torch.float32, device=query.device)
     for (_, c, _, _), kend in parts:
         colsum[..., :kend] += c
-    out = torch.cat([p[0] for p, _ in parts], dim=1)
     sink_mass = None
     if kwargs.get("sinks") is not None:
         sink_mass = sum(p[3] for p, _ in parts)
