@@ -108,31 +108,28 @@ def interleaved(T: int, rounds: int, threads: int | None) -> None:
 
     lm, ids = setup(T, threads)
     x = torch.tensor([ids])
-    probe, fn = ModelProbe(lm), cpu_kernel.kernel()
+    probe = ModelProbe(lm)
 
-    def run_probe(use_kernel: bool):
-        cpu_kernel._STATE["fn"] = fn if use_kernel else None
-        return probe.run(ids)
+    def probe_torch_ops():
+        with cpu_kernel.turned_off():
+            return probe.run(ids)
 
     steps = {
         "plain": lambda: lm.model(input_ids=x, use_cache=False, logits_to_keep=1),
-        "probe": lambda: run_probe(True),
-        "probe-torch": lambda: run_probe(False),
+        "probe": lambda: probe.run(ids),
+        "probe-torch": probe_torch_ops,
     }
-    if fn is None:
+    if cpu_kernel.kernel() is None:
         print("(no C compiler here: probe and probe-torch both run the torch ops)")
     runs = {m: [] for m in steps}
-    try:
-        with torch.inference_mode():
-            for step in steps.values():  # warm-up
+    with torch.inference_mode():
+        for step in steps.values():  # warm-up
+            step()
+        for _ in range(rounds):
+            for m, step in steps.items():
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
-            for _ in range(rounds):
-                for m, step in steps.items():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    step()
-                    runs[m].append((time.perf_counter() - t0, time.process_time() - c0))
-    finally:
-        cpu_kernel._STATE["fn"] = fn  # the next length finds the kernel again
+                runs[m].append((time.perf_counter() - t0, time.process_time() - c0))
     print("| T | threads | mode | wall s per round | median wall s | median CPU s | wall / plain per round | median |")
     print("|---|---|---|---|---|---|---|---|")
     plain = runs["plain"]
@@ -158,27 +155,23 @@ def one_layer(T: int, rounds: int) -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, T, 64, generator=g) for h in (9, 3, 3))
-    fn = cpu_kernel.kernel()
 
-    def exact(use_kernel: bool):
-        cpu_kernel._STATE["fn"] = fn if use_kernel else None
-        return exact_attention_with_stats(q, k, v, None, 64**-0.5)
+    def exact_torch_ops():
+        with cpu_kernel.turned_off():
+            return exact_attention_with_stats(q, k, v, None, 64**-0.5)
 
     steps = {
         "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-        "exact, C step": lambda: exact(True),
-        "exact, torch ops": lambda: exact(False),
+        "exact, C step": lambda: exact_attention_with_stats(q, k, v, None, 64**-0.5),
+        "exact, torch ops": exact_torch_ops,
     }
     times = {m: [] for m in steps}
-    try:
-        with torch.inference_mode():
-            for _ in range(rounds + 1):
-                for m, step in steps.items():
-                    c0 = time.process_time()
-                    step()
-                    times[m].append(time.process_time() - c0)
-    finally:
-        cpu_kernel._STATE["fn"] = fn
+    with torch.inference_mode():
+        for _ in range(rounds + 1):
+            for m, step in steps.items():
+                c0 = time.process_time()
+                step()
+                times[m].append(time.process_time() - c0)
     best_sdpa = min(times["sdpa"][1:])
     for m, t in times.items():
         t = t[1:]  # the first round warms up
