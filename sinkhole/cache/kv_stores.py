@@ -119,8 +119,9 @@ class Ring(_Store):
         values = torch.cat((self.v[:, :, : len(held)], v), dim=-2)
         new = torch.arange(n, n + q, device=k.device)
         keep = (new < self.S) | (new >= n + q - self.W)  # what the ring holds after the chunk
-        self.k.index_copy_(2, self.slots(new[keep]), k[:, :, keep])
-        self.v.index_copy_(2, self.slots(new[keep]), v[:, :, keep])
+        slots = self.slots(new[keep])
+        self.k.index_copy_(2, slots, k[:, :, keep])
+        self.v.index_copy_(2, slots, v[:, :, keep])
         qp, kp = new[:, None], pos[None, :]
         return keys, values, (kp <= qp) & ((kp < self.S) | (kp > qp - self.W)), None
 

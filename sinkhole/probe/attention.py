@@ -122,6 +122,7 @@ def exact_attention_with_stats(
     if sinks is not None:  # the kernel sums in float64 (MPS has no float64; only the CPU runs the kernel)
         sink_mass = torch.zeros(B, Hkv, G, dtype=torch.float64 if fused else torch.float32, device=query.device)
         sinks32 = sinks.float().contiguous()
+    no_dead_rows = torch.zeros(1, 1, 1, 1, 1, dtype=torch.bool, device=query.device)
     for q0 in range(0, Tq, block):
         q1 = min(Tq, q0 + block)
         tb = q1 - q0
@@ -136,27 +137,30 @@ def exact_attention_with_stats(
         scores = torch.matmul(qb, k_t[..., :kend].float(), **into).view(B, Hkv, G, tb, kend)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        m = None  # plain causal: left to the softmax step, which knows each row's last key
+        # Plain causal: the softmax step knows each row's last key, and every row sees its own.
+        causal_base, dead = offset + q0, no_dead_rows
         if mask is not None:
             m = mask[..., q0:q1, :kend]
             m = m.reshape(m.shape[0], -1, 1, tb, kend) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, G, tb, kend)
+            visible = m if m.dtype == torch.bool else ~torch.isneginf(m)
             if m.dtype == torch.bool:
                 scores.masked_fill_(~m, float("-inf"))
             else:
                 scores.add_(m.float())
+            # Fully masked rows (left padding), told from the mask, which has no head axis: cheap.
+            causal_base, dead = None, ~visible.any(dim=-1, keepdim=True)
+        valid = None if query_valid is None else query_valid[:, q0:q1].float().contiguous()
         if fused is not None:
-            valid = None if query_valid is None else query_valid[:, q0:q1].float().contiguous()
-            causal_base = offset + q0 if mask is None else None
             cpu_kernel.softmax_colsum(scores, colsum, causal_base, valid, sinks32, sink_mass, fn=fused)
             p = scores
         else:
-            p = _softmax_colsum_torch(scores, m, colsum, offset + q0, sinks, sink_mass, query_valid, q0, q1, prob_buf)
+            p = cpu_kernel.torch_softmax_colsum(scores, colsum, causal_base, valid, sinks, sink_mass, dead, prob_buf)
         pv = torch.matmul(p.reshape(B, Hkv, G * tb, kend).to(value.dtype), value[:, :, :kend])
         # Straight into the returned layout: no (B, Hq, Tq, Dv) copy to transpose at the end.
         out[:, q0:q1].view(B, tb, Hkv, G, Dv).copy_(pv.view(B, Hkv, G, tb, Dv).permute(0, 3, 1, 2, 4))
         if keep_probs:
-            if query_valid is not None:  # padding rows show no attention
-                p = p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
+            if valid is not None:  # padding rows show no attention
+                p = p * valid[:, None, None, :, None]
             probs_all[:, :, q0:q1, :kend] = p.reshape(B, Hq, tb, kend).to(torch.float16)
     sink_mass = sink_mass.reshape(B, Hq).float() if sink_mass is not None else None
     return out, colsum.reshape(B, Hq, Tk), probs_all, sink_mass
@@ -164,42 +168,6 @@ def exact_attention_with_stats(
 
 def grads_flow(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _softmax_colsum_torch(scores, m, colsum, d0, sinks, sink_mass, query_valid, q0, q1, prob_buf):
-    """`cpu_kernel.softmax_colsum` in torch ops (CUDA, or a CPU without a C compiler): the block's
-    probabilities, with `colsum` (and `sink_mass`) updated. scores (B, Hkv, G, tb, kend); m the
-    block's mask, already applied (None = plain causal, row t seeing keys up to d0 + t); rows with no
-    visible key (left padding) attend to nothing and take no sink mass."""
-    B, Hkv, G, tb, kend = scores.shape
-    dead = None
-    if m is None:
-        # Only the block's diagonal square holds keys later than some of its queries.
-        hidden = torch.ones(tb, kend - d0, dtype=torch.bool, device=scores.device).triu_(1)
-        scores[..., d0:].masked_fill_(hidden, float("-inf"))
-    elif m.dtype == torch.bool:
-        dead = ~m.any(dim=-1, keepdim=True)  # checked on the mask, which has no head axis: cheap
-        dead = dead if dead.any() else None
-    if dead is not None:
-        scores.masked_fill_(dead, 0.0)  # they would softmax to NaN
-    if sinks is not None:
-        sink_logit = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
-        p_all = torch.softmax(torch.cat([scores, sink_logit], dim=-1), dim=-1)
-        p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
-        if dead is not None:
-            p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
-        if query_valid is not None:
-            p_sink = p_sink * query_valid[:, None, None, q0:q1].to(p_sink.dtype)
-        sink_mass += p_sink.sum(dim=-1)
-    elif prob_buf is None:
-        p = torch.softmax(scores, dim=-1)
-    else:
-        p = torch.ops.aten._softmax.out(scores, -1, False, out=prob_buf[: scores.numel()].view(scores.shape))
-    if dead is not None:
-        p.masked_fill_(dead, 0.0)
-    w = p if query_valid is None else p * query_valid[:, None, None, q0:q1, None].to(p.dtype)
-    colsum[..., :kend] += w.sum(dim=-2)
-    return p
 
 
 _SCRATCH: dict = {}  # thread id -> (scores[, probabilities]) float32 buffers, CPU only

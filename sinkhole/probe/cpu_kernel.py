@@ -186,26 +186,48 @@ def softmax_colsum(
     return True
 
 
-def reference_softmax_colsum(scores, colsum, causal_base, valid=None, sinks=None, sink_mass=None) -> None:
-    """The same step in torch ops (the kernel's specification; used for its self-check and in tests)."""
+def torch_softmax_colsum(
+    scores, colsum, causal_base, valid=None, sinks=None, sink_mass=None, dead=None, out=None
+) -> torch.Tensor:
+    """The same step in torch ops, on any device: the kernel's specification (its self-check and tests)
+    and the path where no kernel runs. Arguments as `softmax_colsum`; returns the probabilities (in
+    `out`, a float32 buffer of at least scores.numel() elements, when given) and may overwrite scores.
+
+    dead: (B|1, Hkv|1, G|1, tb, 1) bool, the rows with no visible key, when the caller can tell them
+    cheaply (from its mask; none under a plain causal mask); None = find them in the scores."""
     B, Hkv, G, tb, L = scores.shape
-    if causal_base is not None:
-        hidden = torch.ones(tb, L, dtype=torch.bool).triu_(causal_base + 1)
-        scores.masked_fill_(hidden, float("-inf"))
-    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    s = scores.masked_fill(dead, 0.0)
+    if causal_base is not None and causal_base < L:
+        # Only the block's diagonal square holds keys later than some of its rows.
+        hidden = torch.ones(tb, L - causal_base, dtype=torch.bool, device=scores.device).triu_(1)
+        scores[..., causal_base:].masked_fill_(hidden, float("-inf"))
+    if dead is None:
+        dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    dead = dead if dead is not None and dead.any() else None
+    if dead is not None:
+        scores.masked_fill_(dead, 0.0)  # they would softmax to NaN
     if sinks is not None:
-        sink = sinks.reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
-        p_all = torch.softmax(torch.cat([s, sink], dim=-1), dim=-1)
-        p, p_sink = p_all[..., :-1], p_all[..., -1].masked_fill(dead[..., 0], 0.0)
-        w = valid[:, None, None, :] if valid is not None else 1.0
-        sink_mass += (p_sink * w).sum(-1).double()
+        sink = sinks.float().reshape(1, Hkv, G, 1, 1).expand(B, Hkv, G, tb, 1)
+        p_all = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)
+        p, p_sink = p_all[..., :-1], p_all[..., -1]  # (B, Hkv, G, tb)
+        if dead is not None:
+            p_sink = p_sink.masked_fill(dead[..., 0], 0.0)
+        if valid is not None:
+            p_sink = p_sink * valid[:, None, None, :]
+        sink_mass += p_sink.sum(dim=-1).to(sink_mass.dtype)
+    elif out is None:
+        p = torch.softmax(scores, dim=-1)
     else:
-        p = torch.softmax(s, dim=-1)
-    p = p.masked_fill(dead, 0.0)
-    scores.copy_(p)
-    w = valid[:, None, None, :, None] if valid is not None else 1.0
-    colsum[..., :L] += (p * w).sum(dim=-2)
+        p = torch.ops.aten._softmax.out(scores, -1, False, out=out[: scores.numel()].view(scores.shape))
+    if dead is not None:
+        p.masked_fill_(dead, 0.0)
+    w = p if valid is None else p * valid[:, None, None, :, None]
+    colsum[..., :L] += w.sum(dim=-2)
+    return p
+
+
+def reference_softmax_colsum(scores, *args, **kwargs) -> None:
+    """`torch_softmax_colsum` in place, as the kernel works (self-check, tests)."""
+    scores.copy_(torch_softmax_colsum(scores, *args, **kwargs))
 
 
 def _self_check(fn) -> bool:

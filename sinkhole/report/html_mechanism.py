@@ -135,12 +135,16 @@ AMPLIFIER_KEYS = (
 )
 
 
+def _why(result, measured: type) -> str:
+    """The sentence a panel shows when its analysis did not apply ("" when it was measured)."""
+    return "" if isinstance(result, measured) else result.reason[:1].upper() + result.reason[1:] + "."
+
+
 def mechanism_view(m: Mechanism, model: dict) -> dict:
     """The compact data static/mechanism.js draws (rounded to 4 significant digits)."""
     L, H = int(model["n_layers"]), int(model["n_heads"])
     lcy, ch, amp, nrm, keys = m.lifecycle, m.channels, m.amplifier, m.normalization, m.sink_keys
-    why_amp = "" if isinstance(amp, Amplifier) else amp.reason[:1].upper() + amp.reason[1:] + "."
-    why_nrm = "" if isinstance(nrm, Normalization) else nrm.reason[:1].upper() + nrm.reason[1:] + "."
+    why_amp, why_nrm = _why(amp, Amplifier), _why(nrm, Normalization)
     amp = amp if isinstance(amp, Amplifier) else None
     nrm = nrm if isinstance(nrm, Normalization) else None
     traces = [
