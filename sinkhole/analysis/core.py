@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sinkhole.analysis.defaults import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD  # noqa: F401
 from sinkhole.analysis.detail import detail
 from sinkhole.probe.capture import Capture
 from sinkhole.report.schema import (
@@ -65,9 +66,6 @@ from sinkhole.report.schema import (
     Token,
 )
 
-DEFAULT_THRESHOLD = 10.0
-DEFAULT_EPSILON = 0.3
-DEFAULT_MIN_SINK_RATE = 0.5
 STEP_FRACTION = 0.1
 
 

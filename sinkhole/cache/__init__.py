@@ -1,7 +1,22 @@
 """Sink-aware KV caches for streaming generation (StreamingLLM), the head-aware cache (streaming vs
-retrieval heads, from a profile's measured scores) and their long-text and recall evaluations."""
+retrieval heads, from a profile's measured scores) and their long-text and recall evaluations.
 
-from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
-from sinkhole.cache.sink_cache import SinkCache, SinkCacheLayer
+Names are imported lazily: the CLI reads `sinkhole.cache.head_plan`'s defaults while it builds its
+parser, which must not import torch (`sinkhole --help` stays instant)."""
 
-__all__ = ["HeadAwareSinkCache", "SinkCache", "SinkCacheLayer", "head_aware_attention"]
+_LAZY = {
+    "HeadAwareSinkCache": "sinkhole.cache.head_aware",
+    "head_aware_attention": "sinkhole.cache.head_aware",
+    "SinkCache": "sinkhole.cache.sink_cache",
+    "SinkCacheLayer": "sinkhole.cache.sink_cache",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sinkhole.cache' has no attribute {name!r}")

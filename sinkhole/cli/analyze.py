@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     o.add_argument(
         "--json", type=Path, help="write the JSON report here ('-': stdout, and the summary goes to stderr)"
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, announce_load=True)
 
 
 def run(args) -> int:

@@ -130,7 +130,7 @@ def add_chat_args(g) -> None:
 
 def add_analysis_args(p: argparse.ArgumentParser, sink_rate: bool = True) -> None:
     """The definitions' parameters (sinkhole.analysis.core), with the same defaults everywhere."""
-    from sinkhole.analysis.core import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
+    from sinkhole.analysis.defaults import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD
 
     g = p.add_argument_group("analysis")
     g.add_argument(
@@ -173,9 +173,32 @@ def load_probe(args, **kw):
     )
 
 
+_ANNOUNCED: set[str] = set()  # status lines already printed early, by announce_load
+
+
 def status(msg: str) -> None:
     """Progress and status lines go to stderr, so stdout stays the result."""
+    if msg in _ANNOUNCED:  # load_model's own "loading ..." line, said before torch was imported
+        _ANNOUNCED.discard(msg)
+        return
     print(msg, file=sys.stderr, flush=True)
+
+
+def announce_load(args) -> None:
+    """Print the "loading M (device, dtype) ..." line first, before torch and transformers are
+    imported (seconds: the user should not wait on a silent terminal). A command opts in with
+    `set_defaults(announce_load=True)` when loading the model is the first thing it does; load_model
+    later prints the same line through `status`, which then drops it. `--device auto` is said by
+    load_model alone: which device it means is known only once torch can ask for CUDA."""
+    from sinkhole.models.dtypes import default_dtype
+    from sinkhole.models.registry import resolve
+
+    if not getattr(args, "announce_load", False) or args.device == "auto":
+        return
+    source = resolve(args.model)  # an unknown model is refused here, before the slow imports
+    line = f"loading {source.name} ({args.device}, {args.dtype or default_dtype(args.device)}) ..."
+    status(line)
+    _ANNOUNCED.add(line)
 
 
 def write_all(writers) -> list[str]:

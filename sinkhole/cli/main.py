@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         from sinkhole.validate import validate_args
 
         validate_args(args.command, args)
+        from sinkhole.cli.common import announce_load
+
+        announce_load(args)  # the first status line, before the slow imports below
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.models.dtypes import default_dtype
 from sinkhole.models.families import Family, family_for
 from sinkhole.models.gguf_cache import converted_gguf_dir
 from sinkhole.models.registry import ModelSource, resolve
@@ -89,7 +90,7 @@ def pick_device_dtype(device: str, dtype: str | None) -> tuple[str, torch.dtype]
     if device != "cpu" and not torch.cuda.is_available():
         raise SinkholeError(f"device '{device}' needs CUDA, which this machine does not have: use --device cpu")
     if dtype in (None, "", "default"):
-        return device, torch.float32 if device == "cpu" else torch.bfloat16
+        dtype = default_dtype(device)
     if dtype not in DTYPES:
         raise SinkholeError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     return device, DTYPES[dtype]
