@@ -28,6 +28,8 @@ _LAZY = {
     "SinkDetector": "sinkhole.experiments.detect",
     "SinkCache": "sinkhole.cache.sink_cache",
     "get_quantization_hints": "sinkhole.quant.hints",
+    "token_mask": "sinkhole.mask.core",
+    "TokenMask": "sinkhole.mask.core",
 }
 
 __all__ = sorted(_LAZY)

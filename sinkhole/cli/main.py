@@ -15,7 +15,7 @@ from sinkhole import __version__
 from sinkhole.errors import SinkholeError
 
 # name -> module under sinkhole.cli
-SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "profile", "stream", "quant", "lab", "models", "compare"]
+SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "mask", "profile", "stream", "quant", "lab", "models", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,5 @@
+"""The token mask (spike / sink / norm ratio per token) and its resumable file: see `core` and `store`."""
+
+from sinkhole.mask.core import MaskSettings, TokenMask, iter_masks, mask_from_stats, token_mask
+
+__all__ = ["MaskSettings", "TokenMask", "iter_masks", "mask_from_stats", "token_mask"]

@@ -1,0 +1,183 @@
+"""The token mask: the fast forward (lse attention, candidate keys only) against the definitions
+computed by hand from a full probe + analyze run; the resumable mask file; the CLI's bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_gemma3, tiny_llama, wrap
+from test_cli import run_cli, tiny_dir  # noqa: F401  (fixture)
+from test_mechanism import SPIKE_TOKEN, UP_LAYER, planted, prompts, tiny_gemma3_4
+
+from sinkhole.analysis.core import analyze, spike_scores
+from sinkhole.errors import SinkholeError
+from sinkhole.eval.suite import Suite, SuiteItem
+from sinkhole.mask.core import MaskSettings, mask_batch, token_mask
+from sinkhole.mask.store import load_mask, parts_dir, run_mask
+from sinkhole.probe.probe import ModelProbe
+
+# Low thresholds so that a random tiny model has spikes and sinks on both sides of each rule.
+LOW = dict(threshold=1.2, epsilon=0.1, min_sink_rate=0.3)
+
+
+def fast_only(probe, monkeypatch):
+    """Make the exact probe unreachable: what follows must come from the fast path."""
+
+    def refuse(*a, **k):
+        raise AssertionError("the exact probe ran: the fast path refused this batch")
+
+    monkeypatch.setattr(probe, "run_batch", refuse)
+
+
+def by_hand(capture, positions=None, layer=None, threshold=1.2, epsilon=0.1, min_sink_rate=0.3):
+    """The definitions, from a full capture: analyze()'s per-token lists and spike set."""
+    rep = analyze(capture, threshold=threshold, epsilon=epsilon, min_sink_rate=min_sink_rate)
+    rate = np.array(rep.sinks.per_token_sink_rate)
+    T = capture.n_tokens
+    sinks = set(np.flatnonzero(rate >= min_sink_rate))
+    assert sinks == {s.position for s in rep.sinks.tokens}
+    if layer is None:
+        spikes = {s.position for s in rep.spikes.tokens}
+        ratio = np.array(rep.spikes.per_token_score)
+    else:  # at one layer: the same score, on that layer's norms (a [1, T] stack)
+        norms = capture.resid_norm[layer]
+        ratio = norms / np.median(norms)
+        spikes = set(np.flatnonzero(ratio > threshold))
+    pos = range(T) if positions is None else positions
+    return spikes, {p for p in sinks if p in set(pos)}, ratio, rate, np.array(rep.sinks.per_token_mass)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+@pytest.mark.parametrize("candidates", [None, 3])
+def test_fast_mask_equals_the_definitions(make, candidates, monkeypatch):
+    """Padded batch (llama: plain causal then padding masks; gemma3: sliding-window masks)."""
+    probe = ModelProbe(wrap(make()))
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 99, (n,), generator=g).tolist() for n in (12, 7, 20)]
+    captures = [probe.run(s) for s in seqs]  # one by one: no padding on the reference side
+    fast_only(probe, monkeypatch)
+    masks = token_mask(probe, seqs, candidates=candidates, **LOW)
+    n_spikes = n_sinks = 0
+    for cap, m in zip(captures, masks):
+        spikes, sinks, ratio, rate, mass = by_hand(cap)
+        assert m.token_ids.tolist() == cap.token_ids
+        assert set(np.flatnonzero(m.spike)) == spikes
+        np.testing.assert_allclose(m.norm_ratio, ratio, rtol=1e-5)
+        measured = np.flatnonzero(m.measured)
+        if candidates is None:
+            assert len(measured) == cap.n_tokens
+        else:  # the first token, the spike tokens and the `candidates` largest
+            assert 0 in measured and spikes <= set(measured) and len(measured) >= min(3, cap.n_tokens)
+        np.testing.assert_allclose(m.sink_rate[measured], rate[measured], atol=1e-6)
+        np.testing.assert_allclose(m.attn_mass[measured], mass[measured], atol=1e-6)
+        assert set(np.flatnonzero(m.sink)) == {p for p in sinks if p in set(measured)}
+        assert np.isnan(m.sink_rate[~m.measured]).all() and not m.sink[~m.measured].any()
+        assert (m.masked == (m.spike | m.sink)).all() and (m.keep == ~m.masked).all()
+        n_spikes, n_sinks = n_spikes + len(spikes), n_sinks + len(sinks)
+    assert n_spikes and n_sinks  # both rules were exercised
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3_4], ids=["llama", "gemma3"])
+def test_planted_spike_at_a_layer(make, monkeypatch):
+    """A real spike (planted at layer UP_LAYER): peak and per-layer masks equal the definitions."""
+    probe = ModelProbe(wrap(planted(make)))
+    seqs = prompts()
+    captures = probe.run_batch(seqs)
+    fast_only(probe, monkeypatch)
+    for layer in (None, 0, UP_LAYER):
+        masks = token_mask(probe, seqs, layer=layer, threshold=10)
+        for cap, m in zip(captures, masks):
+            spikes, _, ratio, _, _ = by_hand(cap, layer=layer, threshold=10)
+            assert set(np.flatnonzero(m.spike)) == spikes
+            np.testing.assert_allclose(m.norm_ratio, ratio, rtol=1e-5)
+            if layer is None:
+                assert spikes == {0} and cap.token_ids[0] == SPIKE_TOKEN
+    peak = spike_scores(captures[0].resid_norm)
+    assert peak[0] > 10
+
+
+def test_unsupported_attention_falls_back_to_the_exact_probe():
+    """Softcapped logits: the fast path declines, the exact probe measures every token."""
+    probe = ModelProbe(wrap(tiny_gemma3(attn_logit_softcapping=30.0)))
+    seq = list(range(3, 15))
+    m = mask_batch(probe, [seq], MaskSettings(**LOW).checked(2))[0]
+    spikes, sinks, _, rate, _ = by_hand(probe.run(seq))
+    assert m.measured.all() and set(np.flatnonzero(m.sink)) == sinks
+    np.testing.assert_allclose(m.sink_rate, rate, atol=1e-6)
+
+
+def test_token_mask_inputs():
+    probe = ModelProbe(wrap(tiny_llama()))
+    one = token_mask(probe, [5, 6, 7, 8])
+    assert len(one) == 4 and one.spike.dtype == bool  # a list of ints is one sequence
+    many = token_mask(probe, [np.array([5, 6, 7]), torch.tensor([9, 10])])
+    assert [len(m) for m in many] == [3, 2]
+    for bad in ([], None, 3):
+        with pytest.raises(SinkholeError):
+            token_mask(probe, bad)
+    with pytest.raises(SinkholeError, match="layer"):
+        token_mask(probe, [5, 6], layer=2)  # two layers: 0 and 1
+
+
+def suite(n=7, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    items = [SuiteItem(i, torch.randint(1, 99, (4 + 3 * i,), generator=g).tolist(), "default") for i in range(n)]
+    return Suite("test", items)
+
+
+def test_mask_file_resumes_and_refuses_other_settings(tmp_path):
+    probe = ModelProbe(wrap(tiny_llama()))
+    s, settings, out = suite(), MaskSettings(**LOW), tmp_path / "m.npz"
+    whole = run_mask(probe, s, tmp_path / "whole.npz", settings, max_batch=2)
+    assert not parts_dir(tmp_path / "whole.npz").exists()
+
+    def stop_after_two(n, seen=[]):  # noqa: B006  (counts this run's batches)
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_mask(probe, s, out, settings, max_batch=2, progress=stop_after_two)
+    assert not out.exists() and len(list(parts_dir(out).glob("batch-*.npz"))) == 2
+    with pytest.raises(SinkholeError, match="other settings.*threshold"):
+        run_mask(probe, s, out, MaskSettings(**{**LOW, "threshold": 2.0}), max_batch=2)
+    started, ran = [], []
+    resumed = run_mask(probe, s, out, settings, max_batch=2, progress=ran.append, initial=started.append)
+    assert started == [4] and sum(ran) == 3
+    f = load_mask(out)
+    assert len(f) == len(s) and f.header["settings"]["threshold"] == LOW["threshold"]
+    for i, it in enumerate(s.items):
+        assert f[i].token_ids.tolist() == it.prompt
+        for name in ("spike", "sink", "measured"):
+            assert (getattr(f[i], name) == getattr(whole[i], name)).all()
+        np.testing.assert_allclose(f[i].sink_rate, whole[i].sink_rate, atol=1e-6)
+        np.testing.assert_allclose(resumed[i].norm_ratio, whole[i].norm_ratio, rtol=1e-6)
+    assert not parts_dir(out).exists()
+
+
+def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys):  # noqa: F811
+    texts = tmp_path / "t.jsonl"
+    texts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the one of you", "it is in the a of to"]))
+    out = tmp_path / "m.npz"
+    code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out))
+    assert code == 0, err
+    assert f"wrote {out}: 2 texts" in err
+    f = load_mask(out)
+    assert len(f) == 2 and f.header["settings"]["candidates"] == 16
+    bad = [
+        ["--texts", str(tmp_path / "missing.txt"), "--out", str(out)],
+        ["--texts", str(texts), "--out", str(out), "--layer", "9"],
+        ["--texts", str(texts), "--out", str(out), "--threshold", "0"],
+        ["--texts", str(texts), "--out", str(tmp_path)],
+        ["--texts", str(texts), "--out", str(out), "--all-tokens", "--candidates", "3"],
+    ]
+    for argv in bad:
+        code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), *argv)
+        lines = [ln for ln in err.splitlines() if ln.startswith("sinkhole: error:")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, err)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(SinkholeError, match="not a sinkhole mask file"):
+        load_mask(tmp_path / "junk.npz")
