@@ -5,7 +5,7 @@ line of hundreds of redraws, and an error printed after it is glued to the bar. 
 returns tqdm only when stderr is a terminal; otherwise a `LineProgress` with the same small API
 (update, close, n, refresh, set_postfix_str, context manager) that prints one whole line at most
 every `every` seconds or each 10% step, and a last line when it closes; a step done within
-`quiet_for` seconds prints nothing. `end_bars()` finishes any
+`quiet_for` seconds prints nothing; under a launcher, ranks other than 0 print none. `end_bars()` finishes any
 open bar before the CLI prints an error.
 """
 
@@ -101,12 +101,24 @@ class LineProgress:
 
 def progress(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, **kw):
     """A tqdm bar on a terminal, else a LineProgress (see the module docstring)."""
+    from sinkhole.distributed import quiet
+
     file = kw.pop("file", None) or sys.stderr
+    if quiet():  # a rank other than 0: rank 0 shows the whole run's progress
+        return LineProgress(total=total, desc=desc, unit=unit, file=_Null(), **kw)
     if is_terminal(file):
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, file=file, leave=leave, dynamic_ncols=True, **kw)
     return LineProgress(total=total, desc=desc, unit=unit, file=file, **kw)
+
+
+class _Null:
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
 
 
 def end_bars() -> None:

@@ -75,6 +75,12 @@ def configure_threads(args) -> int | None:
     if not hasattr(args, "threads"):
         return None  # a command that runs no model (models, compare)
     n = args.threads
+    from sinkhole.distributed import placement
+
+    where = placement()
+    if n is None and where.launched:
+        # torchrun sets OMP_NUM_THREADS=1 for every rank; a rank's share of the cores is the default instead
+        n = where.cpu_threads()
     if n is None and os.environ.get("OMP_NUM_THREADS"):
         return None  # the user chose through the environment; torch already follows it
     import torch
@@ -177,7 +183,11 @@ _ANNOUNCED: set[str] = set()  # status lines already printed early, by announce_
 
 
 def status(msg: str) -> None:
-    """Progress and status lines go to stderr, so stdout stays the result."""
+    """Progress and status lines go to stderr, so stdout stays the result (rank 0's alone under a launcher)."""
+    from sinkhole.distributed import quiet
+
+    if quiet():
+        return
     if msg in _ANNOUNCED:  # load_model's own "loading ..." line, said before torch was imported
         _ANNOUNCED.discard(msg)
         return

@@ -13,8 +13,12 @@ EPILOG = """examples:
   sinkhole eval --model gemma3-270m --prompts my_prompts.jsonl --out runs/gemma --limit 100
   sinkhole eval --prompts questions.txt --out runs/q --no-chat --threshold 20
 
-Re-running the same command into the same --out resumes where it stopped; other settings into
-that directory are refused. Outputs: results.jsonl, run.json, summary.json, rows.csv, *.png, summary.html.
+  torchrun --standalone --nproc-per-node 4 -m sinkhole eval --device cuda --out runs/big   # 4 ranks
+
+Re-running the same command into the same --out resumes where it stopped (with any number of
+ranks); other settings into that directory are refused. Outputs: results.jsonl, run.json,
+summary.json, rows.csv, *.png, summary.html. Under torchrun / accelerate launch each rank takes a
+balanced share of the batches and rank 0 merges (docs/eval.md, "More than one GPU or machine").
 """
 
 
@@ -47,11 +51,22 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from sinkhole.distributed import session
+
+    with session(args.device) as world:
+        return _run(args, world)
+
+
+def _run(args, world) -> int:
+    import shutil
+    from contextlib import ExitStack
+
     from sinkhole.errors import SinkholeError
     from sinkhole.eval import EvalSettings, load_suite, run_eval, write_outputs
+    from sinkhole.eval.runner import LOCK_NAME, check_existing, early_manifest, out_lock
     from sinkhole.report.eval_text import render_summary
 
-    suite = load_suite(args.prompts, args.limit)
+    suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))
     settings = EvalSettings(
         threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat
     )
@@ -59,34 +74,37 @@ def run(args) -> int:
         settings.max_batch_tokens = args.batch_tokens
     if args.max_batch:
         settings.max_batch = args.max_batch
-    from sinkhole.eval.runner import out_lock
-    from sinkhole.progress import progress
+    # What decides the numbers and is known before the model loads: every rank must agree, and a
+    # directory holding another run is refused now rather than after the load.
+    early = world.all_ok(lambda: early_manifest(suite, settings, args.model, args.device, args.dtype))
+    world.agree({**early, "batching": [settings.max_batch_tokens, settings.max_batch]}, "settings")
+    created = world.is_main and not args.out.exists()
+    try:
+        with ExitStack() as stack:
+            # taken before the model loads: a second writer is refused at once (rank 0 holds it for all)
+            world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
+            world.all_ok(lambda: check_existing(args.out, early), main_only=True)
+            rank_args = argparse.Namespace(**{**vars(args), "device": world.placement.device(args.device)})
+            probe = world.all_ok(lambda: load_probe(rank_args))
+            rows = _evaluate(args, world, probe, suite, settings, run_eval)
+    except BaseException:
+        # a run that stopped before writing anything leaves no directory behind
+        if created and args.out.is_dir() and {p.name for p in args.out.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    if not world.is_main:
+        return 0
+    try:
+        summary = write_outputs(rows, args.out, figures=not args.no_figures)
+        if args.csv:
+            from sinkhole.eval.export import write_csv
 
-    with out_lock(args.out):  # taken before the model loads: a second writer is refused at once
-        probe = load_probe(args)
-        bar = progress(total=len(suite), desc="eval", unit="prompt")
-        try:
-
-            def initial(n: int) -> None:
-                if n:
-                    status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
-                    bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
-                    bar.refresh()
-
-            rows = run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial)
-        finally:
-            bar.close()
-        try:
-            summary = write_outputs(rows, args.out, figures=not args.no_figures)
-            if args.csv:
-                from sinkhole.eval.export import write_csv
-
-                write_csv(rows, args.csv)
-        except OSError as err:
-            raise SinkholeError(
-                f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
-                f"{args.out}/results.jsonl: free space and run the same command again"
-            ) from None
+            write_csv(rows, args.csv)
+    except OSError as err:
+        raise SinkholeError(
+            f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "
+            f"{args.out}/results.jsonl: free space and run the same command again"
+        ) from None
     status(
         f"wrote {args.out}/results.jsonl, summary.json, rows.csv"
         + ("" if args.no_figures else ", figures, summary.html")
@@ -94,3 +112,20 @@ def run(args) -> int:
     )
     print(render_summary(summary))
     return 0
+
+
+def _evaluate(args, world, probe, suite, settings, run_eval):
+    from sinkhole.progress import progress
+
+    bar = progress(total=len(suite), desc="eval", unit="prompt")  # rank 0's counts all ranks' rows
+    try:
+
+        def initial(n: int) -> None:
+            if n:
+                status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
+                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
+                bar.refresh()
+
+        return run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial, world=world)
+    finally:
+        bar.close()

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except SinkholeError as err:
         _end_bars()  # the error starts its own line, never glued to a progress bar
-        print(f"sinkhole: error: {err}", file=sys.stderr)
+        from sinkhole.distributed import reports
+
+        if reports(err):  # a failure every rank shares is printed by rank 0 alone
+            print(f"sinkhole: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _end_bars()
