@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -331,11 +332,22 @@ def reports(err: BaseException) -> bool:
 
 
 def _on_sigterm(signum, frame):
+    """torchrun's answer to a failed rank is SIGTERM to the others: one line, then exit at once (no
+    traceback from wherever the signal landed; every row written so far was fsync'ed with its newline)."""
     p = placement()
-    raise SinkholeError(
-        f"rank {p.rank} of {p.world_size}: stopped by the launcher (another rank failed or the job was "
-        "cancelled); what was written so far is kept: run the same command again to resume"
+    sys.stderr.write(
+        f"sinkhole: rank {p.rank} of {p.world_size} stopped by the launcher (another rank failed or the job "
+        "was cancelled); what was written so far is kept: run the same command again to resume\n"
     )
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGTERM)
+
+
+def settle(err: BaseException) -> None:
+    """Called by the CLI as a rank exits on `err`: a rank that leaves the printing of a shared failure
+    to rank 0 waits a moment first, because the launcher stops the whole group as soon as any rank exits."""
+    if not reports(err):
+        time.sleep(1.0)
 
 
 @contextmanager

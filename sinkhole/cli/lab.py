@@ -13,6 +13,7 @@ EPILOG = """examples:
   sinkhole lab --out runs/lab                      # all 9 variants: ~5 min of one CPU core
   sinkhole lab --quick --out runs/lab-quick        # baseline, gated, no-bos at 300 steps: ~35 s
   sinkhole lab --variants baseline,gated --steps 2000 --seed 1 --out runs/gated
+  torchrun --standalone --nproc-per-node 3 -m sinkhole lab --quick --out runs/lab-quick   # a variant a rank
 
 variants: baseline, sandwich, qk-norm, gated, sigmoid, softpick, no-bos, head-dim-32, context-128
 (each one switch away from the baseline). Re-running the same command into the same --out resumes
@@ -75,6 +76,7 @@ def settings_from_args(args):
 def run(args) -> int:
     import torch
 
+    from sinkhole.distributed import quiet, session
     from sinkhole.lab.run import check_settings, run_lab
     from sinkhole.progress import progress
     from sinkhole.report.lab_page import write_outputs
@@ -84,18 +86,25 @@ def run(args) -> int:
     check_settings(settings)
     torch.set_num_threads(args.threads)
     total = settings.train.steps * len(settings.variants)
-    bar = progress(total=total, desc="lab", unit="step")
+    with session("cpu") as world:  # under a launcher the ranks share the variants (rank 0: lab.json)
+        bar = progress(total=total, desc="lab", unit="step")
 
-    def log(msg: str) -> None:
-        if hasattr(bar, "write"):  # tqdm on a terminal: print above the bar
-            bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
+        def log(msg: str) -> None:
+            if quiet():
+                return
+            if hasattr(bar, "write"):  # tqdm on a terminal: print above the bar
+                bar.write(msg, file=sys.stderr)
+            else:
+                print(msg, file=sys.stderr, flush=True)
 
-    try:
-        result = run_lab(settings, args.out, progress=bar.update, log=log, save_weights=args.save_checkpoints)
-    finally:
-        bar.close()
+        try:
+            result = run_lab(
+                settings, args.out, progress=bar.update, log=log, save_weights=args.save_checkpoints, world=world
+            )
+        finally:
+            bar.close()
+    if result is None:  # a rank other than 0
+        return 0
     write_outputs(result, args.out, figures=not args.no_figures)
     status(f"wrote {args.out}/lab.json" + ("" if args.no_figures else ", trajectories.png, final.png") + ", lab.html")
     print(render_table(result))

@@ -15,7 +15,19 @@ from sinkhole import __version__
 from sinkhole.errors import SinkholeError
 
 # name -> module under sinkhole.cli
-SUBCOMMANDS = ["analyze", "mechanism", "vocab-sweep", "eval", "mask", "profile", "stream", "quant", "lab", "models", "compare"]
+SUBCOMMANDS = [
+    "analyze",
+    "mechanism",
+    "vocab-sweep",
+    "eval",
+    "mask",
+    "profile",
+    "stream",
+    "quant",
+    "lab",
+    "models",
+    "compare",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except SinkholeError as err:
         _end_bars()  # the error starts its own line, never glued to a progress bar
-        from sinkhole.distributed import reports
+        from sinkhole.distributed import reports, settle
 
         if reports(err):  # a failure every rank shares is printed by rank 0 alone
             print(f"sinkhole: error: {err}", file=sys.stderr)
+        settle(err)
         return 2
     except KeyboardInterrupt:
         _end_bars()

@@ -16,6 +16,7 @@ examples:
   sinkhole vocab-sweep --json sweep.json
   sinkhole vocab-sweep --model gemma3-270m --sample 20000
   sinkhole vocab-sweep --dtype float32 --batch-size 512
+  torchrun --standalone --nproc-per-node 2 -m sinkhole vocab-sweep --json sweep.json   # 2 ranks share the batches
 """
 
 
@@ -35,6 +36,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from sinkhole.distributed import session
+
+    with session(args.device) as world:
+        return _run(args, world)
+
+
+def _run(args, world) -> int:
     import json
 
     from sinkhole.cli.common import raise_failures, result_stream, write_all
@@ -42,15 +50,22 @@ def run(args) -> int:
     from sinkhole.experiments.vocab_sweep import vocab_sweep
     from sinkhole.io import write_output
     from sinkhole.models.loading import load_model
+    from sinkhole.models.registry import resolve
 
-    lm = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype or "bfloat16",
-        trust_remote_code=args.trust_remote_code,
-        log=status,
+    name = world.all_ok(lambda: resolve(args.model).name)  # a missing model stops every rank here
+    keys = ("dtype", "threshold", "batch_size", "sample")
+    world.agree({"model": name, **{k: getattr(args, k) for k in keys}}, "settings")
+    lm = world.all_ok(
+        lambda: load_model(
+            args.model,
+            device=world.placement.device(args.device),
+            dtype=args.dtype or "bfloat16",
+            trust_remote_code=args.trust_remote_code,
+            log=status,
+        )
     )
     V = lm.model.get_input_embeddings().num_embeddings
+    world.agree({"weights_id": lm.weights_id, "vocab": V}, "model")
     from sinkhole.progress import progress
     from sinkhole.report.vocab_text import render_vocab_sweep
 
@@ -63,9 +78,12 @@ def run(args) -> int:
             args.batch_size,
             sample=args.sample,
             progress=bar.update,
+            world=world,
         )
     finally:
         bar.close()
+    if result is None:  # a rank other than 0: its share went to rank 0
+        return 0
     d = {**result.to_dict(), "model": lm.name}
     failures = write_all(
         [(args.json, lambda: write_output(args.json, json.dumps(d, indent=1, ensure_ascii=False), "result"))]

@@ -8,7 +8,7 @@ topics, the text the interventions use, special tokens added).
 
 Batching: sequences of length 1 need no attention beyond v_proj/o_proj, so the batch is simply
 many tokens at once; only a (B,) running maximum is kept per batch (`peak_norm_hooks`, over
-`sinkhole.probe.hooks.hooked`).
+`sinkhole.probe.hooks.hooked`). Under a launcher the ranks share those batches (sinkhole.distributed).
 """
 
 from __future__ import annotations
@@ -73,15 +73,44 @@ def vocab_sweep(
     sample: int | None = None,
     seed: int = 0,
     progress=None,
-) -> VocabSweep:
-    """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it."""
+    world=None,
+) -> VocabSweep | None:
+    """Run the sweep (all tokens, or a fixed random `sample` of them) and summarize it.
+
+    world (sinkhole.distributed, default: this process alone): the ranks share the batches of
+    `batch_size` tokens (the same batches as one process, so the same numbers); rank 0 gathers the
+    peak norms and returns the result, the other ranks None. progress(n) counts all ranks' tokens."""
+    from sinkhole.distributed import World
+
+    world = world or World()
     V = lm.model.get_input_embeddings().num_embeddings
     ids = np.arange(V)
     if sample is not None and sample < V:
         ids = np.sort(np.random.default_rng(seed).choice(V, size=sample, replace=False))
+    starts = list(range(0, len(ids), batch_size))
+    mine = [starts[k] for k in world.shard([min(batch_size, len(ids) - s) for s in starts])]
+    counter = world.new_counter()
+    shown = 0
+
+    def show(total: int) -> None:
+        nonlocal shown
+        if progress is not None and world.is_main and total > shown:
+            progress(total - shown)
+            shown = total
+
     t0 = time.perf_counter()
-    peaks = sweep(lm, ids, batch_size, progress)
+    parts = {}
+    for s in mine:
+        parts[s] = sweep(lm, ids[s : s + batch_size], batch_size, lambda n: show(world.add(counter, n)))
+    world.wait_all(counter, show)
     seconds = time.perf_counter() - t0
+    gathered = world.gather(parts)
+    if not world.is_main:
+        return None
+    peaks = np.empty(len(ids), dtype=np.float32)
+    for part in gathered:
+        for s, values in part.items():
+            peaks[s : s + len(values)] = values
     ref = reference_norm(lm, ref_ids[:REFERENCE_TOKENS])
     tok = lm.tokenizer
 

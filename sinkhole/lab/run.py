@@ -31,6 +31,7 @@ from sinkhole.lab.train import Checkpoint, TrainConfig, train
 
 SCHEMA = "sinkhole.lab/1"
 PROBE_BATCH_INDEX = 10**6  # the held-out probe batch: far past any training batch index
+SHARDS_DIR = "shards"  # under a launcher: <variant>.json of the variants ranks other than 0 trained
 
 
 @dataclass(frozen=True)
@@ -188,18 +189,21 @@ def _write(path: Path, result: LabResult) -> None:
 
 
 def _resume(path: Path, settings: dict) -> list[VariantResult]:
-    """Finished variants of an earlier run of the same settings in this directory."""
-    if not path.is_file():
-        return []
-    try:
-        old = LabResult.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as err:
-        raise SinkholeError(f"{path} is not a lab result ({err}); choose another --out") from None
-    if {k: v for k, v in old.settings.items() if k != "variants"} != {
-        k: v for k, v in settings.items() if k != "variants"
-    }:
-        raise SinkholeError(f"{path} holds a lab run with other settings; choose another --out")
-    return [v for v in old.variants if v.finished and v.name in settings["variants"]]
+    """Finished variants of an earlier run of the same settings in this directory (lab.json, and the
+    variants ranks other than 0 finished under a launcher, in shards/<variant>.json)."""
+    found = []
+    shards = sorted((path.parent / SHARDS_DIR).glob("*.json")) if (path.parent / SHARDS_DIR).is_dir() else []
+    for file in ([path] if path.is_file() else []) + shards:
+        try:
+            old = LabResult.from_dict(json.loads(file.read_text()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise SinkholeError(f"{file} is not a lab result ({err}); choose another --out") from None
+        if {k: v for k, v in old.settings.items() if k != "variants"} != {
+            k: v for k, v in settings.items() if k != "variants"
+        }:
+            raise SinkholeError(f"{file} holds a lab run with other settings; choose another --out")
+        found += [v for v in old.variants if v.finished and v.name in settings["variants"]]
+    return list({v.name: v for v in reversed(found)}.values())[::-1]  # the first of duplicates
 
 
 def check_settings(settings: LabSettings) -> None:
@@ -214,29 +218,60 @@ def check_settings(settings: LabSettings) -> None:
 
 
 def run_lab(
-    settings: LabSettings, out_dir: str | Path | None = None, progress=None, log=None, save_weights: bool = False
-) -> LabResult:
+    settings: LabSettings,
+    out_dir: str | Path | None = None,
+    progress=None,
+    log=None,
+    save_weights: bool = False,
+    world=None,
+) -> LabResult | None:
     """Train and probe every variant in `settings.variants`; see the module docstring.
 
     progress(n): called per optimizer step (total = steps x variants). log(msg): one line per event.
     save_weights: keep each checkpoint's state_dict as out_dir/checkpoints/<variant>/step_<n>.pt.
+    world (sinkhole.distributed; default: this process alone): the variants are independent trainings,
+    shared out by cost (steps x sequence length); rank 0 writes lab.json as it goes, another rank writes
+    each variant it trains to out_dir/shards/<variant>.json; rank 0 assembles the result at the end
+    (and returns it; the other ranks return None). progress counts every rank's steps on rank 0.
     """
+    from sinkhole.distributed import World
+
+    world = world or World()
     check_settings(settings)
     sd = settings.to_dict()
     out = Path(out_dir) if out_dir is not None else None
     path = out / "lab.json" if out is not None else None
+    world.agree(sd, "lab settings")
     done = {}
     if path is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        done = {v.name: v for v in _resume(path, sd)}
+
+        def resume() -> list[dict]:
+            out.mkdir(parents=True, exist_ok=True)
+            return [v.to_dict() for v in _resume(path, sd)]
+
+        done = {d["name"]: VariantResult.from_dict(d) for d in world.broadcast(world.all_ok(resume, main_only=True))}
+    counter, shown = world.new_counter(), 0
+
+    def show(total: int) -> None:
+        nonlocal shown
+        if progress is not None and world.is_main and total > shown:
+            progress(total - shown)
+            shown = total
+
+    step = lambda n: show(world.add(counter, n))  # noqa: E731
+    todo = [name for name in settings.variants if name not in done]
+    costs = [settings.train.steps * variant_configs(settings, VARIANTS[n])[1].seq_len for n in todo]
+    mine = [todo[k] for k in world.shard(costs)]
     result = LabResult(settings=sd, environment=environment(), variants=[])
     for name in settings.variants:
         if name in done:
             result.variants.append(done[name])
-            if progress is not None:
-                progress(settings.train.steps)
+            if world.is_main:
+                step(settings.train.steps)
             if log is not None:
                 log(f"{name}: already done in {path}")
+            continue
+        if name not in mine:
             continue
         variant = VARIANTS[name]
         mcfg, dcfg = variant_configs(settings, variant)
@@ -255,7 +290,10 @@ def run_lab(
         result.variants.append(vr)
         t0 = time.perf_counter()
 
-        def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, name=name) -> None:
+        own = path if world.is_main or path is None else out / SHARDS_DIR / f"{name}.json"
+        mine_only = result if world.is_main else LabResult(settings=sd, environment=result.environment, variants=[vr])
+
+        def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, name=name, own=own, mine_only=mine_only) -> None:
             vr.checkpoints.append(ck)
             vr.seconds = time.perf_counter() - t0
             if path is not None:
@@ -265,7 +303,7 @@ def run_lab(
                     tmp = d / f".step_{ck.step}.pt.tmp"
                     torch.save(m.state_dict(), tmp)
                     tmp.replace(d / f"step_{ck.step}.pt")
-                _write(path, result)
+                _write(own, mine_only)
 
         probe_ids = stream.batch(PROBE_BATCH_INDEX, settings.train.probe_batch)
         train(
@@ -274,18 +312,30 @@ def run_lab(
             settings.train,
             probe_ids,
             on_checkpoint=on_checkpoint,
-            progress=progress,
+            progress=step,
             threshold=settings.threshold,
             epsilon=settings.epsilon,
             min_sink_rate=settings.min_sink_rate,
         )
         vr.seconds, vr.finished = time.perf_counter() - t0, True
         if path is not None:
-            _write(path, result)
+            _write(own, mine_only)
         if log is not None:
             f = vr.final
             log(
                 f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
                 f"spike score {f.spike_score:.1f}x"
             )
+    world.wait_all(counter, show)
+    trained = {v["name"]: v for part in world.gather([v.to_dict() for v in result.variants]) for v in part}
+    if not world.is_main:
+        return None
+    result.variants = [VariantResult.from_dict(trained[n]) for n in settings.variants]
+    if path is not None:
+        _write(path, result)
+        shards = out / SHARDS_DIR
+        for name in settings.variants:
+            (shards / f"{name}.json").unlink(missing_ok=True)
+        if shards.is_dir() and not any(shards.iterdir()):
+            shards.rmdir()
     return result

@@ -1,0 +1,33 @@
+"""One rank of a torchrun job in tests/test_distributed.py: the sinkhole CLI with test-only changes.
+
+Environment (all optional):
+    SINKHOLE_TEST_RANK_ARGS  JSON {"<rank>": [extra CLI arguments]}: what one rank gets differently
+    SINKHOLE_TEST_PIDS       a directory: this rank writes its pid to rank-<RANK> there (to kill it)
+    SINKHOLE_TEST_DELAY      seconds of sleep before each probe batch (so a test can kill a run part way)
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+rank = os.environ.get("RANK", "0")
+extra = json.loads(os.environ.get("SINKHOLE_TEST_RANK_ARGS", "{}")).get(rank, [])
+if os.environ.get("SINKHOLE_TEST_PIDS"):
+    Path(os.environ["SINKHOLE_TEST_PIDS"], f"rank-{rank}").write_text(str(os.getpid()))
+delay = float(os.environ.get("SINKHOLE_TEST_DELAY") or 0)
+if delay:
+    from sinkhole.probe.probe import ModelProbe
+
+    run_batch = ModelProbe.run_batch
+
+    def slow(self, *args, **kw):
+        time.sleep(delay)
+        return run_batch(self, *args, **kw)
+
+    ModelProbe.run_batch = slow
+
+from sinkhole.cli.main import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:] + extra))

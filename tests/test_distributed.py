@@ -1,0 +1,313 @@
+"""Runs past one process (sinkhole.distributed): sharding, agreement, and torchrun jobs of 1-3 gloo
+ranks on the CPU, launched as subprocesses, whose merged outputs must equal one process's byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_llama, wrap
+
+from sinkhole.distributed import Placement, RankError, World, balanced_shards
+from sinkhole.errors import SinkholeError
+from sinkhole.eval import EvalSettings, Suite, SuiteItem, run_eval
+
+TESTS = Path(__file__).resolve().parent
+DRIVER = TESTS / "dist_driver.py"
+WORDS = "the a of to and is in it you that was for on are with as be at one have this from".split()
+# Low threshold/epsilon so that the tiny random model has spike and sink tokens; 3 prompts a batch
+# so that 40 prompts make enough batches to share and to kill part way.
+EVAL_ARGS = ["--threshold", "1.1", "--epsilon", "0.1", "--max-batch", "3", "--no-figures"]
+
+
+def save_tiny(d: Path, **overrides) -> Path:
+    """A saved tiny Llama with a word-level tokenizer (what a user's local model directory holds)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    tok.save_pretrained(d)
+    tiny_llama(**overrides).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """The tiny model, a 40-prompt suite of 2-39 words, and the one-process run's output directory."""
+    from sinkhole.cli.main import main
+
+    root = tmp_path_factory.mktemp("dist")
+    model = save_tiny(root / "tiny")
+    rng = random.Random(0)
+    prompts = root / "prompts.txt"
+    prompts.write_text(
+        "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 40))) + "\n" for _ in range(40))
+    )
+    base = ["eval", "--model", str(model), "--prompts", str(prompts), *EVAL_ARGS]
+    ref = root / "one"
+    assert main([*base, "--out", str(ref)]) == 0
+    return {"root": root, "model": model, "base": base, "ref": ref}
+
+
+def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = False, **kw):
+    """Start `torchrun --standalone --nproc-per-node n -m sinkhole ARGS` (or the test driver)."""
+    target = [str(DRIVER)] if driver else ["-m", "sinkhole"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), *target, *args]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        **kw,
+    )
+
+
+def finish(proc, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def same_outputs(a: Path, b: Path) -> None:
+    for name in ("results.jsonl", "run.json", "summary.json", "rows.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert not (b / "shards").exists()
+
+
+# --- the helper ------------------------------------------------------------------------------------
+
+
+def test_balanced_shards_cover_everything_once_and_balance_cost():
+    rng = random.Random(1)
+    costs = [rng.randrange(1, 500) for _ in range(57)]
+    for n in (1, 2, 3, 8):
+        shards = balanced_shards(costs, n)
+        assert sorted(i for s in shards for i in s) == list(range(57))
+        assert all(s == sorted(s) for s in shards)
+        loads = [sum(costs[i] for i in s) for s in shards]
+        assert max(loads) - min(loads) <= max(costs)
+        assert shards == balanced_shards(costs, n)  # every rank computes the same split
+    assert balanced_shards([5, 1], 3) == [[0], [1], []]
+
+
+def test_placement_from_launcher_environment():
+    assert Placement.from_env({}) == Placement(0, 1, 0, 1) and not Placement.from_env({}).launched
+    p = Placement.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert p.launched and not p.is_main and p.device("cuda") == "cuda:1" and p.device("cpu") == "cpu"
+    assert p.cpu_threads(16) == 8 and p.cpu_threads(1) == 1
+    with pytest.raises(SinkholeError, match="--device cuda:0 under a launcher"):
+        p.device("cuda:0")
+    with pytest.raises(SinkholeError, match="inconsistent launcher variables"):
+        Placement.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(SinkholeError, match="not an integer"):
+        Placement.from_env({"WORLD_SIZE": "two"})
+
+
+def test_world_of_one_is_plain_calls():
+    w = World()
+    assert w.gather(5) == [5] and w.broadcast("x") == "x" and w.shard([3, 1, 2]) == [0, 1, 2]
+    w.agree({"a": 1})
+    with pytest.raises(SinkholeError, match="boom") as info:
+        w.all_ok(lambda: (_ for _ in ()).throw(SinkholeError("boom")))
+    assert not isinstance(info.value, RankError)
+    c = w.new_counter()
+    assert w.add(c, 2) == 2 and w.add(c, 3) == 5
+    w.wait_all(c)
+
+
+# --- what makes rows identical -------------------------------------------------------------------
+
+
+def id_suite(n: int, seed: int = 0) -> Suite:
+    rng = random.Random(seed)
+    return Suite(
+        "test", [SuiteItem(i, [rng.randrange(1, 99) for _ in range(rng.randrange(2, 40))], "x") for i in range(n)]
+    )
+
+
+def test_thread_count_does_not_change_rows():
+    """Ranks on one machine run with fewer threads than one process: the rows must not move a bit."""
+    from sinkhole.probe.probe import ModelProbe
+
+    probe = ModelProbe(wrap(tiny_llama(hidden_size=64, intermediate_size=256)), top_k=4)
+    suite, settings = id_suite(12), EvalSettings(threshold=1.1, epsilon=0.1, max_batch=4)
+    before = torch.get_num_threads()
+    try:
+        rows = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            rows[n] = [r.to_dict() for r in run_eval(probe, suite, None, settings)]
+    finally:
+        torch.set_num_threads(before)
+    assert rows[1] == rows[2] == rows[3]
+
+
+def test_resume_computes_each_prompt_in_its_original_batch(tmp_path):
+    """Rows missing anywhere (a kill part way through batches, on any rank) are redone in the batches
+    of the uninterrupted run, so the resumed file equals it byte for byte, not only within rounding."""
+    from sinkhole.probe.probe import ModelProbe
+
+    probe = ModelProbe(wrap(tiny_llama()), top_k=4)
+    suite, settings = id_suite(30, seed=4), EvalSettings(threshold=1.1, epsilon=0.1, max_batch=4)
+    full = tmp_path / "full"
+    run_eval(probe, suite, full, settings)
+    lines = (full / "results.jsonl").read_bytes().splitlines(keepends=True)
+    assert [json.loads(x)["index"] for x in lines] == list(range(30))  # suite order
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(full / "run.json", part / "run.json")
+    keep = random.Random(2).sample(lines, 17)
+    (part / "results.jsonl").write_bytes(b"".join(keep[:9]))
+    (part / "shards").mkdir()
+    (part / "shards" / "rank-2.jsonl").write_bytes(b"".join(keep[9:]) + keep[0][:20])  # a cut last line
+    rows = run_eval(probe, suite, part, settings)
+    assert (part / "results.jsonl").read_bytes() == (full / "results.jsonl").read_bytes()
+    assert not (part / "shards").exists() and [r.index for r in rows] == list(range(30))
+
+
+def test_other_settings_are_refused_before_the_model_loads(job, tmp_path, monkeypatch, capsys):
+    import sinkhole.cli.common as common
+    from sinkhole.cli.main import main
+
+    out = tmp_path / "run"
+    shutil.copytree(job["ref"], out)
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(common, "load_probe", no_load)
+    import sinkhole.cli.eval as cli_eval
+
+    monkeypatch.setattr(cli_eval, "load_probe", no_load)
+    assert main([*job["base"], "--out", str(out), "--threshold", "20"]) == 2
+    assert "other settings (settings.threshold 1.1 -> 20.0)" in capsys.readouterr().err
+
+
+# --- torchrun jobs -----------------------------------------------------------------------------------
+
+
+def test_two_ranks_write_what_one_process_writes(job):
+    out = job["root"] / "two"
+    code, stdout, stderr = finish(torchrun(2, [*job["base"], "--out", str(out)]))
+    assert code == 0, stderr[-3000:]
+    same_outputs(job["ref"], out)
+    assert stdout.count("Eval ") == 1 and stderr.count("loading ") == 1  # rank 0 speaks for the run
+
+
+def _wait_for_rows(out: Path, n: int, proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = [out / "results.jsonl", out / "shards" / "rank-1.jsonl"]
+        if all(f.is_file() and f.read_bytes().count(b"\n") >= n for f in files):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no rows appeared")
+
+
+def test_kill_9_a_rank_then_resume_with_3_ranks_and_with_1(job, tmp_path):
+    from sinkhole.cli.main import main
+
+    env = {"SINKHOLE_TEST_DELAY": "0.3"}
+    # 1. kill -9 of one rank: the launcher stops the other, within bounded time, saying why.
+    out, pids = tmp_path / "a", tmp_path / "pids"
+    pids.mkdir()
+    proc = torchrun(2, [*job["base"], "--out", str(out)], {**env, "SINKHOLE_TEST_PIDS": str(pids)}, driver=True)
+    _wait_for_rows(out, 2, proc)
+    os.kill(int((pids / "rank-1").read_text()), signal.SIGKILL)
+    code, _, stderr = finish(proc, timeout=120)
+    assert code != 0 and "Signal 9" in stderr, stderr[-3000:]
+    assert "sinkhole: rank 0 of 2 stopped by the launcher" in stderr
+    assert len(list(out.glob("results.jsonl"))) == 1 and not (out / "summary.json").exists()
+    code, _, stderr = finish(torchrun(3, [*job["base"], "--out", str(out)]))
+    assert code == 0, stderr[-3000:]
+    assert "resuming: " in stderr
+    same_outputs(job["ref"], out)
+
+    # 2. kill -9 of every process of the job, then resume with one process.
+    out = tmp_path / "b"
+    proc = torchrun(2, [*job["base"], "--out", str(out)], env, driver=True, start_new_session=True)
+    _wait_for_rows(out, 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc, timeout=60)
+    assert main([*job["base"], "--out", str(out)]) == 0
+    same_outputs(job["ref"], out)
+
+
+@pytest.mark.parametrize("case", ["threshold", "model", "missing"])
+def test_a_rank_that_disagrees_stops_the_run_with_one_line(job, case):
+    other = {
+        "threshold": ["--threshold", "20"],
+        "model": ["--model", str(save_tiny(job["root"] / "wider", intermediate_size=96))]
+        if not (job["root"] / "wider").exists()
+        else ["--model", str(job["root"] / "wider")],
+        "missing": ["--model", str(job["root"] / "nowhere")],
+    }[case]
+    out = job["root"] / f"refused-{case}"
+    env = {"SINKHOLE_TEST_RANK_ARGS": json.dumps({"1": other})}
+    code, stdout, stderr = finish(torchrun(2, [*job["base"], "--out", str(out)], env, driver=True))
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("sinkhole: error:")]
+    assert code != 0 and len(errors) == 1, stderr[-3000:]
+    assert "rank 1 of 2" in errors[0] and "Traceback" not in stderr.split("sinkhole: error:")[0]
+    assert not out.exists() and stdout == ""
+
+
+def _without_timings(d: dict) -> dict:
+    d = dict(d)
+    for k in ("seconds", "tokens_per_second", "environment"):
+        d.pop(k, None)
+    if "variants" in d:
+        d["variants"] = [{k: v for k, v in x.items() if k != "seconds"} for x in d["variants"]]
+    return d
+
+
+def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path):
+    args = ["vocab-sweep", "--model", str(job["model"]), "--sample", "64", "--batch-size", "16"]
+    args += ["--threshold", "1.05", "--dtype", "float32"]
+    results = {}
+    for n in (1, 2):
+        code, stdout, stderr = finish(torchrun(n, [*args, "--json", str(tmp_path / f"{n}.json")]))
+        assert code == 0, stderr[-3000:]
+        results[n] = (json.loads((tmp_path / f"{n}.json").read_text()), stdout)
+    assert results[1][0]["n_tokens"] == 64 and results[1][0]["n_spike"] > 0
+    assert _without_timings(results[1][0]) == _without_timings(results[2][0])
+    tables = [results[n][1].splitlines() for n in (1, 2)]  # printed once; its first line has the speed
+    assert tables[0][1:] == tables[1][1:] and tables[1][0].count(str(job["model"])) == 1
+
+
+def test_lab_under_two_ranks_equals_one_process(tmp_path):
+    args = ["lab", "--variants", "baseline,gated", "--steps", "12", "--checkpoints", "2", "--no-figures"]
+    labs = {}
+    for n in (1, 2):
+        code, stdout, stderr = finish(torchrun(n, [*args, "--out", str(tmp_path / str(n))]))
+        assert code == 0, stderr[-3000:]
+        labs[n] = json.loads((tmp_path / str(n) / "lab.json").read_text())
+        assert not (tmp_path / str(n) / "shards").exists() and stdout.count("baseline") == 1
+    assert [v["name"] for v in labs[2]["variants"]] == ["baseline", "gated"]
+    assert all(v["finished"] for v in labs[2]["variants"])
+    assert _without_timings(labs[1]) == _without_timings(labs[2])
+
+
+@pytest.mark.integration
+def test_two_ranks_equal_one_process_smollm2(tmp_path):
+    from sinkhole.cli.main import main
+
+    args = ["eval", "--model", "smollm2-135m", "--prompts", "builtin", "--limit", "6", "--no-figures"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    code, _, stderr = finish(torchrun(2, [*args, "--out", str(tmp_path / "two")]))
+    assert code == 0, stderr[-3000:]
+    same_outputs(tmp_path / "one", tmp_path / "two")
