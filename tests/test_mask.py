@@ -115,6 +115,9 @@ def test_token_mask_inputs():
     assert len(one) == 4 and one.spike.dtype == bool  # a list of ints is one sequence
     many = token_mask(probe, [np.array([5, 6, 7]), torch.tensor([9, 10])])
     assert [len(m) for m in many] == [3, 2]
+    assert len(token_mask(probe, torch.tensor([5, 6, 7]))) == 3  # a 1-D tensor is one sequence
+    rows = token_mask(probe, np.array([[5, 6], [7, 8]]))  # a 2-D array is a batch of rows
+    assert [m.token_ids.tolist() for m in rows] == [[5, 6], [7, 8]]
     for bad in ([], None, 3):
         with pytest.raises(SinkholeError):
             token_mask(probe, bad)

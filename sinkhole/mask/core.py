@@ -253,8 +253,10 @@ def token_mask(
     """Spike / sink / norm-ratio mask of a text or token id list (one TokenMask), or of a list of them
     (a list, in input order). model_or_probe: a ModelProbe, LoadedModel, bundled name or path, or a
     transformers model (then `tokenizer` for texts). Definitions and cost: the module docstring."""
+    if isinstance(ids_or_texts, np.ndarray | torch.Tensor):  # 1-D: one sequence; 2-D: rows
+        ids_or_texts = ids_or_texts.tolist()
     single = isinstance(ids_or_texts, str) or (
-        isinstance(ids_or_texts, Sequence | np.ndarray | torch.Tensor)
+        isinstance(ids_or_texts, Sequence)
         and len(ids_or_texts) > 0
         and not isinstance(ids_or_texts[0], str | Sequence | np.ndarray | torch.Tensor)
     )
