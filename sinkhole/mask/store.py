@@ -4,9 +4,9 @@ Layout while running (beside OUT.npz): `OUT.npz.parts/` holds `run.json` (the se
 the numbers: model weights, texts hash, MaskSettings; the same manifest idea as eval's run.json)
 and one `batch-NNNNNN.npz` per finished batch, each written atomically (temporary file + rename),
 so a kill loses at most the batch in flight. A re-run with the same settings skips the texts
-already in the parts; other settings are refused (sinkhole.eval.runner's comparison, so the
-message reads the same). When every text is done the parts are joined into OUT.npz (atomic) and
-the parts directory is removed.
+already in the parts; other settings are refused (eval's comparison, sinkhole.distributed.differences,
+so the message reads the same). When every text is done the parts are joined into OUT.npz (atomic)
+and the parts directory is removed.
 
 OUT.npz: `header` (JSON: schema, model, texts, settings), `offsets` (N + 1,) int64, and the
 `TokenMask` fields concatenated over texts in input order: text i is [offsets[i], offsets[i+1]).
@@ -110,15 +110,6 @@ def _done(parts: Path) -> dict[int, TokenMask]:
     return done
 
 
-def _differences():
-    """eval's settings comparison (moving to sinkhole.distributed with the distributed runner)."""
-    try:
-        from sinkhole.distributed import differences
-    except ImportError:
-        from sinkhole.eval.runner import _differences as differences
-    return differences
-
-
 def run_mask(
     probe,
     suite,
@@ -131,6 +122,7 @@ def run_mask(
 ) -> MaskFile:
     """Masks of every text in `suite` (sinkhole.eval.suite: .txt / .jsonl) into `out`; resumes a run
     that was cut off. progress(n) after each batch (texts done), initial(n) once (texts already done)."""
+    from sinkhole.distributed import differences
     from sinkhole.io import exclusive_lock, write_atomic
 
     out = Path(out)
@@ -148,7 +140,7 @@ def run_mask(
                 old = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as err:
                 raise SinkholeError(f"{path} is unreadable ({err}); delete {parts} to start over") from None
-            diff = _differences()(old, new)
+            diff = differences(old, new)
             if diff:
                 raise SinkholeError(
                     f"{parts} holds a run with other settings ({'; '.join(diff[:3])}); "
