@@ -8,6 +8,13 @@ machine slows both alike:
            (minus the JSON write, which is timed separately as `write`)
 
     python benchmarks/eval.py --model smollm2-135m [--limit N] [--batch-tokens 4096] [--max-batch 32]
+
+With --ranks 1,2: `torchrun --standalone --nproc-per-node N -m sinkhole eval --threads T` for each N
+(in turn, --repeats times), each into a fresh directory: prompts/s over the eval phase (run.json
+written, i.e. models loaded and settings agreed, to results.jsonl merged), the wall time with start-up
+and loads, and the time rank 0's merge of N shards into results.jsonl takes on the same rows.
+
+    python benchmarks/eval.py --ranks 1,2 --limit 200 --threads 1
 """
 
 from __future__ import annotations
@@ -41,6 +48,80 @@ def plain_forward(probe: ModelProbe, batch_ids: list[list[int]]) -> None:
         )
 
 
+def merge_seconds(out: str, n: int, repeats: int = 5) -> float:
+    """Time ResultsStore.merge of the finished rows dealt out again into n shards (best of `repeats`)."""
+    import shutil
+    from pathlib import Path
+
+    rows = Path(out, "results.jsonl").read_bytes().splitlines(keepends=True)
+    order = [json.loads(r)["index"] for r in rows]
+    best = float("inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            shutil.rmtree(tmp)
+            Path(tmp, "shards").mkdir(parents=True)
+            Path(tmp, "results.jsonl").write_bytes(b"".join(rows[0::n]))
+            for r in range(1, n):
+                Path(tmp, "shards", f"rank-{r}.jsonl").write_bytes(b"".join(rows[r::n]))
+            t0 = time.perf_counter()
+            ResultsStore(tmp).merge(order)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def ranks_benchmark(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    ranks = [int(x) for x in args.ranks.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for n in ranks:
+                out = Path(tmp, f"{n}-{rep}")
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
+                cmd += ["-m", "sinkhole", "eval", "--model", args.model, "--prompts", args.prompts, "--no-figures"]
+                cmd += ["--out", str(out), "--threads", str(args.threads or 1)]
+                cmd += ["--limit", str(args.limit)] if args.limit else []
+                load0 = os.getloadavg()[0]
+                t0 = time.time()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                wall = time.time() - t0
+                if proc.returncode:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return 1
+                phase = (out / "results.jsonl").stat().st_mtime - (out / "run.json").stat().st_mtime
+                prompts = len((out / "results.jsonl").read_bytes().splitlines())
+                runs.append(
+                    {
+                        "ranks": n,
+                        "repeat": rep,
+                        "prompts": prompts,
+                        "eval_s": phase,
+                        "prompts_per_s": prompts / phase,
+                        "wall_s": wall,
+                        "merge_s": merge_seconds(str(out), n),
+                        "load_avg_before": load0,
+                    }
+                )
+                print(json.dumps(runs[-1]), flush=True)
+    best = {n: max(r["prompts_per_s"] for r in runs if r["ranks"] == n) for n in ranks}
+    out = {
+        "model": args.model,
+        "threads_per_rank": args.threads or 1,
+        "runs": runs,
+        "best_prompts_per_s": best,
+        "speedup_vs_first": {n: best[n] / best[ranks[0]] for n in ranks},
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -50,7 +131,11 @@ def main() -> int:
     ap.add_argument("--max-batch", type=int, default=EvalSettings.max_batch)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--ranks", default=None, help="e.g. 1,2: time torchrun jobs of these many ranks instead")
+    ap.add_argument("--repeats", type=int, default=1, help="with --ranks: runs of each world size, interleaved")
     args = ap.parse_args()
+    if args.ranks:
+        return ranks_benchmark(args)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -266,6 +266,11 @@ class World:
             return self._local[counter]
         return int(self._collective(lambda dist: self._kv().add(counter, n)))
 
+    def tally(self, progress: Callable[[int], None] | None = None) -> Tally:
+        """A fresh shared count of finished work: `step(n)` on any rank; rank 0's progress(k) hears of
+        every increase of all ranks' total; `wait()` is wait_all on it."""
+        return Tally(self, self.new_counter(), progress)
+
     def wait_all(self, counter: str, on_progress: Callable[[int], None] | None = None, poll: float = 0.5) -> None:
         """Mark this rank finished and wait until every rank is; rank 0 keeps reporting the shared
         `counter` meanwhile. Gives up with one line when the counter has not moved for `timeout` seconds
@@ -291,6 +296,24 @@ class World:
             finished = self.add(done_key, 0)
         if on_progress is not None:
             on_progress(self.add(counter, 0))
+
+
+class Tally:
+    """See World.tally."""
+
+    def __init__(self, world: World, counter: str, progress: Callable[[int], None] | None):
+        self.world, self.counter, self.progress, self.shown = world, counter, progress, 0
+
+    def _show(self, total: int) -> None:
+        if self.progress is not None and self.world.is_main and total > self.shown:
+            self.progress(total - self.shown)
+            self.shown = total
+
+    def step(self, n: int) -> None:
+        self._show(self.world.add(self.counter, n))
+
+    def wait(self) -> None:
+        self.world.wait_all(self.counter, self._show)
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -289,6 +289,19 @@ def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path):
     assert tables[0][1:] == tables[1][1:] and tables[1][0].count(str(job["model"])) == 1
 
 
+def test_profile_under_two_ranks_equals_one_process(job, tmp_path):
+    """The prompt passes (eval batches) and the streaming-score passes (copy prompts) are both shared."""
+    args = ["profile", "--model", str(job["model"]), "--prompts", str(job["root"] / "prompts.txt")]
+    args += ["--threshold", "1.1", "--epsilon", "0.1", "--stream-prompts", "3", "--stream-window", "16"]
+    for n in (1, 2):
+        code, stdout, stderr = finish(torchrun(n, [*args, "--out", str(tmp_path / f"{n}.json")]))
+        assert code == 0, stderr[-3000:]
+        assert stdout.count("streaming scores") == 1
+    one = json.loads((tmp_path / "1.json").read_text())
+    assert one["streaming"]["scores"] and one["prompts"]["count"] == 40
+    assert (tmp_path / "1.json").read_bytes() == (tmp_path / "2.json").read_bytes()
+
+
 def test_lab_under_two_ranks_equals_one_process(tmp_path):
     args = ["lab", "--variants", "baseline,gated", "--steps", "12", "--checkpoints", "2", "--no-figures"]
     labs = {}

@@ -15,6 +15,7 @@ EPILOG = """examples:
   sinkhole profile --model gemma3-270m --limit 100 --out gemma3.json
   sinkhole profile --show smollm2-135m          # a shipped profile (or --show FILE.json)
   sinkhole profile --model smollm2-135m --stream-window 512 --out s.json   # streaming scores for a 512 window
+  torchrun --standalone --nproc-per-node 2 -m sinkhole profile --out p.json   # 2 ranks share the passes
 
 Streaming scores (on by default, --no-streaming skips them): per (layer, KV head), the attention share
 on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
@@ -44,20 +45,45 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from sinkhole.eval.suite import load_suite
-    from sinkhole.experiments.detect import SinkDetector
     from sinkhole.profiles.profile import load_profile
     from sinkhole.report.profile_text import render_profile
 
     if args.show:
         print(render_profile(load_profile(args.show)))
         return 0
-    suite = load_suite(args.prompts, args.limit)  # first: a bad suite fails before the model loads
-    probe = load_probe(args)
+    from sinkhole.distributed import session
+
+    with session(args.device) as world:  # under a launcher the ranks share the prompt and streaming passes
+        profile = _detect(args, world)
+    if profile is None:  # a rank other than 0
+        return 0
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+
+    failures = write_all([(args.out, lambda: profile.save(args.out))])
+    print(render_profile(profile), file=result_stream(args.out))
+    raise_failures(failures)
+    return 0
+
+
+def _detect(args, world):
+    import argparse
+
+    from sinkhole.eval.suite import load_suite
+    from sinkhole.experiments.detect import SinkDetector
+    from sinkhole.models.registry import resolve
+
+    suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))  # a bad suite fails before the load
+    keys = ("dtype", "chat", "threshold", "epsilon", "min_sink_rate", "no_streaming", "stream_sinks")
+    keys += ("stream_window", "stream_prompts")
+    name = world.all_ok(lambda: resolve(args.model).name)
+    world.agree({"model": name, "suite": suite.sha256, **{k: getattr(args, k) for k in keys}}, "settings")
+    rank_args = argparse.Namespace(**{**vars(args), "device": world.placement.device(args.device)})
+    probe = world.all_ok(lambda: load_probe(rank_args))
+    world.agree({"weights_id": probe.info.weights_id, "dtype": probe.info.dtype}, "model")
     from sinkhole.progress import progress
 
     with progress(total=len(suite), desc="profile", unit="prompt") as bar:
-        profile = SinkDetector(
+        return SinkDetector(
             probe,
             prompts=suite,
             chat=args.chat,
@@ -68,10 +94,5 @@ def run(args) -> int:
             streaming=None
             if args.no_streaming
             else dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts),
+            world=world,
         ).detect()
-    from sinkhole.cli.common import raise_failures, result_stream, write_all
-
-    failures = write_all([(args.out, lambda: profile.save(args.out))])
-    print(render_profile(profile), file=result_stream(args.out))
-    raise_failures(failures)
-    return 0

@@ -382,14 +382,7 @@ def _run(probe, suite, out_dir, settings, progress, initial, world) -> list[Eval
         if any(suite.items[i].index not in done for i in b)
     ]
     mine = [todo[k] for k in world.shard([len(b) * lengths[b[0]] for b in todo])]  # padded tokens
-    counter, shown = world.new_counter(), len(done)
-
-    def show(total: int) -> None:
-        nonlocal shown
-        if progress is not None and world.is_main and total > shown:
-            progress(total - shown)
-            shown = total
-
+    tally = world.tally(progress)  # rank 0 hears of every rank's rows
     computed: dict[int, EvalRow] = {}
     for batch in mine:
         captures = probe.run_batch([encoded[i] for i in batch])
@@ -407,8 +400,8 @@ def _run(probe, suite, out_dir, settings, progress, initial, world) -> list[Eval
                     "are kept: free space and run the same command again to resume"
                 ) from None
         computed.update((r.index, r) for r in rows)
-        show(len(done) + world.add(counter, len(rows)))
-    world.wait_all(counter, lambda n: show(len(done) + n))
+        tally.step(len(rows))
+    tally.wait()
     order = [it.index for it in suite.items]
     if store is None:
         everything = {}

@@ -37,6 +37,7 @@ class SinkDetector:
         min_sink_rate: float | None = None,
         progress: Callable[[int], None] | None = None,
         streaming: dict | None = None,
+        world=None,
         **rules,
     ):
         from sinkhole.eval.runner import EvalSettings
@@ -45,16 +46,27 @@ class SinkDetector:
         self.probe = model if isinstance(model, ModelProbe) else ModelProbe(model)
         self.prompts, self.limit, self.progress, self.rules = prompts, limit, progress, rules
         self.streaming = streaming  # kwargs of streaming_section (n_sink, window, count, ...), None: skip
+        self.world = world  # sinkhole.distributed: ranks that share the prompts; None: this process alone
         given = dict(threshold=threshold, epsilon=epsilon, min_sink_rate=min_sink_rate, chat=chat)
         self.settings = EvalSettings(**{k: v for k, v in given.items() if v is not None})
 
-    def detect(self) -> SinkProfile:
+    def detect(self) -> SinkProfile | None:
+        """The profile (under a launcher: on rank 0; the other ranks, which did their share, get None)."""
+        from sinkhole.distributed import World
         from sinkhole.eval.runner import resolved_chat, run_eval
         from sinkhole.eval.suite import Suite, load_suite
 
+        world = self.world or World()
         suite = self.prompts if isinstance(self.prompts, Suite) else load_suite(self.prompts, self.limit)
         self.settings.chat = resolved_chat(self.probe, self.settings.chat)  # recorded in the profile
-        rows = run_eval(self.probe, suite, None, self.settings, progress=self.progress)
+        rows = run_eval(self.probe, suite, None, self.settings, progress=self.progress, world=world)
+        streaming = None
+        if self.streaming is not None:
+            from sinkhole.experiments.streaming import streaming_section
+
+            streaming = streaming_section(self.probe.lm, **self.streaming, world=world)
+        if not world.is_main:
+            return None
         info = self.probe.info
         model = {
             k: getattr(info, k)
@@ -62,8 +74,6 @@ class SinkDetector:
         }
         prompts = {"source": suite.source, "count": len(suite), "sha256": suite.sha256}
         profile = build_profile(rows, model, prompts, self.settings.numbers(), **self.rules)
-        if self.streaming is not None:
-            from sinkhole.experiments.streaming import streaming_section
-
-            profile.streaming = streaming_section(self.probe.lm, **self.streaming)
+        if streaming is not None:
+            profile.streaming = streaming
         return profile

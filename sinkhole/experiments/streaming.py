@@ -26,7 +26,9 @@ from sinkhole.profiles.streaming import (
 
 
 @torch.inference_mode()
-def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None) -> dict:
+def measure_streaming_scores(
+    lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None, world=None
+) -> dict:
     """Streaming scores [L][Hkv] of a LoadedModel over prompts, via a recorder tap.
 
     prompts: `CopyPrompt`s (or token-id tensors (1, T), which have no copy queries).
@@ -35,41 +37,35 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
     where a retrieval is needed; null without copy prompts), retrieval_scores [L][Hkv] (mean
     probability on the token to copy at the copy queries: Wu et al.'s retrieval heads, 2024; null
     without copy prompts), queries, copy_queries}.
+    world (sinkhole.distributed): the ranks share the prompts; every prompt's sums are added in prompt
+    order, so the scores are one process's to the last bit.
     """
-    model = lm.model
-    kinds, windows = layer_kinds(model)
-    mods = attention_modules(model)
+    from sinkhole.distributed import World
+
+    world = world or World()
+    kinds, _ = layer_kinds(lm.model)
     L = len(kinds)
-    sums = [0.0] * L
-    copy_sums = [0.0] * L
-    hit_sums = [0.0] * L
-    counts, copy_counts = [0] * L, [0] * L
-    selected: list[torch.Tensor] = []
-
-    def tap(layer, query, key, value):
-        S = 0 if kinds[layer] == "sliding" else n_sink
-        softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
-        scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
-        share, hit = band_share(query, key, scaling, S, window, windows[layer], softcap, targets=selected[1])
-        share, hit = share.sum(0).cpu(), hit.sum(0).cpu()  # (Hkv, T - t0)
-        sums[layer] = sums[layer] + share.sum(-1)
-        counts[layer] += share.shape[-1] * query.shape[0]
-        sel = selected[0][S + window :]
-        copy_sums[layer] = copy_sums[layer] + share[:, sel].sum(-1)
-        hit_sums[layer] = hit_sums[layer] + hit[:, sel].sum(-1)
-        copy_counts[layer] += int(sel.sum()) * query.shape[0]
-
     for prompt in prompts:
         ids = getattr(prompt, "ids", prompt)
-        spans = getattr(prompt, "spans", [])
         if ids.shape[1] <= n_sink + window:
             raise SinkholeError(f"a {ids.shape[1]}-token prompt is too short for sinks {n_sink} + window {window}")
-        selected[:] = [copy_queries(spans, ids.shape[1]), copy_targets(spans, ids.shape[1])]
-        rec = Recorder(L, torch.ones(ids.shape, dtype=torch.bool))
-        with recording(model, lm.family, rec), tapped(rec, tap):
-            model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1)
-        if progress:
-            progress(1)
+    tally = world.tally(progress)
+    parts = {}
+    for i in world.shard([getattr(p, "ids", p).shape[1] for p in prompts]):
+        parts[i] = _prompt_sums(lm, prompts[i], n_sink, window)
+        tally.step(1)
+    tally.wait()
+    every = {i: part for gathered in world.gather(parts) for i, part in gathered.items()}
+    sums, copy_sums, hit_sums = [0.0] * L, [0.0] * L, [0.0] * L
+    counts, copy_counts = [0] * L, [0] * L
+    for i in range(len(prompts)):
+        part = every[i]
+        for layer in range(L):
+            sums[layer] = sums[layer] + part["sums"][layer]
+            copy_sums[layer] = copy_sums[layer] + part["copy_sums"][layer]
+            hit_sums[layer] = hit_sums[layer] + part["hit_sums"][layer]
+            counts[layer] += part["counts"][layer]
+            copy_counts[layer] += part["copy_counts"][layer]
 
     def mean(total, n):
         return [round(float(v) / n, 5) for v in total] if n else None
@@ -86,6 +82,38 @@ def measure_streaming_scores(lm, prompts: list, n_sink: int, window: int = DEFAU
         queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
         copy_queries=max(copy_counts),
     )
+
+
+def _prompt_sums(lm, prompt, n_sink: int, window: int) -> dict:
+    """One prompt's per-layer sums of band shares (all eligible queries, copy queries) and of copy
+    hits, with their query counts: what measure_streaming_scores adds up over prompts."""
+    model = lm.model
+    kinds, windows = layer_kinds(model)
+    mods = attention_modules(model)
+    L = len(kinds)
+    out = {k: [0.0] * L for k in ("sums", "copy_sums", "hit_sums")}
+    out.update(counts=[0] * L, copy_counts=[0] * L)
+    ids = getattr(prompt, "ids", prompt)
+    spans = getattr(prompt, "spans", [])
+    selected = [copy_queries(spans, ids.shape[1]), copy_targets(spans, ids.shape[1])]
+
+    def tap(layer, query, key, value):
+        S = 0 if kinds[layer] == "sliding" else n_sink
+        softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
+        scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
+        share, hit = band_share(query, key, scaling, S, window, windows[layer], softcap, targets=selected[1])
+        share, hit = share.sum(0).cpu(), hit.sum(0).cpu()  # (Hkv, T - t0)
+        out["sums"][layer] = out["sums"][layer] + share.sum(-1)
+        out["counts"][layer] += share.shape[-1] * query.shape[0]
+        sel = selected[0][S + window :]
+        out["copy_sums"][layer] = out["copy_sums"][layer] + share[:, sel].sum(-1)
+        out["hit_sums"][layer] = out["hit_sums"][layer] + hit[:, sel].sum(-1)
+        out["copy_counts"][layer] += int(sel.sum()) * query.shape[0]
+
+    rec = Recorder(L, torch.ones(ids.shape, dtype=torch.bool))
+    with recording(model, lm.family, rec), tapped(rec, tap):
+        model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1)
+    return out
 
 
 DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
@@ -105,10 +133,12 @@ def streaming_section(
     count: int = DEFAULT_PROMPTS,
     n_tokens: int = DEFAULT_TOKENS,
     progress=None,
+    world=None,
 ) -> dict:
-    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts."""
+    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts (shared by the
+    ranks of `world`, sinkhole.distributed)."""
     prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
-    out = measure_streaming_scores(lm, prompts, n_sink, window, progress)
+    out = measure_streaming_scores(lm, prompts, n_sink, window, progress, world)
     out["prompts"] = {
         "source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
         "count": count,

@@ -89,20 +89,12 @@ def vocab_sweep(
         ids = np.sort(np.random.default_rng(seed).choice(V, size=sample, replace=False))
     starts = list(range(0, len(ids), batch_size))
     mine = [starts[k] for k in world.shard([min(batch_size, len(ids) - s) for s in starts])]
-    counter = world.new_counter()
-    shown = 0
-
-    def show(total: int) -> None:
-        nonlocal shown
-        if progress is not None and world.is_main and total > shown:
-            progress(total - shown)
-            shown = total
-
+    tally = world.tally(progress)
     t0 = time.perf_counter()
     parts = {}
     for s in mine:
-        parts[s] = sweep(lm, ids[s : s + batch_size], batch_size, lambda n: show(world.add(counter, n)))
-    world.wait_all(counter, show)
+        parts[s] = sweep(lm, ids[s : s + batch_size], batch_size, tally.step)
+    tally.wait()
     seconds = time.perf_counter() - t0
     gathered = world.gather(parts)
     if not world.is_main:

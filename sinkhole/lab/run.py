@@ -250,15 +250,7 @@ def run_lab(
             return [v.to_dict() for v in _resume(path, sd)]
 
         done = {d["name"]: VariantResult.from_dict(d) for d in world.broadcast(world.all_ok(resume, main_only=True))}
-    counter, shown = world.new_counter(), 0
-
-    def show(total: int) -> None:
-        nonlocal shown
-        if progress is not None and world.is_main and total > shown:
-            progress(total - shown)
-            shown = total
-
-    step = lambda n: show(world.add(counter, n))  # noqa: E731
+    tally = world.tally(progress)
     todo = [name for name in settings.variants if name not in done]
     costs = [settings.train.steps * variant_configs(settings, VARIANTS[n])[1].seq_len for n in todo]
     mine = [todo[k] for k in world.shard(costs)]
@@ -267,7 +259,7 @@ def run_lab(
         if name in done:
             result.variants.append(done[name])
             if world.is_main:
-                step(settings.train.steps)
+                tally.step(settings.train.steps)
             if log is not None:
                 log(f"{name}: already done in {path}")
             continue
@@ -312,7 +304,7 @@ def run_lab(
             settings.train,
             probe_ids,
             on_checkpoint=on_checkpoint,
-            progress=step,
+            progress=tally.step,
             threshold=settings.threshold,
             epsilon=settings.epsilon,
             min_sink_rate=settings.min_sink_rate,
@@ -326,7 +318,7 @@ def run_lab(
                 f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
                 f"spike score {f.spike_score:.1f}x"
             )
-    world.wait_all(counter, show)
+    tally.wait()
     trained = {v["name"]: v for part in world.gather([v.to_dict() for v in result.variants]) for v in part}
     if not world.is_main:
         return None
