@@ -250,13 +250,13 @@ def test_cache_converts_once_and_records_integrity(fake_gguf, tmp_path):
     lm = _load(gguf, logs)
     entry = Path(lm.model.config._name_or_path)
     record = json.loads((entry / "sinkhole-integrity.json").read_text())
-    assert "model.safetensors" in record["files"] and len(record["files"]["model.safetensors"]["sha256"]) == 64
+    assert "model.safetensors" in record["files"] and len(record["files"]["model.safetensors"]["xxh3_128"]) == 32
     _load(gguf, logs)
     assert len(calls) == 1 and sum("converting" in m for m in logs) == 1
     assert not [p for p in entry.parent.iterdir() if ".tmp" in p.name]
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "config"])
+@pytest.mark.parametrize("damage", ["flip", "flip-same-stamp", "truncate", "delete", "config"])
 def test_damaged_cache_entry_is_rebuilt(damage, fake_gguf):
     gguf, calls = fake_gguf
     logs = []
@@ -267,6 +267,13 @@ def test_damaged_cache_entry_is_rebuilt(damage, fake_gguf):
     if damage == "flip":  # same size, a few weight bytes changed (the mtime changes with the write)
         data[len(data) // 2 : len(data) // 2 + 8] = b"\x7f" * 8
         w.write_bytes(bytes(data))
+    elif damage == "flip-same-stamp":  # bit rot: 4 KB changed in place, size, mtime and inode kept
+        st = w.stat()
+        with open(w, "r+b") as f:
+            f.seek(len(data) // 2)
+            f.write(bytes(b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 4096]))
+        os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (w.stat().st_size, w.stat().st_mtime_ns, w.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
     elif damage == "truncate":
         w.write_bytes(bytes(data[: len(data) - 100]))
     elif damage == "delete":
@@ -286,8 +293,53 @@ def test_legacy_entry_without_integrity_record_is_adopted(fake_gguf):
     lm = _load(gguf, [])
     entry = Path(lm.model.config._name_or_path)
     (entry / "sinkhole-integrity.json").unlink()
-    _load(gguf, [])
+    logs = []
+    _load(gguf, logs)
     assert (entry / "sinkhole-integrity.json").is_file() and len(calls) == 1
+    assert sum("has no content hash" in m for m in logs) == 1, logs
+    logs.clear()
+    _load(gguf, logs)  # recorded now: no notice the second time
+    assert not [m for m in logs if "older sinkhole" in m]
+
+
+def test_legacy_sha256_record_is_checked_then_gets_the_fast_hash(fake_gguf):
+    from sinkhole.io import sha256_of
+
+    gguf, calls = fake_gguf
+    lm = _load(gguf, [])
+    entry = Path(lm.model.config._name_or_path)
+    names = [p.name for p in entry.iterdir() if p.is_file() and p.name != "sinkhole-integrity.json"]
+    old = {n: {"size": (entry / n).stat().st_size, "sha256": sha256_of(entry / n)} for n in names}
+    (entry / "sinkhole-integrity.json").write_text(json.dumps({"files": old}))
+    logs = []
+    _load(gguf, logs)
+    assert sum("checked against its sha256" in m for m in logs) == 1 and len(calls) == 1
+    record = json.loads((entry / "sinkhole-integrity.json").read_text())["files"]
+    assert all("xxh3_128" in record[n] for n in names)
+    # A legacy record that does not match is damage like any other.
+    old["model.safetensors"]["sha256"] = "0" * 64
+    (entry / "sinkhole-integrity.json").write_text(json.dumps({"files": old}))
+    logs.clear()
+    _load(gguf, logs)
+    assert len(calls) == 2 and sum("sha256 differs" in m for m in logs) == 1
+
+
+def test_models_verify_checks_every_entry(fake_gguf, capsys):
+    from sinkhole.cli.main import main
+
+    gguf, calls = fake_gguf
+    entry = Path(_load(gguf, []).model.config._name_or_path)
+    assert main(["models", "--verify"]) == 0
+    assert f"{entry.name}  tiny.gguf  ok" in capsys.readouterr().out
+    w = entry / "model.safetensors"
+    st = w.stat()
+    with open(w, "r+b") as f:
+        f.seek(st.st_size - 64)
+        f.write(b"\x00" * 64)
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main(["models", "--verify"]) == 1
+    assert "DAMAGED: model.safetensors changed since it was written (xxh3_128 differs)" in capsys.readouterr().out
+    assert len(calls) == 1  # verify converts nothing
 
 
 def _dead_pid() -> int:

@@ -9,6 +9,7 @@ HELP = "list bundled models and the converted models in the cache (with sizes)"
 EPILOG = """examples:
   sinkhole models
   sinkhole models --json models.json
+  sinkhole models --verify      # re-hash every converted model; exit code 1 when one is damaged
 """
 
 
@@ -19,6 +20,12 @@ def add_parser(sub) -> None:
         "models", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--json", type=Path, help="also write the listing as JSON here")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every converted model's files against the content hashes recorded at conversion "
+        "(reads every byte; a damaged one is rebuilt by its next load)",
+    )
     p.set_defaults(run=run)
 
 
@@ -113,12 +120,27 @@ def render(d: dict) -> str:
     return "\n".join(lines)
 
 
+def render_verify(checks: list[dict]) -> str:
+    lines = [f"Verified {len(checks)} converted model(s)"]
+    for c in checks:
+        what = Path(c["gguf"]).name if c["gguf"] else "unknown source"
+        state = "ok" if c["problem"] is None else f"DAMAGED: {c['problem']} (the next load rebuilds it)"
+        lines.append(f"  {Path(c['dir']).name}  {what}  {state}")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
-    from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.cli.common import raise_failures, result_stream, status, write_all
     from sinkhole.report.schema import write_json
 
     d = listing()
+    if args.verify:
+        from sinkhole.models.gguf_cache import verify_all
+
+        d["verify"] = verify_all(log=status)
     failures = write_all([(args.json, lambda: write_json(d, args.json, "model listing"))])
     print(render(d), file=result_stream(args.json))
+    if args.verify:
+        print(render_verify(d["verify"]), file=result_stream(args.json))
     raise_failures(failures)
-    return 0
+    return 1 if args.verify and any(c["problem"] for c in d["verify"]) else 0

@@ -3,14 +3,18 @@
 transformers dequantizes a GGUF file on every load (15-50 s), so the result is saved once as
 safetensors. The cache is not trusted blindly:
 
-- Integrity. At conversion every file's size and sha256 go into `sinkhole-integrity.json`, with a
-  stamp (size, mtime, inode) of each file. A load checks sizes, the stamps and each safetensors
-  header against its file size (a truncated file fails here): about a millisecond. Only when a
-  stamp changed (the file was written, copied or touched) is the file re-hashed and compared with
-  its recorded sha256 (1.2 s for Gemma-3's 1.07 GB on the development machine), and the stamp
-  renewed when it matches. Entries made before integrity records existed are checked by header and
-  sizes, hashed once and recorded (trust on first use).
+- Integrity. At conversion every file's size and content hash (xxh3-128) go into
+  `sinkhole-integrity.json`. Every load re-hashes every file and compares: a flipped block is
+  caught even when size, mtime and inode are unchanged (what bit rot looks like). xxh3 is not a
+  cryptographic hash (it guards against damage, not against someone who rewrites the cache) and
+  runs at about the speed the file can be read: 3-5% of a load (BENCHMARKS.md, "Converted-GGUF
+  cache"). Each safetensors header is also checked against its file size, so a truncated file
+  names itself. Entries written by older versions: one with only a sha256 record is checked
+  against it once and gets its xxh3 recorded; one with no record at all (before records existed)
+  can only be checked by header and sizes, and is hashed once and recorded (trust on first use).
+  Both say so in one notice.
 - Repair. A damaged or incomplete entry is rebuilt from the GGUF, with a one-line notice.
+  `sinkhole models --verify` checks every entry (`verify_all`) without loading anything.
 - Concurrency. Conversion holds an fcntl lock per entry: a second process waits (saying so) and
   then uses the first one's result instead of failing on a half-written folder.
 - Interruptions. Conversion writes into `.<entry>.tmp<pid>` and renames it into place; a folder
@@ -24,6 +28,7 @@ import os
 import re
 import shutil
 import struct
+from concurrent.futures import Future
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
@@ -31,12 +36,8 @@ from sinkhole.io import cache_dir, exclusive_lock, file_sha256, pid_alive, sha25
 
 SOURCE_NAME = "sinkhole-source.json"
 INTEGRITY_NAME = "sinkhole-integrity.json"
+HASH = "xxh3_128"  # the content hash recorded per file (content_hash)
 _STALE = re.compile(r"^\..+\.(tmp|old)(\d+)$")
-
-
-def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -59,8 +60,25 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def entry_problem(entry: Path) -> str | None:
-    """None when the cache entry is complete and its files are what was written; else why not."""
+def content_hash(path: Path) -> str:
+    """xxh3-128 of a file's bytes, read in 16 MiB blocks into one reused buffer (hex)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    buf = bytearray(1 << 24)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def entry_problem(entry: Path, log=None, content: bool = True) -> str | None:
+    """None when the cache entry is complete and its files hold what was written; else why not.
+
+    Reads every file once (its content hash); `content=False` checks only presence, sizes and
+    headers (milliseconds; `check_content_later` then does the rest). `log` gets the one notice when
+    an entry written by an older version has its hash recorded now."""
     if not (entry / "config.json").is_file() or not (entry / SOURCE_NAME).is_file():
         return "incomplete" if entry.exists() else "missing"
     try:
@@ -78,35 +96,93 @@ def entry_problem(entry: Path) -> str | None:
         record = json.loads((entry / INTEGRITY_NAME).read_text(encoding="utf-8"))
         files = record["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        record_integrity(entry)  # an entry from before integrity records: hash it once
+        if not content:
+            return None
+        record_integrity(entry)
+        _notice(
+            log,
+            f"the cached conversion {entry} has no content hash (written by an older sinkhole): "
+            "checked by sizes and headers, hash recorded now",
+        )
         return None
-    changed = False
+    adopted = False
     for name, rec in files.items():
         p = entry / name
         if not p.is_file():
             return f"{name} is missing"
         try:
-            stamp = _stamp(p)
-            if stamp[0] != rec["size"]:
-                return f"{name} is {stamp[0]} bytes, {rec['size']} were written"
-            if stamp != rec.get("stamp"):
+            size = p.stat().st_size
+            if size != rec["size"]:
+                return f"{name} is {size} bytes, {rec['size']} were written"
+            if not content:
+                continue
+            if HASH in rec:
+                if content_hash(p) != rec[HASH]:
+                    return f"{name} changed since it was written ({HASH} differs)"
+            else:  # a record from before the fast hash: its sha256 checks the file once
                 if sha256_of(p) != rec["sha256"]:
                     return f"{name} changed since it was written (sha256 differs)"
-                rec["stamp"], changed = stamp, True
+                rec[HASH], adopted = content_hash(p), True
         except (OSError, KeyError, TypeError) as err:
             return f"{name} cannot be checked ({type(err).__name__})"
-    if changed:
+    if adopted:
         _save_record(entry, files)
+        _notice(
+            log,
+            f"the cached conversion {entry} was checked against its sha256 (written by an older "
+            f"sinkhole): {HASH} recorded for faster checks",
+        )
     return None
 
 
+def check_content_later(entry: Path, log=None) -> Future:
+    """Start `entry_problem(entry)` in a thread and return its Future (problem or None).
+
+    Why a thread: the hash has to read every byte (0.1 s for SmolLM2's 0.54 GB), the load reads
+    them too, and most of the load is Python building the model. Reading releases the GIL, so the
+    check runs beside the load instead of before it (BENCHMARKS.md, "Converted-GGUF cache")."""
+    import threading
+
+    future: Future = Future()
+
+    def work():
+        try:
+            future.set_result(entry_problem(entry, log))
+        except BaseException as err:  # noqa: BLE001  (the caller re-raises it from .result())
+            future.set_exception(err)
+
+    threading.Thread(target=work, name="sinkhole-cache-check", daemon=True).start()
+    return future
+
+
+def _notice(log, msg: str) -> None:
+    if log is not None:
+        log(msg)
+
+
 def record_integrity(entry: Path) -> None:
-    """Record size, sha256 and stamp of every file of an entry."""
+    """Record size and content hash of every file of an entry."""
     files = {}
     for p in sorted(entry.iterdir()):
         if p.is_file() and p.name != INTEGRITY_NAME:
-            files[p.name] = {"size": p.stat().st_size, "sha256": sha256_of(p), "stamp": _stamp(p)}
+            files[p.name] = {"size": p.stat().st_size, HASH: content_hash(p)}
     _save_record(entry, files)
+
+
+def verify_all(root: Path | None = None, log=None) -> list[dict]:
+    """Check every converted entry under `root` (default `cache_dir()/gguf`): [{"dir", "gguf",
+    "problem"}], problem None when the entry is sound. Reads every byte; converts nothing."""
+    root = root or cache_dir() / "gguf"
+    out = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            src = json.loads((entry / SOURCE_NAME).read_text(encoding="utf-8")).get("gguf")
+        except (OSError, ValueError, AttributeError):
+            src = None
+        out.append({"dir": str(entry), "gguf": src, "problem": entry_problem(entry, log)})
+    return out
 
 
 def _save_record(entry: Path, files: dict) -> None:
@@ -153,8 +229,11 @@ def convert_into(gguf: Path, out: Path, digest: str) -> None:
     tok.save_pretrained(out)
 
 
-def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
-    """Directory of safetensors converted from `gguf` (converting on first use), and the file's sha256."""
+def converted_gguf_dir(gguf: Path, log=print, content: bool = True) -> tuple[Path, str]:
+    """Directory of safetensors converted from `gguf` (converting on first use), and the file's sha256.
+
+    `content=False`: an existing entry is checked without its content hashes, which the caller
+    then checks itself (`check_content_later`) and, on a mismatch, calls this again."""
     gguf = Path(gguf)
     try:
         digest = file_sha256(gguf)
@@ -165,7 +244,7 @@ def converted_gguf_dir(gguf: Path, log=print) -> tuple[Path, str]:
     root = cache_dir() / "gguf"
     target = root / digest[:24]
     clean_stale(root)
-    if entry_problem(target) is None:
+    if entry_problem(target, log, content=content) is None:
         return target, digest
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -193,9 +272,10 @@ def _convert_locked(gguf: Path, digest: str, root: Path, target: Path, log) -> t
         problem = entry_problem(target)  # another process may have converted it while we waited
         if problem is None:
             return target, digest
-        if problem != "missing":
-            log(f"the cached conversion {target} is damaged ({problem}): rebuilding it")
-        log(f"converting {gguf.name} to safetensors once (cached in {target}) ...")
+        if problem == "missing":
+            log(f"converting {gguf.name} to safetensors once (cached in {target}) ...")
+        else:
+            log(f"the cached conversion {target} is damaged ({problem}): rebuilding it from {gguf.name} ...")
         tmp = root / f".{target.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:

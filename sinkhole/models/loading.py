@@ -22,7 +22,7 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.models.dtypes import default_dtype
 from sinkhole.models.families import Family, family_for
-from sinkhole.models.gguf_cache import converted_gguf_dir
+from sinkhole.models.gguf_cache import check_content_later, converted_gguf_dir
 from sinkhole.models.registry import ModelSource, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -147,17 +147,17 @@ def load_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     log=None,
+    _retry: bool = False,
 ) -> LoadedModel:
     """Load a model by bundled short name, local directory, cached hub id or `.gguf` path. Never downloads."""
     go_offline()
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     if not isinstance(model, (str, os.PathLike)):
         raise SinkholeError(
             f"model must be a name, directory or .gguf path (or a LoadedModel), not {type(model).__name__}"
         )
     if not isinstance(trust_remote_code, bool):
         raise SinkholeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
+    given_log = log
     quiet = log is None  # only the CLI (which passes `log`) says "loading ..." for the usual few seconds
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if device == "auto" and not torch.cuda.is_available():
@@ -165,11 +165,47 @@ def load_model(
         device = "cpu"
     device, torch_dtype = pick_device_dtype(device, dtype)
     source = resolve(model)
+    check = None  # a converted GGUF's content hashes, checked beside the load (gguf_cache)
     if source.kind in ("bundled", "gguf"):
-        path, digest = converted_gguf_dir(Path(source.path), log=log)
+        path, digest = converted_gguf_dir(Path(source.path), log=log, content=False)
+        check = check_content_later(path, log)
         weights_id = f"gguf-sha256:{digest}"
     else:
         path, weights_id = source.path, ""
+    try:
+        lm, tok, config = _load(model, source, path, device, torch_dtype, trust_remote_code, quiet, log)
+    except Exception:  # damaged weights may fail the load itself: the check then says why
+        if check is None or check.result() is None:
+            raise
+    if check is not None and check.result() is not None:
+        if _retry:
+            raise SinkholeError(
+                f"the converted model in {path} is damaged again right after rebuilding it: {check.result()}"
+            )
+        converted_gguf_dir(Path(source.path), log=log)  # finds the damage again, rebuilds with one notice
+        return load_model(model, device, dtype, trust_remote_code, given_log, _retry=True)
+    if source.kind == "hf" and Path(path).is_dir():
+        weights_id = f"dir:{_dir_weights_id(Path(path))}"
+    elif source.kind == "hf":
+        weights_id = f"hub:{source.path}:{getattr(config, '_commit_hash', '') or ''}"
+    if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token  # batching needs a pad id; padded positions are masked anyway
+    return LoadedModel(
+        model=lm,
+        tokenizer=tok,
+        family=family_for(lm),
+        source=source,
+        name=source.name,
+        weights_id=weights_id,
+        device=next(lm.parameters()).device,
+        dtype=torch_dtype,
+    )
+
+
+def _load(model, source, path, device, torch_dtype, trust_remote_code, quiet, log):
+    """(model, tokenizer, config) from a local directory or cached hub id, as one-line errors."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, **kw)
@@ -195,19 +231,4 @@ def load_model(
     if device != "auto":
         lm = lm.to(device)
     lm.eval().requires_grad_(False)
-    if source.kind == "hf" and Path(path).is_dir():
-        weights_id = f"dir:{_dir_weights_id(Path(path))}"
-    elif source.kind == "hf":
-        weights_id = f"hub:{source.path}:{getattr(config, '_commit_hash', '') or ''}"
-    if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
-        tok.pad_token = tok.eos_token  # batching needs a pad id; padded positions are masked anyway
-    return LoadedModel(
-        model=lm,
-        tokenizer=tok,
-        family=family_for(lm),
-        source=source,
-        name=source.name,
-        weights_id=weights_id,
-        device=next(lm.parameters()).device,
-        dtype=torch_dtype,
-    )
+    return lm, tok, config
