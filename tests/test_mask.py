@@ -184,3 +184,24 @@ def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys):  # noqa
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SinkholeError, match="not a sinkhole mask file"):
         load_mask(tmp_path / "junk.npz")
+
+
+@pytest.mark.integration
+def test_smollm2_default_candidates_find_every_sink(smollm2, monkeypatch):
+    """On a real model the default candidates (first token, spike tokens, 16 highest norms) hold every
+    token the full definition calls a sink, and the flags equal analyze's."""
+    probe = ModelProbe(smollm2)
+    texts = [
+        "The quick brown fox jumps over the lazy dog. Then it runs away, and the dog sleeps on.",
+        "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+        "Attention sinks: the first token takes most of the attention in most heads. Why?",
+    ]
+    captures = [probe.run(t, chat=False) for t in texts]
+    fast_only(probe, monkeypatch)
+    for cap, m in zip(captures, token_mask(probe, texts)):
+        rep = analyze(cap)
+        assert set(np.flatnonzero(m.spike)) == {s.position for s in rep.spikes.tokens}
+        assert set(np.flatnonzero(m.sink)) == {s.position for s in rep.sinks.tokens}
+        assert m.sink.any() and m.spike.any() and not m.measured.all()
+        rate = np.array(rep.sinks.per_token_sink_rate)
+        np.testing.assert_allclose(m.sink_rate[m.measured], rate[m.measured], atol=1e-5)
