@@ -254,6 +254,7 @@ NUMBERS = {
     "checkpoints": dict(lo=1, integer=True, example=10),
     "layers": dict(lo=1, integer=True, example=1),
     "d_model": dict(lo=2, integer=True, example=32),
+    "candidates": dict(lo=0, integer=True, example=16),
 }
 # option dest -> description; files read by the command ('builtin' and shipped names are not files)
 INPUTS = {
@@ -264,6 +265,7 @@ INPUTS = {
     "heldout": "held-out text file",
     "profile": "profile file",
     "show": "profile file",
+    "texts": "texts file",
 }
 NAMED = ("builtin",)  # values of input options that are not files
 # command -> output options (dest -> flag); directory outputs; outputs that may be '-'
@@ -278,6 +280,7 @@ OUTPUTS = {
     "compare": {"output": "--output", "json": "--json"},
     "lab": {"out": "--out"},
     "models": {"json": "--json"},
+    "mask": {"out": "--out"},
 }
 DIRECTORY_OUTPUTS = {("eval", "out"), ("lab", "out")}
 STDOUT_OUTPUTS = {
