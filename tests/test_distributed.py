@@ -63,10 +63,24 @@ def job(tmp_path_factory):
     return {"root": root, "model": model, "base": base, "ref": ref}
 
 
-def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = False, **kw):
-    """Start `torchrun --standalone --nproc-per-node n -m sinkhole ARGS` (or the test driver)."""
+def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = False, accelerate=False, **kw):
+    """Start `torchrun --standalone --nproc-per-node n -m sinkhole ARGS` (or the test driver), or with
+    `accelerate`, `accelerate launch --multi_gpu --num_processes n -m sinkhole ARGS` (its multi-process
+    mode, which needs no GPU: the ranks run on the CPU with gloo)."""
     target = [str(DRIVER)] if driver else ["-m", "sinkhole"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), *target, *args]
+    if accelerate:
+        launcher = [
+            str(Path(sys.executable).parent / "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(n),
+        ]
+        launcher += ["--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no"]
+        launcher += ["--dynamo_backend", "no"]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
+    cmd = [*launcher, *target, *args]
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -200,9 +214,10 @@ def test_other_settings_are_refused_before_the_model_loads(job, tmp_path, monkey
 # --- torchrun jobs -----------------------------------------------------------------------------------
 
 
-def test_two_ranks_write_what_one_process_writes(job):
-    out = job["root"] / "two"
-    code, stdout, stderr = finish(torchrun(2, [*job["base"], "--out", str(out)]))
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_ranks_write_what_one_process_writes(job, launcher):
+    out = job["root"] / f"two-{launcher}"
+    code, stdout, stderr = finish(torchrun(2, [*job["base"], "--out", str(out)], accelerate=launcher == "accelerate"))
     assert code == 0, stderr[-3000:]
     same_outputs(job["ref"], out)
     assert stdout.count("Eval ") == 1 and stderr.count("loading ") == 1  # rank 0 speaks for the run
