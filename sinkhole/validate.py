@@ -254,6 +254,7 @@ NUMBERS = {
     "checkpoints": dict(lo=1, integer=True, example=10),
     "layers": dict(lo=1, integer=True, example=1),
     "d_model": dict(lo=2, integer=True, example=32),
+    "local_sinks": dict(lo=0, integer=True, example=32),
     "candidates": dict(lo=0, integer=True, example=16),
 }
 # option dest -> description; files read by the command ('builtin' and shipped names are not files)
@@ -367,3 +368,53 @@ def _check_relations(command: str, args) -> None:
                 "method gives dense attention's numbers: stream more tokens than --cache "
                 f"(e.g. --tokens {4 * args.cache})"
             )
+
+
+# -- the Python API: the CLI's rules under the API's argument names ---------------------------
+
+
+def like_option(value, name: str, dest: str, optional: bool = False):
+    """`value` checked by the rule of the CLI option `dest` (NUMBERS), reported under `name`, the
+    API's spelling: `HeadAwareSinkCache.from_profile(budget=nan)` fails as `--budget nan` does."""
+    if optional and value is None:
+        return None
+    return number(value, name, **NUMBERS[dest])
+
+
+def torch_module(model, what: str):
+    """(module, loaded): the torch module of an nn.Module, a LoadedModel or a ModelProbe, and the
+    LoadedModel when one was given (it knows its weights id), else None."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    loaded = getattr(model, "lm", model)  # a ModelProbe holds its LoadedModel as .lm
+    module = getattr(loaded, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        raise SinkholeError(
+            f"{what} needs the loaded model (model=lm.model, or the LoadedModel that load_model returns), "
+            f"not {type(model).__name__} {model!r:.40}"
+        )
+    return module, loaded
+
+
+def profile_for(profile, module, loaded=None):
+    """A SinkProfile (or its dict) that is well formed and made for this model, as the CLI requires.
+
+    With a LoadedModel the weights ids are compared (SinkProfile.check_model); with any module, the
+    architecture and shape the profile recorded must be the module's (SinkProfile.check_config)."""
+    from sinkhole.profiles.profile import SinkProfile
+
+    if isinstance(profile, dict):
+        profile = SinkProfile.from_dict(profile, source="the profile dict")
+    elif isinstance(profile, SinkProfile):
+        profile.check()
+    else:
+        raise SinkholeError(
+            "profile must be a SinkProfile (load_profile('smollm2-135m') or a profile file) or its dict, "
+            f"not {type(profile).__name__} {profile!r:.40}"
+        )
+    if loaded is not None:
+        profile.check_model(getattr(loaded, "weights_id", None), getattr(loaded, "name", None))
+    profile.check_config(module.config)
+    return profile

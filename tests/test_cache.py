@@ -204,7 +204,7 @@ def test_generate_sampled_past_the_trained_context_stays_bounded():
 
 def make_profile(positions, slots):
     return SinkProfile(
-        model={},
+        model={"name": "t"},
         sink_rule={"positions": positions},
         sink_tokens=[],
         spike_channels=[],

@@ -263,20 +263,18 @@ class HeadAwareSinkCache(Cache):
         local_sinks: int = 0,
     ):
         from sinkhole.profiles.streaming import layer_kinds
+        from sinkhole.validate import like_option, torch_module
 
-        if model is None:
-            raise SinkholeError("HeadAwareSinkCache needs the model (for its layer types): ..., model=model)")
-        if n_sink < 0 or window < 1 or local_sinks < 0:
-            raise SinkholeError(
-                f"need n_sink >= 0, window >= 1 and local_sinks >= 0 (got {n_sink}, {window}, {local_sinks})"
-            )
+        # The CLI's rules (sinkhole.validate), under the API's names.
+        model, _ = torch_module(model, "HeadAwareSinkCache")
+        n_sink = like_option(n_sink, "n_sink", "stream_sinks")
+        window = like_option(window, "window", "window")
+        local_sinks = like_option(local_sinks, "local_sinks", "local_sinks")
         kinds, windows = layer_kinds(model)
-        if len(retrieval) != len(kinds):
-            raise SinkholeError(f"retrieval lists {len(retrieval)} layers; the model has {len(kinds)}")
+        self.n_kv_heads = kv_head_count(model)
+        self.retrieval = retrieval_lists(retrieval, len(kinds), self.n_kv_heads)
         self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
         self.kinds, self.sliding = kinds, windows
-        self.n_kv_heads = kv_head_count(model)
-        self.retrieval = [sorted(set(int(h) for h in r)) for r in retrieval]
         layers = []
         for kind, sw, r in zip(kinds, windows, self.retrieval):
             stream = streaming_store(kind, sw, n_sink, window, local_sinks)
@@ -309,8 +307,18 @@ class HeadAwareSinkCache(Cache):
         at random.
         """
         from sinkhole.profiles.streaming import layer_kinds
+        from sinkhole.validate import like_option, profile_for, torch_module
 
-        stream = getattr(profile, "streaming", None)
+        # The CLI's rules (sinkhole.validate), under the API's names, before anything is computed.
+        model, loaded = torch_module(model, "HeadAwareSinkCache.from_profile")
+        profile = profile_for(profile, model, loaded)
+        window = like_option(window, "window", "window")
+        budget = like_option(budget, "budget", "budget")
+        length = like_option(length, "length", "tokens", optional=True)
+        n_sink = like_option(n_sink, "n_sink", "stream_sinks", optional=True)
+        local_sinks = like_option(local_sinks, "local_sinks", "local_sinks")
+        random_heads = like_option(random_heads, "random_heads", "seed", optional=True)
+        stream = profile.streaming
         if not stream or not stream.get("scores"):
             raise SinkholeError(
                 "the profile has no streaming scores: make it with `sinkhole profile` "
@@ -347,6 +355,26 @@ class HeadAwareSinkCache(Cache):
             retrieval_heads=sum(len(r) for r in self.retrieval),
             kv_heads=self.n_kv_heads * len(self.layers),
         )
+
+
+def retrieval_lists(retrieval, n_layers: int, n_kv_heads: int) -> list[list[int]]:
+    """Per layer, the sorted KV heads that keep everything: one list of heads in [0, n_kv_heads)
+    per layer, checked (a SinkholeError naming what is wrong, never a TypeError)."""
+    from sinkhole.validate import integer
+
+    if isinstance(retrieval, (str, bytes)) or not isinstance(retrieval, (list, tuple)):
+        raise SinkholeError(
+            f"retrieval must be a list with one list of KV heads per layer ({n_layers} layers, "
+            f"e.g. [[]] * {n_layers} for none), not {type(retrieval).__name__} {retrieval!r:.40}"
+        )
+    if len(retrieval) != n_layers:
+        raise SinkholeError(f"retrieval lists {len(retrieval)} layers; the model has {n_layers}")
+    out = []
+    for layer, heads in enumerate(retrieval):
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, (list, tuple, set)):
+            raise SinkholeError(f"retrieval[{layer}] must be a list of KV heads, not {heads!r:.40}")
+        out.append(sorted({integer(h, f"retrieval[{layer}] head", lo=0, hi=n_kv_heads - 1) for h in heads}))
+    return out
 
 
 def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):

@@ -315,8 +315,13 @@ class SinkCache(Cache):
         """Pin the positions a `SinkProfile` found to sink (its `pinned_slots` first sink positions).
 
         When the profile asks for more slots than it lists positions, the earliest unlisted
-        positions fill the rest (StreamingLLM's default is the first tokens).
+        positions fill the rest (StreamingLLM's default is the first tokens). `model`: the module,
+        or the LoadedModel (then the profile's weights id is compared too, as the CLI does).
         """
+        from sinkhole.validate import profile_for, torch_module
+
+        model, loaded = torch_module(model, "SinkCache.from_profile")
+        profile = profile_for(profile, model, loaded)  # well formed, and made for this model
         return cls(window=window, model=model, sink_positions=profile_positions(profile))
 
     @property

@@ -76,6 +76,32 @@ class SinkProfile:
             raise SinkholeError(f"{source} is malformed: {problem}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def check(self) -> None:
+        """Refuse a profile built by hand with values from_dict would refuse (NaN scores, say)."""
+        problem = _malformed(self.to_dict())
+        if problem:
+            raise SinkholeError(f"the profile is malformed: {problem}")
+
+    def check_config(self, config) -> None:
+        """Refuse a profile whose recorded architecture or shape is not this model config's (the
+        check a bare nn.Module allows; fields the profile does not record are not compared)."""
+        config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        heads = getattr(config, "num_attention_heads", None)
+        have = {
+            "architecture": getattr(config, "model_type", None),
+            "n_layers": getattr(config, "num_hidden_layers", None),
+            "n_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "d_model": getattr(config, "hidden_size", None),
+        }
+        diff = [k for k, v in have.items() if v is not None and self.model.get(k) not in (None, v)]
+        if diff:
+            mine = ", ".join(f"{k} {self.model[k]}" for k in diff)
+            theirs = ", ".join(f"{k} {have[k]}" for k in diff)
+            raise SinkholeError(
+                f"profile is for {self.model.get('name', 'another model')} ({mine}), not this model ({theirs}): "
+                "make one for it with `sinkhole profile`"
+            )
+
     def check_model(self, weights_id: str | None = None, name: str | None = None) -> None:
         """Refuse a profile made for another model (compared by weights id when both have one)."""
         mine = self.model.get("weights_id")
@@ -123,16 +149,31 @@ def _malformed_streaming(st) -> str | None:
     """What is wrong with the optional `streaming` section, or None."""
     if st is None:
         return None
-    scores = st.get("scores") if isinstance(st, dict) else None
-    if not isinstance(scores, list) or not all(
-        isinstance(row, list) and row and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
-        for row in scores
-    ):
-        return "streaming.scores must be a list of per-layer lists of numbers"
+    if not isinstance(st, dict):
+        return "streaming must be an object {n_sink, window, scores, ...}"
+    for key in ("scores", "copy_scores", "retrieval_scores"):
+        if key != "scores" and st.get(key) is None:
+            continue  # optional: older profiles have only `scores`
+        if not _share_rows(st.get(key)):
+            return f"streaming.{key} must be a list of per-layer lists of numbers in [0, 1]"
     for key in ("n_sink", "window"):
         if not _is_int(st.get(key)) or st[key] < 0:
             return f"streaming.{key} must be a non-negative integer"
     return None
+
+
+def _share_rows(rows) -> bool:
+    """A non-empty list of non-empty lists of finite numbers in [0, 1] (shares of attention)."""
+    return (
+        isinstance(rows, list)
+        and bool(rows)
+        and all(
+            isinstance(row, list)
+            and row
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in row)
+            for row in rows
+        )
+    )
 
 
 def load_profile(name_or_path: str | Path, model=None) -> SinkProfile:
