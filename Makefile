@@ -34,10 +34,14 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
+# sinkhole.vllm against vLLM itself: SmolLM2 on vLLM's CPU backend (~3 min on 2 cores)
+test-vllm: vllm-setup
+	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -p no:cacheprovider tests/test_vllm.py -m vllm
+
 run: setup
 	$(VENV)/bin/sinkhole analyze --prompt "$(PROMPT)" --output report.html --json report.json
 
-test: setup lint
+test: setup lint test-vllm
 	bash scripts/install-chromium.sh
 	$(PY) -m pytest
 

@@ -16,15 +16,17 @@ by `target - position` on the fly, `target = window_start - n + i` for sink i of
 the window, i.e. just before the window. Scores are then one softmax over [sinks, window].
 
 Shapes: T new tokens in a step, Hq query heads, Hk KV heads, G = Hq / Hk, D head size, bs block size.
-The paged cache is read through `token_major(kv_cache)`: keys and values as (num_blocks, bs, Hk, D)
-views, for the CPU backend's (num_blocks, Hk, bs, 2 D) layout and FlashAttention's
-(2, num_blocks, bs, Hk, D). Only this module writes and reads those layers' caches, so the CPU
-kernels' ISA-specific packing is never involved.
+The paged cache is written and read here token by token (`write_rows` / `read_rows`: one gather
+of a request's sink and window slots per layer and step), for the CPU backend's
+(num_blocks, Hk, bs, 2 D) layout and FlashAttention's (2, num_blocks, bs, Hk, D). Only this module
+writes and reads those layers' caches, so the CPU kernels' ISA-specific packing is never involved.
+The slots and the sinks' rotation are computed once per step and shared by all layers (`Plan`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from vllm.model_executor.layers.attention import Attention
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.kv_cache_interface import get_kv_quant_mode
@@ -55,13 +57,67 @@ class SinkWindowAttention(Attention):
         )
 
 
-def token_major(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of a paged cache as (num_blocks, bs, Hk, D) views."""
-    if kv_cache.dim() == 4 and kv_cache.shape[-1] == 2 * head_size:  # CPU_ATTN: (N, Hk, bs, 2D)
-        return kv_cache[..., :head_size].transpose(1, 2), kv_cache[..., head_size:].transpose(1, 2)
-    if kv_cache.dim() == 5 and kv_cache.shape[0] == 2:  # FlashAttention: (2, N, bs, Hk, D)
-        return kv_cache[0], kv_cache[1]
+def is_cpu_layout(kv_cache: torch.Tensor, head_size: int) -> bool:
+    """CPU_ATTN's (num_blocks, Hk, bs, 2 D), keys then values in the last dim; else FlashAttention's
+    (2, num_blocks, bs, Hk, D)."""
+    if kv_cache.dim() == 4 and kv_cache.shape[-1] == 2 * head_size:
+        return True
+    if kv_cache.dim() == 5 and kv_cache.shape[0] == 2:
+        return False
     raise SinkholeError(f"sinks + window: unsupported KV cache layout {tuple(kv_cache.shape)}")
+
+
+def read_rows(kv_cache: torch.Tensor, plan: Plan, head_size: int) -> torch.Tensor:
+    """Keys and values a request reads, head-major: (Hk, n + nw, 2 D), keys in [..., :D]: its n
+    sinks, then window tokens lo .. seq_len - 1. Whole blocks are gathered (contiguous copies) and
+    the window sliced out of them: a per-token gather is several times slower on the CPU."""
+    if is_cpu_layout(kv_cache, head_size):  # (N, Hk, bs, 2D)
+        blocks = kv_cache.index_select(0, plan.win_blocks)  # (nb, Hk, bs, 2D)
+        win = blocks.transpose(0, 1).reshape(blocks.shape[1], -1, blocks.shape[-1])
+        sinks = kv_cache[plan.sink_blk, :, plan.sink_off].transpose(0, 1) if plan.sinks else None
+    else:  # (2, N, bs, Hk, D)
+        blocks = kv_cache.index_select(1, plan.win_blocks)  # (2, nb, bs, Hk, D)
+        win = torch.cat((blocks[0], blocks[1]), dim=-1).flatten(0, 1).transpose(0, 1)
+        if plan.sinks:
+            sinks = torch.cat(
+                (kv_cache[0, plan.sink_blk, plan.sink_off], kv_cache[1, plan.sink_blk, plan.sink_off]), -1
+            )
+            sinks = sinks.transpose(0, 1)
+    win = win[:, plan.win_start : plan.win_start + plan.seq_len - plan.lo]
+    return torch.cat((sinks, win), dim=1) if plan.sinks else win
+
+
+def write_rows(kv_cache: torch.Tensor, blk: torch.Tensor, off: torch.Tensor, rows: torch.Tensor) -> None:
+    head_size = rows.shape[-1] // 2
+    if is_cpu_layout(kv_cache, head_size):
+        kv_cache[blk, :, off] = rows.to(kv_cache.dtype)
+    else:
+        kv_cache[0, blk, off] = rows[..., :head_size].to(kv_cache.dtype)
+        kv_cache[1, blk, off] = rows[..., head_size:].to(kv_cache.dtype)
+
+
+class Plan:
+    """What one request reads in one step, the same for every layer (computed once per step):
+    slots of [its sinks, window tokens lo .. seq_len - 1], and for a single query the sinks'
+    rotation (cos, sin) (n, R)."""
+
+    def __init__(self, impl: SinkWindowImpl, table: torch.Tensor, seq_len: int, T: int, bs: int):
+        W = impl.window
+        self.T, self.first, self.seq_len = T, seq_len - T, seq_len
+        self.lo = max(0, self.first - W + 1)  # window start of the first query: earlier blocks may be freed
+        # Pinned tokens that have left the window of the last query are the candidate sinks.
+        self.sinks = [p for p in impl.pinned if p < max(0, seq_len - W)]
+        table = table.long()
+        self.win_blocks = table[self.lo // bs : (seq_len - 1) // bs + 1]
+        self.win_start = self.lo % bs
+        sinks = torch.tensor(self.sinks, dtype=torch.long)
+        self.sink_blk, self.sink_off = table[sinks // bs], sinks % bs
+        self.cos = self.sin = None
+        if T == 1 and self.sinks:  # one query: the sinks sit just before its window
+            n = len(self.sinks)
+            ws = self.first - W + 1
+            shift = torch.tensor([ws - n + i - p for i, p in enumerate(self.sinks)])
+            self.cos, self.sin = rotation(shift, impl.inv_freq)
 
 
 class SinkWindowImpl:
@@ -70,7 +126,6 @@ class SinkWindowImpl:
     def __init__(self, inner, window: int, pinned: tuple[int, ...], inv_freq: torch.Tensor):
         self.inner = inner
         self.window, self.pinned, self.inv_freq = int(window), tuple(sorted(pinned)), inv_freq.double().cpu()
-        self.pinned_t = torch.tensor(self.pinned, dtype=torch.long)
         self.num_heads, self.num_kv_heads, self.head_size = inner.num_heads, inner.num_kv_heads, inner.head_size
         self.scale = float(inner.scale)
         self.kv_sharing_target_layer_name = getattr(inner, "kv_sharing_target_layer_name", None)
@@ -84,62 +139,70 @@ class SinkWindowImpl:
             fn(act_dtype)
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        k_cache, v_cache = token_major(kv_cache, self.head_size)
-        bs = k_cache.shape[1]
+        bs = kv_cache.shape[2]  # both layouts
         n = slot_mapping.shape[0]
         slots = slot_mapping.long()
         ok = slots >= 0  # padded tokens carry slot -1
-        blk, off = slots[ok] // bs, slots[ok] % bs
-        k_cache[blk, off] = key[:n][ok].to(k_cache.dtype)
-        v_cache[blk, off] = value[:n][ok].to(v_cache.dtype)
+        rows = torch.cat((key[:n], value[:n]), dim=-1)
+        if not bool(ok.all()):
+            slots, rows = slots[ok], rows[ok]
+        write_rows(kv_cache, slots // bs, slots % bs, rows)
+
+    def plans(self, attn_metadata, bs: int) -> tuple[list[int], list[Plan | None]]:
+        """Query offsets and one Plan per request, made by the step's first layer (all the layers
+        of a KV-cache group get the same metadata object in a step, and the same settings)."""
+        if SHARED_PLANS[0] is not attn_metadata:
+            qsl = attn_metadata.query_start_loc.tolist()
+            seq_lens = attn_metadata.seq_lens.tolist()
+            plans = [
+                Plan(self, attn_metadata.block_table[r], seq_lens[r], qsl[r + 1] - qsl[r], bs)
+                if qsl[r + 1] > qsl[r]
+                else None
+                for r in range(len(seq_lens))
+            ]
+            SHARED_PLANS[:] = [attn_metadata, (qsl, plans)]
+        return SHARED_PLANS[1]
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, **kwargs):
         if attn_metadata is None:  # profiling run
             return output
-        k_cache, v_cache = token_major(kv_cache, self.head_size)
-        qsl = attn_metadata.query_start_loc.tolist()
-        seq_lens = attn_metadata.seq_lens.tolist()
-        for r in range(len(seq_lens)):
-            a, b = qsl[r], qsl[r + 1]
-            if b > a:
-                out = self.request(query[a:b], k_cache, v_cache, attn_metadata.block_table[r], seq_lens[r])
-                output[a:b] = out.to(output.dtype)
+        qsl, plans = self.plans(attn_metadata, kv_cache.shape[2])
+        for r, plan in enumerate(plans):
+            if plan is not None:
+                rows = read_rows(kv_cache, plan, self.head_size)
+                q = query[qsl[r] : qsl[r + 1]]
+                out = self.decode(q, rows, plan) if plan.T == 1 else self.prefill(q, rows, plan)
+                output[qsl[r] : qsl[r + 1]] = out.to(output.dtype)
         return output
 
-    def gather(self, cache: torch.Tensor, table: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Tokens [lo, hi) of one request: (hi - lo, Hk, D)."""
-        bs = cache.shape[1]
-        blocks = cache.index_select(0, table[lo // bs : (hi - 1) // bs + 1].long())
-        flat = blocks.reshape(-1, *cache.shape[2:])
-        start = lo - (lo // bs) * bs
-        return flat[start : start + hi - lo]
+    def decode(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """One query (1, Hq, D) over rows (Hk, n + nw, 2D): every row is visible."""
+        D, n = self.head_size, len(plan.sinks)
+        k, v = rows[..., :D], rows[..., D:]
+        if n:
+            rotated = apply_rotation(k[:, :n].float(), plan.cos, plan.sin).to(k.dtype)
+            k = torch.cat((rotated, k[:, n:]), dim=1)
+        q = q.transpose(0, 1)[None]  # (1, Hq, 1, D)
+        out = F.scaled_dot_product_attention(q, k[None], v[None], scale=self.scale, enable_gqa=True)
+        return out[0].transpose(0, 1)
 
-    def request(self, q, k_cache, v_cache, table, seq_len: int) -> torch.Tensor:
-        """Attention of one request's T new queries (T, Hq, D), positions seq_len - T .. seq_len - 1."""
-        T, W = q.shape[0], self.window
-        first = seq_len - T
-        lo = max(0, first - W + 1)  # window start of the first query: earlier blocks may be freed
-        k_win = self.gather(k_cache, table, lo, seq_len).float()
-        v_win = self.gather(v_cache, table, lo, seq_len).float()
-        # Pinned tokens that have left the window of the last query are the candidate sinks.
-        ws_last = max(0, seq_len - W)
-        sinks = [p for p in self.pinned if p < ws_last]
-        if sinks:
-            bs = k_cache.shape[1]
-            idx = torch.tensor(sinks, dtype=torch.long)
-            slot_blocks = table.long()[idx // bs]
-            k_sink = k_cache[slot_blocks, idx % bs].float()  # (n, Hk, D), rotated at the sink positions
-            v_sink = v_cache[slot_blocks, idx % bs].float()
+    def prefill(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """T queries (T, Hq, D) at positions first .. seq_len - 1, in chunks of QUERY_CHUNK."""
+        D, n = self.head_size, len(plan.sinks)
+        rows = rows.transpose(0, 1).float()  # (n + nw, Hk, 2D)
+        k_sink, v_sink = rows[:n, :, :D], rows[:n, :, D:]
+        k_win, v_win = rows[n:, :, :D], rows[n:, :, D:]
         outs = []
-        for c in range(0, T, QUERY_CHUNK):
+        for c in range(0, plan.T, QUERY_CHUNK):
             qc = q[c : c + QUERY_CHUNK].float()
-            pos = torch.arange(first + c, first + c + qc.shape[0])
-            outs.append(self.attend(qc, pos, lo, k_win, v_win, sinks, k_sink if sinks else None, v_sink if sinks else None))
+            pos = torch.arange(plan.first + c, plan.first + c + qc.shape[0])
+            outs.append(self.attend(qc, pos, plan.lo, k_win, v_win, plan.sinks, k_sink, v_sink))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def attend(self, q, pos, lo, k_win, v_win, sinks, k_sink, v_sink) -> torch.Tensor:
         """q (t, Hq, D) at absolute positions pos (t,); window keys/values (nw, Hk, D) for positions
-        lo ..; sink keys/values (n, Hk, D) at positions `sinks`. Returns (t, Hq, D) float32."""
+        lo ..; sink keys/values (n, Hk, D) at positions `sinks`. Each query sees its own window and
+        the sinks that left it, placed just before it. Returns (t, Hq, D) float32."""
         t, W, Hk = q.shape[0], self.window, self.num_kv_heads
         G = self.num_heads // Hk
         qg = q.view(t, Hk, G, -1)
@@ -148,10 +211,11 @@ class SinkWindowImpl:
         scores = torch.einsum("thgd,khd->hgtk", qg, k_win) * self.scale  # (Hk, G, t, nw)
         visible = (kpos[None, :] >= ws[:, None]) & (kpos[None, :] <= pos[:, None])  # (t, nw)
         scores = scores.masked_fill(~visible, float("-inf"))
-        if k_sink is not None:
+        values = v_win
+        if sinks:
             sink_pos = torch.tensor(sinks)
             left = sink_pos[None, :] < ws[:, None]  # (t, n): sink i has left query t's window
-            n_left = left.sum(dim=1, keepdim=True)  # the first n_left sinks (sorted) are sinks
+            n_left = left.sum(dim=1, keepdim=True)  # sorted, so the first n_left sinks are the ones
             target = ws[:, None] - n_left + torch.arange(len(sinks))[None, :]  # just before the window
             shift = (target - sink_pos[None, :]).clamp(min=0)  # (t, n)
             cos, sin = rotation(shift.reshape(-1), self.inv_freq)
@@ -161,10 +225,11 @@ class SinkWindowImpl:
             s_sink = s_sink.masked_fill(~left, float("-inf"))
             scores = torch.cat((s_sink, scores), dim=-1)
             values = torch.cat((v_sink, v_win))
-        else:
-            values = v_win
         probs = torch.softmax(scores, dim=-1)
         return torch.einsum("hgtk,khd->thgd", probs, values).reshape(t, self.num_heads, -1)
+
+
+SHARED_PLANS: list = [None, None]  # the latest step's metadata object and its plans, shared by all layers
 
 
 def rope_inv_freq(module: torch.nn.Module) -> torch.Tensor:
@@ -175,7 +240,9 @@ def rope_inv_freq(module: torch.nn.Module) -> torch.Tensor:
             f"sinks + window needs RoPE attention; {type(module).__name__} has no rotary embedding that sinkhole knows"
         )
     if not getattr(rope, "is_neox_style", True):
-        raise SinkholeError("sinks + window supports NeoX-style RoPE (Llama, Qwen, Mistral), not GPT-J's interleaved one")
+        raise SinkholeError(
+            "sinks + window supports NeoX-style RoPE (Llama, Qwen, Mistral), not GPT-J's interleaved one"
+        )
     return rope._compute_inv_freq(rope.base).float()
 
 

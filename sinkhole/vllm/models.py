@@ -27,7 +27,9 @@ def settings_of(hf_config) -> tuple[int, tuple[int, ...]]:
     """(window, pinned positions) from a model config carrying SinkAwareLLM's overrides."""
     st = getattr(hf_config, CONFIG_KEY, None)
     if not isinstance(st, dict) or "window" not in st or "pinned" not in st:
-        raise SinkholeError(f"a {PREFIX}* architecture needs the '{CONFIG_KEY}' settings: load it through SinkAwareLLM")
+        raise SinkholeError(
+            f"a {PREFIX}* architecture needs the '{CONFIG_KEY}' settings: load it through SinkAwareLLM"
+        )
     return int(st["window"]), tuple(int(p) for p in st["pinned"])
 
 

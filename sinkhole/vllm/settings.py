@@ -71,7 +71,7 @@ def architecture_of(path: str) -> str:
     arch = next((a for a in archs if a in BASES), None)
     if arch is None:
         raise SinkholeError(
-            f"sinks + window in vLLM supports {', '.join(BASES)}; {path} is {', '.join(archs) or 'of no known architecture'}"
+            f"sinks + window in vLLM supports {', '.join(BASES)}; {path} is {', '.join(archs) or 'unknown'}"
         )
     return arch
 

@@ -1,0 +1,161 @@
+"""SinkAwareLLM (sinks + window inside vLLM) against vLLM dense, on vLLM itself (.venv-vllm).
+
+One long generation per engine, at a KV budget of --budget tokens for the bounded ones:
+    dense          vllm.LLM, every token kept
+    sinks+window   SinkAwareLLM(n_sink=4, window=budget - 4)
+    window-only    SinkAwareLLM(n_sink=0, window=budget)  (sliding window, no sinks)
+For each: decode tokens/s (decode steps only, timed one by one; the prefill step is left out), KV
+blocks in use after every step (read from the in-process scheduler's block pool), and the
+perplexity of its generated continuation scored by the dense model (prompt logprobs of prompt +
+continuation). Sampling is seeded (temperature 0.8, top-p 0.95): greedy decoding of a small model
+loops, which a dense scorer finds very likely whatever produced it. Engines run one after
+another in one process; dense runs first and last and its speed is the mean of the two, so slow
+drift of the machine's load hits both sides.
+
+    VLLM_CPU_KVCACHE_SPACE=1 flock -x /tmp/coord/cpu.lock .venv-vllm/bin/python benchmarks/vllm.py
+    .venv-vllm/bin/python benchmarks/vllm.py --tokens 512 --budget 128      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+PROMPT = (
+    "Chapter 1. The harbour town of Elsmere had stood at the mouth of the river for six hundred years. "
+    "Its people were fishermen and boat builders, and the stories they told were about the sea."
+)
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tokens", type=int, default=4096, help="tokens generated per engine")
+    ap.add_argument("--budget", type=int, default=512, help="KV tokens per request for the bounded engines")
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--n-sink", type=int, default=4)
+    ap.add_argument("--only", choices=["dense", "sinks+window", "window-only"], action="append")
+    ap.add_argument("--json", help="write the results here")
+    return ap.parse_args(argv)
+
+
+def engine(kind: str, args, model_dir: str):
+    from vllm import LLM
+
+    from sinkhole.vllm import SinkAwareLLM
+
+    kw = dict(
+        dtype="float32",
+        enforce_eager=True,
+        block_size=args.block_size,
+        max_model_len=args.tokens + 512,
+        seed=0,
+        enable_prefix_caching=False,
+    )
+    if kind == "dense":
+        return LLM(model=model_dir, **kw)
+    kw.pop("enable_prefix_caching")
+    if kind == "sinks+window":
+        return SinkAwareLLM(model=model_dir, n_sink=args.n_sink, window=args.budget - args.n_sink, **kw)
+    return SinkAwareLLM(model=model_dir, n_sink=0, window=args.budget, **kw)
+
+
+def shutdown(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def run(llm, args) -> dict:
+    """One generation, step by step: per-step seconds and KV blocks in use."""
+    from vllm import SamplingParams
+
+    from sinkhole.vllm import kv_blocks_in_use
+
+    llm.generate(["warm up"], SamplingParams(max_tokens=8), use_tqdm=False)
+    sp = SamplingParams(temperature=0.8, top_p=0.95, seed=0, max_tokens=args.tokens, ignore_eos=True)
+    eng = llm.llm_engine
+    eng.add_request("bench", PROMPT, sp)
+    times, blocks, out = [], [], None
+    while eng.has_unfinished_requests():
+        t = time.perf_counter()
+        for o in eng.step():
+            out = o if o.finished else out
+        times.append(time.perf_counter() - t)
+        if out is None:
+            blocks.append(kv_blocks_in_use(llm))
+        if len(times) % 256 == 0:
+            print(f"  {len(times)} steps, {blocks[-1]} blocks", file=sys.stderr, flush=True)
+    decode = times[1:]  # step 0 is the prefill
+    return dict(
+        tok_s=len(decode) / sum(decode),
+        blocks=blocks,
+        prompt_ids=list(out.prompt_token_ids),
+        tokens=list(out.outputs[0].token_ids),
+    )
+
+
+def dense_ppl(llm, prompt_ids: list[int], tokens: list[int]) -> float:
+    """Perplexity of `tokens` after `prompt_ids` under the (dense) engine `llm`."""
+    from vllm import SamplingParams
+
+    ids = prompt_ids + tokens
+    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    nll = [-out.prompt_logprobs[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+    return math.exp(statistics.fmean(nll))
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    from sinkhole.vllm.settings import model_path
+
+    model_dir = model_path(args.model)[0]
+    kinds = args.only or ["dense", "sinks+window", "window-only", "dense"]
+    results: dict[str, list[dict]] = {}
+    for kind in kinds:
+        print(f"{kind}: starting the engine", file=sys.stderr, flush=True)
+        llm = engine(kind, args, model_dir)
+        results.setdefault(kind, []).append(run(llm, args))
+        print(f"{kind}: {results[kind][-1]['tok_s']:.2f} tok/s", file=sys.stderr, flush=True)
+        shutdown(llm)
+    scorer = engine("dense", args, model_dir)
+    rows = {}
+    for kind, runs in results.items():
+        r = runs[0]
+        rows[kind] = dict(
+            tok_s=statistics.fmean(x["tok_s"] for x in runs),
+            runs_tok_s=[round(x["tok_s"], 3) for x in runs],
+            max_blocks=max(r["blocks"]),
+            final_blocks=r["blocks"][-1],
+            blocks_every_512=r["blocks"][::512],
+            ppl=dense_ppl(scorer, r["prompt_ids"], r["tokens"]),
+        )
+    shutdown(scorer)
+    base = rows.get("dense", {}).get("tok_s")
+    print(f"\n{args.model}, {args.tokens} generated tokens, KV budget {args.budget}, block {args.block_size}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch threads as vLLM sets them")
+    print("| engine | decode tok/s | vs dense | KV blocks max / at end | blocks every 512 steps | dense-scored ppl |")
+    print("|---|---:|---:|---|---|---:|")
+    for kind, row in rows.items():
+        ratio = f"{row['tok_s'] / base:.2f}x" if base else "-"
+        print(
+            f"| {kind} | {row['tok_s']:.2f} ({', '.join(map(str, row['runs_tok_s']))}) | {ratio} | "
+            f"{row['max_blocks']} / {row['final_blocks']} | {row['blocks_every_512']} | {row['ppl']:.2f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
