@@ -143,6 +143,57 @@ def test_world_of_one_is_plain_calls():
     w.wait_all(c)
 
 
+class FakeStore:
+    """torch.distributed's key-value store as the ranks share it (TCPStore.add), in one process."""
+
+    def __init__(self):
+        import threading
+
+        self.lock, self.values = threading.Lock(), {}
+
+    def add(self, key: str, n: int) -> int:
+        with self.lock:
+            self.values[key] = self.values.get(key, 0) + n
+            return self.values[key]
+
+
+def fake_ranks(n: int, timeout: float = 30.0) -> list[World]:
+    store = FakeStore()
+    worlds = [World(Placement(r, n, r, n), timeout=timeout) for r in range(n)]
+    for w in worlds:
+        w._store = store
+    return worlds
+
+
+def test_rank_0_shows_every_ranks_progress():
+    import threading
+
+    zero, one = fake_ranks(2)
+    seen = []
+    tallies = [zero.tally(seen.append), one.tally(lambda n: seen.append(("rank 1 printed", n)))]
+
+    def rank_one():
+        for n in (3, 2, 5):
+            tallies[1].step(n)
+        tallies[1].wait()
+
+    t = threading.Thread(target=rank_one)
+    t.start()
+    tallies[0].step(4)
+    tallies[0].wait()
+    t.join()
+    assert sum(seen) == 14 and all(isinstance(x, int) for x in seen)  # all of it, on rank 0 alone
+
+
+def test_a_rank_that_stops_making_progress_is_given_up_on():
+    zero, one = fake_ranks(2, timeout=0.3)
+    tally = zero.tally()
+    one.tally().step(1)  # rank 1 did one step, then died without a launcher to stop the job
+    tally.step(1)
+    with pytest.raises(SinkholeError, match="rank 0 of 2: 1 rank.s. made no progress for 0 s"):
+        tally.wait()
+
+
 # --- what makes rows identical -------------------------------------------------------------------
 
 
