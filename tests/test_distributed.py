@@ -369,15 +369,18 @@ def test_profile_under_two_ranks_equals_one_process(job, tmp_path):
 
 
 def test_lab_under_two_ranks_equals_one_process(tmp_path):
-    args = ["lab", "--variants", "baseline,gated", "--steps", "12", "--checkpoints", "2", "--no-figures"]
+    """2 variants x 2 seeds: four independent trainings, two a rank."""
+    args = ["lab", "--variants", "baseline,gated", "--seeds", "0,1", "--steps", "12", "--checkpoints", "2"]
+    args += ["--no-figures"]
     labs = {}
     for n in (1, 2):
         code, stdout, stderr = finish(torchrun(n, [*args, "--out", str(tmp_path / str(n))]))
         assert code == 0, stderr[-3000:]
         labs[n] = json.loads((tmp_path / str(n) / "lab.json").read_text())
-        assert not (tmp_path / str(n) / "shards").exists() and stdout.count("baseline") == 1
-    assert [v["name"] for v in labs[2]["variants"]] == ["baseline", "gated"]
-    assert all(v["finished"] for v in labs[2]["variants"])
+        assert not (tmp_path / str(n) / "shards").exists() and stdout.count("baseline seed 1") == 1
+    runs = labs[2]["variants"]
+    assert [(v["name"], v["seed"]) for v in runs] == [("baseline", 0), ("baseline", 1), ("gated", 0), ("gated", 1)]
+    assert all(v["finished"] for v in runs) and runs[0]["checkpoints"] != runs[1]["checkpoints"]
     assert _without_timings(labs[1]) == _without_timings(labs[2])
 
 

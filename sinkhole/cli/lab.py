@@ -13,6 +13,7 @@ EPILOG = """examples:
   sinkhole lab --out runs/lab                      # all 9 variants: ~5 min of one CPU core
   sinkhole lab --quick --out runs/lab-quick        # baseline, gated, no-bos at 300 steps: ~35 s
   sinkhole lab --variants baseline,gated --steps 2000 --seed 1 --out runs/gated
+  sinkhole lab --variants baseline,gated --seeds 0,1,2 --out runs/seeds   # 6 runs: spread over seeds
   torchrun --standalone --nproc-per-node 3 -m sinkhole lab --quick --out runs/lab-quick   # a variant a rank
 
 variants: baseline, sandwich, qk-norm, gated, sigmoid, softpick, no-bos, head-dim-32, context-128
@@ -35,6 +36,13 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 800; --quick 300)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights and of the data (same for all variants)")
+    g.add_argument(
+        "--seeds",
+        dest="seed_list",
+        metavar="S,S,...",
+        default=None,
+        help="train every variant once per seed (e.g. 0,1,2); the runs are independent (torchrun shares them)",
+    )
     g.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per variant (default 10)")
     g.add_argument("--layers", type=int, default=None, help="decoder layers of the base model (default 1)")
     g.add_argument("--d-model", type=int, default=None, help="residual width of the base model (default 32)")
@@ -46,6 +54,15 @@ def add_parser(sub) -> None:
     o.add_argument("--save-checkpoints", action="store_true", help="keep every checkpoint's weights (.pt)")
     o.add_argument("--no-figures", action="store_true", help="skip the PNG figures (lab.html keeps the table)")
     p.set_defaults(run=run)
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    from sinkhole.errors import SinkholeError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SinkholeError(f"--seeds takes integers separated by commas, e.g. 0,1,2 (got {text!r})") from None
 
 
 def settings_from_args(args):
@@ -62,6 +79,8 @@ def settings_from_args(args):
     if args.checkpoints is not None:
         train = replace(train, n_checkpoints=args.checkpoints)
     s = replace(s, train=replace(train, seed=args.seed))
+    if args.seed_list is not None:
+        s = replace(s, seeds=seed_list(args.seed_list))
     model = dict(s.model)
     if args.layers is not None:
         model["num_hidden_layers"] = args.layers
@@ -85,7 +104,7 @@ def run(args) -> int:
     settings = settings_from_args(args)
     check_settings(settings)
     torch.set_num_threads(args.threads)
-    total = settings.train.steps * len(settings.variants)
+    total = settings.train.steps * len(settings.runs())
     with session("cpu") as world:  # under a launcher the ranks share the variants (rank 0: lab.json)
         bar = progress(total=total, desc="lab", unit="step")
 

@@ -1,6 +1,9 @@
 """The emergence lab: train one tiny model per variant (one switch each), probe its checkpoints.
 
-Every variant starts from the same seed (same initial weights wherever the shapes agree) and sees
+With `seeds`, every variant trains once per seed (a run is a (variant, seed) pair; the result lists
+them variant by variant, labelled "name seed s"), so spread over seeds is one command; under a launcher
+the ranks share the runs (sinkhole.distributed). Every variant starts from the same seed (same
+initial weights wherever the shapes agree) and sees
 the same batches of the same synthetic language; it differs from the baseline in exactly one
 switch. The results file (`lab.json`) is rewritten atomically after every checkpoint, so an
 interrupted run loses at most the checkpoint in flight; running the same settings into the same
@@ -72,9 +75,14 @@ class LabSettings:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, lr=1e-2, weight_decay=0.1))
     variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: tuple[int, ...] | None = None  # train each variant once per seed; None: once, with train.seed
     threshold: float = core.DEFAULT_THRESHOLD
     epsilon: float = core.DEFAULT_EPSILON
     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE
+
+    def runs(self) -> list[tuple[str, int | None]]:
+        """The trainings: (variant, seed) for each seed, variant by variant; seed None: train.seed."""
+        return [(v, s) for v in self.variants for s in (self.seeds or (None,))]
 
     def to_dict(self) -> dict:
         return {
@@ -82,6 +90,7 @@ class LabSettings:
             "data": self.data.to_dict(),
             "train": self.train.to_dict(),
             "variants": list(self.variants),
+            **({"seeds": list(self.seeds)} if self.seeds else {}),  # absent without seeds: older runs resume
             "threshold": self.threshold,
             "epsilon": self.epsilon,
             "min_sink_rate": self.min_sink_rate,
@@ -124,14 +133,26 @@ class VariantResult:
     seconds: float
     finished: bool
     checkpoints: list[Checkpoint]
+    seed: int | None = None  # set when the lab ran several seeds (LabSettings.seeds)
 
     @property
     def final(self) -> Checkpoint | None:
         return self.checkpoints[-1] if self.checkpoints else None
 
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.name, self.seed
+
+    @property
+    def label(self) -> str:
+        """What tables and figures call this run: the variant, and its seed when there are several."""
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["checkpoints"] = [c.to_dict() for c in self.checkpoints]
+        if self.seed is None:
+            del d["seed"]  # lab.json of a one-seed lab is as before
         return d
 
     @classmethod
@@ -198,12 +219,14 @@ def _resume(path: Path, settings: dict) -> list[VariantResult]:
             old = LabResult.from_dict(json.loads(file.read_text()))
         except (ValueError, KeyError, TypeError) as err:
             raise SinkholeError(f"{file} is not a lab result ({err}); choose another --out") from None
-        if {k: v for k, v in old.settings.items() if k != "variants"} != {
-            k: v for k, v in settings.items() if k != "variants"
+        subsets = ("variants", "seeds")  # a later run may ask for more or fewer of these
+        if {k: v for k, v in old.settings.items() if k not in subsets} != {
+            k: v for k, v in settings.items() if k not in subsets
         }:
             raise SinkholeError(f"{file} holds a lab run with other settings; choose another --out")
-        found += [v for v in old.variants if v.finished and v.name in settings["variants"]]
-    return list({v.name: v for v in reversed(found)}.values())[::-1]  # the first of duplicates
+        seeds = settings.get("seeds") or [None]
+        found += [v for v in old.variants if v.finished and v.name in settings["variants"] and v.seed in seeds]
+    return list({v.key: v for v in reversed(found)}.values())[::-1]  # the first of duplicates
 
 
 def check_settings(settings: LabSettings) -> None:
@@ -215,6 +238,10 @@ def check_settings(settings: LabSettings) -> None:
         raise SinkholeError("no variants to run")
     if settings.train.steps < 1:
         raise SinkholeError("--steps must be at least 1")
+    if settings.seeds is not None and (
+        not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0
+    ):
+        raise SinkholeError(f"--seeds must be distinct integers >= 0, e.g. 0,1,2 (got {settings.seeds})")
 
 
 def run_lab(
@@ -229,10 +256,11 @@ def run_lab(
 
     progress(n): called per optimizer step (total = steps x variants). log(msg): one line per event.
     save_weights: keep each checkpoint's state_dict as out_dir/checkpoints/<variant>/step_<n>.pt.
-    world (sinkhole.distributed; default: this process alone): the variants are independent trainings,
-    shared out by cost (steps x sequence length); rank 0 writes lab.json as it goes, another rank writes
-    each variant it trains to out_dir/shards/<variant>.json; rank 0 assembles the result at the end
-    (and returns it; the other ranks return None). progress counts every rank's steps on rank 0.
+    world (sinkhole.distributed; default: this process alone): the runs (variant, seed) are independent
+    trainings, shared out by cost (steps x sequence length); rank 0 writes lab.json as it goes, another
+    rank writes each run it trains to out_dir/shards/<variant>[-seed<s>].json; rank 0 assembles the
+    result at the end (and returns it; the other ranks return None). progress counts every rank's
+    steps on rank 0 (total = steps x runs).
     """
     from sinkhole.distributed import World
 
@@ -249,26 +277,29 @@ def run_lab(
             out.mkdir(parents=True, exist_ok=True)
             return [v.to_dict() for v in _resume(path, sd)]
 
-        done = {d["name"]: VariantResult.from_dict(d) for d in world.broadcast(world.all_ok(resume, main_only=True))}
+        found = world.broadcast(world.all_ok(resume, main_only=True))
+        done = {r.key: r for r in map(VariantResult.from_dict, found)}
     tally = world.tally(progress)
-    todo = [name for name in settings.variants if name not in done]
-    costs = [settings.train.steps * variant_configs(settings, VARIANTS[n])[1].seq_len for n in todo]
+    todo = [run for run in settings.runs() if run not in done]
+    costs = [settings.train.steps * variant_configs(settings, VARIANTS[n])[1].seq_len for n, _ in todo]
     mine = [todo[k] for k in world.shard(costs)]
     result = LabResult(settings=sd, environment=environment(), variants=[])
-    for name in settings.variants:
-        if name in done:
-            result.variants.append(done[name])
+    for name, seed in settings.runs():
+        tag = name if seed is None else f"{name}-seed{seed}"  # its files' name
+        if (name, seed) in done:
+            result.variants.append(done[name, seed])
             if world.is_main:
                 tally.step(settings.train.steps)
             if log is not None:
-                log(f"{name}: already done in {path}")
+                log(f"{done[name, seed].label}: already done in {path}")
             continue
-        if name not in mine:
+        if (name, seed) not in mine:
             continue
         variant = VARIANTS[name]
         mcfg, dcfg = variant_configs(settings, variant)
-        stream = TokenStream(dcfg, settings.train.seed)
-        model = build_model(mcfg, settings.train.seed)
+        train_cfg = settings.train if seed is None else replace(settings.train, seed=seed)
+        stream = TokenStream(dcfg, train_cfg.seed)
+        model = build_model(mcfg, train_cfg.seed)
         vr = VariantResult(
             name,
             variant.claim,
@@ -278,30 +309,31 @@ def run_lab(
             0.0,
             False,
             [],
+            seed,
         )
         result.variants.append(vr)
         t0 = time.perf_counter()
 
-        own = path if world.is_main or path is None else out / SHARDS_DIR / f"{name}.json"
+        own = path if world.is_main or path is None else out / SHARDS_DIR / f"{tag}.json"
         mine_only = result if world.is_main else LabResult(settings=sd, environment=result.environment, variants=[vr])
 
-        def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, name=name, own=own, mine_only=mine_only) -> None:
+        def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, tag=tag, own=own, mine_only=mine_only) -> None:
             vr.checkpoints.append(ck)
             vr.seconds = time.perf_counter() - t0
             if path is not None:
                 if save_weights:
-                    d = out / "checkpoints" / name
+                    d = out / "checkpoints" / tag
                     d.mkdir(parents=True, exist_ok=True)
                     tmp = d / f".step_{ck.step}.pt.tmp"
                     torch.save(m.state_dict(), tmp)
                     tmp.replace(d / f"step_{ck.step}.pt")
                 _write(own, mine_only)
 
-        probe_ids = stream.batch(PROBE_BATCH_INDEX, settings.train.probe_batch)
+        probe_ids = stream.batch(PROBE_BATCH_INDEX, train_cfg.probe_batch)
         train(
             model,
             stream,
-            settings.train,
+            train_cfg,
             probe_ids,
             on_checkpoint=on_checkpoint,
             progress=tally.step,
@@ -315,19 +347,20 @@ def run_lab(
         if log is not None:
             f = vr.final
             log(
-                f"{name}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
+                f"{vr.label}: {vr.seconds:.0f} s, sink mass {f.sink_mass:.3f}, sink rate {f.sink_rate:.0%}, "
                 f"spike score {f.spike_score:.1f}x"
             )
     tally.wait()
-    trained = {v["name"]: v for part in world.gather([v.to_dict() for v in result.variants]) for v in part}
+    parts = world.gather([v.to_dict() for v in result.variants])
     if not world.is_main:
         return None
-    result.variants = [VariantResult.from_dict(trained[n]) for n in settings.variants]
+    trained = {r.key: r for part in parts for r in map(VariantResult.from_dict, part)}
+    result.variants = [trained[run] for run in settings.runs()]
     if path is not None:
         _write(path, result)
         shards = out / SHARDS_DIR
-        for name in settings.variants:
-            (shards / f"{name}.json").unlink(missing_ok=True)
+        for p in shards.glob("*.json") if shards.is_dir() else []:
+            p.unlink()
         if shards.is_dir() and not any(shards.iterdir()):
             shards.rmdir()
     return result

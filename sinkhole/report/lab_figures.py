@@ -35,7 +35,7 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
                     [getattr(c, key) for c in v.checkpoints],
                     marker="o",
                     ms=3,
-                    label=v.name,
+                    label=v.label,
                     ls="-" if v.name in ("baseline",) else "--" if v.model.get("attention") != "softmax" else "-",
                 )
             ax.set_xscale("log")
@@ -48,7 +48,7 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 4, figsize=(14, 4))
-        names = [v.name for v in variants]
+        names = [v.label for v in variants]
         for ax, key, label in [
             (axes[0], "sink_mass", "sink mass of position 0"),
             (axes[1], "first_share", "share of all weight on position 0"),

@@ -20,7 +20,8 @@ def render_html(result: LabResult, out_dir: str | Path) -> str:
     from sinkhole.lab import train as train_module
 
     imgs = [f'<figure><img class="fig" alt="{name}" src="{uri}"></figure>' for name, uri in embedded(out_dir, FIGURES)]
-    claims = "".join(f"<li><b>{html.escape(v.name)}</b>: {html.escape(v.claim)}</li>" for v in result.variants)
+    claim = {v.name: v.claim for v in result.variants}  # one line per variant, however many seeds it ran
+    claims = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(c)}</li>" for n, c in claim.items())
     env = result.environment
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>sinkhole lab</title><style>

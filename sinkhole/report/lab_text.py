@@ -23,9 +23,9 @@ COLUMNS = [  # header, width, formatter of the final checkpoint (or the variant)
 def _fmt_row(v) -> list[str]:
     f = v.final
     if f is None:
-        return [v.name] + ["-"] * (len(COLUMNS) - 1)
+        return [v.label] + ["-"] * (len(COLUMNS) - 1)
     return [
-        v.name + ("" if v.finished else "*"),
+        v.label + ("" if v.finished else "*"),
         f"{f.eval_loss:.3f}",
         "-" if f.copy_accuracy is None else f"{f.copy_accuracy:.2f}",
         f"{f.sink_mass:.3f}",
