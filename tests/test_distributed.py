@@ -384,6 +384,15 @@ def test_lab_under_two_ranks_equals_one_process(tmp_path):
     assert _without_timings(labs[1]) == _without_timings(labs[2])
 
 
+def test_out_that_a_rank_cannot_see_is_refused_before_any_forward(job, tmp_path):
+    """Machines without a shared filesystem, simulated: rank 1's --out is another directory."""
+    env = {"SINKHOLE_TEST_RANK_ARGS": json.dumps({"1": ["--out", str(tmp_path / "elsewhere")]})}
+    code, _, stderr = finish(torchrun(2, [*job["base"], "--out", str(tmp_path / "run")], env, driver=True))
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("sinkhole: error:")]
+    assert code != 0 and len(errors) == 1 and "must be on a filesystem every rank sees" in errors[0], stderr[-3000:]
+    assert not (tmp_path / "run" / "results.jsonl").exists() and not (tmp_path / "elsewhere").exists()
+
+
 @pytest.mark.integration
 def test_two_ranks_equal_one_process_smollm2(tmp_path):
     from sinkhole.cli.main import main

@@ -372,6 +372,8 @@ def _run(probe, suite, out_dir, settings, progress, initial, world) -> list[Eval
         return sorted(done)
 
     done = set(world.broadcast(world.all_ok(open_store, main_only=True)) if store is not None else [])
+    if store is not None and world.launched:
+        world.all_ok(lambda: _sees(store))
     if initial is not None and world.is_main:
         initial(len(done))
     encoded = world.all_ok(lambda: _encode(probe, suite.items, settings))
@@ -412,7 +414,21 @@ def _run(probe, suite, out_dir, settings, progress, initial, world) -> list[Eval
         return []
     store.merge(order)
     rows = store.read_rows()
+    missing = [i for i in order if i not in rows]
+    if missing:  # every rank said it finished, yet rank 0 cannot read its rows
+        raise SinkholeError(
+            f"{len(missing)} rows are not in {store.dir} although every rank finished: --out must be on a "
+            "filesystem every rank sees; run the same command again to compute them"
+        )
     return [rows[i] for i in order]
+
+
+def _sees(store: ResultsStore) -> None:
+    if not store.manifest_path.is_file():
+        raise SinkholeError(
+            f"{store.manifest_path}, written by rank 0, is not there: --out must be on a filesystem every rank "
+            "sees (NFS, Lustre, ...), or run on one machine"
+        )
 
 
 def _encode(probe, items: list[SuiteItem], settings: EvalSettings) -> list[list[int]]:
