@@ -288,7 +288,7 @@ def _wait_for_rows(out: Path, n: int, proc, timeout: float = 120) -> None:
 def test_kill_9_a_rank_then_resume_with_3_ranks_and_with_1(job, tmp_path):
     from sinkhole.cli.main import main
 
-    env = {"SINKHOLE_TEST_DELAY": "0.3"}
+    env = {"SINKHOLE_TEST_DELAY": "0.5"}
     # 1. kill -9 of one rank: the launcher stops the other, within bounded time, saying why.
     out, pids = tmp_path / "a", tmp_path / "pids"
     pids.mkdir()
