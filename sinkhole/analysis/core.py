@@ -13,7 +13,8 @@ Spikes (massive activations)
 - spike token: S[t] > threshold (default 10).
 - top value: the signed h_l[t, c] of largest |.| over layers l and channels c; reported with its
   layer and channel (Sun et al. 2024, "Massive Activations in LLMs").
-- step-up / step-down layers of token t: with n_{-1} = ||embedding[t]|| and n_l = ||h_l[t]||, the
+- step-up / step-down layers of token t: with n_{-1} = ||h_{-1}[t]||, the residual entering layer 0
+  (hidden_states[0]: the token embedding plus any position embedding), and n_l = ||h_l[t]||, the
   layers whose output raises (step-up) or lowers (step-down) the token's residual norm by at least
   STEP_FRACTION (10%) of its peak norm N[t]: n_l - n_{l-1} >= 0.1 N[t], resp. n_{l-1} - n_l >= 0.1 N[t].
   Rise = first step-up layer, fall = last step-down layer, plateau between.

@@ -7,7 +7,8 @@ Shapes (L layers, H query heads, T tokens of this sequence, K = top channels kep
     resid_top_values    (L, T, K) the signed values h_l[t, c] at those channels
     attn_out_norm       (L, T)    norm of the attention block's contribution to the residual
     ffn_out_norm        (L, T)    norm of the FFN block's contribution to the residual
-    embed_norm          (T,)      norm of the input embedding (the residual before layer 0)
+    embed_norm          (T,)      norm of the residual entering layer 0 (hidden_states[0]: the token
+                                  embedding plus position embeddings or whatever the model adds first)
     attn_mass           (L, H, T) alpha_{l,h}(k) = mean over queries t >= k of A_{l,h}[t, k]
     attn_maps           (L, H, T, T) float16, only when T <= the probe's `maps_max_len`
     sink_share          (L, H)    share of attention the learned sink absorbs (gpt-oss `s_aux`): mean over

@@ -92,7 +92,8 @@ class Recorder:
         # NaN until measured: a layer whose block contributions are unknown keeps NaN, never a made-up 0
         self.attn_out_norm = torch.full((n_layers, B, T), float("nan"))
         self.ffn_out_norm = torch.full((n_layers, B, T), float("nan"))
-        self.embed_norm = torch.zeros(B, T)
+        self.embed_norm = torch.zeros(B, T)  # ||residual before layer 0|| (layer0_input, else embedding)
+        self.embed_from_layer0 = False
         self.attn_calls = 0
         self.resid_calls = 0
         self.saturated = False  # some |h| reached the largest finite value of the model's dtype
@@ -188,7 +189,18 @@ class Recorder:
         store[layer] = torch.linalg.vector_norm(x, dim=-1).reshape(store.shape[1:]).cpu()
 
     def embedding(self, out: torch.Tensor) -> None:
-        self.embed_norm[:] = torch.linalg.vector_norm(out.float(), dim=-1).cpu()
+        """The token embedding's norm: the fallback baseline, replaced by the residual entering
+        layer 0 when layer 0 shows its input (`layer0_input`)."""
+        if not self.embed_from_layer0:
+            self.embed_norm[:] = torch.linalg.vector_norm(out.float(), dim=-1).reshape(self.embed_norm.shape).cpu()
+
+    def layer0_input(self, h: torch.Tensor) -> None:
+        """||residual entering layer 0|| (what `hidden_states[0]` is): the token embedding plus
+        whatever the model adds before the first block (GPT-2's, OPT's, XGLM's position embeddings,
+        a scale, a projection). Only the first entry into layer 0 counts."""
+        if not self.embed_from_layer0 and h.shape[:-1].numel() == self.embed_norm.numel():
+            self.embed_norm[:] = torch.linalg.vector_norm(h.float(), dim=-1).reshape(self.embed_norm.shape).cpu()
+            self.embed_from_layer0 = True
 
     def overflowed(self) -> bool:
         """True when a statistic is inf/NaN or the residual hit its dtype's largest value (float16: 65504)."""
@@ -229,6 +241,8 @@ def recording(model: torch.nn.Module, family: Family, recorder: Recorder, use_at
         def enter(module, args, kwargs, idx=idx):
             h = args[0] if args else kwargs.get("hidden_states")
             recorder.enter_layer(idx, h if isinstance(h, torch.Tensor) else None)
+            if idx == 0 and isinstance(h, torch.Tensor):
+                recorder.layer0_input(h)
 
         enters.append((layer, enter))
     with (

@@ -183,7 +183,7 @@ class Residual(_Row):
     norm: list[list[float]] = field(metadata={"shape": "[L][T]"})  # ||h_l[t]||
     attn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # attention block output
     ffn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # FFN block output
-    embed_norm: list[float] = field(metadata={"shape": "[T]"})  # ||embedding[t]||
+    embed_norm: list[float] = field(metadata={"shape": "[T]"})  # ||residual entering layer 0 at t||
 
 
 @dataclass
