@@ -30,6 +30,9 @@ import time
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+# This file is named vllm.py: run as a script, its folder comes first on sys.path and would hide vLLM.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 PROMPT = (
     "Chapter 1. The harbour town of Elsmere had stood at the mouth of the river for six hundred years. "
