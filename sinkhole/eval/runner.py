@@ -401,7 +401,8 @@ def _run(probe, suite, out_dir, settings, progress, initial, world) -> list[Eval
                     f"cannot append to {store.own} ({err.strerror or err}); the rows written so far "
                     "are kept: free space and run the same command again to resume"
                 ) from None
-        computed.update((r.index, r) for r in rows)
+        else:
+            computed.update((r.index, r) for r in rows)  # in memory only without a directory to hold them
         tally.step(len(rows))
     tally.wait()
     order = [it.index for it in suite.items]
