@@ -61,7 +61,8 @@ def number(
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
-        raise SinkholeError(f"{name} must be{_range(lo, hi, lo_open, hi_open)}, not {value:g}{_eg(example)}")
+        shown = value if isinstance(value, Integral) else f"{value:g}"  # 10^12 in full, 0.5 as 0.5
+        raise SinkholeError(f"{name} must be{_range(lo, hi, lo_open, hi_open)}, not {shown}{_eg(example)}")
     return int(value) if integer else float(value)
 
 
@@ -222,6 +223,11 @@ def check_outputs(outputs: dict, inputs=(), directories=(), stdout_ok=()) -> Non
 
 # -- the CLI table ---------------------------------------------------------------------------
 
+# Upper bounds on counts of work: a typo (10^12) is refused at once instead of hanging. Each is
+# far above any useful value: MAX_SEQS sequences are hours of forwards on a CPU (a 1024-token
+# streaming prompt takes ~1 s), MAX_STEPS lab steps about 2 hours of one variant.
+MAX_SEQS, MAX_STEPS = 1024, 100_000
+
 # option dest -> keyword arguments of `number` (integer options have integer=True)
 NUMBERS = {
     "threshold": dict(lo=1, example=10),
@@ -239,21 +245,22 @@ NUMBERS = {
     "sinks": dict(lo=0, integer=True, example=4),
     "samples": dict(lo=0, integer=True, example=48),
     "text_tokens": dict(lo=16, integer=True, example=1024),
-    "calib_seqs": dict(lo=1, integer=True, example=8),
+    "calib_seqs": dict(lo=1, hi=MAX_SEQS, integer=True, example=8),
     "calib_len": dict(lo=2, integer=True, example=256),
-    "heldout_seqs": dict(lo=1, integer=True, example=4),
+    "heldout_seqs": dict(lo=1, hi=MAX_SEQS, integer=True, example=4),
     "heldout_len": dict(lo=2, integer=True, example=512),
     "stream_sinks": dict(lo=0, integer=True, example=4),
     "stream_window": dict(lo=1, integer=True, example=256),
-    "stream_prompts": dict(lo=1, integer=True, example=8),
+    "stream_prompts": dict(lo=1, hi=MAX_SEQS, integer=True, example=8),
     "budget": dict(lo=0, hi=1, lo_open=True, example=0.5),
     "window": dict(lo=1, integer=True, example=256),
-    "seeds": dict(lo=1, integer=True, example=2),
-    "steps": dict(lo=1, integer=True, example=800),
+    "seeds": dict(lo=1, hi=1000, integer=True, example=2),
+    "steps": dict(lo=1, hi=MAX_STEPS, integer=True, example=800),
     "seed": dict(lo=0, integer=True, example=0),
-    "checkpoints": dict(lo=1, integer=True, example=10),
-    "layers": dict(lo=1, integer=True, example=1),
-    "d_model": dict(lo=2, integer=True, example=32),
+    "checkpoints": dict(lo=1, hi=1000, integer=True, example=10),
+    "layers": dict(lo=1, hi=64, integer=True, example=1),
+    # the probe keeps each token's 8 largest channels (top_k): a narrower model has fewer
+    "d_model": dict(lo=8, hi=4096, integer=True, example=32),
     "local_sinks": dict(lo=0, integer=True, example=32),
     "candidates": dict(lo=0, integer=True, example=16),
 }
@@ -368,6 +375,25 @@ def _check_relations(command: str, args) -> None:
                 "method gives dense attention's numbers: stream more tokens than --cache "
                 f"(e.g. --tokens {4 * args.cache})"
             )
+
+
+def names(text, flag: str, choices) -> tuple[str, ...]:
+    """A comma-separated list of names from `choices`: at least one, each known, none twice
+    (`lab --variants ''` used to run all nine, `baseline,baseline` to train twice)."""
+    from sinkhole.errors import did_you_mean
+
+    given = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not given:
+        raise SinkholeError(f"{flag} names nothing: give one or more of {', '.join(choices)} (comma-separated)")
+    for n in given:
+        if n not in choices:
+            raise SinkholeError(
+                f"{flag}: unknown name '{n}'{did_you_mean(n, choices)}; choose from {', '.join(choices)}"
+            )
+    twice = sorted({n for n in given if given.count(n) > 1})
+    if twice:
+        raise SinkholeError(f"{flag} names {', '.join(twice)} more than once: each runs once")
+    return tuple(given)
 
 
 # -- the Python API: the CLI's rules under the API's argument names ---------------------------

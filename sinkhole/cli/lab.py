@@ -68,11 +68,12 @@ def seed_list(text: str) -> tuple[int, ...]:
 def settings_from_args(args):
     from dataclasses import replace
 
-    from sinkhole.lab.run import LabSettings, quick_settings
+    from sinkhole.lab.run import VARIANTS, LabSettings, quick_settings
+    from sinkhole.validate import names
 
     s = quick_settings() if args.quick else LabSettings()
-    if args.variants:
-        s = replace(s, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+    if args.variants is not None:  # '' is a mistake, not "all of them"
+        s = replace(s, variants=names(args.variants, "--variants", VARIANTS))
     train = s.train
     if args.steps is not None:
         train = replace(train, steps=args.steps)

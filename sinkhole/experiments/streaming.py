@@ -9,6 +9,8 @@ copy prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from sinkhole.errors import SinkholeError
@@ -45,13 +47,13 @@ def measure_streaming_scores(
     world = world or World()
     kinds, _ = layer_kinds(lm.model)
     L = len(kinds)
-    for prompt in prompts:
-        ids = getattr(prompt, "ids", prompt)
-        if ids.shape[1] <= n_sink + window:
-            raise SinkholeError(f"a {ids.shape[1]}-token prompt is too short for sinks {n_sink} + window {window}")
+    lengths = getattr(prompts, "lengths", None) or [getattr(p, "ids", p).shape[1] for p in prompts]
+    for n in lengths:
+        if n <= n_sink + window:
+            raise SinkholeError(f"a {n}-token prompt is too short for sinks {n_sink} + window {window}")
     tally = world.tally(progress)
     parts = {}
-    for i in world.shard([getattr(p, "ids", p).shape[1] for p in prompts]):
+    for i in world.shard(lengths):
         parts[i] = _prompt_sums(lm, prompts[i], n_sink, window)
         tally.step(1)
     tally.wait()
@@ -119,11 +121,29 @@ def _prompt_sums(lm, prompt, n_sink: int, window: int) -> dict:
 DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
 
 
+class StreamingPrompts(Sequence):
+    """The profile's long-range prompt set: `count` copy prompts with different spans and text, each
+    built when it is read (one tokenization of the text each), so a large count costs nothing
+    before the first forward. `lengths`: every prompt's token count, known without building it."""
+
+    def __init__(self, tokenizer, count: int, n_tokens: int, span: int = 32, seed: int = 0):
+        self.tokenizer, self.count, self.n_tokens, self.span, self.seed = tokenizer, count, n_tokens, span, seed
+        self.lengths = [n_tokens] * count  # copy_prompt returns exactly n_tokens
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> CopyPrompt:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return copy_prompt(self.tokenizer, self.n_tokens, span=self.span, n_spans=4, seed=self.seed + i)
+
+
 def streaming_prompts(
     tokenizer, count: int = DEFAULT_PROMPTS, n_tokens: int = DEFAULT_TOKENS, span: int = 32, seed: int = 0
-) -> list[CopyPrompt]:
-    """The profile's long-range prompt set: `count` copy prompts with different spans and text."""
-    return [copy_prompt(tokenizer, n_tokens, span=span, n_spans=4, seed=seed + i) for i in range(count)]
+) -> StreamingPrompts:
+    """The profile's long-range prompt set (`StreamingPrompts`, built lazily)."""
+    return StreamingPrompts(tokenizer, count, n_tokens, span, seed)
 
 
 def streaming_section(

@@ -236,6 +236,8 @@ def check_settings(settings: LabSettings) -> None:
         raise SinkholeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if not settings.variants:
         raise SinkholeError("no variants to run")
+    if len(set(settings.variants)) != len(settings.variants):
+        raise SinkholeError(f"variants {list(settings.variants)} name one more than once: each runs once")
     if settings.train.steps < 1:
         raise SinkholeError("--steps must be at least 1")
     if settings.seeds is not None and (
