@@ -61,6 +61,9 @@ def _engine_kwargs(model, profile, window, n_sink, engine_kwargs: dict) -> tuple
     if not isinstance(overrides, dict):
         raise SinkholeError("hf_overrides must be a dict with SinkAwareLLM")
     overrides.update(settings.hf_overrides())
+    # sinkhole's attention is eager torch code with per-step Python decisions (which blocks, which
+    # rotation): CUDA graphs / torch.compile would freeze them, so eager is the default here.
+    engine_kwargs.setdefault("enforce_eager", True)
     return dict(
         engine_kwargs,
         model=settings.model,
