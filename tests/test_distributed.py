@@ -393,6 +393,30 @@ def test_out_that_a_rank_cannot_see_is_refused_before_any_forward(job, tmp_path)
     assert not (tmp_path / "run" / "results.jsonl").exists() and not (tmp_path / "elsewhere").exists()
 
 
+def test_lab_resumes_runs_any_rank_finished(tmp_path):
+    """Runs finished by rank 0 (lab.json) or by another rank (shards/<variant>-seed<s>.json) of a
+    killed job are kept by the next run, whatever its world size; the rest train again, identically."""
+    from dataclasses import replace
+
+    from sinkhole.lab.run import LabResult, LabSettings, TrainConfig, run_lab
+
+    s = LabSettings(variants=("baseline", "gated"), seeds=(0, 1))
+    s = replace(s, train=TrainConfig(steps=4, lr=1e-2, weight_decay=0.1, n_checkpoints=2, probe_batch=4))
+    full = run_lab(s, tmp_path / "full")
+    assert [v.label for v in full.variants] == ["baseline seed 0", "baseline seed 1", "gated seed 0", "gated seed 1"]
+    part = tmp_path / "part"
+    (part / "shards").mkdir(parents=True)
+    keep = lambda *vs: json.dumps(LabResult(full.settings, full.environment, list(vs)).to_dict())  # noqa: E731
+    (part / "lab.json").write_text(keep(full.variants[0]))
+    (part / "shards" / "gated-seed1.json").write_text(keep(full.variants[3]))
+    logged = []
+    again = run_lab(s, part, log=logged.append)
+    assert sum("already done" in line for line in logged) == 2
+    assert [v.to_dict() for v in again.variants][0] == full.variants[0].to_dict()  # kept, not retrained
+    strip = lambda r: [{k: v for k, v in x.to_dict().items() if k != "seconds"} for x in r.variants]  # noqa: E731
+    assert strip(again) == strip(full) and not (part / "shards").exists()
+
+
 @pytest.mark.integration
 def test_two_ranks_equal_one_process_smollm2(tmp_path):
     from sinkhole.cli.main import main
