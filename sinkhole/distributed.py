@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ class World:
         self.timeout = timeout_seconds() if timeout is None else timeout
         self._store = None
         self._key = 0
+        self._prefix = "sinkhole"  # session() makes it unique per job (a restarted job keeps its store)
         self._local: dict[str, int] = {}  # the counters of a world of one
 
     # --- who -----------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ class World:
     def new_counter(self) -> str:
         """A fresh counter name (every rank calls this in the same order, so the names agree)."""
         self._key += 1
-        return f"sinkhole/{self._key}"
+        return f"{self._prefix}/{self._key}"
 
     def add(self, counter: str, n: int) -> int:
         """Add n to a counter shared by all ranks; returns its new total (all ranks' sum)."""
@@ -400,6 +402,8 @@ def session(device: str = "cpu"):
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _current = world
     try:
+        # torchrun --max-restarts keeps the key-value store of a failed attempt: counters get fresh names
+        world._prefix = "sinkhole/" + world.broadcast(uuid.uuid4().hex if world.is_main else None)
         yield world
     finally:
         _current = None
