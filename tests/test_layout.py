@@ -69,7 +69,9 @@ def test_analyses_are_pure():
 
 
 def test_the_library_never_imports_the_cli():
-    bad = {rel(p): offending(p, ("sinkhole.cli",)) for p in MODULES if "cli" not in p.parts}
+    # sinkhole/__main__.py is the CLI itself (`python -m sinkhole`, what torchrun -m starts), not library
+    cli = lambda p: "cli" in p.parts or rel(p) == "sinkhole/__main__.py"  # noqa: E731
+    bad = {rel(p): offending(p, ("sinkhole.cli",)) for p in MODULES if not cli(p)}
     assert not {k: v for k, v in bad.items() if v}
 
 
