@@ -91,10 +91,15 @@ class Placement:
         return self.rank == 0
 
     def device(self, device: str) -> str:
-        """The device of this rank: `cuda` / `auto` become cuda:LOCAL_RANK under a launcher."""
+        """The device of this rank: `cuda` / `auto` become cuda:LOCAL_RANK under a launcher (`auto`: the
+        CPU on a machine without CUDA, as outside a launcher)."""
         if not self.launched or device == "cpu":
             return device
-        if device in ("cuda", "auto"):
+        if device == "auto":
+            import torch
+
+            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
             return f"cuda:{self.local_rank}"
         raise SinkholeError(
             f"--device {device} under a launcher: give --device cuda (rank r takes cuda:LOCAL_RANK) or cpu"
@@ -389,7 +394,7 @@ def session(device: str = "cpu"):
 
     world = World(p)
     backend = "gloo"
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if p.device(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(p.local_rank)
         backend = "nccl"
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]

@@ -122,6 +122,7 @@ def test_placement_from_launcher_environment():
     assert Placement.from_env({}) == Placement(0, 1, 0, 1) and not Placement.from_env({}).launched
     p = Placement.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
     assert p.launched and not p.is_main and p.device("cuda") == "cuda:1" and p.device("cpu") == "cpu"
+    assert p.device("auto") == ("cuda:1" if torch.cuda.is_available() else "cpu")
     assert p.cpu_threads(16) == 8 and p.cpu_threads(1) == 1
     with pytest.raises(SinkholeError, match="--device cuda:0 under a launcher"):
         p.device("cuda:0")
