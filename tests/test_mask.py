@@ -51,12 +51,12 @@ def by_hand(capture, positions=None, layer=None, threshold=1.2, epsilon=0.1, min
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
-@pytest.mark.parametrize("candidates", [None, 3])
+@pytest.mark.parametrize("candidates", [1000, 3, 70])  # 1000: every token through the fast path
 def test_fast_mask_equals_the_definitions(make, candidates, monkeypatch):
     """Padded batch (llama: plain causal then padding masks; gemma3: sliding-window masks)."""
     probe = ModelProbe(wrap(make()))
     g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(1, 99, (n,), generator=g).tolist() for n in (12, 7, 20)]
+    seqs = [torch.randint(1, 99, (n,), generator=g).tolist() for n in (12, 7, 20, 90)]
     captures = [probe.run(s) for s in seqs]  # one by one: no padding on the reference side
     fast_only(probe, monkeypatch)
     masks = token_mask(probe, seqs, candidates=candidates, **LOW)
@@ -67,7 +67,7 @@ def test_fast_mask_equals_the_definitions(make, candidates, monkeypatch):
         assert set(np.flatnonzero(m.spike)) == spikes
         np.testing.assert_allclose(m.norm_ratio, ratio, rtol=1e-5)
         measured = np.flatnonzero(m.measured)
-        if candidates is None:
+        if candidates >= cap.n_tokens:
             assert len(measured) == cap.n_tokens
         else:  # the first token, the spike tokens and the `candidates` largest
             assert 0 in measured and spikes <= set(measured) and len(measured) >= min(3, cap.n_tokens)
@@ -105,6 +105,15 @@ def test_unsupported_attention_falls_back_to_the_exact_probe():
     seq = list(range(3, 15))
     m = mask_batch(probe, [seq], MaskSettings(**LOW).checked(2))[0]
     spikes, sinks, _, rate, _ = by_hand(probe.run(seq))
+    assert m.measured.all() and set(np.flatnonzero(m.sink)) == sinks
+    np.testing.assert_allclose(m.sink_rate, rate, atol=1e-6)
+
+
+def test_all_tokens_take_the_exact_probe():
+    probe = ModelProbe(wrap(tiny_gemma3()))
+    seq = list(range(3, 40))
+    m = token_mask(probe, seq, candidates=None, **LOW)
+    _, sinks, _, rate, _ = by_hand(probe.run(seq))
     assert m.measured.all() and set(np.flatnonzero(m.sink)) == sinks
     np.testing.assert_allclose(m.sink_rate, rate, atol=1e-6)
 

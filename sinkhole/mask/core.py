@@ -18,9 +18,9 @@ Cost: the forward is a plain one (`sinkhole.probe.lse_attention`: SDPA's kernel 
 alpha is computed afterwards for the candidate keys only: the first token, every spike token, and
 the `candidates` tokens of largest peak spike score. A token outside them is not measured
 (`measured` False, sink_rate and attn_mass NaN, sink False). `candidates=None` measures every
-token (T candidate columns: the cost of the probe's exact path). Models or attention the fast path
-does not cover (softcap, learned sinks, a GPU, ...) run through the exact probe; every token is then
-measured. Tests check both against `analyze` on the same inputs.
+token with the probe's exact path (blockwise, no [T, T] tensor, nothing kept). Models or attention
+the fast path does not cover (softcap, learned sinks, a GPU, ...) run through the exact probe too.
+Tests check both against `analyze` on the same inputs.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def _fast_batch(probe, encoded: list[list[int]], settings: MaskSettings) -> list
 
 def mask_batch(probe, encoded: list[list[int]], settings: MaskSettings) -> list[TokenMask]:
     """Masks of token id sequences, one forward: the fast path, else the exact probe."""
-    fast = _fast_batch(probe, encoded, settings)
+    fast = None if settings.candidates is None else _fast_batch(probe, encoded, settings)
     if fast is not None:
         return fast
     return [mask_from_capture(c, settings) for c in probe.run_batch(encoded)]

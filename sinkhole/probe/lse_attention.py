@@ -27,6 +27,7 @@ from sinkhole.probe.hooks import attention_implementation, context_value, first_
 
 ATTN_NAME = "sinkhole_lse"
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("sinkhole_lse_recorder", default=None)
+COLUMN_BLOCK = 64  # candidate keys per step: (B, Hq, T, 64) float32 is 9 MB for one 4096-token SmolLM2 row
 
 
 class LseRecorder:
@@ -121,6 +122,9 @@ def candidate_colsum(
     candidates (B, C) long key positions (in the padded layout); query_valid (B, T) bool.
     Returns (B, Hq, C) float32: sum over valid query rows t of A[t, c] = exp(q_t . k_c * scale - lse[t]).
     """
+    if candidates.shape[1] > COLUMN_BLOCK:  # bound the (B, Hq, T, C) probabilities' memory
+        parts = candidates.split(COLUMN_BLOCK, dim=1)
+        return torch.cat([candidate_colsum(query, key, lse, mask, scaling, c, query_valid) for c in parts], dim=-1)
     B, Hq, T, D = query.shape
     Hkv = key.shape[1]
     G = Hq // Hkv
