@@ -26,7 +26,6 @@ The slots and the sinks' rotation are computed once per step and shared by all l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from vllm.model_executor.layers.attention import Attention
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.kv_cache_interface import get_kv_quant_mode
@@ -69,9 +68,12 @@ def is_cpu_layout(kv_cache: torch.Tensor, head_size: int) -> bool:
 
 def read_rows(kv_cache: torch.Tensor, plan: Plan, head_size: int) -> torch.Tensor:
     """Keys and values a request reads, head-major: (Hk, n + nw, 2 D), keys in [..., :D]: its n
-    sinks, then window tokens lo .. seq_len - 1. Whole blocks are gathered (contiguous copies) and
-    the window sliced out of them: a per-token gather is several times slower on the CPU."""
-    if is_cpu_layout(kv_cache, head_size):  # (N, Hk, bs, 2D)
+    sinks, then window tokens lo .. seq_len - 1. On the CPU layout one `index_select` of rows
+    (the plan's row numbers, the same for every layer) makes it, contiguous, in one copy."""
+    if is_cpu_layout(kv_cache, head_size) and kv_cache.is_contiguous():  # (N, Hk, bs, 2D)
+        rows = kv_cache.view(-1, kv_cache.shape[-1]).index_select(0, plan.cpu_rows(kv_cache.shape[1]))
+        return rows.view(kv_cache.shape[1], -1, kv_cache.shape[-1])
+    if is_cpu_layout(kv_cache, head_size):
         blocks = kv_cache.index_select(0, plan.win_blocks)  # (nb, Hk, bs, 2D)
         win = blocks.transpose(0, 1).reshape(blocks.shape[1], -1, blocks.shape[-1])
         sinks = kv_cache[plan.sink_blk, :, plan.sink_off].transpose(0, 1) if plan.sinks else None
@@ -112,12 +114,25 @@ class Plan:
         self.win_start = self.lo % bs
         sinks = torch.tensor(self.sinks, dtype=torch.long)
         self.sink_blk, self.sink_off = table[sinks // bs], sinks % bs
+        self.bs, self._rows = bs, None
         self.cos = self.sin = None
         if T == 1 and self.sinks:  # one query: the sinks sit just before its window
             n = len(self.sinks)
             ws = self.first - W + 1
             shift = torch.tensor([ws - n + i - p for i, p in enumerate(self.sinks)])
             self.cos, self.sin = rotation(shift, impl.inv_freq)
+
+    def cpu_rows(self, heads: int) -> torch.Tensor:
+        """Row numbers (Hk * (n + nw),) in a (N * Hk * bs, 2D) view of the CPU cache: head-major,
+        each head's sinks then window tokens."""
+        if self._rows is None:
+            bs = self.bs
+            tokens = torch.arange(self.lo, self.seq_len)
+            blk = torch.cat((self.sink_blk, self.win_blocks[(tokens - self.lo + self.win_start) // bs]))
+            off = torch.cat((self.sink_off, tokens % bs))
+            h = torch.arange(heads)[:, None]
+            self._rows = ((blk[None, :] * heads + h) * bs + off[None, :]).reshape(-1)
+        return self._rows
 
 
 class SinkWindowImpl:
@@ -182,9 +197,11 @@ class SinkWindowImpl:
         if n:
             rotated = apply_rotation(k[:, :n].float(), plan.cos, plan.sin).to(k.dtype)
             k = torch.cat((rotated, k[:, n:]), dim=1)
-        q = q.transpose(0, 1)[None]  # (1, Hq, 1, D)
-        out = F.scaled_dot_product_attention(q, k[None], v[None], scale=self.scale, enable_gqa=True)
-        return out[0].transpose(0, 1)
+        # Two batched matmuls over the KV heads (Hk, G, D) x (Hk, nk, D): reads k and v in place
+        # (strided views of the gathered rows), where SDPA copies them first.
+        qg = q.view(self.num_kv_heads, -1, D)
+        probs = torch.softmax(torch.bmm(qg, k.transpose(1, 2)) * self.scale, dim=-1)  # (Hk, G, nk)
+        return torch.bmm(probs, v).view(1, self.num_heads, D)
 
     def prefill(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
         """T queries (T, Hq, D) at positions first .. seq_len - 1, in chunks of QUERY_CHUNK."""
