@@ -190,3 +190,54 @@ def test_bad_model_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     with pytest.raises(SinkholeError, match="supports LlamaForCausalLM"):
         SinkAwareLLM(model=str(tmp_path))
+
+
+def test_attention_paths_agree_with_a_direct_streamingllm():
+    """SinkWindowImpl on a random paged cache, no engine: a prefill chunk of every position and
+    one decode step per position both equal naive attention over StreamingLLM's key set."""
+    from types import SimpleNamespace
+
+    from sinkhole.cache.sink_cache import rotate_keys
+    from sinkhole.vllm.attention import SinkWindowImpl
+
+    torch.manual_seed(0)
+    Hq, Hk, D, bs, W, L = 4, 2, 8, 4, 8, 30
+    pinned = (0, 1, 5)
+    inner = SimpleNamespace(num_heads=Hq, num_kv_heads=Hk, head_size=D, scale=D**-0.5)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).double() / D))
+    impl = SinkWindowImpl(inner, W, pinned, inv_freq)
+    kv_cache = torch.randn(40, Hk, bs, 2 * D)
+    table = torch.randperm(39)[: math.ceil(L / bs)] + 1
+    q = torch.randn(L, Hq, D)
+    pos_k = kv_cache[table.repeat_interleave(bs), :, torch.arange(bs).repeat(len(table))][:L]  # (L, Hk, 2D)
+
+    def metadata(first: int, seq_len: int):
+        return SimpleNamespace(
+            query_start_loc=torch.tensor([0, seq_len - first]),
+            seq_lens=torch.tensor([seq_len]),
+            block_table=table[None],
+        )
+
+    def reference(p: int) -> torch.Tensor:
+        ws = max(0, p - W + 1)
+        sinks = [s for s in pinned if s < ws]
+        k = pos_k[ws : p + 1, :, :D].double()
+        v = pos_k[ws : p + 1, :, D:].double()
+        if sinks:
+            shift = torch.tensor([ws - len(sinks) + i - s for i, s in enumerate(sinks)])
+            ks = rotate_keys(pos_k[sinks, :, :D].double().transpose(0, 1)[None], shift, inv_freq)[0].transpose(0, 1)
+            k, v = torch.cat((ks, k)), torch.cat((pos_k[sinks, :, D:].double(), v))
+        k, v = k.repeat_interleave(Hq // Hk, dim=1), v.repeat_interleave(Hq // Hk, dim=1)  # (n, Hq, D)
+        probs = torch.softmax(torch.einsum("hd,nhd->hn", q[p].double(), k) * D**-0.5, dim=-1)
+        return torch.einsum("hn,nhd->hd", probs, v)
+
+    ref = torch.stack([reference(p) for p in range(L)])
+    prefill = impl.forward(None, q, None, None, kv_cache, metadata(0, L), torch.empty(L, Hq, D))
+    decode = torch.stack(
+        [
+            impl.forward(None, q[p : p + 1], None, None, kv_cache, metadata(p, p + 1), torch.empty(1, Hq, D))[0]
+            for p in range(L)
+        ]
+    )
+    assert (prefill.double() - ref).abs().max().item() < 1e-5
+    assert (decode.double() - ref).abs().max().item() < 1e-5
