@@ -10,7 +10,8 @@ from sinkhole.cli.common import add_model_args, status
 HELP = "feed every vocabulary token alone at position 0; report the share that spikes and the exceptions"
 EPILOG = """rule: token v alone (no BOS, no chat template) is a spike token when max_l ||h_l|| exceeds
 THRESHOLD x the median peak norm of ordinary in-context tokens (positions >= 1 of the first 256
-tokens of Python's pydoc topics). Runs in bfloat16 unless --dtype is given.
+tokens of Python's pydoc topics). dtype: every command's default (float32 on CPU, bfloat16 on CUDA)
+unless --dtype is given; only the decoder runs (no LM head, no logits).
 
 examples:
   sinkhole vocab-sweep --json sweep.json
@@ -59,7 +60,7 @@ def _run(args, world) -> int:
         lambda: load_model(
             args.model,
             device=world.placement.device(args.device),
-            dtype=args.dtype or "bfloat16",
+            dtype=args.dtype,  # the one default rule (sinkhole.models.dtypes)
             trust_remote_code=args.trust_remote_code,
             log=status,
         )
