@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PROMPT ?= Explain the theory of relativity in simple terms.
 
-.PHONY: setup run test lint test-fast bench clean vllm-setup test-vllm
+.PHONY: setup run test lint test-fast bench clean vllm-setup test-vllm saelens-setup test-saelens
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -38,10 +38,27 @@ $(VLLM_VENV)/.installed: pyproject.toml
 test-vllm: vllm-setup
 	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -p no:cacheprovider tests/test_vllm.py -m vllm
 
+# SAELens (sinkhole.integrations.sae_lens) lives in a third venv: sae-lens 6.54+ pins transformer-lens < 4 and
+# 6.51 does not import under 4, while the main venv's test extra has transformer-lens 4 (docs/interp.md).
+SAE_VENV ?= .venv-saelens
+SPY      := $(SAE_VENV)/bin/python
+saelens-setup: $(SAE_VENV)/.installed
+
+$(SAE_VENV)/.installed: pyproject.toml
+	test -x $(SPY) || python3 -m venv $(SAE_VENV)
+	$(SPY) -m pip install -q --upgrade pip
+	$(SPY) -m pip install -q "$(TORCH)"
+	$(SPY) -m pip install -q -e . "sae-lens>=6.54" "pytest>=8"
+	touch $@
+
+# sinkhole's filter in SAELens's activation store, with the real package (tiny models, seconds)
+test-saelens: saelens-setup
+	$(SPY) -m pytest -p no:cacheprovider tests/test_integration_saelens.py
+
 run: setup
 	$(VENV)/bin/sinkhole analyze --prompt "$(PROMPT)" --output report.html --json report.json
 
-test: setup lint test-vllm
+test: setup lint test-vllm test-saelens
 	bash scripts/install-chromium.sh
 	$(PY) -m pytest
 

@@ -1,11 +1,6 @@
 """SAELens with the real package. SAELens 6.54+ pins transformer-lens < 4 and the main venv has
-transformer-lens 4 (the `test` extra), so this runs in a venv of its own (docs/interp.md):
-
-    python3 -m venv .venv-saelens && .venv-saelens/bin/pip install torch==2.13.0
-    .venv-saelens/bin/pip install -e . "sae-lens>=6.54" pytest
-    .venv-saelens/bin/python -m pytest tests/test_integration_saelens.py
-
-and is skipped where sae_lens does not import (the main venv)."""
+transformer-lens 4 (the `test` extra), so this runs in a venv of its own: `make test-saelens`
+(part of `make test`; docs/interp.md). It is skipped where sae_lens does not import (the main venv)."""
 
 from __future__ import annotations
 
