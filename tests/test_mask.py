@@ -170,7 +170,7 @@ def test_mask_file_resumes_and_refuses_other_settings(tmp_path):
     assert not parts_dir(out).exists()
 
 
-def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys):  # noqa: F811
+def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     texts = tmp_path / "t.jsonl"
     texts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the one of you", "it is in the a of to"]))
     out = tmp_path / "m.npz"
@@ -190,6 +190,25 @@ def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys):  # noqa
         code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), *argv)
         lines = [ln for ln in err.splitlines() if ln.startswith("sinkhole: error:")]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, err)
+    # interrupted after its first batch, the same command resumes
+    import sinkhole.mask.store as store
+
+    real = store.iter_masks
+
+    def one_batch_then_ctrl_c(*a, **k):
+        it = real(*a, **k)
+        yield next(it)
+        raise KeyboardInterrupt
+
+    again = tmp_path / "again.npz"
+    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(again), "--max-batch", "1"]
+    monkeypatch.setattr(store, "iter_masks", one_batch_then_ctrl_c)
+    code, _, err = run_cli(capsys, *argv)
+    monkeypatch.setattr(store, "iter_masks", real)
+    assert code == 130 and "interrupted" in err and not again.exists()
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0 and "resuming: 1 of 2 texts" in err
+    assert (load_mask(again).arrays["token_ids"] == f.arrays["token_ids"]).all()
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SinkholeError, match="not a sinkhole mask file"):
         load_mask(tmp_path / "junk.npz")
