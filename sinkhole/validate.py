@@ -227,6 +227,10 @@ def check_outputs(outputs: dict, inputs=(), directories=(), stdout_ok=()) -> Non
 # far above any useful value: MAX_SEQS sequences are hours of forwards on a CPU (a 1024-token
 # streaming prompt takes ~1 s), MAX_STEPS lab steps about 2 hours of one variant.
 MAX_SEQS, MAX_STEPS = 1024, 100_000
+# `stream --recall`: copy_prompt's layout of 4 spans of 32 tokens (64 tokens of text first, spans
+# 64 apart, each copied at least 224 tokens later, 8 to spare) needs 520 tokens plus what the
+# tokenizer puts first (a BOS): 8 more allowed for that.
+RECALL_MIN_TOKENS = 528
 
 # option dest -> keyword arguments of `number` (integer options have integer=True)
 NUMBERS = {
@@ -364,6 +368,15 @@ def _check_relations(command: str, args) -> None:
             raise SinkholeError(
                 f"--prompts {src} is a file that eval writes into --out {args.out}: copy it elsewhere first"
             )
+    if command == "stream" and getattr(args, "recall", False):
+        # The recall streams hold 4 copied spans of 32 tokens (sinkhole.cache.recall.evaluate_recall's
+        # defaults; RECALL_MIN_TOKENS); --cache and --sinks are not used by --recall.
+        if args.tokens < RECALL_MIN_TOKENS:
+            raise SinkholeError(
+                f"--recall streams hold 4 copied spans of 32 tokens: --tokens {args.tokens} is too short, "
+                f"use at least {RECALL_MIN_TOKENS} (e.g. --tokens 2048)"
+            )
+        return
     if command == "stream":
         if args.sinks >= args.cache - 1:
             raise SinkholeError(

@@ -109,4 +109,20 @@ def resolve(name_or_path: str) -> ModelSource:
             f"unknown model '{name}'{did_you_mean(name, BUNDLED)}; bundled models: "
             f"{', '.join(BUNDLED)}; or pass a local model directory, a .gguf file, or a cached hub id"
         )
+    hub_cache_missing(name)
     return ModelSource("hf", name, name)
+
+
+def hub_cache_missing(repo_id: str) -> None:
+    """Refuse a hub id that the local Hugging Face cache does not hold, in words that say so:
+    transformers' own error talks of failing to connect to huggingface.co, though offline
+    nothing connects. The cache folder's presence is the test (which snapshot to use is
+    transformers' business once the repo is there)."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    if not folder.is_dir():
+        raise SinkholeError(
+            f"'{repo_id}' is not in the local Hugging Face cache (HF_HOME={constants.HF_HOME}, looked for "
+            f"{folder}); sinkhole never downloads: put the model there first, or pass a local model directory"
+        )
