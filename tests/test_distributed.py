@@ -91,6 +91,18 @@ def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = Fa
     )
 
 
+def ranks(n: int, args: list[str], capsys) -> tuple[int, str, str]:
+    """The command on n torchrun ranks, or for n = 1 in this process (one launcher start less)."""
+    if n > 1:
+        return finish(torchrun(n, args))
+    from sinkhole.cli.main import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def finish(proc, timeout: float = 300) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -342,12 +354,12 @@ def _without_timings(d: dict) -> dict:
     return d
 
 
-def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path):
+def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path, capsys):
     args = ["vocab-sweep", "--model", str(job["model"]), "--sample", "64", "--batch-size", "16"]
     args += ["--threshold", "1.05", "--dtype", "float32"]
     results = {}
     for n in (1, 2):
-        code, stdout, stderr = finish(torchrun(n, [*args, "--json", str(tmp_path / f"{n}.json")]))
+        code, stdout, stderr = ranks(n, [*args, "--json", str(tmp_path / f"{n}.json")], capsys)
         assert code == 0, stderr[-3000:]
         results[n] = (json.loads((tmp_path / f"{n}.json").read_text()), stdout)
     assert results[1][0]["n_tokens"] == 64 and results[1][0]["n_spike"] > 0
@@ -356,12 +368,12 @@ def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path):
     assert tables[0][1:] == tables[1][1:] and tables[1][0].count(str(job["model"])) == 1
 
 
-def test_profile_under_two_ranks_equals_one_process(job, tmp_path):
+def test_profile_under_two_ranks_equals_one_process(job, tmp_path, capsys):
     """The prompt passes (eval batches) and the streaming-score passes (copy prompts) are both shared."""
     args = ["profile", "--model", str(job["model"]), "--prompts", str(job["root"] / "prompts.txt")]
     args += ["--threshold", "1.1", "--epsilon", "0.1", "--stream-prompts", "3", "--stream-window", "16"]
     for n in (1, 2):
-        code, stdout, stderr = finish(torchrun(n, [*args, "--out", str(tmp_path / f"{n}.json")]))
+        code, stdout, stderr = ranks(n, [*args, "--out", str(tmp_path / f"{n}.json")], capsys)
         assert code == 0, stderr[-3000:]
         assert stdout.count("streaming scores") == 1
     one = json.loads((tmp_path / "1.json").read_text())
@@ -369,13 +381,13 @@ def test_profile_under_two_ranks_equals_one_process(job, tmp_path):
     assert (tmp_path / "1.json").read_bytes() == (tmp_path / "2.json").read_bytes()
 
 
-def test_lab_under_two_ranks_equals_one_process(tmp_path):
+def test_lab_under_two_ranks_equals_one_process(tmp_path, capsys):
     """2 variants x 2 seeds: four independent trainings, two a rank."""
     args = ["lab", "--variants", "baseline,gated", "--seeds", "0,1", "--steps", "12", "--checkpoints", "2"]
     args += ["--no-figures"]
     labs = {}
     for n in (1, 2):
-        code, stdout, stderr = finish(torchrun(n, [*args, "--out", str(tmp_path / str(n))]))
+        code, stdout, stderr = ranks(n, [*args, "--out", str(tmp_path / str(n))], capsys)
         assert code == 0, stderr[-3000:]
         labs[n] = json.loads((tmp_path / str(n) / "lab.json").read_text())
         assert not (tmp_path / str(n) / "shards").exists() and stdout.count("baseline seed 1") == 1
