@@ -12,8 +12,8 @@ EPILOG = """examples:
   sinkhole eval --model smollm2-135m --prompts builtin --out runs/smollm2
   sinkhole eval --model gemma3-270m --prompts my_prompts.jsonl --out runs/gemma --limit 100
   sinkhole eval --prompts questions.txt --out runs/q --no-chat --threshold 20
-
   torchrun --standalone --nproc-per-node 4 -m sinkhole eval --device cuda --out runs/big   # 4 ranks
+
 
 Re-running the same command into the same --out resumes where it stopped (with any number of
 ranks); other settings into that directory are refused. Outputs: results.jsonl, run.json,
