@@ -5,9 +5,11 @@ One long generation per engine, at a KV budget of --budget tokens for the bounde
     sinks+window   SinkAwareLLM(n_sink=4, window=budget - 4)
     window-only    SinkAwareLLM(n_sink=0, window=budget)  (sliding window, no sinks)
 For each: decode tokens/s (decode steps only, timed one by one; the prefill step is left out), KV
-blocks in use after every step (read from the in-process scheduler's block pool), and the
+blocks in use after every step (read from the in-process scheduler's block pool), the
 perplexity of its generated continuation scored by the dense model (prompt logprobs of prompt +
-continuation). Sampling is seeded (temperature 0.8, top-p 0.95): greedy decoding of a small model
+continuation), and the perplexity of the first --tokens tokens of a fixed text (Python's docs)
+under its own attention (prompt logprobs of that engine: StreamingLLM's teacher-forced test).
+Sampling is seeded (temperature 0.8, top-p 0.95): greedy decoding of a small model
 loops, which a dense scorer finds very likely whatever produced it. Engines run one after
 another in one process; dense runs first and last and its speed is the mean of the two, so slow
 drift of the machine's load hits both sides.
@@ -100,7 +102,9 @@ def run(llm, args) -> dict:
         if len(times) % 256 == 0:
             print(f"  {len(times)} steps, {blocks[-1]} blocks", file=sys.stderr, flush=True)
     decode = times[1:]  # step 0 is the prefill
+    text = reference_ids(llm, args.tokens)
     return dict(
+        text_ppl=dense_ppl(llm, text[:1], text[1:]),  # this engine's own attention, teacher-forced
         tok_s=len(decode) / sum(decode),
         blocks=blocks,
         prompt_ids=list(out.prompt_token_ids),
@@ -108,8 +112,19 @@ def run(llm, args) -> dict:
     )
 
 
+def reference_ids(llm, n: int) -> list[int]:
+    """The first n tokens of Python's documentation (sinkhole's long reference text)."""
+    from sinkhole.cache.stream_eval import default_text
+
+    ids = llm.get_tokenizer()(default_text()[0]).input_ids[:n]
+    if len(ids) < n:
+        raise SystemExit(f"the reference text has only {len(ids)} tokens")
+    return ids
+
+
 def dense_ppl(llm, prompt_ids: list[int], tokens: list[int]) -> float:
-    """Perplexity of `tokens` after `prompt_ids` under the (dense) engine `llm`."""
+    """Perplexity of `tokens` after `prompt_ids` under the engine `llm` (prompt logprobs: one
+    prefill, in which a SinkAwareLLM query sees its sinks + window, StreamingLLM teacher-forced)."""
     from vllm import SamplingParams
 
     ids = prompt_ids + tokens
@@ -142,18 +157,23 @@ def main(argv=None) -> None:
             final_blocks=r["blocks"][-1],
             blocks_every_512=r["blocks"][::512],
             ppl=dense_ppl(scorer, r["prompt_ids"], r["tokens"]),
+            text_ppl=r["text_ppl"],
         )
     shutdown(scorer)
     base = rows.get("dense", {}).get("tok_s")
     print(f"\n{args.model}, {args.tokens} generated tokens, KV budget {args.budget}, block {args.block_size}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch threads as vLLM sets them")
-    print("| engine | decode tok/s | vs dense | KV blocks max / at end | blocks every 512 steps | dense-scored ppl |")
-    print("|---|---:|---:|---|---|---:|")
+    print(
+        "| engine | decode tok/s | vs dense | KV blocks max / at end | blocks every 512 steps "
+        "| its generation, dense-scored ppl | reference text ppl, its own attention |"
+    )
+    print("|---|---:|---:|---|---|---:|---:|")
     for kind, row in rows.items():
         ratio = f"{row['tok_s'] / base:.2f}x" if base else "-"
         print(
             f"| {kind} | {row['tok_s']:.2f} ({', '.join(map(str, row['runs_tok_s']))}) | {ratio} | "
-            f"{row['max_blocks']} / {row['final_blocks']} | {row['blocks_every_512']} | {row['ppl']:.2f} |"
+            f"{row['max_blocks']} / {row['final_blocks']} | {row['blocks_every_512']} | {row['ppl']:.2f} | "
+            f"{row['text_ppl']:.2f} |"
         )
     if args.json:
         with open(args.json, "w") as f:

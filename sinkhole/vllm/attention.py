@@ -114,13 +114,27 @@ class Plan:
         self.win_start = self.lo % bs
         sinks = torch.tensor(self.sinks, dtype=torch.long)
         self.sink_blk, self.sink_off = table[sinks // bs], sinks % bs
-        self.bs, self._rows = bs, None
+        self.bs, self._rows, self._mat = bs, None, None
         self.cos = self.sin = None
         if T == 1 and self.sinks:  # one query: the sinks sit just before its window
             n = len(self.sinks)
             ws = self.first - W + 1
             shift = torch.tensor([ws - n + i - p for i, p in enumerate(self.sinks)])
             self.cos, self.sin = rotation(shift, impl.inv_freq)
+
+    def rotation_matrices(self, D: int, dtype: torch.dtype) -> torch.Tensor:
+        """(n, D, D): key row @ M_i = sink i's key moved by its shift (NeoX pairing of the first R
+        dims: out_j = k_j cos - k_{j+R/2} sin, out_{j+R/2} = k_{j+R/2} cos + k_j sin; dims >= R kept)."""
+        if self._mat is None:
+            n, R = self.cos.shape
+            h = R // 2
+            M = torch.eye(D, dtype=torch.float64).repeat(n, 1, 1)
+            j = torch.arange(h)
+            cos, sin = self.cos.double(), self.sin.double()
+            M[:, j, j], M[:, j + h, j + h] = cos[:, :h], cos[:, h:]
+            M[:, j + h, j], M[:, j, j + h] = -sin[:, :h], sin[:, h:]
+            self._mat = M.to(dtype)
+        return self._mat
 
     def cpu_rows(self, heads: int) -> torch.Tensor:
         """Row numbers (Hk * (n + nw),) in a (N * Hk * bs, 2D) view of the CPU cache: head-major,
@@ -154,11 +168,18 @@ class SinkWindowImpl:
             fn(act_dtype)
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        bs = kv_cache.shape[2]  # both layouts
         n = slot_mapping.shape[0]
+        rows = torch.cat((key[:n], value[:n]), dim=-1)  # (n, Hk, 2D)
+        if is_cpu_layout(kv_cache, self.head_size) and kv_cache.is_contiguous():
+            if SHARED_SLOTS[0] is not slot_mapping:  # row numbers once per step, for every layer
+                SHARED_SLOTS[:] = [slot_mapping, cpu_slot_rows(slot_mapping, kv_cache.shape[1], kv_cache.shape[2])]
+            ok, idx = SHARED_SLOTS[1]
+            rows = rows.reshape(-1, rows.shape[-1]) if ok is None else rows[ok].reshape(-1, rows.shape[-1])
+            kv_cache.view(-1, kv_cache.shape[-1]).index_copy_(0, idx, rows.to(kv_cache.dtype))
+            return
+        bs = kv_cache.shape[2]  # both layouts
         slots = slot_mapping.long()
         ok = slots >= 0  # padded tokens carry slot -1
-        rows = torch.cat((key[:n], value[:n]), dim=-1)
         if not bool(ok.all()):
             slots, rows = slots[ok], rows[ok]
         write_rows(kv_cache, slots // bs, slots % bs, rows)
@@ -185,23 +206,28 @@ class SinkWindowImpl:
         for r, plan in enumerate(plans):
             if plan is not None:
                 rows = read_rows(kv_cache, plan, self.head_size)
-                q = query[qsl[r] : qsl[r + 1]]
-                out = self.decode(q, rows, plan) if plan.T == 1 else self.prefill(q, rows, plan)
-                output[qsl[r] : qsl[r + 1]] = out.to(output.dtype)
+                q, out = query[qsl[r] : qsl[r + 1]], output[qsl[r] : qsl[r + 1]]
+                if plan.T == 1:
+                    self.decode(q, rows, plan, out)
+                else:
+                    out.copy_(self.prefill(q, rows, plan))
         return output
 
-    def decode(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """One query (1, Hq, D) over rows (Hk, n + nw, 2D): every row is visible."""
+    def decode(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan, out: torch.Tensor) -> None:
+        """One query (1, Hq, D) over rows (Hk, n + nw, 2D), every row visible; result into out (1, Hq, D)."""
         D, n = self.head_size, len(plan.sinks)
+        if n:  # the gathered copy's sink keys, rotated in place by the step's (n, D, D) matrices
+            rows[:, :n, :D] = torch.einsum("hnd,nde->hne", rows[:, :n, :D], plan.rotation_matrices(D, rows.dtype))
         k, v = rows[..., :D], rows[..., D:]
-        if n:
-            rotated = apply_rotation(k[:, :n].float(), plan.cos, plan.sin).to(k.dtype)
-            k = torch.cat((rotated, k[:, n:]), dim=1)
         # Two batched matmuls over the KV heads (Hk, G, D) x (Hk, nk, D): reads k and v in place
         # (strided views of the gathered rows), where SDPA copies them first.
         qg = q.view(self.num_kv_heads, -1, D)
-        probs = torch.softmax(torch.bmm(qg, k.transpose(1, 2)) * self.scale, dim=-1)  # (Hk, G, nk)
-        return torch.bmm(probs, v).view(1, self.num_heads, D)
+        scores = torch.baddbmm(qg.new_empty(()), qg, k.transpose(1, 2), beta=0.0, alpha=self.scale)
+        probs = torch.softmax(scores, dim=-1)  # (Hk, G, nk)
+        if out.dtype == rows.dtype and out.is_contiguous():
+            torch.bmm(probs, v, out=out.view(self.num_kv_heads, -1, D))
+        else:
+            out.copy_(torch.bmm(probs, v).view(out.shape))
 
     def prefill(self, q: torch.Tensor, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
         """T queries (T, Hq, D) at positions first .. seq_len - 1, in chunks of QUERY_CHUNK."""
@@ -246,6 +272,19 @@ class SinkWindowImpl:
         return torch.einsum("hgtk,khd->thgd", probs, values).reshape(t, self.num_heads, -1)
 
 
+def cpu_slot_rows(slot_mapping: torch.Tensor, heads: int, bs: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(mask of real tokens or None when all are, row numbers (n * Hk,)) of the new tokens' slots
+    in a (N * Hk * bs, 2D) view of the CPU cache (token-major, then head)."""
+    slots = slot_mapping.long()
+    ok = slots >= 0  # padded tokens carry slot -1
+    ok = None if bool(ok.all()) else ok
+    if ok is not None:
+        slots = slots[ok]
+    h = torch.arange(heads)[None, :]
+    return ok, (((slots // bs)[:, None] * heads + h) * bs + (slots % bs)[:, None]).reshape(-1)
+
+
+SHARED_SLOTS: list = [None, None]  # the latest step's slot mapping and its row numbers
 SHARED_PLANS: list = [None, None]  # the latest step's metadata object and its plans, shared by all layers
 
 
