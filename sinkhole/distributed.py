@@ -90,20 +90,35 @@ class Placement:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def device(self, device: str) -> str:
+    def device(self, device: str, gpus_per_rank: int = 1) -> str:
         """The device of this rank: `cuda` / `auto` become cuda:LOCAL_RANK under a launcher (`auto`: the
-        CPU on a machine without CUDA, as outside a launcher)."""
+        CPU on a machine without CUDA, as outside a launcher). A rank that owns a group of GPUs
+        (`gpus_per_rank` > 1, made visible by `claim_gpus`) spreads its model over them: `auto`."""
         if not self.launched or device == "cpu":
             return device
-        if device == "auto":
-            import torch
+        if device not in ("auto", "cuda"):
+            raise SinkholeError(
+                f"--device {device} under a launcher: give --device cuda (rank r takes cuda:LOCAL_RANK) or cpu"
+            )
+        import torch
 
-            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            return f"cuda:{self.local_rank}"
-        raise SinkholeError(
-            f"--device {device} under a launcher: give --device cuda (rank r takes cuda:LOCAL_RANK) or cpu"
-        )
+        if device == "auto" and not torch.cuda.is_available():
+            return "cpu"
+        return "auto" if gpus_per_rank > 1 else f"cuda:{self.local_rank}"
+
+    def gpu_group(self, gpus_per_rank: int, visible: str | None = None) -> list[str]:
+        """The GPUs this rank owns when each holds `gpus_per_rank`: local ranks take consecutive groups
+        of the machine's visible GPUs (`visible`: CUDA_VISIBLE_DEVICES as the launcher left it)."""
+        ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
+        first = self.local_rank * gpus_per_rank
+        need = self.local_world_size * gpus_per_rank
+        if ids is not None and len(ids) < need:
+            raise SinkholeError(
+                f"--gpus-per-rank {gpus_per_rank} with {self.local_world_size} ranks on this machine needs "
+                f"{need} GPUs; CUDA_VISIBLE_DEVICES lists {len(ids)}"
+            )
+        group = range(first, first + gpus_per_rank)
+        return [ids[i] for i in group] if ids is not None else [str(i) for i in group]
 
     def cpu_threads(self, cores: int | None = None) -> int:
         """This rank's share of the machine's physical cores, so N ranks do not oversubscribe it."""
@@ -159,8 +174,9 @@ def timeout_seconds(env=None) -> float:
 class World:
     """The ranks of this run and the few operations they do together (see the module docstring)."""
 
-    def __init__(self, placement: Placement | None = None, timeout: float | None = None):
+    def __init__(self, placement: Placement | None = None, timeout: float | None = None, device: str = "cpu"):
         self.placement = placement or Placement()
+        self.device = device  # this rank's device, as load_model takes it (session() decides it)
         self.timeout = timeout_seconds() if timeout is None else timeout
         self._store = None
         self._key = 0
@@ -381,21 +397,32 @@ def settle(err: BaseException) -> None:
 
 
 @contextmanager
-def session(device: str = "cpu"):
+def session(device: str = "cpu", gpus_per_rank: int = 1):
     """The World of this run: under a launcher, a process group (NCCL when this rank's device is a
-    GPU, gloo otherwise) that is torn down on the way out; otherwise rank 0 of 1, nothing started."""
+    GPU, gloo otherwise) that is torn down on the way out; otherwise rank 0 of 1, nothing started.
+    `world.device` is this rank's device: cuda:LOCAL_RANK, or with `gpus_per_rank` > 1 the rank's own
+    group of GPUs (only those made visible to it) with the model spread over them."""
     global _current
     p = Placement.from_env()
     if not p.launched:
-        yield World(p)
+        yield World(p, device=device)
         return
+    if gpus_per_rank > 1 and device in ("cuda", "auto"):
+        # before anything asks CUDA how many devices it has: the driver reads this once
+        group = p.gpu_group(gpus_per_rank, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(group)
     import torch
     import torch.distributed as dist
 
-    world = World(p)
+    world = World(p, device=p.device(device, gpus_per_rank))
     backend = "gloo"
-    if p.device(device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(p.local_rank)
+    if world.device != "cpu" and torch.cuda.is_available():
+        if gpus_per_rank > 1 and torch.cuda.device_count() < gpus_per_rank:
+            raise SinkholeError(
+                f"rank {p.rank}: --gpus-per-rank {gpus_per_rank} but only {torch.cuda.device_count()} of its GPUs "
+                f"({os.environ['CUDA_VISIBLE_DEVICES']}) are usable"
+            )
+        torch.cuda.set_device(0 if gpus_per_rank > 1 else p.local_rank)
         backend = "nccl"
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:

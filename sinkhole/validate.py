@@ -238,6 +238,7 @@ NUMBERS = {
     "epsilon": dict(lo=0, hi=1, lo_open=True, example=0.3),
     "min_sink_rate": dict(lo=0, hi=1, lo_open=True, example=0.5),
     "threads": dict(lo=1, integer=True, example=1),
+    "gpus_per_rank": dict(lo=1, hi=64, integer=True, example=2),
     "limit": dict(lo=1, integer=True, example=100),
     "batch_tokens": dict(lo=1, integer=True, example=4096),
     "max_batch": dict(lo=1, integer=True, example=32),

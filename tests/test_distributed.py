@@ -144,6 +144,17 @@ def test_placement_from_launcher_environment():
         Placement.from_env({"WORLD_SIZE": "two"})
 
 
+def test_a_rank_owning_a_group_of_gpus():
+    # 2 ranks on this machine, 2 GPUs each: local rank 1 owns the machine's third and fourth GPU
+    p = Placement.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert p.gpu_group(2) == ["2", "3"] and p.gpu_group(1) == ["1"]
+    assert p.gpu_group(2, visible="4,5,6,7") == ["6", "7"]  # indices into what the launcher made visible
+    assert p.device("cuda", gpus_per_rank=2) == "auto"  # spread over the group (accelerate's device map)
+    with pytest.raises(SinkholeError, match="needs 4 GPUs; CUDA_VISIBLE_DEVICES lists 3"):
+        p.gpu_group(2, visible="0,1,2")
+    assert Placement().device("cuda", gpus_per_rank=2) == "cuda"  # outside a launcher nothing changes
+
+
 def test_world_of_one_is_plain_calls():
     w = World()
     assert w.gather(5) == [5] and w.broadcast("x") == "x" and w.shard([3, 1, 2]) == [0, 1, 2]

@@ -9,7 +9,9 @@ from pathlib import Path
 from sinkhole.errors import SinkholeError
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, sharded: bool = False) -> None:
+    """--model, --device, --dtype, ...; `sharded`: the command shares its work among the ranks of a
+    launcher (sinkhole.distributed), so a rank may own a group of GPUs."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -22,6 +24,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the weights")
     add_threads_arg(g)
+    if sharded:
+        g.add_argument(
+            "--gpus-per-rank",
+            type=int,
+            default=1,
+            metavar="K",
+            help="under torchrun / accelerate launch with --device cuda or auto: each rank owns K GPUs of its "
+            "machine (local rank r takes GPUs rK .. rK+K-1) and spreads its model over them, for a model "
+            "that does not fit one GPU (default 1)",
+        )
 
 
 def add_threads_arg(g) -> None:

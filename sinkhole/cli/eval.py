@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_model_args(p)
+    add_model_args(p, sharded=True)
     g = p.add_argument_group("prompts")
     g.add_argument(
         "--prompts",
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from sinkhole.distributed import session
 
-    with session(args.device) as world:
+    with session(args.device, args.gpus_per_rank) as world:
         return _run(args, world)
 
 
@@ -84,7 +84,7 @@ def _run(args, world) -> int:
             # taken before the model loads: a second writer is refused at once (rank 0 holds it for all)
             world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
             world.all_ok(lambda: check_existing(args.out, early), main_only=True)
-            rank_args = argparse.Namespace(**{**vars(args), "device": world.placement.device(args.device)})
+            rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
             probe = world.all_ok(lambda: load_probe(rank_args))
             rows = _evaluate(args, world, probe, suite, settings, run_eval)
     except BaseException:

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "profile", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_model_args(p)
+    add_model_args(p, sharded=True)
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
     g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
@@ -53,7 +53,8 @@ def run(args) -> int:
         return 0
     from sinkhole.distributed import session
 
-    with session(args.device) as world:  # under a launcher the ranks share the prompt and streaming passes
+    # under a launcher the ranks share the prompt and streaming passes
+    with session(args.device, args.gpus_per_rank) as world:
         profile = _detect(args, world)
     if profile is None:  # a rank other than 0
         return 0
@@ -77,7 +78,7 @@ def _detect(args, world):
     keys += ("stream_window", "stream_prompts")
     name = world.all_ok(lambda: resolve(args.model).name)
     world.agree({"model": name, "suite": suite.sha256, **{k: getattr(args, k) for k in keys}}, "settings")
-    rank_args = argparse.Namespace(**{**vars(args), "device": world.placement.device(args.device)})
+    rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
     probe = world.all_ok(lambda: load_probe(rank_args))
     world.agree({"weights_id": probe.info.weights_id, "dtype": probe.info.dtype}, "model")
     from sinkhole.progress import progress

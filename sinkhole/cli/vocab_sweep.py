@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "vocab-sweep", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_model_args(p)
+    add_model_args(p, sharded=True)
     g = p.add_argument_group("sweep")
     g.add_argument("--threshold", type=float, default=10.0, help="score threshold (x in-context median), default 10")
     g.add_argument("--batch-size", type=int, default=1024, help="tokens per forward pass, default 1024")
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from sinkhole.distributed import session
 
-    with session(args.device) as world:
+    with session(args.device, args.gpus_per_rank) as world:
         return _run(args, world)
 
 
@@ -59,7 +59,7 @@ def _run(args, world) -> int:
     lm = world.all_ok(
         lambda: load_model(
             args.model,
-            device=world.placement.device(args.device),
+            device=world.device,
             dtype=args.dtype,  # the one default rule (sinkhole.models.dtypes)
             trust_remote_code=args.trust_remote_code,
             log=status,
