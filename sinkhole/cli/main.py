@@ -38,12 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sinkhole {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        module = f"sinkhole.cli.{name.replace('-', '_')}"
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as err:  # a subcommand still being written
-            if err.name != module:
-                raise
+        importlib.import_module(f"sinkhole.cli.{name.replace('-', '_')}").add_parser(sub)
     return p
 
 
