@@ -34,7 +34,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-# sinkhole.vllm against vLLM itself: SmolLM2 on vLLM's CPU backend (~3 min on 2 cores)
+# sinkhole.vllm against vLLM itself: SmolLM2 on vLLM's CPU backend (~5 min on 2 cores)
 test-vllm: vllm-setup
 	VLLM_CPU_KVCACHE_SPACE=1 $(VPY) -m pytest -p no:cacheprovider tests/test_vllm.py -m vllm
 
