@@ -3,6 +3,7 @@
     python benchmarks/mask.py                                  # T = 1024 4096, 5 rounds
     python benchmarks/mask.py --lengths 1024 4096 --rounds 5 --threads 2
     python benchmarks/mask.py --lengths 4096 --memory          # peak RSS, each mode in its own process
+    python benchmarks/mask.py --lengths 512 --check-candidates 16   # default candidates vs every token
 
 Modes, alternating every round so that a shared machine's load drifts over all of them alike:
   plain - a plain forward with SDPA (use_cache=False, logits_to_keep=1), as benchmarks/probe.py
@@ -84,14 +85,48 @@ def memory_worker(mode: str, T: int, threads: int | None) -> dict:
     return {"mode": mode, "T": T, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def check_candidates(n: int, T: int) -> None:
+    """Do the default candidates hold every sink? n chunks of T tokens (pydoc text from token 102400 on,
+    away from examples/sae_mask.py's), masked with the default candidates and with every token measured."""
+    import numpy as np
+
+    from sinkhole.mask.core import token_mask
+    from sinkhole.probe.probe import ModelProbe
+
+    probe = ModelProbe("smollm2-135m", log=lambda m: None)
+    text = " ".join(__import__("pydoc_data.topics", fromlist=["topics"]).topics.values())
+    ids = probe.tokenizer(text)["input_ids"][102400:]
+    chunks = [ids[i * T : (i + 1) * T] for i in range(n)]
+    fast, full = token_mask(probe, chunks), token_mask(probe, chunks, candidates=None)
+    sinks = lambda m: set(np.flatnonzero(m.sink).tolist())
+    missed = sum(len(sinks(b) - sinks(a)) for a, b in zip(fast, full))
+    extra = sum(len(sinks(a) - sinks(b)) for a, b in zip(fast, full))
+    spikes = sum(int((a.spike != b.spike).sum()) for a, b in zip(fast, full))
+    diff = max(float(np.nanmax(np.abs(a.sink_rate - b.sink_rate))) for a, b in zip(fast, full))
+    print(
+        f"{n} chunks x {T} tokens: {sum(len(sinks(b)) for b in full)} sinks with every token measured, "
+        f"{missed} missed by the default candidates, {extra} extra; spike flags differing: {spikes}; "
+        f"largest |sink_rate difference| on measured tokens: {diff:.1e}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory", action="store_true", help="peak RSS of each mode, each in its own process")
+    ap.add_argument(
+        "--check-candidates",
+        type=int,
+        metavar="N",
+        help="N chunks of the first --lengths tokens: do the default candidates hold every sink?",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.check_candidates:
+        check_candidates(args.check_candidates, args.lengths[0])
+        return
     if args.worker:
         print(json.dumps(memory_worker(args.worker[0], int(args.worker[1]), args.threads)))
         return
