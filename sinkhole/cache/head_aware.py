@@ -311,13 +311,13 @@ class HeadAwareSinkCache(Cache):
 
         # The CLI's rules (sinkhole.validate), under the API's names, before anything is computed.
         model, loaded = torch_module(model, "HeadAwareSinkCache.from_profile")
-        profile = profile_for(profile, model, loaded)
         window = like_option(window, "window", "window")
         budget = like_option(budget, "budget", "budget")
         length = like_option(length, "length", "tokens", optional=True)
         n_sink = like_option(n_sink, "n_sink", "stream_sinks", optional=True)
         local_sinks = like_option(local_sinks, "local_sinks", "local_sinks")
         random_heads = like_option(random_heads, "random_heads", "seed", optional=True)
+        profile = profile_for(profile, model, loaded)  # numbers first, as the CLI checks its options first
         stream = profile.streaming
         if not stream or not stream.get("scores"):
             raise SinkholeError(
