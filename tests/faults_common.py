@@ -14,8 +14,8 @@ from conftest import tiny_llama
 WORDS = "the a of to and is in it you that was for on are with as be at one have this from".split()
 
 
-def save_tiny(d: Path, max_position_embeddings: int = 64) -> Path:
-    """A tiny Llama with a word-level tokenizer, saved as a Hugging Face model directory."""
+def save_tiny(d: Path, max_position_embeddings: int = 64, **overrides) -> Path:
+    """A tiny Llama (config `overrides`) with a word-level tokenizer, saved as a Hugging Face model directory."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,7 +26,7 @@ def save_tiny(d: Path, max_position_embeddings: int = 64) -> Path:
         tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
     )
     tok.save_pretrained(d)
-    tiny_llama(max_position_embeddings=max_position_embeddings).save_pretrained(d)
+    tiny_llama(max_position_embeddings=max_position_embeddings, **overrides).save_pretrained(d)
     return d
 
 

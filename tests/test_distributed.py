@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_llama, wrap
+from faults_common import WORDS, save_tiny
 
 from sinkhole.distributed import Placement, RankError, World, balanced_shards
 from sinkhole.errors import SinkholeError
@@ -23,26 +24,9 @@ from sinkhole.eval import EvalSettings, Suite, SuiteItem, run_eval
 
 TESTS = Path(__file__).resolve().parent
 DRIVER = TESTS / "dist_driver.py"
-WORDS = "the a of to and is in it you that was for on are with as be at one have this from".split()
 # Low threshold/epsilon so that the tiny random model has spike and sink tokens; 3 prompts a batch
 # so that 40 prompts make enough batches to share and to kill part way.
 EVAL_ARGS = ["--threshold", "1.1", "--epsilon", "0.1", "--max-batch", "3", "--no-figures"]
-
-
-def save_tiny(d: Path, **overrides) -> Path:
-    """A saved tiny Llama with a word-level tokenizer (what a user's local model directory holds)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    tok.save_pretrained(d)
-    tiny_llama(**overrides).save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +35,7 @@ def job(tmp_path_factory):
     from sinkhole.cli.main import main
 
     root = tmp_path_factory.mktemp("dist")
-    model = save_tiny(root / "tiny")
+    model = save_tiny(root / "tiny", max_position_embeddings=256)
     rng = random.Random(0)
     prompts = root / "prompts.txt"
     prompts.write_text(
@@ -342,7 +326,7 @@ def test_kill_9_a_rank_then_resume_with_3_ranks_and_with_1(job, tmp_path):
 def test_a_rank_that_disagrees_stops_the_run_with_one_line(job, case):
     other = {
         "threshold": ["--threshold", "20"],
-        "model": ["--model", str(save_tiny(job["root"] / "wider", intermediate_size=96))]
+        "model": ["--model", str(save_tiny(job["root"] / "wider", max_position_embeddings=256, intermediate_size=96))]
         if not (job["root"] / "wider").exists()
         else ["--model", str(job["root"] / "wider")],
         "missing": ["--model", str(job["root"] / "nowhere")],
