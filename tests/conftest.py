@@ -85,3 +85,21 @@ def gemma3():
     from sinkhole.models.loading import load_model
 
     return load_model("gemma3-270m", log=lambda m: None)
+
+
+def bare_profile(streaming: dict | None = None, model: dict | None = None):
+    """A profile with one pinned slot and nothing else measured, but `streaming` (and `model`)."""
+    from sinkhole.profiles.profile import SinkProfile
+
+    return SinkProfile(
+        model=model or {"name": "t"},
+        sink_rule={"positions": [0]},
+        sink_tokens=[],
+        spike_channels=[],
+        step_up_layers=[],
+        step_down_layers=[],
+        sink_heads=[],
+        pinned_slots=1,
+        prompts={},
+        streaming=streaming,
+    )

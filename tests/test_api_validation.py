@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import tiny_gemma3, tiny_llama, wrap
+from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.cache.head_aware import HeadAwareSinkCache
 from sinkhole.cache.sink_cache import SinkCache
@@ -22,18 +22,7 @@ LLAMA_SHAPE = {"architecture": "llama", "n_layers": 2, "n_kv_heads": 2, "d_model
 def profile(model=None, streaming="default") -> SinkProfile:
     if streaming == "default":
         streaming = {"n_sink": 1, "window": 4, "scores": [[0.9, 0.1], [0.8, 0.7]]}
-    return SinkProfile(
-        model={"name": "tiny", **LLAMA_SHAPE} if model is None else model,
-        sink_rule={"positions": [0]},
-        sink_tokens=[],
-        spike_channels=[],
-        step_up_layers=[],
-        step_down_layers=[],
-        sink_heads=[],
-        pinned_slots=1,
-        prompts={},
-        streaming=streaming,
-    )
+    return bare_profile(streaming, model={"name": "tiny", **LLAMA_SHAPE} if model is None else model)
 
 
 GOOD = dict(window=4, budget=0.6, length=64, local_sinks=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_gemma3, tiny_llama, wrap
+from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
 from sinkhole.cache.head_plan import select_retrieval_heads, slot_costs
@@ -137,24 +137,6 @@ def test_select_heads_meets_budget_and_prefers_low_scores():
     assert sum(map(len, rnd)) == 1
     with pytest.raises(SinkholeError, match="budget"):
         select_retrieval_heads(scores, kinds, slot_costs(kinds, windows, 4, 600, 1000), budget=0.5, length=1000)
-
-
-def bare_profile(streaming: dict | None = None):
-    """A profile with one pinned slot and nothing else measured, but `streaming`."""
-    from sinkhole.profiles.profile import SinkProfile
-
-    return SinkProfile(
-        model={"name": "t"},
-        sink_rule={"positions": [0]},
-        sink_tokens=[],
-        spike_channels=[],
-        step_up_layers=[],
-        step_down_layers=[],
-        sink_heads=[],
-        pinned_slots=1,
-        prompts={},
-        streaming=streaming,
-    )
 
 
 def test_from_profile_needs_streaming_scores():
