@@ -49,7 +49,8 @@ def render_table(result: LabResult) -> str:
     head = (
         f"{m['num_hidden_layers']} layer(s), d_model {m['hidden_size']}, {m['num_attention_heads']} heads x "
         f"{m['head_dim']}, {s['data']['task']} (vocab {s['data']['vocab_size']}, {s['data']['seq_len']} tokens), "
-        f"{t['steps']} steps x {t['batch_size']} sequences, seed {t['seed']}"
+        f"{t['steps']} steps x {t['batch_size']} sequences, "
+        + (f"seeds {', '.join(map(str, s['seeds']))}" if len(s.get("seeds") or []) > 1 else f"seed {t['seed']}")
     )
     notes = [
         "position 0 = the start token (the first ordinary token for no-bos); numbers at the last checkpoint,",
