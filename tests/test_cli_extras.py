@@ -154,7 +154,8 @@ def test_rows_csv():
     }
     lines = rows_csv([row]).splitlines()
     assert lines[0] == ",".join(COLUMNS)
-    assert lines[1] == '3,"a,b",9,1,30.5,507 14,0,1,0,0.5,0.8,0,<s>,2,,0.5'
+    assert lines[1] == '3,"a,b",9,1,30.5,507 14,0,1,0,0.5,0.8,0,<s>,2,,0.5,'  # no suite given: no prompt text
+    assert rows_csv([row], {3: 'say "hi"'}).splitlines()[1].endswith(',0.5,"say ""hi"""')
 
 
 def test_one_channel_order():

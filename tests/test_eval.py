@@ -110,6 +110,37 @@ def test_subset_spreads_over_categories_and_changes_hash():
     assert sub.sha256 != suite.sha256 and sub.sha256 == suite.subset(40).sha256
 
 
+def test_limit_is_stratified_and_says_so(tmp_path):
+    suite = load_suite("builtin")
+    k = len(suite.categories)
+    few = suite.subset(k - 3)  # fewer prompts than categories: one each from evenly spaced categories
+    assert len(few) == k - 3 and len(few.categories) == k - 3
+    assert few.selection() == (
+        f"{k - 3} of {len(suite)} prompts, one from each of {k - 3} of the {k} categories "
+        f"(a limit of {k} or more covers all)"
+    )
+    sub = suite.subset(3 * k)
+    counts = {c: sum(it.category == c for it in sub.items) for c in suite.categories}
+    sizes = {c: sum(it.category == c for it in suite.items) for c in suite.categories}
+    assert sum(counts.values()) == 3 * k and min(counts.values()) >= 1
+    for c in counts:  # in proportion to the category's size, within one prompt (largest remainder)
+        assert abs(counts[c] - 1 - (3 * k - k) * (sizes[c] - 1) / (len(suite) - k)) < 1
+    assert "from all" in sub.selection() and [it.index for it in sub.items] == sorted(it.index for it in sub.items)
+    assert sub.sha256 == suite.subset(3 * k).sha256 and suite.selection() == ""
+    (tmp_path / "a.txt").write_text("".join(f"p{i}\n" for i in range(10)), encoding="utf-8")
+    one = load_suite(tmp_path / "a.txt", 4)  # one category: evenly spaced, as before
+    assert [it.index for it in one.items] == [0, 2, 5, 7] and one.selection("texts") == "4 of 10 texts, evenly spaced"
+
+
+def test_cli_says_what_limit_took(tmp_path, capsys):
+    from sinkhole.cli.main import main
+
+    # refused after the line (no such model), so nothing loads
+    assert main(["eval", "--model", str(tmp_path / "none"), "--limit", "8", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--limit 8: 8 of 429 prompts, one from each of 8 of the 11 categories" in err
+
+
 # --- batching -----------------------------------------------------------------------------------
 
 
@@ -286,6 +317,41 @@ def test_summarize_statistics():
     assert s["top_sink_positions"] == {"0": 0.75, "3": 0.25}
     text = render_summary(s)
     assert "[1, 2] in 67%" in text and f"r(sequence length, sink mass) = {r:+.2f}" in text
+
+
+def test_summary_words_and_one_prompt_rows():
+    from sinkhole.report.eval_page import tables_html
+
+    rows = [_row(0, "a", 10, 0.6, [1, 2]), _row(1, "a", 20, 0.5, [1, 2]), _row(2, "solo", 30, 0.4, [1, 2])]
+    s = summarize(rows, {"settings": {"chat": True}})
+    text, page = render_summary(s), tables_html(s)
+    solo = next(line for line in text.splitlines() if line.strip().startswith("solo"))
+    assert "±" not in solo and "40.0%" in solo  # one prompt: its mean, no spread of 0.00
+    assert "±" in next(line for line in text.splitlines() if line.strip().startswith("a "))
+    assert "(1 distinct set)" in text and "(1 distinct set)" in page and "distinct sets" not in text + page
+    assert "chat template applied" in text and "chat True" not in text
+    one = summarize(rows[2:], {"settings": {"chat": False}})
+    assert "± 0.00" not in render_summary(one) and "± 0.00" not in tables_html(one)
+    assert "on 1 prompt (" in render_summary(one) and "no chat template" in render_summary(one)
+
+
+def test_csv_has_the_prompt_text(tmp_path):
+    from sinkhole.eval.export import rows_csv
+
+    (tmp_path / "s.txt").write_text("first, with a comma\nsecond\nthird\n", encoding="utf-8")
+    suite = load_suite(tmp_path / "s.txt", 2)
+    rows = [_row(it.index, "default", 10, 0.5, [1]) for it in suite.items]
+    run = {"suite": {"source": str(tmp_path / "s.txt"), "sha256": suite.sha256, "count": 2}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    write_outputs(rows, tmp_path, figures=False)  # no suite given: the one run.json names, checked by its hash
+    lines = (tmp_path / "rows.csv").read_text().splitlines()
+    assert (
+        lines[0].endswith(",prompt") and lines[1].endswith(',"first, with a comma"') and lines[2].endswith(",second")
+    )
+    (tmp_path / "s.txt").write_text("edited\nsecond\nthird\n", encoding="utf-8")
+    write_outputs(rows, tmp_path, figures=False)  # the file changed since the run: no texts rather than wrong ones
+    assert (tmp_path / "rows.csv").read_text().splitlines()[1].endswith(",")
+    assert rows_csv(rows[:1], {0: [5, 7]}).splitlines()[1].endswith(",5 7")  # token-id prompts
 
 
 def test_outputs_written(tmp_path):

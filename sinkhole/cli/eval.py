@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
         help="'builtin' (the shipped suite), a .jsonl file "
         '({"prompt", "category"} a line) or a .txt file (one prompt a line)',
     )
-    g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
+    g.add_argument("--limit", type=int, default=None, help="a subset of N prompts, stratified across the categories")
     add_chat_args(g)
     add_analysis_args(p)
     b = p.add_argument_group("run")
@@ -67,6 +67,8 @@ def _run(args, world) -> int:
     from sinkhole.report.eval_text import render_summary
 
     suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))
+    if suite.selection():
+        status(f"--limit {args.limit}: {suite.selection()}")
     settings = EvalSettings(
         threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, chat=args.chat
     )
@@ -95,11 +97,11 @@ def _run(args, world) -> int:
     if not world.is_main:
         return 0
     try:
-        summary = write_outputs(rows, args.out, figures=not args.no_figures)
+        summary = write_outputs(rows, args.out, figures=not args.no_figures, suite=suite)
         if args.csv:
             from sinkhole.eval.export import write_csv
 
-            write_csv(rows, args.csv)
+            write_csv(rows, args.csv, {it.index: it.prompt for it in suite.items})
     except OSError as err:
         raise SinkholeError(
             f"cannot write the summary into {args.out} ({err.strerror or err}); every row is safe in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
 
 HELP = (
     "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     add_model_args(p, sharded=True)
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
-    g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N prompts")
+    g.add_argument("--limit", type=int, default=None, help="a subset of N prompts, stratified across the categories")
     add_chat_args(g)
     add_analysis_args(p)
     s = p.add_argument_group("streaming scores (for the head-aware cache)")
@@ -74,6 +74,8 @@ def _detect(args, world):
     from sinkhole.models.registry import resolve
 
     suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))  # a bad suite fails before the load
+    if suite.selection():
+        status(f"--limit {args.limit}: {suite.selection()}")
     keys = ("dtype", "chat", "threshold", "epsilon", "min_sink_rate", "no_streaming", "stream_sinks")
     keys += ("stream_window", "stream_prompts")
     name = world.all_ok(lambda: resolve(args.model).name)

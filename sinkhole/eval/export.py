@@ -1,7 +1,9 @@
 """rows.csv: one line per prompt (an `EvalRow`, sinkhole.eval.rows), flat, for spreadsheets and pandas.
 
 Lists become space-separated cells (`spike_channels` "507 247 14 100", in the one channel order of
-`sinkhole.analysis.core.order_channels`); the prompt's tokens are left out (results.jsonl has them).
+`sinkhole.analysis.core.order_channels`); the prompt's tokens are left out (results.jsonl has them), its
+text is the last column (`prompt`, from the suite: rows do not hold it; a prompt given as token ids
+is written as space-separated ids; empty where the suite is not known).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ COLUMNS = [
     "n_sink_heads",
     "jaccard",
     "sink_attention_share",
+    "prompt",
 ]
 
 
-def csv_row(r: EvalRow) -> dict:
-    """The CSV cells of a row (read by key, so a dict of the row's keys works too)."""
+def csv_row(r: EvalRow, prompt: str | list[int] = "") -> dict:
+    """The CSV cells of a row (read by key, so a dict of the row's keys works too) and its prompt."""
 
     def join(xs) -> str:
         return " ".join(str(x) for x in xs)
@@ -55,20 +58,22 @@ def csv_row(r: EvalRow) -> dict:
         "n_sink_heads": len(r.get("sink_heads") or []),
         "jaccard": "" if r.get("jaccard") is None else r["jaccard"],
         "sink_attention_share": r["sink_attention_share"],
+        "prompt": prompt if isinstance(prompt, str) else join(prompt),
     }
 
 
-def rows_csv(rows: list[EvalRow]) -> str:
+def rows_csv(rows: list[EvalRow], prompts: dict[int, str | list[int]] | None = None) -> str:
+    """The CSV text of `rows`, by suite index; `prompts`: suite index -> prompt (`SuiteItem.prompt`)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in sorted(rows, key=lambda r: r["index"]):
-        w.writerow(csv_row(r))
+        w.writerow(csv_row(r, (prompts or {}).get(r["index"], "")))
     return buf.getvalue()
 
 
-def write_csv(rows: list[EvalRow], path: str | Path) -> Path:
+def write_csv(rows: list[EvalRow], path: str | Path, prompts: dict[int, str | list[int]] | None = None) -> Path:
     from sinkhole.io import write_output
 
-    write_output(Path(path), rows_csv(rows), "rows CSV")
+    write_output(Path(path), rows_csv(rows, prompts), "rows CSV")
     return Path(path)

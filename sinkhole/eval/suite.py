@@ -34,6 +34,7 @@ class SuiteItem:
 class Suite:
     source: str  # "builtin" or the file path as given
     items: list[SuiteItem]
+    of: tuple[int, int] | None = None  # a subset's source: (items, categories) of the whole suite
 
     @property
     def sha256(self) -> str:
@@ -51,14 +52,51 @@ class Suite:
         return len(self.items)
 
     def subset(self, limit: int | None) -> Suite:
-        """An evenly spaced subset of `limit` items (every category of an ordered suite stays represented)."""
+        """A stratified subset of `limit` items: every category keeps a share in proportion to its size,
+        at least one item each (when `limit` allows: below the number of categories, `limit` categories
+        evenly spaced in order of first appearance get one each), evenly spaced within the category.
+        Deterministic, in suite order; `selection()` says what was taken."""
         n = len(self.items)
         if limit is None or limit >= n:
             return self
         if limit < 1:
             raise SinkholeError(f"--limit must be at least 1 (got {limit})")
-        picks = sorted({int(i * n / limit) for i in range(limit)})
-        return Suite(self.source, [self.items[i] for i in picks])
+        groups: dict[str, list[int]] = {}  # category -> positions of its items, in order of first appearance
+        for i, it in enumerate(self.items):
+            groups.setdefault(it.category, []).append(i)
+        quotas = _quotas([len(g) for g in groups.values()], limit)
+        picks = sorted(g[j * len(g) // q] for g, q in zip(groups.values(), quotas) for j in range(q))
+        return Suite(self.source, [self.items[i] for i in picks], of=(n, len(groups)))
+
+    def selection(self, unit: str = "prompts") -> str:
+        """One line on what a subset holds ('' for a whole suite): how many items of how many, and which
+        categories it covers."""
+        if self.of is None:
+            return ""
+        n, k = self.of
+        line = f"{len(self.items)} of {n} {unit}"
+        covered = len(self.categories)
+        if k == 1:
+            return line + ", evenly spaced"
+        if covered < k:
+            return line + f", one from each of {covered} of the {k} categories (a limit of {k} or more covers all)"
+        return line + f", from all {k} categories in proportion to their size"
+
+
+def _quotas(sizes: list[int], limit: int) -> list[int]:
+    """Items to take from each of the categories of `sizes` (in order), `limit` < sum(sizes) in all."""
+    k = len(sizes)
+    if limit < k:
+        chosen = {i * k // limit for i in range(limit)}
+        return [int(c in chosen) for c in range(k)]
+    # one each, the rest in proportion to what each has left (largest remainder, ties to the earlier one);
+    # rest < sum(spare), so no category is asked for more than it holds
+    rest, spare = limit - k, [s - 1 for s in sizes]
+    exact = [rest * s / sum(spare) for s in spare]
+    q = [int(e) for e in exact]
+    for c in sorted(range(k), key=lambda c: (q[c] - exact[c], c))[: rest - sum(q)]:
+        q[c] += 1
+    return [1 + x for x in q]
 
 
 def _read_jsonl(path: Path, text: str) -> list[SuiteItem]:
@@ -87,7 +125,8 @@ def _read_txt(text: str) -> list[SuiteItem]:
 
 
 def load_suite(spec: str | Path, limit: int | None = None) -> Suite:
-    """The suite named by `spec` ("builtin", a .jsonl or a .txt file), optionally an evenly spaced subset."""
+    """The suite named by `spec` ("builtin", a .jsonl or a .txt file), optionally a stratified subset of
+    `limit` items (`Suite.subset`)."""
     if not isinstance(spec, (str, Path)) or not str(spec).strip():
         raise SinkholeError(f"load_suite needs 'builtin' or a .jsonl / .txt file path, not {spec!r}")
     if limit is not None:

@@ -11,7 +11,15 @@ from sinkhole.eval.aggregate import METRICS
 from sinkhole.report import static
 from sinkhole.report.analyze_text import pct
 from sinkhole.report.eval_figures import FIGURES
-from sinkhole.report.eval_text import CATEGORY_KEYS, fmt_metric, fmt_std, mean_std, top_sink_positions
+from sinkhole.report.eval_text import (
+    CATEGORY_KEYS,
+    chat_label,
+    fmt_metric,
+    mean_std,
+    plural,
+    std_cell,
+    top_sink_positions,
+)
 from sinkhole.report.png import embedded
 
 CAPTIONS = {
@@ -42,7 +50,7 @@ def tables_html(summary: dict) -> str:
                 [
                     esc(label),
                     fmt_metric(k, s["mean"]),
-                    "" if s["std"] is None else "± " + fmt_std(k, s["std"]),
+                    std_cell(k, s),
                     fmt_metric(k, s["min"]),
                     fmt_metric(k, s["max"]),
                     str(s["n"]),
@@ -55,7 +63,7 @@ def tables_html(summary: dict) -> str:
     if ch["prompts_with_spikes"]:
         out.append(
             f"<p><b>Spike channels</b> {esc(str(ch['most_common_set']))} in {pct(ch['same_set_share'], 0)} of the "
-            f"{ch['prompts_with_spikes']} prompts with spikes ({ch['distinct_sets']} distinct sets).</p>"
+            f"{ch['prompts_with_spikes']} prompts with spikes ({plural(ch['distinct_sets'], 'distinct set')}).</p>"
         )
         out.append(
             "<table class='t'>"
@@ -110,7 +118,7 @@ def write_html(summary: dict, table: str, out_dir: str | Path) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole eval: {model}</title>
 <style>{css}</style></head>
 <body><h1>sinkhole eval: {model}</h1>
-<p>{summary["n_prompts"]} prompts from {suite} · chat template {html.escape(str(chat))}</p>
+<p>{plural(summary["n_prompts"], "prompt")} from {suite} · {html.escape(chat_label(chat))}</p>
 {tables_html(summary)}
 <h2>Figures</h2><div class="figs">{"".join(imgs)}</div>
 <details><summary>terminal summary</summary><pre>{html.escape(table)}</pre></details>

@@ -25,12 +25,33 @@ def fmt_std(key: str, x: float) -> str:
     return f"{100 * x:.2f}%" if key in PERCENT else f"{x:.2f}"
 
 
+def std_cell(key: str, s: dict) -> str:
+    """'± std' of a metric's summary `s`, or '' where it says nothing: no value, or one prompt (whose
+    std of 0 is no measure of spread)."""
+    return "" if s["std"] is None or s.get("n", 2) < 2 else "± " + fmt_std(key, s["std"])
+
+
+def plural(n: int, word: str) -> str:
+    """'1 distinct set', '2 distinct sets'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def chat_label(chat) -> str:
+    """The run's chat setting in words (run.json holds True, False, or None: the tokenizer decides)."""
+    return {True: "chat template applied", False: "no chat template"}.get(
+        chat, "chat template if the tokenizer has one"
+    )
+
+
 CATEGORY_KEYS = ("spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens")  # per-category table
 
 
 def mean_std(key: str, s: dict) -> str:
-    """A per-category cell: 'mean ± std', or n/a."""
-    return "n/a" if s["mean"] is None else f"{fmt_metric(key, s['mean'])} ± {fmt_std(key, s['std'])}"
+    """A per-category cell: 'mean ± std', the mean alone for one prompt, or n/a."""
+    if s["mean"] is None:
+        return "n/a"
+    std = std_cell(key, s)
+    return fmt_metric(key, s["mean"]) + (f" {std}" if std else "")
 
 
 def top_sink_positions(summary: dict, n: int) -> list:
@@ -42,7 +63,7 @@ def _table(metrics: dict, indent: str = "") -> list[str]:
     out = [f"{indent}{'metric':<28}{'mean':>9}{'± std':>10}{'min':>9}{'max':>9}"]
     for k, label in METRICS.items():
         s = metrics[k]
-        std = "" if s["std"] is None else "± " + fmt_std(k, s["std"])
+        std = std_cell(k, s)
         out.append(
             f"{indent}{label:<28}{fmt_metric(k, s['mean']):>9}{std:>10}"
             f"{fmt_metric(k, s['min']):>9}{fmt_metric(k, s['max']):>9}"
@@ -56,14 +77,15 @@ def render_summary(summary: dict, per_category: bool = True) -> str:
     run = summary.get("run", {})
     model = run.get("model", {}).get("name", "?")
     suite = run.get("suite", {}).get("source", "?")
-    lines = [f"Eval  {model}  on {summary['n_prompts']} prompts ({suite}, chat {run.get('settings', {}).get('chat')})"]
+    chat = chat_label(run.get("settings", {}).get("chat"))
+    lines = [f"Eval  {model}  on {plural(summary['n_prompts'], 'prompt')} ({suite}, {chat})"]
     lines += _table(summary["metrics"])
     ch = summary["spike_channels"]
     if ch["prompts_with_spikes"]:
         share = ch["same_set_share"]
         lines.append(
             f"spike channels  {ch['most_common_set']} in {share:.0%} of the {ch['prompts_with_spikes']} prompts "
-            f"with spikes ({ch['distinct_sets']} distinct sets)"
+            f"with spikes ({plural(ch['distinct_sets'], 'distinct set')})"
         )
         lines.append(
             "  "
