@@ -11,12 +11,18 @@ many as a KV memory budget allows.
     cache = HeadAwareSinkCache.from_profile(profile, model=model, budget=0.5, length=2048)
     with head_aware_attention(model):
         model.generate(ids, cache=cache, max_new_tokens=200)
+    cache.memory_plan.line()  # what it holds at 2048 tokens: bytes and slots against dense
     cache.kv_bytes()
 
 Design decisions:
 
+- The budget is in bytes (`head_plan.MemoryPlan`): what the cache allocates at `length` tokens,
+  every buffer and the local sinks' bookkeeping included, against a dense cache's keys and values
+  there. Heads cost what their store allocates (`kv_stores` `planned_nbytes`), so a plan that says
+  50% holds 50%, not 50% of the key slots in buffers that doubled past the stream.
 - Storage per layer (`sinkhole.cache.kv_stores`): retrieval heads in one growing buffer that
-  doubles when full (amortised O(1) per token, never a per-step concatenation of the cache);
+  doubles when full (amortised O(1) per token, never a per-step concatenation of the cache) up to
+  the planned length (`length`), then grows to exactly what it holds;
   streaming heads in a preallocated ring of S sinks, M local sinks and W window slots. Local sinks
   are the keys that drew the most attention while in the window (the sinks a model forms again
   once its first token is out of reach; measured on Gemma-3's sliding layers, docs/cache.md).
@@ -50,6 +56,7 @@ from sinkhole.cache.head_plan import (
     DEFAULT_LOCAL_SINKS,
     DEFAULT_RANK_BY,
     DEFAULT_WINDOW,
+    MemoryPlan,
     local_sinks_fit,
     rank_scores,
     select_retrieval_heads,
@@ -242,6 +249,15 @@ def kv_head_count(model: torch.nn.Module) -> int:
     return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
 
 
+def kv_slot_bytes(model: torch.nn.Module) -> tuple[int, torch.dtype]:
+    """Bytes of one key + one value of one KV head, and the dtype they are cached in (the model's:
+    transformers caches the projections as the model computes them)."""
+    config = model.config.get_text_config(decoder=True)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    return 2 * int(head_dim) * dtype.itemsize, dtype
+
+
 class HeadAwareSinkCache(Cache):
     """Per (layer, KV head): sinks + window (streaming) or everything (retrieval).
 
@@ -250,7 +266,8 @@ class HeadAwareSinkCache(Cache):
     of `window`, no sinks). local_sinks: M extra slots per streaming head for the keys that received
     the most attention while in the window (`kv_stores.LocalSinkRing`; 0 = none).
     `HeadAwareSinkCache(retrieval=[[]] * L, ...)` is sinks + window for every head; n_sink=0 makes
-    it window-only.
+    it window-only. length: the tokens the retrieval buffers are sized for (`kv_stores.Grow`; None:
+    they double without limit). `memory_plan`: the `MemoryPlan` of a cache made by `from_profile`.
     """
 
     def __init__(
@@ -261,6 +278,7 @@ class HeadAwareSinkCache(Cache):
         *,
         model: torch.nn.Module,
         local_sinks: int = 0,
+        length: int | None = None,
     ):
         from sinkhole.profiles.streaming import layer_kinds
         from sinkhole.validate import like_option, torch_module
@@ -270,15 +288,16 @@ class HeadAwareSinkCache(Cache):
         n_sink = like_option(n_sink, "n_sink", "stream_sinks")
         window = like_option(window, "window", "window")
         local_sinks = like_option(local_sinks, "local_sinks", "local_sinks")
+        length = like_option(length, "length", "tokens", optional=True)
         kinds, windows = layer_kinds(model)
         self.n_kv_heads = kv_head_count(model)
         self.retrieval = retrieval_lists(retrieval, len(kinds), self.n_kv_heads)
         self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
-        self.kinds, self.sliding = kinds, windows
+        self.kinds, self.sliding, self.length = kinds, windows, length
+        self.memory_plan: MemoryPlan | None = None
         layers = []
         for kind, sw, r in zip(kinds, windows, self.retrieval):
-            stream = streaming_store(kind, sw, n_sink, window, local_sinks)
-            full = Grow() if kind == "global" else Ring(0, sw)
+            stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length)
             layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global"))
         super().__init__(layers=layers)
 
@@ -296,15 +315,18 @@ class HeadAwareSinkCache(Cache):
         random_heads: int | None = None,
         rank_by: str = DEFAULT_RANK_BY,
     ) -> HeadAwareSinkCache:
-        """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV memory.
+        """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV bytes.
 
-        Memory is counted in key slots at `length` tokens (default: the model's trained context):
-        dense holds `length` per global-layer head and min(length, own window) per sliding-layer
-        head; a streaming head holds its sinks, local sinks and window. Heads are upgraded from
-        streaming to retrieval in the order `rank_by` gives (`head_plan.rank_scores`) while the
-        total fits. n_sink defaults to the sinks the scores were measured with (`streaming.n_sink`).
-        random_heads=seed: the control, the same number of retrieval heads per layer kind, picked
-        at random.
+        Memory is counted in bytes allocated at `length` tokens (default: the model's trained
+        context; pass the stream's length): dense holds `length` keys and values per global-layer
+        head and min(length, own window) per sliding-layer head; a streaming head its store (sinks,
+        local sinks and window, with the local sinks' bookkeeping); a retrieval head its buffer,
+        sized to `length`. Heads are upgraded from streaming to retrieval in the order `rank_by`
+        gives (`head_plan.rank_scores`) while the total fits; a budget that sinks + window alone
+        pass is refused (SinkholeError). The cache's `memory_plan` (`head_plan.MemoryPlan`) says
+        what it holds. n_sink defaults to the sinks the scores were measured with
+        (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
+        per layer kind, picked at random.
         """
         from sinkhole.profiles.streaming import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
@@ -333,10 +355,35 @@ class HeadAwareSinkCache(Cache):
                 f"the model has {len(kinds)} x {H}"
             )
         n_sink = int(stream.get("n_sink", profile.pinned_slots)) if n_sink is None else n_sink
+        length_from = "length" if length else "trained context"
         length = length or getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 4096
-        costs = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
-        picked = select_retrieval_heads(scores, kinds, costs, budget, length, random_heads)
-        return cls(picked, n_sink, window, model=model, local_sinks=local_sinks)
+        slot_bytes, dtype = kv_slot_bytes(model)
+        stores = [layer_stores(kind, sw, n_sink, window, local_sinks, length) for kind, sw in zip(kinds, windows)]
+        head_bytes = tuple([s.planned_nbytes(length, slot_bytes) for s in pair] for pair in zip(*stores))
+        stream_slots, dense_slots = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
+        dense_bytes = H * sum(dense_slots) * slot_bytes
+        picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
+        cache = cls(picked, n_sink, window, model=model, local_sinks=local_sinks, length=length)
+        cache.memory_plan = MemoryPlan(
+            length=length,
+            length_from=length_from,
+            budget=budget,
+            kv_bytes=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, *head_bytes)),
+            dense_bytes=dense_bytes,
+            kv_slots=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, stream_slots, dense_slots)),
+            dense_slots=H * sum(dense_slots),
+            slot_bytes=slot_bytes,
+            dtype=str(dtype).replace("torch.", ""),
+            retrieval_heads=sum(map(len, picked)),
+            kv_heads=H * len(kinds),
+            retrieval=picked,
+            n_sink=n_sink,
+            window=window,
+            local_sinks=local_sinks,
+            rank_by=rank_by,
+            random_heads=random_heads,
+        )
+        return cache
 
     def kv_bytes(self) -> int:
         """Bytes allocated for keys and values (ring slots, the retrieval buffers' spare capacity and the
@@ -354,6 +401,7 @@ class HeadAwareSinkCache(Cache):
             retrieval=self.retrieval,
             retrieval_heads=sum(len(r) for r in self.retrieval),
             kv_heads=self.n_kv_heads * len(self.layers),
+            plan=None if self.memory_plan is None else self.memory_plan.to_dict(),
         )
 
 
@@ -375,6 +423,13 @@ def retrieval_lists(retrieval, n_layers: int, n_kv_heads: int) -> list[list[int]
             raise SinkholeError(f"retrieval[{layer}] must be a list of KV heads, not {heads!r:.40}")
         out.append(sorted({integer(h, f"retrieval[{layer}] head", lo=0, hi=n_kv_heads - 1) for h in heads}))
     return out
+
+
+def layer_stores(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int, length: int | None):
+    """One layer's (streaming store, retrieval store): the retrieval heads keep everything (a Grow
+    sized for `length` tokens) on global layers, the layer's own window on sliding ones."""
+    full = Grow(length) if kind == "global" else Ring(0, sliding)
+    return streaming_store(kind, sliding, n_sink, window, local_sinks), full
 
 
 def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):

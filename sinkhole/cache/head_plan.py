@@ -1,6 +1,8 @@
 """Which KV heads a HeadAwareSinkCache keeps whole: ranking from a profile's streaming scores, memory
 in key slots, and the greedy choice under a budget. Pure functions over lists (no model, no tensors).
 
+`MemoryPlan` is what a cache built from a profile will hold, in slots and bytes.
+
 Rankings (`rank_scores`), measured on 2k-token copy streams at 50% KV (docs/cache.md):
     "both"       sqrt(retrieval_score x (1 - copy_score)): heads that reach beyond sinks + window at
                  the copy queries *and* put that attention on the token to copy. Default: the only
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import asdict, dataclass
 
 from sinkhole.errors import SinkholeError
 
@@ -72,15 +75,18 @@ def select_retrieval_heads(
     budget: float,
     length: int,
     random_heads: int | None = None,
+    dense: float | None = None,
 ) -> list[list[int]]:
-    """Per layer, the KV heads to keep whole so that slots <= budget x dense slots.
+    """Per layer, the KV heads to keep whole so that memory <= budget x dense memory.
 
-    costs: `slot_costs(...)`, per layer the slots of a streaming and of a whole head at `length`
-    tokens. Heads are upgraded in order of increasing score while the total fits. random_heads=seed:
-    the control, the same number of whole heads per layer kind, drawn at random."""
+    costs: per layer the memory of a streaming and of a whole KV head at `length` tokens, in any one
+    unit: `slot_costs(...)` (key slots), or bytes (`HeadAwareSinkCache.from_profile`). dense: the
+    dense cache's total in that unit (default: every head whole). Heads are upgraded in order of
+    increasing score while the total fits. random_heads=seed: the control, the same number of whole
+    heads per layer kind, drawn at random."""
     stream, full = costs
     H = len(scores[0])
-    dense = H * sum(full)
+    dense = H * sum(full) if dense is None else dense
     used = H * sum(stream)
     if used > budget * dense + 1e-9:
         raise SinkholeError(
@@ -104,3 +110,62 @@ def select_retrieval_heads(
                 out[l].append(h)
         picked = out
     return [sorted(p) for p in picked]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What `HeadAwareSinkCache.from_profile` will hold, per batch row, after `length` tokens.
+
+    length          the tokens the plan is made for; `length_from`: "length" (given) or "trained
+                    context" (the model's max_position_embeddings, when no length was given)
+    kv_bytes        bytes the cache allocates at `length`: keys and values of every store, the
+                    retrieval buffers sized to `length`, the local sinks' bookkeeping (attention sums
+                    float32, positions int64) included; equals `cache.kv_bytes()` there
+    dense_bytes     a dense cache's keys and values at `length`: `length` slots per global KV head,
+                    min(length, own window) per sliding one, `slot_bytes` each
+    kv_slots        key slots the policy holds at `length` (`cache.used_slots()`); `dense_slots` dense's
+    slot_bytes      one key + one value of one KV head: (head dim k + head dim v) x the dtype's size
+    retrieval       per layer, the KV heads kept whole
+    The budget holds at `length` tokens and beyond (past it the retrieval buffers grow to exactly what
+    they hold); a shorter stream holds more than budget x its own dense bytes (the rings are
+    allocated whole), so plan for the stream's length."""
+
+    length: int
+    length_from: str
+    budget: float
+    kv_bytes: int
+    dense_bytes: int
+    kv_slots: int
+    dense_slots: int
+    slot_bytes: int
+    dtype: str
+    retrieval_heads: int
+    kv_heads: int
+    retrieval: list[list[int]]
+    n_sink: int
+    window: int
+    local_sinks: int
+    rank_by: str
+    random_heads: int | None = None
+
+    @property
+    def bytes_share(self) -> float:
+        return self.kv_bytes / self.dense_bytes
+
+    @property
+    def slots_share(self) -> float:
+        return self.kv_slots / self.dense_slots
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bytes_share": round(self.bytes_share, 4), "slots_share": round(self.slots_share, 4)}
+
+    def line(self) -> str:
+        """One line for a terminal: what the cache holds against the budget."""
+        heads = "random" if self.random_heads is not None else self.rank_by
+        return (
+            f"head-aware plan at {self.length} tokens ({self.length_from}): {self.retrieval_heads}/{self.kv_heads} "
+            f"KV heads whole ({heads}), the rest {self.n_sink} sinks + {self.local_sinks} local + {self.window}; "
+            f"{self.kv_bytes / 2**20:.2f} MiB = {self.bytes_share:.1%} of dense's {self.dense_bytes / 2**20:.2f} MiB "
+            f"(budget {self.budget:.0%}), {self.kv_slots} of {self.dense_slots} key slots ({self.slots_share:.1%}) "
+            f"per batch row"
+        )

@@ -10,9 +10,13 @@ Every store has the same small protocol:
         read each KV head; the attention function must call it (stores that choose what to keep by
         the attention their keys receive need it).
     nbytes() -> bytes allocated;  used_slots(n) -> key slots the policy holds after n tokens
+    planned_nbytes(n, slot_bytes) -> bytes one KV head (one batch row) allocates after n tokens, a
+        key + value slot costing slot_bytes: what `HeadAwareSinkCache.from_profile` plans with, equal
+        to `nbytes()` per head at n (n >= `limit` for a Grow; tests/test_kv_budget.py)
     map_batch(fn), reset()
 
-- `Grow`: every position, in a buffer that doubles when full (no per-step concatenation).
+- `Grow`: every position, in a buffer that doubles when full (no per-step concatenation), never
+  past `limit` slots (the planned length); past it, exactly the positions held.
 - `Ring`: S sinks (the first S positions, written once) + a ring of the last W positions.
 - `LocalSinkRing`: a Ring plus M "local sink" slots. When a key leaves the window it competes
   for a local-sink slot with the attention it received while it was in the window (summed over the
@@ -37,6 +41,7 @@ class _Store:
     the slots it holds at most (None: unbounded)."""
 
     BUFFERS: tuple[str, ...] = ("k", "v")
+    SLOT_EXTRA_BYTES = 0  # bookkeeping per slot besides its key and value
     cap: int | None = None
 
     def __init__(self):
@@ -44,6 +49,13 @@ class _Store:
 
     def nbytes(self) -> int:
         return 0 if self.k is None else sum(getattr(self, b).nbytes for b in self.BUFFERS)
+
+    def allocated_slots(self, n: int) -> int:
+        """Slots allocated per KV head after n tokens (a bounded store allocates its `cap` at once)."""
+        return 0 if n <= 0 else self.cap
+
+    def planned_nbytes(self, n: int, slot_bytes: int) -> int:
+        return self.allocated_slots(n) * (slot_bytes + self.SLOT_EXTRA_BYTES)
 
     def used_slots(self, n: int) -> int:
         return n if self.cap is None else min(n, self.cap)
@@ -59,14 +71,42 @@ class _Store:
 
 
 class Grow(_Store):
-    """Every position: a buffer that doubles when full (amortised O(1) per token)."""
+    """Every position: a buffer that doubles when full (amortised O(1) per token).
+
+    limit: the length the cache was planned for (None: none). Doubling stops at `limit` slots, so at
+    `limit` tokens the buffer holds exactly `limit` (a plain doubling buffer holds up to twice what
+    it needs: 2,048 slots for 1,030 tokens). Past `limit` it grows to exactly what it holds, one
+    copy per forward as DynamicCache's concatenation, so the bytes a plan promised at `limit` x
+    budget stay within budget x dense at every longer length too (dense grows as fast)."""
 
     MIN_CAPACITY = 256
+
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        self.limit = limit
+
+    def grown(self, need: int, current: int) -> int:
+        """The capacity to allocate when `need` slots do not fit in `current`."""
+        doubled = max(self.MIN_CAPACITY, need, 2 * current)
+        if self.limit is None:
+            return doubled
+        return min(self.limit, doubled) if need <= self.limit else need
+
+    def allocated_slots(self, n: int) -> int:
+        """After n tokens fed one at a time (at n >= limit: exactly n, however they were chunked)."""
+        if n <= 0:
+            return 0
+        if self.limit is not None and n >= self.limit:
+            return n
+        cap = self.grown(1, 0)
+        while cap < n:
+            cap = self.grown(cap + 1, cap)
+        return cap
 
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
         B, H, q, D = k.shape
         if self.k is None or n + q > self.k.shape[2]:
-            cap = max(self.MIN_CAPACITY, n + q, 2 * (0 if self.k is None else self.k.shape[2]))
+            cap = self.grown(n + q, 0 if self.k is None else self.k.shape[2])
             nk, nv = k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, v.shape[-1])
             if self.k is not None:
                 nk[:, :, :n], nv[:, :, :n] = self.k[:, :, :n], self.v[:, :, :n]
@@ -134,6 +174,7 @@ class LocalSinkRing(_Store):
     `pos` (B, H, cap) the position held, -1 = empty."""
 
     BUFFERS = ("k", "v", "acc", "pos")
+    SLOT_EXTRA_BYTES = 4 + 8  # acc float32, pos int64
 
     def __init__(self, n_sink: int, local: int, window: int, sliding: int | None = None):
         super().__init__()
