@@ -58,6 +58,9 @@ def test_compare_two_reports(tmp_path, capsys):
     assert c["heads"]["same_shape"] and len(c["heads"]["diff"]) == da["model"]["n_layers"]
     page = (tmp_path / "c.html").read_text()
     assert "fig-diff" in page and "<script src=" not in page
+    # one table with a difference column; the details below it do not print the table again
+    assert "<th>B − A</th>" in page and "<tr><th>tokens</th><td>7</td><td>8</td><td>+1</td></tr>" in page
+    assert page.count("KV: attention on sink slots") == 1 and "Tokens  7 -&gt; 8" not in page
 
 
 def test_compare_refuses_mixed_and_foreign_files(tmp_path, capsys):

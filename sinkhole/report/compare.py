@@ -258,49 +258,83 @@ def render_compare(c: dict) -> str:
 # ---------- HTML ----------
 
 
-def side_by_side(c: dict) -> list[tuple[str, str, str]]:
-    """(label, A, B) rows of the main numbers, formatted as the terminal formats them."""
-    rows = [("file", *c["files"]), ("model", *c["models"])]
+def _diff(a, b, kind: str) -> str:
+    """B - A in the row's unit ('+1.2x', '-3.4%', '+2'), or '' where the values are not two numbers."""
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    if not numbers:
+        return ""
+    d = b - a
+    return ("+" if d >= 0 else "-") + _num(abs(d), kind)
+
+
+def side_by_side(c: dict) -> list[tuple[str, str, str, str]]:
+    """(label, A, B, B - A) rows of the main numbers, formatted as the terminal formats them (the
+    difference is '' where the row is not a number)."""
+    rows = [("file", *c["files"], ""), ("model", *c["models"], "")]
     if c["kind"] == "eval":
         from sinkhole.eval.aggregate import METRICS, PERCENT
 
-        rows.append(("prompts", *c["n_prompts"]))
-        for k, (a, b) in c["metrics"].items():
-            kind = "%" if k in PERCENT else "x" if k == "spike_score" else "2"
-            rows.append((METRICS.get(k, k), _num(a, kind), _num(b, kind)))
-        rows.append(("spike channels (most common set)", c["channels"]["a"] or "none", c["channels"]["b"] or "none"))
-        rows.append(("Pearson r(length, sink mass)", *(_num(x, "2") for x in c["length_vs_sink_mass_r"])))
+        raw = [("prompts", *c["n_prompts"], "")]
+        raw += [
+            (METRICS.get(k, k), a, b, "%" if k in PERCENT else "x" if k == "spike_score" else "2")
+            for k, (a, b) in c["metrics"].items()
+        ]
+        raw.append(("Pearson r(length, sink mass)", *c["length_vs_sink_mass_r"], "2"))
+        rows += [(label, _num(a, kind), _num(b, kind), _diff(a, b, kind)) for label, a, b, kind in raw]
+        rows.insert(
+            -1, ("spike channels (most common set)", c["channels"]["a"] or "none", c["channels"]["b"] or "none", "")
+        )
         return rows
     sp, sk, h = c["spikes"], c["sinks"], c["heads"]
+    top = [
+        f"#{t['position']} {t['text']!r}: mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}" for t in sk["top"]
+    ]
+    ch = c["channels"]
+    heads = [f"{n} of {t}" if n is not None else "n/a" for n, t in zip(h["n_sink_heads"], h["n_heads"])]
     rows += [
-        ("tokens", *c["n_tokens"]),
-        ("spike tokens", *sp["n"]),
-        ("top spike score", *(_num(x, "x") for x in sp["top_score"])),
-        ("sink tokens", *sk["n"]),
-        (
-            "top sink",
-            *(
-                f"#{t['position']} {t['text']!r}: mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}"
-                for t in sk["top"]
-            ),
-        ),
-        ("spike channels", c["channels"]["a"] or "none", c["channels"]["b"] or "none"),
-        ("sink heads", *(f"{n} of {t}" if n is not None else "n/a" for n, t in zip(h["n_sink_heads"], h["n_heads"]))),
-        ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"])),
-        ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"])),
+        ("tokens", *c["n_tokens"], _diff(*c["n_tokens"], "")),
+        ("spike tokens", *sp["n"], _diff(*sp["n"], "")),
+        ("top spike score", *(_num(x, "x") for x in sp["top_score"]), _diff(*sp["top_score"], "x")),
+        ("sink tokens", *sk["n"], _diff(*sk["n"], "")),
+        ("top sink", *top, _diff(sk["top"][0]["attn_mass"], sk["top"][1]["attn_mass"], "%") + " mass"),
+        ("spike channels", ch["a"] or "none", ch["b"] or "none", f"only A {ch['only_a']}, only B {ch['only_b']}"),
+        ("sink heads", *heads, _diff(*h["n_sink_heads"], "")),
+        ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"]), _diff(*c["jaccard"], "2")),
+        ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"]), _diff(*c["kv"], "%")),
     ]
     return rows
+
+
+def details(c: dict) -> list[str]:
+    """What the side-by-side table leaves out, in the terminal's words: matched spike and sink tokens and
+    the heads that changed most (reports); the per-category means (eval runs)."""
+    if c["kind"] == "eval":
+        from sinkhole.eval.aggregate import METRICS, PERCENT
+
+        out = []
+        for cat, v in c["per_category"].items():
+            out.append(cat)
+            out += [_pair(METRICS.get(k, k), ab, "%" if k in PERCENT else "x") for k, ab in v.items()]
+        return out
+    out = _tokens(c["spikes"], "spike", lambda t: f"score {t['score']:.1f}x, channels {t['channels']}")
+    out += _tokens(c["sinks"], "sink", lambda t: f"mass {pct(t['attn_mass'])}, rate {pct(t['sink_rate'], 0)}")
+    out += [
+        f"  L{x['layer']} H{x['head']}  alpha on top sink {x['a']:.3f} -> {x['b']:.3f}"
+        for x in (c["heads"].get("largest_changes") or [])[:TOP_HEADS]
+    ]
+    return [line.strip() for line in out]
 
 
 def compare_html(c: dict) -> str:
     """One offline page: the terminal comparison as tables, plus the heads' change as a heatmap."""
     esc = html.escape
     table = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>" for k, a, b in side_by_side(c)
+        f"<tr><th>{esc(k)}</th><td>{esc(str(a))}</td><td>{esc(str(b))}</td><td>{esc(d)}</td></tr>"
+        for k, a, b, d in side_by_side(c)
     )
-    rows = (
-        f"<table class='t'><tr><th></th><th>A</th><th>B</th></tr>{table}</table>"
-        f"<h2>Details</h2><pre>{esc(render_compare(c))}</pre>"
+    more = details(c)  # what the table leaves out, not the terminal summary again
+    rows = f"<table class='t'><tr><th></th><th>A</th><th>B</th><th>B − A</th></tr>{table}</table>" + (
+        f"<h2>Details</h2><pre>{esc(chr(10).join(more))}</pre>" if more else ""
     )
     fig = ""
     script = ""
