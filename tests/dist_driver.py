@@ -3,7 +3,8 @@
 Environment (all optional):
     SINKHOLE_TEST_RANK_ARGS  JSON {"<rank>": [extra CLI arguments]}: what one rank gets differently
     SINKHOLE_TEST_PIDS       a directory: this rank writes its pid to rank-<RANK> there (to kill it)
-    SINKHOLE_TEST_DELAY      seconds of sleep before each probe batch (so a test can kill a run part way)
+    SINKHOLE_TEST_DELAY      seconds of sleep before each probe batch and each mask batch (so a test can
+                             kill a run part way)
 """
 
 import json
@@ -27,6 +28,16 @@ if delay:
         return run_batch(self, *args, **kw)
 
     ModelProbe.run_batch = slow
+
+    import sinkhole.mask.core as mask_core  # before sinkhole.mask.store imports mask_batch from it
+
+    mask_batch = mask_core.mask_batch
+
+    def slow_mask(*args, **kw):
+        time.sleep(delay)
+        return mask_batch(*args, **kw)
+
+    mask_core.mask_batch = slow_mask
 
 from sinkhole.cli.main import main  # noqa: E402
 

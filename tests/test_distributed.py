@@ -425,6 +425,84 @@ def test_lab_resumes_runs_any_rank_finished(tmp_path):
     assert strip(again) == strip(full) and not (part / "shards").exists()
 
 
+# --- sinkhole mask ------------------------------------------------------------------------------------
+
+# Low rules so that the tiny random model has spike and sink tokens; 3 texts a batch (14 batches).
+MASK_ARGS = ["--threshold", "1.2", "--epsilon", "0.1", "--min-sink-rate", "0.3", "--max-batch", "3"]
+
+
+@pytest.fixture(scope="module")
+def mask_job(job):
+    """The one-process mask of the job's 40 texts (one spike and one sink at least)."""
+    from sinkhole.cli.main import main
+    from sinkhole.mask.store import load_mask
+
+    base = ["mask", "--model", str(job["model"]), "--texts", str(job["root"] / "prompts.txt"), *MASK_ARGS]
+    ref = job["root"] / "mask-one.npz"
+    assert main([*base, "--out", str(ref)]) == 0
+    f = load_mask(ref)
+    assert len(f) == 40 and f.arrays["spike"].any() and f.arrays["sink"].any()
+    return {"base": base, "ref": ref}
+
+
+def test_mask_under_two_ranks_writes_what_one_process_writes(mask_job, tmp_path):
+    from sinkhole.mask.store import parts_dir
+
+    out = tmp_path / "two.npz"
+    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--out", str(out)]))
+    assert code == 0, stderr[-3000:]
+    assert out.read_bytes() == mask_job["ref"].read_bytes() and not parts_dir(out).exists()
+    assert stderr.count("loading ") == 1 and stderr.count(f"wrote {out}: 40 texts") == 1  # rank 0 speaks
+
+
+def _wait_for_parts(parts: Path, n: int, proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(parts.glob("batch-*.npz"))) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no parts appeared")
+
+
+def test_mask_killed_with_2_ranks_resumes_with_3_and_with_1(mask_job, tmp_path):
+    from sinkhole.cli.main import main
+    from sinkhole.mask.store import parts_dir
+
+    out, pids = tmp_path / "m.npz", tmp_path / "pids"
+    pids.mkdir()
+    env = {"SINKHOLE_TEST_DELAY": "0.5", "SINKHOLE_TEST_PIDS": str(pids)}
+    proc = torchrun(2, [*mask_job["base"], "--out", str(out)], env, driver=True)
+    _wait_for_parts(parts_dir(out), 3, proc)
+    os.kill(int((pids / "rank-1").read_text()), signal.SIGKILL)
+    code, _, stderr = finish(proc, timeout=120)
+    assert code != 0 and "sinkhole: rank 0 of 2 stopped by the launcher" in stderr, stderr[-3000:]
+    assert not out.exists()
+    done = len(list(parts_dir(out).glob("batch-*.npz")))
+    assert 3 <= done < 14
+    # a second kill part way through the 3-rank resume, then one process finishes
+    env = {"SINKHOLE_TEST_DELAY": "0.5"}
+    proc = torchrun(3, [*mask_job["base"], "--out", str(out)], env, driver=True, start_new_session=True)
+    _wait_for_parts(parts_dir(out), done + 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # every process of the job
+    finish(proc, timeout=60)
+    assert not out.exists()
+    assert main([*mask_job["base"], "--out", str(out)]) == 0
+    assert out.read_bytes() == mask_job["ref"].read_bytes() and not parts_dir(out).exists()
+
+
+def test_mask_rank_that_disagrees_stops_before_the_model_loads(mask_job, tmp_path):
+    from sinkhole.mask.store import parts_dir
+
+    out = tmp_path / "m.npz"
+    env = {"SINKHOLE_TEST_RANK_ARGS": json.dumps({"1": ["--max-batch", "4"]})}
+    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--out", str(out)], env, driver=True))
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("sinkhole: error:")]
+    assert code != 0 and len(errors) == 1, stderr[-3000:]
+    assert "rank 1 of 2 disagrees with rank 0 on the settings (batching" in errors[0]
+    assert "loading " not in stderr and not parts_dir(out).exists() and not out.exists() and stdout == ""
+
+
 @pytest.mark.integration
 def test_two_ranks_equal_one_process_smollm2(tmp_path):
     from sinkhole.cli.main import main

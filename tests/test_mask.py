@@ -159,6 +159,7 @@ def test_mask_file_resumes_and_refuses_other_settings(tmp_path):
     started, ran = [], []
     resumed = run_mask(probe, s, out, settings, max_batch=2, progress=ran.append, initial=started.append)
     assert started == [4] and sum(ran) == 3
+    assert out.read_bytes() == (tmp_path / "whole.npz").read_bytes()  # same batches, same bytes
     f = load_mask(out)
     assert len(f) == len(s) and f.header["settings"]["threshold"] == LOW["threshold"]
     for i, it in enumerate(s.items):
@@ -193,18 +194,20 @@ def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys, monkeypa
     # interrupted after its first batch, the same command resumes
     import sinkhole.mask.store as store
 
-    real = store.iter_masks
+    real = store.mask_batch
+    calls = []
 
     def one_batch_then_ctrl_c(*a, **k):
-        it = real(*a, **k)
-        yield next(it)
-        raise KeyboardInterrupt
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
 
     again = tmp_path / "again.npz"
     argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(again), "--max-batch", "1"]
-    monkeypatch.setattr(store, "iter_masks", one_batch_then_ctrl_c)
+    monkeypatch.setattr(store, "mask_batch", one_batch_then_ctrl_c)
     code, _, err = run_cli(capsys, *argv)
-    monkeypatch.setattr(store, "iter_masks", real)
+    monkeypatch.setattr(store, "mask_batch", real)
     assert code == 130 and "interrupted" in err and not again.exists()
     code, _, err = run_cli(capsys, *argv)
     assert code == 0 and "resuming: 1 of 2 texts" in err
@@ -233,3 +236,58 @@ def test_smollm2_default_candidates_find_every_sink(smollm2, monkeypatch):
         assert m.sink.any() and m.spike.any() and not m.measured.all()
         rate = np.array(rep.sinks.per_token_sink_rate)
         np.testing.assert_allclose(m.sink_rate[m.measured], rate[m.measured], atol=1e-5)
+
+
+def test_a_batch_cut_short_is_redone_whole(tmp_path):
+    """Texts missing from a batch (a part that holds some of its texts only) are computed in the batch
+    of an uninterrupted run again, so the file is the same to the last byte, not only within rounding."""
+    from sinkhole.mask.store import npz_bytes, pack
+
+    probe = ModelProbe(wrap(tiny_llama()))
+    s, settings = suite(9, seed=5), MaskSettings(**LOW)
+    whole = run_mask(probe, s, tmp_path / "whole.npz", settings, max_batch=3)
+    from sinkhole.eval.runner import plan_batches
+
+    assert [8, 7, 6] in plan_batches([len(it.prompt) for it in s.items], 4096, 3)
+    parts = parts_dir(tmp_path / "m.npz")
+    parts.mkdir()
+    (parts / "run.json").write_text(json.dumps(whole.header))
+    keep = [8, 6, 1]  # 8 and 6 share their batch with 7
+    (parts / "batch-000001.npz").write_bytes(npz_bytes(indices=np.array(keep), **pack([whole[i] for i in keep])))
+    ran = []
+    run_mask(probe, s, tmp_path / "m.npz", settings, max_batch=3, progress=ran.append)
+    assert sum(ran) == 6 and (tmp_path / "m.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+
+
+def test_cli_mask_refuses_before_loading(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """An empty texts file, or a run in OUT.parts with other settings: one line, and no model loaded."""
+    import sinkhole.cli.common as common
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("the one of you\nit is in the a of to\n")
+    out = tmp_path / "m.npz"
+    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out), *("--threshold", "1.2")]
+
+    def stop(*a, **k):  # a run that leaves its parts behind, as a kill would
+        raise KeyboardInterrupt
+
+    import sinkhole.mask.store as store
+
+    monkeypatch.setattr(store, "mask_batch", stop)
+    assert run_cli(capsys, *argv)[0] == 130 and (parts_dir(out) / "run.json").is_file()
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(common, "load_probe", no_load)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    for bad, message in [
+        (["--texts", str(empty)], "holds no prompts"),
+        (["--threshold", "2"], "other settings (settings.threshold 1.2 -> 2.0)"),
+        (["--layer", "-1"], "layer"),
+    ]:
+        code, _, err = run_cli(capsys, *argv, *bad)
+        lines = [ln for ln in err.splitlines() if ln.startswith("sinkhole: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (bad, err)
+        assert "loading" not in err

@@ -11,10 +11,13 @@ HELP = "per-token spike / sink mask of many texts, for SAE training and circuit 
 EPILOG = """examples:
   sinkhole mask --model smollm2-135m --texts corpus.txt --out mask.npz
   sinkhole mask --texts docs.jsonl --out mask.npz --layer 15 --threshold 10
+  torchrun --standalone --nproc-per-node 4 -m sinkhole mask --device cuda --texts corpus.txt --out mask.npz
 
 --texts: a .txt file (one text a line) or .jsonl ({"prompt": "..."} a line). Texts are tokenized as
 they are (no chat template unless --chat). Re-running the same command resumes where it stopped
-(MASK.npz.parts/ holds the finished batches); other settings are refused. Read the result with
+(MASK.npz.parts/ holds the finished batches), with any number of ranks; other settings are refused.
+Under torchrun / accelerate launch each rank takes a balanced share of the batches and rank 0 writes
+MASK.npz, the same bytes as one process (docs/interp.md). Read the result with
 sinkhole.mask.store.load_mask(path): per text, token_ids, spike, sink, norm_ratio, sink_rate,
 attn_mass, measured (definitions: sinkhole.mask.core).
 """
@@ -24,10 +27,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "mask", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_model_args(p)
+    add_model_args(p, sharded=True)
     g = p.add_argument_group("texts")
     g.add_argument("--texts", required=True, help="a .txt (one text a line) or .jsonl file")
-    g.add_argument("--limit", type=int, default=None, help="an evenly spaced subset of N texts")
+    g.add_argument("--limit", type=int, default=None, help="a subset of N texts (stratified by category in a .jsonl)")
     g.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to each text")
     add_analysis_args(p)
     m = p.add_argument_group("mask")
@@ -42,47 +45,62 @@ def add_parser(sub) -> None:
     m.add_argument("--out", type=Path, required=True, help="the mask file (.npz)")
     m.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     m.add_argument("--max-batch", type=int, default=None, help="texts per forward, default 32")
-    p.set_defaults(run=run, announce_load=True)
+    # no early "loading ..." line (announce_load): the texts and an existing run are checked first
+    p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from sinkhole.distributed import session
+
+    with session(args.device, args.gpus_per_rank) as world:
+        return _run(args, world)
+
+
+def _run(args, world) -> int:
+    import shutil
+    from contextlib import ExitStack
+
     from sinkhole.cli.common import load_probe
     from sinkhole.errors import SinkholeError
     from sinkhole.eval.suite import load_suite
     from sinkhole.mask.core import DEFAULT_CANDIDATES, MaskSettings
-    from sinkhole.mask.store import run_mask
-    from sinkhole.progress import progress
+    from sinkhole.mask.store import LOCK, check_existing, early_manifest, out_lock, parts_dir
 
-    if str(args.out).endswith(("/", ".parts")) or Path(args.out).is_dir():
-        raise SinkholeError(f"--out {args.out} must be a file path (MASK.npz), not a directory")
-    if args.all_tokens and args.candidates is not None:
-        raise SinkholeError("--all-tokens and --candidates exclude each other")
-    suite = load_suite(args.texts, args.limit)
-    candidates = None if args.all_tokens else (DEFAULT_CANDIDATES if args.candidates is None else args.candidates)
-    settings = MaskSettings(args.layer, args.threshold, args.epsilon, args.min_sink_rate, candidates, bool(args.chat))
-    probe = load_probe(args)
-    settings = settings.checked(probe.info.n_layers)  # a bad --layer is refused before any forward
-    bar = progress(total=len(suite), desc="mask", unit="text")
+    def inputs():
+        if str(args.out).endswith(("/", ".parts")) or Path(args.out).is_dir():
+            raise SinkholeError(f"--out {args.out} must be a file path (MASK.npz), not a directory")
+        if args.all_tokens and args.candidates is not None:
+            raise SinkholeError("--all-tokens and --candidates exclude each other")
+        cands = None if args.all_tokens else (DEFAULT_CANDIDATES if args.candidates is None else args.candidates)
+        s = MaskSettings(args.layer, args.threshold, args.epsilon, args.min_sink_rate, cands, bool(args.chat))
+        # every check but --layer's upper bound, and the texts (an empty file too), before the model loads
+        return load_suite(args.texts, args.limit), s.checked(None)
+
+    suite, settings = world.all_ok(inputs)
+    batching = [args.batch_tokens or 4096, args.max_batch or 32]
+    # What decides the numbers and is known before the model loads: every rank must agree, and a
+    # run with other settings in OUT.parts is refused now rather than after the load.
+    early = world.all_ok(lambda: early_manifest(suite, settings, args.model, args.device, args.dtype))
+    world.agree({**early, "batching": batching}, "settings")
+    parts = parts_dir(args.out)
+    created = world.is_main and not parts.exists()
     try:
-
-        def initial(n: int) -> None:
-            if n:
-                status(f"resuming: {n} of {len(suite)} texts already in {args.out}.parts")
-                bar.n = bar.last_print_n = bar.initial = n
-                bar.refresh()
-
-        result = run_mask(
-            probe,
-            suite,
-            args.out,
-            settings,
-            max_batch_tokens=args.batch_tokens or 4096,
-            max_batch=args.max_batch or 32,
-            progress=bar.update,
-            initial=initial,
-        )
-    finally:
-        bar.close()
+        with ExitStack() as stack:
+            # taken before the model loads: a second writer is refused at once (rank 0 holds it for all)
+            world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
+            world.all_ok(lambda: check_existing(args.out, early), main_only=True)
+            rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
+            probe = world.all_ok(lambda: load_probe(rank_args))
+            # a bad --layer is refused before any forward
+            settings = world.all_ok(lambda: settings.checked(probe.info.n_layers))
+            result = _mask(args, world, probe, suite, settings, batching)
+    except BaseException:
+        # a run that stopped before writing anything leaves no parts directory behind
+        if created and parts.is_dir() and {p.name for p in parts.iterdir()} <= {LOCK}:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
+    if not world.is_main:
+        return 0
     a = result.arrays
     n = len(a["token_ids"])
     status(
@@ -90,3 +108,31 @@ def run(args) -> int:
         f"{int(a['sink'].sum())} sink, {int((a['spike'] | a['sink']).sum())} masked"
     )
     return 0
+
+
+def _mask(args, world, probe, suite, settings, batching):
+    from sinkhole.mask.store import run_mask
+    from sinkhole.progress import progress
+
+    bar = progress(total=len(suite), desc="mask", unit="text")  # rank 0's counts all ranks' texts
+    try:
+
+        def initial(n: int) -> None:
+            if n:
+                status(f"resuming: {n} of {len(suite)} texts already in {args.out}.parts")
+                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
+                bar.refresh()
+
+        return run_mask(
+            probe,
+            suite,
+            args.out,
+            settings,
+            max_batch_tokens=batching[0],
+            max_batch=batching[1],
+            progress=bar.update,
+            initial=initial,
+            world=world,
+        )
+    finally:
+        bar.close()

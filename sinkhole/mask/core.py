@@ -56,11 +56,14 @@ class MaskSettings:
     candidates: int | None = DEFAULT_CANDIDATES  # None: every token is a candidate key
     chat: bool = False  # corpus text, as SAEs are trained on: no chat template by default
 
-    def checked(self, n_layers: int) -> MaskSettings:
+    def checked(self, n_layers: int | None) -> MaskSettings:
+        """Validated (one-line errors); n_layers None: before the model is loaded, every check but
+        the layer's upper bound."""
         from sinkhole.validate import analysis_params, integer
 
         t, e, r = analysis_params(self.threshold, self.epsilon, self.min_sink_rate)
-        layer = None if self.layer is None else integer(self.layer, "layer", lo=0, hi=n_layers - 1, example=15)
+        hi = None if n_layers is None else n_layers - 1
+        layer = None if self.layer is None else integer(self.layer, "layer", lo=0, hi=hi, example=15)
         cands = None if self.candidates is None else integer(self.candidates, "candidates", lo=0, example=16)
         return MaskSettings(layer, t, e, r, cands, bool(self.chat))
 
@@ -228,13 +231,19 @@ def iter_masks(
     from sinkhole.eval.runner import plan_batches
 
     settings = settings.checked(probe.info.n_layers)
+    encoded = encode_texts(probe, prompts, settings)
+    for batch in plan_batches([len(ids) for ids in encoded], max_batch_tokens, max_batch):
+        yield list(zip(batch, mask_batch(probe, [encoded[i] for i in batch], settings)))
+
+
+def encode_texts(probe, prompts: Sequence[str | Sequence[int]], settings: MaskSettings) -> list[list[int]]:
+    """Token ids of each text (ids pass through), each checked against the model's context."""
     encoded = [probe.encode(p, settings.chat)[0] for p in prompts]
     limit = probe.info.max_context
     for i, ids in enumerate(encoded):
         if limit and len(ids) > limit:
             raise SinkholeError(f"text {i} is {len(ids)} tokens, longer than {probe.info.name}'s context of {limit}")
-    for batch in plan_batches([len(ids) for ids in encoded], max_batch_tokens, max_batch):
-        yield list(zip(batch, mask_batch(probe, [encoded[i] for i in batch], settings)))
+    return encoded
 
 
 def token_mask(
