@@ -77,6 +77,8 @@ def _run(args, world) -> int:
         return load_suite(args.texts, args.limit), s.checked(None)
 
     suite, settings = world.all_ok(inputs)
+    if suite.selection():
+        status(f"--limit {args.limit}: {suite.selection('texts')}")
     batching = [args.batch_tokens or 4096, args.max_batch or 32]
     # What decides the numbers and is known before the model loads: every rank must agree, and a
     # run with other settings in OUT.parts is refused now rather than after the load.
