@@ -319,6 +319,19 @@ def test_bitsandbytes_config_loads(planted, tmp_path):
     assert cfg.llm_int8_skip_modules == h["config"]["llm_int8_skip_modules"]
 
 
+def test_hints_summary_is_short_and_names_the_file(planted, tmp_path):
+    from sinkhole.report.quant_text import render_hints_summary
+
+    lm, stats = planted
+    h = get_quantization_hints(stats, "bitsandbytes", family=lm.family)
+    paths = write_hints(h, tmp_path / "bnb.json")
+    text = render_hints_summary(h, paths)
+    assert text.splitlines()[0].endswith(str(tmp_path / "bnb.json")) and "llm_int8_threshold" in text
+    assert "{" not in text and len(text.splitlines()) < 15  # a summary, not the JSON (the file holds the config)
+    skip = h["config"]["llm_int8_skip_modules"]
+    assert f"llm_int8_skip_modules  {len(skip)}: {skip[0]}" in text
+
+
 def _torchao_dict_schema_ok(d: dict) -> bool:
     # TorchAoConfig.to_dict() layout (transformers 5): quant_type = {"default": torchao config_to_dict(...)}
     qt = d["quant_type"]

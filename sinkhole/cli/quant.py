@@ -152,12 +152,13 @@ def run(args) -> int:
         hints = get_quantization_hints(source, args.backend, family=lm.family, tokenizer=lm.tokenizer, alpha=alpha)
         hints["basis"].update(alpha_basis)
         if args.out:
+            from sinkhole.report.quant_text import render_hints_summary
+
             try:
-                for path in write_hints(hints, args.out):
-                    status(f"wrote {path}")
+                written = write_hints(hints, args.out)
+                print(render_hints_summary(hints, written))  # a summary and the path, not the JSON again
             except SinkholeError as err:
                 failures.append(str(err))
-            print(json.dumps({k: v for k, v in hints.items() if k != "config"}, indent=1, default=str))
         else:
             print(json.dumps(hints, indent=1))
     if args.validate:

@@ -43,3 +43,29 @@ def render_validation(result: dict) -> str:
             f"{r['scheme']:<14} {r['perplexity']:>10.3f} {r['delta_vs_float']:>+9.3f} {beats:>11}  {r['detail']}"
         )
     return "\n".join(lines)
+
+
+def render_hints_summary(hints: dict, paths: list) -> str:
+    """A few lines for `quant --backend B --out FILE` (the config itself is in the file): what was written,
+    the config's settings (lists counted, with their first entries), the notes and the basis's rules.
+    The whole hints, basis included, are what `quant --backend B` without --out prints as JSON."""
+
+    def short(v) -> str:
+        if isinstance(v, (list, tuple)):  # a list of records by its first field (e.g. a channel id)
+            head = ", ".join(str(next(iter(x.values()), "") if isinstance(x, dict) else x) for x in v[:3])
+            return f"{len(v)}: {head}" + (", ..." if len(v) > 3 else "")
+        if isinstance(v, dict):
+            return f"{len(v)} " + ("entry" if len(v) == 1 else "entries")
+        text = str(v)
+        return text if len(text) <= 90 else text[:87] + "..."
+
+    model = (hints.get("model") or {}).get("name", "?")
+    basis = hints.get("basis", {})
+    lines = [f"{hints['backend']} config for {model} (from {basis.get('source', '?')}): {', '.join(map(str, paths))}"]
+    config = hints.get("config")
+    if isinstance(config, dict):
+        lines += [f"  {k}  {short(v)}" for k, v in config.items()]
+    lines += [f"  note: {n}" for n in hints.get("notes", [])]
+    lines += [f"  basis {k}: {short(v)}" for k, v in basis.items() if k != "source"]
+    lines.append("  (the whole hints as JSON, basis included: the same command without --out)")
+    return "\n".join(lines)
