@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_llama
+
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench.tasks import PPL_TOKENS, SEED_BASE, TASKS, Encoder, grid_depths, make_samples, occurrences
 

@@ -109,7 +109,9 @@ class SnapKVLayer(BatchOpsMixin, CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self._armed:  # the last forward asked to compress and nobody scored it
-            raise SinkholeError("SnapKVCache needs its attention function: run the model inside `with snapkv_attention(model):`")
+            raise SinkholeError(
+                "SnapKVCache needs its attention function: run the model inside `with snapkv_attention(model):`"
+            )
         n, q = self.cumulative_length, key_states.shape[-2]
         self.cumulative_length += q
         if self.compressed:
