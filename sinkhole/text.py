@@ -12,6 +12,17 @@ from pathlib import Path
 from sinkhole.errors import SinkholeError
 
 SOURCE = "pydoc_data.topics (sorted keys, joined)"
+# The halves' roles, the same everywhere: calibration (quantization's calibration text, the profiles'
+# streaming scores) reads half 0; evaluation (held-out perplexity, `stream --recall`, kv-bench) half 1.
+CALIBRATION_HALF, HELD_OUT_HALF = 0, 1
+
+
+def pydoc_source(half: int | None = None) -> str:
+    """What `pydoc_text(half)` is, in words, for results to record."""
+    if half is None:
+        return SOURCE
+    which = "first" if half == 0 else "second"
+    return f"pydoc_data.topics, {which} half of the sorted keys (sinkhole.text.pydoc_text(half={half}))"
 
 
 def pydoc_text(half: int | None = None) -> str:

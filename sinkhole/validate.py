@@ -260,6 +260,7 @@ NUMBERS = {
     "budget": dict(lo=0, hi=1, lo_open=True, example=0.5),
     "window": dict(lo=1, integer=True, example=256),
     "seeds": dict(lo=1, hi=1000, integer=True, example=2),
+    "random_seeds": dict(lo=1, hi=1000, integer=True, example=3),
     "steps": dict(lo=1, hi=MAX_STEPS, integer=True, example=800),
     "seed": dict(lo=0, integer=True, example=0),
     "checkpoints": dict(lo=1, hi=1000, integer=True, example=10),

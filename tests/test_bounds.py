@@ -46,7 +46,7 @@ def test_streaming_prompts_are_built_when_read(monkeypatch):
     import sinkhole.experiments.streaming as st
 
     built = []
-    monkeypatch.setattr(st, "copy_prompt", lambda tok, n, span, n_spans, seed: built.append(seed) or seed)
+    monkeypatch.setattr(st, "copy_prompt", lambda tok, n, span, n_spans, seed, text: built.append(seed) or seed)
     prompts = st.streaming_prompts(object(), count=10**6, n_tokens=1024, seed=5)
     assert len(prompts) == 10**6 and built == []  # nothing built up front
     assert prompts[3] == 8 and built == [8]

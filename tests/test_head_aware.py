@@ -276,12 +276,20 @@ def test_recall_evaluation_on_a_tiny_model():
     assert all(r.kv_share <= 0.5 for name, r in rows.items() if name != "dense")
     assert rows["head_aware"].detail["retrieval_heads"] >= 1
     assert rows["random"].detail["retrieval_heads"] == rows["head_aware"].detail["retrieval_heads"]
+    assert all(r.bytes_share <= 0.5 for name, r in rows.items() if name != "dense")  # the budget is in bytes
+    assert rows["head_aware"].kv_bytes == rows["head_aware"].detail["plan"]["kv_bytes"]
+    seeds = rows["random"].detail["seeds"]  # the control: 3 draws by default, each one's numbers kept
+    assert [s["seed"] for s in seeds] == [0, 1, 2] and len({str(s["retrieval"]) for s in seeds}) > 1
+    assert rows["random"].recall == round(sum(s["recall"] for s in seeds) / 3, 4)
+    assert rows["random"].detail["recall_range"] == [min(s["recall"] for s in seeds), max(s["recall"] for s in seeds)]
+    assert res.settings["text"].startswith("pydoc_data.topics, second half")  # calibration reads the first
     full = evaluate_recall(lm, p, n_tokens=240, budget=1.0, window=8, span=8, n_spans=2, seeds=(0,), chunk=16)
     by = {r.method: r for r in full.rows}
     assert (
         by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
     )
-    assert "head-aware (profile)" in render_recall(res.to_dict())
+    text = render_recall(res.to_dict())
+    assert "head-aware (profile)" in text and "head-aware (random heads): 3 seeds (0, 1, 2): recall mean" in text
 
 
 def test_recall_refuses_a_plan_that_cannot_fit_before_any_forward():
@@ -314,3 +322,23 @@ def test_band_share_target_mass_matches_eager():
     ref = torch.zeros(1, 4, 30)
     ref[0, :, 20:25] = p[0, :, torch.arange(20, 25), torch.tensor([3, 4, 5, 6, 7])]
     torch.testing.assert_close(hit, ref.reshape(1, 2, 2, 30).mean(2)[:, :, 8:])
+
+
+def test_streaming_scores_are_calibrated_on_text_the_evaluations_never_read(monkeypatch):
+    """Profiles' streaming scores: copy prompts from the first half of the pydoc topics, seeds 0..count-1,
+    recorded in the section; `stream --recall` (above) and kv-bench read the second half."""
+    import sinkhole.experiments.streaming as st
+    from sinkhole.text import pydoc_text
+
+    lm, _ = tiny_recall_setup()
+    texts = []
+    real = st.copy_prompt
+    monkeypatch.setattr(st, "copy_prompt", lambda *a, text, **kw: texts.append(text) or real(*a, text=text, **kw))
+    section = st.streaming_section(lm, n_sink=2, window=64, count=2, n_tokens=600)
+    from pydoc_data.topics import topics
+
+    calib, keys = pydoc_text(half=0), sorted(topics)
+    assert texts and all(t == calib for t in texts)
+    assert calib == "\n\n".join(topics[k] for k in keys[: len(keys) // 2])  # no topic of the second half
+    assert section["prompts"]["text"].startswith("pydoc_data.topics, first half")
+    assert section["prompts"]["seeds"] == [0, 1]

@@ -2,15 +2,20 @@
 
 The stream (`sinkhole.profiles.streaming.copy_prompt`): Python documentation text with `n_spans`
 spans of random tokens, each repeated `distance` tokens later (default: as far as the stream
-allows, beyond every window compared here). A model with full attention predicts most tokens of
+allows, beyond every window compared here). The text is the held-out half of the documentation
+(`sinkhole.text.HELD_OUT_HALF`): the profiles' streaming scores, which rank the heads, are
+calibrated on the other half. A model with full attention predicts most tokens of
 a second occurrence (an induction copy); a cache that evicted the first occurrence cannot.
 
     recall       teacher-forced top-1 accuracy on the second occurrences' tokens 2..span (the first
                  token of a span cannot be inferred)
     recall_first the same on the first occurrences: the chance level, random tokens being unguessable
     ppl_text     perplexity on every other token (the text around the spans)
-    kv_share     key slots held after the whole stream / dense's (the policy's memory; `kv_bytes` is
-                 what the cache allocated, buffers' spare capacity included)
+    kv_share     key slots held after the whole stream / dense's (the policy's memory)
+    kv_bytes     bytes the cache allocated at the end of the stream (`cache.kv_bytes()`, buffers'
+                 spare capacity and bookkeeping included; dense: DynamicCache's tensors)
+    bytes_share  kv_bytes / dense_bytes, dense_bytes a dense cache's keys and values at the stream's
+                 length (`head_plan.MemoryPlan.dense_bytes`): the share `budget` bounds
 
 Methods, all at about `budget` x dense's KV memory except dense:
     dense       DynamicCache, full attention
@@ -18,7 +23,9 @@ Methods, all at about `budget` x dense's KV memory except dense:
     sinks       the first n_sink tokens + the most recent C - n_sink, every head (StreamingLLM's policy)
     head_aware  HeadAwareSinkCache.from_profile: the heads its ranking puts first keep everything,
                 the others n_sink + `local_sinks` + `window`
-    random      the same number of full heads per layer kind, picked at random (the control)
+    random      the same number of full heads per layer kind, picked at random (the control), once
+                per random seed: the row holds the means over the seeds, `detail["seeds"]` every
+                seed's own numbers and `detail["recall_range"]` / `detail["ppl_range"]` their extremes
 
 Every method runs the same chunked forwards (chunks of `chunk` tokens; the head-aware masks make a
 chunk exact), so their seconds compare like with like. Window and sinks use HeadAwareSinkCache with
@@ -59,6 +66,7 @@ class RecallRow:
     kv_slots: int
     kv_share: float
     kv_bytes: int
+    bytes_share: float
     seconds: float
     detail: dict = field(default_factory=dict)
 
@@ -73,6 +81,7 @@ class RecallResult:
     window: int
     n_sink: int
     uniform_cache: int
+    dense_bytes: int
     spans: list[list[list[int]]]
     rows: list[RecallRow]
     settings: dict = field(default_factory=dict)
@@ -136,20 +145,23 @@ def evaluate_recall(
     n_spans: int = 4,
     seeds: tuple[int, ...] = (0,),
     chunk: int = 64,
-    random_seed: int = 0,
+    random_seeds: tuple[int, ...] = (0, 1, 2),
     methods: tuple[str, ...] | None = None,
     rank_by: str = DEFAULT_RANK_BY,
     local_sinks: int = DEFAULT_LOCAL_SINKS,
     progress=None,
+    log=None,
 ) -> RecallResult:
-    """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams."""
+    """Every method on `len(seeds)` copy streams of n_tokens; recall and ppl pooled over the streams.
+    The random-heads control runs once per seed of `random_seeds`. log: called with each head-aware
+    plan's one-line summary (`MemoryPlan.line`) before any forward."""
 
     from transformers import DynamicCache
 
-    from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count
+    from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count, kv_slot_bytes
     from sinkhole.cache.head_plan import slot_costs
-    from sinkhole.cache.sink_cache import cache_nbytes
     from sinkhole.profiles.streaming import copy_prompt, layer_kinds
+    from sinkhole.text import HELD_OUT_HALF, pydoc_source, pydoc_text
 
     model = lm.model
     if lm.max_context and n_tokens > lm.max_context:
@@ -162,17 +174,23 @@ def evaluate_recall(
         n_sink = int((getattr(profile, "streaming", None) or {}).get("n_sink", 4))
     _, full = slot_costs(kinds, windows, 0, 1, n_tokens)
     dense_slots = H * sum(full)
+    dense_bytes = dense_slots * kv_slot_bytes(model)[0]
+    if not random_seeds and (methods is None or "random" in methods):
+        raise SinkholeError("the random-heads control needs at least one seed")
     C = uniform_size(kinds, windows, H, budget, n_tokens)
     if C <= n_sink + 1:
         raise SinkholeError(f"budget {budget:.0%} leaves {C} keys per head: too few for {n_sink} sinks + a window")
     none = [[] for _ in kinds]
     plan = dict(window=window, budget=budget, length=n_tokens, n_sink=n_sink, rank_by=rank_by, local_sinks=local_sinks)
     makers = {
-        "dense": lambda: DynamicCache(config=model.config),
-        "window": lambda: HeadAwareSinkCache(none, 0, C, model=model),
-        "sinks": lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model),
-        "head_aware": lambda: HeadAwareSinkCache.from_profile(profile, model=model, **plan),
-        "random": lambda: HeadAwareSinkCache.from_profile(profile, model=model, random_heads=random_seed, **plan),
+        "dense": [lambda: DynamicCache(config=model.config)],
+        "window": [lambda: HeadAwareSinkCache(none, 0, C, model=model, length=n_tokens)],
+        "sinks": [lambda: HeadAwareSinkCache(none, n_sink, C - n_sink, model=model, length=n_tokens)],
+        "head_aware": [lambda: HeadAwareSinkCache.from_profile(profile, model=model, **plan)],
+        "random": [
+            lambda seed=seed: HeadAwareSinkCache.from_profile(profile, model=model, random_heads=seed, **plan)
+            for seed in random_seeds
+        ],
     }
     if methods is not None:
         unknown = sorted(set(methods) - set(makers))
@@ -180,43 +198,19 @@ def evaluate_recall(
             raise SinkholeError(f"unknown recall methods {unknown} (known: {', '.join(makers)})")
         makers = {k: v for k, v in makers.items() if k in methods}
     for name in ("head_aware", "random"):  # a plan that cannot fit fails here, before any forward
-        if name in makers:
-            makers[name]()
-    streams = [copy_prompt(lm.tokenizer, n_tokens, span=span, n_spans=n_spans, seed=s) for s in seeds]
-    rows = []
-    for name, make in makers.items():
-        hits2, hits1, nll_text, secs, slots, nbytes, detail = [], [], [], 0.0, 0, 0, {}
-        for cp in streams:
+        for make in makers.get(name, ())[:1]:
             cache = make()
-            t0 = time.perf_counter()
-            pred, nll = run_cache(model, cp.ids.to(lm.device), cache, chunk)
-            secs += time.perf_counter() - t0
-            r2, r1, text = _scores(pred, nll, cp.ids, cp.spans)
-            hits2.append(r2), hits1.append(r1)
-            nll_text += [float(nll[j - 1]) for j in text]
-            if isinstance(cache, HeadAwareSinkCache):
-                slots, nbytes = cache.used_slots(), cache.kv_bytes()
-                detail = dict(
-                    retrieval_heads=sum(map(len, cache.retrieval)), kv_heads=H * len(kinds), retrieval=cache.retrieval
-                )
-            else:
-                slots, nbytes = dense_slots, cache_nbytes(cache)
-            if progress:
-                progress(1)
-        rows.append(
-            RecallRow(
-                name,
-                LABELS[name],
-                round(sum(hits2) / len(hits2), 4),
-                round(sum(hits1) / len(hits1), 4),
-                round(perplexity_from_nll(sum(nll_text), len(nll_text)), 4),
-                slots,
-                round(slots / dense_slots, 4),
-                nbytes,
-                round(secs, 2),
-                detail,
-            )
-        )
+            if log and name == "head_aware":
+                log(cache.memory_plan.line())
+    if log and "random" in makers:
+        log(f"random-heads control: seeds {', '.join(map(str, random_seeds))}, the same heads per layer kind")
+    text_half = pydoc_text(half=HELD_OUT_HALF)
+    streams = [copy_prompt(lm.tokenizer, n_tokens, span=span, n_spans=n_spans, seed=s, text=text_half) for s in seeds]
+    rows = []
+    for name, makes in makers.items():
+        runs = [_run_method(model, lm.device, streams, make, chunk, progress) for make in makes]
+        seeds_of = random_seeds if name == "random" else None
+        rows.append(_row(name, runs, seeds_of, dense_slots, dense_bytes))
     return RecallResult(
         model=lm.name,
         n_tokens=n_tokens,
@@ -224,6 +218,7 @@ def evaluate_recall(
         window=window,
         n_sink=n_sink,
         uniform_cache=C,
+        dense_bytes=dense_bytes,
         spans=[[list(s) for s in cp.spans] for cp in streams],
         rows=rows,
         settings=dict(
@@ -233,8 +228,79 @@ def evaluate_recall(
             chunk=chunk,
             rank_by=rank_by,
             local_sinks=local_sinks,
-            random_seed=random_seed,
+            random_seeds=list(random_seeds),
+            text=pydoc_source(HELD_OUT_HALF),
             dtype=str(lm.dtype).replace("torch.", ""),
             device=str(lm.device),
         ),
+    )
+
+
+def _run_method(model, device, streams, make, chunk: int, progress) -> dict:
+    """One cache policy over every stream (a fresh cache each): recall and ppl pooled over the streams,
+    the last stream's memory (slots, bytes; every stream has the same length), seconds summed."""
+    from sinkhole.cache.head_aware import HeadAwareSinkCache
+    from sinkhole.cache.sink_cache import cache_nbytes
+
+    hits2, hits1, nll_text, secs = [], [], [], 0.0
+    out: dict = dict(detail={})
+    for cp in streams:
+        cache = make()
+        t0 = time.perf_counter()
+        pred, nll = run_cache(model, cp.ids.to(device), cache, chunk)
+        secs += time.perf_counter() - t0
+        r2, r1, text = _scores(pred, nll, cp.ids, cp.spans)
+        hits2.append(r2), hits1.append(r1)
+        nll_text += [float(nll[j - 1]) for j in text]
+        if isinstance(cache, HeadAwareSinkCache):
+            out.update(slots=cache.used_slots(), nbytes=cache.kv_bytes())
+            out["detail"] = dict(
+                retrieval_heads=sum(map(len, cache.retrieval)),
+                kv_heads=cache.n_kv_heads * len(cache.layers),
+                retrieval=cache.retrieval,
+            )
+            if cache.memory_plan is not None:
+                out["detail"]["plan"] = cache.memory_plan.to_dict()
+        else:
+            out.update(nbytes=cache_nbytes(cache))
+        if progress:
+            progress(1)
+    out.update(
+        recall=sum(hits2) / len(hits2),
+        recall_first=sum(hits1) / len(hits1),
+        ppl_text=perplexity_from_nll(sum(nll_text), len(nll_text)),
+        seconds=round(secs, 2),
+    )
+    return out
+
+
+def _row(name: str, runs: list[dict], seeds, dense_slots: int, dense_bytes: int) -> RecallRow:
+    """One method's row from its runs (`_run_method`): one run, or one per random seed (`seeds`), whose
+    means the row holds and whose own numbers and extremes go in `detail`."""
+    for r in runs:
+        r.setdefault("slots", dense_slots)  # dense holds every slot
+    mean = {k: sum(r[k] for r in runs) / len(runs) for k in ("recall", "recall_first", "ppl_text", "slots", "nbytes")}
+    detail = dict(runs[0]["detail"])
+    if seeds is not None:
+        keys = ("recall", "recall_first", "ppl_text", "nbytes", "slots", "seconds")
+        detail.pop("retrieval", None)  # per seed:
+        detail["seeds"] = [
+            dict(seed=seed, **{k: round(r[k], 4) for k in keys}, retrieval=r["detail"]["retrieval"])
+            for seed, r in zip(seeds, runs)
+        ]
+        for key, out in (("recall", "recall_range"), ("ppl_text", "ppl_range")):
+            detail[out] = [round(min(r[key] for r in runs), 4), round(max(r[key] for r in runs), 4)]
+    slots, nbytes = round(mean["slots"]), round(mean["nbytes"])
+    return RecallRow(
+        name,
+        LABELS[name],
+        round(mean["recall"], 4),
+        round(mean["recall_first"], 4),
+        round(mean["ppl_text"], 4),
+        slots,
+        round(slots / dense_slots, 4),
+        nbytes,
+        round(nbytes / dense_bytes, 4),
+        round(sum(r["seconds"] for r in runs), 2),
+        detail,
     )

@@ -21,7 +21,7 @@ positions a sink profile pins), and sliding window with recomputation (the refer
 
 --recall runs the retrieval test instead: copy recall of random-token spans repeated beyond the window,
 for dense, window only, sinks + window, the head-aware cache (profile's streaming scores) and the same
-with random heads, all at --budget x dense KV memory (see docs/cache.md).
+with random heads (--random-seeds draws), all at --budget x dense KV bytes (see docs/cache.md).
 """
 
 
@@ -59,6 +59,12 @@ def add_parser(sub) -> None:
         help=f"window of the head-aware cache's streaming heads, default {DEFAULT_WINDOW}",
     )
     r.add_argument("--seeds", type=int, default=2, help="copy streams (4 spans of 32 tokens each), default 2")
+    r.add_argument(
+        "--random-seeds",
+        type=int,
+        default=3,
+        help="draws of the random-heads control (mean and range are printed), default 3",
+    )
     r.add_argument(
         "--local-sinks",
         type=int,
@@ -135,7 +141,8 @@ def run_recall(args) -> int:
     )
     prof = load_profile(args.profile or lm.name)
     prof.check_model(lm.weights_id, lm.name)
-    with progress(total=len(LABELS) * args.seeds, desc="recall", unit="run") as bar:
+    runs = (len(LABELS) - 1 + args.random_seeds) * args.seeds  # every method once per stream, random once per seed
+    with progress(total=runs, desc="recall", unit="run") as bar:
         result = evaluate_recall(
             lm,
             prof,
@@ -145,7 +152,9 @@ def run_recall(args) -> int:
             seeds=tuple(range(args.seeds)),
             rank_by=args.rank_by,
             local_sinks=args.local_sinks,
+            random_seeds=tuple(range(args.random_seeds)),
             progress=bar.update,
+            log=status,
         )
     d = result.to_dict()
     failures = write_all([(args.json, lambda: write_json(d, args.json, "recall results"))])

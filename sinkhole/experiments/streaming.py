@@ -124,11 +124,18 @@ DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
 class StreamingPrompts(Sequence):
     """The profile's long-range prompt set: `count` copy prompts with different spans and text, each
     built when it is read (one tokenization of the text each), so a large count costs nothing
-    before the first forward. `lengths`: every prompt's token count, known without building it."""
+    before the first forward. `lengths`: every prompt's token count, known without building it.
+
+    Calibration apart from evaluation: the prompts are built from the calibration half of Python's
+    documentation (`sinkhole.text.CALIBRATION_HALF`) with seeds `seed`..`seed + count - 1` (0-7 by
+    default); `stream --recall` and kv-bench evaluate on the other half (docs/cache.md)."""
 
     def __init__(self, tokenizer, count: int, n_tokens: int, span: int = 32, seed: int = 0):
+        from sinkhole.text import CALIBRATION_HALF, pydoc_source, pydoc_text
+
         self.tokenizer, self.count, self.n_tokens, self.span, self.seed = tokenizer, count, n_tokens, span, seed
         self.lengths = [n_tokens] * count  # copy_prompt returns exactly n_tokens
+        self.text, self.source = pydoc_text(half=CALIBRATION_HALF), pydoc_source(CALIBRATION_HALF)
 
     def __len__(self) -> int:
         return self.count
@@ -136,7 +143,9 @@ class StreamingPrompts(Sequence):
     def __getitem__(self, i: int) -> CopyPrompt:
         if not 0 <= i < self.count:
             raise IndexError(i)
-        return copy_prompt(self.tokenizer, self.n_tokens, span=self.span, n_spans=4, seed=self.seed + i)
+        return copy_prompt(
+            self.tokenizer, self.n_tokens, span=self.span, n_spans=4, seed=self.seed + i, text=self.text
+        )
 
 
 def streaming_prompts(
@@ -161,6 +170,8 @@ def streaming_section(
     out = measure_streaming_scores(lm, prompts, n_sink, window, progress, world)
     out["prompts"] = {
         "source": "pydoc text + repeated random spans (sinkhole.profiles.streaming.copy_prompt)",
+        "text": prompts.source,
+        "seeds": [prompts.seed, prompts.seed + count - 1],
         "count": count,
         "n_tokens": n_tokens,
         "spans": [list(s) for s in prompts[0].spans],
