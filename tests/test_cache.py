@@ -280,8 +280,26 @@ def test_evaluate_stream_on_tiny_model(tmp_path):
     assert {r["method"] for r in d["summary"]} == set(m)
     table = render_table(d)
     assert "sinks + window" in table and "recomputed" in table
+    # the reference, scored at the 10 samples alone, has a number in the @sample column only, and the
+    # table says that column is where every method is scored at the same positions
+    rec = next(line for line in table.splitlines() if line.startswith("sliding window, recomputed"))
+    assert rec.split()[-2:] == ["10", f"{d['summary'][-1]['ppl_sample']:.2f}"]
+    assert "every method at the same 10 sample positions" in table
     plot_stream(d, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stream_progress_counts_whole_steps():
+    from sinkhole.cache.stream_eval import evaluate_stream, progress_total
+
+    lm = wrap(tiny_llama(num_hidden_layers=1, **BIG))
+    ids = torch.randint(1, 99, (1, 40), generator=torch.Generator().manual_seed(5))
+    steps = []
+    evaluate_stream(
+        lm, ids, cache_size=8, n_sink=2, profile_positions=[0, 1, 5], recompute_samples=10, progress=steps.append
+    )
+    assert all(isinstance(k, int) and k > 0 for k in steps)  # "1205/1205 step", never "1205.0/1205.0"
+    assert sum(steps) == progress_total(40, 8, 3, 10, 40)  # the bar ends at its total
 
 
 def test_evaluate_stream_rejects_too_many_sinks():

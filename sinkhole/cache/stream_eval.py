@@ -202,8 +202,11 @@ def evaluate_stream(
 ) -> StreamResult:
     """Run every method on the token ids (1, N) and collect per-position nll.
 
-    progress(k): k more units of work done; phase(label): the method about to run (for the bar)."""
+    progress(k): k more decode steps done, k whole (batched tokens count as fractions of a step,
+    carried until they make one); phase(label): the method about to run (for the bar)."""
     from sinkhole.cache.sink_cache import SinkCache
+
+    progress = whole_steps(progress) if progress else None
 
     model = lm.model
     n = ids.shape[1]
@@ -278,5 +281,22 @@ def evaluate_stream(
 
 
 def progress_total(n: int, cache_size: int, n_streams: int, n_samples: int, dense_upto: int) -> int:
-    """Work units `evaluate_stream` reports: decode steps, plus batched tokens at their relative cost."""
-    return n_streams * (n - 1) + (dense_upto + n_samples * cache_size) * BATCHED_TOKEN_COST
+    """Work units `evaluate_stream` reports: decode steps, plus batched tokens at their relative cost
+    (whole steps: what `whole_steps` passes on in all)."""
+    return n_streams * (n - 1) + int((dense_upto + n_samples * cache_size) * BATCHED_TOKEN_COST)
+
+
+def whole_steps(progress):
+    """progress(k) for fractional k -> progress(whole steps): the fraction is carried to the next call,
+    so a bar counts whole steps ("1205/1205", not "1205.0/1205.0")."""
+    carry = 0.0
+
+    def update(k: float) -> None:
+        nonlocal carry
+        carry += k
+        whole = int(carry)
+        if whole:
+            carry -= whole
+            progress(whole)
+
+    return update
