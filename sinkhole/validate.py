@@ -290,6 +290,7 @@ OUTPUTS = {
     "eval": {"out": "--out", "csv": "--csv"},
     "profile": {"out": "--out"},
     "stream": {"json": "--json", "plot": "--plot"},
+    "kv-bench": {"json": "--json", "output": "--output"},
     "quant": {"out": "--out", "stats_json": "--stats-json", "json": "--json"},
     "compare": {"output": "--output", "json": "--json"},
     "lab": {"out": "--out"},

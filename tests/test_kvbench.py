@@ -160,3 +160,101 @@ def test_snapkv_refuses_a_chunk_across_the_prompt_end_and_missing_attention():
     with pytest.raises(SinkholeError, match="snapkv_attention"), torch.inference_mode():
         model(ids[:, :30], cache=cache, use_cache=True)
         model(ids[:, 30:], cache=cache, use_cache=True)
+
+
+# -- end to end on a tiny model ------------------------------------------------------------------
+
+
+def save_byte_model(d):
+    """A tiny Llama with a byte-level tokenizer (any text encodes) and a profile with streaming scores."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(sorted(alphabet))}}
+    tk = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.save_pretrained(d)
+    model = tiny_llama(vocab_size=len(vocab), max_position_embeddings=1024)
+    model.save_pretrained(d)
+    H, L = model.config.num_key_value_heads, model.config.num_hidden_layers
+    profile = {
+        "schema": "sinkhole.profile/1",
+        "model": {"name": str(d), "weights_id": ""},
+        "sink_rule": {"positions": [0], "token_texts": [], "description": "test"},
+        "sink_tokens": [],
+        "spike_channels": [],
+        "step_up_layers": [],
+        "step_down_layers": [],
+        "sink_heads": [],
+        "pinned_slots": 1,
+        "prompts": {"source": "test", "count": 1},
+        "streaming": {
+            "n_sink": 2,
+            "window": 32,
+            "scores": [[0.2 + 0.3 * h + 0.1 * l for h in range(H)] for l in range(L)],
+        },
+    }
+    (d / "profile.json").write_text(json.dumps(profile))
+    return d
+
+
+def test_kv_bench_end_to_end_and_resume(tmp_path, capsys):
+    import json
+
+    from sinkhole.cli.main import main
+
+    d = save_byte_model(tmp_path / "tinybyte")
+    out, page = tmp_path / "kv.json", tmp_path / "kv.html"
+    argv = ["kv-bench", "--model", str(d), "--profile", str(d / "profile.json"), "--threads", "1"]
+    argv += ["--tasks", "passkey,niah,copy,ppl", "--lengths", "512,600", "--depths", "2", "--seeds", "1"]
+    argv += ["--window", "48", "--local-sinks", "8", "--chunk", "128", "--snap-window", "16", "--random-seeds", "3"]
+    # interrupted after 5 cells: they are kept beside --json, and the run resumes from them
+    from sinkhole.kvbench import run as runmod
+
+    real = runmod.make_cell
+    calls = []
+
+    def stop_after_five(*a, **kw):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(a[:3])
+        return real(*a, **kw)
+
+    runmod.make_cell = stop_after_five
+    try:
+        assert main([*argv, "--json", str(out)]) == 130
+    finally:
+        runmod.make_cell = real
+    side = tmp_path / "kv.json.cells.jsonl"
+    assert len(side.read_text().splitlines()) == 1 + 5 and not out.exists()
+    capsys.readouterr()
+    assert main([*argv, "--json", str(out), "--output", str(page)]) == 0
+    text = capsys.readouterr().out
+    assert "512 tokens" in text and "snapkv" in text and "head_aware" in text
+    d = json.loads(out.read_text())
+    assert not side.exists()
+    methods = ["dense", "window", "sinks", "head_aware", "random:0", "random:1", "random:2", "snapkv"]
+    assert d["schema"] == "sinkhole.kvbench/1" and d["settings"]["methods"] == methods
+    assert len(d["cells"]) == 4 * 2 * 8
+    first = [c for c in d["cells"] if (c["task"], c["length"], c["method"]) in {tuple(k) for k in calls}]
+    assert len(first) == 5  # the interrupted run's cells were kept, not recomputed
+    for c in d["cells"]:
+        assert c["kv_bytes"] > 0 and c["peak_rss"] > 0 and c["seconds"] >= 0
+        if c["method"] != "dense":  # every method within budget of dense's bytes at the same tokens
+            assert c["kv_share"] <= 0.5 + 1e-9, c
+        else:
+            assert c["kv_share"] == pytest.approx(1.0)
+        if c["task"] == "niah":
+            assert sorted(s["depth"] for s in c["samples"]) == [0, 1]
+    assert set(d["summary"]["methods"]) >= {"dense", "head_aware", "random", "snapkv"}
+    html = page.read_text()
+    assert html.count("<img") == 2 and "kv-bench" in html
+    # the same settings again: nothing to run; other settings: refused with one line
+    assert main([*argv, "--json", str(out)]) == 0
+    assert main([*argv[:-2], "--random-seeds", "3", "--budget", "0.4", "--json", str(out)]) == 2
+    assert "other settings (plan)" in capsys.readouterr().err

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "mask",
     "profile",
     "stream",
+    "kv-bench",
     "quant",
     "lab",
     "models",

@@ -5,3 +5,7 @@ multi-key and variable tracking, copy, perplexity), `sinkhole.kvbench.snapkv` is
 baseline (SnapKV), `sinkhole.kvbench.methods` builds every cache at one byte budget and
 `sinkhole.kvbench.run` runs them cell by cell, resumably (`sinkhole kv-bench`).
 """
+
+# SnapKV's defaults (kvpress's SnapKVPress: kernel 5; a 32-query window fits a short question), here so
+# that the CLI reads them without importing torch.
+SNAP_WINDOW, SNAP_KERNEL = 32, 5

@@ -39,10 +39,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindo
 
 from sinkhole.cache.sink_cache import BatchOpsMixin, cache_nbytes
 from sinkhole.errors import SinkholeError
+from sinkhole.kvbench import SNAP_KERNEL as DEFAULT_KERNEL
+from sinkhole.kvbench import SNAP_WINDOW as DEFAULT_WINDOW
 
 ATTN_NAME = "sinkhole_snapkv"
 PLAN_KEY = "sinkhole_snapkv_observe"
-DEFAULT_WINDOW, DEFAULT_KERNEL = 32, 5
 
 
 def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
