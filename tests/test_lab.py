@@ -19,8 +19,8 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.lab.data import BOS, DataConfig, IdTokenizer, TokenStream
 from sinkhole.lab.model import TinyConfig, build_model, variant_weights
-from sinkhole.lab.run import LabResult, LabSettings, run_lab
-from sinkhole.lab.train import TrainConfig, checkpoint_steps
+from sinkhole.lab.run import PROBE_BATCH_INDEX, VARIANTS, LabResult, LabSettings, run_lab, variant_configs
+from sinkhole.lab.train import TrainConfig, checkpoint_steps, position_loss
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,7 @@ def test_stream_is_reproducible_and_backcopies():
 
 
 def test_checkpoint_steps_are_log_spaced():
-    assert checkpoint_steps(0, 10) == [0] and checkpoint_steps(5, 1) == [0, 5]
+    assert checkpoint_steps(0, 10) == [0] and checkpoint_steps(5, 1) == [0, 5] and checkpoint_steps(40, 2) == [0, 40]
     steps = checkpoint_steps(800, 10)
     assert steps[0] == 0 and steps[-1] == 800 and steps == sorted(set(steps)) and len(steps) == 10
     ratios = [b / a for a, b in zip(steps[1:], steps[2:])]
@@ -80,6 +80,11 @@ def test_variant_weights_rows(kind):
         {"attention": "gated"},
         {"attention": "sigmoid"},
         {"attention": "softpick"},
+        {"norm": "dyt"},
+        {"ffn": "gelu"},
+        {"ffn": "linear"},
+        {"ffn": "none"},
+        {"ffn": "none", "norm": "sandwich"},
     ],
 )
 def test_probe_reads_the_model_unchanged(switch):
@@ -98,7 +103,8 @@ def test_probe_reads_the_model_unchanged(switch):
         model.set_attn_implementation("sdpa")
     assert (a - out.logits).abs().max() < 1e-5
     lm = LoadedModel.wrap(model, IdTokenizer(3), name="lab")
-    assert lm.family.norm_style == ("sandwich" if switch.get("norm") == "sandwich" else "pre")
+    if switch.get("ffn") != "none":  # an attention-only block has no FFN to place norms around
+        assert lm.family.norm_style == ("sandwich" if switch.get("norm") == "sandwich" else "pre")
     with (
         pytest.warns(UserWarning, match="bypasses")
         if switch.get("attention") in ("sigmoid", "softpick")
@@ -112,8 +118,12 @@ def test_probe_reads_the_model_unchanged(switch):
     assert analyze(cap).sinks["top"]["position"] >= 0
 
 
+SMALL = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 96, "num_attention_heads": 2, "head_dim": 32}
+
+
 def _settings(tmp_variants, steps, **model):
-    s = LabSettings(model={"head_dim": 32, **model}, variants=tmp_variants)
+    """The one-layer model of the measurements in the module docstring, one seed (not the lab's default)."""
+    s = LabSettings(model={**SMALL, **model}, data=DataConfig(), variants=tmp_variants, seeds=None)
     return replace(s, train=TrainConfig(steps=steps, lr=1e-2, weight_decay=0.1, n_checkpoints=4, probe_batch=8))
 
 
@@ -148,24 +158,73 @@ def test_resume_skips_finished_variants_and_refuses_other_settings(tmp_path):
 def test_cli_quick_writes_everything(tmp_path, capsys):
     from sinkhole.cli.main import main
 
-    rc = main(
-        [
-            "lab",
-            "--quick",
-            "--variants",
-            "baseline,softpick",
-            "--steps",
-            "4",
-            "--checkpoints",
-            "3",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert rc == 0
+    args = [
+        "lab",
+        "--quick",
+        "--variants",
+        "baseline,sandwich",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "4",
+        "--checkpoints",
+        "2",
+    ]
+    assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "baseline" in out and "softpick" in out and "sink mass" in out
-    for name in ("lab.json", "trajectories.png", "final.png", "lab.html"):
+    assert "baseline" in out and "sandwich" in out and "sink mass" in out and "verdict" in out
+    for name in ("lab.json", "trajectories.png", "emergence.png", "final.png", "lab.html"):
         assert (tmp_path / name).stat().st_size > 0
+    lab = json.loads((tmp_path / "lab.json").read_text())
+    assert lab["summary"]["variants"]["baseline"]["sink_rate"]["n"] == 2
+    assert [c["step"] for c in lab["variants"][0]["checkpoints"]] == [0, 4]  # the last checkpoint is the last step
+    page = (tmp_path / "lab.html").read_text()
+    # An HTML table (not terminal text), the verdicts, and a title that promises no spike it did not see.
+    assert "<table" in page and '<pre class="table">' not in page and "untestable" in page
+    assert "no spike reached" in page
     assert main(["lab", "--out", str(tmp_path / "x"), "--variants", "nope"]) == 2
     assert main(["lab", "--out", str(tmp_path / "y"), "--steps", "0"]) == 2
+    assert main(["lab", "--out", str(tmp_path / "z"), "--seed", "1", "--seeds", "0,1"]) == 2
+
+
+def test_text_task_holds_out_its_tail():
+    s = TokenStream(DataConfig(task="text", seq_len=32), 0)
+    train_ids, held = s.batch(0, 64), s.batch(PROBE_BATCH_INDEX, 64)
+    assert bool((train_ids[:, 0] == BOS).all()) and int(train_ids.max()) < s.cfg.vocab_size
+    split = int(len(s.ids) * 0.95)
+    text = "".join(IdTokenizer(0, text=True).decode(held[0, 1:].tolist()))
+    assert text in IdTokenizer(0, text=True).decode(s.ids[split:].tolist())
+    assert not bool(s.predictable(held).any())
+
+
+def test_loss_from_counts_late_positions_only():
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 8, 5, requires_grad=True), torch.randint(5, (2, 8))
+    assert torch.allclose(
+        position_loss(logits, ids, 0.0),
+        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), ids[:, 1:].reshape(-1)),
+    )
+    position_loss(logits, ids, 0.5).backward()
+    # targets t >= 4 are predicted by logits at 3..6: no gradient reaches positions 0..2 or 7
+    touched = logits.grad.abs().sum(-1).sum(0) > 0
+    assert touched.tolist() == [False, False, False, True, True, True, True, False]
+
+
+def test_variants_are_one_switch_and_heads_scale_with_the_base():
+    base = LabSettings(model={"num_attention_heads": 4, "head_dim": 16})
+    shapes = {n: variant_configs(base, VARIANTS[n])[0] for n in VARIANTS}
+    assert (shapes["head-dim-double"].num_attention_heads, shapes["head-dim-double"].head_dim) == (4, 32)
+    assert (shapes["heads-double"].num_attention_heads, shapes["heads-double"].head_dim) == (8, 8)
+    assert (shapes["heads-half"].num_attention_heads, shapes["heads-half"].head_dim) == (2, 32)
+    ref = shapes["baseline"].to_dict()
+    for name, v in VARIANTS.items():
+        if name.startswith("head") or not v.model:
+            continue
+        diff = {k for k, val in shapes[name].to_dict().items() if ref.get(k) != val}
+        assert diff == set(v.model), name
+
+
+def test_every_variant_is_in_the_cli_help():
+    from sinkhole.cli.lab import EPILOG
+
+    assert all(name in EPILOG for name in VARIANTS if name != "baseline")

@@ -1,4 +1,4 @@
-"""`sinkhole lab`: train tiny models on synthetic data and watch sinks (and spikes) emerge, or not."""
+"""`sinkhole lab`: train tiny models, one paper ablation per variant, over seeds; verdict per claim."""
 
 from __future__ import annotations
 
@@ -8,19 +8,27 @@ from pathlib import Path
 
 from sinkhole.cli.common import status
 
-HELP = "train tiny transformers on synthetic data (CPU, minutes) and probe spikes and sinks as they emerge"
-EPILOG = """examples:
-  sinkhole lab --out runs/lab                      # all 9 variants: ~5 min of one CPU core
-  sinkhole lab --quick --out runs/lab-quick        # baseline, gated, no-bos at 300 steps: ~35 s
-  sinkhole lab --variants baseline,gated --steps 2000 --seed 1 --out runs/gated
-  sinkhole lab --variants baseline,gated --seeds 0,1,2 --out runs/seeds   # 6 runs: spread over seeds
-  torchrun --standalone --nproc-per-node 3 -m sinkhole lab --quick --out runs/lab-quick   # a variant a rank
+TASKS = ("bigram-backcopy", "zipf", "text")  # sinkhole.lab.data.TASKS (not imported: --help stays light)
 
-variants: baseline, sandwich, qk-norm, gated, sigmoid, softpick, no-bos, head-dim-32, context-128
-(each one switch away from the baseline). Re-running the same command into the same --out resumes
-after the last finished variant. Outputs: lab.json (rewritten after every checkpoint),
-trajectories.png, final.png, lab.html; with --save-checkpoints, checkpoints/<variant>/step_<n>.pt.
-Definitions and measured results: docs/lab.md.
+HELP = "train tiny transformers (CPU, minutes per run) and test the paper's ablations: sinks, spikes, seeds, verdicts"
+EPILOG = """examples:
+  sinkhole lab --out runs/lab                      # every variant x seeds 0,1,2 (see docs/lab.md for the time)
+  sinkhole lab --quick --out runs/lab-quick        # baseline, sandwich, gated, no-bos: seeds 0,1,2, fewer steps
+  sinkhole lab --variants baseline,gated --steps 2000 --seeds 0,1,2,3,4 --out runs/gated
+  sinkhole lab --variants baseline,sandwich --seed 1 --out runs/one   # one seed (no spread, no verdicts)
+  torchrun --standalone --nproc-per-node 3 -m sinkhole lab --quick --out runs/lab-quick   # runs shared by ranks
+
+variants (each one switch away from the baseline):
+  FFN            gelu, linear-ffn, attn-only
+  normalization  sandwich, sandwich-qk, qk-norm, dyt
+  attention      gated, sigmoid, softpick
+  heads          head-dim-half, head-dim-double (N_head fixed); heads-double, heads-half (d_head x N_head fixed)
+  data and loss  no-bos, loss-from-quarter, loss-from-half
+Every variant trains once per seed; lab.json and lab.html give mean +- sd per variant and a verdict per
+paper claim (supported / contradicted / inconclusive by a 2-pooled-sd rule). Re-running the same command
+into the same --out resumes after the last finished run. Outputs: lab.json (rewritten after every
+checkpoint), trajectories.png, emergence.png, final.png, lab.html; with --save-checkpoints,
+checkpoints/<variant>-seed<s>/step_<n>.pt. Definitions and measured results: docs/lab.md.
 """
 
 
@@ -31,24 +39,22 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)"
     )
-    p.add_argument("--quick", action="store_true", help="three variants at 300 steps (about 35 s)")
+    p.add_argument("--quick", action="store_true", help="baseline, sandwich, gated, no-bos at fewer steps")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all, or the quick three)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 800; --quick 300)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the weights and of the data (same for all variants)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: docs/lab.md)")
     g.add_argument(
         "--seeds",
         dest="seed_list",
         metavar="S,S,...",
         default=None,
-        help="train every variant once per seed (e.g. 0,1,2); the runs are independent (torchrun shares them)",
+        help="train every variant once per seed (default 0,1,2); the runs are independent (torchrun shares them)",
     )
+    g.add_argument("--seed", type=int, default=None, help="one seed only (weights and data): no spread, no verdicts")
     g.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per variant (default 10)")
-    g.add_argument("--layers", type=int, default=None, help="decoder layers of the base model (default 1)")
-    g.add_argument("--d-model", type=int, default=None, help="residual width of the base model (default 32)")
-    g.add_argument(
-        "--task", choices=("bigram-backcopy", "zipf"), default=None, help="synthetic data (default bigram-backcopy)"
-    )
+    g.add_argument("--layers", type=int, default=None, help="decoder layers of the base model")
+    g.add_argument("--d-model", type=int, default=None, help="residual width of the base model")
+    g.add_argument("--task", choices=TASKS, default=None, help="training data (default: docs/lab.md)")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     o = p.add_argument_group("output")
     o.add_argument("--save-checkpoints", action="store_true", help="keep every checkpoint's weights (.pt)")
@@ -79,7 +85,14 @@ def settings_from_args(args):
         train = replace(train, steps=args.steps)
     if args.checkpoints is not None:
         train = replace(train, n_checkpoints=args.checkpoints)
-    s = replace(s, train=replace(train, seed=args.seed))
+    if args.seed is not None and args.seed_list is not None:
+        from sinkhole.errors import SinkholeError
+
+        raise SinkholeError("give --seed (one seed) or --seeds (several), not both")
+    if args.seed is not None:
+        s = replace(s, seeds=None, train=replace(train, seed=args.seed))
+    else:
+        s = replace(s, train=train)
     if args.seed_list is not None:
         s = replace(s, seeds=seed_list(args.seed_list))
     model = dict(s.model)

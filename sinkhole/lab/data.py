@@ -6,7 +6,9 @@ the trigger; otherwise it is drawn from the bigram transition of the previous to
 copy needs an attention head that, at a trigger, reads the position before it; at every other
 query that head has nothing to do, which is the situation in which sinks appear (the head parks
 its attention on a fixed token). Zipf: independent tokens with Zipf frequencies; no head ever has
-anything to read (in our one run, no sink grew: see docs/lab.md).
+anything to read (in our one run, no sink grew: see docs/lab.md). Text: characters of Python's own
+documentation (`pydoc_data.topics`, shipped with CPython, so offline), in random windows; the last 5%
+of the text is held out for probing (batch indices >= HELD_OUT_INDEX).
 
 Vocabulary: id 0 is the start token <s> (BOS), ids 1..n_triggers are triggers, the rest ordinary.
 With `bos=False` a sequence simply starts with its first ordinary token (the same streams, shifted
@@ -15,12 +17,14 @@ by one), so "with / without a fixed start token" changes one thing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 
 BOS = 0
-TASKS = ("bigram-backcopy", "zipf")
+TASKS = ("bigram-backcopy", "zipf", "text")
+HELD_OUT_INDEX = 10**6  # batches from here on are the probe batches (for text: from the held-out tail)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class DataConfig:
     trigger_prob: float = 0.15  # chance that an ordinary token is followed by a trigger
     bigram_alpha: float = 0.1  # Dirichlet concentration of each bigram row: small = peaked, learnable
     zipf_exponent: float = 1.0
+
+    def __post_init__(self):
+        if self.task == "text" and self.vocab_size < 1 + len(text_alphabet()):
+            object.__setattr__(self, "vocab_size", 1 + len(text_alphabet()))  # the text's characters decide
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +58,9 @@ class TokenStream:
             raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}")
         self.cfg, self.seed = cfg, seed
         g = torch.Generator().manual_seed(seed)
+        if cfg.task == "text":
+            self.first, self.ids = 1, text_ids()
+            return
         self.first = 1 + cfg.n_triggers  # the first ordinary token id
         n_ord = cfg.vocab_size - self.first
         if n_ord < 2:
@@ -67,13 +78,15 @@ class TokenStream:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index + 1)
         n = cfg.seq_len - 1 if cfg.bos else cfg.seq_len
         # Both variants draw seq_len - 1 body tokens; without BOS one more is drawn at the end.
-        body = self._body(batch_size, cfg.seq_len, g)[:, :n]
+        body = self._body(batch_size, cfg.seq_len, g, index)[:, :n]
         if cfg.bos:
             body = torch.cat([torch.full((batch_size, 1), BOS, dtype=torch.long), body], 1)
         return body
 
-    def _body(self, B: int, n: int, g: torch.Generator) -> torch.Tensor:
+    def _body(self, B: int, n: int, g: torch.Generator, index: int) -> torch.Tensor:
         cfg = self.cfg
+        if cfg.task == "text":
+            return self._text(B, n, g, index >= HELD_OUT_INDEX)
         if cfg.task == "zipf":
             return self.first + torch.multinomial(self.zipf.expand(B, -1), n, replacement=True, generator=g)
         out = torch.empty(B, n, dtype=torch.long)
@@ -94,11 +107,37 @@ class TokenStream:
             prev = torch.where(ordinary, tok - self.first, prev)
         return out
 
+    def _text(self, B: int, n: int, g: torch.Generator, held_out: bool) -> torch.Tensor:
+        split = int(len(self.ids) * 0.95)  # the last 5% of the text only in held-out batches
+        lo, hi = (split, len(self.ids) - n) if held_out else (0, split - n)
+        starts = lo + torch.randint(hi - lo, (B,), generator=g)
+        return self.ids[starts[:, None] + torch.arange(n)]
+
     def predictable(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: positions whose token is a copy (the previous token is a trigger)."""
+        """(B, T) bool: positions whose token is a copy (the previous token is a trigger); none in text."""
+        if self.cfg.task == "text":
+            return torch.zeros_like(ids, dtype=torch.bool)
         prev = torch.zeros_like(ids)
         prev[:, 1:] = ids[:, :-1]
         return (prev >= 1) & (prev < self.first)
+
+
+@functools.cache
+def text_alphabet() -> str:
+    """The characters of the text task, sorted: character i has token id i + 1 (0 is <s>)."""
+    return "".join(sorted(set(_text())))
+
+
+@functools.cache
+def text_ids() -> torch.Tensor:
+    index = {c: i + 1 for i, c in enumerate(text_alphabet())}
+    return torch.tensor([index[c] for c in _text()], dtype=torch.long)
+
+
+def _text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
 
 
 class IdTokenizer:
@@ -108,8 +147,10 @@ class IdTokenizer:
     eos_token = None
     chat_template = None
 
-    def __init__(self, n_triggers: int):
-        self.n_triggers = n_triggers
+    def __init__(self, n_triggers: int, text: bool = False):
+        self.n_triggers, self.text = n_triggers, text
 
     def decode(self, ids) -> str:
+        if self.text:
+            return "".join("<s>" if i == BOS else text_alphabet()[i - 1] for i in ids)
         return "".join("<s>" if i == BOS else f"T{i}" if i <= self.n_triggers else f"a{i}" for i in ids)

@@ -18,6 +18,12 @@ Design decisions:
 Switches (`TinyConfig`):
     norm:      "pre"       h += attn(norm(h)); h += ffn(norm(h))                 (Llama)
                "sandwich"  h += norm(attn(norm(h))); h += norm(ffn(norm(h)))     (Gemma-2/3)
+               "dyt"       pre-norm with every RMSNorm replaced by DynamicTanh,
+                           gamma * tanh(a x) + beta, a learned scalar (init 0.5) (Zhu et al. 2025)
+    ffn:       "swiglu"    down(silu(gate(x)) * up(x))                            (Llama)
+               "gelu"      down(gelu(up(x))), the same intermediate size          (GPT-2)
+               "linear"    one d_model x d_model linear map, no nonlinearity
+               "none"      attention only: no FFN (and no FFN norm)
     qk_norm:   RMSNorm over head_dim on queries and keys before RoPE              (Qwen3, OLMo-2)
     attention: "softmax"   softmax(q k^T / sqrt(d))
                "gated"     softmax attention times sigmoid(x W_g), elementwise per head and channel,
@@ -35,7 +41,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-NORMS = ("pre", "sandwich")
+NORMS = ("pre", "sandwich", "dyt")
+FFNS = ("swiglu", "gelu", "linear", "none")
 ATTENTIONS = ("softmax", "gated", "sigmoid", "softpick")
 
 
@@ -56,11 +63,14 @@ class TinyConfig(PretrainedConfig):
         norm="pre",
         qk_norm=False,
         attention="softmax",
+        ffn="swiglu",
         initializer_range=0.02,
         **kwargs,
     ):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.vocab_size, self.hidden_size, self.intermediate_size = vocab_size, hidden_size, intermediate_size
@@ -68,6 +78,7 @@ class TinyConfig(PretrainedConfig):
         self.num_key_value_heads = num_attention_heads
         self.head_dim, self.max_position_embeddings, self.rope_theta = head_dim, max_position_embeddings, rope_theta
         self.rms_norm_eps, self.norm, self.qk_norm, self.attention = rms_norm_eps, norm, qk_norm, attention
+        self.ffn = ffn
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
@@ -82,6 +93,25 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class DyTNorm(nn.Module):
+    """DynamicTanh (Zhu et al. 2025, "Transformers without Normalization"): gamma * tanh(a x) + beta.
+    "Norm" in the class name lets architecture discovery place it where RMSNorm would be."""
+
+    def __init__(self, dim: int, alpha: float = 0.5):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(alpha))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.alpha * x) * self.weight + self.bias
+
+
+def make_norm(cfg: TinyConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.hidden_size
+    return DyTNorm(dim) if cfg.norm == "dyt" else RMSNorm(dim, cfg.rms_norm_eps)
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -173,6 +203,8 @@ class LabAttention(nn.Module):
 
 
 class LabMLP(nn.Module):
+    """SwiGLU (Llama's names: gate_proj, up_proj, down_proj, act_fn)."""
+
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -184,23 +216,52 @@ class LabMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+class GeluMLP(nn.Module):
+    """GPT-2's FFN: no gate, so no product of two projections to amplify one token quadratically."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act_fn = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class LinearMLP(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.down_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(x)
+
+
+MLPS = {"swiglu": LabMLP, "gelu": GeluMLP, "linear": LinearMLP}
+
+
 class LabDecoderLayer(nn.Module):
     def __init__(self, cfg: TinyConfig, layer_idx: int):
         super().__init__()
-        eps = cfg.rms_norm_eps
         self.sandwich = cfg.norm == "sandwich"
-        self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.has_ffn = cfg.ffn != "none"
+        self.input_layernorm = make_norm(cfg)
         self.self_attn = LabAttention(cfg, layer_idx)
         # Pre-norm: post_attention_layernorm is the norm in front of the FFN (Llama's naming).
         # Sandwich: it normalises the attention output, and pre_feedforward_layernorm feeds the FFN (Gemma's).
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
-        if self.sandwich:
-            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
-            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
-        self.mlp = LabMLP(cfg)
+        if self.has_ffn or self.sandwich:
+            self.post_attention_layernorm = make_norm(cfg)
+        if self.sandwich and self.has_ffn:
+            self.pre_feedforward_layernorm = make_norm(cfg)
+            self.post_feedforward_layernorm = make_norm(cfg)
+        if self.has_ffn:
+            self.mlp = MLPS[cfg.ffn](cfg)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, output_attentions: bool = False):
         a, weights = self.self_attn(self.input_layernorm(h), positions, output_attentions)
+        if not self.has_ffn:
+            return h + (self.post_attention_layernorm(a) if self.sandwich else a), weights
         if self.sandwich:
             h = h + self.post_attention_layernorm(a)
             h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
@@ -222,6 +283,10 @@ class LabPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, 0.0, std)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
+        elif isinstance(module, DyTNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            nn.init.constant_(module.alpha, 0.5)
 
 
 class LabModel(LabPreTrainedModel):
@@ -229,7 +294,7 @@ class LabModel(LabPreTrainedModel):
         super().__init__(cfg)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(LabDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = make_norm(cfg)
         self.post_init()
 
     def forward(self, input_ids, position_ids=None, output_attentions=False):

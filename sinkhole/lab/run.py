@@ -28,45 +28,63 @@ import torch
 
 from sinkhole.analysis import core
 from sinkhole.errors import SinkholeError
-from sinkhole.lab.data import DataConfig, TokenStream
+from sinkhole.lab.claims import summarize
+from sinkhole.lab.data import HELD_OUT_INDEX, DataConfig, TokenStream
 from sinkhole.lab.model import TinyConfig, build_model, n_params
 from sinkhole.lab.train import Checkpoint, TrainConfig, train
 
-SCHEMA = "sinkhole.lab/1"
-PROBE_BATCH_INDEX = 10**6  # the held-out probe batch: far past any training batch index
+SCHEMA = "sinkhole.lab/2"
+PROBE_BATCH_INDEX = HELD_OUT_INDEX  # the held-out probe batch: far past any training batch index
 SHARDS_DIR = "shards"  # under a launcher: <variant>.json of the variants ranks other than 0 trained
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    claim: str  # the paper's claim this switch tests
+    switch: str  # what differs from the baseline, in words
     model: dict = field(default_factory=dict)  # TinyConfig overrides
     data: dict = field(default_factory=dict)  # DataConfig overrides
+    train: dict = field(default_factory=dict)  # TrainConfig overrides
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _v(name: str, switch: str, **overrides) -> Variant:
+    return Variant(name, switch, **overrides)
+
+
+# The paper's ablations, one switch away from the baseline each (the claims they test: sinkhole.lab.claims).
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("baseline", "pre-norm (RMSNorm), softmax, fixed start token: the reference"),
-        Variant("sandwich", "sandwich norm removes the spike but keeps the sink", model={"norm": "sandwich"}),
-        Variant("qk-norm", "QK-norm removes the spike but keeps the sink", model={"qk_norm": True}),
-        Variant("gated", "a sigmoid output gate on attention removes the sink", model={"attention": "gated"}),
-        Variant(
-            "sigmoid", "sigmoid attention (no normalisation over keys) needs no sink", model={"attention": "sigmoid"}
-        ),
-        Variant("softpick", "softpick attention (rows may sum to < 1) needs no sink", model={"attention": "softpick"}),
-        Variant(
-            "no-bos", "without a fixed start token the sink moves to whatever token comes first", data={"bos": False}
-        ),
-        Variant("head-dim-32", "head dimension changes how strong sinks get", model={"head_dim": 32}),
-        Variant("context-128", "context length changes how strong sinks get", data={"seq_len": 128}),
+        _v("baseline", "pre-norm RMSNorm, SwiGLU FFN, softmax attention, fixed start token, loss on every position"),
+        # FFN
+        _v("gelu", "GeLU FFN (no gate), same intermediate size", model={"ffn": "gelu"}),
+        _v("linear-ffn", "the FFN is one linear map (no nonlinearity)", model={"ffn": "linear"}),
+        _v("attn-only", "no FFN at all", model={"ffn": "none"}),
+        # normalization
+        _v("sandwich", "sandwich norm: RMSNorm also after attention and FFN (Gemma-2/3)", model={"norm": "sandwich"}),
+        _v("sandwich-qk", "sandwich norm and QK-norm", model={"norm": "sandwich", "qk_norm": True}),
+        _v("qk-norm", "QK-norm: RMSNorm over head_dim on q and k (Qwen3, OLMo-2)", model={"qk_norm": True}),
+        _v("dyt", "DynamicTanh instead of every RMSNorm (Zhu et al. 2025)", model={"norm": "dyt"}),
+        # attention
+        _v("gated", "sigmoid output gate on attention (Qiu et al. 2025)", model={"attention": "gated"}),
+        _v("sigmoid", "sigmoid attention, no normalisation over keys", model={"attention": "sigmoid"}),
+        _v("softpick", "softpick attention: rows may sum to < 1", model={"attention": "softpick"}),
+        # head geometry: d_head with N_head fixed, and with d_head x N_head fixed
+        _v("head-dim-half", "d_head halved, same number of heads", model={"head_dim_scale": 0.5}),
+        _v("head-dim-double", "d_head doubled, same number of heads", model={"head_dim_scale": 2.0}),
+        _v("heads-double", "twice the heads of half the size (d_head x N_head fixed)", model={"heads_scale": 2.0}),
+        _v("heads-half", "half the heads of twice the size (d_head x N_head fixed)", model={"heads_scale": 0.5}),
+        # data and loss
+        _v("no-bos", "no fixed start token: position 0 holds an ordinary token", data={"bos": False}),
+        _v("loss-from-quarter", "loss only on positions T/4..T", train={"loss_from": 0.25}),
+        _v("loss-from-half", "loss only on positions T/2..T", train={"loss_from": 0.5}),
     ]
 }
-QUICK_VARIANTS = ("baseline", "gated", "no-bos")
+QUICK_VARIANTS = ("baseline", "sandwich", "gated", "no-bos")
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,7 @@ class LabSettings:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, lr=1e-2, weight_decay=0.1))
     variants: tuple[str, ...] = tuple(VARIANTS)
-    seeds: tuple[int, ...] | None = None  # train each variant once per seed; None: once, with train.seed
+    seeds: tuple[int, ...] | None = DEFAULT_SEEDS  # train each variant once per seed; None: once, with train.seed
     threshold: float = core.DEFAULT_THRESHOLD
     epsilon: float = core.DEFAULT_EPSILON
     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE
@@ -107,6 +125,7 @@ MODEL_KEYS = (
     "norm",
     "qk_norm",
     "attention",
+    "ffn",
     "rope_theta",
 )
 
@@ -126,7 +145,7 @@ def quick_settings(**kw) -> LabSettings:
 @dataclass
 class VariantResult:
     name: str
-    claim: str
+    switch: str
     model: dict
     data: dict
     n_params: int
@@ -167,12 +186,17 @@ class LabResult:
     variants: list[VariantResult]
     schema: str = SCHEMA
 
+    def summary(self) -> dict:
+        """Mean and sd over seeds per variant, onsets, and a verdict per claim (sinkhole.lab.claims)."""
+        return summarize(self.variants, self.settings.get("threshold", core.DEFAULT_THRESHOLD))
+
     def to_dict(self) -> dict:
         return {
             "schema": self.schema,
             "settings": self.settings,
             "environment": self.environment,
             "variants": [v.to_dict() for v in self.variants],
+            "summary": self.summary(),  # derived: recomputed from "variants" whenever read
         }
 
     @classmethod
@@ -186,7 +210,12 @@ class LabResult:
 
 
 def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig, DataConfig]:
+    """The variant's model and data: the base's with its overrides. The head switches are relative to
+    the base (head_dim_scale: d_head x s; heads_scale: N_head x s and d_head / s)."""
     model = {**base_model_dict(settings.model), **variant.model}
+    head_dim_scale, heads_scale = model.pop("head_dim_scale", 1.0), model.pop("heads_scale", 1.0)
+    model["head_dim"] = max(2, int(round(model["head_dim"] * head_dim_scale / heads_scale)))
+    model["num_attention_heads"] = max(1, int(round(model["num_attention_heads"] * heads_scale)))
     data = replace(settings.data, **variant.data)
     model["vocab_size"] = data.vocab_size
     model["max_position_embeddings"] = max(256, data.seq_len)
@@ -299,12 +328,12 @@ def run_lab(
             continue
         variant = VARIANTS[name]
         mcfg, dcfg = variant_configs(settings, variant)
-        train_cfg = settings.train if seed is None else replace(settings.train, seed=seed)
+        train_cfg = replace(settings.train, **variant.train, **({} if seed is None else {"seed": seed}))
         stream = TokenStream(dcfg, train_cfg.seed)
         model = build_model(mcfg, train_cfg.seed)
         vr = VariantResult(
             name,
-            variant.claim,
+            variant.switch,
             {k: getattr(mcfg, k) for k in MODEL_KEYS},
             dcfg.to_dict(),
             n_params(model),

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     n_checkpoints: int = 10
     probe_batch: int = 8  # held-out sequences probed at each checkpoint
+    loss_from: float = 0.0  # the loss counts target positions t >= loss_from x seq_len only (0: all)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,7 @@ class Checkpoint:
 
 def checkpoint_steps(steps: int, n: int) -> list[int]:
     """Step 0 and about n - 1 log-spaced steps in [1, steps], the last one included."""
-    if n < 2 or steps < 1:
+    if n < 3 or steps < 1:  # geomspace of one point is its start: n = 2 would end at step 1
         return [0, steps] if steps else [0]
     ks = np.unique(np.round(np.geomspace(1, steps, n - 1)).astype(int))
     return [0] + [int(k) for k in ks]
@@ -96,6 +97,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def position_loss(logits: torch.Tensor, ids: torch.Tensor, loss_from: float) -> torch.Tensor:
+    """Next-token cross-entropy on target positions t >= max(1, round(loss_from x T)) only.
+
+    logits (B, T, V) at position t predict ids[:, t + 1]. The paper's manipulation (which positions
+    the loss sees) without changing the sequences the model reads."""
+    t0 = max(1, round(loss_from * ids.shape[1]))
+    return F.cross_entropy(logits[:, t0 - 1 : -1].reshape(-1, logits.shape[-1]).float(), ids[:, t0:].reshape(-1))
 
 
 def probe_checkpoint(
@@ -113,7 +123,7 @@ def probe_checkpoint(
     from sinkhole.probe.probe import ModelProbe
 
     frozen = copy.deepcopy(model)
-    lm = LoadedModel.wrap(frozen, IdTokenizer(stream.cfg.n_triggers), name="lab")
+    lm = LoadedModel.wrap(frozen, IdTokenizer(stream.cfg.n_triggers, text=stream.cfg.task == "text"), name="lab")
     with torch.no_grad():
         logits = frozen(ids).logits.float()
     eval_loss = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)))
@@ -190,7 +200,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         ids = stream.batch(step, cfg.batch_size)
-        loss = model(ids, labels=ids).loss
+        loss = position_loss(model(ids).logits, ids, cfg.loss_from)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
