@@ -102,6 +102,7 @@ def short_page(tmp_path_factory):
 def long_page(tmp_path_factory):
     ids = [(i * 7) % 97 + 1 for i in range(html.MAPS_MAX_LEN + 20)]
     cap = ModelProbe(wrap(tiny_llama(), name="tiny"), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(ids)
+    cap.tokens[:] = [f"<|im_start_{i}|>" for i in range(len(ids))]  # as long as real special tokens' labels
     path = tmp_path_factory.mktemp("html") / "long.html"
     html.write_html(analyze(cap), path)
     return path
@@ -228,25 +229,7 @@ def test_long_input_per_key_view(driver, long_page):
     assert "line: head 3" in driver.find_element("id", "cap-attn").text
 
 
-# --- layout: legends never cover data; a live run's page never asks for its Capture ---------------
-
-LEGEND_OVERLAPS = """
-const bad = [];
-document.querySelectorAll('.js-plotly-plot').forEach((g) => {
-  g.querySelectorAll('g.legend rect.bg').forEach((bg) => {
-    const l = bg.getBoundingClientRect();
-    if (l.width < 1 || l.height < 1) return;
-    g.querySelectorAll('.nsewdrag').forEach((area) => {
-      const p = area.getBoundingClientRect();
-      const ix = Math.min(l.right, p.right) - Math.max(l.left, p.left);
-      const iy = Math.min(l.bottom, p.bottom) - Math.max(l.top, p.top);
-      if (ix > 1 && iy > 1) bad.push(g.id + ': legend ' + [l.left, l.top, l.right, l.bottom].map(Math.round) +
-                                     ' over plot area ' + [p.left, p.top, p.right, p.bottom].map(Math.round));
-    });
-  });
-});
-return bad;
-"""
+# --- layout: nothing covers data or other text, nothing is cut; a live run's page never asks for its Capture
 
 
 def legends_checked(driver) -> int:
@@ -258,7 +241,8 @@ def legends_checked(driver) -> int:
 
 @pytest.fixture(scope="module")
 def mechanism_page(tmp_path_factory):
-    """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run)."""
+    """What `sinkhole mechanism --output` writes, on a tiny model with a planted spike (live run); the
+    example's tokens get chat-template-length texts, as real ones have."""
     from test_mechanism import planted, prompts
 
     from sinkhole.experiments.mechanism import MechanismConfig, add_page_detail, run_mechanism
@@ -266,16 +250,120 @@ def mechanism_page(tmp_path_factory):
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
     result, _ = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
     add_page_detail(result, probe, prompts()[0], False, maps_max_len=html.MAPS_MAX_LEN)
+    for i, t in enumerate(result.example.tokens):
+        t.text = f"<|im_start|>{i}"
     path = tmp_path_factory.mktemp("html") / "mechanism.html"
     html.write_html(result, path)
     return path
 
 
-@pytest.mark.parametrize("page", ["short_page", "long_page", "mechanism_page"])
-def test_legends_stay_off_the_plot_area(driver, page, request):
-    open_page(driver, request.getfixturevalue(page))
-    assert legends_checked(driver) >= 2  # the check below looked at real legends
-    assert driver.execute_script(LEGEND_OVERLAPS) == []
+@pytest.fixture(scope="module")
+def compare_page(tmp_path_factory):
+    """`sinkhole compare --output` of two reports of one model: the heads' change as a heatmap."""
+    from sinkhole.report.compare import compare_html, compare_reports
+
+    lm = wrap(tiny_llama(), name="tiny")
+    a, b = (analyze(ModelProbe(lm, top_k=4).run(ids)) for ids in ([5, 17, 3, 42, 8], [9, 4, 77, 31, 2, 6]))
+    path = tmp_path_factory.mktemp("html") / "compare.html"
+    path.write_text(compare_html(compare_reports(a, b)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+@pytest.mark.parametrize("page", ["short_page", "long_page", "mechanism_page", "compare_page"])
+def test_nothing_covers_data_or_text(driver, page, width, request):
+    """At a wide and a narrow window: no mode bar over a legend or the data, no legend over the data, no two
+    texts of a figure on each other, no text cut at a figure's edge (tests/browser_geometry.py)."""
+    from browser_geometry import layout_problems
+
+    driver.set_window_size(width, 1000)
+    try:
+        path = request.getfixturevalue(page)
+        if page == "compare_page":
+            driver.get(path.as_uri())
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!window.sinkholeCompareReady"))
+        else:
+            open_page(driver, path)
+            assert legends_checked(driver) >= 2  # the checks below looked at real legends
+        assert driver.execute_script("return document.querySelectorAll('.js-plotly-plot').length") >= 1
+        assert layout_problems(driver) == []
+    finally:
+        driver.set_window_size(1400, 1000)
+
+
+def test_layout_checks_find_what_they_look_for(driver, tmp_path):
+    """The checks above report a mode bar over a legend and over the data, a legend over the data, a tick
+    label on an axis title and a label cut at the figure's edge, on a figure built to have each."""
+    import plotly.offline
+    from browser_geometry import layout_problems
+
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<!doctype html><html><body><div id='bad' style='width:500px;height:300px'></div>"
+        f"<script>{plotly.offline.get_plotlyjs()}</script><script>"
+        "Plotly.newPlot('bad', [{y: [1, 3, 2], name: 'a long legend entry'}, {y: [2, 1, 3], name: 'another one'}],"
+        " {margin: {t: 4, b: 20}, legend: {x: 0.3, y: 1, xanchor: 'left', orientation: 'h'},"
+        "  xaxis: {title: {text: 'x title', standoff: 0}, tickvals: [0, 1], ticktext: ['tick', 'a very long label'],"
+        "  tickangle: -60}}, {displayModeBar: true});</script></body></html>",
+        encoding="utf-8",
+    )
+    driver.get(page.as_uri())
+    problems = "\n".join(layout_problems(driver))
+    for what in ("mode bar", "over legend", "over plot area", "legend", "overlaps", "cut at the figure edge"):
+        assert what in problems, (what, problems)
+
+
+def test_one_colour_per_channel_across_the_page(driver, mechanism_page):
+    """Every figure that draws a spike channel (the selected token's channels, the Mechanism's channels,
+    the amplifier's bars and eigenvalues) draws it in the page's one colour for that channel."""
+    import re
+
+    open_page(driver, mechanism_page)
+    seen = driver.execute_script(
+        """
+        const out = [];
+        document.querySelectorAll('.js-plotly-plot').forEach((g) => (g._fullData || []).forEach((t) => {
+          const m = /^(?:channel |S_)(\\d+)$/.exec(t.name || '');
+          if (m) out.push([g.id, m[1], t.mode && t.mode.includes('lines') ? t.line.color : t.marker.color]);
+          if (t.type === 'bar' && Array.isArray(t.marker.color))
+            t.x.forEach((x, i) => {
+              const c = /^ch (\\d+)/.exec(x);
+              if (c) out.push([g.id, c[1], t.marker.color[i]]);
+            });
+        }));
+        return out;"""
+    )
+    colours, figures = {}, {}
+    for fig, channel, colour in seen:
+        colours.setdefault(channel, set()).add(colour)
+        figures.setdefault(channel, set()).add(fig)
+    spike = {str(c) for c in driver.execute_script("return window.sinkhole.data.mechanism.channels.channels")}
+    assert spike and all(len(figures[c]) >= 3 for c in spike), figures  # channels, mech-channels, amplifier
+    assert all(len(v) == 1 for v in colours.values()), colours
+    palette = [colours[c].pop() for c in sorted(spike)]
+    assert len(set(palette)) == len(palette) and all(re.match(r"#[0-9a-f]{6}$", c) for c in palette)
+
+
+def test_spike_marker_sits_on_top_of_the_bars(driver, mechanism_page):
+    """The tokens chart marks each spike token's score above its (often equally tall) attention bar:
+    the marker is painted after the bars and is not clipped."""
+    open_page(driver, mechanism_page)
+    got = driver.execute_script(
+        """
+        const g = document.getElementById('fig-tokens'), svg = g.querySelector('svg.main-svg').getBoundingClientRect();
+        const bars = [...g.querySelectorAll('.barlayer path')];
+        return [...g.querySelectorAll('.scatterlayer path.point')].map((p) => {
+          const r = p.getBoundingClientRect();
+          return [
+            r.width > 4 && r.top >= svg.top && r.bottom <= svg.bottom,
+            bars.length > 0 && bars.every((b) => b.compareDocumentPosition(p) & Node.DOCUMENT_POSITION_FOLLOWING),
+          ];
+        });"""
+    )
+    spikes = driver.execute_script("return window.sinkhole.data.spikes.length")
+    assert spikes >= 1 and got == [[True, True]] * spikes
 
 
 def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, mechanism_page):

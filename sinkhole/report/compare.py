@@ -356,7 +356,7 @@ def compare_html(c: dict) -> str:
             "xgap:1,ygap:1,colorbar:{title:{text:'Δα'}},"
             "hovertemplate:'layer %{y} · head %{x}<br>Δα = %{z:.3f}<extra></extra>'}],"
             "{margin:{l:60,r:10,t:10,b:50},xaxis:{title:{text:'head'},dtick:1},yaxis:{title:{text:'layer'},autorange:'reversed'}},"
-            "{displaylogo:false,responsive:true});window.sinkholeCompareReady=true;})();</script>"
+            "{displaylogo:false,responsive:true,displayModeBar:false});window.sinkholeCompareReady=true;})();</script>"
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

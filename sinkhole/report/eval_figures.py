@@ -47,8 +47,10 @@ def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> li
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             else:
                 ax.hist(vals, bins=30, color=blue)
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # room for labels such as "55.0%"
             if percent:
                 percent_axis(ax)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # prompts are counted in whole numbers
             ax.set_xlabel(label)
             ax.set_ylabel("prompts")
             style_axes(ax)

@@ -51,6 +51,48 @@ KNOWN_KEYS = {
 }
 
 
+# One colour per channel id across the whole page (every figure that draws a channel uses this map), in
+# the order the channels first appear. No grey (the norm lines, the channels not in the map) and no
+# red close to the page's sink red. Distinct for up to len(CHANNEL_PALETTE) channels, then reused.
+CHANNEL_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#7b4173",
+)
+OTHER_CHANNEL = "#b8bec9"  # a channel drawn once, outside the map (the amplifier's largest non-spike channels)
+
+
+def channel_colours(*groups) -> dict[str, str]:
+    """{str(channel): colour} for the channels of `groups` (lists of channel ids, None skipped), first
+    appearance first. JSON object keys are strings, so the page looks colours up by String(c)."""
+    out: dict[str, str] = {}
+    for group in groups:
+        for c in group or []:
+            if str(c) not in out:
+                out[str(c)] = CHANNEL_PALETTE[len(out) % len(CHANNEL_PALETTE)]
+    return out
+
+
+def _page_channels(v: dict) -> list[list[int] | None]:
+    """Every list of channel ids the page draws: the selected token's spike channels, then the
+    Mechanism section's spike channels and amplifier channels."""
+    m = v.get("mechanism") or {}
+    return [
+        (v.get("channels") or {}).get("channels"),
+        (m.get("channels") or {}).get("channels"),
+        [p["channel"] for p in (m.get("amplifier") or {}).get("per") or []],
+    ]
+
+
 def rnd(x, digits: int = 4):
     """Round every float in a JSON-like value to `digits` significant digits; NaN/inf -> None."""
     if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
@@ -188,6 +230,8 @@ def view(report: Report, mechanism: Mechanism | None = None) -> dict:
     if designed(sections.get("mechanism")):
         v["mechanism"] = mechanism_view(mechanism if mechanism is not None else as_mechanism(sections["mechanism"]), m)
     v["sections"] = [{"key": k, "nodes": to_nodes(val)} for k, val in _sections(report, sections)]
+    v["channel_colours"] = channel_colours(*_page_channels(v))
+    v["other_channel"] = OTHER_CHANNEL
     return v
 
 

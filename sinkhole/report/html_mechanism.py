@@ -227,7 +227,8 @@ rise, plateau, fall.</p><div id="mech-lifecycle" class="fig half"></div></div>
 <div><h3>2. Spike channels</h3><p class="hint">h_l[t, c] of the spike channels, mean over the spike tokens, from
 the step-up layer on.</p><div id="mech-channels" class="fig half"></div></div>
 <div><h3>3. Quadratic amplifier</h3><p class="hint">‖U_k‖_F of the step-up FFN for its 8 largest output channels
-and the spike channels (red) against the median channel; right: the eigenvalues of S_k of each spike channel.</p>
+and the spike channels (each in its colour, the same in every figure of this page; other channels grey)
+against the median channel; right: the eigenvalues of S_k of each spike channel.</p>
 <div id="mech-amplifier" class="fig half"></div></div>
 <div><h3>4. Post-norm sparsity</h3><p class="hint">Share of the norm output's squared mass in the spike channels,
 spike tokens vs a sample of other tokens.</p><div id="mech-norm" class="fig half"></div></div>

@@ -18,25 +18,27 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
 
   const C = M.channels, Lc = C.values.length ? C.values[0].length : 0;
   plot("mech-channels", C.channels.map((c, i) => ({ type: "scatter", mode: "lines+markers", x: API.range(Lc), y: C.values[i],
-    name: "channel " + c, connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" })),
+    name: "channel " + c, line: { color: h.chColour(c) }, marker: { color: h.chColour(c) }, connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" })),
     { xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "h_l[t, c] (mean over spike tokens)" } },
       shapes: [{ type: "line", xref: "x", yref: "paper", x0: M.step_up, x1: M.step_up, y0: 0, y1: 1, line: { dash: "dot", color: "#888" } }] });
 
   const A = M.amplifier, spikeC = new Set(C.channels);
   if (A.top_channels) {
     const ev = A.per.map((p) => ({ type: "bar", x: (p.top_eigenvalues || []).map((v, i) => "\u03bb" + (i + 1)), y: p.top_eigenvalues,
-      name: "S_" + p.channel, xaxis: "x2", yaxis: "y2", hovertemplate: "%{x} = %{y:.4g}<extra>S_" + p.channel + "</extra>" }));
+      name: "S_" + p.channel, marker: { color: h.chColour(p.channel) }, xaxis: "x2", yaxis: "y2", hovertemplate: "%{x} = %{y:.4g}<extra>S_" + p.channel + "</extra>" }));
     // the spike channels always appear, after the largest 8 when they are not among them (with their rank)
     const extra = A.per.filter((p) => !A.top_channels.includes(p.channel) && p.fro_norm !== null);
     const bx = A.top_channels.map((c) => "ch " + c).concat(extra.map((p) => "ch " + p.channel + " (rank " + p.fro_rank + ")"));
     const by = A.top_values.concat(extra.map((p) => p.fro_norm));
     const bc = A.top_channels.concat(extra.map((p) => p.channel));
     plot("mech-amplifier", [{ type: "bar", x: bx, y: by, name: "\u2016U_k\u2016_F",
-      marker: { color: bc.map((c) => (spikeC.has(c) ? "#d64541" : "#8da0cb")) }, showlegend: false,
+      marker: { color: bc.map((c) => (spikeC.has(c) ? h.chColour(c) : h.chColour(null))) }, showlegend: false,
       hovertemplate: "%{x}: %{y:.4g}<extra></extra>" }].concat(ev), {
-      xaxis: { domain: [0, 0.5], type: "category", title: { text: "output channel (rank 1 = largest of " + A.n_channels + ")" } },
+      margin: { l: 60, r: 10, t: 40, b: 60 },
+      xaxis: { domain: [0, 0.52], type: "category", tickangle: -90, automargin: true,
+        title: { text: "output channel<br>(rank 1 = largest of " + A.n_channels + ")", standoff: 6 } },
       yaxis: { title: { text: "\u2016U_k\u2016_F" }, rangemode: "tozero" },
-      xaxis2: { domain: [0.6, 1], anchor: "y2", title: { text: "eigenvalue of S_k (largest |\u03bb| first)" } },
+      xaxis2: { domain: [0.64, 1], anchor: "y2", automargin: true, title: { text: "eigenvalue of S_k<br>(largest |\u03bb| first)", standoff: 6 } },
       yaxis2: { anchor: "x2", title: { text: "\u03bb", standoff: 2 } },
       shapes: [{ type: "line", xref: "x domain", yref: "y", x0: 0, x1: 1, y0: A.median, y1: A.median, line: { dash: "dot", color: "#555" } }],
       annotations: [{ xref: "x domain", yref: "y", x: 1, y: A.median, text: "median", showarrow: false, xanchor: "right", yanchor: "bottom", font: { size: 10 } }] });

@@ -6,7 +6,9 @@ const S = { layer: 0, head: 0, token: 0, sqrt: true };
 const API = { data: D, state: S, ready: false };
 window.sinkhole = API;
 API.range = (n) => Array.from({ length: n }, (_, i) => i);
-const CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+// No mode bar: it floats over the figure's top right, where it covered legends and the top rows of heatmaps.
+// Drag still zooms and a double click resets (tests/browser_geometry.py checks what a mode bar would cover).
+const CFG = { displaylogo: false, responsive: true, displayModeBar: false };
 const FONT = { family: "system-ui, sans-serif", size: 12 };
 // Legends sit in a margin (top, or bottom for many entries), never over the data (tests/test_html_browser.py checks the boxes).
 const LEGEND_ABOVE = { orientation: "h", x: 0, xanchor: "left", y: 1, yanchor: "top", yref: "container" };
@@ -29,7 +31,10 @@ function fmt(x) {
 function pct(x) { return x === null || x === undefined ? "\u2014" : (100 * x).toFixed(1) + "%"; }
 function range(n) { return Array.from({ length: n }, (_, i) => i); }
 
-API.h = { esc: esc, fmt: fmt, pct: pct, FONT: FONT, CFG: CFG, LEGEND_ABOVE: LEGEND_ABOVE };
+// One colour per channel id on the whole page (html_data.channel_colours): every figure that draws a channel.
+function chColour(c) { return (D.channel_colours || {})[String(c)] || D.other_channel || "#b8bec9"; }
+
+API.h = { esc: esc, fmt: fmt, pct: pct, FONT: FONT, CFG: CFG, LEGEND_ABOVE: LEGEND_ABOVE, chColour: chColour };
 
 // ---------- packed arrays (see html_data.pack) ----------
 function half(h) {  // IEEE 754 binary16 -> number
@@ -91,15 +96,23 @@ function drawTokensChart() {
   if (D.score) traces.push({ type: "scatter", mode: "lines", x: x, y: D.score, name: "spike score", yaxis: "y2",
     line: { color: "#1f6feb", width: 1.5 }, customdata: text,
     hovertemplate: "%{customdata}<br>spike score %{y:.1f}\u00d7<extra></extra>" });
+  // The spike tokens' scores as markers on top: at a spike that is also the sink (often #0) the line's
+  // peak runs along the sink's bar and would hide behind it. cliponaxis: the marker at the top is whole.
+  if (D.score && D.spikes.length) traces.push({ type: "scatter", mode: "markers", x: D.spikes.map((s) => s.position),
+    y: D.spikes.map((s) => D.score[s.position]), name: "spike token", yaxis: "y2", cliponaxis: false,
+    marker: { color: "#1f6feb", size: 9, symbol: "diamond", line: { color: "#fff", width: 1.5 } },
+    customdata: D.spikes.map((s) => text[s.position]), hovertemplate: "%{customdata}<br>spike score %{y:.1f}\u00d7<extra></extra>" });
   const ticks = T <= 64 ? tokenTicks(64) : {};
   // Long inputs: bars are ~1 px wide, so name the sink / spike tokens next to their bars.
   const notes = T > 64 ? focusKeys().map((t) => ({ x: t, y: D.mass[t], xref: "x", yref: "y", text: esc(label(t, 14)) + " " + pct(D.mass[t]),
     showarrow: true, arrowhead: 0, ax: 40, ay: -8, xanchor: "left", font: { size: 11 }, bgcolor: "rgba(255,255,255,0.8)" })) : [];
+  $("fig-tokens").style.height = T <= 64 ? "300px" : "";  // token labels under the bars need ~100 px of it
   Plotly.newPlot("fig-tokens", traces, {
     annotations: notes,
     font: FONT, margin: { l: 50, r: 50, t: 34, b: T <= 64 ? 80 : 40 }, bargap: 0.1, showlegend: true,
     legend: LEGEND_ABOVE,
-    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: -60, tickfont: { size: 10 } }, ticks),
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position" }, tickangle: T <= 64 ? -60 : 0, tickfont: { size: 10 },
+      range: [-0.5, T - 0.5], automargin: true }, ticks),
     yaxis: { title: { text: "mass" }, tickformat: ".0%", rangemode: "tozero" },
     yaxis2: { title: { text: "spike score \u00d7" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickmode: "auto" },
   }, CFG);
@@ -165,8 +178,8 @@ function drawAttention() {
       colorbar: sqrtBar("A"), hoverongaps: false,
       hovertemplate: "query %{customdata[0]}<br>key %{customdata[1]}<br>A = %{customdata[2]}<extra></extra>" }], {
       font: FONT, margin: { l: 110, r: 10, t: 30, b: 110 },
-      xaxis: Object.assign({ title: { text: "key" }, tickangle: -60, tickfont: { size: 9 } }, ticks),
-      yaxis: Object.assign({ title: { text: "query" }, autorange: "reversed", tickfont: { size: 9 } }, ticks),
+      xaxis: Object.assign({ title: { text: "key" }, tickangle: -60, tickfont: { size: 9 }, automargin: true }, ticks),
+      yaxis: Object.assign({ title: { text: "query" }, autorange: "reversed", tickfont: { size: 9 }, automargin: true }, ticks),
     }, CFG);
   } else if (alpha) {
     // All keys on the right; the sink (and spike) keys again on the left, each as wide as a cell,
@@ -175,7 +188,7 @@ function drawAttention() {
     for (let hh = 0; hh < H; hh++) z.push(Array.from(alpha.subarray(base + hh * T, base + (hh + 1) * T)));
     const cd = z.map((r) => r.map((v, k) => [labels[k], fmt(v)]));
     const ticks = T <= 96 ? tokenTicks(48) : {};
-    const keep = focusKeys(), kx = keep.map((k) => esc(label(k, 10)));
+    const keep = focusKeys(), kx = keep.map((k) => "#" + k);  // short: the panel is narrow, hover names the token
     const line = z[h].map((v) => Math.max(v, ALPHA_FLOOR));
     const lo = Math.log10(ALPHA_FLOOR);
     Plotly.react(gd, [
@@ -187,13 +200,13 @@ function drawAttention() {
       { type: "scatter", mode: T > 200 ? "lines" : "lines+markers", x: range(T), y: line, xaxis: "x2", yaxis: "y2",
         line: { color: "#d64541", width: 1 }, marker: { size: 3 }, customdata: labels.map((t, k) => [t, fmt(z[h][k])]),
         name: "head " + h, hovertemplate: "head " + h + "<br>key %{customdata[0]}<br>\u03b1 = %{customdata[1]}<extra></extra>" },
-      { type: "scatter", mode: "markers+text", x: keep, y: keep.map((k) => line[k]), xaxis: "x2", yaxis: "y2",
-        text: keep.map((k) => "#" + k), textposition: "top right", marker: { color: "#111", size: 6 }, hoverinfo: "skip" },
+      { type: "scatter", mode: "markers+text", x: keep, y: keep.map((k) => line[k]), xaxis: "x2", yaxis: "y2", cliponaxis: false,
+        text: keep.map((k) => "#" + k), textposition: "middle right", marker: { color: "#111", size: 6 }, hoverinfo: "skip" },
     ], {
       font: FONT, margin: { l: 60, r: 10, t: 30, b: 40 }, showlegend: false,
       coloraxis: { cmin: 0, cmax: 1, colorscale: "Viridis", colorbar: Object.assign(sqrtBar("\u03b1"), { len: 0.6, y: 1, yanchor: "top" }) },
-      xaxis: { domain: [0, 0.16], type: "category", tickangle: -60, tickfont: { size: 9 }, title: { text: "sink keys", standoff: 2 } },
-      xaxis3: Object.assign({ domain: [0.19, 1], anchor: "y", tickangle: -60, tickfont: { size: 9 }, title: { text: T <= 96 ? "" : "all keys", standoff: 2 } }, ticks),
+      xaxis: { domain: [0, 0.16], type: "category", tickangle: keep.length > 2 ? -90 : 0, tickfont: { size: 9 }, title: { text: "sink keys", standoff: 2 } },
+      xaxis3: Object.assign({ domain: [0.19, 1], anchor: "y", tickangle: T <= 96 ? -60 : 0, tickfont: { size: 9 }, title: { text: T <= 96 ? "" : "all keys", standoff: 2 } }, ticks),
       xaxis2: { anchor: "y2", title: { text: "key position" }, range: [-0.5, T - 0.5] },
       yaxis: { title: { text: "head" }, domain: [T <= 96 ? 0.5 : 0.46, 1], autorange: "reversed", dtick: 1 },
       yaxis2: S.sqrt ? { title: { text: "\u03b1, head " + h + " (log)" }, domain: [0, 0.3], type: "log", dtick: 1,
@@ -226,14 +239,15 @@ function drawResidual() {
   const hover = "%{customdata[0]}<br>layer %{y}<br>\u2016h\u2016 = %{customdata[1]}<extra></extra>";
   const traces = [{ type: "heatmap", z: z, x: range(T), y: y, customdata: cd, colorscale: "Inferno", zmin: lo, zmax: hi,
     colorbar: colorbar, hovertemplate: hover }];
-  if (split) traces.push({ type: "heatmap", z: z.map((r) => focus.map((t) => r[t])), x: focus.map((t) => esc(label(t, 10))), y: y,
+  if (split) traces.push({ type: "heatmap", z: z.map((r) => focus.map((t) => r[t])), x: focus.map((t) => "#" + t), y: y,
     customdata: cd.map((r) => focus.map((t) => r[t].concat([t]))), xaxis: "x2", colorscale: "Inferno", zmin: lo, zmax: hi,
     showscale: false, hovertemplate: hover, xgap: 2 });
   Plotly.newPlot(gd, traces, {
     font: FONT, margin: { l: 50, r: 10, t: 30, b: T <= 64 ? 90 : 60 },
-    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position", standoff: 2 }, tickangle: -60, tickfont: { size: 10 },
-      domain: [split ? 0.13 : 0, 1] }, ticks),
-    xaxis2: { domain: [0, 0.1], type: "category", anchor: "y", tickangle: -60, tickfont: { size: 9 }, title: { text: "spikes, sinks", standoff: 2 } },
+    xaxis: Object.assign({ title: { text: T <= 64 ? "" : "token position", standoff: 2 }, tickangle: T <= 64 ? -60 : 0, tickfont: { size: 10 },
+      domain: [split ? 0.13 : 0, 1], automargin: true }, ticks),
+    xaxis2: { domain: [0, 0.1], type: "category", anchor: "y", tickangle: focus.length > 2 ? -90 : 0, tickfont: { size: 9 },
+      title: { text: "spikes, sinks", standoff: 2 } },
     yaxis: { title: { text: "layer" }, anchor: split ? "x2" : "x", autorange: "reversed", tickvals: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1),
       ticktext: y.filter((v) => (v > 0 && v % 5 === 0) || v === -1).map((v) => (v === -1 ? "emb" : String(v))) },
     shapes: [tokenLine()],
@@ -265,6 +279,7 @@ function drawChannels() {
     C.channels.forEach((c, ci) => {
       const ys = C.values[t][ci];
       tr.push({ type: "scatter", mode: "lines+markers", x: range(L), y: ys, name: "channel " + c, legendgroup: "c" + c,
+        line: { color: chColour(c) }, marker: { color: chColour(c) },
         connectgaps: false, hovertemplate: "layer %{x}<br>channel " + c + " = %{y:.4g}<extra></extra>" });
     });
   }
