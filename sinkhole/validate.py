@@ -288,14 +288,14 @@ OUTPUTS = {
     "mechanism": {"output": "--output", "json": "--json"},
     "vocab-sweep": {"json": "--json"},
     "eval": {"out": "--out", "csv": "--csv"},
-    "profile": {"out": "--out"},
+    "profile": {"json": "--json"},
     "stream": {"json": "--json", "plot": "--plot"},
     "kv-bench": {"json": "--json", "output": "--output"},
-    "quant": {"out": "--out", "stats_json": "--stats-json", "json": "--json"},
+    "quant": {"hints": "--hints", "stats_json": "--stats-json", "json": "--json"},
     "compare": {"output": "--output", "json": "--json"},
     "lab": {"out": "--out"},
     "models": {"json": "--json"},
-    "mask": {"out": "--out"},
+    "mask": {"out": "--npz"},
 }
 DIRECTORY_OUTPUTS = {("eval", "out"), ("lab", "out")}
 STDOUT_OUTPUTS = {
@@ -305,7 +305,7 @@ STDOUT_OUTPUTS = {
     ("stream", "json"),
     ("quant", "json"),
     ("quant", "stats_json"),
-    ("profile", "out"),
+    ("profile", "json"),
     ("compare", "json"),
     ("models", "json"),
 }

@@ -28,8 +28,10 @@ from sinkhole.errors import SinkholeError
 def test_cli_refuses_at_once(argv, message, tmp_path, capsys):
     from sinkhole.cli.main import main
 
-    if argv[0] in ("lab", "profile"):
-        argv = [*argv, "--out", str(tmp_path / ("lab" if argv[0] == "lab" else "p.json"))]
+    if argv[0] == "lab":
+        argv = [*argv, "--out", str(tmp_path / "lab")]
+    elif argv[0] == "profile":
+        argv = [*argv, "--json", str(tmp_path / "p.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

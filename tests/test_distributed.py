@@ -368,7 +368,7 @@ def test_profile_under_two_ranks_equals_one_process(job, tmp_path, capsys):
     args = ["profile", "--model", str(job["model"]), "--prompts", str(job["root"] / "prompts.txt")]
     args += ["--threshold", "1.1", "--epsilon", "0.1", "--stream-prompts", "3", "--stream-window", "16"]
     for n in (1, 2):
-        code, stdout, stderr = ranks(n, [*args, "--out", str(tmp_path / f"{n}.json")], capsys)
+        code, stdout, stderr = ranks(n, [*args, "--json", str(tmp_path / f"{n}.json")], capsys)
         assert code == 0, stderr[-3000:]
         assert stdout.count("streaming scores") == 1
     one = json.loads((tmp_path / "1.json").read_text())
@@ -449,7 +449,7 @@ def test_mask_under_two_ranks_writes_what_one_process_writes(mask_job, tmp_path)
     from sinkhole.mask.store import parts_dir
 
     out = tmp_path / "two.npz"
-    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--out", str(out)]))
+    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--npz", str(out)]))
     assert code == 0, stderr[-3000:]
     assert out.read_bytes() == mask_job["ref"].read_bytes() and not parts_dir(out).exists()
     assert stderr.count("loading ") == 1 and stderr.count(f"wrote {out}: 40 texts") == 1  # rank 0 speaks
@@ -472,7 +472,7 @@ def test_mask_killed_with_2_ranks_resumes_with_3_and_with_1(mask_job, tmp_path):
     out, pids = tmp_path / "m.npz", tmp_path / "pids"
     pids.mkdir()
     env = {"SINKHOLE_TEST_DELAY": "0.5", "SINKHOLE_TEST_PIDS": str(pids)}
-    proc = torchrun(2, [*mask_job["base"], "--out", str(out)], env, driver=True)
+    proc = torchrun(2, [*mask_job["base"], "--npz", str(out)], env, driver=True)
     _wait_for_parts(parts_dir(out), 3, proc)
     os.kill(int((pids / "rank-1").read_text()), signal.SIGKILL)
     code, _, stderr = finish(proc, timeout=120)
@@ -482,12 +482,12 @@ def test_mask_killed_with_2_ranks_resumes_with_3_and_with_1(mask_job, tmp_path):
     assert 3 <= done < 14
     # a second kill part way through the 3-rank resume, then one process finishes
     env = {"SINKHOLE_TEST_DELAY": "0.5"}
-    proc = torchrun(3, [*mask_job["base"], "--out", str(out)], env, driver=True, start_new_session=True)
+    proc = torchrun(3, [*mask_job["base"], "--npz", str(out)], env, driver=True, start_new_session=True)
     _wait_for_parts(parts_dir(out), done + 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # every process of the job
     finish(proc, timeout=60)
     assert not out.exists()
-    assert main([*mask_job["base"], "--out", str(out)]) == 0
+    assert main([*mask_job["base"], "--npz", str(out)]) == 0
     assert out.read_bytes() == mask_job["ref"].read_bytes() and not parts_dir(out).exists()
 
 
@@ -496,7 +496,7 @@ def test_mask_rank_that_disagrees_stops_before_the_model_loads(mask_job, tmp_pat
 
     out = tmp_path / "m.npz"
     env = {"SINKHOLE_TEST_RANK_ARGS": json.dumps({"1": ["--max-batch", "4"]})}
-    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--out", str(out)], env, driver=True))
+    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--npz", str(out)], env, driver=True))
     errors = [ln for ln in stderr.splitlines() if ln.startswith("sinkhole: error:")]
     assert code != 0 and len(errors) == 1, stderr[-3000:]
     assert "rank 1 of 2 disagrees with rank 0 on the settings (batching" in errors[0]

@@ -14,9 +14,9 @@ from sinkhole.models.dtypes import default_dtype
 EXTRA = {  # what each command needs to get as far as loading its model
     "analyze": ["--prompt", "hello"],
     "eval": ["--out", "{tmp}/eval"],
-    "profile": ["--out", "{tmp}/p.json"],
+    "profile": ["--json", "{tmp}/p.json"],
     "quant": ["--validate"],
-    "mask": ["--texts", "{tmp}/texts.txt", "--out", "{tmp}/mask.npz"],
+    "mask": ["--texts", "{tmp}/texts.txt", "--npz", "{tmp}/mask.npz"],
 }
 
 

@@ -102,9 +102,9 @@ OUTPUT_FLAGS = {
     "analyze": ["--output", "--json"],
     "mechanism": ["--output", "--json"],
     "vocab-sweep": ["--json"],
-    "profile": ["--out"],
+    "profile": ["--json"],
     "stream": ["--json", "--plot"],
-    "quant": ["--out", "--stats-json"],
+    "quant": ["--hints", "--stats-json"],
     "compare": ["--output", "--json"],
     "models": ["--json"],
     "eval": ["--csv"],
@@ -155,7 +155,7 @@ def _outputs():
     yield "analyze", ["--json", "SAME", "--output", "SAME"], "same file"
     yield "stream", ["--json", "SAME", "--plot", "SAME"], "same file"
     yield "analyze", ["--output", "-"], "cannot be '-'"
-    yield "quant", ["--out", "-"], "cannot be '-'"
+    yield "quant", ["--hints", "-"], "cannot be '-'"
     yield "quant", ["--json", "-"], "stdout"
 
 

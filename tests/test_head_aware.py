@@ -307,7 +307,7 @@ def test_cli_recall_rejects_plot_and_text_before_loading(capsys):
 
     assert main(["stream", "--recall", "--plot", "x.png"]) == 2
     assert "--recall" in capsys.readouterr().err
-    assert main(["profile", "--stream-window", "0", "--out", "x.json"]) == 2
+    assert main(["profile", "--stream-window", "0", "--json", "x.json"]) == 2
 
 
 def test_band_share_target_mass_matches_eager():

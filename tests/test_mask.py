@@ -175,17 +175,17 @@ def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys, monkeypa
     texts = tmp_path / "t.jsonl"
     texts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the one of you", "it is in the a of to"]))
     out = tmp_path / "m.npz"
-    code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out))
+    code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), "--texts", str(texts), "--npz", str(out))
     assert code == 0, err
     assert f"wrote {out}: 2 texts" in err
     f = load_mask(out)
     assert len(f) == 2 and f.header["settings"]["candidates"] == 16
     bad = [
-        ["--texts", str(tmp_path / "missing.txt"), "--out", str(out)],
-        ["--texts", str(texts), "--out", str(out), "--layer", "9"],
-        ["--texts", str(texts), "--out", str(out), "--threshold", "0"],
-        ["--texts", str(texts), "--out", str(tmp_path)],
-        ["--texts", str(texts), "--out", str(out), "--all-tokens", "--candidates", "3"],
+        ["--texts", str(tmp_path / "missing.txt"), "--npz", str(out)],
+        ["--texts", str(texts), "--npz", str(out), "--layer", "9"],
+        ["--texts", str(texts), "--npz", str(out), "--threshold", "0"],
+        ["--texts", str(texts), "--npz", str(tmp_path)],
+        ["--texts", str(texts), "--npz", str(out), "--all-tokens", "--candidates", "3"],
     ]
     for argv in bad:
         code, _, err = run_cli(capsys, "mask", "--model", str(tiny_dir), *argv)
@@ -204,7 +204,7 @@ def test_cli_mask_end_to_end_and_bad_inputs(tiny_dir, tmp_path, capsys, monkeypa
         return real(*a, **k)
 
     again = tmp_path / "again.npz"
-    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(again), "--max-batch", "1"]
+    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--npz", str(again), "--max-batch", "1"]
     monkeypatch.setattr(store, "mask_batch", one_batch_then_ctrl_c)
     code, _, err = run_cli(capsys, *argv)
     monkeypatch.setattr(store, "mask_batch", real)
@@ -266,7 +266,7 @@ def test_cli_mask_refuses_before_loading(tiny_dir, tmp_path, capsys, monkeypatch
     texts = tmp_path / "t.txt"
     texts.write_text("the one of you\nit is in the a of to\n")
     out = tmp_path / "m.npz"
-    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--out", str(out), *("--threshold", "1.2")]
+    argv = ["mask", "--model", str(tiny_dir), "--texts", str(texts), "--npz", str(out), *("--threshold", "1.2")]
 
     def stop(*a, **k):  # a run that leaves its parts behind, as a kill would
         raise KeyboardInterrupt

@@ -68,7 +68,7 @@ def test_cli_hints_and_validate(smollm2, tmp_path, capsys):
             "smollm2-135m",
             "--backend",
             "bitsandbytes",
-            "--out",
+            "--hints",
             str(out),
             "--calib-seqs",
             "2",

@@ -9,6 +9,34 @@ from pathlib import Path
 from sinkhole.errors import SinkholeError
 
 
+class _OldSpelling(argparse.Action):
+    """An old spelling of an option: sets the new option's `dest` and says on stderr what to type
+    instead (rank 0 alone under a launcher)."""
+
+    def __init__(self, option_strings, dest, instead: str = "", **kw):
+        self.instead = instead
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from sinkhole.distributed import quiet
+
+        if not quiet():
+            command = parser.prog.removeprefix("sinkhole ")
+            print(
+                f"sinkhole: note: {command} {option_string} is now {self.instead} "
+                '(the old spelling goes in the next release; docs/cli.md, "Output flags")',
+                file=sys.stderr,
+            )
+        setattr(namespace, self.dest, values)
+
+
+def add_old_spellings(g, *flags: str, dest: str, instead: str, **kw) -> None:
+    """Keep `flags`, an option's spellings before the output-flag convention (docs/cli.md, "Output
+    flags"), for one release: hidden from --help, each use prints a one-line notice; `kw` as the new
+    option's (type, metavar)."""
+    g.add_argument(*flags, dest=dest, action=_OldSpelling, instead=instead, help=argparse.SUPPRESS, **kw)
+
+
 def add_model_args(p: argparse.ArgumentParser, sharded: bool = False) -> None:
     """--model, --device, --dtype, ...; `sharded`: the command shares its work among the ranks of a
     launcher (sinkhole.distributed), so a rank may own a group of GPUs."""

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"sinkhole.cli.{name.replace('-', '_')}").add_parser(sub)
+    p.subcommands = sub.choices  # name -> its parser, for usage errors in the subcommand's words
     return p
 
 
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # refused with the subcommand's usage, not the top-level one
+            sub = parser.subcommands.get(args.command) if args.command else None
+            (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as err:  # --help (0) or an argparse usage error (2), already printed
         return err.code if isinstance(err.code, int) else 2
     if not getattr(args, "run", None):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_model_args, status
+from sinkhole.cli.common import add_analysis_args, add_model_args, add_old_spellings, status
 
 HELP = "per-token spike / sink mask of many texts, for SAE training and circuit work (resumable)"
 EPILOG = """examples:
-  sinkhole mask --model smollm2-135m --texts corpus.txt --out mask.npz
-  sinkhole mask --texts docs.jsonl --out mask.npz --layer 15 --threshold 10
-  torchrun --standalone --nproc-per-node 4 -m sinkhole mask --device cuda --texts corpus.txt --out mask.npz
+  sinkhole mask --model smollm2-135m --texts corpus.txt --npz mask.npz
+  sinkhole mask --texts docs.jsonl --npz mask.npz --layer 15 --threshold 10
+  torchrun --standalone --nproc-per-node 4 -m sinkhole mask --device cuda --texts corpus.txt --npz mask.npz
 
 --texts: a .txt file (one text a line) or .jsonl ({"prompt": "..."} a line). Texts are tokenized as
 they are (no chat template unless --chat). Re-running the same command resumes where it stopped
@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
         help="keys whose attention mass is measured, beside the first token and spike tokens (default 16)",
     )
     m.add_argument("--all-tokens", action="store_true", help="measure every token's attention mass (slower)")
-    m.add_argument("--out", type=Path, required=True, help="the mask file (.npz)")
+    m.add_argument("--npz", dest="out", type=Path, metavar="MASK.npz", help="the mask file to write (required)")
+    add_old_spellings(m, "--out", dest="out", instead="--npz", type=Path)
     m.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (B x T), default 4096")
     m.add_argument("--max-batch", type=int, default=None, help="texts per forward, default 32")
     # no early "loading ..." line (announce_load): the texts and an existing run are checked first
@@ -67,8 +68,10 @@ def _run(args, world) -> int:
     from sinkhole.mask.store import LOCK, check_existing, early_manifest, out_lock, parts_dir
 
     def inputs():
+        if args.out is None:  # not `required=True`: the old spelling --out may give it
+            raise SinkholeError("give the mask file to write: --npz MASK.npz")
         if str(args.out).endswith(("/", ".parts")) or Path(args.out).is_dir():
-            raise SinkholeError(f"--out {args.out} must be a file path (MASK.npz), not a directory")
+            raise SinkholeError(f"--npz {args.out} must be a file path (MASK.npz), not a directory")
         if args.all_tokens and args.candidates is not None:
             raise SinkholeError("--all-tokens and --candidates exclude each other")
         cands = None if args.all_tokens else (DEFAULT_CANDIDATES if args.candidates is None else args.candidates)

@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
+from sinkhole.cli.common import (
+    add_analysis_args,
+    add_chat_args,
+    add_model_args,
+    add_old_spellings,
+    load_probe,
+    status,
+)
 
 HELP = (
     "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
 )
 EPILOG = """examples:
-  sinkhole profile --model smollm2-135m --out smollm2.json
-  sinkhole profile --model gemma3-270m --limit 100 --out gemma3.json
+  sinkhole profile --model smollm2-135m --json smollm2.json
+  sinkhole profile --model gemma3-270m --limit 100 --json gemma3.json
   sinkhole profile --show smollm2-135m          # a shipped profile (or --show FILE.json)
-  sinkhole profile --model smollm2-135m --stream-window 512 --out s.json   # streaming scores for a 512 window
-  torchrun --standalone --nproc-per-node 2 -m sinkhole profile --out p.json   # 2 ranks share the passes
+  sinkhole profile --model smollm2-135m --stream-window 512 --json s.json   # streaming scores for a 512 window
+  torchrun --standalone --nproc-per-node 2 -m sinkhole profile --json p.json   # 2 ranks share the passes
 
 Streaming scores (on by default, --no-streaming skips them): per (layer, KV head), the attention share
 on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
@@ -39,7 +46,8 @@ def add_parser(sub) -> None:
     s.add_argument("--stream-window", type=int, default=256, help="recent keys in the band, default 256")
     s.add_argument("--stream-prompts", type=int, default=8, help="copy prompts of 1024 tokens, default 8")
     o = p.add_argument_group("output")
-    o.add_argument("--out", "-o", type=Path, help="write the profile JSON here ('-': stdout)")
+    o.add_argument("--json", type=Path, help="write the profile JSON here ('-': stdout)")
+    add_old_spellings(o, "--out", "-o", dest="json", instead="--json", type=Path)
     o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
     p.set_defaults(run=run)
 
@@ -60,8 +68,8 @@ def run(args) -> int:
         return 0
     from sinkhole.cli.common import raise_failures, result_stream, write_all
 
-    failures = write_all([(args.out, lambda: profile.save(args.out))])
-    print(render_profile(profile), file=result_stream(args.out))
+    failures = write_all([(args.json, lambda: profile.save(args.json))])
+    print(render_profile(profile), file=result_stream(args.json))
     raise_failures(failures)
     return 0
 
@@ -83,9 +91,11 @@ def _detect(args, world):
     rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
     probe = world.all_ok(lambda: load_probe(rank_args))
     world.agree({"weights_id": probe.info.weights_id, "dtype": probe.info.dtype}, "model")
-    from sinkhole.progress import progress
-
-    with progress(total=len(suite), desc="profile", unit="prompt") as bar:
+    streaming = None
+    if not args.no_streaming:
+        streaming = dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts)
+    bars = _Bars(len(suite), streaming)
+    try:
         return SinkDetector(
             probe,
             prompts=suite,
@@ -93,9 +103,48 @@ def _detect(args, world):
             threshold=args.threshold,
             epsilon=args.epsilon,
             min_sink_rate=args.min_sink_rate,
-            progress=bar.update,
-            streaming=None
-            if args.no_streaming
-            else dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts),
+            progress=bars.prompts,
+            streaming=None if streaming is None else {**streaming, "progress": bars.streams},
             world=world,
         ).detect()
+    finally:
+        bars.close()
+
+
+class _Bars:
+    """The two passes' progress, one after the other: the suite's prompts, then the streaming scores'
+    copy prompts (1024 tokens each, most of the time on a CPU), whose bar opens as the first fills so
+    its time estimate is its own. Rank 0 hears of every rank's work (sinkhole.distributed)."""
+
+    def __init__(self, n_prompts: int, streaming: dict | None):
+        from sinkhole.progress import progress
+
+        self.n_prompts, self.streaming = n_prompts, streaming
+        self.bar = progress(total=n_prompts, desc="profile", unit="prompt")
+        self.stream_bar = None
+
+    def prompts(self, k: int) -> None:
+        self.bar.update(k)
+        if self.bar.n >= self.n_prompts and self.streaming is not None:
+            self._open_streams()
+
+    def streams(self, k: int) -> None:
+        self._open_streams()
+        self.stream_bar.update(k)
+
+    def _open_streams(self) -> None:
+        if self.stream_bar is not None:
+            return
+        from sinkhole.progress import progress
+
+        self.bar.close()
+        s = self.streaming
+        status(
+            f"streaming scores: {s['count']} copy prompts, sinks {s['n_sink']} + window {s['window']} per KV head ..."
+        )
+        self.stream_bar = progress(total=s["count"], desc="streaming scores", unit="prompt")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.stream_bar is not None:
+            self.stream_bar.close()

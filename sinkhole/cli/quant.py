@@ -8,15 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-from sinkhole.cli.common import add_model_args, status
+from sinkhole.cli.common import add_model_args, add_old_spellings, status
 from sinkhole.errors import SinkholeError
 
 HELP = "quantization hints from spike statistics (bitsandbytes, llm-compressor, torchao, smoothquant, prefix)"
 EPILOG = """examples:
-  sinkhole quant --backend bitsandbytes --out bnb.json
-  sinkhole quant --backend llm-compressor --out recipe.yaml
-  sinkhole quant --backend smoothquant --out act_scales.pt --alpha 0.8
-  sinkhole quant --backend torchao --profile smollm2-135m --out torchao.json   # from a profile, no calibration
+  sinkhole quant --backend bitsandbytes --hints bnb.json
+  sinkhole quant --backend llm-compressor --hints recipe.yaml
+  sinkhole quant --backend smoothquant --hints act_scales.pt --alpha 0.8
+  sinkhole quant --backend torchao --profile smollm2-135m --hints torchao.json   # from a profile, no calibration
   sinkhole quant --validate --json quant-validate.json                       # perplexity of W8A8 schemes
 """
 
@@ -52,7 +52,10 @@ def add_parser(sub) -> None:
         metavar="{" + ",".join(BACKENDS) + "}",
         help="config format to emit: " + "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()),
     )
-    h.add_argument("--out", type=Path, help="write the backend's config here (default: print it)")
+    h.add_argument(
+        "--hints", type=Path, metavar="FILE", help="write the backend's config here (default: print it as JSON)"
+    )
+    add_old_spellings(h, "--out", dest="hints", instead="--hints", type=Path)
     h.add_argument(
         "--alpha",
         default="auto",
@@ -113,8 +116,8 @@ def run(args) -> int:
         raise SinkholeError("--validate calibrates on the model itself: drop --profile")
     _given_alpha(args.alpha)  # refuse a bad value before loading anything
     backend = get_backend(args.backend) if args.backend else None
-    if backend and backend.needs_out and not args.out:
-        raise SinkholeError(f"{backend.name} writes a binary file: give --out FILE (it is not printable)")
+    if backend and backend.needs_out and not args.hints:
+        raise SinkholeError(f"{backend.name} writes a binary file: give --hints FILE (it is not printable)")
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
     )
@@ -132,7 +135,7 @@ def run(args) -> int:
         )
         table = render_stats(stats)
         # stdout stays parseable JSON when the config itself (or a '-' output) is printed there
-        if (args.out or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):
+        if (args.hints or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):
             print(table)
         else:
             status(table)
@@ -151,11 +154,11 @@ def run(args) -> int:
     if args.backend:
         hints = get_quantization_hints(source, args.backend, family=lm.family, tokenizer=lm.tokenizer, alpha=alpha)
         hints["basis"].update(alpha_basis)
-        if args.out:
+        if args.hints:
             from sinkhole.report.quant_text import render_hints_summary
 
             try:
-                written = write_hints(hints, args.out)
+                written = write_hints(hints, args.hints)
                 print(render_hints_summary(hints, written))  # a summary and the path, not the JSON again
             except SinkholeError as err:
                 failures.append(str(err))

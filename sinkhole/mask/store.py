@@ -156,7 +156,7 @@ def _restrict(d: dict, keys: dict) -> dict:
 
 
 def _other_settings(parts: Path, diff: list[str]) -> str:
-    return f"{parts} holds a run with other settings ({'; '.join(diff[:3])}); use another --out or delete {parts}"
+    return f"{parts} holds a run with other settings ({'; '.join(diff[:3])}); use another --npz or delete {parts}"
 
 
 def out_lock(out: str | Path):
@@ -167,7 +167,7 @@ def out_lock(out: str | Path):
     parts = parts_dir(out)
     if parts.exists() and not parts.is_dir():
         raise SinkholeError(f"{parts} is a file, not the parts directory of {out}: move it away")
-    busy = f"another sinkhole mask is writing {out}: wait for it to finish, or give another --out"
+    busy = f"another sinkhole mask is writing {out}: wait for it to finish, or give another --npz"
     return exclusive_lock(parts / LOCK, busy=busy)
 
 
@@ -244,7 +244,7 @@ def run_mask(
         missing = [it.index for it in suite.items if it.index not in masks]
         if missing:  # every rank said it finished, yet rank 0 cannot read its parts
             raise SinkholeError(
-                f"{len(missing)} texts are not in {parts} although every rank finished: --out must be on a "
+                f"{len(missing)} texts are not in {parts} although every rank finished: --npz must be on a "
                 "filesystem every rank sees; run the same command again to compute them"
             )
         arrays = pack([masks[it.index] for it in suite.items])
@@ -294,6 +294,6 @@ def _compute(probe, suite, parts, settings, encoded, done, max_batch_tokens, max
 def _sees(parts: Path) -> None:
     if not (parts / MANIFEST).is_file():
         raise SinkholeError(
-            f"{parts / MANIFEST}, written by rank 0, is not there: --out must be on a filesystem every rank "
+            f"{parts / MANIFEST}, written by rank 0, is not there: --npz must be on a filesystem every rank "
             "sees (NFS, Lustre, ...), or run on one machine"
         )

@@ -46,9 +46,9 @@ def render_validation(result: dict) -> str:
 
 
 def render_hints_summary(hints: dict, paths: list) -> str:
-    """A few lines for `quant --backend B --out FILE` (the config itself is in the file): what was written,
+    """A few lines for `quant --backend B --hints FILE` (the config itself is in the file): what was written,
     the config's settings (lists counted, with their first entries), the notes and the basis's rules.
-    The whole hints, basis included, are what `quant --backend B` without --out prints as JSON."""
+    The whole hints, basis included, are what `quant --backend B` without --hints prints as JSON."""
 
     def short(v) -> str:
         if isinstance(v, (list, tuple)):  # a list of records by its first field (e.g. a channel id)
@@ -67,5 +67,5 @@ def render_hints_summary(hints: dict, paths: list) -> str:
         lines += [f"  {k}  {short(v)}" for k, v in config.items()]
     lines += [f"  note: {n}" for n in hints.get("notes", [])]
     lines += [f"  basis {k}: {short(v)}" for k, v in basis.items() if k != "source"]
-    lines.append("  (the whole hints as JSON, basis included: the same command without --out)")
+    lines.append("  (the whole hints as JSON, basis included: the same command without --hints)")
     return "\n".join(lines)
