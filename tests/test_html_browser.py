@@ -335,6 +335,19 @@ def test_one_colour_per_channel_across_the_page(driver, mechanism_page):
         }));
         return out;"""
     )
+    others = driver.execute_script(
+        """
+        document.querySelectorAll('details').forEach((d) => { d.open = true; d.dispatchEvent(new Event('toggle')); });
+        const out = [];
+        document.querySelectorAll('.js-plotly-plot').forEach((g) => (g._fullData || []).forEach((t) => {
+          if (/^(channel |S_)\\d+$/.test(t.name || '') || (t.type === 'bar' && Array.isArray(t.x) &&
+              t.x.some((x) => /^ch \\d+/.test(x)))) return;
+          [t.line && t.line.color, t.marker && t.marker.color].flat().forEach((c) => {
+            if (typeof c === 'string') out.push([g.id, t.name, c]);
+          });
+        }));
+        return out;"""
+    )
     colours, figures = {}, {}
     for fig, channel, colour in seen:
         colours.setdefault(channel, set()).add(colour)
@@ -344,6 +357,9 @@ def test_one_colour_per_channel_across_the_page(driver, mechanism_page):
     assert all(len(v) == 1 for v in colours.values()), colours
     palette = [colours[c].pop() for c in sorted(spike)]
     assert len(set(palette)) == len(palette) and all(re.match(r"#[0-9a-f]{6}$", c) for c in palette)
+    # no other line or marker (tokens, norms, generic series in the opened "all numbers" tree) takes a
+    # channel's colour
+    assert len(others) >= 10 and [o for o in others if o[2].lower() in palette] == []
 
 
 def test_spike_marker_sits_on_top_of_the_bars(driver, mechanism_page):

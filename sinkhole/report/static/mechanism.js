@@ -10,7 +10,11 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
     $("mech-lifecycle").textContent = "Not measured: this model's attention and FFN contributions could not be told apart (its blocks were not split by discovery).";
   else if (M.lifecycle.length) {
     // blocks that were not measured (null) are gaps: markers keep isolated points visible
-    plot("mech-lifecycle", M.lifecycle.map((t) => ({ type: "scatter", mode: t.norm.includes(null) ? "lines+markers" : "lines", x: t.blocks.map((b, i) => i), y: t.norm,
+    // tokens, not channels: shades of viridis, so no line shares a colour with a channel on this page
+    const VIR = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b"];
+    const tokColour = (i) => VIR[M.lifecycle.length > 1 ? Math.round(i * (VIR.length - 1) / (M.lifecycle.length - 1)) : 0];
+    plot("mech-lifecycle", M.lifecycle.map((t, i) => ({ type: "scatter", mode: t.norm.includes(null) ? "lines+markers" : "lines",
+      line: { color: tokColour(i) }, marker: { color: tokColour(i) }, x: t.blocks.map((b, i) => i), y: t.norm,
       name: esc(t.label), customdata: t.blocks, hovertemplate: "%{customdata}<br>\u2016r\u2016 = %{y:.4g}<extra>" + esc(t.label) + "</extra>" })),
       { xaxis: { title: { text: "block (2l = attention of layer l, 2l+1 = its FFN)" } },
         yaxis: { title: { text: "\u2016r_b\u2016 (log)" }, type: "log", dtick: 1 } });
@@ -54,8 +58,8 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
   if (K.sink_pr) {
     const tr = [{ type: "scatter", mode: "lines+markers", x: API.range(K.sink_pr.length), y: K.sink_pr, name: "sink keys (PR)", line: { color: "#d64541" } },
       { type: "scatter", mode: "lines+markers", x: API.range(K.other_pr.length), y: K.other_pr, name: "other keys (PR)", line: { color: "#8da0cb" } }];
-    if (K.energy) tr.push({ type: "scatter", mode: "lines", x: API.range(K.energy.length), y: K.energy, name: "query energy in sink subspace", yaxis: "y2", line: { color: "#2ca02c" } });
-    if (K.random) tr.push({ type: "scatter", mode: "lines", x: API.range(K.random.length), y: K.random, name: "random subspace", yaxis: "y2", line: { color: "#2ca02c", dash: "dot" } });
+    if (K.energy) tr.push({ type: "scatter", mode: "lines", x: API.range(K.energy.length), y: K.energy, name: "query energy in sink subspace", yaxis: "y2", line: { color: "#0f766e" } });
+    if (K.random) tr.push({ type: "scatter", mode: "lines", x: API.range(K.random.length), y: K.random, name: "random subspace", yaxis: "y2", line: { color: "#0f766e", dash: "dot" } });
     plot("mech-keys", tr, { margin: { l: 60, r: 60, t: 60, b: 50 }, xaxis: { title: { text: "layer" } },
       yaxis: { title: { text: "participation ratio" }, rangemode: "tozero" },
       yaxis2: { title: { text: "query energy share" }, overlaying: "y", side: "right", rangemode: "tozero", tickformat: ".0%", showgrid: false } });

@@ -258,8 +258,11 @@ function drawResidual() {
   });
 
   const ln = D.layers || {}, tr = [];
-  if (ln.max_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.max_norm, x: range(L), name: "max over tokens" });
-  if (ln.median_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.median_norm, x: range(L), name: "median over tokens" });
+  // greys: the palette's colours mean channels on this page
+  if (ln.max_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.max_norm, x: range(L), name: "max over tokens",
+    line: { color: "#333" }, marker: { color: "#333" } });
+  if (ln.median_norm) tr.push({ type: "scatter", mode: "lines+markers", y: ln.median_norm, x: range(L), name: "median over tokens",
+    line: { color: "#999", dash: "dash" }, marker: { color: "#999" } });
   Plotly.newPlot("fig-layers", tr, {
     font: FONT, margin: { l: 60, r: 10, t: 34, b: 40 }, legend: LEGEND_ABOVE,
     xaxis: { title: { text: "layer" } }, yaxis: { title: { text: "\u2016h\u2016 (log)" }, type: "log", dtick: 1 },
@@ -342,6 +345,8 @@ function table(head, rows, more) {
   if (more) { const p = document.createElement("p"); p.className = "note"; p.textContent = "\u2026 " + more + " more rows not shown"; wrap.appendChild(p); }
   return wrap;
 }
+// generic series are no channels: colours outside the channel palette (html_data.CHANNEL_PALETTE)
+const GENERIC_COLOURS = ["#333333", "#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#c51b7d"];
 function genFigure(n) {
   const box = document.createElement("div"), div = document.createElement("div");
   div.className = "fig gen-fig"; div.id = "gen-fig-" + (figId++);
@@ -351,7 +356,8 @@ function genFigure(n) {
     const rows = n.kind === "series" ? [n.y] : (n.z.length <= 8 && n.z[0].length >= 8 ? n.z : null);
     if (rows) Plotly.newPlot(div, rows.map((y, i) => ({ type: "scatter", mode: y.length > 60 ? "lines" : "lines+markers", y: y,
       name: "[" + i + "]", hovertemplate: (rows.length > 1 ? "[" + i + "]" : "") + "[%{x}] %{y:.4g}<extra></extra>" })),
-      { font: FONT, margin: { l: 60, r: 10, t: 10, b: 36 }, showlegend: rows.length > 1, xaxis: { title: { text: "index" } } }, CFG);
+      { font: FONT, margin: { l: 60, r: 10, t: 10, b: 36 }, showlegend: rows.length > 1, xaxis: { title: { text: "index" } },
+        colorway: GENERIC_COLOURS }, CFG);
     else Plotly.newPlot(div, [{ type: "heatmap", z: n.z, colorscale: "Viridis", hovertemplate: "[%{y}][%{x}] %{z:.4g}<extra></extra>" }],
       { font: FONT, margin: { l: 50, r: 10, t: 10, b: 36 }, yaxis: { autorange: "reversed" } }, CFG);
   };
