@@ -99,8 +99,9 @@ def test_old_spellings_still_work_with_one_notice(command, old, dest, new, capsy
 def test_old_spelling_end_to_end(tiny, suite, tmp_path, capsys):
     argv = ["profile", "--model", str(tiny), "--prompts", str(suite), "--no-streaming"]
     assert main(argv + ["--out", str(tmp_path / "old.json")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "sinkhole: note: profile --out is now --json" in err
+    assert "from 3 prompts (" in out and "no chat template)" in out  # the setting in words, not "chat False"
     assert json.loads((tmp_path / "old.json").read_text())["schema"] == "sinkhole.profile/1"
     assert main(argv + ["--json", str(tmp_path / "new.json")]) == 0
     assert "note:" not in capsys.readouterr().err

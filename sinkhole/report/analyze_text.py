@@ -10,6 +10,18 @@ def as_report(r: Report | dict) -> Report:
     return r if isinstance(r, Report) else Report.from_dict(r)
 
 
+def plural(n: int, word: str) -> str:
+    """'1 distinct set', '2 distinct sets'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def chat_label(chat) -> str:
+    """The run's chat setting in words (run.json holds True, False, or None: the tokenizer decides)."""
+    return {True: "chat template applied", False: "no chat template"}.get(
+        chat, "chat template if the tokenizer has one"
+    )
+
+
 def pct(x: float | None, digits: int = 1) -> str:
     """A share as a percentage that never rounds a partial share to 100% or a non-zero one to 0%:
     2047 of 2048 prints as 99.95%, not 100.0%."""

@@ -9,17 +9,9 @@ from pathlib import Path
 
 from sinkhole.eval.aggregate import METRICS
 from sinkhole.report import static
-from sinkhole.report.analyze_text import pct
+from sinkhole.report.analyze_text import chat_label, pct, plural
 from sinkhole.report.eval_figures import FIGURES
-from sinkhole.report.eval_text import (
-    CATEGORY_KEYS,
-    chat_label,
-    fmt_metric,
-    mean_std,
-    plural,
-    std_cell,
-    top_sink_positions,
-)
+from sinkhole.report.eval_text import CATEGORY_KEYS, fmt_metric, mean_std, std_cell, top_sink_positions
 from sinkhole.report.png import embedded
 
 CAPTIONS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from sinkhole.eval.aggregate import METRICS, PERCENT
-from sinkhole.report.analyze_text import pct
+from sinkhole.report.analyze_text import chat_label, pct, plural
 
 
 def fmt_metric(key: str, x) -> str:
@@ -29,18 +29,6 @@ def std_cell(key: str, s: dict) -> str:
     """'± std' of a metric's summary `s`, or '' where it says nothing: no value, or one prompt (whose
     std of 0 is no measure of spread)."""
     return "" if s["std"] is None or s.get("n", 2) < 2 else "± " + fmt_std(key, s["std"])
-
-
-def plural(n: int, word: str) -> str:
-    """'1 distinct set', '2 distinct sets'."""
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def chat_label(chat) -> str:
-    """The run's chat setting in words (run.json holds True, False, or None: the tokenizer decides)."""
-    return {True: "chat template applied", False: "no chat template"}.get(
-        chat, "chat template if the tokenizer has one"
-    )
 
 
 CATEGORY_KEYS = ("spike_score", "sink_mass", "sink_rate", "n_spikes", "jaccard", "n_tokens")  # per-category table

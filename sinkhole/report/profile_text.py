@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sinkhole.report.analyze_text import pct
+from sinkhole.report.analyze_text import chat_label, pct, plural
 
 if TYPE_CHECKING:
     from sinkhole.profiles.profile import SinkProfile
@@ -16,7 +16,8 @@ def render_profile(pr: SinkProfile) -> str:
     m = pr.model
     lines = [
         f"Profile  {m.get('name')}  ({m.get('architecture')}, {m.get('n_layers')} layers)  "
-        f"from {pr.prompts.get('count')} prompts ({pr.prompts.get('source')}, chat {pr.settings.get('chat')})",
+        f"from {plural(pr.prompts.get('count') or 0, 'prompt')} ({pr.prompts.get('source')}, "
+        f"{chat_label(pr.settings.get('chat'))})",
         f"sink rule  {pr.sink_rule.get('description')}",
         f"pinned KV slots  {pr.pinned_slots}   sink positions {pr.sink_positions}",
     ]
