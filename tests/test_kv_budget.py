@@ -104,7 +104,8 @@ def test_a_budget_sinks_and_window_alone_pass_is_refused():
 
 def test_without_length_the_plan_says_it_is_for_the_trained_context():
     model = tiny_llama()
-    cache = HeadAwareSinkCache.from_profile(profile_for(model), model=model, budget=0.5, **PLAN)
+    with pytest.warns(UserWarning, match="no length given, so the budget is planned at 256 tokens"):
+        cache = HeadAwareSinkCache.from_profile(profile_for(model), model=model, budget=0.5, **PLAN)
     assert (cache.memory_plan.length, cache.memory_plan.length_from) == (256, "trained context")
     assert "at 256 tokens (trained context)" in cache.memory_plan.line()
     assert cache.summary()["plan"]["kv_bytes"] == cache.memory_plan.kv_bytes
