@@ -298,7 +298,7 @@ def side_by_side(c: dict) -> list[tuple[str, str, str, str]]:
         ("sink tokens", *sk["n"], _diff(*sk["n"], "")),
         ("top sink", *top, _diff(sk["top"][0]["attn_mass"], sk["top"][1]["attn_mass"], "%") + " mass"),
         ("spike channels", ch["a"] or "none", ch["b"] or "none", f"only A {ch['only_a']}, only B {ch['only_b']}"),
-        ("sink heads", *heads, _diff(*h["n_sink_heads"], "")),
+        ("sink heads", *heads, _diff(*h["n_sink_heads"], "") if h["same_shape"] else ""),  # other heads: no difference
         ("Spike ∩ Sink (Jaccard)", *(_num(x, "2") for x in c["jaccard"]), _diff(*c["jaccard"], "2")),
         ("KV: attention on sink slots", *(_num(x, "%") for x in c["kv"]), _diff(*c["kv"], "%")),
     ]
