@@ -21,7 +21,7 @@ snapkv (keep the prompt keys the last window's queries attend to most). An inter
 from --json's sidecar OUT.cells.jsonl (same settings); see docs/cache.md.
 """
 QUICK = dict(tasks="passkey,niah,multikey,copy,ppl", lengths="1024", depths=3, seeds=1)
-DEFAULT = dict(tasks="passkey,niah,multikey,vartrack,copy,ppl", lengths="1024,2048,4096,8192", depths=5, seeds=3)
+DEFAULT = dict(tasks="passkey,niah,multikey,vartrack,copy,ppl", lengths="1024,2048,4096,8192", depths=5, seeds=1)
 
 
 def add_parser(sub) -> None:

@@ -44,10 +44,16 @@ class BenchSettings:
     seeds: int = 3
     plan: Plan = field(default_factory=Plan)
 
-    def numbers(self, lm) -> dict:
-        """What decides a cell's numbers (a resumed run must match all of it)."""
+    def numbers(self, lm, profile=None) -> dict:
+        """What decides a cell's numbers (a resumed run must match all of it): the model, the settings
+        and the profile's streaming scores (a digest)."""
+        import hashlib
+        import json
+
+        stream = json.dumps(getattr(profile, "streaming", None), sort_keys=True).encode()
         return dict(
             weights_id=getattr(lm, "weights_id", None) or lm.name,
+            profile=hashlib.sha256(stream).hexdigest()[:16],
             dtype=str(lm.dtype).replace("torch.", ""),
             depths=self.depths,
             seeds=self.seeds,
@@ -158,7 +164,7 @@ def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None
     for n in settings.lengths:
         integer(n, "length", lo=64)
     model = lm.model
-    numbers = settings.numbers(lm)
+    numbers = settings.numbers(lm, profile)
     store = CellStore(out, numbers)
     have = store.open()
     enc = Encoder(lm.tokenizer)

@@ -135,3 +135,19 @@ def write_page(result: KVBenchResult, path: str | Path) -> None:
     from sinkhole.report.kvbench_text import render_kvbench
 
     write_output(path, render_page(result, render_kvbench(result)), "kv-bench page")
+
+
+def write_figures(result: KVBenchResult, out_dir: str | Path) -> list[Path]:
+    """The page's figures as PNG files (niah.png, accuracy.png) in out_dir, for docs."""
+    from sinkhole.io import write_atomic
+
+    out = []
+    for name, png in (
+        ("niah.png", niah_figure(niah_grids(result.cells))),
+        ("accuracy.png", accuracy_figure(retrieval_points(result.cells))),
+    ):
+        if png:
+            path = Path(out_dir) / name
+            write_atomic(path, png)
+            out.append(path)
+    return out
