@@ -20,8 +20,10 @@ Keys:
                     (each [L][Hkv]), queries, copy_queries, prompts}: per (layer, KV head), the mean
                     attention share on the first n_sink tokens + the last `window` keys (over all
                     queries / over copy queries) and the attention on the token to copy, over
-                    prompts with long-range copies (sinkhole.profiles.streaming);
-                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full
+                    prompts with long-range copies (sinkhole.profiles.streaming); prompts: {source,
+                    text (the calibration half of the pydoc topics), seeds [first, last], count,
+                    n_tokens, spans}; HeadAwareSinkCache.from_profile keeps the heads that reach
+                    back in full
 """
 
 from __future__ import annotations
