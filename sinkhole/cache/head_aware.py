@@ -367,6 +367,7 @@ class HeadAwareSinkCache(Cache):
             )
         slot_bytes, dtype = kv_slot_bytes(model)
         stores = [layer_stores(kind, sw, n_sink, window, local_sinks, length) for kind, sw in zip(kinds, windows)]
+        # per layer, what one streaming and one whole KV head allocate at `length`: the stores' own count
         head_bytes = tuple([s.planned_nbytes(length, slot_bytes) for s in pair] for pair in zip(*stores))
         stream_slots, dense_slots = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
         dense_bytes = H * sum(dense_slots) * slot_bytes
