@@ -10,11 +10,13 @@ window.sinkholeSections = (window.sinkholeSections || []).concat([function (API)
     $("mech-lifecycle").textContent = "Not measured: this model's attention and FFN contributions could not be told apart (its blocks were not split by discovery).";
   else if (M.lifecycle.length) {
     // blocks that were not measured (null) are gaps: markers keep isolated points visible
-    // tokens, not channels: shades of viridis, so no line shares a colour with a channel on this page
-    const VIR = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b"];
-    const tokColour = (i) => VIR[M.lifecycle.length > 1 ? Math.round(i * (VIR.length - 1) / (M.lifecycle.length - 1)) : 0];
+    // tokens, not channels: dark shades of viridis, so no line shares a colour with a channel on this page.
+    // The same token in several prompts often has the same trace: earlier lines are wider, so each shows.
+    const VIR = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779"], n = M.lifecycle.length;
+    const tokColour = (i) => VIR[n > 1 ? Math.round(i * (VIR.length - 1) / (n - 1)) : 0];
+    const tokWidth = (i) => (n > 1 ? 1.5 + 3 * (n - 1 - i) / (n - 1) : 2);
     plot("mech-lifecycle", M.lifecycle.map((t, i) => ({ type: "scatter", mode: t.norm.includes(null) ? "lines+markers" : "lines",
-      line: { color: tokColour(i) }, marker: { color: tokColour(i) }, x: t.blocks.map((b, i) => i), y: t.norm,
+      line: { color: tokColour(i), width: tokWidth(i) }, marker: { color: tokColour(i) }, x: t.blocks.map((b, i) => i), y: t.norm,
       name: esc(t.label), customdata: t.blocks, hovertemplate: "%{customdata}<br>\u2016r\u2016 = %{y:.4g}<extra>" + esc(t.label) + "</extra>" })),
       { xaxis: { title: { text: "block (2l = attention of layer l, 2l+1 = its FFN)" } },
         yaxis: { title: { text: "\u2016r_b\u2016 (log)" }, type: "log", dtick: 1 } });
