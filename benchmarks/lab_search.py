@@ -41,7 +41,11 @@ def main(out: str, setting: str) -> None:
     stream = TokenStream(dcfg, s.train.seed)
     m = build_model(mcfg, s.train.seed)
     w0, c0 = time.perf_counter(), time.process_time()
-    cks = train(m, stream, s.train, stream.batch(PROBE_BATCH_INDEX, s.train.probe_batch))
+
+    def show(c, _model) -> None:  # progress while it runs (stderr)
+        print(f"step {c.step}: spike {c.spike_score:.2f}x, sink mass {c.sink_mass:.3f}", file=sys.stderr, flush=True)
+
+    cks = train(m, stream, s.train, stream.batch(PROBE_BATCH_INDEX, s.train.probe_batch), on_checkpoint=show)
     row = {
         "setting": spec,
         "params": n_params(m),

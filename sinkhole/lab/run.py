@@ -85,13 +85,23 @@ VARIANTS: dict[str, Variant] = {
 }
 QUICK_VARIANTS = ("baseline", "sandwich", "gated", "no-bos")
 DEFAULT_SEEDS = (0, 1, 2)
+# The base model: the spike search (docs/lab.md) found no setting within the CPU budget in which the spike
+# reaches the detector's threshold, so the base is the cheapest one in which the sink grows in every seed.
+BASE_MODEL = {
+    "num_hidden_layers": 1,
+    "hidden_size": 32,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "head_dim": 32,
+}
+BASE_TRAIN = TrainConfig(steps=800, lr=1e-2, weight_decay=0.1)
 
 
 @dataclass(frozen=True)
 class LabSettings:
-    model: dict = field(default_factory=dict)  # TinyConfig overrides of the base model (its defaults otherwise)
+    model: dict = field(default_factory=lambda: dict(BASE_MODEL))  # TinyConfig overrides of the base model
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, lr=1e-2, weight_decay=0.1))
+    train: TrainConfig = field(default_factory=lambda: BASE_TRAIN)
     variants: tuple[str, ...] = tuple(VARIANTS)
     seeds: tuple[int, ...] | None = DEFAULT_SEEDS  # train each variant once per seed; None: once, with train.seed
     threshold: float = core.DEFAULT_THRESHOLD
@@ -136,10 +146,8 @@ def base_model_dict(overrides: dict) -> dict:
 
 
 def quick_settings(**kw) -> LabSettings:
-    """A minute-scale look: three variants, 300 steps."""
-    return LabSettings(
-        train=TrainConfig(steps=300, lr=1e-2, weight_decay=0.1, n_checkpoints=7), variants=QUICK_VARIANTS, **kw
-    )
+    """A few-minute look: four variants x three seeds, 300 steps."""
+    return LabSettings(train=replace(BASE_TRAIN, steps=300, n_checkpoints=7), variants=QUICK_VARIANTS, **kw)
 
 
 @dataclass
