@@ -10,7 +10,7 @@ end of a sample (context + answer tokens), and the forward passes that run a bat
     random:k    the same, retrieval heads drawn at random with seed k (the control)
     snapkv      SnapKVCache: every prompt key until the prompt ends, then per head the keys the last
                 `snap_window` queries attend to most, `capacity` per head so that the kept keys plus
-                the answer's fit the budget (sliding layers keep their own window, as in dense)
+                the answer's fit the budget (sliding layers: their most recent budget share of keys)
 
 Window, sinks, head-aware and random read their prompt in chunks of `chunk` tokens (the head-aware
 masks make a chunk exact); dense and SnapKV read it densely in the same chunks, and the prompt's
@@ -99,14 +99,15 @@ def n_sink_of(profile, plan: Plan) -> int:
     return int((getattr(profile, "streaming", None) or {}).get("n_sink", 4))
 
 
-def snap_capacity(model, budget: float, n_total: int, new_tokens: int) -> int:
-    """Keys per global-layer head SnapKV keeps at the prompt's end, so that with the `new_tokens`
-    that follow every layer holds at most budget x dense's slots (sliding layers as dense)."""
-    kinds, windows, heads, _ = layer_layout(model)
-    allowed = budget * dense_slots(kinds, windows, heads, n_total)
-    sliding = heads * sum(min(n_total, w) for w in windows if w is not None)
-    n_global = sum(1 for w in windows if w is None)
-    return int((allowed - sliding) // (heads * n_global)) - new_tokens
+def snap_capacity(model, budget: float, n_total: int, new_tokens: int) -> tuple[int, int | None]:
+    """(keys per global-layer head SnapKV keeps at the prompt's end, keys a sliding layer keeps): every
+    layer at most budget x its dense slots at n_total tokens, the `new_tokens` after the prompt
+    included (sliding layers: the most recent budget x min(n_total, own window); None: no such layer)."""
+    _, windows, _, _ = layer_layout(model)
+    sliding = [w for w in windows if w is not None]
+    # a sliding layer fed the new tokens as one chunk keeps a view of its (keep + new)-key tensor
+    keep = max(1, int(budget * min(n_total, min(sliding))) - new_tokens) if sliding else None
+    return int(budget * n_total) - new_tokens, keep
 
 
 def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new_tokens: int):
@@ -125,7 +126,7 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
     if name == "dense":
         return DynamicCache(config=model.config), contextlib.nullcontext
     if name == "snapkv":
-        cap = snap_capacity(model, plan.budget, n_total, new_tokens)
+        cap, sliding_keep = snap_capacity(model, plan.budget, n_total, new_tokens)
         if cap <= plan.snap_window:
             raise SinkholeError(
                 f"budget {plan.budget:.0%} leaves SnapKV {cap} keys per head at {n_total} tokens: "
@@ -138,6 +139,7 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
             window=plan.snap_window,
             kernel=plan.snap_kernel,
             max_new=new_tokens,
+            sliding_keep=sliding_keep,
         )
         return cache, snapkv_attention
     if name in ("window", "sinks"):

@@ -12,8 +12,9 @@ SnapKVPress is the same rule (window 64, kernel 5, average pool).
 Design decisions (transformers 5.x, no patched model code):
 
 - A `transformers.Cache` whose global layers are `SnapKVLayer` (a `CacheLayerMixin`); sliding-window
-  layers (Gemma-3's local layers) are transformers' own `DynamicSlidingWindowLayer`, as in dense
-  attention: their own window is already bounded.
+  layers (Gemma-3's local layers) are transformers' own `DynamicSlidingWindowLayer`, with their own
+  window or a shorter one (`sliding_keep`: on Gemma-3-270M 15 of 18 layers are sliding, so a budget
+  of half of dense's bytes cannot leave them whole).
 - The cache is told the prompt's length. The forward whose chunk ends at that length compresses:
   its layer hands a callback to the attention function through the `kwargs` dict transformers passes
   from `Cache.update` to the attention interface (the head-aware cache's channel). The function
@@ -192,7 +193,8 @@ class SnapKVLayer(BatchOpsMixin, CacheLayerMixin):
 
 class SnapKVCache(Cache):
     """SnapKV on every global layer (module docstring): `capacity` keys per head kept at the end of a
-    `prompt_length`-token prompt (the last `window` included), `max_new` slots for what follows."""
+    `prompt_length`-token prompt (the last `window` included), `max_new` slots for what follows.
+    sliding_keep: the most recent keys a sliding-window layer keeps (None: its own window, as dense)."""
 
     def __init__(
         self,
@@ -203,6 +205,7 @@ class SnapKVCache(Cache):
         window: int = DEFAULT_WINDOW,
         kernel: int = DEFAULT_KERNEL,
         max_new: int = 0,
+        sliding_keep: int | None = None,
     ):
         from sinkhole.validate import integer
 
@@ -217,7 +220,8 @@ class SnapKVCache(Cache):
             if kind == "full_attention":
                 layers.append(SnapKVLayer(capacity, prompt_length, window, kernel, max_new))
             elif kind in ("sliding_attention", "chunked_attention"):
-                layers.append(DynamicSlidingWindowLayer(sliding_window=kw["sliding_window"]))
+                sw = kw["sliding_window"] if sliding_keep is None else min(kw["sliding_window"], sliding_keep + 1)
+                layers.append(DynamicSlidingWindowLayer(sliding_window=sw))  # holds sw - 1 keys between steps
             else:
                 raise SinkholeError(f"SnapKVCache does not support '{kind}' layers")
         self.capacity, self.window, self.kernel = capacity, window, kernel
