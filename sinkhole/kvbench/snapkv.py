@@ -229,18 +229,22 @@ class SnapKVCache(Cache):
 
     def load_prefix(self, cache: Cache) -> SnapKVCache:
         """Start from a copy of a DynamicCache that has seen the prompt's first tokens (the dense prefill
-        is the same computation, so a benchmark runs it once for dense and SnapKV). Returns self."""
-        import copy
+        is the same computation, so a benchmark runs it once for dense and SnapKV). Sliding layers then
+        keep their most recent `sliding_keep` keys: they read the prefix with their own window, as
+        SnapKV prefills densely. Returns self."""
 
-        for i, (mine, theirs) in enumerate(zip(self.layers, cache.layers)):
+        for mine, theirs in zip(self.layers, cache.layers):
             if isinstance(mine, SnapKVLayer):
                 if theirs.get_seq_length() >= mine.prompt_length:
                     raise SinkholeError("load_prefix: the cache already holds the whole prompt")
                 mine.lazy_initialization(theirs.keys, theirs.values)
                 mine.keys, mine.values = theirs.keys.clone(), theirs.values.clone()
                 mine.cumulative_length = theirs.get_seq_length()
-            else:
-                self.layers[i] = copy.deepcopy(theirs)
+            elif theirs.is_initialized:  # a sliding layer: its most recent keys, up to this cache's window
+                keep = mine.sliding_window - 1
+                mine.lazy_initialization(theirs.keys, theirs.values)
+                mine.keys, mine.values = theirs.keys[:, :, -keep:].clone(), theirs.values[:, :, -keep:].clone()
+                mine.cumulative_length = theirs.cumulative_length
         return self
 
     def kv_bytes(self) -> int:
