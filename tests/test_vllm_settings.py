@@ -15,7 +15,7 @@ def test_defaults_pin_four_tokens():
     assert st.pinned == (0, 1, 2, 3) and st.window == 256 and st.architecture == "LlamaForCausalLM"
     assert st.hf_overrides() == {
         "architectures": ["SinkholeLlamaForCausalLM"],
-        "sinkhole": {"window": 256, "pinned": [0, 1, 2, 3]},
+        "sinkhole": {"window": 256, "pinned": [0, 1, 2, 3], "pin_blocks": 8},
     }
 
 

@@ -6,6 +6,6 @@ frees blocks), attention (which keys a query sees, at which positions), models (
 Sinkhole* architectures), plugin (vLLM's entry point), llm (the user-facing class).
 """
 
-from sinkhole.vllm.llm import SinkAwareLLM, kv_blocks_in_use, sink_engine_kwargs
+from sinkhole.vllm.llm import SinkAwareLLM, kv_blocks_in_use, pinned_sink_blocks, sink_engine_kwargs
 
-__all__ = ["SinkAwareLLM", "kv_blocks_in_use", "sink_engine_kwargs"]
+__all__ = ["SinkAwareLLM", "kv_blocks_in_use", "pinned_sink_blocks", "sink_engine_kwargs"]

@@ -1,6 +1,6 @@
 """The attention side of sinks + window in vLLM: which keys a query sees, at which positions.
 
-`install(model, settings)` runs at the end of a model's `__init__` (see sinkhole.vllm.models) and
+`install(model, window, pinned, pin_blocks)` runs at the end of a model's `__init__` (see sinkhole.vllm.models) and
 turns every global decoder `Attention` layer into a sinks + window layer:
 
 - the layer reports `SinkWindowSpec` (sinkhole.vllm.spec), so the scheduler frees the blocks
@@ -42,6 +42,7 @@ class SinkWindowAttention(Attention):
 
     sink_window: int
     sink_pinned: tuple[int, ...]
+    sink_pin_blocks: int = 0
 
     def get_kv_cache_spec(self, vllm_config):
         return SinkWindowSpec(
@@ -53,6 +54,7 @@ class SinkWindowAttention(Attention):
             kv_quant_mode=get_kv_quant_mode(self.kv_cache_dtype),
             sliding_window=self.sink_window,
             pinned=self.sink_pinned,
+            pin_blocks=self.sink_pin_blocks,
         )
 
 
@@ -302,7 +304,7 @@ def rope_inv_freq(module: torch.nn.Module) -> torch.Tensor:
     return rope._compute_inv_freq(rope.base).float()
 
 
-def install(model: torch.nn.Module, window: int, pinned: tuple[int, ...]) -> int:
+def install(model: torch.nn.Module, window: int, pinned: tuple[int, ...], pin_blocks: int = 0) -> int:
     """Turn each global decoder Attention layer under `model` into a sinks + window layer; the count."""
     count = 0
     for module in model.modules():
@@ -312,7 +314,7 @@ def install(model: torch.nn.Module, window: int, pinned: tuple[int, ...]) -> int
         if attn.attn_type != AttentionType.DECODER or getattr(attn, "sliding_window", None) is not None:
             continue  # local (sliding) layers keep vLLM's own window: they never saw far tokens
         attn.__class__ = SinkWindowAttention
-        attn.sink_window, attn.sink_pinned = int(window), tuple(pinned)
+        attn.sink_window, attn.sink_pinned, attn.sink_pin_blocks = int(window), tuple(pinned), int(pin_blocks)
         attn.impl = SinkWindowImpl(attn.impl, window, pinned, rope_inv_freq(module))
         count += 1
     if count == 0:

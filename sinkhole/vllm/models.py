@@ -23,14 +23,14 @@ PREFIX = "Sinkhole"
 CONFIG_KEY = "sinkhole"
 
 
-def settings_of(hf_config) -> tuple[int, tuple[int, ...]]:
-    """(window, pinned positions) from a model config carrying SinkAwareLLM's overrides."""
+def settings_of(hf_config) -> tuple[int, tuple[int, ...], int]:
+    """(window, pinned positions, pin_blocks) from a model config carrying SinkAwareLLM's overrides."""
     st = getattr(hf_config, CONFIG_KEY, None)
     if not isinstance(st, dict) or "window" not in st or "pinned" not in st:
         raise SinkholeError(
             f"a {PREFIX}* architecture needs the '{CONFIG_KEY}' settings: load it through SinkAwareLLM"
         )
-    return int(st["window"]), tuple(int(p) for p in st["pinned"])
+    return int(st["window"]), tuple(int(p) for p in st["pinned"]), int(st.get("pin_blocks", 0))
 
 
 def _make(base_name: str) -> type:
@@ -40,8 +40,7 @@ def _make(base_name: str) -> type:
         base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
         from sinkhole.vllm.attention import install
 
-        window, pinned = settings_of(vllm_config.model_config.hf_config)
-        install(self, window, pinned)
+        install(self, *settings_of(vllm_config.model_config.hf_config))
 
     return type(PREFIX + base_name, (base,), {"__init__": __init__, "__module__": __name__})
 

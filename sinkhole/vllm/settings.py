@@ -3,6 +3,8 @@
 Pinned positions come from a profile (`SinkProfile.pinned_slots` positions, its sink positions
 first: `sinkhole profile` output, a shipped name, or "detect" to run SinkDetector on the model) or
 from `n_sink` (positions 0 .. n_sink - 1, StreamingLLM's default of 4 when neither is given).
+`pin_blocks` is how many blocks holding those positions stay pinned in vLLM's prefix cache after
+their last request (only with enable_prefix_caching=True; sinkhole.vllm.spec).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sinkhole.errors import SinkholeError
 
 DEFAULT_N_SINK = 4
 DEFAULT_WINDOW = 1020
+DEFAULT_PIN_BLOCKS = 8  # distinct sink blocks (e.g. system prompts' first blocks) kept pinned
 DETECT_PROMPTS = 32  # prompts SinkDetector runs for profile="detect": a few seconds on SmolLM2
 
 
@@ -24,13 +27,14 @@ class SinkSettings:
     architecture: str  # the model's own vLLM architecture
     window: int  # recent tokens each query attends to, itself included
     pinned: tuple[int, ...]  # absolute positions kept as sinks
+    pin_blocks: int = DEFAULT_PIN_BLOCKS  # sink blocks pinned in the prefix cache past their requests
 
     def hf_overrides(self) -> dict:
         from sinkhole.vllm.models import CONFIG_KEY, PREFIX
 
         return {
             "architectures": [PREFIX + self.architecture],
-            CONFIG_KEY: {"window": self.window, "pinned": list(self.pinned)},
+            CONFIG_KEY: {"window": self.window, "pinned": list(self.pinned), "pin_blocks": self.pin_blocks},
         }
 
 
@@ -96,11 +100,14 @@ def pinned_positions(profile, n_sink, model_name: str, weights_id: str | None, l
     return tuple(profile_positions(profile))
 
 
-def resolve_settings(model, profile=None, window=DEFAULT_WINDOW, n_sink=None, block_size: int = 16) -> SinkSettings:
+def resolve_settings(
+    model, profile=None, window=DEFAULT_WINDOW, n_sink=None, block_size: int = 16, pin_blocks=DEFAULT_PIN_BLOCKS
+) -> SinkSettings:
     """Check everything a user typed and say what the engine will pin and keep."""
     from sinkhole.validate import integer
 
     window = integer(window, "window", lo=1, example=DEFAULT_WINDOW)
+    pin_blocks = integer(pin_blocks, "pin_sink_blocks", lo=0, example=DEFAULT_PIN_BLOCKS)
     if window < block_size:
         raise SinkholeError(
             f"window {window} is smaller than one KV block ({block_size} tokens): vLLM frees whole blocks, "
@@ -109,4 +116,4 @@ def resolve_settings(model, profile=None, window=DEFAULT_WINDOW, n_sink=None, bl
     path, weights_id, name = model_path(model)
     arch = architecture_of(path)
     pinned = pinned_positions(profile, n_sink, name, weights_id, model)
-    return SinkSettings(model=path, architecture=arch, window=window, pinned=pinned)
+    return SinkSettings(model=path, architecture=arch, window=window, pinned=pinned, pin_blocks=pin_blocks)
