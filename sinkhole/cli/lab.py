@@ -139,6 +139,7 @@ def run(args) -> int:
     if result is None:  # a rank other than 0
         return 0
     write_outputs(result, args.out, figures=not args.no_figures)
-    status(f"wrote {args.out}/lab.json" + ("" if args.no_figures else ", trajectories.png, final.png") + ", lab.html")
+    figures = "" if args.no_figures else ", trajectories.png, emergence.png, final.png"
+    status(f"wrote {args.out}/lab.json{figures}, lab.html")
     print(render_table(result))
     return 0

@@ -9,7 +9,7 @@ import math
 from sinkhole.lab.claims import METRICS
 from sinkhole.lab.run import LabResult
 
-VARIANT_HEADER = ["variant", "seeds", "loss", "copy", *METRICS.values(), "sink from", "spike from", "time"]
+VARIANT_HEADER = ["variant", "seeds", "loss", "copy", *METRICS.values(), "sink from", "spike from", "wall (seeds)"]
 RUN_HEADER = ["run", "loss", "copy", "sink mass", "rate", "detected", "share@0", "attn/q", "spike", "top|h|", "time"]
 CLAIM_HEADER = ["variant", "claim", "metric", "paper", "baseline", "variant (ours)", "verdict"]
 
