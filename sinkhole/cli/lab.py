@@ -40,9 +40,9 @@ def add_parser(sub) -> None:
         "--out", type=Path, required=True, help="output directory (created; resumed when it holds this run)"
     )
     p.add_argument("--quick", action="store_true", help="baseline, sandwich, gated, no-bos at fewer steps")
-    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all, or the quick three)")
+    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all, or the quick four)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: docs/lab.md)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 800; --quick 300)")
     g.add_argument(
         "--seeds",
         dest="seed_list",
