@@ -1,13 +1,14 @@
 """The emergence lab: train one tiny model per variant (one switch each), probe its checkpoints.
 
-With `seeds`, every variant trains once per seed (a run is a (variant, seed) pair; the result lists
-them variant by variant, labelled "name seed s"), so spread over seeds is one command; under a launcher
-the ranks share the runs (sinkhole.distributed). Every variant starts from the same seed (same
-initial weights wherever the shapes agree) and sees
-the same batches of the same synthetic language; it differs from the baseline in exactly one
-switch. The results file (`lab.json`) is rewritten atomically after every checkpoint, so an
-interrupted run loses at most the checkpoint in flight; running the same settings into the same
-directory resumes after the last finished variant (other settings there are refused).
+Every variant trains once per seed (seeds 0, 1, 2 by default; a run is a (variant, seed) pair, the
+result lists them variant by variant, labelled "name seed s"); under a launcher the ranks share the
+runs (sinkhole.distributed). For one seed, every variant starts from the same initial weights
+wherever the shapes agree and sees the same batches; it differs from the baseline in exactly one
+switch (VARIANTS: model, data or training overrides). `LabResult.summary()` (sinkhole.lab.claims)
+turns the runs into mean +- sd per variant and a verdict per paper claim. The results file
+(`lab.json`) is rewritten atomically after every checkpoint, so an interrupted run loses at most
+the checkpoint in flight; running the same settings into the same directory resumes after the last
+finished run (other settings there are refused).
 
 Measurement caveat, said everywhere the numbers appear: for sigmoid and softpick attention the
 "attention mass" is the mean weight the model really puts on position 0, read from the weights it
