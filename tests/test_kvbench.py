@@ -292,3 +292,26 @@ def test_methods_hold_at_most_the_budget(which, length):
         # dense: transformers' sliding layers keep a view of their last chunk's whole tensor (a few slots more)
         assert b <= (1.1 if name == "dense" else 0.5) * dense, (name, b, dense)
         assert b >= 0.4 * dense, (name, b, dense)  # and not far below: the budget is used
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--tasks", "passkey,nope", "--json", "k.json"], "--tasks: unknown name 'nope'"),
+        (["--tasks", "passkey"], "needs --json OUT"),
+        (["--lengths", "1024,abc", "--json", "k.json"], "--lengths takes comma-separated"),
+        (["--lengths", "100", "--json", "k.json"], "--lengths"),
+        (["--lengths", "1024,1024", "--json", "k.json"], "a length twice"),
+        (["--depths", "0", "--json", "k.json"], "--depths"),
+        (["--budget", "1.5", "--json", "k.json"], "--budget"),
+        (["--methods", "dense,dense", "--json", "k.json"], "more than once"),
+        (["--json", "/proc/k.json"], "/proc"),
+    ],
+)
+def test_kv_bench_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    from sinkhole.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["kv-bench", "--model", "smollm2-135m", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sinkhole: error:") and message in err[0], err

@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
     o = p.add_argument_group("output")
     o.add_argument("--json", help="results (schema sinkhole.kvbench/1); finished cells are kept beside it")
-    o.add_argument("--output", help="an HTML page: tables, NIAH grid per method, accuracy vs KV bytes")
+    o.add_argument("-o", "--output", help="an HTML page: tables, NIAH grid per method, accuracy vs KV bytes")
     p.set_defaults(run=run)
 
 
