@@ -77,3 +77,27 @@ def test_judge_and_onsets_on_synthetic_runs():
     o = onsets(runs)
     assert o["baseline"] == {"sink": [10, 10, 10], "spike": [100, 100, 100]}
     assert o["sandwich"]["spike"] == [None, None, None]
+
+
+def test_page_title_and_verdicts_follow_the_baseline_spike():
+    """The committed lab run (docs/lab/lab.json), its baseline's spike scores set to 1x (no spike: the
+    title promises none, spike claims are untestable) and then to 20x (the other title, and verdicts)."""
+    import json
+    from pathlib import Path
+
+    from sinkhole.lab.run import LabResult
+    from sinkhole.report.lab_page import title
+
+    d = json.loads((Path(__file__).parent.parent / "docs" / "lab" / "lab.json").read_text())
+    result = LabResult.from_dict(d)
+    baseline = [ck for run in result.variants if run.name == "baseline" for ck in run.checkpoints]
+    for spike in (1.0, 20.0):
+        for ck in baseline:
+            ck.spike_score = spike
+        if spike == 1.0:
+            assert "no spike reached" in title(result)
+            claims = {(c["variant"], c["metric"]): c["verdict"] for c in result.summary()["claims"]}
+            assert claims["sandwich", "spike_score"] == "untestable"
+    assert title(result) == "attention sinks and spikes in tiny models"
+    claims = {(c["variant"], c["metric"]): c["verdict"] for c in result.summary()["claims"]}
+    assert claims["sandwich", "spike_score"] == "supported"
