@@ -17,8 +17,10 @@ With prefix caching on, the manager also
 - pins sink blocks: when a request finishes, its cached sink blocks keep one reference held by
   the manager, so vLLM's block pool never sees them as free and never evicts them. At most
   `pin_blocks` blocks stay pinned (capped at an eighth of the pool), in two tiers as in a
-  segmented LRU: a pin that has served a later request's cache hit is "shared" (a system
-  prompt's first block), one that has not is on probation (most traffic: every request has a
+  segmented LRU: a pin is "shared" (a system prompt's first block) once it has served a later
+  request's cache hit, or if its content was seen before (an earlier copy was released and
+  evicted: the manager remembers the hashes of the last GHOSTS x budget sink blocks it pinned,
+  as ARC's ghost lists do); otherwise it is on probation (most traffic: every request has a
   first block). Over the budget, the oldest probation pin is released into vLLM's ordinary LRU
   first, the oldest shared pin only when no probation pin is left; so one-off traffic never
   displaces a shared sink block. Pins are also released, in that order, when a request could
@@ -44,6 +46,7 @@ from vllm.v1.kv_cache_interface import SlidingWindowSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 
 PIN_SHARE = 8  # pins hold at most 1 / PIN_SHARE of the pool's blocks
+GHOSTS = 16  # sink-block hashes remembered per pin of budget (a hash is a few dozen bytes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +86,7 @@ class SinkWindowManager(SlidingWindowManager):
         self.pin_budget = min(kv_cache_spec.pin_blocks, budget) if self.enable_caching else 0
         # block id -> [KVCacheBlock, shared], least recently used first
         self.pins: OrderedDict[int, list] = OrderedDict()
+        self.seen: OrderedDict[object, None] = OrderedDict()  # hashes of sink blocks pinned before
 
     # --- while a request runs ---------------------------------------------------------------
 
@@ -226,9 +230,13 @@ class SinkWindowManager(SlidingWindowManager):
                     continue  # not cached (a partial block): nothing a later request could hit
                 if blk.block_id in self.pins:
                     self.pins.move_to_end(blk.block_id)  # the pin's own reference stays
-                else:
-                    self.pins[blk.block_id] = [blk, False]  # the request's reference becomes the pin's
+                else:  # the request's reference becomes the pin's
+                    self.pins[blk.block_id] = [blk, blk.block_hash in self.seen]
                     blocks[i] = self._null_block
+                self.seen[blk.block_hash] = None
+                self.seen.move_to_end(blk.block_hash)
+            while len(self.seen) > GHOSTS * self.pin_budget:
+                self.seen.popitem(last=False)
             for block_id in self._release_order()[: max(0, len(self.pins) - self.pin_budget)]:
                 self._release(block_id)
         self.block_pool.free_blocks(reversed([b for b in blocks if not b.is_null]))
