@@ -352,6 +352,16 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def restrict(d: dict, keys: dict) -> dict:
+    """`d` cut down to the keys of `keys` (nested): the part of a stored manifest that an early
+    check (before the model loads, so without what only the model tells) can compare."""
+    out = {}
+    for k, v in keys.items():
+        sub = d.get(k)
+        out[k] = restrict(sub, v) if isinstance(v, dict) and isinstance(sub, dict) else sub
+    return out
+
+
 _current: World | None = None
 
 

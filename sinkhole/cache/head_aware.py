@@ -48,7 +48,6 @@ Design decisions:
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -226,23 +225,11 @@ def attention_and_colsum(q, k, v, mask, scaling):
     return torch.matmul(p.to(v.dtype), v), p.sum(-2)
 
 
-def register() -> str:
-    """Register the attention function (idempotent) and return its name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTN_NAME, head_aware_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-    return ATTN_NAME
-
-
-@contextmanager
 def head_aware_attention(model: torch.nn.Module):
     """Run `model` with the head-aware attention function for the duration of the block."""
-    from sinkhole.probe.hooks import attention_implementation
+    from sinkhole.probe.hooks import registered_attention
 
-    with attention_implementation(model, register()):
-        yield model
+    return registered_attention(model, ATTN_NAME, head_aware_attention_forward)
 
 
 def kv_head_count(model: torch.nn.Module) -> int:

@@ -42,7 +42,7 @@ from sinkhole.analysis.core import (
     order_channels,
     prompt_spike_score,
 )
-from sinkhole.distributed import World, differences
+from sinkhole.distributed import World, differences, restrict
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
 from sinkhole.eval.suite import Suite, SuiteItem
@@ -206,18 +206,9 @@ def check_existing(out_dir: str | Path, partial: dict) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    diff = differences(_restrict(old, partial), partial) if isinstance(old, dict) else []
+    diff = differences(restrict(old, partial), partial) if isinstance(old, dict) else []
     if diff:
         raise SinkholeError(_other_settings(Path(out_dir), diff))
-
-
-def _restrict(d: dict, keys: dict) -> dict:
-    """`d` cut down to the keys of `keys` (nested)."""
-    out = {}
-    for k, v in keys.items():
-        sub = d.get(k)
-        out[k] = _restrict(sub, v) if isinstance(v, dict) and isinstance(sub, dict) else sub
-    return out
 
 
 def _other_settings(out: Path, diff: list[str]) -> str:

@@ -33,8 +33,6 @@ Design decisions (transformers 5.x, no patched model code):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
@@ -266,19 +264,8 @@ def snapkv_attention_forward(module, query, key, value, attention_mask, dropout=
     return out
 
 
-def register() -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTN_NAME, snapkv_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-    return ATTN_NAME
-
-
-@contextmanager
 def snapkv_attention(model: torch.nn.Module):
     """Run `model` with the SnapKV attention function for the duration of the block."""
-    from sinkhole.probe.hooks import attention_implementation
+    from sinkhole.probe.hooks import registered_attention
 
-    with attention_implementation(model, register()):
-        yield model
+    return registered_attention(model, ATTN_NAME, snapkv_attention_forward)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sinkhole.distributed import World, differences
+from sinkhole.distributed import World, differences, restrict
 from sinkhole.errors import SinkholeError
 from sinkhole.mask.core import FIELDS, MaskSettings, TokenMask, encode_texts, mask_batch
 
@@ -141,18 +141,9 @@ def check_existing(out: str | Path, partial: dict) -> None:
         old = json.loads((parts / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    diff = differences(_restrict(old, partial), partial) if isinstance(old, dict) else []
+    diff = differences(restrict(old, partial), partial) if isinstance(old, dict) else []
     if diff:
         raise SinkholeError(_other_settings(parts, diff))
-
-
-def _restrict(d: dict, keys: dict) -> dict:
-    """`d` cut down to the keys of `keys` (nested)."""
-    out = {}
-    for k, v in keys.items():
-        sub = d.get(k)
-        out[k] = _restrict(sub, v) if isinstance(v, dict) and isinstance(sub, dict) else sub
-    return out
 
 
 def _other_settings(parts: Path, diff: list[str]) -> str:

@@ -399,9 +399,6 @@ def sinkhole_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
 def register() -> str:
     """Register "sinkhole" with transformers (idempotent) and return the name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from sinkhole.probe.hooks import register_attention
 
-    AttentionInterface.register(ATTN_NAME, sinkhole_attention)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-    return ATTN_NAME
+    return register_attention(ATTN_NAME, sinkhole_attention)

@@ -107,6 +107,25 @@ def attention_implementation(model, name: str | None, optional: bool = False) ->
             model.set_attn_implementation(previous)
 
 
+def register_attention(name: str, forward: Callable, mask: Callable | None = None) -> str:
+    """Register `forward` as transformers attention function `name` (idempotent) with the mask
+    function it reads (default `sdpa_mask`: a boolean mask, or None where plain causal suffices);
+    returns `name`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(name, forward)
+    AttentionMaskInterface.register(name, mask or sdpa_mask)
+    return name
+
+
+@contextmanager
+def registered_attention(model, name: str, forward: Callable, mask: Callable | None = None) -> Iterator:
+    """Run `model` with attention function `forward` (registered as `name`) while inside; undone in `finally`."""
+    with attention_implementation(model, register_attention(name, forward, mask)):
+        yield model
+
+
 @contextmanager
 def context_value(var: contextvars.ContextVar, value) -> Iterator[None]:
     """Set a ContextVar while inside (read by an attention function during the forward); reset in `finally`."""

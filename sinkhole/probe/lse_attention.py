@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
+from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked, register_attention
 
 ATTN_NAME = "sinkhole_lse"
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("sinkhole_lse_recorder", default=None)
@@ -152,18 +152,13 @@ def candidate_colsum(
 @contextmanager
 def lse_recording(model: torch.nn.Module, family, rec: LseRecorder):
     """Switch the model to the lse attention and hook its decoder layers while inside; undone in `finally`."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTN_NAME, lse_attention)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     layers = family.decoder_layers(model)
     forward, pre = [], []
     for idx, layer in enumerate(layers):
         forward.append((layer, lambda m, i, out, idx=idx: rec.residual(idx, first_tensor(out))))
         pre.append((layer, lambda m, args, idx=idx: setattr(rec, "current_layer", idx)))
     with (
-        attention_implementation(model, ATTN_NAME),
+        attention_implementation(model, register_attention(ATTN_NAME, lse_attention)),
         context_value(ACTIVE, rec),
         hooked(forward=forward, pre=pre),
     ):
