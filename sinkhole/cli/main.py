@@ -54,10 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     # Offline by default: the hub is never contacted, even by a library deep inside transformers.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    # MKL's CPU matmul rounds differently with 1 and 2 threads when a matrix has 5-7 or 9-11 rows
-    # (a short prompt), so a rank's thread share would change a number; strict conditional numerical
-    # reproducibility makes every thread count agree, at no measured cost (BENCHMARKS.md, "Threads").
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
