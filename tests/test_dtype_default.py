@@ -17,6 +17,7 @@ EXTRA = {  # what each command needs to get as far as loading its model
     "profile": ["--json", "{tmp}/p.json"],
     "quant": ["--validate"],
     "mask": ["--texts", "{tmp}/texts.txt", "--npz", "{tmp}/mask.npz"],
+    "kv-bench": ["--json", "{tmp}/kv.json"],
 }
 
 
