@@ -20,16 +20,16 @@ _LAZY = {
     "ModelProbe": "sinkhole.probe.probe",
     "Capture": "sinkhole.probe.capture",
     "analyze": "sinkhole.analysis.core",
-    "Report": "sinkhole.report.schema",
+    "Report": "sinkhole.results.report",
     "load_model": "sinkhole.models.loading",
     "SinkholeError": "sinkhole.errors",
     "SinkProfile": "sinkhole.profiles.profile",
     "load_profile": "sinkhole.profiles.profile",
-    "SinkDetector": "sinkhole.experiments.detect",
+    "SinkDetector": "sinkhole.experiments.detector",
     "SinkCache": "sinkhole.cache.sink_cache",
     "get_quantization_hints": "sinkhole.quant.hints",
-    "token_mask": "sinkhole.mask.core",
-    "TokenMask": "sinkhole.mask.core",
+    "token_mask": "sinkhole.mask.compute",
+    "TokenMask": "sinkhole.mask.compute",
 }
 
 __all__ = sorted(_LAZY)

@@ -29,7 +29,7 @@ if delay:
 
     ModelProbe.run_batch = slow
 
-    import sinkhole.mask.core as mask_core  # before sinkhole.mask.store imports mask_batch from it
+    import sinkhole.mask.compute as mask_core  # before sinkhole.mask.store imports mask_batch from it
 
     mask_batch = mask_core.mask_batch
 

@@ -45,7 +45,7 @@ def test_lab_api_refuses_a_variant_twice():
 
 
 def test_streaming_prompts_are_built_when_read(monkeypatch):
-    import sinkhole.experiments.streaming as st
+    import sinkhole.experiments.head_scores as st
 
     built = []
     monkeypatch.setattr(st, "copy_prompt", lambda tok, n, span, n_spans, seed, text: built.append(seed) or seed)
@@ -59,7 +59,7 @@ def test_streaming_prompts_are_built_when_read(monkeypatch):
 def test_prompt_lengths_are_checked_without_building_prompts():
     from conftest import tiny_llama, wrap
 
-    from sinkhole.experiments.streaming import measure_streaming_scores
+    from sinkhole.experiments.head_scores import measure_streaming_scores
 
     class Unbuildable(list):
         lengths = [64] * 3

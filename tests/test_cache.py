@@ -257,9 +257,9 @@ def test_crop_is_refused():
 
 
 def test_evaluate_stream_on_tiny_model(tmp_path):
-    from sinkhole.cache.stream_eval import evaluate_stream
-    from sinkhole.report.stream_figures import plot_stream
-    from sinkhole.report.stream_text import render_table
+    from sinkhole.cache.stream_ppl import evaluate_stream
+    from sinkhole.render.stream_figures import plot_stream
+    from sinkhole.render.stream_text import render_table
 
     lm = wrap(tiny_llama(num_hidden_layers=1, **BIG))
     ids = torch.randint(1, 99, (1, 40), generator=torch.Generator().manual_seed(5))
@@ -290,7 +290,7 @@ def test_evaluate_stream_on_tiny_model(tmp_path):
 
 
 def test_stream_progress_counts_whole_steps():
-    from sinkhole.cache.stream_eval import evaluate_stream, progress_total
+    from sinkhole.cache.stream_ppl import evaluate_stream, progress_total
 
     lm = wrap(tiny_llama(num_hidden_layers=1, **BIG))
     ids = torch.randint(1, 99, (1, 40), generator=torch.Generator().manual_seed(5))
@@ -303,7 +303,7 @@ def test_stream_progress_counts_whole_steps():
 
 
 def test_evaluate_stream_rejects_too_many_sinks():
-    from sinkhole.cache.stream_eval import evaluate_stream
+    from sinkhole.cache.stream_ppl import evaluate_stream
 
     with pytest.raises(SinkholeError):
         evaluate_stream(wrap(tiny_llama()), torch.ones(1, 10, dtype=torch.long), cache_size=8, n_sink=7)

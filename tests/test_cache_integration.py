@@ -13,7 +13,7 @@ TEXT_START = 2000  # characters into the pydoc text, past the first topic's titl
 
 
 def stream_ids(lm, n):
-    from sinkhole.cache.stream_eval import default_text, encode_stream
+    from sinkhole.cache.stream_ppl import default_text, encode_stream
 
     text, _ = default_text()
     return encode_stream(lm.tokenizer, text[TEXT_START:], n)
@@ -49,8 +49,8 @@ def test_gemma3_global_layers_pin_sinks_and_local_layers_slide(gemma3):
 def test_smollm2_streaming_shape(smollm2):
     """The literature's shape at a small scale: once the first tokens leave a 64-slot cache,
     window-only perplexity rises above sinks + window. Printed numbers go to docs/cache.md."""
-    from sinkhole.cache.stream_eval import evaluate_stream
-    from sinkhole.report.stream_text import render_table
+    from sinkhole.cache.stream_ppl import evaluate_stream
+    from sinkhole.render.stream_text import render_table
 
     ids = stream_ids(smollm2, 224)
     res = evaluate_stream(smollm2, ids, cache_size=64, n_sink=4, profile_positions=None, recompute_samples=12)

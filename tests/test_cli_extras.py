@@ -108,7 +108,7 @@ def test_device_auto_without_cuda_uses_cpu(tiny_dir):  # noqa: F811
 
 
 def test_pct_never_rounds_a_part_to_the_whole():
-    from sinkhole.report.analyze_text import pct
+    from sinkhole.render.analyze_text import pct
 
     assert pct(2047 / 2048) == "99.95%" and pct(1.0) == "100.0%" and pct(0.576) == "57.6%"
     assert pct(0.0004) == "0.04%" and pct(0.0) == "0.0%" and pct(None) == "n/a" and pct(0.82, 0) == "82%"
@@ -185,14 +185,14 @@ def test_report_rows_are_typed_and_json_is_unchanged():
 
 
 def test_mechanism_terminal_formats_counts():
-    from sinkhole.report.mechanism_text import _counts
+    from sinkhole.render.mechanism_text import _counts
 
     assert _counts({"L11.ffn": 16}, 16) == "L11.ffn (16 of 16 tokens)"
     assert _counts({}, 3) == "none"
 
 
 def test_no_spike_prints_the_top_score():
-    from sinkhole.report.analyze_text import render_analysis
+    from sinkhole.render.analyze_text import render_analysis
 
     cap = ModelProbe(wrap(tiny_llama(), name="tiny"), top_k=4).run([5, 17, 3, 42])
     d = analyze(cap, threshold=1e6).to_dict()

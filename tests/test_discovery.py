@@ -16,7 +16,7 @@ from sinkhole.models.support import IDS, IdTokenizer, eager_alpha, quiet
 from sinkhole.models.tiny import tiny_model
 from sinkhole.probe.attention import attention_with_stats
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report.analyze_text import render_analysis
+from sinkhole.render.analyze_text import render_analysis
 
 
 def probe_of(model_type: str, **kw) -> ModelProbe:
@@ -145,7 +145,7 @@ def test_learned_sink_share_in_report():
     ls = d["learned_sinks"]
     assert np.array(ls["share"]).shape == (2, 4) and 0 < ls["mean_share"] < 1
     assert "Learned sinks  absorb" in render_analysis(d)
-    from sinkhole.report.html import render_html
+    from sinkhole.render.html import render_html
 
     assert "Learned sinks" in render_html(analyze(cap))
 

@@ -263,7 +263,7 @@ def test_other_settings_are_refused_before_the_model_loads(job, tmp_path, monkey
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(common, "load_probe", no_load)
-    import sinkhole.cli.eval as cli_eval
+    import sinkhole.cli.eval_cmd as cli_eval
 
     monkeypatch.setattr(cli_eval, "load_probe", no_load)
     assert main([*job["base"], "--out", str(out), "--threshold", "20"]) == 2

@@ -28,7 +28,7 @@ from sinkhole.eval import (
 )
 from sinkhole.eval.runner import ResultsStore, plan_batches
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report.eval_text import render_summary
+from sinkhole.render.eval_text import render_summary
 
 TESTS = Path(__file__).resolve().parent
 # Low threshold/epsilon so that tiny random models have spike and sink tokens to compare.
@@ -320,7 +320,7 @@ def test_summarize_statistics():
 
 
 def test_summary_words_and_one_prompt_rows():
-    from sinkhole.report.eval_page import tables_html
+    from sinkhole.render.eval_page import tables_html
 
     rows = [_row(0, "a", 10, 0.6, [1, 2]), _row(1, "a", 20, 0.5, [1, 2]), _row(2, "solo", 30, 0.4, [1, 2])]
     s = summarize(rows, {"settings": {"chat": True}})

@@ -151,7 +151,7 @@ def _run_eval(probe, **kw):
 
 def _detect(probe, **kw):
     from sinkhole.eval import Suite, SuiteItem
-    from sinkhole.experiments.detect import SinkDetector
+    from sinkhole.experiments.detector import SinkDetector
 
     return SinkDetector(probe, prompts=Suite("t", [SuiteItem(0, [1, 2, 3], "a")]), **kw).detect()
 

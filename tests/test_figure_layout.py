@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sinkhole.report.html_data import CHANNEL_PALETTE, OTHER_CHANNEL, _page_channels, channel_colours
+from sinkhole.render.html_data import CHANNEL_PALETTE, OTHER_CHANNEL, _page_channels, channel_colours
 
 
 def test_channel_colours_one_per_channel_first_seen_first():
@@ -35,7 +35,7 @@ def test_page_data_carries_the_colour_map():
 
     from sinkhole.analysis.core import analyze
     from sinkhole.probe.probe import ModelProbe
-    from sinkhole.report.html_data import view
+    from sinkhole.render.html_data import view
 
     v = view(analyze(ModelProbe(wrap(tiny_llama()), top_k=4).run([5, 17, 3, 42, 8, 8, 91])))
     chans = v["channels"]["channels"]
@@ -106,8 +106,8 @@ def _stream_result(same: bool) -> dict:
 
 @pytest.mark.parametrize("same", [True, False])
 def test_stream_plot_legend_off_the_lines_and_coinciding_lines_both_seen(same):
-    from sinkhole.report.png import pyplot
-    from sinkhole.report.stream_figures import stream_figure
+    from sinkhole.render.png import pyplot
+    from sinkhole.render.stream_figures import stream_figure
 
     fig = stream_figure(_stream_result(same))
     try:
@@ -129,7 +129,7 @@ def test_stream_plot_legend_off_the_lines_and_coinciding_lines_both_seen(same):
 # ticks need three decimals ("60.120%") and collided at matplotlib's default tick count
 @pytest.mark.parametrize("mass, step", [(0.351, 0.023), (0.60123, 0.00011)])
 def test_eval_distributions_count_whole_prompts_and_labels_do_not_collide(tmp_path, monkeypatch, mass, step):
-    import sinkhole.report.eval_figures as ef
+    import sinkhole.render.eval_figures as ef
 
     checked = {}
 

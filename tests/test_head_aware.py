@@ -10,8 +10,8 @@ from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
 from sinkhole.cache.head_plan import select_retrieval_heads, slot_costs
 from sinkhole.errors import SinkholeError
-from sinkhole.experiments.streaming import measure_streaming_scores
-from sinkhole.profiles.streaming import band_share, layer_kinds
+from sinkhole.experiments.head_scores import measure_streaming_scores
+from sinkhole.profiles.stream_scores import band_share, layer_kinds
 
 BIG = dict(initializer_range=0.3)
 
@@ -194,7 +194,7 @@ def test_band_share_detects_far_attention():
 
 
 def test_measure_streaming_scores_on_tiny_models():
-    from sinkhole.profiles.streaming import CopyPrompt
+    from sinkhole.profiles.stream_scores import CopyPrompt
 
     for model in (tiny_llama(**BIG), tiny_gemma3(**BIG)):
         lm = wrap(model)
@@ -266,7 +266,7 @@ def tiny_recall_setup():
 
 def test_recall_evaluation_on_a_tiny_model():
     from sinkhole.cache.recall import evaluate_recall
-    from sinkhole.report.recall_text import render_recall
+    from sinkhole.render.recall_text import render_recall
 
     lm, p = tiny_recall_setup()
     res = evaluate_recall(lm, p, n_tokens=240, budget=0.5, window=8, span=8, n_spans=2, seeds=(0, 1), chunk=16)
@@ -327,7 +327,7 @@ def test_band_share_target_mass_matches_eager():
 def test_streaming_scores_are_calibrated_on_text_the_evaluations_never_read(monkeypatch):
     """Profiles' streaming scores: copy prompts from the first half of the pydoc topics, seeds 0..count-1,
     recorded in the section; `stream --recall` (above) and kv-bench read the second half."""
-    import sinkhole.experiments.streaming as st
+    import sinkhole.experiments.head_scores as st
     from sinkhole.text import pydoc_text
 
     lm, _ = tiny_recall_setup()

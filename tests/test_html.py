@@ -11,8 +11,8 @@ from conftest import tiny_gemma3, tiny_llama, wrap
 from sinkhole.analysis.core import analyze
 from sinkhole.probe.capture import Capture, ModelInfo
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report import html
-from sinkhole.report.html_data import MAPS_MAX_BYTES, maps_plan, rnd, to_nodes, unpack
+from sinkhole.render import html
+from sinkhole.render.html_data import MAPS_MAX_BYTES, maps_plan, rnd, to_nodes, unpack
 
 SCRIPT_TAG = "<script>alert(1)</script>"
 IMG_TAG = '"><img src=x onerror=alert(1)>'

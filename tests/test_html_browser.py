@@ -11,7 +11,7 @@ from conftest import tiny_llama, wrap
 
 from sinkhole.analysis.core import analyze
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report import html
+from sinkhole.render import html
 
 pytestmark = pytest.mark.browser
 
@@ -180,7 +180,7 @@ def test_packed_arrays_decode_like_python(driver, short_page):
 
     import numpy as np
 
-    from sinkhole.report.html_data import unpack
+    from sinkhole.render.html_data import unpack
 
     data = json.loads(re.search(r'id="sinkhole-data">(.*?)</script>', short_page.read_text(), re.S).group(1))
     open_page(driver, short_page)
@@ -245,7 +245,7 @@ def mechanism_page(tmp_path_factory):
     example's tokens get chat-template-length texts, as real ones have."""
     from test_mechanism import planted, prompts
 
-    from sinkhole.experiments.mechanism import MechanismConfig, add_page_detail, run_mechanism
+    from sinkhole.experiments.mechanism_study import MechanismConfig, add_page_detail, run_mechanism
 
     probe = ModelProbe(wrap(planted(), name="tiny"), top_k=4)
     result, _ = run_mechanism(probe, prompts(), chat=False, cfg=MechanismConfig(interventions=False))
@@ -260,7 +260,7 @@ def mechanism_page(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compare_page(tmp_path_factory):
     """`sinkhole compare --output` of two reports of one model: the heads' change as a heatmap."""
-    from sinkhole.report.compare import compare_html, compare_reports
+    from sinkhole.render.compare import compare_html, compare_reports
 
     lm = wrap(tiny_llama(), name="tiny")
     a, b = (analyze(ModelProbe(lm, top_k=4).run(ids)) for ids in ([5, 17, 3, 42, 8], [9, 4, 77, 31, 2, 6]))
@@ -424,7 +424,7 @@ def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_
     apply."""
     from test_mechanism import prompts
 
-    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+    from sinkhole.experiments.mechanism_study import MechanismConfig, run_mechanism
     from sinkhole.models.loading import LoadedModel
     from sinkhole.models.support import IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model

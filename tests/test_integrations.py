@@ -13,7 +13,7 @@ from conftest import tiny_llama, wrap
 from test_cli import tiny_dir  # noqa: F401  (fixture)
 
 from sinkhole.analysis.core import analyze
-from sinkhole.mask.core import token_mask
+from sinkhole.mask.compute import token_mask
 from sinkhole.probe.probe import ModelProbe
 
 LOW = dict(threshold=1.2, epsilon=0.1, min_sink_rate=0.3)

@@ -214,7 +214,7 @@ def test_kv_bench_end_to_end_and_resume(tmp_path, capsys):
     argv += ["--tasks", "passkey,niah,ppl", "--lengths", "512,600", "--depths", "2", "--seeds", "1"]
     argv += ["--window", "48", "--local-sinks", "8", "--chunk", "128", "--snap-window", "16", "--random-seeds", "3"]
     # interrupted after 5 cells: they are kept beside --json, and the run resumes from them
-    from sinkhole.kvbench import run as runmod
+    from sinkhole.kvbench import bench as runmod
 
     real = runmod.make_cell
     calls = []
@@ -267,8 +267,8 @@ def test_methods_hold_at_most_the_budget(which, length):
     prompt and an answer, sliding layers too."""
     from conftest import tiny_gemma3
 
+    from sinkhole.kvbench.bench import run_cells
     from sinkhole.kvbench.methods import Plan, answer_logits, chunks, dense_bytes, kv_bytes_of, make_cache, prefill
-    from sinkhole.kvbench.run import run_cells
     from sinkhole.kvbench.tasks import Sample
 
     model = tiny_llama() if which == "llama" else tiny_gemma3(sliding_window=16)

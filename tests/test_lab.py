@@ -225,6 +225,6 @@ def test_variants_are_one_switch_and_heads_scale_with_the_base():
 
 
 def test_every_variant_is_in_the_cli_help():
-    from sinkhole.cli.lab import EPILOG
+    from sinkhole.cli.lab_cmd import EPILOG
 
     assert all(name in EPILOG for name in VARIANTS if name != "baseline")

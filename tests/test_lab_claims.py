@@ -86,7 +86,7 @@ def test_page_title_and_verdicts_follow_the_baseline_spike():
     from pathlib import Path
 
     from sinkhole.lab.run import LabResult
-    from sinkhole.report.lab_page import title
+    from sinkhole.render.lab_page import title
 
     d = json.loads((Path(__file__).parent.parent / "docs" / "lab" / "lab.json").read_text())
     result = LabResult.from_dict(d)

@@ -1,7 +1,7 @@
 """The architecture's rules, checked on the source tree (README "Layout"): data flows one way.
 
 models -> probe (the only place that changes a model for a while, through probe/hooks.py) -> Capture ->
-analysis (pure) -> typed results (report/schema.py) -> renderers (report/). Imports inside functions count:
+analysis (pure) -> typed results (results/report.py) -> renderers (render/). Imports inside functions count:
 a renderer that imported the probe lazily would still reach back into a model.
 """
 
@@ -59,7 +59,7 @@ def test_modules_stay_small(path):
 
 
 def test_renderers_read_results_only():
-    bad = {rel(p): offending(p, RUNS_MODELS + ("torch",)) for p in (PKG / "report").rglob("*.py")}
+    bad = {rel(p): offending(p, RUNS_MODELS + ("torch",)) for p in (PKG / "render").rglob("*.py")}
     assert not {k: v for k, v in bad.items() if v}
 
 

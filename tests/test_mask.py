@@ -15,7 +15,7 @@ from test_mechanism import SPIKE_TOKEN, UP_LAYER, planted, prompts, tiny_gemma3_
 from sinkhole.analysis.core import analyze, spike_scores
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import Suite, SuiteItem
-from sinkhole.mask.core import MaskSettings, mask_batch, token_mask
+from sinkhole.mask.compute import MaskSettings, mask_batch, token_mask
 from sinkhole.mask.store import load_mask, parts_dir, run_mask
 from sinkhole.probe.probe import ModelProbe
 

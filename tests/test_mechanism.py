@@ -16,7 +16,7 @@ from sinkhole.analysis.mechanism.normalization import mass_share, normalization,
 from sinkhole.analysis.mechanism.sink_keys import effective_dim, query_alignment, sink_keys
 from sinkhole.experiments.gather import Plan, gather
 from sinkhole.experiments.interventions import channel_edit, sink_masked
-from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+from sinkhole.experiments.mechanism_study import MechanismConfig, run_mechanism
 from sinkhole.experiments.perplexity import perplexity
 from sinkhole.experiments.vocab_sweep import vocab_sweep
 from sinkhole.probe.probe import ModelProbe

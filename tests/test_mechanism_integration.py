@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sinkhole.experiments.interventions import text_ids
-from sinkhole.experiments.mechanism import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
+from sinkhole.experiments.mechanism_study import DEFAULT_PROMPTS, MechanismConfig, run_mechanism
 from sinkhole.experiments.vocab_sweep import vocab_sweep
 from sinkhole.probe.probe import ModelProbe
 

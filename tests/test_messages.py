@@ -47,7 +47,7 @@ def test_recall_minimum_is_what_copy_prompt_needs(tmp_path):
     from faults_common import save_tiny
     from transformers import AutoTokenizer
 
-    from sinkhole.profiles.streaming import copy_prompt
+    from sinkhole.profiles.stream_scores import copy_prompt
     from sinkhole.validate import RECALL_MIN_TOKENS
 
     tok = AutoTokenizer.from_pretrained(save_tiny(tmp_path))

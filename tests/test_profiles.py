@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
-from sinkhole.experiments.detect import SinkDetector
-from sinkhole.profiles.detect import DEFAULT_PINNED_SLOTS, build_profile
+from sinkhole.experiments.detector import SinkDetector
+from sinkhole.profiles.build import DEFAULT_PINNED_SLOTS, build_profile
 from sinkhole.profiles.profile import SHIPPED_DIR, SinkProfile, load_profile
 
 MODEL = {

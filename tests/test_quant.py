@@ -20,6 +20,7 @@ from sinkhole.experiments.calibration import collect_stats
 from sinkhole.experiments.perplexity import perplexity
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.backends import BACKENDS, Backend, get_backend, register
+from sinkhole.quant.evidence import scheme_specs, validate
 from sinkhole.quant.fakequant import (
     QMAX,
     QuantSpec,
@@ -44,7 +45,6 @@ from sinkhole.quant.stats import (
     LinearInputStats,
     decoder_linears,
 )
-from sinkhole.quant.validate import scheme_specs, validate
 
 PLANT_ID, PLANT_CH = 7, 5
 
@@ -320,7 +320,7 @@ def test_bitsandbytes_config_loads(planted, tmp_path):
 
 
 def test_hints_summary_is_short_and_names_the_file(planted, tmp_path):
-    from sinkhole.report.quant_text import render_hints_summary
+    from sinkhole.render.quant_text import render_hints_summary
 
     lm, stats = planted
     h = get_quantization_hints(stats, "bitsandbytes", family=lm.family)

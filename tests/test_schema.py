@@ -9,9 +9,10 @@ from conftest import tiny_llama, wrap
 
 from sinkhole.analysis.core import analyze
 from sinkhole.probe.probe import ModelProbe
-from sinkhole.report import mechanism_schema, schema
-from sinkhole.report.mechanism_schema import MechanismResult, key_paths, mechanism_doc
-from sinkhole.report.schema import Report, SpikeToken, documented_keys, schema_doc
+from sinkhole.results import mechanism as mechanism_schema
+from sinkhole.results import report as schema
+from sinkhole.results.mechanism import MechanismResult, key_paths, mechanism_doc
+from sinkhole.results.report import Report, SpikeToken, documented_keys, schema_doc
 
 IDS = [5, 17, 3, 42, 8, 8, 91, 23, 11, 60, 2, 7]
 LOW = {"threshold": 1.2, "epsilon": 0.05, "min_sink_rate": 0.3}  # a tiny random model has spikes and sinks
@@ -115,7 +116,7 @@ def test_report_round_trips_through_json():
 
 def test_compare_refuses_an_incomplete_report_in_one_line():
     from sinkhole.errors import SinkholeError
-    from sinkhole.report.compare import compare
+    from sinkhole.render.compare import compare
 
     d = {k: v for k, v in report_of(tiny_llama()).to_dict().items() if k != "kv"}
     with pytest.raises(SinkholeError, match="not a complete sinkhole.report/1 report"):
@@ -129,7 +130,7 @@ def test_sections_read_like_their_dicts():
     assert "heads" in r and "learned_sinks" in r and "detail" not in r and r["schema"] == "sinkhole.report/1"
 
 
-# ---------- the mechanism result (sinkhole.report.mechanism_schema) ----------
+# ---------- the mechanism result (sinkhole.results.mechanism) ----------
 
 
 class CharTokenizer:
@@ -145,7 +146,7 @@ class CharTokenizer:
 
 
 def mechanism_of(lm, prompts, interventions=False) -> MechanismResult:
-    from sinkhole.experiments.mechanism import MechanismConfig, run_mechanism
+    from sinkhole.experiments.mechanism_study import MechanismConfig, run_mechanism
 
     cfg = MechanismConfig(interventions=interventions, text="the sink and the spike " * 4, text_tokens=48)
     return run_mechanism(ModelProbe(lm, top_k=4), prompts, chat=False, cfg=cfg)[0]
@@ -219,7 +220,7 @@ def test_every_written_mechanism_key_is_documented_and_every_documented_key_is_w
 
 
 def test_mechanism_json_keeps_its_layout_and_round_trips(mechanism_runs):
-    from sinkhole.report.mechanism_schema import Amplifier, LifecycleToken, NotApplicable, PerVariant
+    from sinkhole.results.mechanism import Amplifier, LifecycleToken, NotApplicable, PerVariant
 
     for res, d in mechanism_runs.values():
         assert list(d)[:-1] == list(res.example.to_dict()) and res.model == res.example.model
@@ -253,9 +254,9 @@ def test_mechanism_json_keeps_its_layout_and_round_trips(mechanism_runs):
 def test_mechanism_renderers_read_the_typed_sections(mechanism_runs):
     """The terminal text and the page draw a typed result and the same result read back from JSON alike,
     for every form of the sections (not applicable ones included)."""
-    from sinkhole.report import html
-    from sinkhole.report.html_data import view
-    from sinkhole.report.mechanism_text import render_mechanism
+    from sinkhole.render import html
+    from sinkhole.render.html_data import view
+    from sinkhole.render.mechanism_text import render_mechanism
 
     for name, (res, d) in mechanism_runs.items():
         back = MechanismResult.from_dict(d)
@@ -274,7 +275,7 @@ def test_renderers_read_the_report_only():
     """The page and an eval row come from the report (its detail), with no Capture in sight."""
     from sinkhole.eval.runner import prompt_row
     from sinkhole.eval.suite import SuiteItem
-    from sinkhole.report import html
+    from sinkhole.render import html
 
     cap = ModelProbe(wrap(tiny_llama()), maps_max_len=html.MAPS_MAX_LEN, top_k=4).run(IDS)
     r = analyze(cap, threshold=1.2)

@@ -262,7 +262,7 @@ def test_attention_paths_agree_with_a_direct_streamingllm():
     from types import SimpleNamespace
 
     from sinkhole.cache.sink_cache import rotate_keys
-    from sinkhole.vllm.attention import SinkWindowImpl
+    from sinkhole.vllm.backend import SinkWindowImpl
 
     torch.manual_seed(0)
     Hq, Hk, D, bs, W, L = 4, 2, 8, 4, 8, 30

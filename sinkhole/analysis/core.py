@@ -52,7 +52,7 @@ import numpy as np
 from sinkhole.analysis.defaults import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD  # noqa: F401
 from sinkhole.analysis.detail import detail
 from sinkhole.probe.capture import Capture
-from sinkhole.report.schema import (
+from sinkhole.results.report import (
     KV,
     Heads,
     Layers,

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from sinkhole.report.schema import Detail, SpikeToken
+from sinkhole.results.report import Detail, SpikeToken
 
 CHANNELS_MAX = 8  # spike channels the page draws across layers
 

@@ -3,7 +3,7 @@ everything.
 
 DuoAttention (Xiao et al., ICLR 2025) showed that only some heads need the whole context; the
 others attend to the sinks and the recent tokens. DuoAttention finds them by optimisation; here a
-profile's measured streaming scores (`sinkhole.profiles.streaming`) rank them
+profile's measured streaming scores (`sinkhole.profiles.stream_scores`) rank them
 (`sinkhole.cache.head_plan`), and the heads that look most like retrieval heads keep everything, as
 many as a KV memory budget allows.
 
@@ -268,7 +268,7 @@ class HeadAwareSinkCache(Cache):
         local_sinks: int = 0,
         length: int | None = None,
     ):
-        from sinkhole.profiles.streaming import layer_kinds
+        from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, torch_module
 
         # The CLI's rules (sinkhole.validate), under the API's names.
@@ -316,7 +316,7 @@ class HeadAwareSinkCache(Cache):
         (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
         per layer kind, picked at random.
         """
-        from sinkhole.profiles.streaming import layer_kinds
+        from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
 
         # The CLI's rules (sinkhole.validate), under the API's names, before anything is computed.

@@ -1,6 +1,6 @@
 """Copy recall through bounded caches: does a cache remember a span it saw far outside its window?
 
-The stream (`sinkhole.profiles.streaming.copy_prompt`): Python documentation text with `n_spans`
+The stream (`sinkhole.profiles.stream_scores.copy_prompt`): Python documentation text with `n_spans`
 spans of random tokens, each repeated `distance` tokens later (default: as far as the stream
 allows, beyond every window compared here). The text is the held-out half of the documentation
 (`sinkhole.text.HELD_OUT_HALF`): the profiles' streaming scores, which rank the heads, are
@@ -32,7 +32,7 @@ chunk exact), so their seconds compare like with like. Window and sinks use Head
 no retrieval heads: sinks keep their positions (no re-rotation), which is exact within the trained
 context, the regime of this test.
 
-`RecallResult.to_dict()` is what `sinkhole stream --recall` writes; sinkhole.report.recall_text prints it.
+`RecallResult.to_dict()` is what `sinkhole stream --recall` writes; sinkhole.render.recall_text prints it.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def evaluate_recall(
 
     from sinkhole.cache.head_aware import HeadAwareSinkCache, kv_head_count, kv_slot_bytes
     from sinkhole.cache.head_plan import slot_costs
-    from sinkhole.profiles.streaming import copy_prompt, layer_kinds
+    from sinkhole.profiles.stream_scores import copy_prompt, layer_kinds
     from sinkhole.text import HELD_OUT_HALF, pydoc_source, pydoc_text
 
     model = lm.model

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sinkhole {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"sinkhole.cli.{name.replace('-', '_')}").add_parser(sub)
+        importlib.import_module(f"sinkhole.cli.{name.replace('-', '_')}_cmd").add_parser(sub)
     p.subcommands = sub.choices  # name -> its parser, for usage errors in the subcommand's words
     return p
 

@@ -5,7 +5,7 @@ structural, or prompt-specific?
     rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
                                                         # (typed rows: sinkhole.eval.rows.EvalRow)
     summary = write_outputs(rows, "runs/smollm2")       # summary.json, rows.csv, PNG figures, summary.html
-    print(render_summary(summary))                      # sinkhole.report.eval_text
+    print(render_summary(summary))                      # sinkhole.render.eval_text
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def write_outputs(rows: list[EvalRow], out_dir: str | Path, figures: bool = True
     `suite`: the run's suite, for the prompt texts of rows.csv; without it the suite named in run.json is
     read again, and used when it still hashes to the run's (else the prompt column stays empty)."""
     from sinkhole.eval.export import write_csv
-    from sinkhole.report.schema import write_json
+    from sinkhole.results.report import write_json
 
     out = Path(out_dir)
     run = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")) if (out / MANIFEST_NAME).is_file() else {}
@@ -44,9 +44,9 @@ def write_outputs(rows: list[EvalRow], out_dir: str | Path, figures: bool = True
     write_json(summary, out / "summary.json")
     write_csv(rows, out / "rows.csv", prompt_texts(suite, run, rows))
     if figures and rows:
-        from sinkhole.report.eval_figures import write_figures
-        from sinkhole.report.eval_page import write_html
-        from sinkhole.report.eval_text import render_summary
+        from sinkhole.render.eval_figures import write_figures
+        from sinkhole.render.eval_page import write_html
+        from sinkhole.render.eval_text import render_summary
 
         write_figures(rows, summary, out)
         write_html(summary, render_summary(summary), out)

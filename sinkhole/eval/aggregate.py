@@ -1,4 +1,4 @@
-"""Aggregate the typed rows (`EvalRow`, sinkhole.eval.rows) into summary.json (sinkhole.report.eval_text
+"""Aggregate the typed rows (`EvalRow`, sinkhole.eval.rows) into summary.json (sinkhole.render.eval_text
 prints it like the original 400-prompt study).
 
 Every per-prompt number is one `analyze` computed (see sinkhole.eval.runner.prompt_row); here we

@@ -23,12 +23,12 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass, field
 
-from sinkhole.report.schema import _keys_of, _Row
+from sinkhole.results.report import _keys_of, _Row
 
 
 @dataclass
 class EvalSpike(_Row):
-    """A spike token of the prompt: `SpikeToken`'s fields (sinkhole.report.schema) but max_norm, plus
+    """A spike token of the prompt: `SpikeToken`'s fields (sinkhole.results.report) but max_norm, plus
     the signed values of its spike channels at its top layer."""
 
     position: int

@@ -46,7 +46,7 @@ from sinkhole.distributed import World, differences, restrict
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
 from sinkhole.eval.suite import Suite, SuiteItem
-from sinkhole.report.schema import Report
+from sinkhole.results.report import Report
 
 RUN_SCHEMA = "sinkhole.eval/1"
 RESULTS_NAME, MANIFEST_NAME, LOCK_NAME = "results.jsonl", "run.json", ".sinkhole-eval.lock"

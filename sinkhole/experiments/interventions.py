@@ -29,7 +29,7 @@ import torch
 from sinkhole.experiments.perplexity import perplexity
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
-from sinkhole.report.mechanism_schema import Interventions, PerVariant
+from sinkhole.results.mechanism import Interventions, PerVariant
 from sinkhole.text import pydoc_text
 
 NOSINK = "sinkhole_nosink"

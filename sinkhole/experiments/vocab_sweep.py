@@ -1,6 +1,6 @@
 """Vocabulary sweep (paper Table 2), the forwards: every token fed alone, and the reference text.
 
-The rule, the scores and the summary are pure and live in `sinkhole.analysis.mechanism.vocab_sweep`;
+The rule, the scores and the summary are pure and live in `sinkhole.analysis.mechanism.vocab`;
 this module runs the model for them: `sweep` gives each token's peak norm N(v) = max_l ||h_l||_2
 alone at position 0 (no BOS, no chat template), `reference_norm` the median peak norm of an
 ordinary in-context token on the reference text (the first REFERENCE_TOKENS tokens of the pydoc
@@ -19,10 +19,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sinkhole.analysis.mechanism.vocab_sweep import summarize
+from sinkhole.analysis.mechanism.vocab import summarize
 from sinkhole.models.loading import LoadedModel
 from sinkhole.probe.hooks import first_tensor, hooked
-from sinkhole.report.mechanism_schema import VocabSweep
+from sinkhole.results.mechanism import VocabSweep
 
 REFERENCE_TOKENS = 256
 

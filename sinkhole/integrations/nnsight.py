@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sinkhole.mask.core import TokenMask, token_mask
+from sinkhole.mask.compute import TokenMask, token_mask
 
 
 def hf_module(model) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from sinkhole.errors import SinkholeError
-from sinkhole.mask.core import as_probe, token_mask
+from sinkhole.mask.compute import as_probe, token_mask
 
 
 def keep_rows(probe, rows: torch.Tensor, **mask_settings) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sinkhole.mask.core import MaskSettings, TokenMask, mask_from_stats
+from sinkhole.mask.compute import MaskSettings, TokenMask, mask_from_stats
 from sinkhole.probe.capture import Capture, ModelInfo
 
 

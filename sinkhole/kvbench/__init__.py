@@ -3,7 +3,7 @@
 `sinkhole.kvbench.tasks` builds the prompts (passkey, needle-in-a-haystack grid, RULER-style
 multi-key and variable tracking, copy, perplexity), `sinkhole.kvbench.snapkv` is the token-eviction
 baseline (SnapKV), `sinkhole.kvbench.methods` builds every cache at one byte budget and
-`sinkhole.kvbench.run` runs them cell by cell, resumably (`sinkhole kv-bench`).
+`sinkhole.kvbench.bench` runs them cell by cell, resumably (`sinkhole kv-bench`).
 """
 
 # SnapKV's defaults (kvpress's SnapKVPress: kernel 5; a 32-query window fits a short question), here so

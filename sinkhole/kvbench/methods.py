@@ -74,7 +74,7 @@ def base(variant: str) -> str:
 def layer_layout(model) -> tuple[list[str], list[int | None], int, int]:
     """(kinds, sliding windows, KV heads, bytes of one key + value slot of one head)."""
     from sinkhole.cache.head_aware import kv_head_count
-    from sinkhole.profiles.streaming import layer_kinds
+    from sinkhole.profiles.stream_scores import layer_kinds
 
     kinds, windows = layer_kinds(model)
     cfg = model.config.get_text_config(decoder=True)

@@ -5,5 +5,5 @@ model.py   a tiny decoder-only transformer with the paper's switches, readable b
 train.py   the training loop, log-spaced checkpoints, what is measured at each
 run.py     variants (one switch each), settings, typed results, resumable lab.json
 claims.py  the paper's claims as data, mean +- sd over seeds, the verdict rule
-(sinkhole/report/lab_*.py draws the terminal table, PNG figures and lab.html)
+(sinkhole/render/lab_*.py draws the terminal table, PNG figures and lab.html)
 """

@@ -36,7 +36,7 @@ import numpy as np
 
 from sinkhole.distributed import World, differences, restrict
 from sinkhole.errors import SinkholeError
-from sinkhole.mask.core import FIELDS, MaskSettings, TokenMask, encode_texts, mask_batch
+from sinkhole.mask.compute import FIELDS, MaskSettings, TokenMask, encode_texts, mask_batch
 
 SCHEMA = "sinkhole.mask/1"
 MANIFEST = "run.json"

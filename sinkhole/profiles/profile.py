@@ -1,6 +1,6 @@
 """SinkProfile: what a model's sinks and spikes look like, for the tools that act on them (the KV
 cache, quantization hints). JSON schema "sinkhole.profile/1"; made by `SinkDetector`
-(sinkhole.experiments.detect, rules in sinkhole.profiles.detect) from a prompt suite, shipped for
+(sinkhole.experiments.detector, rules in sinkhole.profiles.build) from a prompt suite, shipped for
 the bundled models in sinkhole/data/profiles/<name>.json.
 
 Keys:
@@ -20,7 +20,7 @@ Keys:
                     (each [L][Hkv]), queries, copy_queries, prompts}: per (layer, KV head), the mean
                     attention share on the first n_sink tokens + the last `window` keys (over all
                     queries / over copy queries) and the attention on the token to copy, over
-                    prompts with long-range copies (sinkhole.profiles.streaming); prompts: {source,
+                    prompts with long-range copies (sinkhole.profiles.stream_scores); prompts: {source,
                     text (the calibration half of the pydoc topics), seeds [first, last], count,
                     n_tokens, spans}; HeadAwareSinkCache.from_profile keeps the heads that reach
                     back in full
@@ -50,7 +50,7 @@ class SinkProfile:
     pinned_slots: int
     prompts: dict
     settings: dict = field(default_factory=dict)
-    streaming: dict | None = None  # per-head streaming scores (sinkhole.profiles.streaming), optional
+    streaming: dict | None = None  # per-head streaming scores (sinkhole.profiles.stream_scores), optional
     schema: str = PROFILE_SCHEMA
 
     @property

@@ -1,6 +1,6 @@
 """Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`, collected
 by `sinkhole.experiments.calibration`), hints in real quantizers' config formats (`hints`), and
-fake-quantized W8A8 evidence (`fakequant`, `validate`).
+fake-quantized W8A8 evidence (`fakequant`, `evidence`).
 
 Importing the package is light (the CLI's --help needs the backend registry only); the functions load on use.
 """

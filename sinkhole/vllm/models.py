@@ -1,5 +1,5 @@
 """vLLM model classes with sinks + window: each is a vLLM model class whose `__init__` ends with
-`sinkhole.vllm.attention.install`, registered under the name `Sinkhole<Architecture>` through
+`sinkhole.vllm.backend.install`, registered under the name `Sinkhole<Architecture>` through
 `vllm.ModelRegistry` (sinkhole.vllm.plugin). SinkAwareLLM selects one with
 `hf_overrides={"architectures": ["Sinkhole<Architecture>"], "sinkhole": {...}}`; the settings
 travel inside the model's config to every process that builds the model.
@@ -38,7 +38,7 @@ def _make(base_name: str) -> type:
 
     def __init__(self, *, vllm_config, prefix: str = "", **kwargs):
         base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
-        from sinkhole.vllm.attention import install
+        from sinkhole.vllm.backend import install
 
         install(self, *settings_of(vllm_config.model_config.hf_config))
 

@@ -91,7 +91,7 @@ def pinned_positions(profile, n_sink, model_name: str, weights_id: str | None, l
         n = DEFAULT_N_SINK if n_sink is None else integer(n_sink, "n_sink", lo=0, hi=65536, example=4)
         return tuple(range(n))
     if isinstance(profile, str) and profile == "detect":
-        from sinkhole.experiments.detect import SinkDetector
+        from sinkhole.experiments.detector import SinkDetector
 
         profile = SinkDetector(load_name, limit=DETECT_PROMPTS).detect()
     elif not isinstance(profile, SinkProfile):

@@ -8,7 +8,7 @@ its docstring:
     normalization  sparsity and cosine structure of post-norm spike vectors
     sink_keys      effective dimension of sink keys, sink heads, query alignment
     vocab_sweep    scores and summary of every vocabulary token alone at position 0
-Each returns its section of the typed result (sinkhole.report.mechanism_schema). Nothing here runs
+Each returns its section of the typed result (sinkhole.results.mechanism). Nothing here runs
 a model: the forwards (the gathering pass, the interventions, the vocabulary sweep's forwards) and
 `run_mechanism`, which assembles the `MechanismResult` from two passes over a prompt set, live in
 `sinkhole.experiments`.

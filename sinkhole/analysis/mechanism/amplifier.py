@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sinkhole.report.mechanism_schema import ActivationRegime, Amplifier, AmplifierChannel, RegimeStats
+from sinkhole.results.mechanism import ActivationRegime, Amplifier, AmplifierChannel, RegimeStats
 
 
 def frobenius_norms(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> np.ndarray:

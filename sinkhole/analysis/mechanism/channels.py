@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sinkhole.report.mechanism_schema import ChannelProfile
+from sinkhole.results.mechanism import ChannelProfile
 
 
 def pool_channels(per_token_channels: list[list[int]], main: int | None = None, min_share: float = 0.5) -> list[int]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from sinkhole.analysis.core import STEP_FRACTION, step_indices
-from sinkhole.report.mechanism_schema import BlockLifecycle, BlockTrace, Lifecycle, LifecycleToken
+from sinkhole.results.mechanism import BlockLifecycle, BlockTrace, Lifecycle, LifecycleToken
 
 
 def block_residuals(embed: np.ndarray, attn_out: np.ndarray, layer_out: np.ndarray) -> np.ndarray:

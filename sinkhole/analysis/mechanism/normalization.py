@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sinkhole.report.mechanism_schema import Normalization, NormStats
+from sinkhole.results.mechanism import Normalization, NormStats
 
 
 def mass_share(v: np.ndarray, channels: list[int]) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sinkhole.report.mechanism_schema import KVHeadDims, QueryAlignment, SinkKeys
+from sinkhole.results.mechanism import KVHeadDims, QueryAlignment, SinkKeys
 
 
 def effective_dim(x: np.ndarray, energy: float = 0.9) -> tuple[float, int]:

@@ -1,0 +1,150 @@
+"""`sinkhole profile`: detect a model's sink/spike profile over a prompt suite, or show a saved one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sinkhole.cli.common import (
+    add_analysis_args,
+    add_chat_args,
+    add_model_args,
+    add_old_spellings,
+    load_probe,
+    status,
+)
+
+HELP = (
+    "a model's sink and spike profile (sink positions, pinned KV slots, spike channels) for the cache and quant tools"
+)
+EPILOG = """examples:
+  sinkhole profile --model smollm2-135m --json smollm2.json
+  sinkhole profile --model gemma3-270m --limit 100 --json gemma3.json
+  sinkhole profile --show smollm2-135m          # a shipped profile (or --show FILE.json)
+  sinkhole profile --model smollm2-135m --stream-window 512 --json s.json   # streaming scores for a 512 window
+  torchrun --standalone --nproc-per-node 2 -m sinkhole profile --json p.json   # 2 ranks share the passes
+
+Streaming scores (on by default, --no-streaming skips them): per (layer, KV head), the attention share
+on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
+1024 tokens with random spans repeated far apart; HeadAwareSinkCache keeps the lowest-scoring heads whole.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "profile", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_model_args(p, sharded=True)
+    g = p.add_argument_group("prompts")
+    g.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl or a .txt suite")
+    g.add_argument("--limit", type=int, default=None, help="a subset of N prompts, stratified across the categories")
+    add_chat_args(g)
+    add_analysis_args(p)
+    s = p.add_argument_group("streaming scores (for the head-aware cache)")
+    s.add_argument("--no-streaming", action="store_true", help="skip the per-head streaming scores")
+    s.add_argument("--stream-sinks", type=int, default=4, help="sink tokens in the band, default 4")
+    s.add_argument("--stream-window", type=int, default=256, help="recent keys in the band, default 256")
+    s.add_argument("--stream-prompts", type=int, default=8, help="copy prompts of 1024 tokens, default 8")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, help="write the profile JSON here ('-': stdout)")
+    add_old_spellings(o, "--out", "-o", dest="json", instead="--json", type=Path)
+    o.add_argument("--show", metavar="NAME_OR_FILE", help="print a shipped or saved profile instead of detecting one")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from sinkhole.profiles.profile import load_profile
+    from sinkhole.render.profile_text import render_profile
+
+    if args.show:
+        print(render_profile(load_profile(args.show)))
+        return 0
+    from sinkhole.distributed import session
+
+    # under a launcher the ranks share the prompt and streaming passes
+    with session(args.device, args.gpus_per_rank) as world:
+        profile = _detect(args, world)
+    if profile is None:  # a rank other than 0
+        return 0
+    from sinkhole.cli.common import raise_failures, result_stream, write_all
+
+    failures = write_all([(args.json, lambda: profile.save(args.json))])
+    print(render_profile(profile), file=result_stream(args.json))
+    raise_failures(failures)
+    return 0
+
+
+def _detect(args, world):
+    import argparse
+
+    from sinkhole.eval.suite import load_suite
+    from sinkhole.experiments.detector import SinkDetector
+    from sinkhole.models.registry import resolve
+
+    suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))  # a bad suite fails before the load
+    if suite.selection():
+        status(f"--limit {args.limit}: {suite.selection()}")
+    keys = ("dtype", "chat", "threshold", "epsilon", "min_sink_rate", "no_streaming", "stream_sinks")
+    keys += ("stream_window", "stream_prompts")
+    name = world.all_ok(lambda: resolve(args.model).name)
+    world.agree({"model": name, "suite": suite.sha256, **{k: getattr(args, k) for k in keys}}, "settings")
+    rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
+    probe = world.all_ok(lambda: load_probe(rank_args))
+    world.agree({"weights_id": probe.info.weights_id, "dtype": probe.info.dtype}, "model")
+    streaming = None
+    if not args.no_streaming:
+        streaming = dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts)
+    bars = _Bars(len(suite), streaming)
+    try:
+        return SinkDetector(
+            probe,
+            prompts=suite,
+            chat=args.chat,
+            threshold=args.threshold,
+            epsilon=args.epsilon,
+            min_sink_rate=args.min_sink_rate,
+            progress=bars.prompts,
+            streaming=None if streaming is None else {**streaming, "progress": bars.streams},
+            world=world,
+        ).detect()
+    finally:
+        bars.close()
+
+
+class _Bars:
+    """The two passes' progress, one after the other: the suite's prompts, then the streaming scores'
+    copy prompts (1024 tokens each, most of the time on a CPU), whose bar opens as the first fills so
+    its time estimate is its own. Rank 0 hears of every rank's work (sinkhole.distributed)."""
+
+    def __init__(self, n_prompts: int, streaming: dict | None):
+        from sinkhole.progress import progress
+
+        self.n_prompts, self.streaming = n_prompts, streaming
+        self.bar = progress(total=n_prompts, desc="profile", unit="prompt")
+        self.stream_bar = None
+
+    def prompts(self, k: int) -> None:
+        self.bar.update(k)
+        if self.bar.n >= self.n_prompts and self.streaming is not None:
+            self._open_streams()
+
+    def streams(self, k: int) -> None:
+        self._open_streams()
+        self.stream_bar.update(k)
+
+    def _open_streams(self) -> None:
+        if self.stream_bar is not None:
+            return
+        from sinkhole.progress import progress
+
+        self.bar.close()
+        s = self.streaming
+        status(
+            f"streaming scores: {s['count']} copy prompts, sinks {s['n_sink']} + window {s['window']} per KV head ..."
+        )
+        self.stream_bar = progress(total=s["count"], desc="streaming scores", unit="prompt")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.stream_bar is not None:
+            self.stream_bar.close()

@@ -1,0 +1,179 @@
+"""Per-head streaming scores of a model: the forward that measures them (definitions in
+`sinkhole.profiles.stream_scores`, which also builds the copy prompts).
+
+`measure_streaming_scores` runs each prompt once under the probe's recorder with a tap
+(`sinkhole.probe.recorder.tapped`) that calls the pure `band_share` on every layer's post-RoPE
+queries and keys; `streaming_section` is the profile's `streaming` section over the built-in
+copy prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sinkhole.errors import SinkholeError
+from sinkhole.probe.recorder import Recorder, recording, tapped
+from sinkhole.profiles.stream_scores import (
+    DEFAULT_WINDOW,
+    CopyPrompt,
+    attention_modules,
+    band_share,
+    copy_prompt,
+    copy_queries,
+    copy_targets,
+    layer_kinds,
+)
+
+
+@torch.inference_mode()
+def measure_streaming_scores(
+    lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None, world=None
+) -> dict:
+    """Streaming scores [L][Hkv] of a LoadedModel over prompts, via a recorder tap.
+
+    prompts: `CopyPrompt`s (or token-id tensors (1, T), which have no copy queries).
+    Returns the profile's `streaming` section: {n_sink, window, layer_kinds, scores [L][Hkv] (mean
+    share over all eligible queries), copy_scores [L][Hkv] (the same over the copy queries only:
+    where a retrieval is needed; null without copy prompts), retrieval_scores [L][Hkv] (mean
+    probability on the token to copy at the copy queries: Wu et al.'s retrieval heads, 2024; null
+    without copy prompts), queries, copy_queries}.
+    world (sinkhole.distributed): the ranks share the prompts; every prompt's sums are added in prompt
+    order, so the scores are one process's to the last bit.
+    """
+    from sinkhole.distributed import World
+
+    world = world or World()
+    kinds, _ = layer_kinds(lm.model)
+    L = len(kinds)
+    lengths = getattr(prompts, "lengths", None) or [getattr(p, "ids", p).shape[1] for p in prompts]
+    for n in lengths:
+        if n <= n_sink + window:
+            raise SinkholeError(f"a {n}-token prompt is too short for sinks {n_sink} + window {window}")
+    tally = world.tally(progress)
+    parts = {}
+    for i in world.shard(lengths):
+        parts[i] = _prompt_sums(lm, prompts[i], n_sink, window)
+        tally.step(1)
+    tally.wait()
+    every = {i: part for gathered in world.gather(parts) for i, part in gathered.items()}
+    sums, copy_sums, hit_sums = [0.0] * L, [0.0] * L, [0.0] * L
+    counts, copy_counts = [0] * L, [0] * L
+    for i in range(len(prompts)):
+        part = every[i]
+        for layer in range(L):
+            sums[layer] = sums[layer] + part["sums"][layer]
+            copy_sums[layer] = copy_sums[layer] + part["copy_sums"][layer]
+            hit_sums[layer] = hit_sums[layer] + part["hit_sums"][layer]
+            counts[layer] += part["counts"][layer]
+            copy_counts[layer] += part["copy_counts"][layer]
+
+    def mean(total, n):
+        return [round(float(v) / n, 5) for v in total] if n else None
+
+    copy = [mean(copy_sums[l], copy_counts[l]) for l in range(L)]
+    hits = [mean(hit_sums[l], copy_counts[l]) for l in range(L)]
+    return dict(
+        n_sink=n_sink,
+        window=window,
+        layer_kinds=kinds,
+        scores=[mean(sums[l], counts[l]) for l in range(L)],
+        copy_scores=copy if all(c is not None for c in copy) else None,
+        retrieval_scores=hits if all(c is not None for c in hits) else None,
+        queries=counts[kinds.index("global")] if "global" in kinds else counts[0],
+        copy_queries=max(copy_counts),
+    )
+
+
+def _prompt_sums(lm, prompt, n_sink: int, window: int) -> dict:
+    """One prompt's per-layer sums of band shares (all eligible queries, copy queries) and of copy
+    hits, with their query counts: what measure_streaming_scores adds up over prompts."""
+    model = lm.model
+    kinds, windows = layer_kinds(model)
+    mods = attention_modules(model)
+    L = len(kinds)
+    out = {k: [0.0] * L for k in ("sums", "copy_sums", "hit_sums")}
+    out.update(counts=[0] * L, copy_counts=[0] * L)
+    ids = getattr(prompt, "ids", prompt)
+    spans = getattr(prompt, "spans", [])
+    selected = [copy_queries(spans, ids.shape[1]), copy_targets(spans, ids.shape[1])]
+
+    def tap(layer, query, key, value):
+        S = 0 if kinds[layer] == "sliding" else n_sink
+        softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
+        scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
+        share, hit = band_share(query, key, scaling, S, window, windows[layer], softcap, targets=selected[1])
+        share, hit = share.sum(0).cpu(), hit.sum(0).cpu()  # (Hkv, T - t0)
+        out["sums"][layer] = out["sums"][layer] + share.sum(-1)
+        out["counts"][layer] += share.shape[-1] * query.shape[0]
+        sel = selected[0][S + window :]
+        out["copy_sums"][layer] = out["copy_sums"][layer] + share[:, sel].sum(-1)
+        out["hit_sums"][layer] = out["hit_sums"][layer] + hit[:, sel].sum(-1)
+        out["copy_counts"][layer] += int(sel.sum()) * query.shape[0]
+
+    rec = Recorder(L, torch.ones(ids.shape, dtype=torch.bool))
+    with recording(model, lm.family, rec), tapped(rec, tap):
+        model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1)
+    return out
+
+
+DEFAULT_SINKS, DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 8, 1024
+
+
+class StreamingPrompts(Sequence):
+    """The profile's long-range prompt set: `count` copy prompts with different spans and text, each
+    built when it is read (one tokenization of the text each), so a large count costs nothing
+    before the first forward. `lengths`: every prompt's token count, known without building it.
+
+    Calibration apart from evaluation: the prompts are built from the calibration half of Python's
+    documentation (`sinkhole.text.CALIBRATION_HALF`) with seeds `seed`..`seed + count - 1` (0-7 by
+    default); `stream --recall` and kv-bench evaluate on the other half (docs/cache.md)."""
+
+    def __init__(self, tokenizer, count: int, n_tokens: int, span: int = 32, seed: int = 0):
+        from sinkhole.text import CALIBRATION_HALF, pydoc_source, pydoc_text
+
+        self.tokenizer, self.count, self.n_tokens, self.span, self.seed = tokenizer, count, n_tokens, span, seed
+        self.lengths = [n_tokens] * count  # copy_prompt returns exactly n_tokens
+        self.text, self.source = pydoc_text(half=CALIBRATION_HALF), pydoc_source(CALIBRATION_HALF)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> CopyPrompt:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return copy_prompt(
+            self.tokenizer, self.n_tokens, span=self.span, n_spans=4, seed=self.seed + i, text=self.text
+        )
+
+
+def streaming_prompts(
+    tokenizer, count: int = DEFAULT_PROMPTS, n_tokens: int = DEFAULT_TOKENS, span: int = 32, seed: int = 0
+) -> StreamingPrompts:
+    """The profile's long-range prompt set (`StreamingPrompts`, built lazily)."""
+    return StreamingPrompts(tokenizer, count, n_tokens, span, seed)
+
+
+def streaming_section(
+    lm,
+    n_sink: int = DEFAULT_SINKS,
+    window: int = DEFAULT_WINDOW,
+    count: int = DEFAULT_PROMPTS,
+    n_tokens: int = DEFAULT_TOKENS,
+    progress=None,
+    world=None,
+) -> dict:
+    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts (shared by the
+    ranks of `world`, sinkhole.distributed)."""
+    prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
+    out = measure_streaming_scores(lm, prompts, n_sink, window, progress, world)
+    out["prompts"] = {
+        "source": "pydoc text + repeated random spans (sinkhole.profiles.stream_scores.copy_prompt)",
+        "text": prompts.source,
+        "seeds": [prompts.seed, prompts.seed + count - 1],
+        "count": count,
+        "n_tokens": n_tokens,
+        "spans": [list(s) for s in prompts[0].spans],
+    }
+    return out

@@ -1,0 +1,10 @@
+"""Typed results: what every command computes, as dataclasses that write and read their own JSON.
+
+The bottom layer: these modules import nothing of sinkhole but `errors` and `io`, so every producer
+(analysis/, experiments/, eval/, cache/, ...) and every renderer (render/) can import them.
+
+    base.py        the one base: `to_dict()` (field order kept, optional None fields left out),
+                   `from_dict`, and the generated schema text
+    report.py      `analyze`'s report ("sinkhole.report/1") and its JSON file
+    mechanism.py   `mechanism`'s typed result (the report's `mechanism` section)
+"""

@@ -1,0 +1,362 @@
+"""The report: one typed, JSON-ready structure that every renderer (terminal, JSON, HTML) reads.
+
+Design: `analyze()` returns a `Report` whose sections are dataclasses (`Spikes`, `Sinks`, `Overlap`,
+`KV`, `Layers`, `Heads`, `Residual`, `LearnedSinks`); dicts exist only at the edge (`to_dict()` for
+the JSON writer and the HTML embed, `Report.from_dict` for `compare`, which reads files back). Every
+row and section still reads like its JSON dict (`s.score`, `s["score"]`, `s.get("score")`), so code
+that indexes dicts keeps working while it moves over. `Report.detail` (`Detail`) holds what renderers
+need beyond the JSON (the page's per-head attention and spike-channel values, the eval rows' channel
+values); it is filled from the Capture by `analyze()` and never written to JSON.
+
+JSON schema "sinkhole.report/1", generated from the dataclasses by `schema_doc()` (tests/test_schema.py
+checks this text, README.md's JSON section and a real report file against it). [T]: one per token,
+[L]: one per layer, [L][H]: per layer and head. Keys always present:
+    schema, model{name, architecture, family, norm_style, n_layers, n_heads, n_kv_heads, d_model,
+    d_head, max_context, weights_id, dtype, discovery, layer_kinds[L], learned_sinks, attention_path},
+    tokens[{position, id, text}], spikes{threshold, tokens[{position, text, score, max_norm, top_value,
+    layer, channel, channels, step_up_layers, step_down_layers}], per_token_score[T]}, sinks{epsilon,
+    min_sink_rate, top{position, text, attn_mass, sink_rate, n_heads}, tokens[{position, text,
+    attn_mass, sink_rate, n_heads}], per_token_mass[T], per_token_sink_rate[T]}, overlap{jaccard,
+    positions}, kv{sink_attention_share, sink_slot_share, n_sink_slots, n_slots}, layers{max_norm[L],
+    median_norm[L], kinds[L], attention}, prompt, chat
+Optional keys (present when computed):
+    heads{mass_on_top_sink[L][H], top_sink_position}, residual{norm[L][T], attn_out_norm[L][T],
+    ffn_out_norm[L][T], embed_norm[T]}, learned_sinks{definition, mean_share, max{layer, head, share},
+    per_layer_mean[L], share[L][H], top_token_sink{position, alpha[L][H]}}
+`analyze()` always writes heads and residual; learned_sinks only for models with sink logits (gpt-oss).
+Any other top-level key is an extra section (`Report.extra`, drawn as a generic tree on the page).
+`sinkhole mechanism` writes its example prompt's report with one more key, `mechanism` (`MechanismResult`,
+typed and documented in sinkhole.results.mechanism; docs/mechanism.md). `overlap.jaccard` is null
+when there is neither a spike nor a sink token; values not measured (a hybrid's non-attention layers) are
+null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+if typing.TYPE_CHECKING:
+    from sinkhole.results.mechanism import MechanismResult
+
+SCHEMA = "sinkhole.report/1"
+
+
+class _Row:
+    """Typed rows that still read like the JSON dicts: `row.score` and `row["score"]` both work."""
+
+    def __getitem__(self, key: str):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__dataclass_fields__
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default) if key in self.__dataclass_fields__ else default
+
+    def keys(self):
+        return list(self.__dataclass_fields__)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Nested rows and sections are rebuilt from their dicts (`list[Row]`, `Row`, `Row | None`)."""
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for f in fields(cls):
+            if f.name in d:
+                kw[f.name] = _load(hints[f.name], d[f.name])
+        return cls(**kw)
+
+
+def _rows_of(tp) -> tuple[list[type], bool]:
+    """(row classes, is_list) of an annotation: `Row`, `list[Row]`, `A | B`, `A | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        return ([args[0]] if args and is_dataclass(args[0]) else []), True
+    return [a for a in (tp, *args) if isinstance(a, type) and is_dataclass(a)], False
+
+
+def _row_type(tp):
+    """(row class, is_list) for `Row`, `list[Row]` and `Row | None` annotations, else (None, False)."""
+    rows, many = _rows_of(tp)
+    return (rows[0], many) if rows else (None, False)
+
+
+def _load(tp, value):
+    rows, many = _rows_of(tp)
+    if not rows or value is None:
+        return value
+    if many:
+        return [rows[0].from_dict(v) for v in value]
+    for row in rows:  # the first form whose fields hold the object's keys (NotApplicable has its own)
+        if set(value) <= {f.name for f in fields(row)}:
+            return row.from_dict(value)
+    return rows[0].from_dict(value)
+
+
+@dataclass
+class Token(_Row):
+    position: int
+    id: int
+    text: str
+
+
+@dataclass
+class SpikeToken(_Row):
+    position: int
+    text: str
+    score: float  # peak residual norm / median over tokens of the peak norm
+    max_norm: float  # max over layers of ||h_l[t]||_2
+    top_value: float  # signed h_l[t, c] of largest magnitude over layers and channels
+    layer: int  # layer of top_value
+    channel: int  # channel of top_value
+    channels: list[int]  # spike channels (see sinkhole.analysis.core.spike_channels)
+    step_up_layers: list[int]  # layers that raise the token's residual norm by >= 10% of its peak
+    step_down_layers: list[int]  # layers that lower it by >= 10% of its peak
+
+
+@dataclass
+class SinkToken(_Row):
+    position: int
+    text: str
+    attn_mass: float  # mean over (layer, head) of alpha
+    sink_rate: float  # share of (layer, head) with alpha > epsilon
+    n_heads: int  # number of (layer, head) pairs with alpha > epsilon
+
+
+@dataclass
+class Spikes(_Row):
+    threshold: float
+    tokens: list[SpikeToken]  # tokens with S[t] > threshold, by position
+    per_token_score: list[float] = field(default_factory=list, metadata={"shape": "[T]"})  # S[t]
+
+
+@dataclass
+class Sinks(_Row):
+    epsilon: float
+    min_sink_rate: float
+    top: SinkToken  # the token with the largest attention mass (a sink token or not)
+    tokens: list[SinkToken]  # sink rate >= min_sink_rate, by attention mass, largest first
+    per_token_mass: list[float] = field(metadata={"shape": "[T]"})
+    per_token_sink_rate: list[float] = field(metadata={"shape": "[T]"})
+
+
+@dataclass
+class Overlap(_Row):
+    jaccard: float | None  # |spikes ∩ sinks| / |spikes ∪ sinks| of the position sets; None if both empty
+    positions: list[int]  # positions that are both
+
+
+@dataclass
+class KV(_Row):
+    sink_attention_share: float  # share of all attention probability on sink tokens' KV slots
+    sink_slot_share: float  # sink tokens / T
+    n_sink_slots: int
+    n_slots: int
+
+
+@dataclass
+class Layers(_Row):
+    max_norm: list[float] = field(metadata={"shape": "[L]"})  # max over tokens of ||h_l[t]||
+    median_norm: list[float] = field(default_factory=list, metadata={"shape": "[L]"})
+    kinds: list[str] = field(default_factory=list, metadata={"shape": "[L]"})  # "attention" or the other kind
+    attention: list[int] = field(default_factory=list)  # the attention layers
+
+
+@dataclass
+class Heads(_Row):
+    mass_on_top_sink: list[list[float | None]] = field(metadata={"shape": "[L][H]"})  # alpha_{l,h}(top sink)
+    top_sink_position: int
+
+
+@dataclass
+class Residual(_Row):
+    norm: list[list[float]] = field(metadata={"shape": "[L][T]"})  # ||h_l[t]||
+    attn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # attention block output
+    ffn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # FFN block output
+    embed_norm: list[float] = field(metadata={"shape": "[T]"})  # ||residual entering layer 0 at t||
+
+
+@dataclass
+class LearnedSinks(_Row):
+    """gpt-oss style per-head sink logits (sinkhole.analysis.core.learned_sinks)."""
+
+    definition: str
+    mean_share: float
+    max: dict = field(metadata={"keys": "{layer, head, share}"})
+    per_layer_mean: list[float | None] = field(metadata={"shape": "[L]"})
+    share: list[list[float | None]] = field(metadata={"shape": "[L][H]"})  # null on non-attention layers
+    top_token_sink: dict = field(metadata={"keys": "{position, alpha[L][H]}"})
+
+
+@dataclass
+class Detail:
+    """What renderers need beyond the JSON, taken from the Capture by `analyze()`; never written to JSON
+    (the arrays are large, and the JSON stays what it was). Shapes: L layers, H heads, T tokens.
+
+    alpha      (L, H, T) alpha_{l,h}(k), NaN on non-attention layers (the page's per-key view).
+    maps       (L, H, T, T) float16 attention maps, when the probe kept them (T <= its maps_max_len).
+    channels   the channels the page draws across layers; `channels_why` says how they were chosen.
+    top_k      K of the probe's top-K record per (layer, token).
+    channel_values  (T, C, L) h_l[t, c] of each drawn channel, NaN where c is not among t's top K at l.
+    spike_channel_values  per spike token (Spikes.tokens order): the signed h at its top layer for each
+               of its spike channels (the eval rows' `channel_values`).
+    """
+
+    alpha: typing.Any
+    maps: typing.Any
+    channels: list[int]
+    channels_why: str
+    top_k: int
+    channel_values: typing.Any
+    spike_channel_values: list[list[float]]
+
+
+# The sections after `layers`, in the JSON's order; None = not computed, left out of the JSON.
+OPTIONAL = ("heads", "residual", "learned_sinks")
+
+
+@dataclass
+class Report(_Row):
+    model: dict  # sinkhole.probe.capture.ModelInfo as a dict
+    tokens: list[Token]
+    spikes: Spikes
+    sinks: Sinks
+    overlap: Overlap
+    kv: KV
+    layers: Layers
+    prompt: str | None = None
+    chat: bool = False
+    heads: Heads | None = None
+    residual: Residual | None = None
+    learned_sinks: LearnedSinks | None = None
+    extra: dict = field(default_factory=dict)  # other sections (drawn as generic trees on the page)
+    detail: Detail | None = field(default=None, repr=False, compare=False)  # renderers only, never JSON
+
+    def __getitem__(self, key: str):
+        """JSON-style access; extra sections by their key too."""
+        if key in self.extra:
+            return self.extra[key]
+        if key == "schema":
+            return SCHEMA
+        if key in ("extra", "detail"):
+            raise KeyError(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.extra or (key in self.__dataclass_fields__ and key not in ("extra", "detail"))
+
+    def get(self, key: str, default=None):
+        try:
+            v = self[key]
+        except KeyError:
+            return default
+        return default if v is None else v
+
+    def to_dict(self) -> dict:
+        d = {"schema": SCHEMA, "model": dict(self.model), "tokens": [t.to_dict() for t in self.tokens]}
+        for k in ("spikes", "sinks", "overlap", "kv", "layers"):
+            d[k] = getattr(self, k).to_dict()
+        d["prompt"], d["chat"] = self.prompt, self.chat
+        for k in OPTIONAL:
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k).to_dict()
+        d.update(self.extra)
+        return _jsonable(d)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        """A report read back from its JSON (no `detail`); unknown keys go to `extra`."""
+        known = {f.name for f in fields(cls)} - {"extra", "detail"}
+        r = super().from_dict({k: v for k, v in d.items() if k in known})
+        r.extra = {k: v for k, v in d.items() if k not in known and k != "schema"}
+        return r
+
+    @property
+    def spike_tokens(self) -> list[SpikeToken]:
+        """The spike tokens as typed rows (`.position`, `.score`, ...; `["score"]` works too)."""
+        return self.spikes.tokens
+
+    @property
+    def sink_tokens(self) -> list[SinkToken]:
+        """The sink tokens as typed rows (`.position`, `.attn_mass`, `.sink_rate`, ...)."""
+        return self.sinks.tokens
+
+    @property
+    def top_sink(self) -> SinkToken:
+        """The token with the largest attention mass (a sink token or not)."""
+        return self.sinks.top
+
+
+def _jsonable(x):
+    """Plain Python types only; NaN/inf become null so the file is strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy scalars and arrays
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(report: Report | MechanismResult | dict, path: str | Path, what: str = "JSON report") -> None:
+    """Strict JSON through the checked writer (`-`: stdout; a failed write is rescued and reported)."""
+    from sinkhole.io import write_output
+
+    d = _jsonable(report) if isinstance(report, dict) else report.to_dict()
+    write_output(path, json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False), what)
+
+
+# ---------- the schema text, generated from the dataclasses ----------
+
+
+def _keys_of(cls) -> str:
+    """'{a, b[T], c{x, y}, d[{...}]}' for a row class, from its fields and their metadata."""
+    hints = typing.get_type_hints(cls)
+    parts = []
+    for f in fields(cls):
+        row, many = _row_type(hints[f.name])
+        if row is not None:
+            parts.append(f.name + (f"[{_keys_of(row)}]" if many else _keys_of(row)))
+        else:
+            parts.append(f.name + f.metadata.get("shape", "") + f.metadata.get("keys", ""))
+    return "{" + ", ".join(parts) + "}"
+
+
+def documented_keys() -> tuple[list[str], list[str]]:
+    """(always-present, optional) top-level keys with their sub-keys, e.g. 'spikes{threshold, ...}'."""
+    from sinkhole.probe.capture import ModelInfo
+
+    hints = typing.get_type_hints(Report)
+    always, optional = ["schema"], []
+    for f in fields(Report):
+        if f.name in ("extra", "detail"):
+            continue
+        if f.name == "model":  # a dict of ModelInfo's fields
+            text = "model" + _keys_of(ModelInfo).replace("layer_kinds", "layer_kinds[L]")
+        else:
+            row, many = _row_type(hints[f.name])
+            text = f.name + ("" if row is None else f"[{_keys_of(row)}]" if many else _keys_of(row))
+        (optional if f.name in OPTIONAL else always).append(text)
+    return always, optional
+
+
+def schema_doc(width: int = 104) -> str:
+    """The key listing of this module's docstring (whitespace aside); tests keep the two equal."""
+    always, optional = documented_keys()
+    wrap = lambda xs: textwrap.fill(", ".join(xs), width, initial_indent="    ", subsequent_indent="    ")  # noqa: E731
+    return f"Keys always present:\n{wrap(always)}\nOptional keys (present when computed):\n{wrap(optional)}"
