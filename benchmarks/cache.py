@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, kv_head_count  # noqa: E402
 from sinkhole.cache.sink_cache import SinkCache, cache_nbytes  # noqa: E402
-from sinkhole.cache.stream_eval import default_text, encode_stream  # noqa: E402
+from sinkhole.cache.stream_ppl import default_text, encode_stream  # noqa: E402
 from sinkhole.models.loading import load_model  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def decode_caches(model, length: int, sinks: int = 4) -> dict:
     head-aware cache with every head in full (its attention path and storage, no eviction) and with
     half of each layer's KV heads streaming (sinks + window = length / 4) and the rest in full, and
     with every head streaming through sinks + 32 local sinks + window (= length)."""
-    from sinkhole.profiles.streaming import layer_kinds
+    from sinkhole.profiles.stream_scores import layer_kinds
 
     H = kv_head_count(model)
     L = len(layer_kinds(model)[0])

@@ -5,7 +5,7 @@
     python benchmarks/local_sinks.py --window 128 --top 16 --json out.json
 
 For each sliding layer, over the queries from --start on of one profile copy prompt
-(`sinkhole.experiments.streaming.streaming_prompts`, 1024 tokens): the attention each query puts
+(`sinkhole.experiments.head_scores.streaming_prompts`, 1024 tokens): the attention each query puts
 beyond its last --window keys (within the layer's own sliding window), the share of that far
 attention on its --top most attended far keys, and the keys that draw the most far attention over
 all those queries, with their tokens. Exact softmax in float32 from the post-RoPE queries and keys
@@ -20,10 +20,10 @@ import sys
 
 import torch
 
-from sinkhole.experiments.streaming import streaming_prompts
+from sinkhole.experiments.head_scores import streaming_prompts
 from sinkhole.models.loading import load_model
 from sinkhole.probe.recorder import Recorder, recording, tapped
-from sinkhole.profiles.streaming import attention_modules, layer_kinds
+from sinkhole.profiles.stream_scores import attention_modules, layer_kinds
 
 
 def far_attention(query, key, scaling, sliding: int, window: int, start: int, top: int, softcap=None) -> dict:

@@ -35,7 +35,7 @@ def steps(T: int, threads: int | None, only: str | None = None) -> dict:
     """The modes' forwards (only one, and nothing else built, when `only` is given: peak RSS)."""
     import torch
 
-    from sinkhole.mask.core import token_mask
+    from sinkhole.mask.compute import token_mask
     from sinkhole.probe.probe import ModelProbe
 
     lm, ids = setup(T, threads)
@@ -90,7 +90,7 @@ def check_candidates(n: int, T: int) -> None:
     away from examples/sae_mask.py's), masked with the default candidates and with every token measured."""
     import numpy as np
 
-    from sinkhole.mask.core import token_mask
+    from sinkhole.mask.compute import token_mask
     from sinkhole.probe.probe import ModelProbe
 
     probe = ModelProbe("smollm2-135m", log=lambda m: None)

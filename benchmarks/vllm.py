@@ -134,7 +134,7 @@ def run(llm, args) -> dict:
 
 def reference_ids(llm, n: int) -> list[int]:
     """The first n tokens of Python's documentation (sinkhole's long reference text)."""
-    from sinkhole.cache.stream_eval import default_text
+    from sinkhole.cache.stream_ppl import default_text
 
     ids = llm.get_tokenizer()(default_text()[0]).input_ids[:n]
     if len(ids) < n:

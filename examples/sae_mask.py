@@ -29,7 +29,7 @@ import torch
 
 
 def collect(args) -> dict[str, np.ndarray]:
-    from sinkhole.mask.core import MaskSettings, iter_masks
+    from sinkhole.mask.compute import MaskSettings, iter_masks
     from sinkhole.probe.hooks import hooked, observer
     from sinkhole.probe.probe import ModelProbe
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 from sinkhole.cache.sink_cache import SinkCache, cache_nbytes
-from sinkhole.cache.stream_eval import default_text, encode_stream
+from sinkhole.cache.stream_ppl import default_text, encode_stream
 from sinkhole.models.loading import load_model
 
 

@@ -19,8 +19,8 @@ import time
 from tqdm import tqdm
 
 from sinkhole.eval.suite import load_suite
-from sinkhole.experiments.detect import SinkDetector
-from sinkhole.experiments.streaming import DEFAULT_PROMPTS, streaming_section
+from sinkhole.experiments.detector import SinkDetector
+from sinkhole.experiments.head_scores import DEFAULT_PROMPTS, streaming_section
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
