@@ -16,10 +16,10 @@ import torch
 from conftest import tiny_llama, wrap
 
 from sinkhole.errors import SinkholeError
-from sinkhole.experiments.calibration import collect_stats
 from sinkhole.experiments.perplexity import perplexity
 from sinkhole.profiles.profile import PROFILE_SCHEMA, SinkProfile
 from sinkhole.quant.backends import BACKENDS, Backend, get_backend, register
+from sinkhole.quant.calibration import collect_stats
 from sinkhole.quant.evidence import scheme_specs, validate
 from sinkhole.quant.fakequant import (
     QMAX,

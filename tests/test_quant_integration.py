@@ -20,7 +20,7 @@ def test_cli_rejects_unknown_backend(capsys):
 
 @pytest.fixture(scope="module")
 def smol_stats(smollm2):
-    from sinkhole.experiments.calibration import collect_stats
+    from sinkhole.quant.calibration import collect_stats
     from sinkhole.quant.texts import calibration_sequences
 
     calib = calibration_sequences(smollm2.tokenizer, n=2, length=64)
@@ -42,7 +42,7 @@ def test_smollm2_outliers_sit_on_token0_down_proj(smollm2, smol_stats):
 
 @pytest.mark.integration
 def test_smollm2_prefix_removes_outlier_tokens(smollm2, smol_stats):
-    from sinkhole.experiments.calibration import collect_stats
+    from sinkhole.quant.calibration import collect_stats
     from sinkhole.quant.hints import prefix_tokens
 
     calib, stats = smol_stats

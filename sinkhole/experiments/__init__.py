@@ -3,7 +3,7 @@
 The data flows one way: models (load) -> probe (one forward with hooks -> compact `Capture`) ->
 analysis (pure functions on arrays) -> report (one typed structure, then renderers). The
 experiments sit beside the probe: they run extra forwards (a second gathering pass, perplexity
-under an intervention, a vocabulary sweep, calibration statistics, streaming scores), built on
+under an intervention, a vocabulary sweep, streaming scores), built on
 the probe's primitives (`sinkhole.probe.hooks` for every temporary change to a model,
 `sinkhole.probe.batch` for left padding, `sinkhole.probe.recorder` for attention taps), and hand
 arrays to the pure analyses. Nothing in `sinkhole.analysis` runs a model.
@@ -13,6 +13,5 @@ arrays to the pure analyses. Nothing in `sinkhole.analysis` runs a model.
     interventions  perplexity with the spike channels or the sink taken away
     vocab_sweep    every vocabulary token alone at position 0 (its summary is pure: analysis)
     perplexity     the one perplexity: summed NLL of a sequence, perplexity of a set of sequences
-    calibration    every decoder Linear's input statistics over a calibration set (quantization)
     streaming      per-head streaming scores of a profile (a recorder tap)
 """

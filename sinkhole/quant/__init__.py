@@ -1,5 +1,5 @@
 """Quantization hints from spike statistics: calibration statistics of Linear inputs (`stats`, collected
-by `sinkhole.experiments.calibration`), hints in real quantizers' config formats (`hints`), and
+by `sinkhole.quant.calibration`), hints in real quantizers' config formats (`hints`), and
 fake-quantized W8A8 evidence (`fakequant`, `evidence`).
 
 Importing the package is light (the CLI's --help needs the backend registry only); the functions load on use.
@@ -10,7 +10,7 @@ from sinkhole.quant.backends import BACKENDS, get_backend  # noqa: F401  (the re
 _LAZY = {
     "get_quantization_hints": "sinkhole.quant.hints",
     "write_hints": "sinkhole.quant.hints",
-    "collect_stats": "sinkhole.experiments.calibration",
+    "collect_stats": "sinkhole.quant.calibration",
     "CalibrationStats": "sinkhole.quant.stats",
 }
 

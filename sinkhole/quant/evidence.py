@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sinkhole.experiments.calibration import collect_stats
 from sinkhole.experiments.perplexity import perplexity
+from sinkhole.quant.calibration import collect_stats
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
 from sinkhole.quant.stats import CalibrationStats, decoder_linears
 

@@ -1,6 +1,6 @@
 """Calibration statistics of every Linear layer's input, for quantization.
 
-Design: the forward that collects them lives in `sinkhole.experiments.calibration` (one
+Design: the forward that collects them lives in `sinkhole.quant.calibration` (one
 pre-forward hook per `nn.Linear` inside the decoder layers); this module holds the reductions it
 folds each input into (`reduce_rows`, `LinearInputStats.fold`), so memory is O(channels) per module
 whatever the amount of calibration text: no activation is ever stored. Sequences run one at a time
