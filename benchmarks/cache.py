@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, kv_head_count  # noqa: E402
 from sinkhole.cache.sink_cache import SinkCache, cache_nbytes  # noqa: E402
 from sinkhole.cache.stream_ppl import default_text, encode_stream  # noqa: E402
-from sinkhole.models.loading import load_model  # noqa: E402
+from sinkhole.probe.loading import load_model  # noqa: E402
 
 
 def rss_mib() -> float:

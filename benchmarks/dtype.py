@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from sinkhole.experiments.vocab_sweep import sweep
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     quiet = dict(log=lambda m: None)
     lms = {d: load_model(a.model, device=a.device, dtype=d, **quiet) for d in ("float32", "bfloat16")}

@@ -48,7 +48,7 @@ def _timed(fn) -> float:
 
 
 def bench(copy: Path, gguf: str, repeats: int, others: dict) -> None:
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     quiet = dict(log=lambda m: None)
     size = sum(f.stat().st_size for f in _files(copy))

@@ -114,7 +114,7 @@ def eager_fits(model, T: int, device: str) -> bool:
 
 
 def forward_table(model, lengths, device: str, repeats: int, budget_s: float) -> list[dict]:
-    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
 
     probe = ModelProbe(LoadedModel.wrap(model, StubTokenizer(), name="llama-1b-random"))

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from sinkhole.experiments.head_scores import streaming_prompts
-from sinkhole.models.loading import load_model
+from sinkhole.probe.loading import load_model
 from sinkhole.probe.recorder import Recorder, recording, tapped
 from sinkhole.profiles.stream_scores import attention_modules, layer_kinds
 

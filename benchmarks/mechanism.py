@@ -31,7 +31,7 @@ def main() -> None:
     from sinkhole.experiments.interventions import text_ids
     from sinkhole.experiments.mechanism_study import DEFAULT_PROMPTS, MechanismConfig, run_interventions, run_mechanism
     from sinkhole.experiments.vocab_sweep import REFERENCE_TOKENS, reference_norm, sweep, vocab_sweep
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.probe.probe import ModelProbe
 
     rows = []

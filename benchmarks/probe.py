@@ -49,7 +49,7 @@ def setup(T: int, threads: int | None):
 
         one_malloc_arena()
 
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     lm = load_model("smollm2-135m", log=lambda m: None)
     text = " ".join(__import__("pydoc_data.topics", fromlist=["topics"]).topics.values())
@@ -150,7 +150,7 @@ def one_layer(T: int, rounds: int) -> None:
     import torch
 
     from sinkhole.probe import cpu_kernel
-    from sinkhole.probe.attention import exact_attention_with_stats
+    from sinkhole.probe.exact_attention import exact_attention_with_stats
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

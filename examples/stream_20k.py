@@ -25,7 +25,7 @@ import torch
 
 from sinkhole.cache.sink_cache import SinkCache, cache_nbytes
 from sinkhole.cache.stream_ppl import default_text, encode_stream
-from sinkhole.models.loading import load_model
+from sinkhole.probe.loading import load_model
 
 
 def rss_mib() -> float:

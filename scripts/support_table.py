@@ -32,7 +32,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from sinkhole.models.support import ATOL, IDS, sweep
+    from sinkhole.probe.support import ATOL, IDS, sweep
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/architectures.md")

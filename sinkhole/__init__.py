@@ -21,7 +21,7 @@ _LAZY = {
     "Capture": "sinkhole.probe.capture",
     "analyze": "sinkhole.analysis.core",
     "Report": "sinkhole.results.report",
-    "load_model": "sinkhole.models.loading",
+    "load_model": "sinkhole.probe.loading",
     "SinkholeError": "sinkhole.errors",
     "SinkProfile": "sinkhole.profiles.profile",
     "load_profile": "sinkhole.profiles.profile",

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sinkhole.models.support import IdTokenizer  # noqa: E402,F401  (tests import it from here)
+from sinkhole.probe.support import IdTokenizer  # noqa: E402,F401  (tests import it from here)
 
 
 def tiny_llama(seed: int = 0, **overrides):
@@ -57,7 +57,7 @@ def tiny_gemma3(seed: int = 0, **overrides):
 
 
 def wrap(model, name="tiny"):
-    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.loading import LoadedModel
 
     return LoadedModel.wrap(model, IdTokenizer(), name=name)
 
@@ -75,14 +75,14 @@ def tiny_model(request):
 @pytest.fixture(scope="session")
 def smollm2():
     """The bundled SmolLM2-135M-Instruct as a LoadedModel (converted once into the user cache)."""
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     return load_model("smollm2-135m", log=lambda m: None)
 
 
 @pytest.fixture(scope="session")
 def gemma3():
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     return load_model("gemma3-270m", log=lambda m: None)
 

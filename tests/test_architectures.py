@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinkhole.models.support import ATOL, sweep
+from sinkhole.probe.support import ATOL, sweep
 from sinkhole.models.tiny import causal_lm_types
 
 # Named in issue #12: each must agree with eager.

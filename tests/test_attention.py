@@ -130,7 +130,7 @@ def test_sink_mass_with_padding_and_dead_rows():
 @pytest.mark.parametrize("case", ["causal", "padded_mask_sinks", "bidirectional", "decode"])
 def test_threaded_row_slices_equal_one_call(case):
     """The multi-threaded CPU path (row slices in Python threads) gives the single call's numbers."""
-    from sinkhole.probe.attention import exact_attention_with_stats, threaded_exact_attention_with_stats
+    from sinkhole.probe.exact_attention import exact_attention_with_stats, threaded_exact_attention_with_stats
 
     torch.manual_seed(4)
     B, H, T, D = 2, 4, 23, 8

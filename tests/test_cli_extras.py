@@ -100,7 +100,7 @@ def test_threads_default_and_flag(tiny_dir, tmp_path, capsys, monkeypatch):  # n
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_device_auto_without_cuda_uses_cpu(tiny_dir):  # noqa: F811
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     said = []
     lm = load_model(str(tiny_dir), device="auto", log=said.append)

@@ -39,7 +39,7 @@ def test_every_model_command_has_a_dtype_option():
 
 @pytest.mark.parametrize("command", dtype_commands())
 def test_every_command_loads_in_the_default_dtype(command, tmp_path, monkeypatch, capsys):
-    import sinkhole.models.loading as loading
+    import sinkhole.probe.loading as loading
     from sinkhole.cli.main import main
 
     asked = []

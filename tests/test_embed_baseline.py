@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from sinkhole.models.loading import LoadedModel
-from sinkhole.models.support import IdTokenizer
+from sinkhole.probe.loading import LoadedModel
+from sinkhole.probe.support import IdTokenizer
 from sinkhole.models.tiny import tiny_model
 from sinkhole.probe.probe import ModelProbe
 

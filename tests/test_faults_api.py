@@ -235,7 +235,7 @@ def fake_gguf(tiny_src, tmp_path, monkeypatch):
 
 
 def _load(gguf, logs):
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
 
     return load_model(str(gguf), log=logs.append)
 

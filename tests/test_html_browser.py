@@ -401,8 +401,8 @@ def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, me
 @pytest.mark.parametrize("model_type", ["qwen3_next", "gpt_oss"])
 def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
     """A hybrid's non-attention layers (null rows) and a learned-sink section draw without errors."""
-    from sinkhole.models.loading import LoadedModel
-    from sinkhole.models.support import IDS, IdTokenizer, quiet
+    from sinkhole.probe.loading import LoadedModel
+    from sinkhole.probe.support import IDS, IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model
 
     with quiet():
@@ -425,8 +425,8 @@ def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_
     from test_mechanism import prompts
 
     from sinkhole.experiments.mechanism_study import MechanismConfig, run_mechanism
-    from sinkhole.models.loading import LoadedModel
-    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.probe.loading import LoadedModel
+    from sinkhole.probe.support import IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model
 
     with quiet():

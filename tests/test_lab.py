@@ -91,7 +91,7 @@ def test_probe_reads_the_model_unchanged(switch):
     """SDPA and eager agree; the probe (its own attention, or the eager fallback for non-softmax
     variants) sees every layer, and its attention mass equals the model's own weights."""
     from sinkhole.analysis.core import analyze
-    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
 
     model = build_model(TinyConfig(num_hidden_layers=2, **switch), seed=0)

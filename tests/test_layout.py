@@ -22,7 +22,7 @@ RUNS_MODELS = (
     "sinkhole.probe.recorder",
     "sinkhole.probe.hooks",
     "sinkhole.experiments",
-    "sinkhole.models.loading",
+    "sinkhole.probe.loading",
     "sinkhole.cache",
     "sinkhole.cli",
 )

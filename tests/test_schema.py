@@ -78,8 +78,8 @@ def test_parse_keys_reads_the_notation():
 
 
 def test_every_written_key_is_documented_and_every_documented_key_is_written_or_optional():
-    from sinkhole.models.loading import LoadedModel
-    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.probe.loading import LoadedModel
+    from sinkhole.probe.support import IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model
 
     always, optional = documented()
@@ -161,8 +161,8 @@ def mechanism_runs():
     from test_mechanism import planted, prompts
 
     from sinkhole.experiments.vocab_sweep import vocab_sweep
-    from sinkhole.models.loading import LoadedModel
-    from sinkhole.models.support import IdTokenizer, quiet
+    from sinkhole.probe.loading import LoadedModel
+    from sinkhole.probe.support import IdTokenizer, quiet
     from sinkhole.models.tiny import tiny_model
 
     lm = LoadedModel.wrap(planted(), CharTokenizer(), name="planted")

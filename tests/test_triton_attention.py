@@ -17,7 +17,8 @@ from conftest import tiny_gemma3, tiny_llama, wrap  # noqa: E402
 from test_attention import brute, causal  # noqa: E402
 
 from sinkhole.probe import triton_attention  # noqa: E402
-from sinkhole.probe.attention import attention_with_stats, exact_attention_with_stats  # noqa: E402
+from sinkhole.probe.attention import attention_with_stats  # noqa: E402
+from sinkhole.probe.exact_attention import exact_attention_with_stats  # noqa: E402
 from sinkhole.probe.probe import ModelProbe  # noqa: E402
 from sinkhole.probe.triton_attention import fused_attention_with_stats  # noqa: E402
 

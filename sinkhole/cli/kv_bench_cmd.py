@@ -109,7 +109,7 @@ def resolve(args):
 def run(args) -> int:
     from sinkhole.cli.common import raise_failures, write_all
     from sinkhole.kvbench.bench import run_bench
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.progress import progress
     from sinkhole.render.kvbench_text import fmt_score, render_kvbench

@@ -127,7 +127,7 @@ def run_recall(args) -> int:
     from sinkhole.cache.recall import LABELS, evaluate_recall
     from sinkhole.cli.common import raise_failures, result_stream, write_all
     from sinkhole.errors import SinkholeError
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.render.recall_text import render_recall
     from sinkhole.results.report import write_json
@@ -176,7 +176,7 @@ def run(args) -> int:
         sample_targets,
     )
     from sinkhole.cli.common import raise_failures, result_stream, write_all
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.render.stream_figures import plot_stream
     from sinkhole.render.stream_text import render_table

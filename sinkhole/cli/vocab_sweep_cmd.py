@@ -50,7 +50,7 @@ def _run(args, world) -> int:
     from sinkhole.experiments.interventions import text_ids
     from sinkhole.experiments.vocab_sweep import vocab_sweep
     from sinkhole.io import write_output
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.models.registry import resolve
 
     name = world.all_ok(lambda: resolve(args.model).name)  # a missing model stops every rank here

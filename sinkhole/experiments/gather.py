@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.hooks import first_tensor, hooked
 from sinkhole.probe.recorder import Recorder, recording, tapped

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from sinkhole.experiments.perplexity import perplexity
-from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
 from sinkhole.results.mechanism import Interventions, PerVariant
 from sinkhole.text import pydoc_text

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sinkhole.analysis.mechanism.vocab import summarize
-from sinkhole.models.loading import LoadedModel
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.hooks import first_tensor, hooked
 from sinkhole.results.mechanism import VocabSweep
 

@@ -48,7 +48,7 @@ def envoy_at(model, module: torch.nn.Module):
 def kept_activations(model, ids: list[int], layer: int, mask: TokenMask | None = None, **mask_settings):
     """(n_kept, D): decoder layer `layer`'s output at the tokens the mask keeps, taken inside one trace.
     Without `mask`, `token_mask(hf_module(model), ids, layer=layer, **mask_settings)` makes it."""
-    from sinkhole.models.families import family_for
+    from sinkhole.probe.trace import family_for
 
     module = hf_module(model)
     if mask is None:

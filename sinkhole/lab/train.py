@@ -119,7 +119,7 @@ def probe_checkpoint(
     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE,
 ) -> Checkpoint:
     """Probe a copy of `model` on ids (B, T) and summarise position 0 (see the module docstring)."""
-    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
 
     frozen = copy.deepcopy(model)

@@ -210,7 +210,7 @@ def mask_batch(probe, encoded: list[list[int]], settings: MaskSettings) -> list[
 
 def as_probe(model_or_probe, tokenizer=None):
     """A ModelProbe from a probe, a LoadedModel, a bundled name / path, or a transformers model."""
-    from sinkhole.models.loading import LoadedModel
+    from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
 
     if isinstance(model_or_probe, ModelProbe):

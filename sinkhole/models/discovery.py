@@ -3,41 +3,40 @@
 1. Decoder layers: the ModuleList whose length is the config's layer count (the largest by
    parameters when several are), wherever it sits (`model.layers`, `transformer.h`,
    `gpt_neox.layers`, `model.decoder.layers`, ...). Embedding: `get_input_embeddings()`. Final
-   norm: a norm beside the layer list.
-2. One traced forward of a few tokens (`_trace`), with transformers' attention interface pointed
-   at a recording function, records which module calls attention in which layer (that module is
-   the layer's attention; layers that never call it are linear-attention / SSM / conv layers of a
-   hybrid), and each layer's input, output and its submodules' inputs and outputs.
-3. Residual structure, per layer: the pair of submodules (a, f) with h_out = h_in + out(a) + out(f)
-   (shallowest first); a is the attention (pre-norm, parallel) or a norm after it (sandwich,
-   post-norm). Sandwich vs post-norm: whether a norm feeds the attention. Parallel: the FFN's input
-   does not depend on h_in + out(a). "inside": the blocks add the residual themselves (BLOOM,
-   BERT-style post-LN), found from f's inputs holding out(a). Nothing found: block norms are NaN.
+   norm: a norm beside the layer list (`skeleton`).
+2. One traced forward of a few tokens (`sinkhole.probe.trace`, which runs the model with the probe's
+   hooks and exact attention) records, into a `Trace`, which module calls attention in which layer
+   (that module is the layer's attention; layers that never call it are linear-attention / SSM /
+   conv layers of a hybrid), and each layer's input, output and its submodules' inputs and outputs.
+3. Residual structure, per layer (`family_from_trace`): the pair of submodules (a, f) with
+   h_out = h_in + out(a) + out(f) (shallowest first); a is the attention (pre-norm, parallel) or a
+   norm after it (sandwich, post-norm). Sandwich vs post-norm: whether a norm feeds the attention.
+   Parallel: the FFN's input does not depend on h_in + out(a). "inside": the blocks add the
+   residual themselves (BLOOM, BERT-style post-LN), found from f's inputs holding out(a). Nothing
+   found: block norms are NaN.
 4. SwiGLU pieces (gate/up/down/act) and q/k projections by their conventional names inside the
    FFN / attention; absent ones are None (analyses that need them say "not applicable").
-The trace uses `sinkhole.probe.attention.attention_with_stats`, so its numbers are exact.
+
+This module only reads what the trace recorded (it runs nothing), so models/ never imports the probe.
 """
 
 from __future__ import annotations
 
-import contextvars
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
 from sinkhole.errors import SinkholeError
-from sinkhole.models.families import ATTENTION, FAMILIES, Family
+from sinkhole.models.families import ATTENTION, FAMILIES, OVERRIDES, Family
 
-TRACE_NAME = "sinkhole_trace"
-TRACE_TOKENS = 5
 MAX_DEPTH = 2  # submodules of a decoder layer considered as residual contributors: a.b at most
-_STATE: contextvars.ContextVar = contextvars.ContextVar("sinkhole_trace_state", default=None)
 
 
 @dataclass
-class _Rec:
+class ModuleRecord:
+    """One submodule's call in the traced forward: when it started and ended, its inputs and output."""
+
     start: int
     cls: str
     inputs: list = field(default_factory=list)
@@ -47,59 +46,33 @@ class _Rec:
 
 
 @dataclass
-class _Layer:
+class LayerRecord:
+    """One decoder layer in the traced forward."""
+
     h_in: torch.Tensor | None = None
     h_out: torch.Tensor | None = None
-    mods: dict = field(default_factory=dict)  # relative name -> _Rec
+    mods: dict = field(default_factory=dict)  # relative name -> ModuleRecord
     calls: list = field(default_factory=list)  # modules that called the attention interface
 
 
-class _State:
-    def __init__(self):
-        self.layer: int | None = None
-        self.clock = 0
-        self.layers: dict[int, _Layer] = {}
+@dataclass
+class Trace:
+    """What the traced forward recorded: the running layer and clock while it runs, then every layer."""
+
+    layer: int | None = None
+    clock: int = 0
+    layers: dict[int, LayerRecord] = field(default_factory=dict)
 
 
-def _trace_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    from sinkhole.probe.attention import _sinks, attention_with_stats
-    from sinkhole.probe.recorder import plain_attention
+@dataclass(frozen=True)
+class Skeleton:
+    """Where the decoder blocks, the embedding and the final norm sit (found without running the model)."""
 
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if query.dim() != 4 or (attention_mask is None and not getattr(module, "is_causal", True)):
-        # not causal attention over tokens (Inkling-2's attention over earlier blocks' states)
-        return plain_attention(query, key, value, attention_mask, scaling), None
-    st = _STATE.get()
-    if st is not None and st.layer is not None:
-        st.layers[st.layer].calls.append(module)
-    out = attention_with_stats(
-        query,
-        key,
-        value,
-        attention_mask,
-        scaling,
-        softcap=kwargs.get("softcap"),
-        sinks=_sinks(kwargs),
-        causal=getattr(module, "is_causal", True),
-    )[0]
-    return out, None
-
-
-def _register_trace() -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(TRACE_NAME, _trace_attention)
-    AttentionMaskInterface.register(TRACE_NAME, sdpa_mask)
-    return TRACE_NAME
-
-
-def _tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-        return x[0]
-    return None
+    model_type: str
+    layers_path: str
+    layers: nn.ModuleList
+    embed: str
+    final_norm: str | None
 
 
 def text_config(model: nn.Module):
@@ -143,55 +116,6 @@ def _skip(cls: str) -> bool:
     return cls in ("Dropout", "Identity") or "Dropout" in cls
 
 
-@contextmanager
-def _tracing(model: nn.Module, layers: nn.ModuleList, st: _State):
-    from sinkhole.probe.attention import release_scratch
-    from sinkhole.probe.hooks import attention_implementation, context_value, hooked
-
-    pre_kwargs, forward = [], []
-    for idx, layer in enumerate(layers):
-        rec = st.layers.setdefault(idx, _Layer())
-
-        def pre(m, args, kwargs, idx=idx, rec=rec):
-            st.layer = idx
-            rec.h_in = _tensor(args[0] if args else kwargs.get("hidden_states"))
-
-        def post(m, args, out, rec=rec):
-            rec.h_out = _tensor(out)
-
-        pre_kwargs.append((layer, pre))
-        forward.append((layer, post))
-        for name, mod in layer.named_modules():
-            if not name or name.count(".") >= MAX_DEPTH:
-                continue
-
-            def mpre(m, args, kwargs, name=name, rec=rec):
-                st.clock += 1
-                ins = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-                rec.mods[name] = _Rec(st.clock, type(m).__name__, ins)
-
-            def mpost(m, args, out, name=name, rec=rec):
-                st.clock += 1
-                r = rec.mods.get(name)
-                t = _tensor(out)
-                if r is not None and t is not None:
-                    r.out, r.out_ref, r.end = t.detach().clone(), t, st.clock
-
-            pre_kwargs.append((mod, mpre))
-            forward.append((mod, mpost))
-    trace = _register_trace()
-    # optional: a model that cannot switch bypasses the interface and is traced without it
-    with (
-        context_value(_STATE, st),
-        attention_implementation(model, trace, optional=True),
-        hooked(forward=forward, pre_kwargs=pre_kwargs),
-    ):
-        try:
-            yield getattr(model.config, "_attn_implementation", None) == trace
-        finally:
-            release_scratch()  # the traced attention's block buffers (sinkhole.probe.attention)
-
-
 def _fits(x: torch.Tensor | None, like: torch.Tensor) -> bool:
     """x has like's elements in residual layout ((B, T, D), or flattened to (B*T, D) as OPT's FFN does)."""
     return x is not None and x.shape[-1:] == like.shape[-1:] and x.numel() == like.numel()
@@ -218,7 +142,7 @@ class LayerParts:
     ffn_scale: float = 1.0
 
 
-def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
+def _parts(rec: LayerRecord, layer: nn.Module, kind: str, tol: float) -> LayerParts:
     names = {id(m): n for n, m in layer.named_modules()}
     attn = next((names[id(m)] for m in rec.calls if id(m) in names), None)
     h_in, h_out = rec.h_in, rec.h_out
@@ -270,12 +194,12 @@ def _parts(rec: _Layer, layer: nn.Module, kind: str, tol: float) -> LayerParts:
     a_rec = rec.mods[na]
     norms = [(n, r) for n, r in rec.mods.items() if _is_norm(r.cls) and r.out is not None and n.count(".") == 0]
 
-    def feeds(r: _Rec, target: _Rec, exact: bool) -> bool:
+    def feeds(r: ModuleRecord, target: ModuleRecord, exact: bool) -> bool:
         if exact:
             return any(t is r.out_ref for t in target.inputs)
         return any(_close(r.out, t, tol) for t in target.inputs)
 
-    def feeding(pool, target: _Rec) -> str | None:
+    def feeding(pool, target: ModuleRecord) -> str | None:
         # the norm whose output object the target reads; else the last one whose output equals its input
         # (freshly initialised norms of the same input are equal, so identity decides first)
         for exact in (True, False):
@@ -362,15 +286,8 @@ def _child(mod: nn.Module | None, *names: str) -> str | None:
     return next((n for n in names if n in kids), None)
 
 
-def _trace_ids(model: nn.Module) -> torch.Tensor:
-    vocab = getattr(text_config(model), "vocab_size", None) or 100
-    emb = model.get_input_embeddings()
-    dev = emb.weight.device if emb is not None and hasattr(emb, "weight") else next(model.parameters()).device
-    return (torch.arange(TRACE_TOKENS) % max(2, vocab - 1) + 1).clamp(max=vocab - 1)[None].to(dev)
-
-
-def discover(model: nn.Module) -> Family:
-    """The Family of a loaded *ForCausalLM model (see the module docstring)."""
+def skeleton(model: nn.Module) -> Skeleton:
+    """The decoder blocks, the embedding and the final norm of a *ForCausalLM model, found by structure."""
     mt = getattr(model.config, "model_type", "") or type(model).__name__
     layers_path, layers = find_layers(model)
     emb = model.get_input_embeddings()
@@ -381,26 +298,20 @@ def discover(model: nn.Module) -> Family:
     parent = model.get_submodule(parent_path) if parent_path else model
     final = [n for n, m in parent.named_children() if _is_norm(type(m).__name__)]
     final_norm = f"{parent_path}.{final[-1]}".lstrip(".") if final else None
+    return Skeleton(mt, layers_path, layers, embed, final_norm)
 
-    st = _State()
+
+def family_from_trace(model: nn.Module, sk: Skeleton, st: Trace, switched: bool) -> Family:
+    """The Family that the traced forward `st` shows (see the module docstring), overrides applied."""
+    layers = sk.layers
     dtype = next(model.parameters()).dtype
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    try:
-        with torch.inference_mode(), _tracing(model, layers, st) as switched:
-            model(input_ids=_trace_ids(model), use_cache=False)
-    except SinkholeError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any model failure becomes one line
-        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise SinkholeError(
-            f"{mt}: a {TRACE_TOKENS}-token test forward failed ({type(err).__name__}: {msg})"
-        ) from None
     called = {i for i, r in st.layers.items() if r.calls}
     types = getattr(text_config(model), "layer_types", None)
     types = list(types) if isinstance(types, (list, tuple)) and len(types) == len(layers) else None
     parts = []
     for i, layer in enumerate(layers):
-        p = _parts(st.layers.get(i, _Layer()), layer, ATTENTION, tol)
+        p = _parts(st.layers.get(i, LayerRecord()), layer, ATTENTION, tol)
         if called and i not in called:  # a hybrid's layer whose token mixer is not attention
             p.kind = _other_kind(types[i] if types else None, layer, p.mixer_out)
         parts.append(p)
@@ -417,15 +328,15 @@ def discover(model: nn.Module) -> Family:
         notes.append("attention never called transformers' attention interface: eager fallback")
     if any(p.mixer_out is None for p in parts):
         notes.append("residual contributions not identified in some layers (their block norms are NaN)")
-    name = FAMILIES[mt].name if mt in FAMILIES else mt
+    name = FAMILIES[sk.model_type].name if sk.model_type in FAMILIES else sk.model_type
     per_layer = max((len(r.calls) for r in st.layers.values()), default=1)
     repeats = any(len(r.calls) != len({id(m) for m in r.calls}) for r in st.layers.values())
-    return Family(
+    fam = Family(
         name=name,
         norm_style=style,
-        layers=layers_path,
-        final_norm=final_norm,
-        embed=embed,
+        layers=sk.layers_path,
+        final_norm=sk.final_norm,
+        embed=sk.embed,
         attn=ref.attn or "",
         attn_norm=ref.attn_norm,
         attn_out=ref.mixer_out,
@@ -449,3 +360,5 @@ def discover(model: nn.Module) -> Family:
         attn_per_layer=max(per_layer, 1),
         attn_repeats=repeats,
     )
+    over = OVERRIDES.get(sk.model_type)
+    return replace(fam, **over, discovery=f"override:{sk.model_type}") if over else fam

@@ -2,10 +2,11 @@
 
 This package is the only place that knows architectures apart (`families.py` and `discovery.py`).
 Analyses never branch on `model_type`; they ask a `Family` for module names. A `Family` is
-*discovered* from the loaded model (`sinkhole.models.discovery`): the ModuleList that holds the
-decoder blocks wherever it sits, the module that calls transformers' attention interface, and the
-block's residual structure found in one short traced forward. `OVERRIDES` holds what discovery
-cannot see; `Family.discovery` says which path a model took ("auto" or "override:<model_type>").
+*discovered* from the loaded model (`sinkhole.models.discovery`, reading one short forward that
+`sinkhole.probe.trace.family_for` runs): the ModuleList that holds the decoder blocks wherever it
+sits, the module that calls transformers' attention interface, and the block's residual structure.
+`OVERRIDES` holds what discovery cannot see; `Family.discovery` says which path a model took
+("auto" or "override:<model_type>").
 
 Residual bookkeeping (`attn_out` / `ffn_out` name the modules whose outputs are added to the
 residual; `ffn_norm` the norm whose output feeds the FFN):
@@ -132,18 +133,6 @@ def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
         return root.get_submodule(dotted)
     except AttributeError as err:
         raise SinkholeError(f"{type(root).__name__} has no submodule '{dotted}'") from err
-
-
-def family_for(model: nn.Module) -> Family:
-    """The family of a loaded *ForCausalLM model: discovered, then the override table applied."""
-    from sinkhole.models.discovery import discover
-
-    model_type = getattr(model.config, "model_type", "") or type(model).__name__
-    fam = discover(model)
-    over = OVERRIDES.get(model_type)
-    if over:
-        fam = replace(fam, **over, discovery=f"override:{model_type}")
-    return fam
 
 
 def rotary_inv_freq(model: nn.Module, layer_type: str) -> torch.Tensor:

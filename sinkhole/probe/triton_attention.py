@@ -226,7 +226,7 @@ def available(device: str) -> bool:
     """Triton importable and the fused path agreeing with the exact one on `device` (checked once)."""
     if triton is None:
         return False
-    from sinkhole.probe.attention import exact_attention_with_stats
+    from sinkhole.probe.exact_attention import exact_attention_with_stats
 
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)

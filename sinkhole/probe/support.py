@@ -24,6 +24,9 @@ import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.models.tiny import TinyUnavailable, causal_lm_types, tiny_model
+from sinkhole.probe.hooks import attention_implementation
+from sinkhole.probe.loading import LoadedModel
+from sinkhole.probe.probe import ModelProbe
 
 IDS = [3, 17, 5, 42, 8, 8, 91, 23, 11, 60]  # 10 tokens: longer than the tiny sliding window (6)
 ATOL = 1e-4
@@ -56,8 +59,6 @@ class IdTokenizer:
 
 def eager_alpha(model, ids: list[int]) -> list[np.ndarray]:
     """alpha (H, T) of every layer that returns attention probabilities in eager mode."""
-    from sinkhole.probe.hooks import attention_implementation
-
     with attention_implementation(model, "eager", optional=True), torch.inference_mode():
         out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
     T = len(ids)
@@ -72,9 +73,6 @@ def eager_alpha(model, ids: list[int]) -> list[np.ndarray]:
 
 
 def check(model_type: str) -> Support:
-    from sinkhole.models.loading import LoadedModel
-    from sinkhole.probe.probe import ModelProbe
-
     try:
         model = tiny_model(model_type)
     except TinyUnavailable as err:

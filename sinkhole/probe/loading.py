@@ -21,9 +21,10 @@ import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.models.dtypes import default_dtype
-from sinkhole.models.families import Family, family_for
+from sinkhole.models.families import Family
 from sinkhole.models.gguf_cache import check_content_later, converted_gguf_dir
 from sinkhole.models.registry import ModelSource, resolve
+from sinkhole.probe.trace import family_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
