@@ -102,10 +102,10 @@ def _alpha(args, lm, stats, calib) -> tuple[float | None, dict]:
 
 def run(args) -> int:
     from sinkhole.cli.common import raise_failures, write_all
-    from sinkhole.experiments.calibration import collect_stats
     from sinkhole.io import is_stdout, write_output
-    from sinkhole.models.loading import load_model
+    from sinkhole.probe.loading import load_model
     from sinkhole.quant import get_backend
+    from sinkhole.quant.calibration import collect_stats
     from sinkhole.quant.hints import get_quantization_hints, int8_threshold, prefix_tokens, skip_modules, write_hints
     from sinkhole.quant.texts import calibration_sequences, heldout_sequences
     from sinkhole.render.quant_text import render_stats
