@@ -2,7 +2,7 @@
 
 For every batch (as `plan_batches` cuts it), side by side and interleaved so that a shared, busy
 machine slows both alike:
-    plain  model(**same left-padded inputs, attention_mask, position_ids), transformers' default
+    plain  model(**forward_kwargs(same left-padded inputs)), transformers' default
            attention (SDPA), use_cache=False, logits_to_keep=1: the least any forward can cost
     eval   probe.run_batch + analyze + prompt_row for each prompt: what `sinkhole eval` does per batch
            (minus the JSON write, which is timed separately as `write`)
@@ -32,20 +32,14 @@ import torch
 from sinkhole.analysis.core import analyze
 from sinkhole.eval import EvalSettings, load_suite
 from sinkhole.eval.runner import ResultsStore, plan_batches, prompt_row
-from sinkhole.probe.batch import left_pad, pad_id, position_ids
+from sinkhole.probe.batch import forward_kwargs, left_pad, pad_id
 from sinkhole.probe.probe import ModelProbe
 
 
 def plain_forward(probe: ModelProbe, batch_ids: list[list[int]]) -> None:
     ids, valid = left_pad(batch_ids, pad_id(probe.tokenizer))
     with torch.inference_mode():
-        probe.model(
-            input_ids=ids,
-            attention_mask=valid.long(),
-            position_ids=position_ids(valid),
-            use_cache=False,
-            logits_to_keep=1,
-        )
+        probe.model(**forward_kwargs(ids, valid, probe.lm.device))
 
 
 def merge_seconds(out: str, n: int, repeats: int = 5) -> float:

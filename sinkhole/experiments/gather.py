@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sinkhole.probe.loading import LoadedModel
-from sinkhole.probe.batch import left_pad, pad_id, position_ids
+from sinkhole.probe.batch import forward_kwargs, left_pad, pad_id
 from sinkhole.probe.hooks import first_tensor, hooked
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.recorder import Recorder, recording, tapped
 
 
@@ -181,13 +181,7 @@ def gather(lm: LoadedModel, seqs: list[list[int]], plan: Plan) -> Gathered:
     store: dict = {}
     dev = lm.device
     with torch.inference_mode(), recording(lm.model, lm.family, rec), gathering(lm, plan, store, rec):
-        lm.model(
-            input_ids=ids.to(dev),
-            attention_mask=valid.long().to(dev),
-            position_ids=position_ids(valid).to(dev),
-            use_cache=False,
-            logits_to_keep=1,
-        )
+        lm.model(**forward_kwargs(ids, valid, dev))
 
     def stack(name, like_name=None):
         """Per-layer tensors stacked; a layer without one (not measured there) is NaN. With `like_name`,

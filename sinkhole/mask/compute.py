@@ -154,7 +154,7 @@ def mask_from_capture(capture, settings: MaskSettings) -> TokenMask:
 
 def _fast_batch(probe, encoded: list[list[int]], settings: MaskSettings) -> list[TokenMask] | None:
     """One plain-speed forward (lse attention); None when this model / batch needs the exact probe."""
-    from sinkhole.probe.batch import left_pad, pad_id, position_ids
+    from sinkhole.probe.batch import forward_kwargs, left_pad, pad_id
     from sinkhole.probe.lse_attention import LseRecorder, candidate_colsum, lse_recording
 
     lm = probe.lm
@@ -163,9 +163,7 @@ def _fast_batch(probe, encoded: list[list[int]], settings: MaskSettings) -> list
     input_ids, valid = left_pad(encoded, pad_id(probe.tokenizer))
     B, T = input_ids.shape
     rec = LseRecorder(probe.info.n_layers, valid)
-    kwargs = dict(input_ids=input_ids, attention_mask=valid.long(), use_cache=False, logits_to_keep=1)
-    if not bool(valid.all()):
-        kwargs["position_ids"] = position_ids(valid)
+    kwargs = forward_kwargs(input_ids, valid, lm.device)  # the CPU: no copy
     try:
         with torch.inference_mode(), lse_recording(lm.model, lm.family, rec):
             lm.model(**kwargs)

@@ -21,7 +21,7 @@ import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
-from sinkhole.probe.batch import left_pad, pad_id, position_ids
+from sinkhole.probe.batch import forward_kwargs, left_pad, pad_id
 from sinkhole.probe.capture import Capture, ModelInfo
 from sinkhole.probe.hooks import attention_implementation
 from sinkhole.probe.loading import LoadedModel, load_model
@@ -167,14 +167,7 @@ class ModelProbe:
         keep_maps = 0 < T <= self.maps_max_len
         rec = Recorder(self.info.n_layers, valid, self.top_k, keep_maps, self.block_bytes, progress)
         dev = self.lm.device
-        kwargs = dict(
-            input_ids=input_ids.to(dev),
-            attention_mask=valid.long().to(dev),
-            use_cache=False,
-            logits_to_keep=1,  # the probe needs no logits; [T, vocab] would dominate memory
-        )
-        if not bool(valid.all()):  # only with padding: models with offset positions (RoBERTa) count their own
-            kwargs["position_ids"] = position_ids(valid).to(dev)
+        kwargs = forward_kwargs(input_ids, valid, dev)
         if self.lm.family.uses_interface:
             with (
                 torch.inference_mode(),
