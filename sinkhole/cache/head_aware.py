@@ -262,7 +262,7 @@ class HeadAwareSinkCache(Cache):
         self,
         retrieval: list[list[int]],
         n_sink: int = 4,
-        window: int = 256,
+        window: int = DEFAULT_WINDOW,
         *,
         model: torch.nn.Module,
         local_sinks: int = 0,

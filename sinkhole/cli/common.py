@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
+from sinkhole.models.registry import DEFAULT_MODEL
 
 
 class _OldSpelling(argparse.Action):
@@ -43,7 +44,7 @@ def add_model_args(p: argparse.ArgumentParser, sharded: bool = False) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default="smollm2-135m",
+        default=DEFAULT_MODEL,
         help="bundled short name (smollm2-135m, gemma3-270m), local model directory, cached hub id, or .gguf file",
     )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate device_map across GPUs)")

@@ -31,6 +31,8 @@ on the first --stream-sinks tokens + the last --stream-window keys, over --strea
 
 
 def add_parser(sub) -> None:
+    from sinkhole.profiles.profile import SCORE_WINDOW
+
     p = sub.add_parser(
         "profile", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -43,7 +45,9 @@ def add_parser(sub) -> None:
     s = p.add_argument_group("streaming scores (for the head-aware cache)")
     s.add_argument("--no-streaming", action="store_true", help="skip the per-head streaming scores")
     s.add_argument("--stream-sinks", type=int, default=4, help="sink tokens in the band, default 4")
-    s.add_argument("--stream-window", type=int, default=256, help="recent keys in the band, default 256")
+    s.add_argument(
+        "--stream-window", type=int, default=SCORE_WINDOW, help=f"recent keys in the band, default {SCORE_WINDOW}"
+    )
     s.add_argument("--stream-prompts", type=int, default=8, help="copy prompts of 1024 tokens, default 8")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, help="write the profile JSON here ('-': stdout)")

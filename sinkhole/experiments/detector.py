@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sinkhole.models.registry import DEFAULT_MODEL
 from sinkhole.profiles.build import build_profile
 from sinkhole.profiles.profile import SinkProfile
 
@@ -28,7 +29,7 @@ class SinkDetector:
 
     def __init__(
         self,
-        model="smollm2-135m",
+        model=DEFAULT_MODEL,
         prompts="builtin",
         limit: int | None = None,
         chat: bool | None = None,

@@ -15,8 +15,8 @@ import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.probe.recorder import Recorder, recording, tapped
+from sinkhole.profiles.profile import SCORE_WINDOW
 from sinkhole.profiles.stream_scores import (
-    DEFAULT_WINDOW,
     CopyPrompt,
     attention_modules,
     band_share,
@@ -29,7 +29,7 @@ from sinkhole.profiles.stream_scores import (
 
 @torch.inference_mode()
 def measure_streaming_scores(
-    lm, prompts: list, n_sink: int, window: int = DEFAULT_WINDOW, progress=None, world=None
+    lm, prompts: list, n_sink: int, window: int = SCORE_WINDOW, progress=None, world=None
 ) -> dict:
     """Streaming scores [L][Hkv] of a LoadedModel over prompts, via a recorder tap.
 
@@ -158,7 +158,7 @@ def streaming_prompts(
 def streaming_section(
     lm,
     n_sink: int = DEFAULT_SINKS,
-    window: int = DEFAULT_WINDOW,
+    window: int = SCORE_WINDOW,
     count: int = DEFAULT_PROMPTS,
     n_tokens: int = DEFAULT_TOKENS,
     progress=None,

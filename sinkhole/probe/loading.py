@@ -23,7 +23,7 @@ from sinkhole.errors import SinkholeError
 from sinkhole.models.dtypes import default_dtype
 from sinkhole.models.families import Family
 from sinkhole.models.gguf_cache import check_content_later, converted_gguf_dir
-from sinkhole.models.registry import ModelSource, resolve
+from sinkhole.models.registry import DEFAULT_MODEL, ModelSource, resolve
 from sinkhole.probe.trace import family_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -143,7 +143,7 @@ def _raise_load_error(model, err: Exception, what: str):
 
 
 def load_model(
-    model: str = "smollm2-135m",
+    model: str = DEFAULT_MODEL,
     device: str = "cpu",
     dtype: str | None = None,
     trust_remote_code: bool = False,

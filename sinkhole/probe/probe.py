@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sinkhole.errors import SinkholeError
+from sinkhole.models.registry import DEFAULT_MODEL
 from sinkhole.probe.attention import DEFAULT_BLOCK_BYTES
 from sinkhole.probe.batch import forward_kwargs, left_pad, pad_id
 from sinkhole.probe.capture import Capture, ModelInfo
@@ -75,7 +76,7 @@ class ModelProbe:
 
     def __init__(
         self,
-        model="smollm2-135m",
+        model=DEFAULT_MODEL,
         device: str = "cpu",
         dtype: str | None = None,
         trust_remote_code: bool = False,

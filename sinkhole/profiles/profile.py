@@ -35,6 +35,9 @@ from pathlib import Path
 from sinkhole.errors import SinkholeError
 
 PROFILE_SCHEMA = "sinkhole.profile/1"
+# The `window` of the streaming section by default: the recent keys of the band its scores measure
+# (`profile --stream-window`); not the head-aware cache's window (sinkhole.cache.head_plan.DEFAULT_WINDOW).
+SCORE_WINDOW = 256
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 
 

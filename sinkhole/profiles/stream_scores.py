@@ -39,7 +39,6 @@ import torch
 
 from sinkhole.errors import SinkholeError
 
-DEFAULT_WINDOW = 256
 BLOCK_BYTES = 32 * 2**20  # scores of one query block: keeps the working set cache-sized
 
 
