@@ -57,6 +57,7 @@ from sinkhole.results.report import (
     Heads,
     Layers,
     LearnedSinks,
+    ModelInfo,
     Overlap,
     Report,
     Residual,
@@ -239,7 +240,7 @@ def analyze(
     sink_list = sorted(sink_pos)
     top_sink = int(mass.argmax())
     return Report(
-        model=c.model.to_dict(),
+        model=ModelInfo.from_dict(c.model.to_dict()),  # a copy: the report outlives the capture
         prompt=c.prompt,
         chat=c.chat,
         tokens=[Token(i, int(tid), txt) for i, (tid, txt) in enumerate(zip(c.token_ids, c.tokens))],

@@ -62,7 +62,7 @@ def layout_line(r: Report) -> str:
     """How the model was read: norm placement, which layers are attention, how attention was measured."""
     m, layers = r.model, r.layers
     kinds = layers.kinds or []
-    parts = [f"{m.get('norm_style', '?')}-norm"]
+    parts = [f"{m.norm_style}-norm"]
     others: dict[str, list[int]] = {}
     for i, k in enumerate(kinds):
         if k != "attention":
@@ -73,9 +73,9 @@ def layout_line(r: Report) -> str:
             f"attention layers {_ranges(att)}; "
             + "; ".join(f"{k} layers {_ranges(v)} (no attention statistics)" for k, v in others.items())
         )
-    if m.get("attention_path", "interface") != "interface":
+    if m.attention_path != "interface":
         parts.append("attention from eager output_attentions")
-    parts.append(f"discovery {m.get('discovery', 'auto')}")
+    parts.append(f"discovery {m.discovery}")
     return "Layout  " + ", ".join(parts)
 
 
@@ -98,8 +98,8 @@ def render_analysis(r: Report | dict) -> str:
     r = as_report(r)
     m = r.model
     lines = [
-        f"Model  {m['name']}  ({m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, "
-        f"{m['n_kv_heads']} KV heads, d_model {m['d_model']}, {m['dtype']})  tokens {len(r.tokens)}",
+        f"Model  {m.name}  ({m.architecture}, {m.n_layers} layers, {m.n_heads} heads, "
+        f"{m.n_kv_heads} KV heads, d_model {m.d_model}, {m.dtype})  tokens {len(r.tokens)}",
         layout_line(r),
     ]
     sp = r.spikes

@@ -265,8 +265,8 @@ def render_html(result: Report | MechanismResult | dict) -> str:
         report = as_report(result)
     m = report.model
     model_line = (
-        f"{m['architecture']}, {m['n_layers']} layers, {m['n_heads']} heads, {m['n_kv_heads']} KV heads, "
-        f"d_model {m['d_model']}, {m['dtype']} · {len(report.tokens)} tokens"
+        f"{m.architecture}, {m.n_layers} layers, {m.n_heads} heads, {m.n_kv_heads} KV heads, "
+        f"d_model {m.d_model}, {m.dtype} · {len(report.tokens)} tokens"
         f"{' · chat template' if report.chat else ''} · "
         f"{layout_line(report).removeprefix('Layout  ')}"
     )
@@ -276,10 +276,10 @@ def render_html(result: Report | MechanismResult | dict) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>sinkhole report: {_esc(m["name"])}</title>
+<title>sinkhole report: {_esc(m.name)}</title>
 <style>{_styles(mech)}</style>
 </head><body>
-<header><h1>sinkhole report <span class="model">{_esc(m["name"])}</span></h1>
+<header><h1>sinkhole report <span class="model">{_esc(m.name)}</span></h1>
 <div class="sub">{_esc(model_line)}
 <button class="def linkish" data-def="def-spikes">definitions</button></div></header>
 <section class="cards">{cards_html(report)}</section>
@@ -315,7 +315,7 @@ Click a token to follow it below.</p>
 
 {MECH_HTML if mech else ""}
 <div id="sections"></div>
-<footer>schema {_esc(SCHEMA)} · weights {_esc(m.get("weights_id") or "n/a")} ·
+<footer>schema {_esc(SCHEMA)} · weights {_esc(m.weights_id or "n/a")} ·
 written by sinkhole; opens offline (plotly.js is inlined).</footer>
 
 <dialog id="defs"><form method="dialog"><button class="close">close</button></form>

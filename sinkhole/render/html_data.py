@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sinkhole.results.report import Report, _jsonable
+from sinkhole.results.base import jsonable
+from sinkhole.results.report import Report
 
 if TYPE_CHECKING:
     from sinkhole.results.mechanism import Mechanism
@@ -176,14 +177,14 @@ def view(report: Report, mechanism: Mechanism | None = None) -> dict:
     back from JSON may carry them as its extra `mechanism` dict instead."""
     m = report.model
     T = len(report.tokens)
-    L, H = int(m["n_layers"]), int(m["n_heads"])
+    L, H = m.n_layers, m.n_heads
     heads = report.heads.mass_on_top_sink if report.heads is not None else None
     if heads:  # layers with several attention sublayers have more heads than n_heads
         H = len(heads[0])
     resid = report.residual
     sp, sk = report.spikes, report.sinks
     v = {
-        "model": rnd(m),
+        "model": rnd(m.to_dict()),
         "T": T,
         "L": L,
         "H": H,
@@ -242,8 +243,8 @@ def _sections(report: Report, extra: dict) -> list[tuple[str, object]]:
     if report.learned_sinks is not None:  # drawn as a tree beside its card
         rest["learned_sinks"] = report.learned_sinks.to_dict()
     rest.update(extra)
-    return [(k, _jsonable(extra[k])) for k in first] + [
-        (k, _jsonable(val)) for k, val in rest.items() if k not in KNOWN_KEYS and k not in first and val is not None
+    return [(k, jsonable(extra[k])) for k in first] + [
+        (k, jsonable(val)) for k, val in rest.items() if k not in KNOWN_KEYS and k not in first and val is not None
     ]
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from sinkhole.render.analyze_text import pct
 from sinkhole.render.html_data import rnd
 from sinkhole.results.mechanism import Amplifier, Mechanism, Normalization
+from sinkhole.results.report import ModelInfo
 
 INTERVENTION_LABELS = {
     "none": "unchanged",
@@ -45,7 +46,7 @@ def _counts(d: dict, n: int) -> str:
     return ", ".join(f"{k} ({v} of {n})" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def story(m: Mechanism, model: dict) -> list[str]:
+def story(m: Mechanism, model: ModelInfo) -> list[str]:
     """Plain sentences (the page sets them as text) that say what each figure shows for this model."""
     t, s, lcy, ch, amp, nrm, keys = (
         m.targets,
@@ -73,7 +74,7 @@ def story(m: Mechanism, model: dict) -> list[str]:
     out.append(
         f"Lifecycle: the residual norm rises at {_counts(lcy.rise_counts, n)} and falls at "
         f"{_counts(lcy.fall_counts, n)}; the plateau lasts {lcy.plateau_blocks_mean:.1f} of "
-        f"{2 * model['n_layers']} blocks."
+        f"{2 * model.n_layers} blocks."
     )
     vals = [f"{c} ({v:,.0f})" for c, v in zip(ch.channels, ch.plateau_value) if v is not None]
     out.append(f"Spike channels at the step-up layer {t.step_up_layer}: " + (", ".join(vals) or "none") + ".")
@@ -140,9 +141,9 @@ def _why(result, measured: type) -> str:
     return "" if isinstance(result, measured) else result.reason[:1].upper() + result.reason[1:] + "."
 
 
-def mechanism_view(m: Mechanism, model: dict) -> dict:
+def mechanism_view(m: Mechanism, model: ModelInfo) -> dict:
     """The compact data static/mechanism.js draws (rounded to 4 significant digits)."""
-    L, H = int(model["n_layers"]), int(model["n_heads"])
+    L, H = model.n_layers, model.n_heads
     lcy, ch, amp, nrm, keys = m.lifecycle, m.channels, m.amplifier, m.normalization, m.sink_keys
     why_amp, why_nrm = _why(amp, Amplifier), _why(nrm, Normalization)
     amp = amp if isinstance(amp, Amplifier) else None
@@ -173,7 +174,7 @@ def mechanism_view(m: Mechanism, model: dict) -> dict:
             "top_channels": amp.fro_norm_top_channels if amp else None,
             "top_values": amp.fro_norm_top_values if amp else None,
             "median": amp.fro_norm_median if amp else None,
-            "n_channels": amp.n_channels if amp else model["d_model"],
+            "n_channels": amp.n_channels if amp else model.d_model,
             "per": [{k: getattr(c, k) for k in AMPLIFIER_KEYS} for c in (amp.channels if amp else [])],
             "why": why_amp,
         },

@@ -58,17 +58,16 @@ defined for a model or a token set (no pair, no plateau) are null.
 from __future__ import annotations
 
 import textwrap
-import typing
 from dataclasses import dataclass, field, fields
 
-from sinkhole.results.base import OPTIONAL, NotApplicable, _fields_dict, _Section, opt, shape
-from sinkhole.results.report import Report, _jsonable, _rows_of
+from sinkhole.results.base import OPTIONAL, NotApplicable, Result, jsonable, opt, schema_text, shape, to_dict
+from sinkhole.results.report import Report
 
 # ---------- config, targets, summary (sinkhole.experiments.mechanism_study) ----------
 
 
 @dataclass
-class MechanismSettings(_Section):
+class MechanismSettings(Result):
     """The run's settings (the JSON's `config`)."""
 
     n_prompts: int
@@ -80,7 +79,7 @@ class MechanismSettings(_Section):
 
 
 @dataclass
-class TargetToken(_Section):
+class TargetToken(Result):
     prompt: int  # row of the prompt set
     position: int
     token_id: int
@@ -88,7 +87,7 @@ class TargetToken(_Section):
 
 
 @dataclass
-class Targets(_Section):
+class Targets(Result):
     fallback: bool  # no spike token anywhere: each prompt's top-scoring token instead
     n: int
     step_up_layer: int
@@ -98,7 +97,7 @@ class Targets(_Section):
 
 
 @dataclass
-class MechanismSummary(_Section):
+class MechanismSummary(Result):
     """Means over the prompts (counts too, so floats)."""
 
     spike_score: float  # prompt_spike_score (max_t S[t])
@@ -115,7 +114,7 @@ class MechanismSummary(_Section):
 
 
 @dataclass
-class BlockTrace(_Section):
+class BlockTrace(Result):
     blocks: list[str] = shape("[2L]")  # "L0.attn", "L0.ffn", ...
     resid_norm: list[float] = shape("[2L]")
     resid_top3_channels: list[list[int]] = shape("[2L][3]")
@@ -125,7 +124,7 @@ class BlockTrace(_Section):
 
 
 @dataclass
-class BlockLifecycle(_Section):
+class BlockLifecycle(Result):
     """One token's lifecycle over the 2L blocks (`lifecycle.lifecycle`)."""
 
     step_up_blocks: list[int]
@@ -157,7 +156,7 @@ class LifecycleToken(BlockLifecycle, _LifecycleHead):
 
 
 @dataclass
-class Lifecycle(_Section):
+class Lifecycle(Result):
     rule: str
     n_spike_tokens: int
     rise_counts: dict[str, int] = field(metadata={"map": "{block: n}"})  # most common first
@@ -171,7 +170,7 @@ class Lifecycle(_Section):
 
 
 @dataclass
-class ChannelProfile(_Section):
+class ChannelProfile(Result):
     channels: list[int] = shape("[C]")
     main: int | None
     plateau_value: list[float | None] = shape("[C]")
@@ -185,21 +184,21 @@ class ChannelProfile(_Section):
 
 
 @dataclass
-class RegimeStats(_Section):
+class RegimeStats(Result):
     cos: float | None  # mean cos(act input, act output)
     norm_ratio: float | None  # mean ||act output|| / ||act input||
     n: int
 
 
 @dataclass
-class ActivationRegime(_Section):
+class ActivationRegime(Result):
     activation: str  # the activation module's class name
     spike: RegimeStats
     other: RegimeStats
 
 
 @dataclass
-class AmplifierChannel(_Section):
+class AmplifierChannel(Result):
     channel: int
     fro_norm: float  # ||U_k||_F
     fro_over_median: float
@@ -212,7 +211,7 @@ class AmplifierChannel(_Section):
 
 
 @dataclass
-class Amplifier(_Section):
+class Amplifier(Result):
     fro_norm_median: float
     n_channels: int
     fro_norm_top_channels: list[int] = shape("[8]")
@@ -226,7 +225,7 @@ class Amplifier(_Section):
 
 
 @dataclass
-class NormStats(_Section):
+class NormStats(Result):
     spike_sparsity: float | None
     other_sparsity: float | None
     cos_across_prompts: float | None
@@ -237,7 +236,7 @@ class NormStats(_Section):
 
 
 @dataclass
-class Normalization(_Section):
+class Normalization(Result):
     before: NormStats  # the norm entering the step-up layer
     after: NormStats  # the norm entering the next layer
 
@@ -246,7 +245,7 @@ class Normalization(_Section):
 
 
 @dataclass
-class KVHeadDims(_Section):
+class KVHeadDims(Result):
     sink_pr: list[list[float]] = shape("[L'][G]")
     sink_r90: list[list[int]] = shape("[L'][G]")
     other_pr: list[list[float]] = shape("[L'][G]")
@@ -254,14 +253,14 @@ class KVHeadDims(_Section):
 
 
 @dataclass
-class QueryAlignment(_Section):
+class QueryAlignment(Result):
     energy_share: list[list[float]] = shape("[L'][H]")
     random_share: list[list[float]] = shape("[L'][H]")
     cos_mean_sink_key: list[list[float]] = shape("[L'][H]")
 
 
 @dataclass
-class SinkKeys(_Section):
+class SinkKeys(Result):
     n_sink_keys: int
     n_other_keys: int
     head_dim: int
@@ -289,7 +288,7 @@ class SinkKeys(_Section):
 
 
 @dataclass
-class PerVariant(_Section):
+class PerVariant(Result):
     """One number per intervention variant (None: not applicable); `items()` in this order."""
 
     none: float | None
@@ -303,7 +302,7 @@ class PerVariant(_Section):
 
 
 @dataclass
-class Interventions(_Section):
+class Interventions(Result):
     n_tokens: int
     layer: int
     spike_positions: list[int]
@@ -320,14 +319,14 @@ class Interventions(_Section):
 
 
 @dataclass
-class VocabException(_Section):
+class VocabException(Result):
     id: int
     text: str
     score: float
 
 
 @dataclass
-class VocabSweep(_Section):
+class VocabSweep(Result):
     n_tokens: int
     threshold: float
     reference_norm: float
@@ -353,7 +352,7 @@ NO_GATED_FFN = "the FFN has no separate gate / up / down projections"
 
 
 @dataclass
-class Mechanism(_Section):
+class Mechanism(Result):
     """The JSON `mechanism` section: the sections in the order they are written."""
 
     config: MechanismSettings
@@ -370,7 +369,7 @@ class Mechanism(_Section):
 
     def sections(self) -> dict:
         """The JSON `mechanism` section (strict-JSON ready): the Mechanism fields, never `example`."""
-        return _jsonable(_fields_dict(self, fields(Mechanism)))
+        return jsonable(to_dict(self, Mechanism))
 
 
 @dataclass
@@ -404,37 +403,12 @@ class MechanismResult(Mechanism):
 # ---------- the schema text, generated from the dataclasses ----------
 
 
-def _walk(tp, prefix: str, paths: dict[str, str], optional: bool) -> str:
-    """The notation of an annotation's object ('{a, b[C], c{x}}', 'A | {applicable, reason}'); records
-    every key path in `paths` ('a.b' in objects, 'a[].b' in list items) as 'always', 'optional' (only when
-    computed, or the not-applicable form) or 'map' (free keys below it; 'optional map')."""
-    rows, many = _rows_of(tp)
-    texts = []
-    for i, row in enumerate(rows):
-        hints = typing.get_type_hints(row)
-        parts = []
-        for f in fields(row):
-            opt_ = optional or i > 0 or bool(f.metadata.get(OPTIONAL))
-            path = prefix + f.name
-            sub_rows, sub_many = _rows_of(hints[f.name])
-            paths[path] = ("optional " if opt_ else "") + ("map" if "map" in f.metadata else "key")
-            text = f.name + ("?" if f.metadata.get(OPTIONAL) else "")
-            if sub_rows:
-                sub = _walk(hints[f.name], path + ("[]." if sub_many else "."), paths, opt_)
-                text += f"[{sub}]" if sub_many else sub
-            else:
-                text += f.metadata.get("shape", "") + f.metadata.get("map", "")
-            parts.append(text)
-        texts.append("{" + ", ".join(parts) + "}")
-    return " | ".join(texts)
-
-
 def key_paths() -> dict[str, str]:
     """Every documented key path under `mechanism` ('lifecycle.tokens[].rise', ...) and what it is:
     'key' (always written), 'optional key' (only when computed, or in the not-applicable form), 'map'
     (an object with free keys; 'optional map')."""
     paths: dict[str, str] = {}
-    _walk(Mechanism, "", paths, False)
+    schema_text(Mechanism, paths)
     return paths
 
 
@@ -451,7 +425,7 @@ def mechanism_doc(width: int = 104) -> str:
     wrap = lambda s: textwrap.fill(s, width, initial_indent="    ", subsequent_indent="    ")  # noqa: E731
     return "\n".join(
         [
-            wrap("mechanism" + _walk(Mechanism, "", {}, False)),
+            wrap("mechanism" + schema_text(Mechanism)),
             wrap("Present only when computed: " + "; ".join(when) + "."),
             wrap("Not applicable ({applicable: false, reason}): " + "; ".join(why) + "."),
         ]

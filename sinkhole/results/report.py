@@ -34,84 +34,56 @@ null.
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
-if typing.TYPE_CHECKING:
-    from sinkhole.results.mechanism import MechanismResult
+from sinkhole.results.base import Result, jsonable, row_types, schema_text, shape, write_json
+
+__all__ = ["write_json"]  # the JSON writer every command uses, re-exported from results.base
 
 SCHEMA = "sinkhole.report/1"
 
 
-class _Row:
-    """Typed rows that still read like the JSON dicts: `row.score` and `row["score"]` both work."""
+@dataclass
+class ModelInfo(Result):
+    """What the probe found about the model (the report's `model`); filled by sinkhole.probe."""
 
-    def __getitem__(self, key: str):
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
+    name: str
+    architecture: str  # model_type, e.g. "llama", "gemma3_text"
+    family: str
+    norm_style: str  # "pre", "sandwich", "post", "parallel", "inside" (see sinkhole.models.families)
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    max_context: int | None = None
+    weights_id: str = ""
+    dtype: str = "float32"
+    discovery: str = "auto"  # how the layout was found: "auto" or "override:<model_type>"
+    layer_kinds: list[str] = shape("[L]", default_factory=list)  # per layer: "attention" or the other kind
+    learned_sinks: bool = False  # the attention has per-head sink logits (gpt-oss s_aux)
+    attention_path: str = "interface"  # "interface" (sinkhole attention) or "eager" (output_attentions fallback)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.__dataclass_fields__
-
-    def get(self, key: str, default=None):
-        return getattr(self, key, default) if key in self.__dataclass_fields__ else default
-
-    def keys(self):
-        return list(self.__dataclass_fields__)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """Nested rows and sections are rebuilt from their dicts (`list[Row]`, `Row`, `Row | None`)."""
-        hints = typing.get_type_hints(cls)
-        kw = {}
-        for f in fields(cls):
-            if f.name in d:
-                kw[f.name] = _load(hints[f.name], d[f.name])
-        return cls(**kw)
-
-
-def _rows_of(tp) -> tuple[list[type], bool]:
-    """(row classes, is_list) of an annotation: `Row`, `list[Row]`, `A | B`, `A | None`."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is list:
-        return ([args[0]] if args and is_dataclass(args[0]) else []), True
-    return [a for a in (tp, *args) if isinstance(a, type) and is_dataclass(a)], False
-
-
-def _row_type(tp):
-    """(row class, is_list) for `Row`, `list[Row]` and `Row | None` annotations, else (None, False)."""
-    rows, many = _rows_of(tp)
-    return (rows[0], many) if rows else (None, False)
-
-
-def _load(tp, value):
-    rows, many = _rows_of(tp)
-    if not rows or value is None:
-        return value
-    if many:
-        return [rows[0].from_dict(v) for v in value]
-    for row in rows:  # the first form whose fields hold the object's keys (NotApplicable has its own)
-        if set(value) <= {f.name for f in fields(row)}:
-            return row.from_dict(value)
-    return rows[0].from_dict(value)
+    @property
+    def attention_layers(self) -> list[int]:
+        return (
+            [i for i, k in enumerate(self.layer_kinds) if k == "attention"]
+            if self.layer_kinds
+            else list(range(self.n_layers))
+        )
 
 
 @dataclass
-class Token(_Row):
+class Token(Result):
     position: int
     id: int
     text: str
 
 
 @dataclass
-class SpikeToken(_Row):
+class SpikeToken(Result):
     position: int
     text: str
     score: float  # peak residual norm / median over tokens of the peak norm
@@ -125,7 +97,7 @@ class SpikeToken(_Row):
 
 
 @dataclass
-class SinkToken(_Row):
+class SinkToken(Result):
     position: int
     text: str
     attn_mass: float  # mean over (layer, head) of alpha
@@ -134,14 +106,14 @@ class SinkToken(_Row):
 
 
 @dataclass
-class Spikes(_Row):
+class Spikes(Result):
     threshold: float
     tokens: list[SpikeToken]  # tokens with S[t] > threshold, by position
     per_token_score: list[float] = field(default_factory=list, metadata={"shape": "[T]"})  # S[t]
 
 
 @dataclass
-class Sinks(_Row):
+class Sinks(Result):
     epsilon: float
     min_sink_rate: float
     top: SinkToken  # the token with the largest attention mass (a sink token or not)
@@ -151,13 +123,13 @@ class Sinks(_Row):
 
 
 @dataclass
-class Overlap(_Row):
+class Overlap(Result):
     jaccard: float | None  # |spikes ∩ sinks| / |spikes ∪ sinks| of the position sets; None if both empty
     positions: list[int]  # positions that are both
 
 
 @dataclass
-class KV(_Row):
+class KV(Result):
     sink_attention_share: float  # share of all attention probability on sink tokens' KV slots
     sink_slot_share: float  # sink tokens / T
     n_sink_slots: int
@@ -165,7 +137,7 @@ class KV(_Row):
 
 
 @dataclass
-class Layers(_Row):
+class Layers(Result):
     max_norm: list[float] = field(metadata={"shape": "[L]"})  # max over tokens of ||h_l[t]||
     median_norm: list[float] = field(default_factory=list, metadata={"shape": "[L]"})
     kinds: list[str] = field(default_factory=list, metadata={"shape": "[L]"})  # "attention" or the other kind
@@ -173,13 +145,13 @@ class Layers(_Row):
 
 
 @dataclass
-class Heads(_Row):
+class Heads(Result):
     mass_on_top_sink: list[list[float | None]] = field(metadata={"shape": "[L][H]"})  # alpha_{l,h}(top sink)
     top_sink_position: int
 
 
 @dataclass
-class Residual(_Row):
+class Residual(Result):
     norm: list[list[float]] = field(metadata={"shape": "[L][T]"})  # ||h_l[t]||
     attn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # attention block output
     ffn_out_norm: list[list[float | None]] = field(metadata={"shape": "[L][T]"})  # FFN block output
@@ -187,7 +159,7 @@ class Residual(_Row):
 
 
 @dataclass
-class LearnedSinks(_Row):
+class LearnedSinks(Result):
     """gpt-oss style per-head sink logits (sinkhole.analysis.core.learned_sinks)."""
 
     definition: str
@@ -226,8 +198,8 @@ OPTIONAL = ("heads", "residual", "learned_sinks")
 
 
 @dataclass
-class Report(_Row):
-    model: dict  # sinkhole.probe.capture.ModelInfo as a dict
+class Report(Result):
+    model: ModelInfo
     tokens: list[Token]
     spikes: Spikes
     sinks: Sinks
@@ -263,7 +235,7 @@ class Report(_Row):
         return default if v is None else v
 
     def to_dict(self) -> dict:
-        d = {"schema": SCHEMA, "model": dict(self.model), "tokens": [t.to_dict() for t in self.tokens]}
+        d = {"schema": SCHEMA, "model": self.model.to_dict(), "tokens": [t.to_dict() for t in self.tokens]}
         for k in ("spikes", "sinks", "overlap", "kv", "layers"):
             d[k] = getattr(self, k).to_dict()
         d["prompt"], d["chat"] = self.prompt, self.chat
@@ -271,7 +243,7 @@ class Report(_Row):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k).to_dict()
         d.update(self.extra)
-        return _jsonable(d)
+        return jsonable(d)
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
@@ -300,57 +272,18 @@ class Report(_Row):
         return self.sinks.top
 
 
-def _jsonable(x):
-    """Plain Python types only; NaN/inf become null so the file is strict JSON."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist"):  # numpy scalars and arrays
-        return _jsonable(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json(report: Report | MechanismResult | dict, path: str | Path, what: str = "JSON report") -> None:
-    """Strict JSON through the checked writer (`-`: stdout; a failed write is rescued and reported)."""
-    from sinkhole.io import write_output
-
-    d = _jsonable(report) if isinstance(report, dict) else report.to_dict()
-    write_output(path, json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False), what)
-
-
 # ---------- the schema text, generated from the dataclasses ----------
-
-
-def _keys_of(cls) -> str:
-    """'{a, b[T], c{x, y}, d[{...}]}' for a row class, from its fields and their metadata."""
-    hints = typing.get_type_hints(cls)
-    parts = []
-    for f in fields(cls):
-        row, many = _row_type(hints[f.name])
-        if row is not None:
-            parts.append(f.name + (f"[{_keys_of(row)}]" if many else _keys_of(row)))
-        else:
-            parts.append(f.name + f.metadata.get("shape", "") + f.metadata.get("keys", ""))
-    return "{" + ", ".join(parts) + "}"
 
 
 def documented_keys() -> tuple[list[str], list[str]]:
     """(always-present, optional) top-level keys with their sub-keys, e.g. 'spikes{threshold, ...}'."""
-    from sinkhole.probe.capture import ModelInfo
-
     hints = typing.get_type_hints(Report)
     always, optional = ["schema"], []
     for f in fields(Report):
         if f.name in ("extra", "detail"):
             continue
-        if f.name == "model":  # a dict of ModelInfo's fields
-            text = "model" + _keys_of(ModelInfo).replace("layer_kinds", "layer_kinds[L]")
-        else:
-            row, many = _row_type(hints[f.name])
-            text = f.name + ("" if row is None else f"[{_keys_of(row)}]" if many else _keys_of(row))
+        sub = schema_text(hints[f.name])
+        text = f.name + (f"[{sub}]" if row_types(hints[f.name])[1] and sub else sub)
         (optional if f.name in OPTIONAL else always).append(text)
     return always, optional
 
