@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import tiny_gemma3, tiny_llama, wrap
 
+from sinkhole.cli.eval_cmd import write_outputs
 from sinkhole.errors import SinkholeError
 from sinkhole.eval import (
     EvalRow,
@@ -24,7 +25,6 @@ from sinkhole.eval import (
     load_suite,
     run_eval,
     summarize,
-    write_outputs,
 )
 from sinkhole.eval.runner import ResultsStore, plan_batches
 from sinkhole.probe.probe import ModelProbe
@@ -164,7 +164,7 @@ def test_batched_equals_unbatched(make):
     suite = id_suite(24, seed=3, lo=2, hi=30)
     one = run_eval(probe, suite, None, EvalSettings(**SETTINGS, max_batch=1))
     many = run_eval(probe, suite, None, EvalSettings(**SETTINGS, max_batch=24, max_batch_tokens=10**6))
-    assert any(r["n_spikes"] for r in one) and any(r["n_sinks"] for r in one), "test needs spikes and sinks"
+    assert any(r.n_spikes for r in one) and any(r.n_sinks for r in one), "test needs spikes and sinks"
     assert_rows_close(one, many)
 
 
@@ -269,8 +269,11 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def _row(i, cat, n_tokens, mass, channels, jaccard=1.0):
+    """A row as results.jsonl holds it (the numbers the tests look at; the rest fixed)."""
+    spike = dict(text="a", score=30.0, top_value=1.0, layer=0, channel=0, step_up_layers=[], step_down_layers=[])
+    sink = dict(text="a", attn_mass=mass, sink_rate=0.9)
     spikes = (
-        [{"position": 0, "channels": channels, "channel_values": [100.0 * (c + 1) for c in channels]}]
+        [{"position": 0, **spike, "channels": channels, "channel_values": [100.0 * (c + 1) for c in channels]}]
         if channels
         else []
     )
@@ -285,8 +288,8 @@ def _row(i, cat, n_tokens, mass, channels, jaccard=1.0):
         "n_sinks": 1,
         "sink_mass": mass,
         "sink_rate": 0.9,
-        "top_sink": {"position": 0 if i else 3},
-        "sinks": [{"position": 0}],
+        "top_sink": {"position": 0 if i else 3, **sink},
+        "sinks": [{"position": 0, **sink}],
         "sink_heads": [],
         "jaccard": jaccard,
         "sink_attention_share": mass,
@@ -302,19 +305,19 @@ def test_summarize_statistics():
         _row(3, "b", 40, 0.35, [], jaccard=None),
     ]
     s = summarize(rows)
-    m = s["metrics"]["sink_mass"]
+    m = s.metrics["sink_mass"]
     masses = np.array([0.6, 0.5, 0.4, 0.35])
-    assert m["mean"] == pytest.approx(masses.mean()) and m["std"] == pytest.approx(masses.std())
-    assert (m["min"], m["max"], m["n"]) == (0.35, 0.6, 4)
-    assert s["metrics"]["jaccard"]["n"] == 3  # the prompt with neither spike nor sink is left out
-    assert s["per_category"]["b"]["metrics"]["n_tokens"]["mean"] == 35
-    ch = s["spike_channels"]
-    assert ch["prompts_with_spikes"] == 3 and ch["most_common_set"] == [1, 2]
-    assert ch["same_set_share"] == pytest.approx(2 / 3) and ch["distinct_sets"] == 2
-    assert ch["channels"][0] == {"channel": 1, "frequency": 1.0, "mean_value": 200.0}
+    assert m.mean == pytest.approx(masses.mean()) and m.std == pytest.approx(masses.std())
+    assert (m.min, m.max, m.n) == (0.35, 0.6, 4)
+    assert s.metrics["jaccard"].n == 3  # the prompt with neither spike nor sink is left out
+    assert s.per_category["b"].metrics["n_tokens"].mean == 35
+    ch = s.spike_channels
+    assert ch.prompts_with_spikes == 3 and ch.most_common_set == [1, 2]
+    assert ch.same_set_share == pytest.approx(2 / 3) and ch.distinct_sets == 2
+    assert ch.channels[0].to_dict() == {"channel": 1, "frequency": 1.0, "mean_value": 200.0}
     r = np.corrcoef([10, 20, 30, 40], masses)[0, 1]
-    assert s["length_vs_sink_mass_r"] == pytest.approx(r)
-    assert s["top_sink_positions"] == {"0": 0.75, "3": 0.25}
+    assert s.length_vs_sink_mass_r == pytest.approx(r)
+    assert s.top_sink_positions == {"0": 0.75, "3": 0.25}
     text = render_summary(s)
     assert "[1, 2] in 67%" in text and f"r(sequence length, sink mass) = {r:+.2f}" in text
 
@@ -360,7 +363,7 @@ def test_outputs_written(tmp_path):
     summary = write_outputs(rows, tmp_path)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["n_prompts"] == 12 and saved["run"]["settings"]["threshold"] == SETTINGS["threshold"]
-    assert saved["metrics"]["sink_mass"]["mean"] == pytest.approx(summary["metrics"]["sink_mass"]["mean"])
+    assert saved["metrics"]["sink_mass"]["mean"] == pytest.approx(summary.metrics["sink_mass"].mean)
     for name in ("distributions.png", "length_vs_sink_mass.png", "positions.png", "categories.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "summary.html").read_text()
@@ -381,9 +384,7 @@ def test_batched_equals_unbatched_smollm2(smollm2):
     probe = ModelProbe(smollm2)
     one = run_eval(probe, sub, None, EvalSettings(max_batch=1))
     many = run_eval(probe, sub, None, EvalSettings(max_batch=len(sub), max_batch_tokens=10**6))
-    assert len({r["n_tokens"] for r in one}) >= 5 and max(r["n_tokens"] for r in one) > 3 * min(
-        r["n_tokens"] for r in one
-    )
+    assert len({r.n_tokens for r in one}) >= 5 and max(r.n_tokens for r in one) > 3 * min(r.n_tokens for r in one)
     assert_rows_close(one, many)
 
 

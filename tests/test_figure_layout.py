@@ -79,7 +79,9 @@ def _text_collisions(fig) -> list[str]:
     return bad
 
 
-def _stream_result(same: bool) -> dict:
+def _stream_result(same: bool):
+    from sinkhole.results.stream import StreamMethod, StreamResult, StreamSettings
+
     n, cache = 300, 64
     base = [2.0 + math.sin(i / 9) for i in range(n)]
     methods = {
@@ -101,7 +103,9 @@ def _stream_result(same: bool) -> dict:
         "nll": [base[i] if i + 1 in sample else None for i in range(n)],
         "sink_positions": [],
     }
-    return {"model": "tiny", "cache_size": cache, "sample_positions": sample, "methods": out}
+    methods = {k: StreamMethod(k, m["label"], cache, m["sink_positions"], m["nll"], 0.0) for k, m in out.items()}
+    settings = StreamSettings(recompute_samples=len(sample), dense_upto=n, dtype="float32", device="cpu")
+    return StreamResult("tiny", "", n, cache, 1, sample, methods, settings)
 
 
 @pytest.mark.parametrize("same", [True, False])
@@ -141,23 +145,36 @@ def test_eval_distributions_count_whole_prompts_and_labels_do_not_collide(tmp_pa
                 assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_xlabel(), ticks)
 
     monkeypatch.setattr(ef, "save_png", check)
+    from sinkhole.results.eval import CategorySummary, ChannelSummary, EvalRow, EvalSpike, EvalSummary, MetricStats
+
+    spike = EvalSpike(0, "a", 30.0, 1.0, 0, 0, [0], [], [], [1.0])
     rows = [
-        {
-            "category": "cat",
-            "n_tokens": 20 + 3 * i,
-            "spike_score": 28.7 + 0.8 * i,  # few prompts over a narrow range: fractional counts before
-            "sink_mass": mass + step * i,
-            "sink_rate": mass + step * i,
-            "n_spikes": 1,
-            "spikes": [{"position": 0}],
-            "sinks": [{"position": 0}],
-        }
+        EvalRow.from_dict(
+            {
+                "category": "cat",
+                "n_tokens": 20 + 3 * i,
+                "spike_score": 28.7 + 0.8 * i,  # few prompts over a narrow range: fractional counts before
+                "sink_mass": mass + step * i,
+                "sink_rate": mass + step * i,
+                "n_spikes": 1,
+                "spikes": [spike.to_dict()],
+                "sinks": [{"position": 0, "text": "a", "attn_mass": mass, "sink_rate": 1.0}],
+                **dict(index=i, spike_channels=[0], n_sinks=1, top_sink=None, sink_heads=[], jaccard=None),
+                **dict(sink_attention_share=mass, tokens=[]),
+            }
+        )
         for i in range(12)
     ]
-    summary = {
-        "length_vs_sink_mass_r": 0.5,
-        "per_category": {"cat": {"metrics": {k: {"mean": 1.0, "std": 0.1} for k in ("spike_score", "sink_mass")}}},
-    }
+    stats = MetricStats(mean=1.0, std=0.1, min=1.0, max=1.0, n=12)
+    summary = EvalSummary(
+        run={},
+        n_prompts=12,
+        metrics={},
+        per_category={"cat": CategorySummary(12, {k: stats for k in ("spike_score", "sink_mass")})},
+        spike_channels=ChannelSummary(1, [0], 1.0, 1, []),
+        top_sink_positions={},
+        length_vs_sink_mass_r=0.5,
+    )
     ef.write_figures(rows, summary, tmp_path)
     assert checked.keys() == set(ef.FIGURES)
     assert checked["distributions.png"] == []

@@ -62,7 +62,7 @@ def _run(args, world) -> int:
     from contextlib import ExitStack
 
     from sinkhole.errors import SinkholeError
-    from sinkhole.eval import EvalSettings, load_suite, run_eval, write_outputs
+    from sinkhole.eval import EvalSettings, load_suite, run_eval
     from sinkhole.eval.runner import LOCK_NAME, check_existing, early_manifest, out_lock
     from sinkhole.render.eval_text import render_summary
 
@@ -131,3 +131,16 @@ def _evaluate(args, world, probe, suite, settings, run_eval):
         return run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial, world=world)
     finally:
         bar.close()
+
+
+def write_outputs(rows, out_dir: str | Path, figures: bool = True, suite=None):
+    """summary.json and rows.csv (sinkhole.eval.write_summary), then the PNG figures and summary.html
+    (sinkhole.render.eval_page) of a run's rows in `out_dir`; returns the summary (`EvalSummary`)."""
+    from sinkhole.eval import write_summary
+
+    summary = write_summary(rows, out_dir, suite)
+    if figures and rows:
+        from sinkhole.render.eval_page import write_page
+
+        write_page(rows, summary, out_dir)
+    return summary

@@ -3,9 +3,11 @@ structural, or prompt-specific?
 
     suite = load_suite("builtin")                       # sinkhole.eval.suite
     rows = run_eval(probe, suite, "runs/smollm2")       # sinkhole.eval.runner: results.jsonl, resumable
-                                                        # (typed rows: sinkhole.eval.rows.EvalRow)
-    summary = write_outputs(rows, "runs/smollm2")       # summary.json, rows.csv, PNG figures, summary.html
-    print(render_summary(summary))                      # sinkhole.render.eval_text
+                                                        # (typed rows: sinkhole.results.eval.EvalRow)
+    summary = write_summary(rows, "runs/smollm2")       # summary.json (an EvalSummary) and rows.csv
+
+The figures and summary.html are drawn from the rows and the summary by sinkhole.render.eval_figures
+and eval_page; `sinkhole.cli.eval_cmd.write_outputs` writes everything, as `sinkhole eval` does.
 """
 
 from __future__ import annotations
@@ -14,42 +16,36 @@ import json
 from pathlib import Path
 
 from sinkhole.eval.aggregate import summarize
-from sinkhole.eval.rows import EvalRow
 from sinkhole.eval.runner import MANIFEST_NAME, EvalSettings, run_eval
 from sinkhole.eval.suite import Suite, SuiteItem, load_suite
+from sinkhole.results.eval import EvalRow, EvalSummary, as_rows
 
 __all__ = [
     "EvalRow",
     "EvalSettings",
+    "EvalSummary",
     "Suite",
     "SuiteItem",
     "load_suite",
     "run_eval",
     "summarize",
-    "write_outputs",
+    "write_summary",
 ]
 
 
-def write_outputs(rows: list[EvalRow], out_dir: str | Path, figures: bool = True, suite: Suite | None = None) -> dict:
-    """summary.json, rows.csv (+ PNG figures and summary.html) of the rows in `out_dir`; returns the summary.
+def write_summary(rows: list[EvalRow | dict], out_dir: str | Path, suite: Suite | None = None) -> EvalSummary:
+    """summary.json and rows.csv of the rows in `out_dir`; returns the summary.
 
     `suite`: the run's suite, for the prompt texts of rows.csv; without it the suite named in run.json is
     read again, and used when it still hashes to the run's (else the prompt column stays empty)."""
     from sinkhole.eval.export import write_csv
-    from sinkhole.results.report import write_json
+    from sinkhole.results.base import write_json
 
-    out = Path(out_dir)
+    rows, out = as_rows(rows), Path(out_dir)
     run = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")) if (out / MANIFEST_NAME).is_file() else {}
     summary = summarize(rows, run)
-    write_json(summary, out / "summary.json")
+    write_json(summary.to_dict(), out / "summary.json")  # as a dict: NaN and numpy values made plain, as before
     write_csv(rows, out / "rows.csv", prompt_texts(suite, run, rows))
-    if figures and rows:
-        from sinkhole.render.eval_figures import write_figures
-        from sinkhole.render.eval_page import write_html
-        from sinkhole.render.eval_text import render_summary
-
-        write_figures(rows, summary, out)
-        write_html(summary, render_summary(summary), out)
     return summary
 
 
@@ -65,7 +61,7 @@ def prompt_texts(suite: Suite | None, run: dict, rows: list[EvalRow]) -> dict[in
         except (KeyError, SinkholeError):
             return {}
         by_index = {it.index: it for it in whole.items}
-        picked = [by_index.get(r["index"]) for r in sorted(rows, key=lambda r: r["index"])]
+        picked = [by_index.get(r.index) for r in sorted(rows, key=lambda r: r.index)]
         if None in picked or Suite(whole.source, picked).sha256 != recorded.get("sha256"):
             return {}
         suite = Suite(whole.source, picked)

@@ -1,5 +1,5 @@
-"""Aggregate the typed rows (`EvalRow`, sinkhole.eval.rows) into summary.json (sinkhole.render.eval_text
-prints it like the original 400-prompt study).
+"""Aggregate the typed rows (`EvalRow`, sinkhole.results.eval) into the run's summary (`EvalSummary`,
+summary.json; sinkhole.render.eval_text prints it like the original 400-prompt study).
 
 Every per-prompt number is one `analyze` computed (see sinkhole.eval.runner.prompt_row); here we
 only take statistics over prompts:
@@ -12,8 +12,7 @@ only take statistics over prompts:
 - the share of prompts whose top sink is at each position (position 0, ...);
 - Pearson r between the sequence length (tokens) and the top sink's attention mass.
 
-The rows are read by key (`r["sink_mass"]`), which `EvalRow` supports, so dicts of the same keys
-(tests, rows from other tools) aggregate the same way.
+Rows given as dicts of the row's keys (rows from other tools) are typed first (`EvalRow.from_dict`).
 """
 
 from __future__ import annotations
@@ -23,33 +22,23 @@ from collections import Counter
 import numpy as np
 
 from sinkhole.analysis.core import order_channels
-from sinkhole.eval.rows import EvalRow
-
-SUMMARY_SCHEMA = "sinkhole.eval-summary/1"
-METRICS = {  # key in a row -> label in the table
-    "n_spikes": "spike tokens / prompt",
-    "spike_score": "spike score (x median)",
-    "sink_mass": "sink attention mass",
-    "sink_rate": "sink rate (share of heads)",
-    "n_sinks": "sink tokens / prompt",
-    "sink_attention_share": "attention on sink slots",
-    "jaccard": "Jaccard(spikes, sinks)",
-    "n_tokens": "sequence length (tokens)",
-}
-PERCENT = {"sink_mass", "sink_rate", "sink_attention_share"}
+from sinkhole.results.eval import (
+    METRICS,
+    CategorySummary,
+    ChannelStat,
+    ChannelSummary,
+    EvalRow,
+    EvalSummary,
+    MetricStats,
+    as_rows,
+)
 
 
-def stats(values) -> dict:
+def stats(values) -> MetricStats:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {
-        "mean": float(v.mean()),
-        "std": float(v.std()),
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "n": int(v.size),
-    }
+        return MetricStats(mean=None, std=None, min=None, max=None, n=0)
+    return MetricStats(mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()), n=int(v.size))
 
 
 def pearson(x, y) -> float | None:
@@ -59,60 +48,54 @@ def pearson(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def metric_stats(rows: list[EvalRow]) -> dict:
-    return {k: stats(r.get(k) for r in rows) for k in METRICS}
+def metric_stats(rows: list[EvalRow]) -> dict[str, MetricStats]:
+    return {k: stats(getattr(r, k) for r in rows) for k in METRICS}
 
 
-def channel_summary(rows: list[EvalRow]) -> dict:
-    spiking = [r for r in rows if r["spikes"]]
+def channel_summary(rows: list[EvalRow]) -> ChannelSummary:
+    spiking = [r for r in rows if r.spikes]
     # sets, not sequences: rows written before the one channel order (sorted ids) count with the rest
-    sets = Counter(frozenset(r["spike_channels"]) for r in spiking)
+    sets = Counter(frozenset(r.spike_channels) for r in spiking)
     top, mode_n = sets.most_common(1)[0] if sets else (frozenset(), 0)
-    mode = order_channels([r["spike_channels"] for r in spiking if frozenset(r["spike_channels"]) == top])
+    mode = order_channels([r.spike_channels for r in spiking if frozenset(r.spike_channels) == top])
     counts: Counter = Counter()
     values: dict[int, list[float]] = {}
     for r in spiking:
-        counts.update(r["spike_channels"])
-        for s in r["spikes"]:
-            for c, v in zip(s["channels"], s["channel_values"]):
+        counts.update(r.spike_channels)
+        for s in r.spikes:
+            for c, v in zip(s.channels, s.channel_values):
                 values.setdefault(c, []).append(v)
-    order = order_channels([r["spike_channels"] for r in spiking])  # ties in frequency: core's one order
+    order = order_channels([r.spike_channels for r in spiking])  # ties in frequency: core's one order
     channels = [
-        {"channel": c, "frequency": n / len(spiking), "mean_value": float(np.mean(values[c]))}
+        ChannelStat(channel=c, frequency=n / len(spiking), mean_value=float(np.mean(values[c])))
         for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0]), kv[0]))
     ]
-    return {
-        "prompts_with_spikes": len(spiking),
-        "most_common_set": list(mode),
-        "same_set_share": mode_n / len(spiking) if spiking else None,
-        "distinct_sets": len(sets),
-        "channels": channels,
-    }
+    return ChannelSummary(
+        prompts_with_spikes=len(spiking),
+        most_common_set=list(mode),
+        same_set_share=mode_n / len(spiking) if spiking else None,
+        distinct_sets=len(sets),
+        channels=channels,
+    )
 
 
-def summarize(rows: list[EvalRow], run: dict | None = None) -> dict:
-    """The summary.json dict of a finished (or partial) run.
-
-    It stays a plain dict, unlike the rows: its keys are data (metric names, category names, sink
-    positions), not fields, so a dataclass would only wrap dicts in dicts; it goes straight to
-    summary.json, and what reads it back (eval_text, eval_page, `sinkhole compare`) reads that file's
-    keys, documented in docs/eval.md.
-    """
-    cats = sorted({r["category"] for r in rows})
-    tops = Counter(r["top_sink"]["position"] for r in rows)
-    return {
-        "schema": SUMMARY_SCHEMA,
-        "run": run or {},
-        "n_prompts": len(rows),
-        "metrics": metric_stats(rows),
-        "per_category": {
-            c: {
-                "n_prompts": sum(r["category"] == c for r in rows),
-                "metrics": metric_stats([r for r in rows if r["category"] == c]),
-            }
+def summarize(rows: list[EvalRow | dict], run: dict | None = None) -> EvalSummary:
+    """The summary (summary.json) of a finished (or partial) run; `run`: its run.json."""
+    rows = as_rows(rows)
+    cats = sorted({r.category for r in rows})
+    tops = Counter(r.top_sink.position for r in rows)
+    return EvalSummary(
+        run=run or {},
+        n_prompts=len(rows),
+        metrics=metric_stats(rows),
+        per_category={
+            c: CategorySummary(
+                n_prompts=sum(r.category == c for r in rows),
+                metrics=metric_stats([r for r in rows if r.category == c]),
+            )
             for c in cats
         },
-        "spike_channels": channel_summary(rows),
-        "top_sink_positions": {str(p): n / len(rows) for p, n in sorted(tops.items())} if rows else {},
-        "length_vs_sink_mass_r": pearson([r["n_tokens"] for r in rows], [r["sink_mass"] for r in rows]),
-    }
+        spike_channels=channel_summary(rows),
+        top_sink_positions={str(p): n / len(rows) for p, n in sorted(tops.items())} if rows else {},
+        length_vs_sink_mass_r=pearson([r.n_tokens for r in rows], [r.sink_mass for r in rows]),
+    )

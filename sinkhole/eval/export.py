@@ -1,4 +1,4 @@
-"""rows.csv: one line per prompt (an `EvalRow`, sinkhole.eval.rows), flat, for spreadsheets and pandas.
+"""rows.csv: one line per prompt (an `EvalRow`, sinkhole.results.eval), flat, for spreadsheets and pandas.
 
 Lists become space-separated cells (`spike_channels` "507 247 14 100", in the one channel order of
 `sinkhole.analysis.core.order_channels`); the prompt's tokens are left out (results.jsonl has them), its
@@ -12,7 +12,7 @@ import csv
 import io
 from pathlib import Path
 
-from sinkhole.eval.rows import EvalRow
+from sinkhole.results.eval import EvalRow, as_rows
 
 COLUMNS = [
     "index",
@@ -36,39 +36,41 @@ COLUMNS = [
 
 
 def csv_row(r: EvalRow, prompt: str | list[int] = "") -> dict:
-    """The CSV cells of a row (read by key, so a dict of the row's keys works too) and its prompt."""
+    """The CSV cells of a row and its prompt."""
 
     def join(xs) -> str:
         return " ".join(str(x) for x in xs)
 
     return {
-        "index": r["index"],
-        "category": r["category"],
-        "n_tokens": r["n_tokens"],
-        "n_spikes": r["n_spikes"],
-        "spike_score": r["spike_score"],
-        "spike_channels": join(r["spike_channels"]),
-        "spike_positions": join(s["position"] for s in r["spikes"]),
-        "n_sinks": r["n_sinks"],
-        "sink_positions": join(s["position"] for s in r["sinks"]),
-        "sink_mass": r["sink_mass"],
-        "sink_rate": r["sink_rate"],
-        "top_sink_position": r["top_sink"]["position"],
-        "top_sink_text": r["top_sink"].get("text", ""),
-        "n_sink_heads": len(r.get("sink_heads") or []),
-        "jaccard": "" if r.get("jaccard") is None else r["jaccard"],
-        "sink_attention_share": r["sink_attention_share"],
+        "index": r.index,
+        "category": r.category,
+        "n_tokens": r.n_tokens,
+        "n_spikes": r.n_spikes,
+        "spike_score": r.spike_score,
+        "spike_channels": join(r.spike_channels),
+        "spike_positions": join(s.position for s in r.spikes),
+        "n_sinks": r.n_sinks,
+        "sink_positions": join(s.position for s in r.sinks),
+        "sink_mass": r.sink_mass,
+        "sink_rate": r.sink_rate,
+        "top_sink_position": r.top_sink.position,
+        "top_sink_text": r.top_sink.text,
+        "n_sink_heads": len(r.sink_heads),
+        "jaccard": "" if r.jaccard is None else r.jaccard,
+        "sink_attention_share": r.sink_attention_share,
         "prompt": prompt if isinstance(prompt, str) else join(prompt),
     }
 
 
-def rows_csv(rows: list[EvalRow], prompts: dict[int, str | list[int]] | None = None) -> str:
-    """The CSV text of `rows`, by suite index; `prompts`: suite index -> prompt (`SuiteItem.prompt`)."""
+def rows_csv(rows: list[EvalRow | dict], prompts: dict[int, str | list[int]] | None = None) -> str:
+    """The CSV text of `rows` (dicts of the row's keys are typed first), by suite index; `prompts`: suite
+    index -> prompt (`SuiteItem.prompt`)."""
+    rows = as_rows(rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
-    for r in sorted(rows, key=lambda r: r["index"]):
-        w.writerow(csv_row(r, (prompts or {}).get(r["index"], "")))
+    for r in sorted(rows, key=lambda r: r.index):
+        w.writerow(csv_row(r, (prompts or {}).get(r.index, "")))
     return buf.getvalue()
 
 

@@ -6,7 +6,7 @@ Design:
   `max_batch_tokens` padded tokens (B x T_max). Sorting keeps padding small; the probe removes
   padding's effect exactly (left padding, masked keys, position ids over real tokens only).
 - Each prompt's numbers are those of `sinkhole.analysis.core.analyze` on its own capture;
-  `prompt_row` only picks and names them (a typed `EvalRow`, sinkhole.eval.rows), it defines no metric.
+  `prompt_row` only picks and names them (a typed `EvalRow`, sinkhole.results.eval), it defines no metric.
 - `DIR/results.jsonl` gets one JSON line per prompt (`EvalRow.to_dict()`; read back with
   `EvalRow.from_dict`), written per batch and fsync'ed. `DIR/run.json`
   holds the settings that decide the numbers (model weights, suite hash, threshold, epsilon,
@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,8 @@ from sinkhole.analysis.core import (
 )
 from sinkhole.distributed import World, differences, restrict
 from sinkhole.errors import SinkholeError
-from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
 from sinkhole.eval.suite import Suite, SuiteItem
+from sinkhole.results.eval import EvalRow, EvalSink, EvalSpike
 from sinkhole.results.report import Report
 
 RUN_SCHEMA = "sinkhole.eval/1"
@@ -99,10 +99,6 @@ def plan_batches(
     return batches
 
 
-# The SpikeToken fields a row keeps, in the row's key order (channel_values comes from report.detail).
-SPIKE_KEYS = tuple(f.name for f in fields(EvalSpike) if f.name != "channel_values")
-
-
 def prompt_row(item: SuiteItem, report: Report) -> EvalRow:
     """One results.jsonl row: the prompt's numbers, all taken from its `analyze` report.
 
@@ -114,10 +110,7 @@ def prompt_row(item: SuiteItem, report: Report) -> EvalRow:
     sp, sk = report.spikes, report.sinks
     top = sk.top
     heads = np.asarray(report.heads.mass_on_top_sink) > sk.epsilon
-    spikes = [
-        EvalSpike(**{k: s[k] for k in SPIKE_KEYS}, channel_values=values)
-        for s, values in zip(sp.tokens, report.detail.spike_channel_values)
-    ]
+    spikes = [EvalSpike.of(s, values) for s, values in zip(sp.tokens, report.detail.spike_channel_values)]
     return EvalRow(
         index=item.index,
         category=item.category,
@@ -129,17 +122,13 @@ def prompt_row(item: SuiteItem, report: Report) -> EvalRow:
         n_sinks=len(sk.tokens),
         sink_mass=top.attn_mass,
         sink_rate=top.sink_rate,
-        top_sink=_sink(top),
-        sinks=[_sink(s) for s in sk.tokens],
+        top_sink=EvalSink.of(top),
+        sinks=[EvalSink.of(s) for s in sk.tokens],
         sink_heads=[[int(l), int(h)] for l, h in zip(*np.nonzero(heads))],
         jaccard=report.overlap.jaccard,
         sink_attention_share=report.kv.sink_attention_share,
         tokens=[t.text for t in report.tokens],
     )
-
-
-def _sink(s) -> EvalSink:
-    return EvalSink(position=s.position, text=s.text, attn_mass=s.attn_mass, sink_rate=s.sink_rate)
 
 
 def evaluate(probe, items: list[SuiteItem], settings: EvalSettings) -> Iterator[list[EvalRow]]:

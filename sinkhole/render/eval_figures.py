@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkhole.eval.rows import EvalRow
 from sinkhole.render.png import percent_axis, pyplot, save_png, style_axes
+from sinkhole.results.eval import EvalRow, EvalSummary
 
 FIGURES = ("distributions.png", "length_vs_sink_mass.png", "positions.png", "categories.png")
 
@@ -25,7 +25,7 @@ def position_counts(positions: list[int], top: int) -> list[int]:
     return counts
 
 
-def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> list[Path]:
+def write_figures(rows: list[EvalRow], summary: EvalSummary, out_dir: str | Path) -> list[Path]:
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -40,7 +40,7 @@ def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> li
             (axes[1, 0], "sink_rate", "top sink's sink rate (share of heads)", True),
             (axes[1, 1], "n_spikes", "spike tokens per prompt", False),
         ]:
-            vals = [r[key] for r in rows if r.get(key) is not None]
+            vals = [getattr(r, key) for r in rows if getattr(r, key) is not None]
             if key == "n_spikes":  # counts: one bar per integer
                 top = max(vals + [1])
                 ax.bar(range(top + 1), position_counts(vals, top), width=0.8, color=blue)
@@ -60,18 +60,18 @@ def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> li
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        cats = sorted({r["category"] for r in rows})
+        cats = sorted({r.category for r in rows})
         for i, c in enumerate(cats):
-            sub = [r for r in rows if r["category"] == c]
+            sub = [r for r in rows if r.category == c]
             ax.scatter(
-                [r["n_tokens"] for r in sub],
-                [r["sink_mass"] for r in sub],
+                [r.n_tokens for r in sub],
+                [r.sink_mass for r in sub],
                 s=10,
                 alpha=0.7,
                 label=c,
                 color=plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")(i),
             )
-        r = summary["length_vs_sink_mass_r"]
+        r = summary.length_vs_sink_mass_r
         style_axes(ax, f"sink mass falls with length: Pearson r = {'n/a' if r is None else f'{r:+.2f}'}")
         percent_axis(ax, "y")
         ax.set_xlabel("sequence length (tokens)")
@@ -83,8 +83,8 @@ def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> li
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        spikes = [s["position"] for r in rows for s in r["spikes"]]
-        sinks = [s["position"] for r in rows for s in r["sinks"]]
+        spikes = [s.position for r in rows for s in r.spikes]
+        sinks = [s.position for r in rows for s in r.sinks]
         top = max(spikes + sinks + [0])
         if top < 64:  # integer positions as bars centred on integers, side by side
             x = list(range(top + 1))
@@ -105,17 +105,17 @@ def write_figures(rows: list[EvalRow], summary: dict, out_dir: str | Path) -> li
         save_png(fig, paths[2])
         plt.close(fig)
 
-        cats = list(summary["per_category"])
+        cats = list(summary.per_category)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, key, label, percent in [
             (axes[0], "spike_score", "top spike score (× median)", False),
             (axes[1], "sink_mass", "top sink's attention mass", True),
         ]:
-            st = [summary["per_category"][c]["metrics"][key] for c in cats]
+            st = [summary.per_category[c].metrics[key] for c in cats]
             ax.bar(
                 range(len(cats)),
-                [s["mean"] or 0 for s in st],
-                yerr=[s["std"] or 0 for s in st],
+                [s.mean or 0 for s in st],
+                yerr=[s.std or 0 for s in st],
                 color=green,
                 capsize=3,
                 error_kw={"elinewidth": 0.8},
