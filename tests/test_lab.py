@@ -19,8 +19,9 @@ import torch
 from sinkhole.errors import SinkholeError
 from sinkhole.lab.data import BOS, DataConfig, IdTokenizer, TokenStream
 from sinkhole.lab.model import TinyConfig, build_model, variant_weights
-from sinkhole.lab.run import PROBE_BATCH_INDEX, VARIANTS, LabResult, LabSettings, run_lab, variant_configs
+from sinkhole.lab.run import PROBE_BATCH_INDEX, VARIANTS, LabSettings, run_lab, variant_configs
 from sinkhole.lab.train import TrainConfig, checkpoint_steps, position_loss
+from sinkhole.results.lab import LabResult
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +116,7 @@ def test_probe_reads_the_model_unchanged(switch):
     T = ids.shape[1]
     alpha = want.sum(-2) / torch.arange(T, 0, -1)
     assert abs(cap.attn_mass - alpha.numpy()).max() < 1e-4
-    assert analyze(cap).sinks["top"]["position"] >= 0
+    assert analyze(cap).sinks.top.position >= 0
 
 
 SMALL = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 96, "num_attention_heads": 2, "head_dim": 32}

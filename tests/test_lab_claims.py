@@ -1,4 +1,4 @@
-"""The verdict rule of the lab's paper claims (sinkhole.lab.claims), on synthetic numbers."""
+"""The verdict rule of the lab's paper claims (sinkhole.results.lab_claims), on synthetic numbers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sinkhole.lab.claims import CLAIMS, Stat, judge, onsets, variant_stats, verdict
+from sinkhole.results.lab_claims import CLAIMS, Stat, judge, onsets, variant_stats, verdict
 
 
 def test_stat_is_mean_and_sample_sd():
@@ -62,21 +62,21 @@ def test_judge_and_onsets_on_synthetic_runs():
     runs += [_run("dyt", s, 40.0 - s, 0.9 + 0.01 * s) for s in range(3)]  # spike kept, sink up
     stats = variant_stats(runs)
     assert stats["baseline"]["spike_score"].mean == pytest.approx(41.0)
-    rows = {(r["variant"], r["metric"]): r for r in judge(stats, threshold=10.0)}
-    assert rows["sandwich", "spike_score"]["verdict"] == "supported"
-    assert rows["sandwich", "sink_rate"]["verdict"] == "contradicted"  # the paper: kept
-    assert rows["dyt", "spike_score"]["verdict"] == "inconclusive"
-    assert rows["dyt", "sink_rate"]["verdict"] == "supported"
-    assert rows["gated", "sink_mass"]["verdict"] == "untestable"  # not run
+    rows = {(r.variant, r.metric): r for r in judge(stats, threshold=10.0)}
+    assert rows["sandwich", "spike_score"].verdict == "supported"
+    assert rows["sandwich", "sink_rate"].verdict == "contradicted"  # the paper: kept
+    assert rows["dyt", "spike_score"].verdict == "inconclusive"
+    assert rows["dyt", "sink_rate"].verdict == "supported"
+    assert rows["gated", "sink_mass"].verdict == "untestable"  # not run
     assert len(rows) == len(CLAIMS)
     # Without a spike in the baseline, spike claims are untestable.
     low = variant_stats([_run("baseline", s, 2.0, 0.5) for s in range(3)] + runs[3:6])
-    assert {r["verdict"] for r in judge(low, 10.0) if r["variant"] == "sandwich" and r["metric"] == "spike_score"} == {
+    assert {r.verdict for r in judge(low, 10.0) if r.variant == "sandwich" and r.metric == "spike_score"} == {
         "untestable"
     }
     o = onsets(runs)
-    assert o["baseline"] == {"sink": [10, 10, 10], "spike": [100, 100, 100]}
-    assert o["sandwich"]["spike"] == [None, None, None]
+    assert o["baseline"].to_dict() == {"sink": [10, 10, 10], "spike": [100, 100, 100]}
+    assert o["sandwich"].spike == [None, None, None]
 
 
 def test_page_title_and_verdicts_follow_the_baseline_spike():
@@ -85,8 +85,8 @@ def test_page_title_and_verdicts_follow_the_baseline_spike():
     import json
     from pathlib import Path
 
-    from sinkhole.lab.run import LabResult
     from sinkhole.render.lab_page import title
+    from sinkhole.results.lab import LabResult
 
     d = json.loads((Path(__file__).parent.parent / "docs" / "lab" / "lab.json").read_text())
     result = LabResult.from_dict(d)
@@ -96,8 +96,19 @@ def test_page_title_and_verdicts_follow_the_baseline_spike():
             ck.spike_score = spike
         if spike == 1.0:
             assert "no spike reached" in title(result)
-            claims = {(c["variant"], c["metric"]): c["verdict"] for c in result.summary()["claims"]}
+            claims = {(c.variant, c.metric): c.verdict for c in result.summary().claims}
             assert claims["sandwich", "spike_score"] == "untestable"
     assert title(result) == "attention sinks and spikes in tiny models"
-    claims = {(c["variant"], c["metric"]): c["verdict"] for c in result.summary()["claims"]}
+    claims = {(c.variant, c.metric): c.verdict for c in result.summary().claims}
     assert claims["sandwich", "spike_score"] == "supported"
+
+
+def test_committed_lab_json_reads_back_byte_identical():
+    """The typed result (sinkhole.results.lab) writes a lab.json it read back byte for byte, summary included."""
+    import json
+    from pathlib import Path
+
+    from sinkhole.results.lab import LabResult
+
+    text = (Path(__file__).parent.parent / "docs" / "lab" / "lab.json").read_text()
+    assert json.dumps(LabResult.from_dict(json.loads(text)).to_dict(), indent=1, allow_nan=False) == text

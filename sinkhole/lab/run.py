@@ -4,7 +4,7 @@ Every variant trains once per seed (seeds 0, 1, 2 by default; a run is a (varian
 result lists them variant by variant, labelled "name seed s"); under a launcher the ranks share the
 runs (sinkhole.distributed). For one seed, every variant starts from the same initial weights
 wherever the shapes agree and sees the same batches; it differs from the baseline in exactly one
-switch (VARIANTS: model, data or training overrides). `LabResult.summary()` (sinkhole.lab.claims)
+switch (VARIANTS: model, data or training overrides). `LabResult.summary()` (sinkhole.results.lab_claims)
 turns the runs into mean +- sd per variant and a verdict per paper claim. The results file
 (`lab.json`) is rewritten atomically after every checkpoint, so an interrupted run loses at most
 the checkpoint in flight; running the same settings into the same directory resumes after the last
@@ -29,12 +29,11 @@ import torch
 
 from sinkhole.analysis import core
 from sinkhole.errors import SinkholeError
-from sinkhole.lab.claims import summarize
 from sinkhole.lab.data import HELD_OUT_INDEX, DataConfig, TokenStream
 from sinkhole.lab.model import TinyConfig, build_model, n_params
-from sinkhole.lab.train import Checkpoint, TrainConfig, train
+from sinkhole.lab.train import TrainConfig, train
+from sinkhole.results.lab import Checkpoint, Environment, LabResult, LabSettingsRecord, VariantResult
 
-SCHEMA = "sinkhole.lab/2"
 PROBE_BATCH_INDEX = HELD_OUT_INDEX  # the held-out probe batch: far past any training batch index
 SHARDS_DIR = "shards"  # under a launcher: <variant>.json of the variants ranks other than 0 trained
 
@@ -55,7 +54,7 @@ def _v(name: str, switch: str, **overrides) -> Variant:
     return Variant(name, switch, **overrides)
 
 
-# The paper's ablations, one switch away from the baseline each (the claims they test: sinkhole.lab.claims).
+# The paper's ablations, one switch away from the baseline each (the claims they test: sinkhole.results.lab_claims).
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
@@ -113,17 +112,21 @@ class LabSettings:
         """The trainings: (variant, seed) for each seed, variant by variant; seed None: train.seed."""
         return [(v, s) for v in self.variants for s in (self.seeds or (None,))]
 
+    def record(self) -> LabSettingsRecord:
+        """The settings as lab.json holds them."""
+        return LabSettingsRecord(
+            model=base_model_dict(self.model),
+            data=self.data.to_dict(),
+            train=self.train.to_dict(),
+            variants=list(self.variants),
+            seeds=list(self.seeds) if self.seeds else None,  # absent without seeds: older runs resume
+            threshold=self.threshold,
+            epsilon=self.epsilon,
+            min_sink_rate=self.min_sink_rate,
+        )
+
     def to_dict(self) -> dict:
-        return {
-            "model": base_model_dict(self.model),
-            "data": self.data.to_dict(),
-            "train": self.train.to_dict(),
-            "variants": list(self.variants),
-            **({"seeds": list(self.seeds)} if self.seeds else {}),  # absent without seeds: older runs resume
-            "threshold": self.threshold,
-            "epsilon": self.epsilon,
-            "min_sink_rate": self.min_sink_rate,
-        }
+        return self.record().to_dict()
 
 
 MODEL_KEYS = (
@@ -151,73 +154,6 @@ def quick_settings(**kw) -> LabSettings:
     return LabSettings(train=replace(BASE_TRAIN, steps=300, n_checkpoints=7), variants=QUICK_VARIANTS, **kw)
 
 
-@dataclass
-class VariantResult:
-    name: str
-    switch: str
-    model: dict
-    data: dict
-    n_params: int
-    seconds: float
-    finished: bool
-    checkpoints: list[Checkpoint]
-    seed: int | None = None  # set when the lab ran several seeds (LabSettings.seeds)
-
-    @property
-    def final(self) -> Checkpoint | None:
-        return self.checkpoints[-1] if self.checkpoints else None
-
-    @property
-    def key(self) -> tuple[str, int | None]:
-        return self.name, self.seed
-
-    @property
-    def label(self) -> str:
-        """What tables and figures call this run: the variant, and its seed when there are several."""
-        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["checkpoints"] = [c.to_dict() for c in self.checkpoints]
-        if self.seed is None:
-            del d["seed"]  # lab.json of a one-seed lab is as before
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VariantResult:
-        return cls(**{**d, "checkpoints": [Checkpoint(**c) for c in d["checkpoints"]]})
-
-
-@dataclass
-class LabResult:
-    settings: dict
-    environment: dict
-    variants: list[VariantResult]
-    schema: str = SCHEMA
-
-    def summary(self) -> dict:
-        """Mean and sd over seeds per variant, onsets, and a verdict per claim (sinkhole.lab.claims)."""
-        return summarize(self.variants, self.settings.get("threshold", core.DEFAULT_THRESHOLD))
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": self.schema,
-            "settings": self.settings,
-            "environment": self.environment,
-            "variants": [v.to_dict() for v in self.variants],
-            "summary": self.summary(),  # derived: recomputed from "variants" whenever read
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LabResult:
-        return cls(
-            settings=d["settings"],
-            environment=d["environment"],
-            variants=[VariantResult.from_dict(v) for v in d["variants"]],
-            schema=d.get("schema", SCHEMA),
-        )
-
-
 def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig, DataConfig]:
     """The variant's model and data: the base's with its overrides. The head switches are relative to
     the base (head_dim_scale: d_head x s; heads_scale: N_head x s and d_head / s)."""
@@ -231,14 +167,14 @@ def variant_configs(settings: LabSettings, variant: Variant) -> tuple[TinyConfig
     return TinyConfig(**model), data
 
 
-def environment() -> dict:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-    }
+def environment() -> Environment:
+    return Environment(
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    )
 
 
 def _write(path: Path, result: LabResult) -> None:
@@ -258,7 +194,7 @@ def _resume(path: Path, settings: dict) -> list[VariantResult]:
         except (ValueError, KeyError, TypeError) as err:
             raise SinkholeError(f"{file} is not a lab result ({err}); choose another --out") from None
         subsets = ("variants", "seeds")  # a later run may ask for more or fewer of these
-        if {k: v for k, v in old.settings.items() if k not in subsets} != {
+        if {k: v for k, v in old.settings.to_dict().items() if k not in subsets} != {
             k: v for k, v in settings.items() if k not in subsets
         }:
             raise SinkholeError(f"{file} holds a lab run with other settings; choose another --out")
@@ -323,7 +259,7 @@ def run_lab(
     todo = [run for run in settings.runs() if run not in done]
     costs = [settings.train.steps * variant_configs(settings, VARIANTS[n])[1].seq_len for n, _ in todo]
     mine = [todo[k] for k in world.shard(costs)]
-    result = LabResult(settings=sd, environment=environment(), variants=[])
+    result = LabResult(settings=settings.record(), environment=environment(), variants=[])
     for name, seed in settings.runs():
         tag = name if seed is None else f"{name}-seed{seed}"  # its files' name
         if (name, seed) in done:
@@ -355,7 +291,7 @@ def run_lab(
         t0 = time.perf_counter()
 
         own = path if world.is_main or path is None else out / SHARDS_DIR / f"{tag}.json"
-        mine_only = result if world.is_main else LabResult(settings=sd, environment=result.environment, variants=[vr])
+        mine_only = result if world.is_main else LabResult(result.settings, result.environment, [vr])
 
         def on_checkpoint(ck: Checkpoint, m, vr=vr, t0=t0, tag=tag, own=own, mine_only=mine_only) -> None:
             vr.checkpoints.append(ck)

@@ -1,29 +1,7 @@
-"""The training loop, and what is measured at each checkpoint with sinkhole's own probe.
+"""The training loop: AdamW on stream batches, log-spaced checkpoints, each probed with sinkhole's own probe.
 
-Checkpoints sit at log-spaced steps (0, 1, 2, 4, ... up to the last), because sinks appear early
-and abruptly and then sharpen slowly: even spacing would waste most probes on the plateau.
-
-At each checkpoint a copy of the model is probed, unchanged, with `ModelProbe(LoadedModel.wrap(...))`
-on a fixed held-out batch from the same stream, and `sinkhole.analysis.core.analyze` computes the
-report of each sequence. `Checkpoint` keeps the numbers about position 0 (the start token, or the
-first ordinary token without one), averaged over the probe sequences:
-
-- sink_mass: attention mass of position 0 (mean over layers and heads of alpha, Gu et al.).
-- sink_rate: share of (layer, head) with alpha > epsilon on position 0.
-- sink_detected: share of probe sequences in which the detector reports position 0 as a sink token
-  (sink rate >= min_sink_rate).
-- first_share: share of all attention weight (all layers, heads, queries) that lands on position 0.
-  For softmax attention every query distributes exactly 1, so this is a normalised mass.
-- attn_total: mean over layers, heads and queries of a query's total attention weight: 1 for softmax
-  (plain and gated); for sigmoid and softpick attention whatever the model chose (see `model.py`).
-- spike_score: spike score (peak residual norm / median token's) of position 0; spike_score_max: the
-  largest over tokens; spike_detected: share of sequences where position 0 scores above threshold.
-- top_value, top_layer, top_channel: the largest-|.| residual entry of position 0 (first sequence);
-  top_ratio: its |value| over the median token's largest |h| at that layer (Sun et al. 2024).
-- per layer: mass_by_layer[l] (alpha on position 0, mean over heads), norm_ratio_by_layer[l]
-  (||h_l[0]|| / median_t ||h_l[t]||); heads[l][h]: alpha on position 0 of each head.
-- loss: mean training loss since the previous checkpoint; eval_loss and copy_accuracy (argmax hits on
-  positions that follow a trigger, i.e. that need attention) on the probe batch.
+What a checkpoint measures, field by field (and why the checkpoints are log-spaced), is written once in
+`sinkhole.results.lab.DEFINITIONS`, beside the `Checkpoint` type the lab writes and the page shows.
 """
 
 from __future__ import annotations
@@ -31,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,6 +17,7 @@ import torch.nn.functional as F
 
 from sinkhole.analysis import core
 from sinkhole.lab.data import IdTokenizer, TokenStream
+from sinkhole.results.lab import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -52,32 +31,6 @@ class TrainConfig:
     n_checkpoints: int = 10
     probe_batch: int = 8  # held-out sequences probed at each checkpoint
     loss_from: float = 0.0  # the loss counts target positions t >= loss_from x seq_len only (0: all)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Checkpoint:
-    step: int
-    loss: float | None
-    eval_loss: float
-    copy_accuracy: float | None
-    sink_mass: float
-    sink_rate: float
-    sink_detected: float
-    first_share: float
-    attn_total: float
-    spike_score: float
-    spike_score_max: float
-    spike_detected: float
-    top_value: float
-    top_layer: int
-    top_channel: int
-    top_ratio: float
-    mass_by_layer: list[float] = field(default_factory=list)
-    norm_ratio_by_layer: list[float] = field(default_factory=list)
-    heads: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +71,7 @@ def probe_checkpoint(
     epsilon: float = core.DEFAULT_EPSILON,
     min_sink_rate: float = core.DEFAULT_MIN_SINK_RATE,
 ) -> Checkpoint:
-    """Probe a copy of `model` on ids (B, T) and summarise position 0 (see the module docstring)."""
+    """Probe a copy of `model` on ids (B, T) and summarise position 0 (sinkhole.results.lab.DEFINITIONS)."""
     from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.probe import ModelProbe
 
@@ -149,12 +102,12 @@ def probe_checkpoint(
         copy_accuracy=copy_acc,
         sink_mass=float(alpha.mean()),
         sink_rate=float((alpha > epsilon).mean()),
-        sink_detected=float(np.mean([any(s["position"] == 0 for s in r.sinks["tokens"]) for r in reports])),
+        sink_detected=float(np.mean([any(s.position == 0 for s in r.sinks.tokens) for r in reports])),
         first_share=float(colsum[..., 0].sum() / max(colsum.sum(), 1e-30)),
         attn_total=float(colsum.sum() / (colsum.shape[0] * colsum.shape[1] * colsum.shape[2] * T)),
-        spike_score=float(np.mean([r.spikes["per_token_score"][0] for r in reports])),
-        spike_score_max=float(np.mean([core.prompt_spike_score(r.spikes["per_token_score"]) for r in reports])),
-        spike_detected=float(np.mean([any(s["position"] == 0 for s in r.spikes["tokens"]) for r in reports])),
+        spike_score=float(np.mean([r.spikes.per_token_score[0] for r in reports])),
+        spike_score_max=float(np.mean([core.prompt_spike_score(r.spikes.per_token_score) for r in reports])),
+        spike_detected=float(np.mean([any(s.position == 0 for s in r.spikes.tokens) for r in reports])),
         top_value=value,
         top_layer=layer,
         top_channel=channel,

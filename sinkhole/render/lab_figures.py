@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sinkhole.lab.claims import METRICS
-from sinkhole.lab.run import LabResult
 from sinkhole.render.png import pyplot, save_png
+from sinkhole.results.lab import LabResult
+from sinkhole.results.lab_claims import METRICS
 
 FIGURES = ("trajectories.png", "emergence.png", "final.png")
 
@@ -47,7 +47,7 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     paths = [out / name for name in FIGURES]
     groups = _by_variant(result)
-    threshold = result.settings.get("threshold", 10.0)
+    threshold = result.settings.threshold
     try:
         fig, axes = plt.subplots(2, 2, figsize=(12, 8))
         panels = [
@@ -102,12 +102,12 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
         save_png(fig, paths[1])
         plt.close(fig)
 
-        summary = result.summary()["variants"]
+        summary = result.summary().variants
         names = [n for n in groups if n in summary]
         fig, axes = plt.subplots(1, 4, figsize=(15, 0.9 + 0.3 * max(4, len(names))))
         for ax, key in zip(axes, METRICS):
-            means = [summary[n][key]["mean"] for n in names]
-            sds = [summary[n][key]["sd"] for n in names]
+            means = [summary[n][key].mean for n in names]
+            sds = [summary[n][key].sd for n in names]
             ax.barh(names, means, xerr=sds, color="#4c72b0", ecolor="black", capsize=2)
             if key == "spike_score":
                 ax.axvline(threshold, color="red", ls=":", lw=1.2, label=f"threshold {threshold:g}x")
@@ -115,7 +115,7 @@ def write_figures(result: LabResult, out_dir: str | Path) -> list[Path]:
             ax.invert_yaxis()
             ax.set_title(f"{METRICS[key]} of position 0", fontsize=10)
             ax.tick_params(axis="y", labelsize=8)
-        fig.suptitle(f"last checkpoint (step {result.settings['train']['steps']}), mean +- sd over seeds")
+        fig.suptitle(f"last checkpoint (step {result.settings.train['steps']}), mean +- sd over seeds")
         fig.tight_layout()
         save_png(fig, paths[2])
         plt.close(fig)

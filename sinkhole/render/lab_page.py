@@ -9,8 +9,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from sinkhole.lab.claims import __doc__ as claims_doc
-from sinkhole.lab.run import LabResult
 from sinkhole.render import static
 from sinkhole.render.lab_figures import FIGURES, write_figures
 from sinkhole.render.lab_text import (
@@ -24,6 +22,8 @@ from sinkhole.render.lab_text import (
     variant_rows,
 )
 from sinkhole.render.png import embedded
+from sinkhole.results import lab_claims
+from sinkhole.results.lab import DEFINITIONS, LabResult
 
 VERDICT_COLOR = {"supported": "#2a7a2a", "contradicted": "#b02a2a", "inconclusive": "#8a6d00", "untestable": "#666"}
 
@@ -45,17 +45,17 @@ def _table(header: list[str], rows: list[list[str]], verdict_col: int | None = N
 def title(result: LabResult) -> str:
     """An honest title: it promises spikes only when the baseline's mean spike score reaches the threshold."""
     s = result.summary()
-    base = s["variants"].get("baseline")
-    if base is not None and base["spike_score"]["mean"] >= s["threshold"]:
+    base = s.variants.get("baseline")
+    if base is not None and base["spike_score"].mean >= s.threshold:
         return "attention sinks and spikes in tiny models"
-    return f"attention sinks in tiny models (no spike reached the detector's {s['threshold']:g}x)"
+    return f"attention sinks in tiny models (no spike reached the detector's {s.threshold:g}x)"
 
 
 def agreement(result: LabResult) -> str:
     """One paragraph: where the toy agrees with the paper and where it does not."""
     by: dict[str, list[str]] = {}
-    for c in result.summary()["claims"]:
-        by.setdefault(c["verdict"], []).append(f"{c['variant']} ({c['text']})")
+    for c in result.summary().claims:
+        by.setdefault(c.verdict, []).append(f"{c.variant} ({c.text})")
     parts = []
     for verdict, label in [
         ("supported", "Agrees with the paper"),
@@ -71,8 +71,6 @@ def agreement(result: LabResult) -> str:
 
 def render_html(result: LabResult, out_dir: str | Path) -> str:
     """The page as a string; it embeds the figures that are already in out_dir."""
-    from sinkhole.lab import train as train_module
-
     imgs = [f'<figure><img class="fig" alt="{name}" src="{uri}"></figure>' for name, uri in embedded(out_dir, FIGURES)]
     env = result.environment
     summary = result.summary()
@@ -83,22 +81,22 @@ def render_html(result: LabResult, out_dir: str | Path) -> str:
 {static.read("report.css")}
 figure {{ margin: 8px 0; }}</style></head>
 <body><header><h1>sinkhole lab: <span class="model">{html.escape(title(result))}</span></h1>
-<div class="sub">{html.escape(headline(result))}<br>torch {html.escape(str(env.get("torch")))},
-{html.escape(str(env.get("threads")))} thread(s), started {html.escape(str(env.get("started")))}</div></header>
+<div class="sub">{html.escape(headline(result))}<br>torch {html.escape(str(env.torch))},
+{html.escape(str(env.threads))} thread(s), started {html.escape(str(env.started))}</div></header>
 <h2>Per variant: last checkpoint, mean ± sd over seeds</h2>
 {_table(VARIANT_HEADER, variant_rows(result))}
 <p class="sub">{html.escape(" ".join(NOTES))}</p>
 <h2>The paper's claims, our verdicts</h2>
-<p>Rule: {html.escape(summary["rule"])}. Spike claims are untestable while the baseline has no spike
-(mean spike score below the detector's {summary["threshold"]:g}x).</p>
+<p>Rule: {html.escape(summary.rule)}. Spike claims are untestable while the baseline has no spike
+(mean spike score below the detector's {summary.threshold:g}x).</p>
 {_table(CLAIM_HEADER, claim_rows(result), verdict_col=len(CLAIM_HEADER) - 1)}
 <h2>Where the toy agrees with the paper, and where it does not</h2>
 {agreement(result)}
 <h2>Figures</h2>{"".join(imgs)}
 <h2>What each variant switches</h2><ul>{switch_list}</ul>
 <details class="term"><summary>Every run</summary>{_table(RUN_HEADER, run_rows(result))}</details>
-<details class="term"><summary>Definitions</summary><pre>{html.escape(train_module.__doc__ or "")}</pre>
-<pre>{html.escape(claims_doc or "")}</pre></details>
+<details class="term"><summary>Definitions</summary><pre>{html.escape(DEFINITIONS)}</pre>
+<pre>{html.escape(lab_claims.__doc__ or "")}</pre></details>
 </body></html>
 """
 

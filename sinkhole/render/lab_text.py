@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import math
 
-from sinkhole.lab.claims import METRICS
-from sinkhole.lab.run import LabResult
+from sinkhole.results.lab import LabResult
+from sinkhole.results.lab_claims import METRICS, Stat
 
 VARIANT_HEADER = ["variant", "seeds", "loss", "copy", *METRICS.values(), "sink from", "spike from", "wall (seeds)"]
 RUN_HEADER = ["run", "loss", "copy", "sink mass", "rate", "detected", "share@0", "attn/q", "spike", "top|h|", "time"]
 CLAIM_HEADER = ["variant", "claim", "metric", "paper", "baseline", "variant (ours)", "verdict"]
 
 
-def _pm(stat: dict, pct: bool = False, x: bool = False) -> str:
-    if stat["n"] == 0 or math.isnan(stat["mean"]):
+def _pm(stat: Stat, pct: bool = False, x: bool = False) -> str:
+    if stat.n == 0 or math.isnan(stat.mean):
         return "-"
     if pct:
-        return f"{stat['mean']:.0%} ± {stat['sd']:.0%}" if stat["n"] > 1 else f"{stat['mean']:.0%}"
+        return f"{stat.mean:.0%} ± {stat.sd:.0%}" if stat.n > 1 else f"{stat.mean:.0%}"
     unit = "x" if x else ""
     nd = 1 if x else 3
-    return f"{stat['mean']:.{nd}f}{unit} ± {stat['sd']:.{nd}f}" if stat["n"] > 1 else f"{stat['mean']:.{nd}f}{unit}"
+    return f"{stat.mean:.{nd}f}{unit} ± {stat.sd:.{nd}f}" if stat.n > 1 else f"{stat.mean:.{nd}f}{unit}"
 
 
 def _onset(steps: list) -> str:
@@ -40,13 +40,13 @@ def variant_rows(result: LabResult) -> list[list[str]]:
     for v in result.variants:
         runs_by.setdefault(v.name, []).append(v)
     for name, runs in runs_by.items():
-        st = summary["variants"].get(name)
+        st = summary.variants.get(name)
         done = [r for r in runs if r.finished and r.final is not None]
         if st is None or not done:
             rows.append([name, f"0/{len(runs)}"] + ["-"] * (len(VARIANT_HEADER) - 2))
             continue
         acc = [r.final.copy_accuracy for r in done if r.final.copy_accuracy is not None]
-        on = summary["onsets"][name]
+        on = summary.onsets[name]
         rows.append(
             [
                 name,
@@ -57,8 +57,8 @@ def variant_rows(result: LabResult) -> list[list[str]]:
                 _pm(st["top_ratio"], x=True),
                 _pm(st["sink_mass"]),
                 _pm(st["sink_rate"], pct=True),
-                _onset(on["sink"]),
-                _onset(on["spike"]),
+                _onset(on.sink),
+                _onset(on.spike),
                 f"{sum(r.seconds for r in done):.0f}s",
             ]
         )
@@ -92,17 +92,17 @@ def run_rows(result: LabResult) -> list[list[str]]:
 
 def claim_rows(result: LabResult) -> list[list[str]]:
     rows = []
-    for c in result.summary()["claims"]:
-        fmt = dict(pct=c["metric"] == "sink_rate", x=c["metric"] in ("spike_score", "top_ratio"))
-        verdict = c["verdict"] + (f" ({c['why']})" if c["why"] else "")
+    for c in result.summary().claims:
+        fmt = dict(pct=c.metric == "sink_rate", x=c.metric in ("spike_score", "top_ratio"))
+        verdict = c.verdict + (f" ({c.why})" if c.why else "")
         rows.append(
             [
-                c["variant"],
-                c["text"],
-                f"{METRICS[c['metric']]} {c['direction']}",
-                c["paper"],
-                "-" if c["baseline"] is None else _pm(c["baseline"], **fmt),
-                "-" if c["ours"] is None else _pm(c["ours"], **fmt),
+                c.variant,
+                c.text,
+                f"{METRICS[c.metric]} {c.direction}",
+                c.paper,
+                "-" if c.baseline is None else _pm(c.baseline, **fmt),
+                "-" if c.ours is None else _pm(c.ours, **fmt),
                 verdict,
             ]
         )
@@ -111,8 +111,8 @@ def claim_rows(result: LabResult) -> list[list[str]]:
 
 def headline(result: LabResult) -> str:
     s = result.settings
-    m, t, d = s["model"], s["train"], s["data"]
-    seeds = s.get("seeds")
+    m, t, d = s.model, s.train, s.data
+    seeds = s.seeds
     return (
         f"{m['num_hidden_layers']} layer(s), d_model {m['hidden_size']}, {m['num_attention_heads']} heads x "
         f"{m['head_dim']}, {m.get('ffn', 'swiglu')} FFN, {d['task']} (vocab {d['vocab_size']}, "

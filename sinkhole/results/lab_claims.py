@@ -26,9 +26,11 @@ loss ranges: the paper's position-range ablation); "-" where we have no number t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from sinkhole.results.base import Result
 
 K_SD = 2.0
 RESOLUTION = 0.01  # differences below 1% of the baseline's mean never count, even when every seed agrees
@@ -70,10 +72,12 @@ CLAIMS: tuple[Claim, ...] = (
 
 
 @dataclass(frozen=True)
-class Stat:
+class Stat(Result):
+    """One metric of one variant over its seeds' last checkpoints."""
+
     mean: float
-    sd: float
-    n: int
+    sd: float  # sample standard deviation (ddof 1); 0 with one seed
+    n: int  # seeds
 
     @classmethod
     def of(cls, values) -> Stat:
@@ -82,8 +86,42 @@ class Stat:
             return cls(math.nan, math.nan, 0)
         return cls(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class Onsets(Result):
+    """Per seed, the first checkpoint step at which the detector reports position 0 as a sink (spike)
+    in at least half the probe sequences; None where it never does."""
+
+    sink: list[int | None] = field(default_factory=list)
+    spike: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class ClaimVerdict(Result):
+    """One paper claim (`Claim`'s fields), our numbers for it, and the verdict of the rule."""
+
+    variant: str
+    metric: str
+    direction: str
+    text: str
+    paper: str
+    baseline: Stat | None = None  # None: not run
+    ours: Stat | None = None
+    difference: float | None = None  # mean(variant) - mean(baseline)
+    pooled_sd: float | None = None
+    verdict: str = "untestable"  # "supported", "contradicted", "inconclusive" or "untestable"
+    why: str = ""  # why untestable or inconclusive ("" when the rule alone decided)
+
+
+@dataclass
+class LabSummary(Result):
+    """What lab.json's "summary" holds: per-variant statistics, onsets, and a verdict per claim."""
+
+    rule: str
+    threshold: float
+    variants: dict[str, dict[str, Stat]] = field(metadata={"map": "{variant: {metric: {mean, sd, n}}}"})
+    onsets: dict[str, Onsets] = field(metadata={"map": "{variant: {sink, spike}}"})
+    claims: list[ClaimVerdict]
 
 
 def verdict(base: Stat, var: Stat, direction: str, k: float = K_SD) -> str:
@@ -118,51 +156,53 @@ def first_step(checkpoints, field: str, at_least: float) -> int | None:
     return next((c.step for c in checkpoints if getattr(c, field) >= at_least), None)
 
 
-def onsets(runs) -> dict[str, dict[str, list[int | None]]]:
-    """{variant: {"sink": [...], "spike": [...]}}: per seed, the first step at which the detector reports
-    position 0 as a sink (resp. spike) in at least half the probe sequences; None where it never does."""
-    out: dict[str, dict[str, list]] = {}
+def onsets(runs) -> dict[str, Onsets]:
+    """{variant: Onsets}: per seed, the first step at which the detector reports position 0 as a sink
+    (resp. spike) in at least half the probe sequences; None where it never does."""
+    out: dict[str, Onsets] = {}
     for r in runs:
         if r.finished and r.checkpoints:
-            o = out.setdefault(r.name, {"sink": [], "spike": []})
-            o["sink"].append(first_step(r.checkpoints, "sink_detected", 0.5))
-            o["spike"].append(first_step(r.checkpoints, "spike_detected", 0.5))
+            o = out.setdefault(r.name, Onsets())
+            o.sink.append(first_step(r.checkpoints, "sink_detected", 0.5))
+            o.spike.append(first_step(r.checkpoints, "spike_detected", 0.5))
     return out
 
 
-def judge(stats: dict[str, dict[str, Stat]], threshold: float) -> list[dict]:
+def judge(stats: dict[str, dict[str, Stat]], threshold: float) -> list[ClaimVerdict]:
     """One row per claim: the claim, the paper's number, ours (baseline and variant), and the verdict."""
     rows = []
     base = stats.get("baseline")
     for c in CLAIMS:
         var = stats.get(c.variant)
-        row = {**asdict(c), "baseline": None, "ours": None, "difference": None, "pooled_sd": None}
         if base is None or var is None:
-            rows.append({**row, "verdict": "untestable", "why": "not run"})
+            rows.append(ClaimVerdict(**asdict(c), verdict="untestable", why="not run"))
             continue
         b, v = base[c.metric], var[c.metric]
-        row.update(
-            baseline=b.to_dict(),
-            ours=v.to_dict(),
+        row = ClaimVerdict(
+            **asdict(c),
+            baseline=b,
+            ours=v,
             difference=v.mean - b.mean,
             pooled_sd=math.sqrt((b.sd**2 + v.sd**2) / 2),
         )
         if c.metric in SPIKE_METRICS and base["spike_score"].mean < threshold:
-            rows.append({**row, "verdict": "untestable", "why": f"no spike in the baseline: < {threshold:g}x"})
+            row.why = f"no spike in the baseline: < {threshold:g}x"
+            rows.append(row)
             continue
-        why = "fewer than 2 seeds" if min(b.n, v.n) < 2 else ""
-        rows.append({**row, "verdict": verdict(b, v, c.direction), "why": why})
+        row.verdict = verdict(b, v, c.direction)
+        row.why = "fewer than 2 seeds" if min(b.n, v.n) < 2 else ""
+        rows.append(row)
     return rows
 
 
-def summarize(runs, threshold: float) -> dict:
+def summarize(runs, threshold: float) -> LabSummary:
     """What lab.json's "summary" holds: per-variant statistics, onsets, and the verdicts."""
     stats = variant_stats(runs)
-    return {
-        "rule": f"supported when the difference exceeds {K_SD:g} pooled sd in the claimed direction; "
+    return LabSummary(
+        rule=f"supported when the difference exceeds {K_SD:g} pooled sd in the claimed direction; "
         "contradicted when it does so in the other; inconclusive otherwise (see sinkhole.lab.claims)",
-        "threshold": threshold,
-        "variants": {n: {m: s.to_dict() for m, s in ms.items()} for n, ms in stats.items()},
-        "onsets": onsets(runs),
-        "claims": judge(stats, threshold),
-    }
+        threshold=threshold,
+        variants=stats,
+        onsets=onsets(runs),
+        claims=judge(stats, threshold),
+    )
