@@ -7,4 +7,6 @@ The bottom layer: these modules import nothing of sinkhole but `errors` and `io`
                    `from_dict`, and the generated schema text
     report.py      `analyze`'s report ("sinkhole.report/1") and its JSON file
     mechanism.py   `mechanism`'s typed result (the report's `mechanism` section)
+    lab.py         `lab`'s lab.json ("sinkhole.lab/2"): checkpoints, runs, settings, the lab
+    lab_claims.py  the lab's paper claims, the verdict rule, and the summary it derives
 """
