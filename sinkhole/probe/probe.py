@@ -138,13 +138,22 @@ class ModelProbe:
     def token_texts(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]
 
-    def run(self, prompt: str | Sequence[int], chat: bool | None = None, progress=None) -> Capture:
-        return self.run_batch([prompt], chat=chat, progress=progress)[0]
+    def run(
+        self, prompt: str | Sequence[int], chat: bool | None = None, progress=None, maps_max_len: int | None = None
+    ) -> Capture:
+        return self.run_batch([prompt], chat=chat, progress=progress, maps_max_len=maps_max_len)[0]
 
     def run_batch(
-        self, prompts: Sequence[str | Sequence[int]], chat: bool | None = None, progress=None
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        chat: bool | None = None,
+        progress=None,
+        maps_max_len: int | None = None,
     ) -> list[Capture]:
-        """One forward pass over all prompts (left-padded); one Capture each, padding removed."""
+        """One forward pass over all prompts (left-padded); one Capture each, padding removed.
+
+        maps_max_len: this run's limit for full attention maps (None: the probe's own), so that one run
+        can keep maps without changing the probe for the next."""
         if isinstance(prompts, str):
             raise SinkholeError("run_batch takes a list of prompts: use run(prompt) for one")
         if not prompts:
@@ -157,15 +166,14 @@ class ModelProbe:
         lengths = [len(ids) for ids, _ in encoded]
         T = max(lengths)
         input_ids, valid = left_pad([ids for ids, _ in encoded], pad_id(self.tokenizer))
-        rec = self._forward(input_ids, valid, progress)
+        keep_maps = 0 < T <= (self.maps_max_len if maps_max_len is None else maps_max_len)
+        rec = self._forward(input_ids, valid, progress, keep_maps)
         out = []
         for b, (ids, used_chat) in enumerate(encoded):
             out.append(self._capture(rec, b, T - len(ids), ids, prompts[b], used_chat))
         return out
 
-    def _forward(self, input_ids: torch.Tensor, valid: torch.Tensor, progress) -> Recorder:
-        B, T = input_ids.shape
-        keep_maps = 0 < T <= self.maps_max_len
+    def _forward(self, input_ids: torch.Tensor, valid: torch.Tensor, progress, keep_maps: bool) -> Recorder:
         rec = Recorder(self.info.n_layers, valid, self.top_k, keep_maps, self.block_bytes, progress)
         dev = self.lm.device
         kwargs = forward_kwargs(input_ids, valid, dev)
@@ -179,7 +187,7 @@ class ModelProbe:
         if rec.attn_calls == 0 or (max(rec.attn_layer_calls) > 1 and self.lm.family.attn_repeats):
             # The model's code never called the attention interface (set_attn_implementation did nothing),
             # or a layer attends several times (differential attention, recurrent depth): eager maps instead.
-            rec = self._forward_eager(kwargs, valid, progress)
+            rec = self._forward_eager(kwargs, valid, progress, keep_maps)
         else:
             self._check_layers(rec)
         if rec.overflowed():
@@ -189,7 +197,7 @@ class ModelProbe:
             )
         return rec
 
-    def _forward_eager(self, kwargs: dict, valid: torch.Tensor, progress) -> Recorder:
+    def _forward_eager(self, kwargs: dict, valid: torch.Tensor, progress, keep_maps: bool) -> Recorder:
         """Fallback for models that bypass AttentionInterface: eager attention with output_attentions."""
         B, T = valid.shape
         if T > EAGER_FALLBACK_MAX_LEN:
@@ -203,7 +211,7 @@ class ModelProbe:
             f"with output_attentions (memory grows with T^2; limit {EAGER_FALLBACK_MAX_LEN} tokens)",
             stacklevel=3,
         )
-        rec = Recorder(self.info.n_layers, valid, self.top_k, 0 < T <= self.maps_max_len, self.block_bytes, progress)
+        rec = Recorder(self.info.n_layers, valid, self.top_k, keep_maps, self.block_bytes, progress)
         with (
             attention_implementation(self.model, "eager", optional=True),  # models that cannot switch are eager
             torch.inference_mode(),
