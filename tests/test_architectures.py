@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sinkhole.probe.support import ATOL, sweep
 from sinkhole.models.tiny import causal_lm_types
+from sinkhole.probe.support import ATOL, sweep
 
 # Named in issue #12: each must agree with eager.
 NAMED = [

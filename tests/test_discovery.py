@@ -11,11 +11,11 @@ import torch
 from sinkhole.analysis.core import analyze
 from sinkhole.errors import SinkholeError
 from sinkhole.models import families
-from sinkhole.probe.loading import LoadedModel
-from sinkhole.probe.support import IDS, IdTokenizer, eager_alpha, quiet
 from sinkhole.models.tiny import tiny_model
 from sinkhole.probe.attention import attention_with_stats
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.probe import ModelProbe
+from sinkhole.probe.support import IDS, IdTokenizer, eager_alpha, quiet
 from sinkhole.render.analyze_text import render_analysis
 
 

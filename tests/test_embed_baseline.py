@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from sinkhole.probe.loading import LoadedModel
-from sinkhole.probe.support import IdTokenizer
 from sinkhole.models.tiny import tiny_model
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.probe import ModelProbe
+from sinkhole.probe.support import IdTokenizer
 
 IDS = [5, 17, 3, 99, 42, 8, 61, 23, 7, 30, 11, 2]
 ABSOLUTE = ["gpt2", "opt", "gpt_bigcode", "xglm"]

@@ -50,8 +50,8 @@ def _run(args, world) -> int:
     from sinkhole.experiments.interventions import text_ids
     from sinkhole.experiments.vocab_sweep import vocab_sweep
     from sinkhole.io import write_output
-    from sinkhole.probe.loading import load_model
     from sinkhole.models.registry import resolve
+    from sinkhole.probe.loading import load_model
 
     name = world.all_ok(lambda: resolve(args.model).name)  # a missing model stops every rank here
     keys = ("dtype", "threshold", "batch_size", "sample")

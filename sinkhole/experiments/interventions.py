@@ -27,8 +27,8 @@ from contextlib import contextmanager
 import torch
 
 from sinkhole.experiments.perplexity import perplexity
-from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.hooks import attention_implementation, context_value, first_tensor, hooked
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.results.mechanism import Interventions, PerVariant
 from sinkhole.text import pydoc_text
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from sinkhole.analysis.mechanism.vocab import summarize
-from sinkhole.probe.loading import LoadedModel
 from sinkhole.probe.hooks import first_tensor, hooked
+from sinkhole.probe.loading import LoadedModel
 from sinkhole.results.mechanism import VocabSweep
 
 REFERENCE_TOKENS = 256

@@ -7,7 +7,7 @@ q.k, one exp and a sum: no softmax pass, no normalisation, no P @ V. The learned
 row t is exp(sink - lse[t]), one vector op.
 
 Pieces (the kernels live in `sinkhole.probe.triton_kernels`, the wrappers that launch them here):
-- `_forward_kernel`: a flash-attention forward (online softmax) that handles every case the exact
+- `forward_kernel`: a flash-attention forward (online softmax) that handles every case the exact
   path does: GQA by index (K/V never repeated), bool or additive float masks of shape
   (B|1, 1|Hq, Tq, Tk) read through strides, causal skipping of key blocks, Gemma-2 softcap,
   gpt-oss sinks (the online softmax starts from the sink logit), Dv != D, fully-masked rows
@@ -15,7 +15,7 @@ Pieces (the kernels live in `sinkhole.probe.triton_kernels`, the wrappers that l
 - torch's own flash kernel (`aten._scaled_dot_product_flash_attention`) replaces it in the
   commonest case (no mask, no softcap, Tq == Tk, D == Dv, half precision), because it is the one
   the plain forward runs; sinks are folded in afterwards by rescaling (out * exp(lse - lse')).
-- `_colsum_kernel`: one program per (key block, batch, query head); it loads its key tile once and
+- `colsum_kernel`: one program per (key block, batch, query head); it loads its key tile once and
   walks the query blocks at or below the diagonal, accumulating w[t] * exp(s - lse[t]) over rows.
 
 Triton is optional: this module imports without it, and the product only uses it on CUDA after a
@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from sinkhole.probe.triton_kernels import BLOCK_M, BLOCK_N, _colsum_kernel, _forward_kernel, triton
+from sinkhole.probe.triton_kernels import BLOCK_M, BLOCK_N, colsum_kernel, forward_kernel, triton
 
 __all__ = ["available", "fused_attention_with_stats", "triton_colsum", "triton_forward"]
 
@@ -73,7 +73,7 @@ def triton_forward(query, key, value, mask, scaling, softcap=None, sinks=None, c
     m, ms, is_bool = _mask_args(mask, Hq)
     sinks_f = sinks.float().contiguous() if sinks is not None else lse  # a dummy pointer when unused
     grid = (triton.cdiv(Tq, BLOCK_M), B * Hq)
-    _forward_kernel[grid](
+    forward_kernel[grid](
         query,
         key,
         value,
@@ -120,7 +120,7 @@ def triton_colsum(query, key, lse, mask, scaling, softcap=None, weight=None, cau
     m, ms, is_bool = _mask_args(mask, Hq)
     w = weight.float().contiguous() if weight is not None else None
     grid = (triton.cdiv(Tk, BLOCK_N), B * Hq)
-    _colsum_kernel[grid](
+    colsum_kernel[grid](
         query,
         key,
         lse.contiguous(),

@@ -1,10 +1,10 @@
 """The Triton kernels of the fused attention-statistics path (`sinkhole.probe.triton_attention` has
 the math, the design and the Python wrappers that launch them).
 
-- `_forward_kernel`: flash-attention forward (online softmax) writing the output (B, Tq, Hq, Dv) and
+- `forward_kernel`: flash-attention forward (online softmax) writing the output (B, Tq, Hq, Dv) and
   the per-row log-sum-exp; GQA by index, bool / additive masks through strides, causal block
   skipping, softcap, learned sinks, fully-masked rows.
-- `_colsum_kernel`: per (key block, batch, query head), sum over query rows of w[t] * exp(s - lse[t]).
+- `colsum_kernel`: per (key block, batch, query head), sum over query rows of w[t] * exp(s - lse[t]).
 
 Triton is optional: without it this module defines only `triton = tl = None` and the tile sizes.
 """
@@ -76,7 +76,7 @@ if triton is not None:
         return tl.where(visible, s, float("-inf"))
 
     @triton.jit
-    def _forward_kernel(
+    def forward_kernel(
         Q,
         K,
         V,
@@ -206,7 +206,7 @@ if triton is not None:
         )
 
     @triton.jit
-    def _colsum_kernel(
+    def colsum_kernel(
         Q,
         K,
         LSE,
@@ -300,4 +300,4 @@ if triton is not None:
         tl.store(C + pid_bh * Tk + offs_n, acc, mask=offs_n < Tk)
 
 else:  # pragma: no cover - without Triton the wrappers never launch a kernel (`available` is False)
-    _forward_kernel = _colsum_kernel = None
+    forward_kernel = colsum_kernel = None
