@@ -260,7 +260,8 @@ def mechanism_page(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compare_page(tmp_path_factory):
     """`sinkhole compare --output` of two reports of one model: the heads' change as a heatmap."""
-    from sinkhole.render.compare import compare_html, compare_reports
+    from sinkhole.eval.comparison import compare_reports
+    from sinkhole.render.compare_page import compare_html
 
     lm = wrap(tiny_llama(), name="tiny")
     a, b = (analyze(ModelProbe(lm, top_k=4).run(ids)) for ids in ([5, 17, 3, 42, 8], [9, 4, 77, 31, 2, 6]))
@@ -401,9 +402,9 @@ def test_live_mechanism_page_has_its_capture_and_the_designed_section(driver, me
 @pytest.mark.parametrize("model_type", ["qwen3_next", "gpt_oss"])
 def test_hybrid_and_learned_sink_pages_render(driver, tmp_path, model_type):
     """A hybrid's non-attention layers (null rows) and a learned-sink section draw without errors."""
+    from sinkhole.models.tiny import tiny_model
     from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.support import IDS, IdTokenizer, quiet
-    from sinkhole.models.tiny import tiny_model
 
     with quiet():
         lm = LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type)
@@ -425,9 +426,9 @@ def test_mechanism_page_with_sections_that_do_not_apply(driver, tmp_path, model_
     from test_mechanism import prompts
 
     from sinkhole.experiments.mechanism_study import MechanismConfig, run_mechanism
+    from sinkhole.models.tiny import tiny_model
     from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.support import IdTokenizer, quiet
-    from sinkhole.models.tiny import tiny_model
 
     with quiet():
         lm = LoadedModel.wrap(tiny_model(model_type), IdTokenizer(), name=model_type)

@@ -27,15 +27,17 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sinkhole.cli.common import raise_failures, result_stream, write_all
+    from sinkhole.eval.comparison import compare, load
     from sinkhole.io import write_output
-    from sinkhole.render.compare import compare, compare_html, load, render_compare
-    from sinkhole.results.report import write_json
+    from sinkhole.render.compare_page import compare_html
+    from sinkhole.render.compare_text import render_compare
+    from sinkhole.results.base import write_json
 
     c = compare(load(args.a), load(args.b))
     failures = write_all(
         [
             (args.output, lambda: write_output(args.output, compare_html(c), "comparison page")),
-            (args.json, lambda: write_json(c, args.json)),
+            (args.json, lambda: write_json(c.to_dict(), args.json)),  # as a dict: NaN made null, as before
         ]
     )
     print(render_compare(c), file=result_stream(args.json))
