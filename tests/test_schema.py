@@ -78,9 +78,9 @@ def test_parse_keys_reads_the_notation():
 
 
 def test_every_written_key_is_documented_and_every_documented_key_is_written_or_optional():
+    from sinkhole.models.tiny import tiny_model
     from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.support import IdTokenizer, quiet
-    from sinkhole.models.tiny import tiny_model
 
     always, optional = documented()
     plain = json.loads(report_of(tiny_llama(), **LOW).to_json())
@@ -116,11 +116,11 @@ def test_report_round_trips_through_json():
 
 def test_compare_refuses_an_incomplete_report_in_one_line():
     from sinkhole.errors import SinkholeError
-    from sinkhole.render.compare import compare
+    from sinkhole.eval.comparison import Loaded, compare
 
     d = {k: v for k, v in report_of(tiny_llama()).to_dict().items() if k != "kv"}
     with pytest.raises(SinkholeError, match="not a complete sinkhole.report/1 report"):
-        compare({**d, "_path": "a.json"}, d)
+        compare(Loaded("a.json", d["schema"], d), Loaded("b.json", d["schema"], d))
 
 
 def test_sections_read_like_their_dicts():
@@ -161,9 +161,9 @@ def mechanism_runs():
     from test_mechanism import planted, prompts
 
     from sinkhole.experiments.vocab_sweep import vocab_sweep
+    from sinkhole.models.tiny import tiny_model
     from sinkhole.probe.loading import LoadedModel
     from sinkhole.probe.support import IdTokenizer, quiet
-    from sinkhole.models.tiny import tiny_model
 
     lm = LoadedModel.wrap(planted(), CharTokenizer(), name="planted")
     full = mechanism_of(lm, prompts(), interventions=True)
@@ -288,17 +288,17 @@ def test_renderers_read_the_report_only():
     assert row["n_tokens"] == len(IDS) and row["tokens"] == cap.tokens
 
 
-# ---------- eval rows (sinkhole.eval.rows): the same checks for results.jsonl ----------
+# ---------- eval rows (sinkhole.results.eval): the same checks for results.jsonl ----------
 
 
 def eval_row_keys() -> set[str]:
-    from sinkhole.eval.rows import row_keys
+    from sinkhole.results.eval import row_keys
 
     return parse_keys(row_keys())
 
 
 def test_eval_row_docstring_and_docs_are_generated_from_the_dataclass():
-    from sinkhole.eval import rows
+    from sinkhole.results import eval as rows
 
     flat = lambda text: " ".join(text.split())  # noqa: E731
     assert flat(rows.row_doc()) in flat(rows.__doc__)
@@ -311,9 +311,10 @@ def test_eval_row_docstring_and_docs_are_generated_from_the_dataclass():
 def test_every_eval_row_key_written_is_documented_and_the_row_reads_back(tmp_path):
     """A row with spikes and sinks, written by ResultsStore: its keys are the documented ones, all of
     them; read back it is the typed row again; CSV and summary read typed rows as they read dicts."""
+    from sinkhole.results.eval import EvalRow, EvalSink, EvalSpike
+
     from sinkhole.eval.aggregate import summarize
     from sinkhole.eval.export import rows_csv
-    from sinkhole.eval.rows import EvalRow, EvalSink, EvalSpike
     from sinkhole.eval.runner import ResultsStore, prompt_row
     from sinkhole.eval.suite import SuiteItem
 
