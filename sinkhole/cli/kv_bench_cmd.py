@@ -113,7 +113,7 @@ def run(args) -> int:
     from sinkhole.profiles.profile import load_profile
     from sinkhole.progress import progress
     from sinkhole.render.kvbench_text import fmt_score, render_kvbench
-    from sinkhole.results.report import write_json
+    from sinkhole.results.base import write_json
 
     settings = resolve(args)
     given = load_profile(args.profile) if args.profile else None  # a bad profile fails before the model loads
@@ -141,7 +141,7 @@ def run(args) -> int:
 
     failures = write_all([(args.json, lambda: write_json(d, args.json, "kv-bench results")), (args.output, page)])
     if not failures:
-        from sinkhole.kvbench.results import CellStore
+        from sinkhole.kvbench.resume import CellStore
 
         CellStore(args.json, {}).finish()
     print(render_kvbench(result))

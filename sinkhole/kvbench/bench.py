@@ -4,7 +4,7 @@ A cell's samples (seeds, and the NIAH depths) share one length, so they run as o
 cache (`sinkhole.kvbench.methods`): the prompt in chunks, then the answer teacher-forced. Dense and
 SnapKV read the same dense prompt up to SnapKV's observation window, so when both are due the prefix
 is computed once and SnapKV starts from a copy (their seconds both include it: each is what the
-method costs alone). Each finished cell is appended to the store at once (`results.CellStore`).
+method costs alone). Each finished cell is appended to the store at once (`resume.CellStore`).
 
 Scores (`score_rows`): exact match (every answer token the top-1 prediction, i.e. what greedy
 decoding would write), token accuracy (copy), or the answer tokens' mean nll (ppl).
@@ -31,8 +31,9 @@ from sinkhole.kvbench.methods import (
     make_cache,
     prefill,
 )
-from sinkhole.kvbench.results import Cell, CellStore, KVBenchResult
+from sinkhole.kvbench.resume import CellStore
 from sinkhole.kvbench.tasks import HAYSTACK, METRICS, Encoder, Sample, make_samples
+from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult, KVModel, KVSettings
 
 
 @dataclass
@@ -218,7 +219,7 @@ def make_cell(task, length, variant, samples, logits, cache, seconds: float, pea
         label=LABELS[base(variant)] + (f" (seed {variant.split(':')[1]})" if ":" in variant else ""),
         metric=METRICS[task],
         score=round(cell_score(METRICS[task], scores, lengths), 5),
-        samples=[dict(depth=s.depth, seed=s.seed, where=s.where, score=round(v, 5)) for s, v in zip(samples, scores)],
+        samples=[CellSample(s.depth, s.seed, s.where, round(v, 5)) for s, v in zip(samples, scores)],
         rows=len(samples),
         kv_bytes=held,
         dense_bytes=dense_b,
@@ -234,13 +235,13 @@ def result_of(lm, settings: BenchSettings, cells: list[Cell], numbers: dict) -> 
     tasks = {t: i for i, t in enumerate(settings.tasks)}
     cells = sorted(cells, key=lambda c: (c.length, tasks.get(c.task, 99), c.task, order.get(c.method, 99), c.method))
     return KVBenchResult(
-        model=dict(
+        model=KVModel(
             name=lm.name,
             weights_id=getattr(lm, "weights_id", None),
             dtype=str(lm.dtype).replace("torch.", ""),
             device=str(lm.device),
         ),
-        settings=dict(
+        settings=KVSettings(
             tasks=list(settings.tasks),
             lengths=list(settings.lengths),
             methods=list(settings.methods),

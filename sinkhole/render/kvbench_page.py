@@ -10,8 +10,8 @@ import base64
 import html
 from pathlib import Path
 
-from sinkhole.kvbench.results import RETRIEVAL, Cell, KVBenchResult
 from sinkhole.render.png import png_bytes, pyplot, style_axes
+from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult
 
 
 def _group(method: str) -> str:
@@ -26,7 +26,7 @@ def niah_grids(cells: list[Cell]) -> dict[str, dict]:
             continue
         g = by.setdefault(_group(c.method), {})
         for s in c.samples:
-            g.setdefault((c.length, s["depth"]), []).append(s["score"])
+            g.setdefault((c.length, s.depth), []).append(s.score)
     out = {}
     for m, g in by.items():
         lengths = sorted({k[0] for k in g})
@@ -118,7 +118,7 @@ def render_page(result: KVBenchResult, table: str) -> str:
             figs.append(
                 f'<figure><img alt="{name}" src="{uri}"><figcaption>{html.escape(caption)}</figcaption></figure>'
             )
-    model = html.escape(str(result.model.get("name")))
+    model = html.escape(str(result.model.name))
     css = static.read("eval.css").rstrip("\n")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole kv-bench: {model}</title>

@@ -3,7 +3,7 @@ the KV bytes held as a share of dense; then each method's numbers against the is
 
 from __future__ import annotations
 
-from sinkhole.kvbench.results import RETRIEVAL, TARGETS, Cell, KVBenchResult, summarize
+from sinkhole.results.kvbench import RETRIEVAL, TARGETS, Cell, KVBenchResult, PooledSummary
 
 
 def fmt_score(metric: str, v: float | None) -> str:
@@ -40,18 +40,17 @@ def length_table(cells: list[Cell], length: int, tasks: list[str], methods: list
 def render_kvbench(result: KVBenchResult) -> str:
     cells = result.cells
     s = result.settings
-    plan = s["numbers"]["plan"]
-    tasks = [t for t in s["tasks"] if any(c.task == t for c in cells)]
+    tasks = [t for t in s.tasks if any(c.task == t for c in cells)]
     tasks += sorted({c.task for c in cells} - set(tasks))
-    methods = list(dict.fromkeys(list(s["methods"]) + [c.method for c in cells]))
+    methods = list(dict.fromkeys(list(s.methods) + [c.method for c in cells]))
     out = [
-        f"kv-bench  {result.model['name']}  budget {plan['budget']:.0%} of dense KV bytes  "
-        f"depths {s['depths']}  seeds {s['seeds']}  ({s['numbers']['dtype']})",
-        f"haystack  {s['haystack']}",
+        f"kv-bench  {result.model.name}  budget {s.budget:.0%} of dense KV bytes  "
+        f"depths {s.depths}  seeds {s.seeds}  ({s.dtype})",
+        f"haystack  {s.haystack}",
     ]
     for length in sorted({c.length for c in cells}):
         out += ["", f"{length} tokens"] + length_table(cells, length, tasks, methods)
-    summ = summarize(cells)["methods"]
+    summ = result.summary().methods
     out += [
         "",
         "against dense (targets for head-aware: retrieval >= "
@@ -61,10 +60,10 @@ def render_kvbench(result: KVBenchResult) -> str:
     for m, d in summ.items():
         if m == "dense" or (m.startswith("random:") and "random" in summ):
             continue
-        ratio = fmt_ratio(d["retrieval_ratio"])
-        if m == "random" and d.get("retrieval_ratio_range"):
-            lo, hi = d["retrieval_ratio_range"]
-            ratio += f" ({lo:.2f}-{hi:.2f}, {d['seeds']} seeds)"
-        rows.append([m, ratio, fmt_ratio(d["worst_cell_ratio"]), fmt_ratio(d["ppl_ratio"]), f"{d['kv_share']:.0%}"])
+        ratio = fmt_ratio(d.retrieval_ratio)
+        if isinstance(d, PooledSummary) and d.retrieval_ratio_range:
+            lo, hi = d.retrieval_ratio_range
+            ratio += f" ({lo:.2f}-{hi:.2f}, {d.seeds} seeds)"
+        rows.append([m, ratio, fmt_ratio(d.worst_cell_ratio), fmt_ratio(d.ppl_ratio), f"{d.kv_share:.0%}"])
     out += _table(rows)
     return "\n".join(out)
