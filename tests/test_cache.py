@@ -278,14 +278,14 @@ def test_evaluate_stream_on_tiny_model(tmp_path):
         assert m["window"]["nll"][j - 1] == pytest.approx(m["recompute"]["nll"][j - 1], abs=1e-4)
     assert len(res.sample_positions) == 10 and min(res.sample_positions) > 8
     assert {r["method"] for r in d["summary"]} == set(m)
-    table = render_table(d)
+    table = render_table(res)
     assert "sinks + window" in table and "recomputed" in table
     # the reference, scored at the 10 samples alone, has a number in the @sample column only, and the
     # table says that column is where every method is scored at the same positions
     rec = next(line for line in table.splitlines() if line.startswith("sliding window, recomputed"))
     assert rec.split()[-2:] == ["10", f"{d['summary'][-1]['ppl_sample']:.2f}"]
     assert "every method at the same 10 sample positions" in table
-    plot_stream(d, tmp_path / "p.png")
+    plot_stream(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -55,7 +55,7 @@ def test_smollm2_streaming_shape(smollm2):
     ids = stream_ids(smollm2, 224)
     res = evaluate_stream(smollm2, ids, cache_size=64, n_sink=4, profile_positions=None, recompute_samples=12)
     d = res.to_dict()
-    print(render_table(d))
+    print(render_table(res))
     rows = {r["method"]: r for r in d["summary"]}
     assert rows["sinks"]["ppl_past_cache"] < rows["window"]["ppl_past_cache"]
     # Before eviction, sinks + window is dense attention.

@@ -274,21 +274,21 @@ def test_recall_evaluation_on_a_tiny_model():
     assert list(rows) == ["dense", "window", "sinks", "head_aware", "random"]
     assert rows["dense"].kv_share == 1.0
     assert all(r.kv_share <= 0.5 for name, r in rows.items() if name != "dense")
-    assert rows["head_aware"].detail["retrieval_heads"] >= 1
-    assert rows["random"].detail["retrieval_heads"] == rows["head_aware"].detail["retrieval_heads"]
+    assert rows["head_aware"].detail.retrieval_heads >= 1
+    assert rows["random"].detail.retrieval_heads == rows["head_aware"].detail.retrieval_heads
     assert all(r.bytes_share <= 0.5 for name, r in rows.items() if name != "dense")  # the budget is in bytes
-    assert rows["head_aware"].kv_bytes == rows["head_aware"].detail["plan"]["kv_bytes"]
-    seeds = rows["random"].detail["seeds"]  # the control: 3 draws by default, each one's numbers kept
-    assert [s["seed"] for s in seeds] == [0, 1, 2] and len({str(s["retrieval"]) for s in seeds}) > 1
-    assert rows["random"].recall == round(sum(s["recall"] for s in seeds) / 3, 4)
-    assert rows["random"].detail["recall_range"] == [min(s["recall"] for s in seeds), max(s["recall"] for s in seeds)]
-    assert res.settings["text"].startswith("pydoc_data.topics, second half")  # calibration reads the first
+    assert rows["head_aware"].kv_bytes == rows["head_aware"].detail.plan["kv_bytes"]
+    seeds = rows["random"].detail.seeds  # the control: 3 draws by default, each one's numbers kept
+    assert [s.seed for s in seeds] == [0, 1, 2] and len({str(s.retrieval) for s in seeds}) > 1
+    assert rows["random"].recall == round(sum(s.recall for s in seeds) / 3, 4)
+    assert rows["random"].detail.recall_range == [min(s.recall for s in seeds), max(s.recall for s in seeds)]
+    assert res.settings.text.startswith("pydoc_data.topics, second half")  # calibration reads the first
     full = evaluate_recall(lm, p, n_tokens=240, budget=1.0, window=8, span=8, n_spans=2, seeds=(0,), chunk=16)
     by = {r.method: r for r in full.rows}
     assert (
         by["head_aware"].recall == by["dense"].recall and abs(by["head_aware"].ppl_text - by["dense"].ppl_text) < 1e-3
     )
-    text = render_recall(res.to_dict())
+    text = render_recall(res)
     assert "head-aware (profile)" in text and "head-aware (random heads): 3 seeds (0, 1, 2): recall mean" in text
 
 

@@ -32,21 +32,21 @@ chunk exact), so their seconds compare like with like. Window and sinks use Head
 no retrieval heads: sinks keep their positions (no re-rotation), which is exact within the trained
 context, the regime of this test.
 
-`RecallResult.to_dict()` is what `sinkhole stream --recall` writes; sinkhole.render.recall_text prints it.
+The result is typed in sinkhole.results.stream_recall (`RecallResult`, schema "sinkhole.recall/1"): what
+`sinkhole stream --recall` writes; sinkhole.render.recall_text prints it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAULT_WINDOW
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.perplexity import perplexity_from_nll
+from sinkhole.results.stream_recall import RecallDetail, RecallResult, RecallRow, RecallSeed, RecallSettings
 
-SCHEMA = "sinkhole.recall/1"
 LABELS = {
     "dense": "dense (full attention)",
     "window": "window only",
@@ -54,41 +54,6 @@ LABELS = {
     "head_aware": "head-aware (profile)",
     "random": "head-aware (random heads)",
 }
-
-
-@dataclass
-class RecallRow:
-    method: str
-    label: str
-    recall: float
-    recall_first: float
-    ppl_text: float
-    kv_slots: int
-    kv_share: float
-    kv_bytes: int
-    bytes_share: float
-    seconds: float
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class RecallResult:
-    """JSON schema "sinkhole.recall/1"."""
-
-    model: str
-    n_tokens: int
-    budget: float
-    window: int
-    n_sink: int
-    uniform_cache: int
-    dense_bytes: int
-    spans: list[list[list[int]]]
-    rows: list[RecallRow]
-    settings: dict = field(default_factory=dict)
-    schema: str = SCHEMA
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def uniform_size(kinds, windows, n_heads: int, budget: float, length: int) -> int:
@@ -221,7 +186,7 @@ def evaluate_recall(
         dense_bytes=dense_bytes,
         spans=[[list(s) for s in cp.spans] for cp in streams],
         rows=rows,
-        settings=dict(
+        settings=RecallSettings(
             span=span,
             n_spans=n_spans,
             seeds=list(seeds),
@@ -280,16 +245,18 @@ def _row(name: str, runs: list[dict], seeds, dense_slots: int, dense_bytes: int)
     for r in runs:
         r.setdefault("slots", dense_slots)  # dense holds every slot
     mean = {k: sum(r[k] for r in runs) / len(runs) for k in ("recall", "recall_first", "ppl_text", "slots", "nbytes")}
-    detail = dict(runs[0]["detail"])
+    detail = RecallDetail(**runs[0]["detail"])
     if seeds is not None:
         keys = ("recall", "recall_first", "ppl_text", "nbytes", "slots", "seconds")
-        detail.pop("retrieval", None)  # per seed:
-        detail["seeds"] = [
-            dict(seed=seed, **{k: round(r[k], 4) for k in keys}, retrieval=r["detail"]["retrieval"])
+        detail.retrieval = None  # per seed:
+        detail.seeds = [
+            RecallSeed(seed=seed, **{k: round(r[k], 4) for k in keys}, retrieval=r["detail"]["retrieval"])
             for seed, r in zip(seeds, runs)
         ]
-        for key, out in (("recall", "recall_range"), ("ppl_text", "ppl_range")):
-            detail[out] = [round(min(r[key] for r in runs), 4), round(max(r[key] for r in runs), 4)]
+        detail.recall_range, detail.ppl_range = (
+            [round(min(r[key] for r in runs), 4), round(max(r[key] for r in runs), 4)]
+            for key in ("recall", "ppl_text")
+        )
     slots, nbytes = round(mean["slots"]), round(mean["nbytes"])
     return RecallRow(
         name,

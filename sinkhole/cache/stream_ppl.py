@@ -19,21 +19,21 @@ Methods (all but dense at the same attention budget of `cache_size` keys per glo
 Perplexity = exp(mean nll) over the positions a method scored. Reported over all scored
 positions, over positions past the cache (the fed token t = j-1 >= cache_size: the cache has
 evicted before predicting x_j), and over
-the recompute sample (the only like-for-like comparison with the reference).
+the recompute sample (the only like-for-like comparison with the reference). The result, with
+these summary rows, is `sinkhole.results.stream.StreamResult` (schema "sinkhole.stream/1").
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.perplexity import scored_perplexity
+from sinkhole.results.stream import StreamMethod, StreamResult, StreamSettings, StreamSummaryRow
 from sinkhole.text import pydoc_text
 
-SCHEMA = "sinkhole.stream/1"
 # A token inside a full forward costs roughly 1/16 of a token-by-token decode step on CPU;
 # used only to weight the progress bar so its time estimate holds across phases.
 BATCHED_TOKEN_COST = 1 / 16
@@ -114,62 +114,24 @@ def nll_recompute(
     return torch.cat(out) if out else torch.empty(0)
 
 
-@dataclass
-class MethodResult:
-    """One method's per-position nll. `nll[j-1]` scores token j; None where the method did not score."""
-
-    name: str
-    label: str
-    slots: int | None  # attention budget in keys per global layer (None: unbounded)
-    sink_positions: list[int]
-    nll: list[float | None]
-    seconds: float
-
-    def scored(self) -> int:
-        return sum(v is not None for v in self.nll)
-
-
-@dataclass
-class StreamResult:
-    """JSON schema "sinkhole.stream/1". `summary` rows: {method, label, slots, scored, ppl,
-    ppl_past_cache, ppl_sample} (ppl_* None when the method scored no position there).
-
-    No speed column: dense is scored in chunked forwards, the caches one token at a time and the
-    recompute reference in batched windows, so their seconds (kept per method) are not comparable;
-    benchmarks/cache.py measures decode speed like with like."""
-
-    model: str
-    text_source: str
-    n_tokens: int
-    cache_size: int
-    n_sink: int
-    sample_positions: list[int]
-    methods: dict[str, MethodResult]
-    settings: dict = field(default_factory=dict)
-    schema: str = SCHEMA
-
-    def summary(self) -> list[dict]:
-        rows = []
-        for m in self.methods.values():
-            past = m.nll[self.cache_size :]  # predictions made after the first eviction
-            sample = [m.nll[j - 1] for j in self.sample_positions]
-            rows.append(
-                dict(
-                    method=m.name,
-                    label=m.label,
-                    slots=m.slots,
-                    scored=m.scored(),
-                    ppl=scored_perplexity(m.nll),
-                    ppl_past_cache=scored_perplexity(past),
-                    ppl_sample=scored_perplexity(sample),
-                )
+def summary_rows(methods: dict[str, StreamMethod], cache_size: int, samples: list[int]) -> list[StreamSummaryRow]:
+    """Each method's perplexity over every position it scored, past the cache (predictions made after
+    the first eviction) and at the recompute sample."""
+    rows = []
+    for m in methods.values():
+        sample = [m.nll[j - 1] for j in samples]
+        rows.append(
+            StreamSummaryRow(
+                method=m.name,
+                label=m.label,
+                slots=m.slots,
+                scored=m.scored(),
+                ppl=scored_perplexity(m.nll),
+                ppl_past_cache=scored_perplexity(m.nll[cache_size:]),
+                ppl_sample=scored_perplexity(sample),
             )
-        return rows
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["summary"] = self.summary()
-        return d
+        )
+    return rows
 
 
 def _floats(t: torch.Tensor, n: int, offset: int = 0) -> list[float | None]:
@@ -215,14 +177,14 @@ def evaluate_stream(
     if n < 2:
         raise SinkholeError("stream at least 2 tokens")
     ids = ids.to(lm.device)
-    methods: dict[str, MethodResult] = {}
+    methods: dict[str, StreamMethod] = {}
 
     def timed(name, slots, sinks, fn, offset=0):
         if phase:
             phase(METHOD_LABELS[name])
         t0 = time.perf_counter()
         vals = fn()
-        methods[name] = MethodResult(
+        methods[name] = StreamMethod(
             name, METHOD_LABELS[name], slots, sinks, _floats(vals.cpu(), n - 1, offset), time.perf_counter() - t0
         )
 
@@ -241,7 +203,7 @@ def evaluate_stream(
         if len(pins) >= cache_size - 1:
             raise SinkholeError(f"the profile pins {len(pins)} slots, too many for a cache of {cache_size}")
         if pins == sinks:  # same policy: reuse the run rather than stream again
-            methods["profile"] = MethodResult(
+            methods["profile"] = StreamMethod(
                 "profile",
                 METHOD_LABELS["profile"],
                 cache_size,
@@ -260,7 +222,7 @@ def evaluate_stream(
     rec_nll: list[float | None] = [None] * (n - 1)
     for j, v in zip(targets, rec.tolist()):
         rec_nll[j - 1] = round(v, 5)
-    methods["recompute"] = MethodResult(
+    methods["recompute"] = StreamMethod(
         "recompute", METHOD_LABELS["recompute"], cache_size, [], rec_nll, time.perf_counter() - t0
     )
     return StreamResult(
@@ -271,12 +233,13 @@ def evaluate_stream(
         n_sink=n_sink,
         sample_positions=targets,
         methods=methods,
-        settings=dict(
+        settings=StreamSettings(
             recompute_samples=recompute_samples,
             dense_upto=dense_upto,
             dtype=str(lm.dtype).replace("torch.", ""),
             device=str(lm.device),
         ),
+        summary=summary_rows(methods, cache_size, targets),
     )
 
 

@@ -130,7 +130,7 @@ def run_recall(args) -> int:
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.render.recall_text import render_recall
-    from sinkhole.results.report import write_json
+    from sinkhole.results.base import write_json
 
     if args.text is not None or args.plot:
         raise SinkholeError("--recall builds its own streams and draws no plot: drop --text/--plot")
@@ -156,9 +156,8 @@ def run_recall(args) -> int:
             progress=bar.update,
             log=status,
         )
-    d = result.to_dict()
-    failures = write_all([(args.json, lambda: write_json(d, args.json, "recall results"))])
-    print(render_recall(d), file=result_stream(args.json))
+    failures = write_all([(args.json, lambda: write_json(result.to_dict(), args.json, "recall results"))])
+    print(render_recall(result), file=result_stream(args.json))
     raise_failures(failures)
     return 0
 
@@ -180,7 +179,7 @@ def run(args) -> int:
     from sinkhole.profiles.profile import load_profile
     from sinkhole.render.stream_figures import plot_stream
     from sinkhole.render.stream_text import render_table
-    from sinkhole.results.report import write_json
+    from sinkhole.results.base import write_json
 
     given = None
     if args.profile is not None and not args.no_profile:  # a bad profile fails before the model loads
@@ -221,13 +220,12 @@ def run(args) -> int:
         )
     finally:
         bar.close()
-    d = result.to_dict()
     failures = write_all(
         [
-            (args.json, lambda: write_json(d, args.json, "stream results")),
-            (args.plot, lambda: plot_stream(d, args.plot)),
+            (args.json, lambda: write_json(result.to_dict(), args.json, "stream results")),
+            (args.plot, lambda: plot_stream(result, args.plot)),
         ]
     )
-    print(render_table(d), file=result_stream(args.json))
+    print(render_table(result), file=result_stream(args.json))
     raise_failures(failures)
     return 0

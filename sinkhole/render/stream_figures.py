@@ -1,11 +1,12 @@
 """The PNG of `sinkhole stream --plot`: perplexity against position in the stream, one line per method
-(`sinkhole.cache.stream_ppl.StreamResult.to_dict()`), through sinkhole.render.png."""
+(`sinkhole.results.stream.StreamResult`), through sinkhole.render.png."""
 
 from __future__ import annotations
 
 import math
 
 from sinkhole.render.png import png_bytes, pyplot
+from sinkhole.results.stream import StreamResult
 
 
 def binned_ppl(nll: list[float | None], width: int) -> tuple[list[float], list[float]]:
@@ -44,41 +45,41 @@ def _coincides(a: list[float], b: list[float]) -> float | None:
     return gap if gap <= SAME else None
 
 
-def stream_figure(result: dict, width: int = 32):
+def stream_figure(result: StreamResult, width: int = 32):
     """The matplotlib figure of perplexity against position (bins of `width` tokens), recompute samples
     as dots. The legend sits below the axes, never over the lines."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     curves, widths = {}, {}
-    for name, m in result["methods"].items():
+    for name, m in result.methods.items():
         w = width
         if name == "recompute":  # sampled positions: widen the bins so each holds several samples
-            gaps = [b - a for a, b in zip(result["sample_positions"], result["sample_positions"][1:])]
+            gaps = [b - a for a, b in zip(result.sample_positions, result.sample_positions[1:])]
             w = max(width, 8 * (max(gaps) if gaps else 1))
-        curves[name], widths[name] = binned_ppl(m["nll"], w), w
-    for name, m in result["methods"].items():
+        curves[name], widths[name] = binned_ppl(m.nll, w), w
+    for name, m in result.methods.items():
         (xs, ys), w = curves[name], widths[name]
         if xs:
-            label = m["label"] + (f" {m['sink_positions']}" if name == "profile" else "")
+            label = m.label + (f" {m.sink_positions}" if name == "profile" else "")
             if name == "recompute":
                 # A sample of positions, a few per bin: its bin means are noisy, so show them as
                 # points rather than a line whose jumps would read as a trend.
                 label += f" (mean of samples, bins of {w})"
-            if name == "profile" and "sinks" in result["methods"]:
+            if name == "profile" and "sinks" in result.methods:
                 gap = _coincides(ys, curves["sinks"][1])
                 if gap is not None:
                     label += f" (on top of sinks + window: within {gap:.1%})"
             ax.plot(xs, ys, label=label, **PLOT_STYLES.get(name, {}))
-    ax.axvline(result["cache_size"], color="grey", linestyle=":", label="cache full")
+    ax.axvline(result.cache_size, color="grey", linestyle=":", label="cache full")
     ax.set_yscale("log")
     ax.set_xlabel("position in stream (tokens)")
     ax.set_ylabel(f"perplexity (bins of {width} tokens)")
-    ax.set_title(f"{result['model']}: streaming perplexity, cache {result['cache_size']}")
+    ax.set_title(f"{result.model}: streaming perplexity, cache {result.cache_size}")
     fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     return fig
 
 
-def plot_stream(result: dict, path, width: int = 32) -> None:
+def plot_stream(result: StreamResult, path, width: int = 32) -> None:
     """Write the PNG of `stream_figure` to `path`."""
     from sinkhole.io import write_output
 
