@@ -430,7 +430,7 @@ def test_validate_orders_schemes(planted):
     calib = sequences()
     held = sequences(n=3, seed=1)
     hints = {"threshold": 6.0, "alpha": 0.8, "skip": skip_modules(stats), "prefix": [PLANT_ID]}
-    r = validate(lm, stats, calib, held, hints)
+    r = validate(lm, stats, calib, held, hints).to_dict()
     ppl = {x["scheme"]: x["perplexity"] for x in r["results"]}
     assert set(ppl) == {
         "float",

@@ -133,7 +133,7 @@ def run(args) -> int:
         stats = source = collect_stats(
             lm, calib, source=str(args.calib), progress=lambda i, n: status(f"  [{i}/{n}] calibration sequence")
         )
-        table = render_stats(stats)
+        table = render_stats(stats.result())
         # stdout stays parseable JSON when the config itself (or a '-' output) is printed there
         if (args.hints or not args.backend) and not is_stdout(args.stats_json) and not is_stdout(args.json):
             print(table)
@@ -144,7 +144,9 @@ def run(args) -> int:
                 (
                     args.stats_json,
                     lambda: write_output(
-                        args.stats_json, json.dumps(stats.to_dict(tokenizer=lm.tokenizer), indent=1), "statistics"
+                        args.stats_json,
+                        json.dumps(stats.result(tokenizer=lm.tokenizer).to_dict(), indent=1),
+                        "statistics",
                     ),
                 )
             ]
@@ -176,13 +178,19 @@ def run(args) -> int:
             "prefix": prefix_tokens(stats, lm.tokenizer)["token_ids"],
         }
         status(f"validating on {len(heldout)} x {len(heldout[0])} held-out tokens of {args.heldout} ...")
-        result = validate(lm, stats, calib, heldout, h, progress=lambda name, i, n: status(f"  [{i + 1}/{n}] {name}"))
-        result["model"] = stats.model
-        result["calibration"] = {"source": str(args.calib), "n_sequences": len(calib), "length": len(calib[0])}
-        result["alpha_basis"] = alpha_basis
+        result = validate(
+            lm,
+            stats,
+            calib,
+            heldout,
+            h,
+            progress=lambda name, i, n: status(f"  [{i + 1}/{n}] {name}"),
+            alpha_basis=alpha_basis,
+        )
         print(render_validation(result), file=sys.stderr if is_stdout(args.json) else sys.stdout)
+        d = result.to_dict()
         failures += write_all(
-            [(args.json, lambda: write_output(args.json, json.dumps(result, indent=1), "validation results"))]
+            [(args.json, lambda: write_output(args.json, json.dumps(d, indent=1), "validation results"))]
         )
     raise_failures(failures)
     return 0

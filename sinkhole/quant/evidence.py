@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import torch
 
@@ -30,6 +29,7 @@ from sinkhole.experiments.perplexity import perplexity
 from sinkhole.quant.calibration import collect_stats
 from sinkhole.quant.fakequant import QuantSpec, fake_quantized, smoothing_scales
 from sinkhole.quant.stats import CalibrationStats, decoder_linears
+from sinkhole.results.quant import CalibrationInfo, QuantModel, QuantValidation, SchemeResult, ValidationHints
 
 SCHEMES = ("float", "naive_static", "dynamic", "int8_outliers", "smoothquant", "skip_hinted", "prefix", "float_prefix")
 ALPHAS = (0.5, 0.65, 0.8, 0.9)
@@ -92,15 +92,6 @@ def tune_alpha(
     return best, ppl
 
 
-@dataclass
-class SchemeResult:
-    scheme: str
-    perplexity: float
-    delta_vs_float: float
-    beats_naive: bool | None  # None for the references (float, naive itself)
-    detail: str
-
-
 def validate(
     lm,
     stats: CalibrationStats,
@@ -109,11 +100,10 @@ def validate(
     hints: dict,
     schemes: Sequence[str] = SCHEMES,
     progress=None,
-) -> dict:
-    """Perplexity of each scheme on `heldout`. `hints`: {threshold, alpha, skip, prefix (token ids)}.
-
-    Returns {"results": [SchemeResult as dict], "hints": hints, "n_heldout_tokens": int}.
-    """
+    alpha_basis: dict | None = None,
+) -> QuantValidation:
+    """Perplexity of each scheme on `heldout`. `hints`: {threshold, alpha, skip, prefix (token ids)};
+    `alpha_basis`: how the alpha was chosen (recorded as given)."""
     out: dict[str, float] = {}
     details = {
         "float": "no quantization",
@@ -148,10 +138,13 @@ def validate(
     results = []
     for name, ppl in out.items():
         beats = None if name in ("float", "float_prefix", "naive_static") or naive is None else bool(ppl < naive)
-        results.append(asdict(SchemeResult(name, ppl, ppl - ref, beats, details[name])))
-    return {
-        "results": results,
-        "hints": hints,
-        "n_heldout_tokens": sum(len(s) - 1 for s in heldout),
-        "n_heldout_sequences": len(heldout),
-    }
+        results.append(SchemeResult(name, ppl, ppl - ref, beats, details[name]))
+    return QuantValidation(
+        results=results,
+        hints=ValidationHints(**hints),
+        n_heldout_tokens=sum(len(s) - 1 for s in heldout),
+        n_heldout_sequences=len(heldout),
+        model=QuantModel.from_dict(stats.model),
+        calibration=CalibrationInfo(source=stats.source, n_sequences=len(calib), length=len(calib[0])),
+        alpha_basis=alpha_basis or {},
+    )

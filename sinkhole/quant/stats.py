@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from sinkhole.results.quant import STATS_SCHEMA, QuantStats
+
 OUTLIER_TOKEN_RATIO = 64.0  # PrefixQuant's eta
 INT8_OUTLIER_THRESHOLD = 6.0  # LLM.int8()'s default
 THRESHOLD_EDGES = (1.0, 2.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
@@ -185,9 +187,14 @@ class CalibrationStats:
         """Modules whose largest token ratio exceeds `min_ratio` (they see PrefixQuant outlier tokens)."""
         return [n for n, s in self.modules.items() if s.token_ratio_max > min_ratio]
 
+    def result(self, tokenizer=None, top: int = 8) -> QuantStats:
+        """The typed result (`sinkhole.results.quant.QuantStats`): what `--stats-json` writes and the
+        terminal table shows; `tokenizer` decodes the outlier tokens' texts."""
+        return QuantStats.from_dict(self.to_dict(tokenizer=tokenizer, top=top))
+
     def to_dict(self, tokenizer=None, top: int = 8) -> dict:
         return {
-            "schema": "sinkhole.quant-stats/1",
+            "schema": STATS_SCHEMA,
             "model": self.model,
             "source": self.source,
             "n_sequences": self.n_sequences,

@@ -3,45 +3,42 @@
 
 from __future__ import annotations
 
-from sinkhole.quant.stats import OUTLIER_TOKEN_RATIO, CalibrationStats
+from sinkhole.results.quant import QuantStats, QuantValidation
 
 
-def render_stats(stats: CalibrationStats, top: int = 12) -> str:
+def render_stats(stats: QuantStats, top: int = 12) -> str:
     """The `top` Linear inputs by absmax: where the outliers are."""
-    rows = sorted(stats.modules.values(), key=lambda s: -s.absmax)[:top]
+    rows = sorted(stats.modules, key=lambda s: -s.absmax)[:top]
     lines = [
-        f"Linear inputs of {stats.model.get('name')} over {stats.n_sequences} sequences / {stats.n_tokens} tokens "
+        f"Linear inputs of {stats.model.name} over {stats.n_sequences} sequences / {stats.n_tokens} tokens "
         f"(top {len(rows)} by absmax)",
         f"{'module':<36} {'absmax':>9} {'top ch':>6} {'x median':>9} {'|x|>=6':>8} {'tok ratio':>9} "
         f"{'outlier tok':>11}  positions",
     ]
     for s in rows:
-        ratios = s.channel_ratios()
-        c = int(s.channel_absmax.argmax())
-        pos = ",".join(f"{p}:{n}" for p, n in sorted(s.outlier_positions.items())[:4])
+        c = s.top_channel
+        pos = ",".join(f"{p}:{n}" for p, n in list(s.outlier_positions.items())[:4])
         lines.append(
-            f"{s.name:<36} {s.absmax:>9.1f} {c:>6d} {float(ratios[c]):>9.1f} {s.share_ge(6.0):>8.2%} "
+            f"{s.name:<36} {s.absmax:>9.1f} {c.channel:>6d} {c.ratio:>9.1f} {s.share_ge_6:>8.2%} "
             f"{s.token_ratio_max:>9.1f} {s.n_outlier_tokens:>11d}  {pos}"
         )
     hot = stats.hot_modules()
     lines.append(
-        f"{len(hot)} module(s) see outlier tokens (token max > {OUTLIER_TOKEN_RATIO:g}x median): "
+        f"{len(hot)} module(s) see outlier tokens (token max > {stats.outlier_token_ratio:g}x median): "
         + (", ".join(hot) if hot else "none")
     )
     return "\n".join(lines)
 
 
-def render_validation(result: dict) -> str:
+def render_validation(result: QuantValidation) -> str:
     lines = [
-        f"fake-quantized W8A8 perplexity on {result['n_heldout_sequences']} held-out sequences "
-        f"({result['n_heldout_tokens']} predicted tokens)",
+        f"fake-quantized W8A8 perplexity on {result.n_heldout_sequences} held-out sequences "
+        f"({result.n_heldout_tokens} predicted tokens)",
         f"{'scheme':<14} {'perplexity':>10} {'vs float':>9} {'beats naive':>11}  detail",
     ]
-    for r in result["results"]:
-        beats = "-" if r["beats_naive"] is None else ("yes" if r["beats_naive"] else "NO")
-        lines.append(
-            f"{r['scheme']:<14} {r['perplexity']:>10.3f} {r['delta_vs_float']:>+9.3f} {beats:>11}  {r['detail']}"
-        )
+    for r in result.results:
+        beats = "-" if r.beats_naive is None else ("yes" if r.beats_naive else "NO")
+        lines.append(f"{r.scheme:<14} {r.perplexity:>10.3f} {r.delta_vs_float:>+9.3f} {beats:>11}  {r.detail}")
     return "\n".join(lines)
 
 
