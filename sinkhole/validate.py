@@ -445,7 +445,7 @@ def profile_for(profile, module, loaded=None):
 
     With a LoadedModel the weights ids are compared (SinkProfile.check_model); with any module, the
     architecture and shape the profile recorded must be the module's (SinkProfile.check_config)."""
-    from sinkhole.profiles.profile import SinkProfile
+    from sinkhole.results.sink_profile import SinkProfile
 
     if isinstance(profile, dict):
         profile = SinkProfile.from_dict(profile, source="the profile dict")

@@ -26,18 +26,20 @@ MODEL = {
 
 
 def row(tokens, sinks, spikes=(), heads=()):
-    """A results row as sinkhole.eval.runner.prompt_row makes it (only the keys profiles read)."""
+    """A results row as sinkhole.eval.runner.prompt_row makes it (the keys profiles read; the rest fixed)."""
+    fixed = dict(text="a", score=30.0, top_value=1.0, layer=0, channel=0)
     spikes = [
-        dict(position=0, channels=ch, channel_values=vals, step_up_layers=up, step_down_layers=down)
+        dict(position=0, **fixed, channels=ch, channel_values=vals, step_up_layers=up, step_down_layers=down)
         for ch, vals, up, down in spikes
     ]
+    sinks = [{"position": p, "text": tokens[p], "attn_mass": m, "sink_rate": r} for p, m, r in sinks]
     return {
-        "tokens": tokens,
-        "n_tokens": len(tokens),
-        "spikes": spikes,
+        **dict(index=0, category="x", n_tokens=len(tokens), n_spikes=len(spikes), spike_score=30.0),
         "spike_channels": sorted({c for s in spikes for c in s["channels"]}),
-        "sinks": [{"position": p, "text": tokens[p], "attn_mass": m, "sink_rate": r} for p, m, r in sinks],
+        "spikes": spikes,
+        **dict(n_sinks=len(sinks), sink_mass=0.5, sink_rate=0.5, top_sink=sinks[0], sinks=sinks),
         "sink_heads": [list(h) for h in heads],
+        **dict(jaccard=None, sink_attention_share=0.5, tokens=tokens),
     }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sinkhole.models.registry import DEFAULT_MODEL
 from sinkhole.profiles.build import build_profile
-from sinkhole.profiles.profile import SinkProfile
+from sinkhole.results.sink_profile import SinkProfile
 
 
 class SinkDetector:

@@ -5,8 +5,8 @@ pure). `sinkhole.experiments.detector.SinkDetector` runs the eval and calls it:
     profile.save("smollm2.json")
 
 How each part of the profile is decided from the per-prompt rows of `sinkhole.eval.runner`
-(`EvalRow`s, read by key, so dicts of the same keys work too; every per-prompt number is
-`sinkhole.analysis.core.analyze`'s):
+(`EvalRow`s, sinkhole.results.eval; dicts of the row's keys are typed first; every per-prompt number
+is `sinkhole.analysis.core.analyze`'s):
 - sink_rule.positions: positions that are sink tokens in >= `position_share` (0.9) of the prompts
   long enough to have them (and such prompts are at least half the suite).
 - sink_rule.token_texts: token texts, seen >= `min_text_count` (5) times outside those positions,
@@ -30,15 +30,12 @@ tokenizer has one (SmolLM2-Instruct), plain text otherwise (Gemma-3-270M); `sett
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sinkhole.errors import SinkholeError
-from sinkhole.profiles.profile import SinkProfile
-
-if TYPE_CHECKING:
-    from sinkhole.eval.rows import EvalRow
+from sinkhole.results.eval import EvalRow, EvalSink, as_rows
+from sinkhole.results.sink_profile import SinkProfile
 
 DEFAULT_PINNED_SLOTS = 4  # StreamingLLM's start_size, when no position sinks reliably
 POSITION_SHARE, TEXT_SHARE, MIN_TEXT_COUNT = 0.9, 0.9, 5
@@ -49,8 +46,8 @@ SINK_TOKEN_MIN_FREQ, CHANNEL_MIN_FREQ = 0.05, 0.1
 def sink_positions(rows: list[EvalRow], share: float = POSITION_SHARE) -> list[int]:
     """Positions that are sink tokens in >= share of the prompts that reach them."""
     n_rows = len(rows)
-    lengths = np.array([r["n_tokens"] for r in rows])
-    hits = Counter(s["position"] for r in rows for s in r["sinks"])
+    lengths = np.array([r.n_tokens for r in rows])
+    hits = Counter(s.position for r in rows for s in r.sinks)
     out = []
     for pos, n in sorted(hits.items()):
         reach = int((lengths > pos).sum())
@@ -67,8 +64,8 @@ def sink_texts(
     seen: Counter = Counter()
     sank: Counter = Counter()
     for r in rows:
-        sinks = {s["position"] for s in r["sinks"]}
-        for pos, text in enumerate(r["tokens"]):
+        sinks = {s.position for s in r.sinks}
+        for pos, text in enumerate(r.tokens):
             if pos in skip:
                 continue
             seen[text] += 1
@@ -82,7 +79,7 @@ def frequent(items: list, share: float, total: int) -> list:
 
 
 def build_profile(
-    rows: list[EvalRow],
+    rows: list[EvalRow | dict],
     model: dict,
     prompts: dict,
     settings: dict,
@@ -95,53 +92,54 @@ def build_profile(
     """The profile of a model from its eval rows (pure: no model needed)."""
     if not rows:
         raise SinkholeError("no prompts to build a profile from")
+    rows = as_rows(rows)
     n = len(rows)
     positions = sink_positions(rows, position_share)
     texts = sink_texts(rows, positions, text_share, min_text_count)
 
-    by_pos: dict[int, list[dict]] = defaultdict(list)
+    by_pos: dict[int, list[EvalSink]] = defaultdict(list)
     for r in rows:
-        for s in r["sinks"]:
-            by_pos[s["position"]].append(s)
+        for s in r.sinks:
+            by_pos[s.position].append(s)
     sink_tokens = [
         {
             "position": p,
-            "text": Counter(s["text"] for s in ss).most_common(1)[0][0],
-            "attn_mass": float(np.mean([s["attn_mass"] for s in ss])),
-            "sink_rate": float(np.mean([s["sink_rate"] for s in ss])),
+            "text": Counter(s.text for s in ss).most_common(1)[0][0],
+            "attn_mass": float(np.mean([s.attn_mass for s in ss])),
+            "sink_rate": float(np.mean([s.sink_rate for s in ss])),
             "frequency": len(ss) / n,
         }
         for p, ss in sorted(by_pos.items())
         if len(ss) >= SINK_TOKEN_MIN_FREQ * n
     ]
     for text, freq in texts.items():
-        ss = [s for r in rows for s in r["sinks"] if s["text"] == text and s["position"] not in positions]
+        ss = [s for r in rows for s in r.sinks if s.text == text and s.position not in positions]
         sink_tokens.append(
             {
                 "position": None,
                 "text": text,
-                "attn_mass": float(np.mean([s["attn_mass"] for s in ss])),
-                "sink_rate": float(np.mean([s["sink_rate"] for s in ss])),
+                "attn_mass": float(np.mean([s.attn_mass for s in ss])),
+                "sink_rate": float(np.mean([s.sink_rate for s in ss])),
                 "frequency": freq,
             }
         )
 
-    spiking = [r for r in rows if r["spikes"]]
+    spiking = [r for r in rows if r.spikes]
     values: dict[int, list[float]] = defaultdict(list)
     for r in spiking:
-        for s in r["spikes"]:
-            for c, v in zip(s["channels"], s["channel_values"]):
+        for s in r.spikes:
+            for c, v in zip(s.channels, s.channel_values):
                 values[c].append(v)
-    channel_freq = Counter(c for r in spiking for c in r["spike_channels"])
+    channel_freq = Counter(c for r in spiking for c in r.spike_channels)
     spike_channels = [
         {"channel": c, "typical_value": float(np.median(values[c])), "frequency": k / len(spiking)}
         for c, k in sorted(channel_freq.items(), key=lambda kv: (-kv[1], kv[0]))
         if k >= CHANNEL_MIN_FREQ * len(spiking)
     ]
-    spikes = [s for r in rows for s in r["spikes"]]
-    step_up = frequent([l for s in spikes for l in set(s["step_up_layers"])], layer_share, len(spikes))
-    step_down = frequent([l for s in spikes for l in set(s["step_down_layers"])], layer_share, len(spikes))
-    heads = frequent([tuple(h) for r in rows for h in r["sink_heads"]], head_share, n)
+    spikes = [s for r in rows for s in r.spikes]
+    step_up = frequent([l for s in spikes for l in set(s.step_up_layers)], layer_share, len(spikes))
+    step_down = frequent([l for s in spikes for l in set(s.step_down_layers)], layer_share, len(spikes))
+    heads = frequent([tuple(h) for r in rows for h in r.sink_heads], head_share, n)
 
     described = [
         f"position {p} ({next((t['text'] for t in sink_tokens if t['position'] == p), '?')!r})" for p in positions

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from sinkhole.render.analyze_text import chat_label, pct, plural
 
 if TYPE_CHECKING:
-    from sinkhole.profiles.profile import SinkProfile
+    from sinkhole.results.sink_profile import SinkProfile
 
 
 def render_profile(pr: SinkProfile) -> str:
