@@ -11,6 +11,7 @@ Renderers are named `<command>_<medium>`: `_text` prints to the terminal, `_figu
     eval_text.py        eval_figures.py   eval_page.py    (summary.html)
     stream_text.py      stream_figures.py                 (--plot)
     recall_text.py                                        (stream --recall)
+    kvbench_text.py     kvbench_page.py                   (kv-bench; the page's figures too)
     lab_text.py         lab_figures.py    lab_page.py     (lab.html)
     png.py              the one matplotlib set-up and PNG writer of every *_figures module
     static/             the pages' CSS and JS, as package files

@@ -7,6 +7,10 @@ The bottom layer: these modules import nothing of sinkhole but `errors` and `io`
                    `from_dict`, and the generated schema text
     report.py      `analyze`'s report ("sinkhole.report/1") and its JSON file
     mechanism.py   `mechanism`'s typed result (the report's `mechanism` section)
+    stream.py      `stream`'s per-position nll of every cache method ("sinkhole.stream/1")
+    stream_recall.py  `stream --recall`'s copy recall per cache method ("sinkhole.recall/1")
+    quant.py       `quant`'s calibration statistics ("sinkhole.quant-stats/1") and W8A8 validation
+    kvbench.py     `kv-bench`'s cells, settings and summary ("sinkhole.kvbench/1")
     lab.py         `lab`'s lab.json ("sinkhole.lab/2"): checkpoints, runs, settings, the lab
     lab_claims.py  the lab's paper claims, the verdict rule, and the summary it derives
 """
