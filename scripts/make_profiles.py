@@ -4,6 +4,7 @@
     python scripts/make_profiles.py smollm2-135m --limit 100
     python scripts/make_profiles.py --streaming-only    # (re)measure only the streaming scores of the
                                                         # shipped files, every other field unchanged
+    python scripts/make_profiles.py --streaming-only --stream-tokens 4096 smollm2-135m
 
 Each profile is `SinkDetector(name).detect()` with default settings: the built-in suite, chat as
 the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3, and streaming
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from sinkhole.eval.suite import load_suite
 from sinkhole.experiments.detector import SinkDetector
-from sinkhole.experiments.head_scores import DEFAULT_PROMPTS, streaming_section
+from sinkhole.experiments.head_scores import DEFAULT_PROMPTS, DEFAULT_TOKENS, streaming_section
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
@@ -33,6 +34,12 @@ def main() -> int:
     ap.add_argument("--prompts", default="builtin")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--streaming-only", action="store_true", help="only add/refresh the streaming section")
+    ap.add_argument(
+        "--stream-tokens",
+        type=int,
+        default=DEFAULT_TOKENS,
+        help="tokens per copy prompt of the streaming scores, default %(default)s",
+    )
     args = ap.parse_args()
     for name in args.models:
         t0 = time.perf_counter()
@@ -41,11 +48,13 @@ def main() -> int:
         if args.streaming_only:
             profile = load_profile(path, model=probe)
             with tqdm(total=DEFAULT_PROMPTS, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
-                profile.streaming = streaming_section(probe.lm, progress=bar.update)
+                profile.streaming = streaming_section(probe.lm, n_tokens=args.stream_tokens, progress=bar.update)
         else:
             suite = load_suite(args.prompts, args.limit)
             with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:
-                profile = SinkDetector(probe, prompts=suite, progress=bar.update, streaming={}).detect()
+                profile = SinkDetector(
+                    probe, prompts=suite, progress=bar.update, streaming={"n_tokens": args.stream_tokens}
+                ).detect()
         profile.save(path)
         print(
             f"{name}: {profile.sink_rule['description']}; pinned_slots {profile.pinned_slots}; "
