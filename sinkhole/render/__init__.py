@@ -6,7 +6,7 @@ Renderers are named `<command>_<medium>`: `_text` prints to the terminal, `_figu
     analyze_text.py     `analyze`'s terminal text (`pct`, shared by every text renderer)
     html.py             `analyze` / `mechanism`'s HTML report; html_data.py the data it embeds,
                         html_mechanism.py its Mechanism section
-    compare.py          `compare`: text and page
+    compare_text.py     compare_page.py                   (compare)
     mechanism_text.py   profile_text.py   vocab_text.py   quant_text.py
     eval_text.py        eval_figures.py   eval_page.py    (summary.html)
     stream_text.py      stream_figures.py                 (--plot)

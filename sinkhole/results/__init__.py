@@ -7,6 +7,9 @@ The bottom layer: these modules import nothing of sinkhole but `errors` and `io`
                    `from_dict`, and the generated schema text
     report.py      `analyze`'s report ("sinkhole.report/1") and its JSON file
     mechanism.py   `mechanism`'s typed result (the report's `mechanism` section)
+    eval.py        `eval`'s rows (results.jsonl) and summary ("sinkhole.eval-summary/1")
+    compare.py     `compare`'s two reports or two eval runs side by side ("sinkhole.compare/1")
+    sink_profile.py  `profile`'s SinkProfile ("sinkhole.profile/1")
     stream.py      `stream`'s per-position nll of every cache method ("sinkhole.stream/1")
     stream_recall.py  `stream --recall`'s copy recall per cache method ("sinkhole.recall/1")
     quant.py       `quant`'s calibration statistics ("sinkhole.quant-stats/1") and W8A8 validation
