@@ -47,10 +47,10 @@ def run(args) -> int:
     from sinkhole.probe.probe import progress_printer
     from sinkhole.render import html
     from sinkhole.render.analyze_text import render_analysis
-    from sinkhole.results.report import write_json
+    from sinkhole.results.report import MAPS_MAX_LEN, write_json
 
     prompt = read_prompt(args)
-    probe = load_probe(args, maps_max_len=html.MAPS_MAX_LEN if args.output else 0)
+    probe = load_probe(args, maps_max_len=MAPS_MAX_LEN if args.output else 0)
     capture = probe.run(prompt, chat=args.chat, progress=progress_printer(probe.info.n_layers))
     report = analyze(capture, threshold=args.threshold, epsilon=args.epsilon, min_sink_rate=args.min_sink_rate)
     failures = write_all(

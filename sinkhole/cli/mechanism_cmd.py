@@ -74,7 +74,7 @@ def run(args) -> int:
         result.vocab_sweep = vocab_sweep(probe.lm, text_ids(probe.tokenizer, None, 256), args.threshold)
 
     def write_page():
-        add_page_detail(result, probe, prompts[0], args.chat, maps_max_len=html.MAPS_MAX_LEN)
+        add_page_detail(result, probe, prompts[0], args.chat)  # full maps up to results.report.MAPS_MAX_LEN
         html.write_html(result, args.output)
 
     failures = write_all([(args.output, write_page), (args.json, lambda: write_json(result, args.json))])

@@ -25,9 +25,9 @@ from sinkhole.analysis.core import (
     DEFAULT_THRESHOLD,
     STEP_FRACTION,
     analyze,
+    peak_norm,
     prompt_spike_score,
-    spike_channels,
-    step_layers,
+    spike_token,
     top_value,
 )
 from sinkhole.analysis.mechanism import amplifier as amp
@@ -47,6 +47,7 @@ from sinkhole.results.mechanism import (
     Targets,
     TargetToken,
 )
+from sinkhole.results.report import MAPS_MAX_LEN, SpikeToken
 
 DEFAULT_PROMPTS = [
     "Explain the theory of relativity in simple terms.",
@@ -82,43 +83,23 @@ class MechanismConfig:
     seed: int = 0
 
 
-def _targets(reports, captures, threshold):
-    """[(prompt row, position, token id, core spike dict)] and whether the fallback was used."""
-    out = []
-    for b, r in enumerate(reports):
-        for s in r.spike_tokens:
-            out.append((b, s["position"], captures[b].token_ids[s["position"]], s))
+def _targets(reports, captures, threshold) -> tuple[list[tuple[int, int, int, SpikeToken]], bool]:
+    """[(prompt row, position, token id, core spike row)] and whether the fallback was used."""
+    out = [
+        (b, s.position, captures[b].token_ids[s.position], s) for b, r in enumerate(reports) for s in r.spike_tokens
+    ]
     if out:
         return out, False
     for b, (r, c) in enumerate(zip(reports, captures)):
-        scores = np.asarray(r.spikes["per_token_score"])
-        t = int(scores.argmax())
-        value, layer, channel = top_value(c.resid_top_channels, c.resid_top_values, t)
-        up, down = step_layers(float(c.embed_norm[t]), c.resid_norm[:, t], STEP_FRACTION)
-        chans = spike_channels(c.resid_top_channels, c.resid_top_values, t, layer, threshold) or [channel]
-        out.append(
-            (
-                b,
-                t,
-                c.token_ids[t],
-                {
-                    "position": t,
-                    "score": float(scores[t]),
-                    "layer": layer,
-                    "channel": channel,
-                    "top_value": value,
-                    "channels": chans,
-                    "step_up_layers": up,
-                    "step_down_layers": down,
-                    "text": c.tokens[t],
-                },
-            )
-        )
+        scores = np.asarray(r.spikes.per_token_score)
+        s = spike_token(c, int(scores.argmax()), scores, peak_norm(c.resid_norm), threshold)
+        s.channels = s.channels or [s.channel]  # below the threshold: at least its top channel
+        out.append((b, s.position, c.token_ids[s.position], s))
     return out, True
 
 
 def _step_up_layer(targets, captures) -> int:
-    firsts = [s["step_up_layers"][0] for _, _, _, s in targets if s["step_up_layers"]]
+    firsts = [s.step_up_layers[0] for _, _, _, s in targets if s.step_up_layers]
     if firsts:
         return Counter(firsts).most_common(1)[0][0]
     rise = np.mean(
@@ -131,10 +112,10 @@ def _step_up_layer(targets, captures) -> int:
     return int(rise.argmax())
 
 
-def _plateau(s: dict) -> tuple[int | None, int | None]:
-    up = s["step_up_layers"]
+def _plateau(s: SpikeToken) -> tuple[int | None, int | None]:
+    up = s.step_up_layers
     rise = up[0] if up else None
-    downs = [l for l in s["step_down_layers"] if rise is None or l > rise]
+    downs = [l for l in s.step_down_layers if rise is None or l > rise]
     return rise, (downs[-1] if downs else None)
 
 
@@ -143,20 +124,20 @@ def summary(reports, captures, step_up: int) -> MechanismSummary:
     mean of each prompt's `prompt_spike_score` (max_t S[t])."""
     rows = []
     for r, c in zip(reports, captures):
-        scores = np.asarray(r.spikes["per_token_score"])
+        scores = np.asarray(r.spikes.per_token_score)
         t = int(scores.argmax())
         value, layer, _ = top_value(c.resid_top_channels, c.resid_top_values, t)
         typical = float(np.median(np.abs(c.resid_top_values[layer, :, 0])))
-        top = r.sinks["top"]
+        top = r.sinks.top
         rows.append(
             (
                 prompt_spike_score(scores),
                 abs(value) / max(typical, 1e-30),
-                top["sink_rate"],
-                top["attn_mass"],
+                top.sink_rate,
+                top.attn_mass,
                 len(r.spike_tokens),
                 len(r.sink_tokens),
-                r.kv["sink_attention_share"],
+                r.kv.sink_attention_share,
             )
         )
     a = np.array(rows, dtype=np.float64)
@@ -187,9 +168,9 @@ def run_mechanism(
     targets, fallback = _targets(reports, captures, cfg.threshold)
     L = probe.info.n_layers
     step_up = _step_up_layer(targets, captures)
-    main = Counter(s["channel"] for *_, s in targets).most_common(1)[0][0]
-    channels = chn.pool_channels([s["channels"] for *_, s in targets], main) or [main]
-    sinks = [(b, s["position"]) for b, r in enumerate(reports) for s in (r.sink_tokens or [r.sinks["top"]])]
+    main = Counter(s.channel for *_, s in targets).most_common(1)[0][0]
+    channels = chn.pool_channels([s.channels for *_, s in targets], main) or [main]
+    sinks = [(b, s.position) for b, r in enumerate(reports) for s in (r.sink_tokens or [r.sinks.top])]
     taken = {(b, t) for b, t, _, _ in targets} | set(sinks)
     pool = [(b, t) for b, s in enumerate(seqs) for t in range(len(s)) if (b, t) not in taken]
     rng = np.random.default_rng(cfg.seed)
@@ -219,10 +200,10 @@ def run_mechanism(
                 prompt=b,
                 position=t,
                 token_id=int(tid),
-                text=s["text"],
-                score=s["score"],
-                core_step_up_layers=s["step_up_layers"],
-                core_step_down_layers=s["step_down_layers"],
+                text=s.text,
+                score=s.score,
+                core_step_up_layers=s.step_up_layers,
+                core_step_down_layers=s.step_down_layers,
                 **vars(d),
             )
         )
@@ -291,7 +272,7 @@ def run_mechanism(
             spike_channels=channels,
             # mean of h_s at the spike channels over the targets (the interventions' "mean" values)
             step_up_mean_values=[float(v) for v in g.layer_out[step_up][:, channels].mean(0)],
-            tokens=[TargetToken(prompt=b, position=t, token_id=int(tid), text=s["text"]) for b, t, tid, s in targets],
+            tokens=[TargetToken(prompt=b, position=t, token_id=int(tid), text=s.text) for b, t, tid, s in targets],
         ),
         summary=summary(reports, captures, step_up),
         lifecycle=lifecycle,
@@ -318,11 +299,11 @@ def run_interventions(
     status(f"interventions: finding the spike and sink tokens of the text ({len(ids)} tokens)")
     c = probe.run(ids)
     r = analyze(c, cfg.threshold, cfg.epsilon, cfg.min_sink_rate)
-    spikes = [s["position"] for s in r.spike_tokens]
+    spikes = [s.position for s in r.spike_tokens]
     fallback = not spikes  # same rule as the prompts' targets: no spike token -> the top-scoring token
     if fallback:
-        spikes = [int(np.argmax(r.spikes["per_token_score"]))]
-    sinks = [s["position"] for s in r.sink_tokens] or [r.sinks["top"]["position"]]
+        spikes = [int(np.argmax(r.spikes.per_token_score))]
+    sinks = [s.position for s in r.sink_tokens] or [r.sinks.top.position]
     out = interventions(
         lm, ids, layer, spikes, channels, [float(v) for v in mean_values], sinks, cfg.seed, status=status
     )
@@ -331,15 +312,19 @@ def run_interventions(
     return out
 
 
-def page_capture(probe, prompt, chat, maps_max_len: int):
+def page_capture(probe, prompt, chat, maps_max_len: int = MAPS_MAX_LEN):
     """The Capture the page draws prompt 0 from (per-head attention, channels): that prompt run once
     more alone, with full maps up to `maps_max_len` tokens (batched and alone give the same numbers;
-    tests/test_probe.py)."""
+    tests/test_probe.py). The probe's own setting is restored afterwards."""
+    kept = probe.maps_max_len
     probe.maps_max_len = maps_max_len
-    return probe.run(prompt, chat=chat)
+    try:
+        return probe.run(prompt, chat=chat)
+    finally:
+        probe.maps_max_len = kept
 
 
-def add_page_detail(result, probe, prompt, chat, maps_max_len: int) -> None:
+def add_page_detail(result, probe, prompt, chat, maps_max_len: int = MAPS_MAX_LEN) -> None:
     """Give the example report the `detail` the page draws: the batch kept no attention maps, so its
     per-head figures come from `page_capture` (the report's numbers stay those of the batch)."""
     from sinkhole.analysis.detail import detail

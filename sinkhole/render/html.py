@@ -1,12 +1,13 @@
 """HTML rendering: one self-contained, interactive file that opens offline (plotly.js inlined, no CDN).
 
-Layout: summary cards (the terminal's numbers) with the metric definitions one click away (taken
-from `sinkhole.analysis.core`'s docstring, so the page and the code cannot disagree); the prompt as
-a token strip coloured by attention mass; a layers x heads grid of mass on the top sink, whose cells
-select the head whose attention pattern is drawn; the residual lifecycle (layers x tokens ||h||, log
-scale) and the spike channels across layers; generic sections for `mechanism`, `eval` and any other
-extra report key. The data it draws is `html_data.view(report)`, embedded once as JSON; it reads the
-typed report only (its `detail` holds what the page needs from the Capture).
+Layout: summary cards (the terminal's numbers) with the metric definitions one click away (the text of
+sinkhole.results.definitions, which is `sinkhole.analysis.core`'s docstring, so the page and the code
+cannot disagree); the prompt as a token strip coloured by attention mass; a layers x heads grid of
+mass on the top sink, whose cells select the head whose attention pattern is drawn; the residual
+lifecycle (layers x tokens ||h||, log scale) and the spike channels across layers; generic sections
+for `mechanism`, `eval` and any other extra report key. The data it draws is `html_data.view(report)`,
+embedded once as JSON; it reads the typed report only (its `detail` holds what the page needs from
+the Capture).
 
 Token text is untrusted. Python-side text is escaped with `html.escape`; the embedded JSON escapes
 `<`, `>`, `&` (so no `</script>` or `<!--` can close or confuse its script tag); the script writes
@@ -23,12 +24,13 @@ from pathlib import Path
 
 from sinkhole.render import static
 from sinkhole.render.analyze_text import concentration, pct, render_analysis
-from sinkhole.render.html_data import MAPS_MAX_LEN, view
+from sinkhole.render.html_data import view
 from sinkhole.render.html_mechanism import MECH_HTML, designed
+from sinkhole.results.definitions import DEFINITIONS
 from sinkhole.results.mechanism import MechanismResult
-from sinkhole.results.report import SCHEMA, Report
+from sinkhole.results.report import MAPS_MAX_LEN, SCHEMA, Report
 
-__all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN: the CLI's ModelProbe(maps_max_len=)
+__all__ = ["MAPS_MAX_LEN", "render_html", "write_html"]  # MAPS_MAX_LEN (sinkhole.results.report): re-exported
 
 
 def _esc(x) -> str:
@@ -103,9 +105,8 @@ def _item(text: str) -> str:
 
 
 def definitions_html() -> str:
-    """The module docstring of sinkhole.analysis.core as headed lists, each heading an anchor."""
-    from sinkhole.analysis import core
-
+    """The definitions text (sinkhole.results.definitions, sinkhole.analysis.core's docstring) as headed
+    lists, each heading an anchor."""
     out, items = [], []
 
     def flush():
@@ -113,7 +114,7 @@ def definitions_html() -> str:
             out.append("<ul>" + "".join(f"<li>{_item(i)}</li>" for i in items) + "</ul>")
             items.clear()
 
-    for para in (core.__doc__ or "").strip().split("\n\n"):
+    for para in DEFINITIONS.strip().split("\n\n"):
         lines = para.splitlines()
         if not any(line.startswith("- ") for line in lines):
             flush()
@@ -132,7 +133,7 @@ def definitions_html() -> str:
     return "\n".join(out)
 
 
-PAGE_DEFINITIONS = [  # what this page draws beyond sinkhole.analysis.core's definitions
+PAGE_DEFINITIONS = [  # what this page draws beyond the report's definitions
     "A_{l,h}[t, k]: attention probability from query t to key k; entries above the diagonal are masked (empty).",
     "Heads grid: alpha_{l,h}(top sink), the mass each head gives the token with the largest attention mass.",
     "Per-key view (long inputs): alpha_{l,h}(k) of every key k for each head of the selected layer.",

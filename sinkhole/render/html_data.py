@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sinkhole.render.html_mechanism import as_mechanism, designed, mechanism_view
 from sinkhole.results.base import jsonable
-from sinkhole.results.report import Report
+from sinkhole.results.report import MAPS_MAX_LEN, Report
 
 if TYPE_CHECKING:
     from sinkhole.results.mechanism import Mechanism
 
-MAPS_MAX_LEN = 96  # full (query x key) maps for inputs up to this many tokens
 MAPS_MAX_BYTES = 2_000_000  # and only if all heads' lower triangles fit in this many bytes
 NODES_MAX_ITEMS = 60  # children shown per generic list / dict before "... more"
 NODES_MAX_ROWS = 300  # rows shown per generic table
@@ -223,13 +223,12 @@ def view(report: Report, mechanism: Mechanism | None = None) -> dict:
             "Per-key view unavailable: this page was rendered from a report without its Capture, "
             "which holds per-head attention; only the layers × heads grid is shown."
         )
-    from sinkhole.render.html_mechanism import as_mechanism, designed, mechanism_view
-
     sections = dict(report.extra)
     if mechanism is not None:
         sections["mechanism"] = mechanism.sections()  # the generic tree ("all numbers") shows the JSON
     if designed(sections.get("mechanism")):
-        v["mechanism"] = mechanism_view(mechanism if mechanism is not None else as_mechanism(sections["mechanism"]), m)
+        typed = mechanism if mechanism is not None else as_mechanism(sections["mechanism"])
+        v["mechanism"] = rnd(mechanism_view(typed, m))
     v["sections"] = [{"key": k, "nodes": to_nodes(val)} for k, val in _sections(report, sections)]
     v["channel_colours"] = channel_colours(*_page_channels(v))
     v["other_channel"] = OTHER_CHANNEL

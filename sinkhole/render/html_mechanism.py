@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 
 from sinkhole.render.analyze_text import pct
-from sinkhole.render.html_data import rnd
 from sinkhole.results.mechanism import Amplifier, Mechanism, Normalization
 from sinkhole.results.report import ModelInfo
 
@@ -142,7 +141,7 @@ def _why(result, measured: type) -> str:
 
 
 def mechanism_view(m: Mechanism, model: ModelInfo) -> dict:
-    """The compact data static/mechanism.js draws (rounded to 4 significant digits)."""
+    """The data static/mechanism.js draws (html_data.view rounds it to 4 significant digits)."""
     L, H = model.n_layers, model.n_heads
     lcy, ch, amp, nrm, keys = m.lifecycle, m.channels, m.amplifier, m.normalization, m.sink_keys
     why_amp, why_nrm = _why(amp, Amplifier), _why(nrm, Normalization)
@@ -202,11 +201,11 @@ def mechanism_view(m: Mechanism, model: ModelInfo) -> dict:
     }
     iv = m.interventions
     if iv:
-        names = [k for k, x in iv.perplexity.items() if x is not None]
+        ppl = {k: x for k, x in iv.perplexity.items() if x is not None}
         v["interventions"] = {
-            "labels": [INTERVENTION_LABELS.get(k, k) for k in names],
-            "keys": names,
-            "ppl": [iv.perplexity[k] for k in names],
+            "labels": [INTERVENTION_LABELS.get(k, k) for k in ppl],
+            "keys": list(ppl),
+            "ppl": list(ppl.values()),
             "n_tokens": iv.n_tokens,
             "text": iv.text,
         }
@@ -215,7 +214,7 @@ def mechanism_view(m: Mechanism, model: ModelInfo) -> dict:
         v["story"].append(
             f"Vocabulary sweep: {pct(vs.spike_share)} of {vs.n_tokens:,} tokens spike when alone at position 0."
         )
-    return rnd(v)
+    return v
 
 
 MECH_HTML = """<section id="mechanism"><h2>Mechanism <button class="def" data-def="def-mechanism">?</button></h2>

@@ -298,7 +298,7 @@ class PerVariant(Result):
     sink_masked: float | None
 
     def items(self) -> list[tuple[str, float | None]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
 @dataclass

@@ -170,13 +170,18 @@ class LearnedSinks(Result):
     top_token_sink: dict = field(metadata={"keys": "{position, alpha[L][H]}"})
 
 
+MAPS_MAX_LEN = 96  # `Detail.maps` (full query x key maps, drawn by the page) for inputs up to this many tokens:
+# producers pass it to the probe (ModelProbe(maps_max_len=...)); longer inputs get the per-key view
+
+
 @dataclass
 class Detail:
     """What renderers need beyond the JSON, taken from the Capture by `analyze()`; never written to JSON
     (the arrays are large, and the JSON stays what it was). Shapes: L layers, H heads, T tokens.
 
     alpha      (L, H, T) alpha_{l,h}(k), NaN on non-attention layers (the page's per-key view).
-    maps       (L, H, T, T) float16 attention maps, when the probe kept them (T <= its maps_max_len).
+    maps       (L, H, T, T) float16 attention maps, when the probe kept them (T <= its maps_max_len,
+               MAPS_MAX_LEN for the page).
     channels   the channels the page draws across layers; `channels_why` says how they were chosen.
     top_k      K of the probe's top-K record per (layer, token).
     channel_values  (T, C, L) h_l[t, c] of each drawn channel, NaN where c is not among t's top K at l.
