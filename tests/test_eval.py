@@ -322,6 +322,17 @@ def test_summarize_statistics():
     assert "[1, 2] in 67%" in text and f"r(sequence length, sink mass) = {r:+.2f}" in text
 
 
+def test_summary_is_typed_and_reads_back():
+    """summary.json is the EvalSummary's to_dict (schema first); read back it is the same typed summary."""
+    from sinkhole.results.eval import EvalSummary, MetricStats
+
+    s = summarize([_row(0, "a", 10, 0.6, [1, 2]), _row(1, "b", 20, 0.5, [])], {"settings": {"chat": True}})
+    d = json.loads(json.dumps(s.to_dict()))
+    assert list(d)[:3] == ["schema", "run", "n_prompts"] and d["schema"] == "sinkhole.eval-summary/1"
+    back = EvalSummary.from_dict(d)
+    assert back == s and isinstance(back.per_category["b"].metrics["sink_mass"], MetricStats)
+
+
 def test_summary_words_and_one_prompt_rows():
     from sinkhole.render.eval_page import tables_html
 
