@@ -3,9 +3,13 @@
 The bottom layer: these modules import nothing of sinkhole but `errors` and `io`, so every producer
 (analysis/, experiments/, eval/, cache/, ...) and every renderer (render/) can import them.
 
-    base.py        the one base: `to_dict()` (field order kept, optional None fields left out),
-                   `from_dict`, and the generated schema text
-    report.py      `analyze`'s report ("sinkhole.report/1") and its JSON file
+    base.py        the one base, `Result`: `to_dict()` (field order kept, optional `opt` fields left
+                   out when None), `from_dict`, `schema_text` (the key listings in docstrings and docs),
+                   `write_json` (every command's strict-JSON writer), `NotApplicable`
+    report.py      `analyze`'s report ("sinkhole.report/1": Report, its rows, ModelInfo, Detail for
+                   renderers, MAPS_MAX_LEN)
+    definitions.py the text that defines every number of a report (analysis.core's docstring, the
+                   HTML page's Definitions)
     mechanism.py   `mechanism`'s typed result (the report's `mechanism` section)
     eval.py        `eval`'s rows (results.jsonl) and summary ("sinkhole.eval-summary/1")
     compare.py     `compare`'s two reports or two eval runs side by side ("sinkhole.compare/1")
