@@ -47,6 +47,14 @@ class RecallDetail(Result):
     recall_range: list[float] | None = opt("random heads: [min, max] over the seeds")
     ppl_range: list[float] | None = opt("random heads: [min, max] over the seeds")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RecallDetail:
+        """The seeds' rows are rebuilt here: the base rebuilds `list[Row]`, not `list[Row] | None`."""
+        r = super().from_dict(d)
+        if r.seeds is not None:
+            r.seeds = [RecallSeed.from_dict(s) for s in r.seeds]
+        return r
+
     @property
     def full_heads(self) -> str:
         """'retrieval/kv heads', or 'all' when the cache treats every head alike."""
