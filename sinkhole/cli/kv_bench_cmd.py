@@ -106,6 +106,45 @@ def resolve(args):
     return BenchSettings(tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan)
 
 
+def known_context(model: str) -> int | None:
+    """The model's trained context (max_position_embeddings) from its config.json, without loading weights:
+    a local model directory's, or a bundled / .gguf model's converted copy once it exists. None: unknown
+    (a hub id, a model not converted yet), and the check after the load decides."""
+    import json
+    from pathlib import Path
+
+    from sinkhole.errors import SinkholeError
+    from sinkhole.io import cache_dir, file_sha256
+    from sinkhole.models.registry import resolve as resolve_model
+
+    try:
+        source = resolve_model(model)
+        if source.kind == "hf":
+            config = Path(source.path) / "config.json"
+        else:  # where sinkhole.models.gguf_cache keeps the conversion
+            config = cache_dir() / "gguf" / file_sha256(source.path)[:24] / "config.json"
+        d = json.loads(config.read_text())
+    except (OSError, ValueError, SinkholeError):  # any doubt: the load says what is wrong
+        return None
+    text = d.get("text_config") if isinstance(d, dict) else None
+    n = (d if isinstance(d, dict) else {}).get("max_position_embeddings") or (
+        text.get("max_position_embeddings") if isinstance(text, dict) else None
+    )
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def too_long(model: str, lengths) -> None:
+    """Refuse --lengths the model's context cannot hold (a sample is its length plus its answer)."""
+    from sinkhole.errors import SinkholeError
+
+    context = known_context(model)
+    if context and max(lengths) >= context:
+        raise SinkholeError(
+            f"--lengths {max(lengths)}: past {model}'s context of {context} tokens (a sample needs its "
+            f"length plus its answer): use lengths below {context}"
+        )
+
+
 def run(args) -> int:
     from sinkhole.cli.common import raise_failures, write_all
     from sinkhole.kvbench.bench import run_bench
@@ -116,6 +155,7 @@ def run(args) -> int:
     from sinkhole.results.base import write_json
 
     settings = resolve(args)
+    too_long(args.model, settings.lengths)  # before the weights load, when the config tells
     given = load_profile(args.profile) if args.profile else None  # a bad profile fails before the model loads
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
