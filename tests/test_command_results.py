@@ -154,3 +154,29 @@ def test_quant_results_round_trip_and_render_from_the_types():
     assert d["calibration"] == {"source": "test", "n_sequences": 2, "length": 16}
     _same_after_round_trip(QuantValidation, d)
     assert "naive_static" in render_validation(QuantValidation.from_dict(d))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("recall-*.json")), ids=lambda p: p.name)
+def test_recall_files_read_back_typed_and_write_the_same_bytes(path):
+    from sinkhole.render.recall_text import render_recall
+    from sinkhole.results.stream_recall import RecallResult
+
+    d = json.loads(path.read_text())
+    r = RecallResult.from_dict(d)
+    assert json.dumps(r.to_dict(), indent=1) == json.dumps(d, indent=1)
+    assert render_recall(r).splitlines()[0].startswith(f"{d['model']}: copy recall")
+
+
+@pytest.mark.parametrize("module", ["stream", "stream_recall", "quant", "kvbench"])
+def test_every_key_is_named_in_the_module_docstring(module):
+    """The docstrings' key listings cannot leave out a key the types write."""
+    import dataclasses
+    import importlib
+    import re
+
+    mod = importlib.import_module(f"sinkhole.results.{module}")
+    words = set(re.findall(r"\w+", mod.__doc__))
+    for cls in vars(mod).values():
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == mod.__name__:
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in words]
+            assert not missing, (cls.__name__, missing)

@@ -6,7 +6,8 @@ JSON schema "sinkhole.kvbench/1" (`KVBenchResult.to_dict()`; `schema_text(KVBenc
     snap_window, snap_kernel, chunk}}}, cells[{task, length, method, label, metric, score,
     samples[{depth, seed, where, score}], rows, kv_bytes, dense_bytes, kv_share, peak_rss, seconds,
     detail}], schema, summary{methods{method: {tasks, retrieval_ratio, worst_cell_ratio, ppl_ratio,
-    kv_share, seconds}}, targets, retrieval_tasks}
+    kv_share, seconds}, random: {seeds, retrieval_ratio_range, retrieval_ratio, ...}}, targets,
+    retrieval_tasks}
 
 A cell is one (task, length, method) over all its samples (niah: seeds x depths). score: the mean of
 the samples' scores for exact / token accuracy; the perplexity of all answer tokens for ppl (a

@@ -3,9 +3,9 @@
 JSON schema "sinkhole.recall/1" (`RecallResult.to_dict()`; `schema_text(RecallResult)` lists it):
     model, n_tokens, budget, window, n_sink, uniform_cache, dense_bytes, spans[stream][span][p1, p2,
     length], rows[{method, label, recall, recall_first, ppl_text, kv_slots, kv_share, kv_bytes,
-    bytes_share, seconds, detail{retrieval_heads?, kv_heads?, retrieval?, plan?, seeds?, recall_range?,
-    ppl_range?}}], settings{span, n_spans, seeds, chunk, rank_by, local_sinks, random_seeds, text,
-    dtype, device}, schema
+    bytes_share, seconds, detail{retrieval_heads?, kv_heads?, retrieval?, plan?, seeds?[{seed, recall,
+    recall_first, ppl_text, nbytes, slots, seconds, retrieval}], recall_range?, ppl_range?}}],
+    settings{span, n_spans, seeds, chunk, rank_by, local_sinks, random_seeds, text, dtype, device}, schema
 
 The methods and numbers are defined in sinkhole.cache.recall, which computes them. A row's detail is
 empty for dense; the head-aware caches give their full (retrieval) heads, the random-heads control
