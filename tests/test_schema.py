@@ -3,6 +3,7 @@ and renderers need no Capture (tiny random models, no download)."""
 
 import json
 import re
+from dataclasses import fields
 
 import pytest
 from conftest import tiny_llama, wrap
@@ -284,8 +285,8 @@ def test_renderers_read_the_report_only():
     row = prompt_row(SuiteItem(index=0, category="x", prompt="p"), r)
     s = r.spikes.tokens[0]
     at = dict(zip(cap.resid_top_channels[s.layer, s.position], cap.resid_top_values[s.layer, s.position]))
-    assert row["spikes"][0]["channel_values"] == [float(at[c]) for c in s.channels]
-    assert row["n_tokens"] == len(IDS) and row["tokens"] == cap.tokens
+    assert row.spikes[0].channel_values == [float(at[c]) for c in s.channels]
+    assert row.n_tokens == len(IDS) and row.tokens == cap.tokens
 
 
 # ---------- eval rows (sinkhole.results.eval): the same checks for results.jsonl ----------
@@ -311,12 +312,11 @@ def test_eval_row_docstring_and_docs_are_generated_from_the_dataclass():
 def test_every_eval_row_key_written_is_documented_and_the_row_reads_back(tmp_path):
     """A row with spikes and sinks, written by ResultsStore: its keys are the documented ones, all of
     them; read back it is the typed row again; CSV and summary read typed rows as they read dicts."""
-    from sinkhole.results.eval import EvalRow, EvalSink, EvalSpike
-
     from sinkhole.eval.aggregate import summarize
     from sinkhole.eval.export import rows_csv
     from sinkhole.eval.runner import ResultsStore, prompt_row
     from sinkhole.eval.suite import SuiteItem
+    from sinkhole.results.eval import EvalRow, EvalSink, EvalSpike
 
     row = prompt_row(SuiteItem(index=0, category="x", prompt="p"), report_of(tiny_llama(), **LOW))
     assert isinstance(row, EvalRow) and row.spikes and row.sinks  # the lists' entries are looked at
@@ -324,7 +324,9 @@ def test_every_eval_row_key_written_is_documented_and_the_row_reads_back(tmp_pat
     line = (tmp_path / "results.jsonl").read_text(encoding="utf-8")
     written = json.loads(line)
     assert written_keys(written) == eval_row_keys(), "written and documented keys differ"
-    assert list(written) == row.keys() and line == json.dumps(row.to_dict(), ensure_ascii=False) + "\n"
+    assert (
+        list(written) == [f.name for f in fields(row)] and line == json.dumps(row.to_dict(), ensure_ascii=False) + "\n"
+    )
     back = ResultsStore(tmp_path).read_rows()[0]
     assert back == row and isinstance(back.spikes[0], EvalSpike) and isinstance(back.top_sink, EvalSink)
     assert back.to_dict() == written and back["sink_mass"] == back.sink_mass == back.get("sink_mass")
