@@ -144,12 +144,15 @@ def test_rows_csv():
         "n_spikes": 1,
         "spike_score": 30.5,
         "spike_channels": [507, 14],
-        "spikes": [{"position": 0}],
+        "spikes": [
+            dict(position=0, text="<s>", score=30.5, top_value=1.0, layer=0, channel=507, channels=[507, 14])
+            | dict(step_up_layers=[], step_down_layers=[], channel_values=[1.0, 0.5])
+        ],
         "n_sinks": 1,
-        "sinks": [{"position": 0}],
+        "sinks": [{"position": 0, "text": "<s>", "attn_mass": 0.5, "sink_rate": 0.8}],
         "sink_mass": 0.5,
         "sink_rate": 0.8,
-        "top_sink": {"position": 0, "text": "<s>"},
+        "top_sink": {"position": 0, "text": "<s>", "attn_mass": 0.5, "sink_rate": 0.8},
         "sink_heads": [[1, 2], [3, 4]],
         "jaccard": None,
         "sink_attention_share": 0.5,
