@@ -4,8 +4,7 @@ The pure analyses (sinkhole.analysis.mechanism) return these sections, `run_mech
 (sinkhole.experiments.mechanism_study) assembles them into a `MechanismResult`, and the renderers
 (render/mechanism_text.py, render/html_mechanism.py) read their attributes. Dicts exist only at the
 edge: `to_dict()` for the JSON file and the page's "all numbers" tree, `from_dict` for a file read
-back. Like the report's sections (sinkhole.results.report), every row also reads like its JSON dict
-(`t.rise`, `t["rise"]`, `t.get("rise")`).
+back. Sections leave out their optional fields (`key?` below) when None.
 
 JSON: the mechanism report is prompt 0's report ("sinkhole.report/1") plus one key `mechanism`,
 generated from the dataclasses by `mechanism_doc()` (tests/test_schema.py checks this text,

@@ -1,12 +1,12 @@
 """The report: one typed, JSON-ready structure that every renderer (terminal, JSON, HTML) reads.
 
-Design: `analyze()` returns a `Report` whose sections are dataclasses (`Spikes`, `Sinks`, `Overlap`,
-`KV`, `Layers`, `Heads`, `Residual`, `LearnedSinks`); dicts exist only at the edge (`to_dict()` for
-the JSON writer and the HTML embed, `Report.from_dict` for `compare`, which reads files back). Every
-row and section still reads like its JSON dict (`s.score`, `s["score"]`, `s.get("score")`), so code
-that indexes dicts keeps working while it moves over. `Report.detail` (`Detail`) holds what renderers
-need beyond the JSON (the page's per-head attention and spike-channel values, the eval rows' channel
-values); it is filled from the Capture by `analyze()` and never written to JSON.
+Design: `analyze()` returns a `Report` whose model (`ModelInfo`) and sections are results on the one
+base (sinkhole.results.base: `Spikes`, `Sinks`, `Overlap`, `KV`, `Layers`, `Heads`, `Residual`,
+`LearnedSinks`), read by attribute (`s.score`); dicts exist only at the edge (`to_dict()` for the JSON
+writer and the HTML embed, `Report.from_dict` for `compare`, which reads files back). Every field of a
+row is written, None as null. `Report.detail` (`Detail`) holds what renderers need beyond the JSON
+(the page's per-head attention and spike-channel values, the eval rows' channel values); it is filled
+from the Capture by `analyze()` and never written to JSON.
 
 JSON schema "sinkhole.report/1", generated from the dataclasses by `schema_doc()` (tests/test_schema.py
 checks this text, README.md's JSON section and a real report file against it). [T]: one per token,
