@@ -22,7 +22,7 @@ heads: sinks keep their positions (no re-rotation), exact within the trained con
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +30,7 @@ from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAU
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench.snapkv import DEFAULT_KERNEL as SNAP_KERNEL
 from sinkhole.kvbench.snapkv import DEFAULT_WINDOW as SNAP_WINDOW
+from sinkhole.results.base import Result
 
 METHODS = ("dense", "window", "sinks", "head_aware", "random", "snapkv")
 LABELS = {
@@ -43,8 +44,9 @@ LABELS = {
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What decides a method's cache besides the sample's length (all recorded in the results)."""
+class Plan(Result):
+    """What decides a method's cache besides the sample's length (all recorded in the results:
+    `to_dict()` is `settings.numbers.plan`)."""
 
     budget: float = 0.5
     window: int = DEFAULT_WINDOW  # the head-aware cache's streaming heads
@@ -54,9 +56,6 @@ class Plan:
     snap_window: int = SNAP_WINDOW
     snap_kernel: int = SNAP_KERNEL
     chunk: int = 256
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def variants(methods, random_seeds: int) -> list[str]:
