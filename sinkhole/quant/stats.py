@@ -28,7 +28,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sinkhole.results.quant import STATS_SCHEMA, QuantStats
+from sinkhole.results.quant import (
+    STATS_SCHEMA,
+    ModuleStats,
+    OutlierExample,
+    OutlierToken,
+    QuantModel,
+    QuantStats,
+    TopChannel,
+)
 
 OUTLIER_TOKEN_RATIO = 64.0  # PrefixQuant's eta
 INT8_OUTLIER_THRESHOLD = 6.0  # LLM.int8()'s default
@@ -142,33 +150,34 @@ class LinearInputStats:
         """Mean over sequences of the number of channels with some |x| >= threshold (LLM.int8's fp16 columns)."""
         return float(self.columns_ge[THRESHOLD_EDGES.index(threshold)]) / max(self.n_sequences, 1)
 
-    def to_dict(self, top: int = 8, tokenizer=None) -> dict:
+    def result(self, top: int = 8, tokenizer=None) -> ModuleStats:
+        """The typed statistics of this input (`top` channels by absmax; `tokenizer` decodes the outlier
+        tokens' texts)."""
         ratios = self.channel_ratios()
         order = torch.argsort(self.channel_absmax, descending=True)[:top].tolist()
 
         def text(tid: int) -> str | None:
             return tokenizer.decode([tid]) if tokenizer is not None and tid >= 0 else None
 
-        return {
-            "name": self.name,
-            "layer": self.layer,
-            "kind": self.kind,
-            "n_channels": self.n_channels,
-            "input_group": self.input_group,
-            "absmax": self.absmax,
-            "median_channel_absmax": float(self.channel_absmax.median()),
-            "top_channels": [
-                {"channel": c, "absmax": float(self.channel_absmax[c]), "ratio": float(ratios[c])} for c in order
-            ],
-            "share_ge_6": self.share_ge(INT8_OUTLIER_THRESHOLD),
-            "token_ratio_max": self.token_ratio_max,
-            "n_outlier_tokens": self.n_outlier_tokens,
-            "outlier_positions": {str(k): v for k, v in sorted(self.outlier_positions.items())},
-            "outlier_tokens": [
-                {"token_id": k, "text": text(k), "count": v} for k, v in self.outlier_token_ids.most_common(8)
-            ],
-            "examples": self.examples,
-        }
+        return ModuleStats(
+            name=self.name,
+            layer=self.layer,
+            kind=self.kind,
+            n_channels=self.n_channels,
+            input_group=self.input_group,
+            absmax=self.absmax,
+            median_channel_absmax=float(self.channel_absmax.median()),
+            top_channels=[TopChannel(c, float(self.channel_absmax[c]), float(ratios[c])) for c in order],
+            share_ge_6=self.share_ge(INT8_OUTLIER_THRESHOLD),
+            token_ratio_max=self.token_ratio_max,
+            n_outlier_tokens=self.n_outlier_tokens,
+            outlier_positions={str(k): v for k, v in sorted(self.outlier_positions.items())},
+            outlier_tokens=[OutlierToken(k, text(k), v) for k, v in self.outlier_token_ids.most_common(8)],
+            examples=[OutlierExample(**e) for e in self.examples],
+        )
+
+    def to_dict(self, top: int = 8, tokenizer=None) -> dict:
+        return self.result(top=top, tokenizer=tokenizer).to_dict()
 
 
 @dataclass
@@ -190,19 +199,19 @@ class CalibrationStats:
     def result(self, tokenizer=None, top: int = 8) -> QuantStats:
         """The typed result (`sinkhole.results.quant.QuantStats`): what `--stats-json` writes and the
         terminal table shows; `tokenizer` decodes the outlier tokens' texts."""
-        return QuantStats.from_dict(self.to_dict(tokenizer=tokenizer, top=top))
+        return QuantStats(
+            schema=STATS_SCHEMA,
+            model=QuantModel.from_dict(self.model),
+            source=self.source,
+            n_sequences=self.n_sequences,
+            n_tokens=self.n_tokens,
+            skip_positions=self.skip_positions,
+            outlier_token_ratio=OUTLIER_TOKEN_RATIO,
+            modules=[s.result(top=top, tokenizer=tokenizer) for s in self.modules.values()],
+        )
 
     def to_dict(self, tokenizer=None, top: int = 8) -> dict:
-        return {
-            "schema": STATS_SCHEMA,
-            "model": self.model,
-            "source": self.source,
-            "n_sequences": self.n_sequences,
-            "n_tokens": self.n_tokens,
-            "skip_positions": self.skip_positions,
-            "outlier_token_ratio": OUTLIER_TOKEN_RATIO,
-            "modules": [s.to_dict(top=top, tokenizer=tokenizer) for s in self.modules.values()],
-        }
+        return self.result(tokenizer=tokenizer, top=top).to_dict()
 
 
 def decoder_linears(model: nn.Module, family) -> dict[str, tuple[int, nn.Linear]]:
