@@ -1,5 +1,8 @@
 """Every renderer: typed results (sinkhole.results) in, text / HTML / PNG out; nothing here runs a model.
 
+The top layer: a renderer imports sinkhole.results (and io, and the other renderers) only; a number it
+shows but the result lacks is computed by the producer and put into the result (tests/test_layout.py).
+
 Renderers are named `<command>_<medium>`: `_text` prints to the terminal, `_figures` writes PNGs,
 `_page` writes a self-contained HTML page.
 
