@@ -180,3 +180,14 @@ def test_every_key_is_named_in_the_module_docstring(module):
         if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == mod.__name__:
             missing = [f.name for f in dataclasses.fields(cls) if f.name not in words]
             assert not missing, (cls.__name__, missing)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("quant-*.json")), ids=lambda p: p.name)
+def test_quant_validation_files_read_back_typed_and_write_the_same_bytes(path):
+    from sinkhole.render.quant_text import render_validation
+    from sinkhole.results.quant import QuantValidation
+
+    d = json.loads(path.read_text())
+    r = QuantValidation.from_dict(d)
+    assert json.dumps(r.to_dict(), indent=1) == json.dumps(d, indent=1)
+    assert len(render_validation(r).splitlines()) == 2 + len(d["results"])
