@@ -199,7 +199,7 @@ class Detail:
 
 
 # The sections after `layers`, in the JSON's order; None = not computed, left out of the JSON.
-OPTIONAL = ("heads", "residual", "learned_sinks")
+OPTIONAL_SECTIONS = ("heads", "residual", "learned_sinks")
 
 
 @dataclass
@@ -244,7 +244,7 @@ class Report(Result):
         for k in ("spikes", "sinks", "overlap", "kv", "layers"):
             d[k] = getattr(self, k).to_dict()
         d["prompt"], d["chat"] = self.prompt, self.chat
-        for k in OPTIONAL:
+        for k in OPTIONAL_SECTIONS:
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k).to_dict()
         d.update(self.extra)
@@ -289,7 +289,7 @@ def documented_keys() -> tuple[list[str], list[str]]:
             continue
         sub = schema_text(hints[f.name])
         text = f.name + (f"[{sub}]" if row_types(hints[f.name])[1] and sub else sub)
-        (optional if f.name in OPTIONAL else always).append(text)
+        (optional if f.name in OPTIONAL_SECTIONS else always).append(text)
     return always, optional
 
 
