@@ -331,3 +331,27 @@ def test_every_eval_row_key_written_is_documented_and_the_row_reads_back(tmp_pat
     assert back == row and isinstance(back.spikes[0], EvalSpike) and isinstance(back.top_sink, EvalSink)
     assert back.to_dict() == written and back["sink_mass"] == back.sink_mass == back.get("sink_mass")
     assert rows_csv([row]) == rows_csv([written]) and summarize([row]) == summarize([written])
+
+
+def test_the_one_base_writes_none_fields_but_leaves_out_unset_optional_ones():
+    """Rows write every field (None as null); `opt` fields are left out when None; `from_dict` ignores
+    keys that are not fields; the schema text marks optional fields with '?'."""
+    from dataclasses import dataclass
+
+    from sinkhole.results.base import Result, opt, schema_text, shape
+
+    @dataclass
+    class Inner(Result):
+        x: list[int] = shape("[C]")
+
+    @dataclass
+    class Row(Result):
+        a: int | None
+        inner: list[Inner]
+        b: Inner | None = opt("when computed")
+
+    assert Row(None, []).to_dict() == {"a": None, "inner": []}
+    row = Row(1, [Inner([2])], Inner([3]))
+    assert row.to_dict() == {"a": 1, "inner": [{"x": [2]}], "b": {"x": [3]}}
+    assert Row.from_dict({**row.to_dict(), "extra": 0}) == row
+    assert schema_text(Row) == "{a, inner[{x[C]}], b?{x[C]}}"
