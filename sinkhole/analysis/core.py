@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sinkhole.results.definitions import DEFINITIONS
-
-__doc__ = DEFINITIONS
-
-
 from sinkhole.analysis.defaults import DEFAULT_EPSILON, DEFAULT_MIN_SINK_RATE, DEFAULT_THRESHOLD  # noqa: F401
 from sinkhole.analysis.detail import detail
 from sinkhole.probe.capture import Capture
+from sinkhole.results.definitions import DEFINITIONS
 from sinkhole.results.report import (
     KV,
     Heads,
@@ -28,6 +24,8 @@ from sinkhole.results.report import (
     SpikeToken,
     Token,
 )
+
+__doc__ = DEFINITIONS  # what every number computed below means (see the comment above)
 
 STEP_FRACTION = 0.1
 
