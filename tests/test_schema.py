@@ -124,11 +124,13 @@ def test_compare_refuses_an_incomplete_report_in_one_line():
         compare(Loaded("a.json", d["schema"], d), Loaded("b.json", d["schema"], d))
 
 
-def test_sections_read_like_their_dicts():
+def test_results_are_read_by_attribute_not_as_dicts():
     r = report_of(tiny_llama(), **LOW)
-    assert r.spikes["tokens"][0]["position"] == r.spikes.tokens[0].position
-    assert r.kv.get("n_slots") == len(IDS) and r["kv"] is r.kv and r.get("learned_sinks") is None
-    assert "heads" in r and "learned_sinks" in r and "detail" not in r and r["schema"] == "sinkhole.report/1"
+    assert r.kv.n_slots == len(IDS) and r.learned_sinks is None and r.to_dict()["schema"] == "sinkhole.report/1"
+    for x in (r, r.kv, r.spikes.tokens[0]):
+        with pytest.raises(TypeError):
+            x["position"]
+        assert not hasattr(x, "get") and not hasattr(x, "keys")
 
 
 # ---------- the mechanism result (sinkhole.results.mechanism) ----------
@@ -247,7 +249,7 @@ def test_mechanism_json_keeps_its_layout_and_round_trips(mechanism_runs):
         "core_step_down_layers",
         "step_up_blocks",
     ]
-    assert tok["rise"] == tok.rise and tok.get("trace") is tok.trace and "trace" in tok
+    assert tok.to_dict()["rise"] == tok.rise
     lfm2 = mechanism_runs["lfm2"][1]["mechanism"]["sink_keys"]
     assert list(lfm2)[-1] == "layers" and len(lfm2["per_layer_kv_head"]["sink_pr"]) == len(lfm2["layers"])
 
@@ -329,7 +331,7 @@ def test_every_eval_row_key_written_is_documented_and_the_row_reads_back(tmp_pat
     )
     back = ResultsStore(tmp_path).read_rows()[0]
     assert back == row and isinstance(back.spikes[0], EvalSpike) and isinstance(back.top_sink, EvalSink)
-    assert back.to_dict() == written and back["sink_mass"] == back.sink_mass == back.get("sink_mass")
+    assert back.to_dict() == written and back.to_dict()["sink_mass"] == back.sink_mass
     assert rows_csv([row]) == rows_csv([written]) and summarize([row]) == summarize([written])
 
 

@@ -35,22 +35,6 @@ def shape(s: str, **kw):
 class Result:
     """A typed JSON object (a dataclass): `to_dict()` and `from_dict(d)` convert it both ways."""
 
-    # Dict-style reads (`r["score"]`, `r.get("score")`), kept only while the last callers move to
-    # attributes; they go once no code reads results as dicts.
-    def __getitem__(self, key: str):
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.__dataclass_fields__
-
-    def get(self, key: str, default=None):
-        return getattr(self, key, default) if key in self.__dataclass_fields__ else default
-
-    def keys(self):
-        return list(self.__dataclass_fields__)
-
     def to_dict(self) -> dict:
         return to_dict(self)
 

@@ -219,26 +219,6 @@ class Report(Result):
     extra: dict = field(default_factory=dict)  # other sections (drawn as generic trees on the page)
     detail: Detail | None = field(default=None, repr=False, compare=False)  # renderers only, never JSON
 
-    def __getitem__(self, key: str):
-        """JSON-style access; extra sections by their key too."""
-        if key in self.extra:
-            return self.extra[key]
-        if key == "schema":
-            return SCHEMA
-        if key in ("extra", "detail"):
-            raise KeyError(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.extra or (key in self.__dataclass_fields__ and key not in ("extra", "detail"))
-
-    def get(self, key: str, default=None):
-        try:
-            v = self[key]
-        except KeyError:
-            return default
-        return default if v is None else v
-
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "model": self.model.to_dict(), "tokens": [t.to_dict() for t in self.tokens]}
         for k in ("spikes", "sinks", "overlap", "kv", "layers"):
