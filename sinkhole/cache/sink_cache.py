@@ -45,6 +45,9 @@ from sinkhole.models.families import rotary_inv_freq
 
 GLOBAL_TYPES = ("full_attention",)
 ROTATION_BLOCK = 64  # decode steps whose sink rotations are computed in one batched pass
+DEFAULT_WINDOW = (
+    1020  # recent tokens a SinkCache keeps: with 4 sinks, 1024 slots (StreamingLLM's setting); SinkAwareLLM's too
+)
 LOCAL_TYPES = ("sliding_attention", "chunked_attention")
 
 
@@ -275,7 +278,7 @@ class SinkCache(Cache):
     def __init__(
         self,
         n_sink: int = 4,
-        window: int = 1020,
+        window: int = DEFAULT_WINDOW,
         *,
         model: torch.nn.Module | None = None,
         sink_positions: list[int] | None = None,
@@ -288,7 +291,7 @@ class SinkCache(Cache):
                 f"SinkCache(..., model=lm.model), not {type(model).__name__} {model!r:.40}"
             )
         n_sink = integer(n_sink, "n_sink", lo=0, example=4)
-        window = integer(window, "window", lo=2, example=1020)
+        window = integer(window, "window", lo=2, example=DEFAULT_WINDOW)
         if sink_positions is not None:
             if isinstance(sink_positions, (str, bytes)) or not hasattr(sink_positions, "__iter__"):
                 raise SinkholeError(
@@ -311,7 +314,7 @@ class SinkCache(Cache):
         super().__init__(layers=layers)
 
     @classmethod
-    def from_profile(cls, profile, window: int = 1020, *, model: torch.nn.Module) -> SinkCache:
+    def from_profile(cls, profile, window: int = DEFAULT_WINDOW, *, model: torch.nn.Module) -> SinkCache:
         """Pin the positions a `SinkProfile` found to sink (its `pinned_slots` first sink positions).
 
         When the profile asks for more slots than it lists positions, the earliest unlisted

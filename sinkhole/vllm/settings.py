@@ -13,10 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sinkhole.cache.sink_cache import DEFAULT_WINDOW  # the engine keeps what a SinkCache keeps
 from sinkhole.errors import SinkholeError
 
 DEFAULT_N_SINK = 4
-DEFAULT_WINDOW = 1020
+
 DEFAULT_PIN_BLOCKS = 8  # distinct sink blocks (e.g. system prompts' first blocks) kept pinned
 DETECT_PROMPTS = 32  # prompts SinkDetector runs for profile="detect": a few seconds on SmolLM2
 
