@@ -18,7 +18,7 @@ def test_lengths_past_the_context_refused_before_the_load(tmp_path, capsys, monk
 
 
 def test_known_context_reads_the_config_or_says_unknown(tmp_path):
-    from sinkhole.cli.kv_bench_cmd import known_context
+    from sinkhole.models.registry import known_context
 
     d = tmp_path / "m"
     d.mkdir()
@@ -27,3 +27,19 @@ def test_known_context_reads_the_config_or_says_unknown(tmp_path):
     (d / "config.json").write_text("{not json")
     assert known_context(str(d)) is None
     assert known_context(str(tmp_path / "missing")) is None
+
+
+def test_the_preset_fits_the_context_and_no_answer_passes_the_room():
+    from test_kvbench import CharTokenizer
+
+    from sinkhole.cli.kv_bench_cmd import fit_preset
+    from sinkhole.kvbench.bench import BenchSettings
+    from sinkhole.kvbench.tasks import ANSWER_ROOM, TASKS, Encoder, make_samples
+
+    s = BenchSettings(("niah",), (1024, 2048, 4096, 8192), ("dense",))
+    assert fit_preset(s, 8192).lengths == (1024, 2048, 4096, 8192 - ANSWER_ROOM)
+    assert fit_preset(s, 32768).lengths == s.lengths and fit_preset(s, None).lengths == s.lengths
+    assert fit_preset(s, 2048 + ANSWER_ROOM).lengths == (1024, 2048)  # duplicates merge
+    enc = Encoder(CharTokenizer())
+    longest = max(len(x.answer) for t in TASKS for x in make_samples(enc, t, 512, 2, 1))
+    assert longest <= ANSWER_ROOM

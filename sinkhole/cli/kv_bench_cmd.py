@@ -35,7 +35,11 @@ def add_parser(sub) -> None:
     add_model_args(p)
     g = p.add_argument_group("benchmark")
     g.add_argument("--tasks", help=f"comma-separated, default {DEFAULT['tasks']}")
-    g.add_argument("--lengths", help=f"context lengths in tokens, default {DEFAULT['lengths']}")
+    g.add_argument(
+        "--lengths",
+        help=f"context lengths in tokens, default {DEFAULT['lengths']} (a preset's are cut to the model's "
+        "context less 128 tokens of answer room)",
+    )
     g.add_argument("--depths", type=int, help=f"NIAH depths from 0%% to 100%%, default {DEFAULT['depths']}")
     g.add_argument("--seeds", type=int, help=f"samples per cell (NIAH: per depth), default {DEFAULT['seeds']}")
     g.add_argument("--quick", action="store_true", help=f"preset for options not given: {QUICK}")
@@ -106,36 +110,10 @@ def resolve(args):
     return BenchSettings(tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan)
 
 
-def known_context(model: str) -> int | None:
-    """The model's trained context (max_position_embeddings) from its config.json, without loading weights:
-    a local model directory's, or a bundled / .gguf model's converted copy once it exists. None: unknown
-    (a hub id, a model not converted yet), and the check after the load decides."""
-    import json
-    from pathlib import Path
-
-    from sinkhole.errors import SinkholeError
-    from sinkhole.io import cache_dir, file_sha256
-    from sinkhole.models.registry import resolve as resolve_model
-
-    try:
-        source = resolve_model(model)
-        if source.kind == "hf":
-            config = Path(source.path) / "config.json"
-        else:  # where sinkhole.models.gguf_cache keeps the conversion
-            config = cache_dir() / "gguf" / file_sha256(source.path)[:24] / "config.json"
-        d = json.loads(config.read_text())
-    except (OSError, ValueError, SinkholeError):  # any doubt: the load says what is wrong
-        return None
-    text = d.get("text_config") if isinstance(d, dict) else None
-    n = (d if isinstance(d, dict) else {}).get("max_position_embeddings") or (
-        text.get("max_position_embeddings") if isinstance(text, dict) else None
-    )
-    return n if isinstance(n, int) and n > 0 else None
-
-
 def too_long(model: str, lengths) -> None:
     """Refuse --lengths the model's context cannot hold (a sample is its length plus its answer)."""
     from sinkhole.errors import SinkholeError
+    from sinkhole.models.registry import known_context
 
     context = known_context(model)
     if context and max(lengths) >= context:
@@ -143,6 +121,22 @@ def too_long(model: str, lengths) -> None:
             f"--lengths {max(lengths)}: past {model}'s context of {context} tokens (a sample needs its "
             f"length plus its answer): use lengths below {context}"
         )
+
+
+def fit_preset(settings, context: int | None):
+    """The preset's lengths on a model whose context cannot hold them with their answers: the longest
+    become the context less ANSWER_ROOM (8192 -> 8064 on SmolLM2's 8192), said on stderr."""
+    from dataclasses import replace
+
+    from sinkhole.kvbench.tasks import ANSWER_ROOM
+
+    top = (context or 0) - ANSWER_ROOM
+    if top < 256:  # no context, or one too short for any length: the bench says so per cell
+        return settings
+    fitted = tuple(dict.fromkeys(min(n, top) for n in settings.lengths))
+    if fitted != settings.lengths:
+        status(f"lengths {','.join(map(str, fitted))}: the preset's fitted to the context of {context} tokens")
+    return replace(settings, lengths=fitted)
 
 
 def run(args) -> int:
@@ -155,11 +149,14 @@ def run(args) -> int:
     from sinkhole.results.base import write_json
 
     settings = resolve(args)
-    too_long(args.model, settings.lengths)  # before the weights load, when the config tells
+    if args.lengths:  # a preset's lengths are fitted to the model after the load instead
+        too_long(args.model, settings.lengths)  # before the weights load, when the config tells
     given = load_profile(args.profile) if args.profile else None  # a bad profile fails before the model loads
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
     )
+    if not args.lengths:
+        settings = fit_preset(settings, lm.max_context)
     prof = given or load_profile(lm.name)
     prof.check_model(lm.weights_id, lm.name)
     n_cells = len(settings.tasks) * len(settings.lengths) * len(settings.methods)

@@ -44,6 +44,7 @@ METRICS = {  # task -> how a sample is scored
 }
 SEED_BASE = 1000  # task seeds are SEED_BASE + i: never the small seeds the calibration streams use
 COPY_SPAN, PPL_TOKENS, MULTIKEY_NEEDLES = 32, 128, 4
+ANSWER_ROOM = PPL_TOKENS  # tokens past a sample's length that no task's answer exceeds (ppl's is the longest)
 HAYSTACK = "pydoc_data.topics, second half of the sorted keys (sinkhole.text.pydoc_text(half=1))"
 WORDS = (
     "apple anchor badger banjo candle cactus dolphin dragon eagle engine falcon fiddle garden glacier harbor "

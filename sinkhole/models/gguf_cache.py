@@ -229,6 +229,11 @@ def convert_into(gguf: Path, out: Path, digest: str) -> None:
     tok.save_pretrained(out)
 
 
+def entry_dir(digest: str) -> Path:
+    """Where the conversion of the .gguf file with this sha256 lives (whether or not it exists yet)."""
+    return cache_dir() / "gguf" / digest[:24]
+
+
 def converted_gguf_dir(gguf: Path, log=print, content: bool = True) -> tuple[Path, str]:
     """Directory of safetensors converted from `gguf` (converting on first use), and the file's sha256.
 
@@ -241,8 +246,8 @@ def converted_gguf_dir(gguf: Path, log=print, content: bool = True) -> tuple[Pat
         raise SinkholeError(
             f"cannot read GGUF file {gguf} ({err.strerror or err}): check that it exists and is readable"
         ) from None
-    root = cache_dir() / "gguf"
-    target = root / digest[:24]
+    target = entry_dir(digest)
+    root = target.parent
     clean_stale(root)
     if entry_problem(target, log, content=content) is None:
         return target, digest

@@ -126,3 +126,28 @@ def hub_cache_missing(repo_id: str) -> None:
             f"'{repo_id}' is not in the local Hugging Face cache (HF_HOME={constants.HF_HOME}, looked for "
             f"{folder}); sinkhole never downloads: put the model there first, or pass a local model directory"
         )
+
+
+def known_context(model: str) -> int | None:
+    """The model's trained context (max_position_embeddings) from its config.json, without loading weights:
+    a local model directory's, or a bundled / .gguf model's converted copy once it exists. None: unknown
+    (a hub id, a model not converted yet), and the check after the load decides."""
+    import json
+
+    from sinkhole.io import file_sha256
+    from sinkhole.models.gguf_cache import entry_dir
+
+    try:
+        source = resolve(model)
+        if source.kind == "hf":
+            config = Path(source.path) / "config.json"
+        else:  # where sinkhole.models.gguf_cache keeps the conversion
+            config = entry_dir(file_sha256(source.path)) / "config.json"
+        d = json.loads(config.read_text())
+    except (OSError, ValueError, SinkholeError):  # any doubt: the load says what is wrong
+        return None
+    text = d.get("text_config") if isinstance(d, dict) else None
+    n = (d if isinstance(d, dict) else {}).get("max_position_embeddings") or (
+        text.get("max_position_embeddings") if isinstance(text, dict) else None
+    )
+    return n if isinstance(n, int) and n > 0 else None
