@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from sinkhole.errors import SinkholeError
@@ -283,3 +284,24 @@ def result_stream(*paths):
     from sinkhole.io import is_stdout
 
     return sys.stderr if any(is_stdout(p) for p in paths) else sys.stdout
+
+
+@contextmanager
+def resumable_progress(total: int, desc: str, unit: str, where: str):
+    """(update, initial) for a resumable run's progress bar: `initial(n)` is told how many items an
+    earlier run already finished (in `where`), so the bar starts there and its ETA counts only this
+    run's speed. Under torchrun rank 0's bar counts every rank's items."""
+    from sinkhole.progress import progress
+
+    bar = progress(total=total, desc=desc, unit=unit)
+
+    def initial(n: int) -> None:
+        if n:
+            status(f"resuming: {n} of {total} {unit}s already in {where}")
+            bar.n = bar.last_print_n = bar.initial = n
+            bar.refresh()
+
+    try:
+        yield bar.update, initial
+    finally:
+        bar.close()

@@ -117,20 +117,10 @@ def _run(args, world) -> int:
 
 
 def _evaluate(args, world, probe, suite, settings, run_eval):
-    from sinkhole.progress import progress
+    from sinkhole.cli.common import resumable_progress
 
-    bar = progress(total=len(suite), desc="eval", unit="prompt")  # rank 0's counts all ranks' rows
-    try:
-
-        def initial(n: int) -> None:
-            if n:
-                status(f"resuming: {n} of {len(suite)} prompts already in {args.out}")
-                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
-                bar.refresh()
-
-        return run_eval(probe, suite, args.out, settings, progress=bar.update, initial=initial, world=world)
-    finally:
-        bar.close()
+    with resumable_progress(len(suite), "eval", "prompt", args.out) as (update, initial):
+        return run_eval(probe, suite, args.out, settings, progress=update, initial=initial, world=world)
 
 
 def write_outputs(rows, out_dir: str | Path, figures: bool = True, suite=None):

@@ -116,18 +116,10 @@ def _run(args, world) -> int:
 
 
 def _mask(args, world, probe, suite, settings, batching):
+    from sinkhole.cli.common import resumable_progress
     from sinkhole.mask.store import run_mask
-    from sinkhole.progress import progress
 
-    bar = progress(total=len(suite), desc="mask", unit="text")  # rank 0's counts all ranks' texts
-    try:
-
-        def initial(n: int) -> None:
-            if n:
-                status(f"resuming: {n} of {len(suite)} texts already in {args.out}.parts")
-                bar.n = bar.last_print_n = bar.initial = n  # the ETA counts only this run's speed
-                bar.refresh()
-
+    with resumable_progress(len(suite), "mask", "text", f"{args.out}.parts") as (update, initial):
         return run_mask(
             probe,
             suite,
@@ -135,9 +127,7 @@ def _mask(args, world, probe, suite, settings, batching):
             settings,
             max_batch_tokens=batching[0],
             max_batch=batching[1],
-            progress=bar.update,
+            progress=update,
             initial=initial,
             world=world,
         )
-    finally:
-        bar.close()
