@@ -262,10 +262,7 @@ def test_other_settings_are_refused_before_the_model_loads(job, tmp_path, monkey
     def no_load(*a, **kw):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(common, "load_probe", no_load)
-    import sinkhole.cli.eval_cmd as cli_eval
-
-    monkeypatch.setattr(cli_eval, "load_probe", no_load)
+    monkeypatch.setattr(common, "load_probe", no_load)  # what cli.common.load_locked calls
     assert main([*job["base"], "--out", str(out), "--threshold", "20"]) == 2
     assert "other settings (settings.threshold 1.1 -> 20.0)" in capsys.readouterr().err
 

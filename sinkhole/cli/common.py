@@ -224,6 +224,16 @@ def load_probe(args, **kw):
 _ANNOUNCED: set[str] = set()  # status lines already printed early, by announce_load
 
 
+def load_locked(stack, args, world, out_lock, check_existing, early):
+    """The probe of a resumable run that writes `args.out`: rank 0 first takes the output's lock (held in
+    `stack`) and checks what the output holds against `early` (settings), so a second writer or another
+    run's output is refused before the model loads; then every rank loads the model on its own device."""
+    world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
+    world.all_ok(lambda: check_existing(args.out, early), main_only=True)
+    rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
+    return world.all_ok(lambda: load_probe(rank_args))
+
+
 def status(msg: str) -> None:
     """Progress and status lines go to stderr, so stdout stays the result (rank 0's alone under a launcher)."""
     from sinkhole.distributed import quiet

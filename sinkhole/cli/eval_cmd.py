@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_probe, status
+from sinkhole.cli.common import add_analysis_args, add_chat_args, add_model_args, load_locked, status
 
 HELP = "run a prompt suite; per-prompt rows, summary statistics, figures (resumable)"
 EPILOG = """examples:
@@ -83,11 +83,7 @@ def _run(args, world) -> int:
     created = world.is_main and not args.out.exists()
     try:
         with ExitStack() as stack:
-            # taken before the model loads: a second writer is refused at once (rank 0 holds it for all)
-            world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
-            world.all_ok(lambda: check_existing(args.out, early), main_only=True)
-            rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
-            probe = world.all_ok(lambda: load_probe(rank_args))
+            probe = load_locked(stack, args, world, out_lock, check_existing, early)
             rows = _evaluate(args, world, probe, suite, settings, run_eval)
     except BaseException:
         # a run that stopped before writing anything leaves no directory behind

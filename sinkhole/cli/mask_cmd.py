@@ -61,7 +61,7 @@ def _run(args, world) -> int:
     import shutil
     from contextlib import ExitStack
 
-    from sinkhole.cli.common import load_probe
+    from sinkhole.cli.common import load_locked
     from sinkhole.errors import SinkholeError
     from sinkhole.eval.suite import load_suite
     from sinkhole.mask.compute import DEFAULT_CANDIDATES, MaskSettings
@@ -91,11 +91,7 @@ def _run(args, world) -> int:
     created = world.is_main and not parts.exists()
     try:
         with ExitStack() as stack:
-            # taken before the model loads: a second writer is refused at once (rank 0 holds it for all)
-            world.all_ok(lambda: stack.enter_context(out_lock(args.out)), main_only=True)
-            world.all_ok(lambda: check_existing(args.out, early), main_only=True)
-            rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
-            probe = world.all_ok(lambda: load_probe(rank_args))
+            probe = load_locked(stack, args, world, out_lock, check_existing, early)
             # a bad --layer is refused before any forward
             settings = world.all_ok(lambda: settings.checked(probe.info.n_layers))
             result = _mask(args, world, probe, suite, settings, batching)
