@@ -178,9 +178,7 @@ def test_report_rows_are_typed_and_json_is_unchanged():
     d = r.to_dict()
     assert r.spike_tokens, "the tiny model should have a token above 1.2x"
     s = r.spike_tokens[0]
-    assert (
-        s.position == d["spikes"]["tokens"][0]["position"] and s.to_dict() == d["spikes"]["tokens"][0]
-    )
+    assert s.position == d["spikes"]["tokens"][0]["position"] and s.to_dict() == d["spikes"]["tokens"][0]
     assert r.top_sink.attn_mass == d["sinks"]["top"]["attn_mass"]
     assert all(isinstance(x["position"], int) for x in d["spikes"]["tokens"])  # JSON stays plain dicts
     assert json.loads(r.to_json()) == d
