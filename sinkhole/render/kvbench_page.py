@@ -1,25 +1,58 @@
 """kv-bench's page: one self-contained HTML file (figures embedded as PNG data URIs, opens offline).
 
-Figures: the NIAH grid per method (length x depth heat map of accuracy; the random-head controls
-pooled over their seeds) and accuracy against the KV bytes held (one point per method and length:
-the mean over the retrieval tasks passkey / niah / multikey). Tables: the terminal's, as text."""
+Figures, in reading order:
+- accuracy against the KV bytes held: one point per method and context length, the mean over the
+  retrieval tasks (passkey / niah / multikey). Colour names the method and marker shape the length, in
+  legends beside the axes, so no per-point label can land on another; points that would hide each
+  other (several methods at 100%, or at the same bytes) are set side by side; a hollow marker is a
+  length where not every retrieval task ran (its mean is over fewer tasks).
+- the NIAH grid (length x depth heat map of accuracy) per method, the random-head controls pooled over
+  their seeds: one PNG per method, drawn at the size it is shown and laid out as small multiples in a
+  grid that wraps (three across a wide window, two at 800 px), so every cell's number stays readable;
+  all maps share one set of lengths and depths, so the same cell sits in the same place in each.
+Tables: the terminal's, as text."""
 
 from __future__ import annotations
 
 import base64
 import html
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from sinkhole.render.png import png_bytes, pyplot, style_axes
 from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult
+
+# PNGs are drawn at HIDPI x the size the page shows them (sharp on high-density screens); at DPI
+# points per inch a font of f points is f * DPI / 72 CSS px tall where shown.
+DPI, HIDPI = 90, 2
+CELL_FONT = 10  # points: 12.5 px, the smallest text on the page's figures
+MAP_MIN_PX = 300  # the narrowest a map is laid out (CSS grid column); drawn about 360 px wide for 3 lengths
+MARKERS = "os^DvPX*"  # one per context length, in order
+DODGE = 0.025  # share of the x axis's width between side-by-side points (a marker's width)
+NEAR_Y = 0.04  # points closer than this in accuracy (and than DODGE across) would cover each other
+
+PAGE_CSS = (
+    f".maps{{display:grid;grid-template-columns:repeat(auto-fill,minmax({MAP_MIN_PX}px,1fr));gap:12px 20px}}"
+    ".maps img{display:block} figure.accuracy{max-width:100%}"
+)
 
 
 def _group(method: str) -> str:
     return "random" if method.startswith("random:") else method
 
 
-def niah_grids(cells: list[Cell]) -> dict[str, dict]:
-    """method (random seeds pooled) -> {lengths, depths, acc[depth][length] (None: not run)}."""
+@dataclass
+class NiahGrid:
+    """One method's NIAH map: acc[depth][length] is the mean score (None: not run)."""
+
+    lengths: list[int]
+    depths: list[float]
+    acc: list[list[float | None]]
+
+
+def niah_grids(cells: list[Cell]) -> dict[str, NiahGrid]:
+    """method (random seeds pooled) -> its grid, every grid over all the lengths and depths that ran."""
     by: dict[str, dict] = {}
     for c in cells:
         if c.task != "niah":
@@ -27,104 +60,220 @@ def niah_grids(cells: list[Cell]) -> dict[str, dict]:
         g = by.setdefault(_group(c.method), {})
         for s in c.samples:
             g.setdefault((c.length, s.depth), []).append(s.score)
-    out = {}
-    for m, g in by.items():
-        lengths = sorted({k[0] for k in g})
-        depths = sorted({k[1] for k in g})
-        acc = [[(sum(g[(n, d)]) / len(g[(n, d)])) if (n, d) in g else None for n in lengths] for d in depths]
-        out[m] = dict(lengths=lengths, depths=depths, acc=acc)
-    return out
+    lengths = sorted({n for g in by.values() for n, _ in g})
+    depths = sorted({d for g in by.values() for _, d in g})
+    return {
+        m: NiahGrid(
+            lengths, depths, [[sum(g[n, d]) / len(g[n, d]) if (n, d) in g else None for n in lengths] for d in depths]
+        )
+        for m, g in by.items()
+    }
 
 
-def niah_figure(grids: dict[str, dict]) -> bytes | None:
+def _draw_map(ax, method: str, g: NiahGrid) -> None:
+    """One heat map: green is found, red missed; each cell's percentage written on it (white on the
+    dark ends of the scale), '-' where that length and depth did not run for this method."""
+    data = [[math.nan if v is None else v for v in row] for row in g.acc]
+    ax.imshow(data, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+    ax.set_facecolor("#eef0f3")
+    ax.set_xticks(range(len(g.lengths)), [str(x) for x in g.lengths], fontsize=9)
+    ax.set_yticks(range(len(g.depths)), [f"{d:.0%}" for d in g.depths], fontsize=9)
+    ax.tick_params(length=0)
+    for i, row in enumerate(g.acc):
+        for j, v in enumerate(row):
+            text, colour = ("-", "#5b6475") if v is None else (f"{v:.0%}", "white" if v < 0.2 or v > 0.8 else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=CELL_FONT, color=colour)
+    ax.set_title(method, fontsize=11, loc="left")
+    ax.set_xlabel("context tokens", fontsize=9)
+    ax.set_ylabel("needle depth", fontsize=9)
+
+
+def _map_size(g: NiahGrid) -> tuple[float, float]:
+    """Inches for one map: room for each cell's number plus the axis labels."""
+    return 1.3 + 0.9 * max(len(g.lengths), 3), 1.0 + 0.4 * max(len(g.depths), 3)
+
+
+def niah_map_figure(method: str, g: NiahGrid):
+    """One method's map as a matplotlib figure (the page shows one per method)."""
+    fig, ax = pyplot().subplots(figsize=_map_size(g), layout="constrained")
+    _draw_map(ax, method, g)
+    return fig
+
+
+def niah_figure(grids: dict[str, NiahGrid]) -> bytes | None:
+    """All methods' maps in one PNG (three across), for docs."""
     if not grids:
         return None
     plt = pyplot()
     n = len(grids)
-    cols = min(4, n)
+    cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    w, h = _map_size(next(iter(grids.values())))
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (m, g) in zip(axes.flat, grids.items()):
-        data = [[float("nan") if v is None else v for v in row] for row in g["acc"]]
-        ax.imshow(data, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
-        ax.set_xticks(range(len(g["lengths"])), [str(x) for x in g["lengths"]], fontsize=8)
-        ax.set_yticks(range(len(g["depths"])), [f"{d:.0%}" for d in g["depths"]], fontsize=8)
-        for i, row in enumerate(data):
-            for j, v in enumerate(row):
-                if v == v:
-                    ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=7)
-        ax.set_title(m, fontsize=9, loc="left")
-        ax.set_xlabel("tokens", fontsize=8)
-        ax.set_ylabel("needle depth", fontsize=8)
-    fig.tight_layout()
-    out = png_bytes(fig)
+        _draw_map(ax, m, g)
+    out = png_bytes(fig, DPI)
     plt.close(fig)
     return out
 
 
-def retrieval_points(cells: list[Cell]) -> dict[str, list[tuple[float, float, int]]]:
-    """method -> [(KV MiB per sequence, mean retrieval accuracy, length)] per length, random pooled."""
+@dataclass
+class RetrievalPoint:
+    """One method at one length: the KV bytes it held (MiB per sequence, the largest over its cells), its
+    mean retrieval accuracy, and the retrieval tasks that mean is over."""
+
+    mib: float
+    accuracy: float
+    length: int
+    tasks: tuple[str, ...]
+
+
+def retrieval_points(cells: list[Cell]) -> dict[str, list[RetrievalPoint]]:
+    """method -> its points in order of length, random seeds pooled."""
     acc: dict[tuple[str, int], list[float]] = {}
     mem: dict[tuple[str, int], list[int]] = {}
+    tasks: dict[tuple[str, int], set[str]] = {}
     for c in cells:
         if c.task in RETRIEVAL:
             k = (_group(c.method), c.length)
             acc.setdefault(k, []).append(c.score)
             mem.setdefault(k, []).append(c.kv_bytes)
-    out: dict[str, list] = {}
+            tasks.setdefault(k, set()).add(c.task)
+    out: dict[str, list[RetrievalPoint]] = {}
     for (m, n), v in sorted(acc.items(), key=lambda kv: kv[0][1]):
-        out.setdefault(m, []).append((max(mem[(m, n)]) / 2**20, sum(v) / len(v), n))
+        ran = tuple(t for t in RETRIEVAL if t in tasks[m, n])
+        out.setdefault(m, []).append(RetrievalPoint(max(mem[m, n]) / 2**20, sum(v) / len(v), n, ran))
     return out
 
 
-def accuracy_figure(points: dict[str, list]) -> bytes | None:
+def dodge(points: dict[str, list[RetrievalPoint]], step: float) -> dict[str, list[float]]:
+    """method -> each point's x shift in log10 units: points of different methods nearer than `step`
+    across and NEAR_Y up (which would cover each other) are spread side by side, `step` apart,
+    centred on where they were; every other point stays put."""
+    flat = [(m, i, math.log10(p.mib), p.accuracy) for m, pts in points.items() for i, p in enumerate(pts)]
+    parent = list(range(len(flat)))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for a in range(len(flat)):
+        for b in range(a + 1, len(flat)):
+            if abs(flat[a][2] - flat[b][2]) < step and abs(flat[a][3] - flat[b][3]) < NEAR_Y:
+                parent[root(b)] = root(a)
+    shift = {m: [0.0] * len(pts) for m, pts in points.items()}
+    clusters: dict[int, list[int]] = {}
+    for a in range(len(flat)):
+        clusters.setdefault(root(a), []).append(a)
+    for members in clusters.values():
+        centre = sum(flat[a][2] for a in members) / len(members)
+        for k, a in enumerate(members):  # in method order, so a method keeps its side across lengths
+            m, i, x, _ = flat[a]
+            shift[m][i] = centre + (k - (len(members) - 1) / 2) * step - x if len(members) > 1 else 0.0
+    return shift
+
+
+def accuracy_figure(points: dict[str, list[RetrievalPoint]]):
+    """Accuracy against KV bytes as a matplotlib figure (None without retrieval cells)."""
     if not points:
         return None
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for m, pts in points.items():
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, marker="o", label=m)
-        for x, y, n in pts:
-            ax.annotate(str(n), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(9.6, 4.8), layout="constrained")
+    xs = [p.mib for pts in points.values() for p in pts]
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    span = max(hi - lo, 0.3) * 1.15  # the axis's width in decades, with its margins
+    shift = dodge(points, DODGE * span)
+    lengths = sorted({p.length for pts in points.values() for p in pts})
+    marker = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(lengths)}
+    partial = False
+    for k, (m, pts) in enumerate(points.items()):
+        colour = "black" if m == "dense" else f"C{k}"
+        x = [10 ** (math.log10(p.mib) + s) for p, s in zip(pts, shift[m])]
+        y = [p.accuracy for p in pts]
+        ax.plot(x, y, color=colour, linewidth=1.4, alpha=0.8, zorder=2, label=m)
+        for xi, p in zip(x, pts):
+            hollow = len(p.tasks) < len(RETRIEVAL)
+            partial |= hollow
+            face = "white" if hollow else colour
+            ax.plot([xi], [p.accuracy], marker=marker[p.length], markersize=7, color=colour, mfc=face, zorder=3)
     ax.set_xscale("log")
-    ax.set_xlabel("KV bytes held per sequence (MiB, log)")
-    ax.set_ylabel(f"accuracy ({', '.join(RETRIEVAL)})")
-    ax.set_ylim(-0.03, 1.03)
-    style_axes(ax, "accuracy vs KV bytes (labels: context tokens)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = png_bytes(fig)
-    plt.close(fig)
+    ax.set_xlim(10 ** (lo - 0.075 * span), 10 ** (hi + 0.075 * span))
+    # labelled ticks at 1-2-5 steps as plain numbers; matplotlib's default labels the minor ticks as
+    # '3x10^1', '4x10^1', which ran into each other
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("KV bytes held per sequence (MiB, log scale)")
+    ax.set_ylabel("mean accuracy")
+    ax.set_ylim(-0.04, 1.04)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    style_axes(ax, f"retrieval accuracy ({', '.join(RETRIEVAL)}) vs KV bytes")
+    methods = ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    ax.add_artist(methods)
+    shapes = [Line2D([], [], linestyle="none", marker=marker[n], color="#444", markersize=7) for n in lengths]
+    names = [str(n) for n in lengths]
+    if partial:
+        shapes.append(Line2D([], [], linestyle="none", marker="o", color="#444", mfc="white", markersize=7))
+        names.append("not every task ran")
+    ax.legend(shapes, names, title="context tokens", loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=9)
+    ax.get_legend().set_frame_on(False)
+    return fig
+
+
+def _png(fig) -> bytes:
+    out = png_bytes(fig, DPI * HIDPI)
+    pyplot().close(fig)
     return out
+
+
+def _img(fig, alt: str) -> str:
+    """An <img> of the figure, its width and height the figure's size in CSS px (the PNG has HIDPI x as
+    many pixels), so the page shows it at the size it was drawn for and shrinks it only on a narrow window."""
+    w, h = (round(v * DPI) for v in fig.get_size_inches())
+    uri = "data:image/png;base64," + base64.b64encode(_png(fig)).decode()
+    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{uri}">'
 
 
 def render_page(result: KVBenchResult, table: str) -> str:
     from sinkhole.render import static
 
-    figs = []
-    for name, png, caption in (
-        ("niah", niah_figure(niah_grids(result.cells)), "NIAH: accuracy per context length and needle depth."),
-        (
-            "accuracy",
-            accuracy_figure(retrieval_points(result.cells)),
-            "Mean accuracy over passkey, NIAH and multi-key against the KV bytes each cache held at the end.",
-        ),
-    ):
-        if png:
-            uri = "data:image/png;base64," + base64.b64encode(png).decode()
-            figs.append(
-                f'<figure><img alt="{name}" src="{uri}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-            )
+    parts = []
+    fig = accuracy_figure(retrieval_points(result.cells))
+    if fig is not None:
+        cap = (
+            "Mean accuracy over passkey, NIAH and multi-key against the KV bytes each cache held at the end, "
+            "one point per method and context length (colour: method, shape: length; hollow: a length where "
+            "not every retrieval task ran). Points that would cover each other are set side by side, shifted "
+            "along the bytes axis by a marker's width or two; the tables below have the exact values."
+        )
+        parts.append(
+            f'<figure class="accuracy">{_img(fig, "accuracy vs KV bytes")}'
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+        )
+    grids = niah_grids(result.cells)
+    if grids:
+        maps = "".join(
+            f'<figure class="niah">{_img(niah_map_figure(m, g), f"NIAH {m}")}</figure>' for m, g in grids.items()
+        )
+        parts.append(
+            '<h2>Needle in a haystack</h2><p class="caption">Accuracy per context length and needle depth '
+            "(0%: the needle opens the haystack), one map per method; random: the random-head controls pooled "
+            f'over their seeds.</p><div class="maps">{maps}</div>'
+        )
     model = html.escape(str(result.model.name))
     css = static.read("eval.css").rstrip("\n")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole kv-bench: {model}</title>
-<style>{css}</style></head>
+<style>{css}
+{PAGE_CSS}</style></head>
 <body><h1>sinkhole kv-bench: {model}</h1>
-<div class="figs">{"".join(figs)}</div>
+{"".join(parts)}
 <h2>Results</h2><pre>{html.escape(table)}</pre>
 </body></html>
 """
@@ -138,16 +287,19 @@ def write_page(result: KVBenchResult, path: str | Path) -> None:
 
 
 def write_figures(result: KVBenchResult, out_dir: str | Path) -> list[Path]:
-    """The page's figures as PNG files (niah.png, accuracy.png) in out_dir, for docs."""
+    """The page's figures as PNG files (niah.png: every method's map, accuracy.png) in out_dir, for docs."""
     from sinkhole.io import write_atomic
 
+    fig = accuracy_figure(retrieval_points(result.cells))
     out = []
     for name, png in (
         ("niah.png", niah_figure(niah_grids(result.cells))),
-        ("accuracy.png", accuracy_figure(retrieval_points(result.cells))),
+        ("accuracy.png", png_bytes(fig, DPI) if fig is not None else None),
     ):
         if png:
             path = Path(out_dir) / name
             write_atomic(path, png)
             out.append(path)
+    if fig is not None:
+        pyplot().close(fig)
     return out
