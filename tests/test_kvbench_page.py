@@ -14,6 +14,7 @@ from sinkhole.render import kvbench_page as kp
 from sinkhole.render.png import pyplot
 from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult
 
+MAP_MIN_PX = 300  # CSS px: the narrowest a NIAH map of three lengths and five depths still reads
 REAL = Path(__file__).resolve().parents[1] / "benchmarks/results/kvbench-default-smollm2-partial.json"
 
 
@@ -101,41 +102,44 @@ def test_partial_lengths_are_drawn_hollow():
         pyplot().close(fig)
 
 
-def test_niah_maps_share_one_grid_and_their_numbers_read():
-    cells = real_result().cells + [_cell("niah", 4096 * 2, "dense", 1.0, 9, depths=(0.0, 0.25))]
+@pytest.mark.parametrize("cols", kp.NIAH_COLUMNS)
+def test_niah_maps_share_one_grid_and_their_numbers_read(cols):
+    cells = real_result().cells + [_cell("niah", 8192, "dense", 1.0, 9, depths=(0.0, 0.25))]
     grids = kp.niah_grids(cells)
-    assert {m for m in grids} == {"dense", "window", "sinks", "head_aware", "random", "snapkv"}
+    assert list(grids) == ["dense", "window", "sinks", "head_aware", "random", "snapkv"]
     assert len({(tuple(g.lengths), tuple(g.depths)) for g in grids.values()}) == 1
     assert grids["window"].acc[0][-1] is None  # window never ran 8192: its map says so in the same place
-    for m, g in grids.items():
-        fig = kp.niah_map_figure(m, g)
-        try:
-            assert _text_collisions(fig) == []
-            (ax,) = fig.axes
-            r = fig.canvas.get_renderer()
+    fig = kp.niah_figure(grids, cols)
+    try:
+        assert _text_collisions(fig) == []
+        r = fig.canvas.get_renderer()
+        # a map is as wide in every layout: more columns make the figure wider, never the maps smaller
+        w = kp._map_size(grids["dense"])[0] * kp.DPI
+        assert fig.get_size_inches()[0] * kp.DPI == pytest.approx(w * cols)
+        assert w >= MAP_MIN_PX
+        for ax, g in zip(fig.axes, grids.values()):
             cell_w = ax.get_window_extent(r).width / len(g.lengths)
-            numbers = ax.texts
-            assert len(numbers) == len(g.lengths) * len(g.depths)
-            for t in numbers:
-                assert t.get_fontsize() * kp.DPI / 72 >= 12  # CSS px where the page shows the map 1:1
+            assert len(ax.texts) == len(g.lengths) * len(g.depths)
+            for t in ax.texts:
+                assert t.get_fontsize() * kp.DPI / 72 >= 12  # CSS px where the page shows the maps as drawn
                 assert t.get_window_extent(r).width < 0.9 * cell_w, t.get_text()
-            assert fig.get_size_inches()[0] * kp.DPI >= kp.MAP_MIN_PX
-        finally:
-            pyplot().close(fig)
+    finally:
+        pyplot().close(fig)
 
 
-def test_page_puts_one_map_per_method_below_the_plot(tmp_path):
+def test_page_has_the_plot_then_the_maps_in_a_layout_for_each_window(tmp_path):
     import re
 
-    result = real_result()
-    kp.write_page(result, tmp_path / "kv.html")
+    kp.write_page(real_result(), tmp_path / "kv.html")
     page = (tmp_path / "kv.html").read_text()
-    imgs = re.findall(r'<img alt="([^"]+)" width="(\d+)" height="(\d+)"', page)
-    assert imgs[0][0] == "accuracy vs KV bytes"
-    maps = [(alt, int(w)) for alt, w, _ in imgs[1:]]
-    assert [alt for alt, _ in maps] == [f"NIAH {m}" for m in kp.niah_grids(result.cells)]
-    assert all(w >= kp.MAP_MIN_PX for _, w in maps)
-    assert page.index('class="maps"') > page.index('alt="accuracy vs KV bytes"')
+    assert re.findall(r'<img alt="([^"]+)"', page) == ["accuracy vs KV bytes", "NIAH maps"]
+    assert page.index("<picture>") > page.index('alt="accuracy vs KV bytes"')
+    source = r'<source media="\(min-width: (\d+)px\)" width="(\d+)" height="\d+" data-cols="(\d)"'
+    layouts = {int(c): (int(m), int(w)) for m, w, c in re.findall(source, page)}
+    assert layouts.keys() == {3, 2}
+    for cols, (window, width) in layouts.items():
+        assert width <= window and width <= kp.PAGE_MAX and width / cols >= MAP_MIN_PX
+    assert layouts[3][0] <= 1400 and layouts[2][0] <= 800  # a wide window shows three across, 800 px two
     assert "head_aware" in page and "<pre>" in page
 
 

@@ -7,9 +7,10 @@ Figures, in reading order:
   other (several methods at 100%, or at the same bytes) are set side by side; a hollow marker is a
   length where not every retrieval task ran (its mean is over fewer tasks).
 - the NIAH grid (length x depth heat map of accuracy) per method, the random-head controls pooled over
-  their seeds: one PNG per method, drawn at the size it is shown and laid out as small multiples in a
-  grid that wraps (three across a wide window, two at 800 px), so every cell's number stays readable;
-  all maps share one set of lengths and depths, so the same cell sits in the same place in each.
+  their seeds, below the plot as small multiples: every map is drawn at one size that keeps each cell's
+  number readable, and the page carries the grid three, two and one map across (a <picture> whose
+  sources the browser picks by window width), so a narrow window wraps the maps to more rows instead of
+  shrinking them; all maps share one set of lengths and depths, so a cell sits in the same place in each.
 Tables: the terminal's, as text."""
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult
 # points per inch a font of f points is f * DPI / 72 CSS px tall where shown.
 DPI, HIDPI = 90, 2
 CELL_FONT = 10  # points: 12.5 px, the smallest text on the page's figures
-MAP_MIN_PX = 300  # the narrowest a map is laid out (CSS grid column); drawn about 360 px wide for 3 lengths
 MARKERS = "os^DvPX*"  # one per context length, in order
 DODGE = 0.025  # share of the x axis's width between side-by-side points (a marker's width)
 NEAR_Y = 0.04  # points closer than this in accuracy (and than DODGE across) would cover each other
-
-PAGE_CSS = (
-    f".maps{{display:grid;grid-template-columns:repeat(auto-fill,minmax({MAP_MIN_PX}px,1fr));gap:12px 20px}}"
-    ".maps img{display:block} figure.accuracy{max-width:100%}"
-)
+PAGE_MAX = 1200  # CSS px: the widest the page's body gets (eval.css), so the most maps a row can hold
+PAGE_EDGE = 48  # CSS px of a window that the body's padding and a scroll bar take
+NIAH_COLUMNS = (3, 2, 1)  # the layouts the page carries, widest first
 
 
 def _group(method: str) -> str:
@@ -93,30 +91,21 @@ def _map_size(g: NiahGrid) -> tuple[float, float]:
     return 1.3 + 0.9 * max(len(g.lengths), 3), 1.0 + 0.4 * max(len(g.depths), 3)
 
 
-def niah_map_figure(method: str, g: NiahGrid):
-    """One method's map as a matplotlib figure (the page shows one per method)."""
-    fig, ax = pyplot().subplots(figsize=_map_size(g), layout="constrained")
-    _draw_map(ax, method, g)
-    return fig
-
-
-def niah_figure(grids: dict[str, NiahGrid]) -> bytes | None:
-    """All methods' maps in one PNG (three across), for docs."""
+def niah_figure(grids: dict[str, NiahGrid], cols: int = 3):
+    """Every method's map, `cols` across, as a matplotlib figure (None without NIAH cells); each map
+    is _map_size whatever the number of columns."""
     if not grids:
         return None
-    plt = pyplot()
     n = len(grids)
-    cols = min(3, n)
+    cols = min(cols, n)
     rows = (n + cols - 1) // cols
     w, h = _map_size(next(iter(grids.values())))
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, layout="constrained")
+    fig, axes = pyplot().subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (m, g) in zip(axes.flat, grids.items()):
         _draw_map(ax, m, g)
-    out = png_bytes(fig, DPI)
-    plt.close(fig)
-    return out
+    return fig
 
 
 @dataclass
@@ -226,18 +215,58 @@ def accuracy_figure(points: dict[str, list[RetrievalPoint]]):
     return fig
 
 
-def _png(fig) -> bytes:
-    out = png_bytes(fig, DPI * HIDPI)
+def _png(fig, dpi: int = DPI * HIDPI) -> bytes:
+    """The figure as a palette PNG (and closed): the figures are a few flat colours and antialiased text,
+    which 256 colours hold without a visible change, at about a third of the bytes (the page carries
+    every figure, the maps in three layouts, at HIDPI x)."""
+    import io
+
+    from PIL import Image
+
+    raw = png_bytes(fig, dpi)
     pyplot().close(fig)
-    return out
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(raw)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+        buf, "PNG", optimize=True
+    )
+    return buf.getvalue()
+
+
+def _css_size(fig) -> tuple[int, int]:
+    """The figure's size in CSS px where the page shows it as drawn (its PNG has HIDPI x as many pixels)."""
+    w, h = fig.get_size_inches()
+    return round(w * DPI), round(h * DPI)
+
+
+def _uri(fig) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png(fig)).decode()
 
 
 def _img(fig, alt: str) -> str:
-    """An <img> of the figure, its width and height the figure's size in CSS px (the PNG has HIDPI x as
-    many pixels), so the page shows it at the size it was drawn for and shrinks it only on a narrow window."""
-    w, h = (round(v * DPI) for v in fig.get_size_inches())
-    uri = "data:image/png;base64," + base64.b64encode(_png(fig)).decode()
-    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{uri}">'
+    """An <img> of the figure, its width and height the size it was drawn for, so the page shows it at
+    that size and shrinks it only on a narrower window."""
+    w, h = _css_size(fig)
+    return f'<img alt="{html.escape(alt)}" width="{w}" height="{h}" src="{_uri(fig)}">'
+
+
+def _niah_picture(grids: dict[str, NiahGrid]) -> str:
+    """The maps as a <picture>: one source per layout of NIAH_COLUMNS that fits the page, each shown from
+    the narrowest window that holds it unshrunk (media query), and one map across as the <img> for any
+    narrower window. Each source's width and height are its CSS size; data-cols says how many across."""
+    sources, img = [], ""
+    for cols in sorted({min(c, len(grids)) for c in NIAH_COLUMNS}, reverse=True):
+        fig = niah_figure(grids, cols)
+        w, h = _css_size(fig)
+        if cols == 1:
+            img = f'<img alt="NIAH maps" width="{w}" height="{h}" data-cols="1" src="{_uri(fig)}">'
+        elif w <= PAGE_MAX:
+            sources.append(
+                f'<source media="(min-width: {w + PAGE_EDGE}px)" width="{w}" height="{h}" data-cols="{cols}" '
+                f'srcset="{_uri(fig)} {HIDPI}x">'
+            )
+        else:
+            pyplot().close(fig)
+    return f"<picture>{''.join(sources)}{img}</picture>"
 
 
 def render_page(result: KVBenchResult, table: str) -> str:
@@ -258,20 +287,19 @@ def render_page(result: KVBenchResult, table: str) -> str:
         )
     grids = niah_grids(result.cells)
     if grids:
-        maps = "".join(
-            f'<figure class="niah">{_img(niah_map_figure(m, g), f"NIAH {m}")}</figure>' for m, g in grids.items()
+        cap = (
+            "Accuracy per context length and needle depth (0%: the needle opens the haystack), one map per "
+            "method; random: the random-head controls pooled over their seeds."
         )
         parts.append(
-            '<h2>Needle in a haystack</h2><p class="caption">Accuracy per context length and needle depth '
-            "(0%: the needle opens the haystack), one map per method; random: the random-head controls pooled "
-            f'over their seeds.</p><div class="maps">{maps}</div>'
+            f'<h2>Needle in a haystack</h2><figure class="niah">{_niah_picture(grids)}'
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
         )
     model = html.escape(str(result.model.name))
     css = static.read("eval.css").rstrip("\n")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sinkhole kv-bench: {model}</title>
-<style>{css}
-{PAGE_CSS}</style></head>
+<style>{css}</style></head>
 <body><h1>sinkhole kv-bench: {model}</h1>
 {"".join(parts)}
 <h2>Results</h2><pre>{html.escape(table)}</pre>
@@ -290,16 +318,13 @@ def write_figures(result: KVBenchResult, out_dir: str | Path) -> list[Path]:
     """The page's figures as PNG files (niah.png: every method's map, accuracy.png) in out_dir, for docs."""
     from sinkhole.io import write_atomic
 
-    fig = accuracy_figure(retrieval_points(result.cells))
     out = []
-    for name, png in (
+    for name, fig in (
         ("niah.png", niah_figure(niah_grids(result.cells))),
-        ("accuracy.png", png_bytes(fig, DPI) if fig is not None else None),
+        ("accuracy.png", accuracy_figure(retrieval_points(result.cells))),
     ):
-        if png:
+        if fig is not None:
             path = Path(out_dir) / name
-            write_atomic(path, png)
+            write_atomic(path, _png(fig, DPI))
             out.append(path)
-    if fig is not None:
-        pyplot().close(fig)
     return out
