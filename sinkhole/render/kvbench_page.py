@@ -27,7 +27,7 @@ from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult
 # PNGs are drawn at HIDPI x the size the page shows them (sharp on high-density screens); at DPI
 # points per inch a font of f points is f * DPI / 72 CSS px tall where shown.
 DPI, HIDPI = 90, 2
-CELL_FONT = 10  # points: 12.5 px, the smallest text on the page's figures
+CELL_FONT = 10  # points (12.5 px): the NIAH cells' numbers, the maps' reason to be read
 MARKERS = "os^DvPX*"  # one per context length, in order
 DODGE = 0.025  # share of the x axis's width between side-by-side points (a marker's width)
 NEAR_Y = 0.04  # points closer than this in accuracy (and than DODGE across) would cover each other
