@@ -212,6 +212,7 @@ def test_kv_bench_end_to_end_and_resume(tmp_path, capsys):
     out, page = tmp_path / "kv.json", tmp_path / "kv.html"
     argv = ["kv-bench", "--model", str(d), "--profile", str(d / "profile.json"), "--threads", "1"]
     argv += ["--tasks", "passkey,niah,ppl", "--lengths", "512,600", "--depths", "2", "--seeds", "1"]
+    argv += ["--all-cells"]  # random weights fail every retrieval sample: run them anyway
     argv += ["--window", "48", "--local-sinks", "8", "--chunk", "128", "--snap-window", "16", "--random-seeds", "3"]
     # interrupted after 5 cells: they are kept beside --json, and the run resumes from them
     from sinkhole.kvbench import bench as runmod
@@ -258,6 +259,32 @@ def test_kv_bench_end_to_end_and_resume(tmp_path, capsys):
     assert main([*argv, "--json", str(out)]) == 0
     assert main([*argv[:-2], "--random-seeds", "3", "--budget", "0.4", "--json", str(out)]) == 2
     assert "other settings (plan)" in capsys.readouterr().err
+
+
+def test_kv_bench_skips_the_cells_dense_fails(tmp_path, capsys):
+    """Without --all-cells, an exact-match cell that dense fails on every sample runs dense (and SnapKV,
+    which shares its prefix) only; ppl always runs every method; the skipped cells are named."""
+    import json
+
+    from sinkhole.cli.main import main
+
+    d = save_byte_model(tmp_path / "tinybyte")
+    out = tmp_path / "kv.json"
+    argv = ["kv-bench", "--model", str(d), "--profile", str(d / "profile.json"), "--threads", "1"]
+    argv += ["--tasks", "passkey,ppl", "--lengths", "512", "--seeds", "1", "--window", "48", "--local-sinks", "8"]
+    argv += ["--chunk", "128", "--snap-window", "16", "--random-seeds", "1", "--json", str(out)]
+    assert main(argv) == 0
+    std = capsys.readouterr()
+    cells = json.loads(out.read_text())["cells"]
+    dense = [c for c in cells if c["task"] == "passkey" and c["method"] == "dense"]
+    assert dense and dense[0]["score"] == 0  # random weights cannot find a pass key
+    assert {c["method"] for c in cells if c["task"] == "passkey"} == {"dense", "snapkv"}
+    assert len([c for c in cells if c["task"] == "ppl"]) == 6  # dense window sinks head_aware random:0 snapkv
+    assert "passkey 512: dense failed every sample, 4 other cells skipped" in std.err
+    assert "not run (dense failed every sample" in std.out and "passkey 512" in std.out
+    # --all-cells runs them from the same store (it decides which cells run, not their numbers)
+    assert main([*argv, "--all-cells"]) == 0
+    assert len(json.loads(out.read_text())["cells"]) == 12
 
 
 @pytest.mark.parametrize("which", ["llama", "gemma3"])

@@ -45,6 +45,11 @@ def add_parser(sub) -> None:
     g.add_argument("--quick", action="store_true", help=f"preset for options not given: {QUICK}")
     g.add_argument("--methods", default="dense,window,sinks,head_aware,random,snapkv", help="default: all")
     g.add_argument("--random-seeds", type=int, default=3, help="random-head controls, default 3")
+    g.add_argument(
+        "--all-cells",
+        action="store_true",
+        help="run every method where dense fails every sample of an exact-match cell too (skipped by default)",
+    )
     c = p.add_argument_group("caches")
     c.add_argument("--budget", type=float, default=0.5, help="KV bytes as a share of dense's, default 0.5")
     c.add_argument("--profile", help="sink profile with streaming scores (default: the model's shipped one)")
@@ -107,7 +112,9 @@ def resolve(args):
         snap_kernel=args.snap_kernel,
         chunk=args.chunk,
     )
-    return BenchSettings(tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan)
+    return BenchSettings(
+        tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan, all_cells=args.all_cells
+    )
 
 
 def too_long(model: str, lengths) -> None:
@@ -167,8 +174,12 @@ def run(args) -> int:
             f"{c.seconds:.1f} s"
         )
 
+    def skipped(task, length, rest):
+        why = "dense failed every sample"
+        status(f"  {task} {length}: {why}, {len(rest)} other cells skipped (--all-cells runs them)")
+
     with progress(total=n_cells, desc="kv-bench", unit="cell") as bar:
-        result = run_bench(lm, prof, settings, args.json, progress=bar.update, log=log)
+        result = run_bench(lm, prof, settings, args.json, progress=bar.update, log=log, skipped=skipped)
     d = result.to_dict()
 
     def page():

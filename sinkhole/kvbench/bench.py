@@ -6,6 +6,12 @@ SnapKV read the same dense prompt up to SnapKV's observation window, so when bot
 is computed once and SnapKV starts from a copy (their seconds both include it: each is what the
 method costs alone). Each finished cell is appended to the store at once (`resume.CellStore`).
 
+Dense runs first. Where it fails every sample of an exact-match cell (`dense_failed`), the other
+methods are skipped unless `all_cells`: a bounded cache cannot be measured against a reference that
+has nothing to keep, and on a CPU such cells were a fifth of the default preset's time (SmolLM2
+fails vartrack at every length). The skipped cells are absent from the results and named by
+`results.kvbench.skipped_cells`.
+
 Scores (`score_rows`): exact match (every answer token the top-1 prediction, i.e. what greedy
 decoding would write), token accuracy (copy), or the answer tokens' mean nll (ppl).
 """
@@ -33,7 +39,7 @@ from sinkhole.kvbench.methods import (
 )
 from sinkhole.kvbench.resume import CellStore
 from sinkhole.kvbench.tasks import HAYSTACK, METRICS, Encoder, Sample, make_samples
-from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult, KVModel, KVSettings
+from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult, KVModel, KVSettings, dense_failed
 
 
 @dataclass
@@ -44,6 +50,8 @@ class BenchSettings:
     depths: int = 5
     seeds: int = 3
     plan: Plan = field(default_factory=Plan)
+    all_cells: bool = False  # run every method even where dense fails every sample (not in `numbers`:
+    # it decides which cells run, not what a cell scores)
 
     def numbers(self, lm, profile=None) -> dict:
         """What decides a cell's numbers (a resumed run must match all of it): the model, the settings
@@ -157,9 +165,10 @@ def run_cells(model, profile, plan: Plan, samples: list[Sample], variants: list[
         done(v, logits, cache, time.perf_counter() - t0, peak_rss())
 
 
-def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None) -> KVBenchResult:
+def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None, skipped=None) -> KVBenchResult:
     """Every cell of `settings` not already in the store at `out`; returns the whole result (stored
-    cells of the same settings included). progress(k): k more cells done; log(line): a finished cell."""
+    cells of the same settings included). progress(k): k more cells done; log(cell): a finished cell;
+    skipped(task, length, variants): cells not run because dense failed every sample."""
     from sinkhole.validate import integer
 
     for n in settings.lengths:
@@ -203,7 +212,19 @@ def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None
             if progress:
                 progress(1)
 
-        run_cells(model, profile, settings.plan, samples, due, done)
+        first = [v for v in due if v in ("dense", "snapkv")] if "dense" in due else []
+        gated = not settings.all_cells and METRICS[task] == "exact" and "dense" in settings.methods
+        if not gated:
+            first = due
+        run_cells(model, profile, settings.plan, samples, first, done)
+        rest = [v for v in due if v not in first]
+        if rest and gated and dense_failed(store.cells[(task, length, "dense")]):
+            if skipped:
+                skipped(task, length, rest)
+            if progress:
+                progress(len(rest))
+            continue
+        run_cells(model, profile, settings.plan, samples, rest, done)
     return result_of(lm, settings, list(store.cells.values()), numbers)
 
 

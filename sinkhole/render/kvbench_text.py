@@ -3,7 +3,7 @@ the KV bytes held as a share of dense; then each method's numbers against the is
 
 from __future__ import annotations
 
-from sinkhole.results.kvbench import RETRIEVAL, TARGETS, Cell, KVBenchResult, PooledSummary
+from sinkhole.results.kvbench import RETRIEVAL, TARGETS, Cell, KVBenchResult, PooledSummary, skipped_cells
 
 
 def fmt_score(metric: str, v: float | None) -> str:
@@ -50,6 +50,13 @@ def render_kvbench(result: KVBenchResult) -> str:
     ]
     for length in sorted({c.length for c in cells}):
         out += ["", f"{length} tokens"] + length_table(cells, length, tasks, methods)
+    skipped = skipped_cells(cells, s.methods)
+    if skipped:
+        out += [
+            "",
+            "not run (dense failed every sample, so a cache has nothing to keep; --all-cells runs them): "
+            + ", ".join(f"{t} {n}" for t, n in skipped),
+        ]
     summ = result.summary().methods
     out += [
         "",

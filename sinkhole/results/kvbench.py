@@ -148,6 +148,19 @@ class KVBenchResult(Result):
         return super().from_dict(d)
 
 
+def dense_failed(cell: Cell) -> bool:
+    """Whether a dense cell says nothing about caches: exact match, and every sample failed."""
+    return cell.metric == "exact" and all(s.score == 0 for s in cell.samples)
+
+
+def skipped_cells(cells: list[Cell], methods: list[str]) -> list[tuple[str, int]]:
+    """(task, length) pairs where dense failed every sample and some of `methods` has no cell: what
+    kv-bench skips unless --all-cells (sinkhole.kvbench.bench)."""
+    have = {c.key for c in cells}
+    failed = [c.key[:2] for c in cells if c.method == "dense" and dense_failed(c)]
+    return [(t, n) for t, n in failed if any((t, n, m) not in have for m in methods)]
+
+
 def _mean(xs):
     xs = list(xs)
     return sum(xs) / len(xs) if xs else None
