@@ -62,7 +62,7 @@ from sinkhole.cache.head_plan import (
     select_retrieval_heads,
     slot_costs,
 )
-from sinkhole.cache.kv_stores import Grow, LocalSinkRing, Ring
+from sinkhole.cache.kv_stores import ForwardMemo, Grow, LocalSinkRing, Ring
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
 
@@ -78,7 +78,7 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, n_kv_heads: int, retrieval: list[int], stream, full, is_sliding: bool = False):
+    def __init__(self, n_kv_heads: int, retrieval: list[int], stream, full, is_sliding: bool = False, memo=None):
         super().__init__()
         self.is_sliding = is_sliding
         self.n_kv_heads = n_kv_heads
@@ -90,18 +90,20 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
         self.cumulative_length = 0
         self.plan = None
         self._idx: dict = {}
+        self.memo = memo or ForwardMemo()  # the cache's layers share one: masks once per forward
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device = key_states.device
         self.is_initialized = True
 
     def _index(self, heads: list[int], device):
-        """How to pick a head subset: None (every head), a slice (contiguous heads: views, no
-        gather), or an index tensor."""
+        """How to pick a head subset: None (every head), a slice (evenly spaced heads: views, no
+        gather; every subset of 3 KV heads is one), or an index tensor."""
         if len(heads) == self.n_kv_heads:
             return None
-        if heads == list(range(heads[0], heads[-1] + 1)):
-            return slice(heads[0], heads[-1] + 1)
+        step = heads[1] - heads[0] if len(heads) > 1 else 1
+        if heads == list(range(heads[0], heads[-1] + 1, step)):
+            return slice(heads[0], heads[-1] + 1, step)
         if (device, tuple(heads)) not in self._idx:
             self._idx[(device, tuple(heads))] = torch.tensor(heads, device=device)
         return self._idx[(device, tuple(heads))]
@@ -115,16 +117,17 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
                 "`with head_aware_attention(model):`"
             )
         n, q = self.cumulative_length, key_states.shape[-2]
+        self.memo.start(n, q)
         groups = []
         for heads, store in ((self.retrieval, self.full), (self.streaming, self.stream)):
             if not heads:
                 continue
             idx = self._index(heads, key_states.device)
             k, v = take(key_states, idx), take(value_states, idx)
-            keys, values, mask, observe = store.update(k, v, n)
+            keys, values, mask, observe = store.update(k, v, n, self.memo)
             groups.append((idx, keys, values, mask, observe))
         self.cumulative_length += q
-        self.plan = {"groups": groups, "used": False}
+        self.plan = {"groups": groups, "used": False, "memo": self.memo}
         kw = kwargs.get("kwargs")
         if isinstance(kw, dict):
             kw[PLAN_KEY] = self.plan
@@ -169,10 +172,12 @@ def take(t: torch.Tensor, idx) -> torch.Tensor:
 
 
 def head_aware_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """AttentionInterface function: one SDPA call per head group of the layer's plan.
+    """AttentionInterface function: one attention call per head group of the layer's plan.
 
     query (B, Hq, q, D); returns (output (B, q, Hq, Dv), None). Without a plan (another cache, or
-    none) it is transformers' SDPA.
+    none) it is transformers' SDPA. The G query heads of a KV head are packed as extra rows (G x q
+    rows ordered (g, t)), so keys are never repeated; each group's output goes straight into the
+    returned layout.
     """
     plan = kwargs.pop(PLAN_KEY, None)
     if plan is None:
@@ -185,44 +190,92 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
         raise SinkholeError("HeadAwareSinkCache does not support attention logit softcapping")
     plan["used"] = True
     B, Hq, q, D = query.shape
-    n_kv = sum(g[1].shape[1] for g in plan["groups"])
+    groups = plan["groups"]
+    n_kv = sum(g[1].shape[1] for g in groups)
     G = Hq // n_kv
+    Dv = groups[0][2].shape[-1]  # all groups: the layer's value head size
     qg = query.reshape(B, n_kv, G, q, D)
     out = None
-    for idx, keys, values, mask, observe in plan["groups"]:
+    memo = plan.get("memo")
+    for idx, keys, values, mask, observe in groups:
         h = keys.shape[1]
-        qh = take(qg, idx).reshape(B, h, G * q, D)  # GQA packed: the G query heads of a KV head are extra rows
-        m = mask  # rows ordered (g, t): a (q, N) or (B, h, q, N) mask repeats G times along the rows
-        if mask is not None and q > 1:  # (one query row broadcasts over the G heads as it is)
-            m = mask.repeat(G, 1) if mask.dim() == 2 else mask.repeat(1, 1, G, 1)
         if observe is None:
+            qh = take(qg, idx).reshape(B, h, G * q, D)
+            m = (
+                None
+                if mask is None or q == 1
+                else per_forward(memo, mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
+            )
             o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
         else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
-            o, colsum = attention_and_colsum(qh, keys, values, m, scaling)
+            hidden = None if mask is None else per_forward(memo, mask, "hidden", torch.logical_not)
+            o, colsum = attention_and_colsum(take(qg, idx), keys, values, hidden, scaling)
             observe(colsum)
-        o = o.reshape(B, h, G, q, values.shape[-1])
-        if idx is None:
-            out = o
+        o = o.reshape(B, h, G, q, Dv).permute(0, 3, 1, 2, 4)  # (B, q, h, G, Dv)
+        if idx is None:  # one group: every head
+            return o.reshape(B, q, Hq, Dv), None
+        if out is None:
+            out = o.new_empty(B, q, n_kv, G, Dv)
+        if isinstance(idx, slice):
+            out[:, :, idx] = o
         else:
-            if out is None:
-                out = o.new_empty(B, n_kv, G, q, values.shape[-1])
-            if isinstance(idx, slice):
-                out[:, idx] = o
-            else:
-                out.index_copy_(1, idx, o)
-    return out.reshape(B, Hq, q, -1).transpose(1, 2).contiguous(), None
+            out.index_copy_(2, idx, o)
+    return out.view(B, q, Hq, Dv), None
 
 
-def attention_and_colsum(q, k, v, mask, scaling):
-    """Softmax attention with the probabilities' column sums: q (B, h, R, D), k (B, h, N, D),
-    v (B, h, N, Dv), mask None or bool broadcastable to (B, h, R, N). Returns output (B, h, R, Dv) in
-    v's dtype and colsum (B, h, N) float32 (summed over the R rows). Small: a decode step or a chunk
-    over a bounded ring."""
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    return torch.matmul(p.to(v.dtype), v), p.sum(-2)
+def per_forward(memo, mask: torch.Tensor, tag, build):
+    """build(mask), once per forward for the (q, N) masks every layer shares (they come from the
+    cache's `kv_stores.ForwardMemo`), else every time. Keyed by the mask itself: the memo holds it,
+    so its id names no other tensor while the entry lives."""
+    if memo is None or mask.dim() != 2:
+        return build(mask)
+    held, value = memo.get((tag, id(mask)), lambda: (mask, build(mask)))
+    return value if held is mask else build(mask)
+
+
+def packed_mask(G: int, dtype):
+    """For SDPA on packed rows: a chunk's boolean mask repeated G times along the rows and made
+    additive in `dtype` (what SDPA does to a boolean mask, with the same numbers)."""
+
+    def build(mask: torch.Tensor) -> torch.Tensor:
+        rows = mask.repeat(G, 1) if mask.dim() == 2 else mask.repeat(1, 1, G, 1)
+        return torch.zeros(rows.shape, dtype=dtype, device=rows.device).masked_fill_(~rows, float("-inf"))
+
+    return build
+
+
+def attention_and_colsum(q, k, v, hidden, scaling):
+    """Softmax attention with the probabilities' column sums: q (B, h, G, T, D) (the G query heads of
+    each KV head; any strides), k (B, h, N, D), v (B, h, N, Dv), hidden None or bool (T, N) or
+    (B, h, T, N), True = masked, the same for the G heads. Returns output (B, h, G x T, Dv) in v's
+    dtype, rows ordered (g, t), and colsum (B, h, N) float32 (summed over the G x T rows).
+
+    A decode step or a chunk over a bounded ring. On a CPU the softmax and the column sums are one
+    pass of `sinkhole.probe.cpu_kernel` (no intra-op threads: on a shared CPU every parallel torch
+    op waits for a descheduled thread, and the ops, not the arithmetic, set the time); torch ops
+    otherwise, with the same numbers to float rounding."""
+    from sinkhole.probe.cpu_kernel import kernel, softmax_colsum
+    from sinkhole.probe.exact_attention import grads_flow
+
+    B, h, G, T, D = q.shape
+    N = k.shape[2]
+    # the scale goes on the (small) queries, in the one copy that packs their rows, not on the scores
+    if grads_flow(q, k, v):
+        qs = q.float() * scaling
+    else:
+        qs = torch.mul(q.float(), scaling, out=torch.empty(B, h, G, T, D, dtype=torch.float32, device=q.device))
+    s = torch.matmul(qs.reshape(B, h, G * T, D), k.float().transpose(-1, -2))
+    if hidden is not None:
+        s.view(B, h, G, T, N).masked_fill_(hidden.unsqueeze(-3), float("-inf"))
+    fused = kernel() if s.device.type == "cpu" and not grads_flow(q, k, v) else None
+    if fused is not None:
+        colsum = torch.zeros(B, h, G, N, dtype=torch.float32, device=s.device)
+        softmax_colsum(s.view(B, h, G, T, N), colsum, None, fn=fused)
+        p, colsum = s, colsum.sum(2)
+    else:
+        p = torch.softmax(s, dim=-1)
+        colsum = p.sum(-2)
+    return torch.matmul(p.to(v.dtype), v), colsum
 
 
 def head_aware_attention(model: torch.nn.Module):
@@ -283,10 +336,10 @@ class HeadAwareSinkCache(Cache):
         self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
         self.kinds, self.sliding, self.length = kinds, windows, length
         self.memory_plan: MemoryPlan | None = None
-        layers = []
+        layers, memo = [], ForwardMemo()
         for kind, sw, r in zip(kinds, windows, self.retrieval):
             stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length)
-            layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global"))
+            layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global", memo=memo))
         super().__init__(layers=layers)
 
     @classmethod

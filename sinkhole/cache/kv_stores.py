@@ -2,8 +2,10 @@
 
 Every store has the same small protocol:
 
-    update(k, v, n) -> (keys, values, mask, observe)
-        k, v: (B, H, q, D) for positions n..n+q-1. keys/values: what the q queries attend to,
+    update(k, v, n, memo=None) -> (keys, values, mask, observe)
+        k, v: (B, H, q, D) for positions n..n+q-1. memo: the cache's `ForwardMemo`, through which
+        a mask that depends only on the positions is built once per forward for every layer (None:
+        built here). keys/values: what the q queries attend to,
         (B, H, N, D). mask: None (every key visible to every query), (q, N) bool, or (B, H, q, N)
         bool (True = may attend). observe: None, or a callable that takes the column sums of the
         attention probabilities (B, H, N) float32, summed over the queries and the query heads that
@@ -34,6 +36,53 @@ from __future__ import annotations
 import torch
 
 NEG = float("-inf")
+
+
+class ForwardMemo:
+    """Tensors that depend only on where a forward call stands, such as a chunk's causal mask: built
+    by the first layer that asks and shared by the others (every layer of a cache sees the same
+    positions), instead of once per layer. `start(n, q)` at each layer's update; entries go when a
+    call at other positions starts. Keys must name everything the tensor depends on besides n, q."""
+
+    def __init__(self):
+        self.at, self.items = None, {}
+
+    def start(self, n: int, q: int) -> None:
+        if (n, q) != self.at:
+            self.at, self.items = (n, q), {}
+
+    def get(self, key, build):
+        if key not in self.items:
+            self.items[key] = build()
+        return self.items[key]
+
+
+def shared(memo: ForwardMemo | None, key, build):
+    """build(), once per forward when there is a memo."""
+    return build() if memo is None else memo.get(key, build)
+
+
+def causal_mask(n: int, q: int, device) -> torch.Tensor:
+    """(q, n + q) bool: query n + i sees keys 0..n + i."""
+    qpos, kpos = torch.arange(n, n + q, device=device), torch.arange(n + q, device=device)
+    return kpos[None, :] <= qpos[:, None]
+
+
+def kept(n: int, q: int, S: int, W: int, device):
+    """The keys of a chunk at positions n..n+q-1 that a ring of S sinks and W recent slots holds once
+    it is in: the sinks among them and the last W, as offsets into the chunk: a slice (a view, no
+    copy) when they are one run, else an index tensor."""
+    a, b = min(max(S - n, 0), q), max(q - W, 0)  # offsets [0, a) are sinks, [b, q) the last W
+    if a >= b:
+        return slice(0, q)
+    if a == 0:
+        return slice(b, q)
+    return torch.cat((torch.arange(a), torch.arange(b, q))).to(device)
+
+
+def part(t: torch.Tensor, keep) -> torch.Tensor:
+    """t's entries `keep` (a slice or an index tensor, from `kept`) along dim 2."""
+    return t[:, :, keep] if isinstance(keep, slice) else t.index_select(2, keep)
 
 
 class _Store:
@@ -103,7 +152,7 @@ class Grow(_Store):
             cap = self.grown(cap + 1, cap)
         return cap
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo: ForwardMemo | None = None):
         B, H, q, D = k.shape
         if self.k is None or n + q > self.k.shape[2]:
             cap = self.grown(n + q, 0 if self.k is None else self.k.shape[2])
@@ -115,8 +164,7 @@ class Grow(_Store):
         self.v[:, :, n : n + q] = v
         mask = None
         if q > 1:
-            qpos, kpos = torch.arange(n, n + q, device=k.device), torch.arange(n + q, device=k.device)
-            mask = kpos[None, :] <= qpos[:, None]
+            mask = shared(memo, ("causal", n, q, k.device), lambda: causal_mask(n, q, k.device))
         return self.k[:, :, : n + q], self.v[:, :, : n + q], mask, None
 
 
@@ -142,7 +190,7 @@ class Ring(_Store):
         order = sorted(recent, key=lambda p: (p - self.S) % self.W)
         return sinks + order
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo: ForwardMemo | None = None):
         B, H, q, D = k.shape
         if self.k is None:
             self.k = k.new_zeros(B, H, self.cap, D)
@@ -153,17 +201,22 @@ class Ring(_Store):
             self.v[:, :, slot] = v[:, :, 0]
             m = min(n + 1, self.cap)
             return self.k[:, :, :m], self.v[:, :, :m], None, None
-        held = self.held_positions(n)
-        pos = torch.tensor(held + list(range(n, n + q)), device=k.device)
-        keys = torch.cat((self.k[:, :, : len(held)], k), dim=-2)
-        values = torch.cat((self.v[:, :, : len(held)], v), dim=-2)
+        held = min(n, self.cap)
+        keys = torch.cat((self.k[:, :, :held], k), dim=-2)
+        values = torch.cat((self.v[:, :, :held], v), dim=-2)
         new = torch.arange(n, n + q, device=k.device)
-        keep = (new < self.S) | (new >= n + q - self.W)  # what the ring holds after the chunk
+        keep = kept(n, q, self.S, self.W, k.device)  # what the ring holds after the chunk
         slots = self.slots(new[keep])
-        self.k.index_copy_(2, slots, k[:, :, keep])
-        self.v.index_copy_(2, slots, v[:, :, keep])
+        self.k.index_copy_(2, slots, part(k, keep))
+        self.v.index_copy_(2, slots, part(v, keep))
+        mask = shared(memo, ("ring", self.S, self.W, n, q, k.device), lambda: self._mask(n, q, new))
+        return keys, values, mask, None
+
+    def _mask(self, n: int, q: int, new: torch.Tensor) -> torch.Tensor:
+        """(q, held + q) bool: sinks, then the window's slots, then the chunk's own keys."""
+        pos = torch.tensor(self.held_positions(n) + list(range(n, n + q)), device=new.device)
         qp, kp = new[:, None], pos[None, :]
-        return keys, values, (kp <= qp) & ((kp < self.S) | (kp > qp - self.W)), None
+        return (kp <= qp) & ((kp < self.S) | (kp > qp - self.W))
 
 
 class LocalSinkRing(_Store):
@@ -187,14 +240,43 @@ class LocalSinkRing(_Store):
     def slots(self, pos: torch.Tensor) -> torch.Tensor:
         return torch.where(pos < self.S, pos, self.S + self.M + (pos - self.S) % self.W)
 
-    def _visible(self, qpos: torch.Tensor, kpos: torch.Tensor, slot_kind: torch.Tensor) -> torch.Tensor:
-        """(B, H, q, N): kpos (B, H, N), slot_kind (N,) 0 sink, 1 local sink, 2 window or new."""
-        t, kp = qpos[:, None], kpos[:, :, None, :]
-        ok = (kp >= 0) & (kp <= t)
-        local = slot_kind == 1
+    def _chunk_mask(self, n: int, new: torch.Tensor, memo: ForwardMemo | None) -> torch.Tensor:
+        """What a chunk's queries (positions `new`) see of the cap + q keys: (q, N) bool, the same for
+        every batch row and head, when every local sink held is visible to every query (the usual
+        case: sinks and window slots hold the same positions in every row and head, and only local
+        sinks differ); else (B, H, q, N). The (q, N) part is built once per forward (`memo`)."""
+        S, M = self.S, self.M
+        mask = shared(
+            memo, ("local-sink ring", S, M, self.W, n, len(new), new.device), lambda: self._shared_mask(n, new)
+        )
+        # a local sink left the window before n, so it is older than every query: only emptiness and
+        # the layer's own sliding window hide it
+        local = self.pos[:, :, None, S : S + M] >= 0
         if self.sliding is not None:
-            ok &= ~local | (t - kp < self.sliding)
-        return ok & ((slot_kind != 2) | (kp > t - self.W))
+            local = local & (new[:, None] - self.pos[:, :, None, S : S + M] < self.sliding)
+        if bool(local.all()):
+            return mask
+        B, H = self.pos.shape[:2]
+        mask = mask.expand(B, H, *mask.shape).clone()
+        mask[..., S : S + M] = local
+        return mask
+
+    def _shared_mask(self, n: int, new: torch.Tensor) -> torch.Tensor:
+        """(q, cap + q) bool: the chunk's visibility of the sinks, the window's slots and its own keys
+        (local-sink columns True), from n alone: before a chunk at n the window slots hold positions
+        max(S, n - W + 1)..n - 1 (the slot of n - W, leaving, is empty)."""
+        S, M, W = self.S, self.M, self.W
+        window = [-1] * W
+        for p in range(max(S, n - W + 1), n):
+            window[(p - S) % W] = p
+        held = [p if p < n else -1 for p in range(S)] + [-1] * M + window
+        kp = torch.cat((torch.tensor(held, device=new.device), new))
+        kind = torch.tensor([0] * S + [1] * M + [2] * W, device=new.device)
+        kind = torch.cat((kind, torch.where(new < S, 0, 2)))
+        t = new[:, None]
+        mask = (kp >= 0) & (kp <= t) & ((kind != 2) | (kp > t - W))
+        mask[:, S : S + M] = True
+        return mask
 
     def _promote(self, k, v, pos, acc, last: int) -> None:
         """Keep the M candidates (B, H, Nc, ...) with the most attention in the local-sink slots;
@@ -227,7 +309,7 @@ class LocalSinkRing(_Store):
         self.pos.scatter_(2, dst, torch.where(win, self.pos[:, :, slot : slot + 1], self.pos.gather(2, dst)))
         self.acc.scatter_(2, dst, torch.where(win, self.acc[:, :, slot : slot + 1], weakest))
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, n: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo: ForwardMemo | None = None):
         B, H, q, D = k.shape
         S, M, W, cap, dev = self.S, self.M, self.W, self.cap, k.device
         if self.k is None:
@@ -258,7 +340,7 @@ class LocalSinkRing(_Store):
         keys, values = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
         kpos = torch.cat((self.pos, new.expand(B, H, q)), dim=2)
         kind = torch.cat((self._kind, torch.where(new < S, 0, 2)))
-        mask = self._visible(new, kpos, kind)
+        mask = self._chunk_mask(n, new, memo)
 
         def observe(colsum: torch.Tensor) -> None:
             acc = torch.cat((self.acc, torch.zeros(B, H, q, device=dev)), dim=2)
@@ -267,11 +349,11 @@ class LocalSinkRing(_Store):
             cand = (kind == 1) | leaving  # the local sinks held and every key that left the window during the chunk
             self._promote(keys, values, kpos.masked_fill(~cand, -1), acc, last=n + q)
             self.acc[:, :, window] = acc[:, :, window]
-            keep = (new < S) | (new >= n + q - W)
+            keep = kept(n, q, S, W, dev)
             slots = self.slots(new[keep])
-            for buf, src in ((self.k, k[:, :, keep]), (self.v, v[:, :, keep])):
-                buf.index_copy_(2, slots, src)
+            for buf, src in ((self.k, k), (self.v, v)):
+                buf.index_copy_(2, slots, part(src, keep))
             self.pos.index_copy_(2, slots, new[keep].expand(B, H, -1).contiguous())
-            self.acc.index_copy_(2, slots, acc[:, :, cap:][:, :, keep].contiguous())
+            self.acc.index_copy_(2, slots, part(acc[:, :, cap:], keep).contiguous())
 
         return keys, values, mask, observe
