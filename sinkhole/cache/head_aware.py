@@ -42,6 +42,10 @@ Design decisions:
   plain decode step: every stored key is visible and order does not matter to softmax; chunks get
   masks from the keys' absolute positions, so a chunked prefill is exact). Groups with local sinks
   compute their probabilities explicitly, because the store needs each key's attention.
+- Few torch ops per layer: on a shared CPU each parallel op waits for a descheduled thread, so a
+  chunk's time follows the op count (benchmarks/head_aware_speed.py). Masks depend only on
+  positions and are built once per forward (`kv_stores.ForwardMemo`), the local-sink ring's on
+  (q, N); softmax and column sums are one pass of the CPU kernel.
 - Batches: rows of one length, no padding (as SinkCache).
 """
 
@@ -196,7 +200,7 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     Dv = groups[0][2].shape[-1]  # all groups: the layer's value head size
     qg = query.reshape(B, n_kv, G, q, D)
     out = None
-    memo = plan.get("memo")
+    memo = plan["memo"]
     for idx, keys, values, mask, observe in groups:
         h = keys.shape[1]
         if observe is None:
@@ -204,11 +208,11 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
             m = (
                 None
                 if mask is None or q == 1
-                else per_forward(memo, mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
+                else memo.derived(mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
             )
             o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
         else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
-            hidden = None if mask is None else per_forward(memo, mask, "hidden", torch.logical_not)
+            hidden = None if mask is None else memo.derived(mask, "hidden", torch.logical_not)
             o, colsum = attention_and_colsum(take(qg, idx), keys, values, hidden, scaling)
             observe(colsum)
         o = o.reshape(B, h, G, q, Dv).permute(0, 3, 1, 2, 4)  # (B, q, h, G, Dv)
@@ -221,16 +225,6 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
         else:
             out.index_copy_(2, idx, o)
     return out.view(B, q, Hq, Dv), None
-
-
-def per_forward(memo, mask: torch.Tensor, tag, build):
-    """build(mask), once per forward for the (q, N) masks every layer shares (they come from the
-    cache's `kv_stores.ForwardMemo`), else every time. Keyed by the mask itself: the memo holds it,
-    so its id names no other tensor while the entry lives."""
-    if memo is None or mask.dim() != 2:
-        return build(mask)
-    held, value = memo.get((tag, id(mask)), lambda: (mask, build(mask)))
-    return value if held is mask else build(mask)
 
 
 def packed_mask(G: int, dtype):

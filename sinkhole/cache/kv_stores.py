@@ -56,6 +56,15 @@ class ForwardMemo:
             self.items[key] = build()
         return self.items[key]
 
+    def derived(self, mask: torch.Tensor, tag, build):
+        """build(mask), once per forward for the (q, N) masks every layer shares (they come from
+        here), else every time. Keyed by the mask itself: the entry holds it, so its id names no
+        other tensor while the entry lives."""
+        if mask.dim() != 2:
+            return build(mask)
+        held, value = self.get((tag, id(mask)), lambda: (mask, build(mask)))
+        return value if held is mask else build(mask)
+
 
 def shared(memo: ForwardMemo | None, key, build):
     """build(), once per forward when there is a memo."""
