@@ -97,9 +97,30 @@ def test_partial_lengths_are_drawn_hollow():
         faces = {line.get_markerfacecolor() for line in ax.get_lines() if len(line.get_xdata()) == 1}
         assert "white" in faces and len(faces) > 1
         names = [t.get_text() for leg in ax.get_children() if leg.__class__.__name__ == "Legend" for t in leg.texts]
-        assert "not every task ran" in names
+        assert "not every\ntask counted" in names
     finally:
         pyplot().close(fig)
+
+
+def test_a_task_dense_fails_counts_for_no_method():
+    """Dense fails passkey at 1024 and kv-bench skipped it for sinks: every method's point there averages
+    niah and multikey only; with every method's cell (--all-cells) passkey counts again."""
+    from sinkhole.results.kvbench import Cell, CellSample
+
+    def cell(task, method, score):
+        return Cell(task, 1024, method, method, "exact", score, [CellSample(0.5, 0, 1, score)], 1, 10, 20, 0.5, 1, 1.0)
+
+    cells = [cell("passkey", "dense", 0.0), cell("niah", "dense", 1.0), cell("multikey", "dense", 1.0)]
+    cells += [cell("passkey", "snapkv", 0.0), cell("niah", "snapkv", 1.0), cell("multikey", "snapkv", 0.0)]
+    cells += [cell("niah", "sinks", 0.0), cell("multikey", "sinks", 1.0)]
+    pts = kp.retrieval_points(cells)
+    assert {m: (p[0].accuracy, p[0].tasks) for m, p in pts.items()} == {
+        "dense": (1.0, ("niah", "multikey")),
+        "snapkv": (0.5, ("niah", "multikey")),
+        "sinks": (0.5, ("niah", "multikey")),
+    }
+    pts = kp.retrieval_points([*cells, cell("passkey", "sinks", 0.0)])
+    assert pts["dense"][0].tasks == ("passkey", "niah", "multikey") and pts["dense"][0].accuracy == 2 / 3
 
 
 @pytest.mark.parametrize("cols", kp.NIAH_COLUMNS)

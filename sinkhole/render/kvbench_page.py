@@ -5,7 +5,8 @@ Figures, in reading order:
   retrieval tasks (passkey / niah / multikey). Colour names the method and marker shape the length, in
   legends beside the axes, so no per-point label can land on another; points that would hide each
   other (several methods at 100%, or at the same bytes) are set side by side; a hollow marker is a
-  length where not every retrieval task ran (its mean is over fewer tasks).
+  length where not every retrieval task counts (not run, or dense failed every sample: its mean is
+  over fewer tasks).
 - the NIAH grid (length x depth heat map of accuracy) per method, the random-head controls pooled over
   their seeds, below the plot as small multiples: every map is drawn at one size that keeps each cell's
   number readable, and the page carries the grid three, two and one map across (a <picture> whose
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sinkhole.render.png import png_bytes, pyplot, style_axes
-from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult
+from sinkhole.results.kvbench import RETRIEVAL, Cell, KVBenchResult, skipped_cells
 
 # PNGs are drawn at HIDPI x the size the page shows them (sharp on high-density screens); at DPI
 # points per inch a font of f points is f * DPI / 72 CSS px tall where shown.
@@ -120,12 +121,15 @@ class RetrievalPoint:
 
 
 def retrieval_points(cells: list[Cell]) -> dict[str, list[RetrievalPoint]]:
-    """method -> its points in order of length, random seeds pooled."""
+    """method -> its points in order of length, random seeds pooled. A (task, length) kv-bench skipped
+    (dense failed every sample, so the other methods did not run) is left out for every method, dense
+    included, so dense's point and a method's average the same tasks."""
     acc: dict[tuple[str, int], list[float]] = {}
     mem: dict[tuple[str, int], list[int]] = {}
     tasks: dict[tuple[str, int], set[str]] = {}
+    nothing = set(skipped_cells(cells, sorted({c.method for c in cells})))
     for c in cells:
-        if c.task in RETRIEVAL:
+        if c.task in RETRIEVAL and c.key[:2] not in nothing:
             k = (_group(c.method), c.length)
             acc.setdefault(k, []).append(c.score)
             mem.setdefault(k, []).append(c.kv_bytes)
@@ -209,7 +213,7 @@ def accuracy_figure(points: dict[str, list[RetrievalPoint]]):
     names = [str(n) for n in lengths]
     if partial:
         shapes.append(Line2D([], [], linestyle="none", marker="o", color="#444", mfc="white", markersize=7))
-        names.append("not every task ran")
+        names.append("not every\ntask counted")  # two lines: one ran past the figure's right edge
     ax.legend(shapes, names, title="context tokens", loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=9)
     ax.get_legend().set_frame_on(False)
     return fig
@@ -278,8 +282,9 @@ def render_page(result: KVBenchResult, table: str) -> str:
         cap = (
             "Mean accuracy over passkey, NIAH and multi-key against the KV bytes each cache held at the end, "
             "one point per method and context length (colour: method, shape: length; hollow: a length where "
-            "not every retrieval task ran). Points that would cover each other are set side by side, shifted "
-            "along the bytes axis by a marker's width or two; the tables below have the exact values."
+            "not every retrieval task counts: not run, or skipped where dense failed every sample). Points that would "
+            "cover each other are set side by side, shifted along the bytes axis by a marker's width or two; "
+            "the tables below have the exact values."
         )
         parts.append(
             f'<figure class="accuracy">{_img(fig, "accuracy vs KV bytes")}'
