@@ -212,10 +212,9 @@ def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None
             if progress:
                 progress(1)
 
-        first = [v for v in due if v in ("dense", "snapkv")] if "dense" in due else []
+        # gated: dense first (SnapKV with it, sharing its prefix), the rest only if dense found something
         gated = not settings.all_cells and METRICS[task] == "exact" and "dense" in settings.methods
-        if not gated:
-            first = due
+        first = [v for v in due if v in ("dense", "snapkv") and "dense" in due] if gated else due
         run_cells(model, profile, settings.plan, samples, first, done)
         rest = [v for v in due if v not in first]
         if rest and gated and dense_failed(store.cells[(task, length, "dense")]):
