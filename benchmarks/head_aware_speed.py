@@ -16,12 +16,7 @@ Why thread counts matter here: on a CPU shared with other jobs, each parallel to
 barrier for a descheduled thread (BENCHMARKS.md, "CPU threads"), so a cache's time follows the
 number of ops it issues per layer more than its arithmetic.
 
-Measured on the shared 2-CPU VM, 8 layers, 5-9 rounds (2026-12-06), head-aware / dense in the same
-round, before -> after the per-forward masks and the fused softmax + column sums: with 2 threads
-while another 2-thread job ran, 1.45 -> 1.25 (1024, batch 5), 1.42-1.46 -> 1.13-1.14 (2048, batch
-1); quiet, 0.92-1.16 before and 0.93-1.17 after (1 or 2 threads); ops per 2048-token prefill:
-dense 4,238, before 13,312, after 12,924; of them over 32k elements (parallel regions at batch 5):
-2,231, 4,095, 3,389.
+Results: BENCHMARKS.md, "Head-aware chunked prefill".
 """
 
 from __future__ import annotations

@@ -253,15 +253,16 @@ def attention_and_colsum(q, k, v, hidden, scaling):
 
     B, h, G, T, D = q.shape
     N = k.shape[2]
+    grads = grads_flow(q, k, v)
     # the scale goes on the (small) queries, in the one copy that packs their rows, not on the scores
-    if grads_flow(q, k, v):
+    if grads:
         qs = q.float() * scaling
     else:
         qs = torch.mul(q.float(), scaling, out=torch.empty(B, h, G, T, D, dtype=torch.float32, device=q.device))
     s = torch.matmul(qs.reshape(B, h, G * T, D), k.float().transpose(-1, -2))
     if hidden is not None:
         s.view(B, h, G, T, N).masked_fill_(hidden.unsqueeze(-3), float("-inf"))
-    fused = kernel() if s.device.type == "cpu" and not grads_flow(q, k, v) else None
+    fused = kernel() if s.device.type == "cpu" and not grads else None
     if fused is not None:
         colsum = torch.zeros(B, h, G, N, dtype=torch.float32, device=s.device)
         softmax_colsum(s.view(B, h, G, T, N), colsum, None, fn=fused)

@@ -8,9 +8,8 @@ method costs alone). Each finished cell is appended to the store at once (`resum
 
 Dense runs first. Where it fails every sample of an exact-match cell (`dense_failed`), the other
 methods are skipped unless `all_cells`: a bounded cache cannot be measured against a reference that
-has nothing to keep, and on a CPU such cells were a fifth of the default preset's time (SmolLM2
-fails vartrack at every length). The skipped cells are absent from the results and named by
-`results.kvbench.skipped_cells`.
+has nothing to keep (docs/cache.md says what that saves). The skipped cells are absent from the
+results and named by `results.kvbench.skipped_cells`.
 
 Scores (`score_rows`): exact match (every answer token the top-1 prediction, i.e. what greedy
 decoding would write), token accuracy (copy), or the answer tokens' mean nll (ppl).
