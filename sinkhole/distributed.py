@@ -447,6 +447,9 @@ def session(device: str = "cpu", gpus_per_rank: int = 1):
         # torchrun --max-restarts keeps the key-value store of a failed attempt: counters get fresh names
         world._prefix = "sinkhole/" + world.broadcast(uuid.uuid4().hex if world.is_main else None)
         yield world
+        # every rank done before any tears gloo down: a rank that exits while its peer still holds the
+        # connection aborted at exit ("terminate called without an active exception"), 1 run in 3 here
+        dist.barrier()
     finally:
         _current = None
         signal.signal(signal.SIGTERM, previous)
