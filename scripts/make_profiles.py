@@ -8,7 +8,8 @@
 
 Each profile is `SinkDetector(name).detect()` with default settings: the built-in suite, chat as
 the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3, and streaming
-scores with 4 sinks, a window of 256 and 8 copy prompts of 1024 tokens.
+scores with 4 sinks, a window of 256 and 8 copy prompts of 1024 tokens, and the needle scores
+over 22 needle prompts of 1024 and 2048 tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from tqdm import tqdm
 
 from sinkhole.eval.suite import load_suite
 from sinkhole.experiments.detector import SinkDetector
-from sinkhole.experiments.head_scores import DEFAULT_PROMPTS, DEFAULT_TOKENS, streaming_section
+from sinkhole.experiments.head_scores import (
+    DEFAULT_PROMPTS,
+    DEFAULT_TOKENS,
+    needle_count,
+    needle_lengths,
+    streaming_section,
+)
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
@@ -47,7 +54,8 @@ def main() -> int:
         path = SHIPPED_DIR / f"{name}.json"
         if args.streaming_only:
             profile = load_profile(path, model=probe)
-            with tqdm(total=DEFAULT_PROMPTS, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
+            total = DEFAULT_PROMPTS + needle_count(needle_lengths(probe.lm.model))
+            with tqdm(total=total, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
                 profile.streaming = streaming_section(probe.lm, n_tokens=args.stream_tokens, progress=bar.update)
         else:
             suite = load_suite(args.prompts, args.limit)

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 
 from sinkhole.errors import SinkholeError
 
-RANKINGS = ("both", "copy", "retrieval", "all")
+RANKINGS = ("mix", "needle", "both", "copy", "retrieval", "all")
 # What a streaming head keeps by default (measured on SmolLM2, docs/cache.md; Gemma-3 needs window 128)
-DEFAULT_WINDOW, DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY = 224, 32, "both"
+DEFAULT_WINDOW, DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY = 224, 32, "mix"
 
 
 def rank_scores(stream: dict, rank_by: str = DEFAULT_RANK_BY) -> list[list[float]]:
@@ -32,7 +32,14 @@ def rank_scores(stream: dict, rank_by: str = DEFAULT_RANK_BY) -> list[list[float
     section. A profile without the scores a ranking needs falls back to the plain `scores`."""
     if rank_by not in RANKINGS:
         raise SinkholeError(f"rank_by must be one of {', '.join(RANKINGS)} (got {rank_by!r})")
-    copy, hits = stream.get("copy_scores"), stream.get("retrieval_scores")
+    copy, hits, needle = stream.get("copy_scores"), stream.get("retrieval_scores"), stream.get("needle_scores")
+    if rank_by in ("mix", "needle") and needle:
+        by_needle = [[1.0 - v for v in row] for row in needle]
+        if rank_by == "needle" or not (copy and hits):
+            return by_needle
+        return interleave(rank_scores(stream, "both"), by_needle)
+    if rank_by in ("mix", "needle"):
+        rank_by = "both"  # a profile made before the needle scores
     if rank_by == "both" and copy and hits:
         both = lambda c, r: 1.0 - math.sqrt(max(0.0, r) * max(0.0, 1.0 - c))
         return [[both(c, r) for c, r in zip(cr, rr)] for cr, rr in zip(copy, hits)]
@@ -41,6 +48,21 @@ def rank_scores(stream: dict, rank_by: str = DEFAULT_RANK_BY) -> list[list[float
     if rank_by == "copy" and copy:
         return copy
     return stream["scores"]
+
+
+def interleave(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    """One ranking from two (lower = keep whole first): each head ranks by the better of its two
+    places, ties broken by the worse, so the two orders take turns: scores in [0, 1)."""
+
+    def places(sc):
+        order = sorted((v, layer, h) for layer, row in enumerate(sc) for h, v in enumerate(row))
+        out = [[0] * len(row) for row in sc]
+        for i, (_, layer, h) in enumerate(order):
+            out[layer][h] = i
+        return out
+
+    n = sum(map(len, a))
+    return [[(min(x, y) * n + max(x, y)) / n**2 for x, y in zip(ra, rb)] for ra, rb in zip(places(a), places(b))]
 
 
 def local_sinks_fit(kind: str, sliding: int | None, window: int, local_sinks: int) -> bool:

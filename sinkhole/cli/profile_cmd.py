@@ -26,7 +26,9 @@ EPILOG = """examples:
 
 Streaming scores (on by default, --no-streaming skips them): per (layer, KV head), the attention share
 on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
-1024 tokens with random spans repeated far apart; HeadAwareSinkCache keeps the lowest-scoring heads whole.
+1024 tokens with random spans repeated far apart, and the attention the answer puts on the needle in 22
+needle prompts (NIAH, multi-key, passkey at 1024 and 2048 tokens, from the calibration half of the
+text); HeadAwareSinkCache keeps the heads that reach back whole (docs/cache.md).
 """
 
 
@@ -83,6 +85,7 @@ def _detect(args, world):
 
     from sinkhole.eval.suite import load_suite
     from sinkhole.experiments.detector import SinkDetector
+    from sinkhole.experiments.head_scores import needle_count, needle_lengths
     from sinkhole.models.registry import resolve
 
     suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))  # a bad suite fails before the load
@@ -98,7 +101,7 @@ def _detect(args, world):
     streaming = None
     if not args.no_streaming:
         streaming = dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts)
-    bars = _Bars(len(suite), streaming)
+    bars = _Bars(len(suite), streaming, needle_count(needle_lengths(probe.lm.model)))
     try:
         return SinkDetector(
             probe,
@@ -117,13 +120,14 @@ def _detect(args, world):
 
 class _Bars:
     """The two passes' progress, one after the other: the suite's prompts, then the streaming scores'
-    copy prompts (1024 tokens each, most of the time on a CPU), whose bar opens as the first fills so
-    its time estimate is its own. Rank 0 hears of every rank's work (sinkhole.distributed)."""
+    copy prompts (1024 tokens each, most of the time on a CPU) and needle prompts, whose bar opens as
+    the first fills so its time estimate is its own. Rank 0 hears of every rank's work
+    (sinkhole.distributed)."""
 
-    def __init__(self, n_prompts: int, streaming: dict | None):
+    def __init__(self, n_prompts: int, streaming: dict | None, needles: int = 0):
         from sinkhole.progress import progress
 
-        self.n_prompts, self.streaming = n_prompts, streaming
+        self.n_prompts, self.streaming, self.needles = n_prompts, streaming, needles
         self.bar = progress(total=n_prompts, desc="profile", unit="prompt")
         self.stream_bar = None
 
@@ -144,9 +148,10 @@ class _Bars:
         self.bar.close()
         s = self.streaming
         status(
-            f"streaming scores: {s['count']} copy prompts, sinks {s['n_sink']} + window {s['window']} per KV head ..."
+            f"streaming scores: {s['count']} copy prompts, sinks {s['n_sink']} + window {s['window']} per KV head, "
+            f"then {self.needles} needle prompts ..."
         )
-        self.stream_bar = progress(total=s["count"], desc="streaming scores", unit="prompt")
+        self.stream_bar = progress(total=s["count"] + self.needles, desc="streaming scores", unit="prompt")
 
     def close(self) -> None:
         self.bar.close()

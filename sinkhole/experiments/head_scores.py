@@ -24,7 +24,9 @@ from sinkhole.profiles.stream_scores import (
     copy_queries,
     copy_targets,
     layer_kinds,
+    needle_share,
 )
+from sinkhole.text import CALIBRATION_HALF, pydoc_source
 
 
 @torch.inference_mode()
@@ -164,10 +166,20 @@ def streaming_section(
     progress=None,
     world=None,
 ) -> dict:
-    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts (shared by the
-    ranks of `world`, sinkhole.distributed)."""
+    """The profile's `streaming` section for a LoadedModel, over the built-in copy prompts, with the
+    needle scores over the calibration needle prompts (both shared by the ranks of `world`,
+    sinkhole.distributed). progress(n) hears of both passes' prompts, the copy prompts first."""
     prompts = streaming_prompts(lm.tokenizer, count, n_tokens)
     out = measure_streaming_scores(lm, prompts, n_sink, window, progress, world)
+    lengths = needle_lengths(lm.model)
+    out.update(measure_needle_scores(lm, needle_prompts(lm.tokenizer, lengths), progress, world))
+    out["needle"] = {
+        "source": "kv-bench's niah, multikey and passkey generators (sinkhole.kvbench.tasks), answer teacher-forced",
+        "text": pydoc_source(CALIBRATION_HALF),
+        "seed_base": 0,
+        "lengths": list(lengths),
+        "span": f"the needle's value, its {NEEDLE_LEAD} tokens before and 2 after",
+    }
     out["prompts"] = {
         "source": "pydoc text + repeated random spans (sinkhole.profiles.stream_scores.copy_prompt)",
         "text": prompts.source,
@@ -177,3 +189,80 @@ def streaming_section(
         "spans": [list(s) for s in prompts[0].spans],
     }
     return out
+
+
+# The profile's needle prompts (kv-bench's generators on the calibration half, seeds from 0): per
+# length, a NIAH grid of 5 depths, 3 multi-key and 3 passkey prompts.
+NEEDLE_TASKS, NEEDLE_LENGTHS, NEEDLE_LEAD = (("niah", 1), ("multikey", 3), ("passkey", 3)), (1024, 2048), 8
+
+
+def needle_lengths(model) -> tuple[int, ...]:
+    """NEEDLE_LENGTHS that fit the model's context with their answer (a short context: half of it)."""
+    ctx = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 4096
+    fit = tuple(n for n in NEEDLE_LENGTHS if n + 16 <= ctx)
+    return fit or ((ctx // 2,) if ctx >= 512 else ())
+
+
+def needle_count(lengths) -> int:
+    """How many needle prompts `needle_prompts` builds for these lengths."""
+    return len(lengths) * sum(5 * seeds if task == "niah" else seeds for task, seeds in NEEDLE_TASKS)
+
+
+def needle_prompts(tokenizer, lengths=NEEDLE_LENGTHS) -> list:
+    """kv-bench `Sample`s built from the calibration half of the text with seeds 0.. (kv-bench's own
+    are the other half, seeds from 1000): the prompts the needle scores are measured on."""
+    from sinkhole.kvbench.tasks import Encoder, make_samples
+
+    enc = Encoder(tokenizer, half=CALIBRATION_HALF)
+    return [s for n in lengths for task, seeds in NEEDLE_TASKS for s in make_samples(enc, task, n, 5, seeds, 0)]
+
+
+@torch.inference_mode()
+def measure_needle_scores(lm, samples: list, progress=None, world=None) -> dict:
+    """Per (layer, KV head), the attention a model's answer positions put on the needle they copy.
+
+    Each sample (kv-bench `Sample`: a needle prompt and its answer) is read once with its answer
+    teacher-forced; a tap on every layer scores the answer rows (`needle_share`, over the needle's
+    lead-in, value and end). Samples the model answers wrong are left out: they say nothing about where
+    it reads. Returns {needle_scores [L][Hkv] (mean over the answered samples; null when none is),
+    needle_prompts (answered), needle_asked}. world: the ranks share the samples; sums are added in
+    sample order, so the scores are one process's to the last bit."""
+    from sinkhole.distributed import World
+
+    world = world or World()
+    tally = world.tally(progress)
+    parts = {}
+    for i in world.shard([len(s.ids) + len(s.answer) for s in samples]):
+        parts[i] = _needle_sums(lm, samples[i])
+        tally.step(1)
+    tally.wait()
+    every = {i: part for gathered in world.gather(parts) for i, part in gathered.items()}
+    answered = [every[i] for i in range(len(samples)) if every[i] is not None]
+    total = None
+    for part in answered:
+        total = part if total is None else total + part
+    scores = None if total is None else [[round(float(v), 5) for v in row] for row in total / len(answered)]
+    return dict(needle_scores=scores, needle_prompts=len(answered), needle_asked=len(samples))
+
+
+def _needle_sums(lm, sample) -> torch.Tensor | None:
+    """(L, Hkv) needle shares of one sample, None when the model's teacher-forced answer is wrong."""
+    model = lm.model
+    kinds, windows = layer_kinds(model)
+    mods = attention_modules(model)
+    A = len(sample.answer)
+    ids = torch.tensor([sample.ids + sample.answer[:-1]])
+    span = (max(0, sample.where - NEEDLE_LEAD), sample.where + A + 2)
+    out: list = [None] * len(kinds)
+
+    def tap(layer, query, key, value):
+        softcap = getattr(mods[layer], "attn_logit_softcapping", None) if layer in mods else None
+        scaling = mods[layer].scaling if layer in mods else query.shape[-1] ** -0.5
+        out[layer] = needle_share(query, key, scaling, A, span, windows[layer], softcap)[0].cpu()
+
+    rec = Recorder(len(kinds), torch.ones(ids.shape, dtype=torch.bool))
+    with recording(model, lm.family, rec), tapped(rec, tap):
+        logits = model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=A).logits
+    if logits[0].argmax(-1).tolist() != sample.answer:
+        return None
+    return torch.stack(out)

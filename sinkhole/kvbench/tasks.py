@@ -32,6 +32,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from sinkhole.errors import SinkholeError
+from sinkhole.text import HELD_OUT_HALF
 
 TASKS = ("passkey", "niah", "multikey", "vartrack", "copy", "ppl")
 METRICS = {  # task -> how a sample is scored
@@ -82,12 +83,13 @@ class Sample:
 class Encoder:
     """The tokenizer's ids of text pieces (no special tokens) and of the haystack, computed once."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, half: int = HELD_OUT_HALF):
         from sinkhole.text import pydoc_text
 
         self.tokenizer = tokenizer
         self.lead = list(tokenizer("", add_special_tokens=True)["input_ids"])  # BOS, when it adds one
-        self.haystack = self(pydoc_text(half=1))
+        # kv-bench reads the held-out half; the profile's needle scores the calibration half
+        self.haystack = self(pydoc_text(half=half))
         self.pool = sorted(set(self.haystack))  # real tokens, for the copy task's random spans
 
     def __call__(self, text: str) -> list[int]:
@@ -230,16 +232,19 @@ def grid_depths(n: int) -> list[float]:
     return [0.5] if n == 1 else [round(i / (n - 1), 4) for i in range(n)]
 
 
-def make_samples(enc: Encoder, task: str, length: int, depths: int = 5, seeds: int = 3) -> list[Sample]:
+def make_samples(
+    enc: Encoder, task: str, length: int, depths: int = 5, seeds: int = 3, seed_base: int = SEED_BASE
+) -> list[Sample]:
     """The task's samples at `length`: `seeds` of them (niah: `seeds` per depth of the grid).
 
-    Deterministic: each sample's generator is seeded by (task, length, depth, SEED_BASE + i); a sample
-    whose answer also occurs in the haystack is redrawn from the same generator."""
+    Deterministic: each sample's generator is seeded by (task, length, depth, seed_base + i); a sample
+    whose answer also occurs in the haystack is redrawn from the same generator. kv-bench's seeds
+    start at SEED_BASE; the profile's calibration needles use seed_base 0 and the other text half."""
     if task not in BUILDERS:
         raise SinkholeError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     out = []
     for i in range(seeds):
-        seed = SEED_BASE + i
+        seed = seed_base + i
         for d in grid_depths(depths) if task == "niah" else [None]:
             rng = random.Random(f"{task}:{length}:{d}:{seed}")
             depth = d if d is not None else round(rng.uniform(0.05, 0.95), 4)

@@ -96,6 +96,41 @@ def band_share(
     return out if hit is None else (out, hit)
 
 
+def needle_share(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    rows: int,
+    span: tuple[int, int],
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Per KV head, the attention the last `rows` queries put on the keys span[0]..span[1]-1.
+
+    query: (B, Hq, T, D), key: (B, Hkv, T, D), post-RoPE, one unpadded causal sequence per row (the
+    needle prompt followed by its answer, teacher-forced: the last `rows` queries write the answer).
+    Returns (B, Hkv) float32: the mean over those queries of their probability on the span, then the
+    max over the KV head's query heads (one query head that reads the needle is enough for the KV
+    head to be needed whole). Exact softmax in float32; only the answer rows are scored.
+    """
+    B, Hq, T, D = query.shape
+    Hkv = key.shape[1]
+    if Hq % Hkv:
+        raise SinkholeError(f"{Hq} query heads do not group over {Hkv} KV heads")
+    G = Hq // Hkv
+    q = query[:, :, T - rows :].reshape(B, Hkv, G, rows, D).float()
+    s = torch.einsum("bgrtd,bgkd->bgrtk", q, key.float()) * scaling  # (B, Hkv, G, rows, T)
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    kpos = torch.arange(T, device=query.device)
+    qpos = kpos[T - rows :, None]
+    visible = kpos <= qpos
+    if sliding_window is not None:
+        visible &= qpos - kpos < sliding_window
+    p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
+    return p[..., span[0] : span[1]].sum(-1).mean(-1).amax(2)
+
+
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """layer index -> the module that calls the attention interface (it has `layer_idx` and `scaling`)."""
     found = {}

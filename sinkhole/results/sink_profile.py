@@ -25,8 +25,11 @@ Keys:
                     queries / over copy queries) and the attention on the token to copy, over
                     prompts with long-range copies (sinkhole.profiles.stream_scores); prompts: {source,
                     text (the calibration half of the pydoc topics), seeds [first, last], count,
-                    n_tokens, spans}; HeadAwareSinkCache.from_profile keeps the heads that reach
-                    back in full
+                    n_tokens, spans}; needle_scores [L][Hkv] (optional), needle_prompts,
+                    needle_asked, needle {source, text, seed_base, lengths, span}: the attention
+                    answers put on the needle they copy in NIAH / multi-key / passkey prompts from
+                    the same calibration text (sinkhole.experiments.head_scores.measure_needle_scores);
+                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ def _malformed_streaming(st) -> str | None:
         return None
     if not isinstance(st, dict):
         return "streaming must be an object {n_sink, window, scores, ...}"
-    for key in ("scores", "copy_scores", "retrieval_scores"):
+    for key in ("scores", "copy_scores", "retrieval_scores", "needle_scores"):
         if key != "scores" and st.get(key) is None:
             continue  # optional: older profiles have only `scores`
         if not _share_rows(st.get(key)):
