@@ -25,8 +25,8 @@ from sinkhole.experiments.detector import SinkDetector
 from sinkhole.experiments.head_scores import (
     DEFAULT_PROMPTS,
     DEFAULT_TOKENS,
-    needle_count,
     needle_lengths,
+    needle_prompts,
     streaming_section,
 )
 from sinkhole.probe.probe import ModelProbe
@@ -54,9 +54,12 @@ def main() -> int:
         path = SHIPPED_DIR / f"{name}.json"
         if args.streaming_only:
             profile = load_profile(path, model=probe)
-            total = DEFAULT_PROMPTS + needle_count(needle_lengths(probe.lm.model))
+            needles = needle_prompts(probe.lm.tokenizer, needle_lengths(probe.lm.model))
+            total = DEFAULT_PROMPTS + len(needles)
             with tqdm(total=total, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
-                profile.streaming = streaming_section(probe.lm, n_tokens=args.stream_tokens, progress=bar.update)
+                profile.streaming = streaming_section(
+                    probe.lm, n_tokens=args.stream_tokens, progress=bar.update, needles=needles
+                )
         else:
             suite = load_suite(args.prompts, args.limit)
             with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:

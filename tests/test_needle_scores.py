@@ -9,7 +9,7 @@ from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.cache.head_plan import interleave, rank_scores
 from sinkhole.errors import SinkholeError
-from sinkhole.experiments.head_scores import measure_needle_scores, needle_count, needle_lengths
+from sinkhole.experiments.head_scores import measure_needle_scores, needle_lengths
 from sinkhole.kvbench.tasks import Sample
 from sinkhole.profiles.stream_scores import needle_share
 
@@ -81,7 +81,6 @@ def test_needle_lengths_fit_the_context():
     assert needle_lengths(tiny_llama(max_position_embeddings=4096)) == (1024, 2048)
     assert needle_lengths(tiny_llama(max_position_embeddings=1024)) == (512,)  # GPT-2's context: half of it
     assert needle_lengths(tiny_llama()) == ()  # 256 tokens: too short for a needle in a haystack
-    assert needle_count((1024, 2048)) == 22
 
 
 def stream(needle=None):
@@ -130,3 +129,18 @@ def test_profile_refuses_bad_needle_scores():
     bad = bare_profile(stream([[0.0, 2.0], [0.1, 0.9]])).to_dict()
     with pytest.raises(SinkholeError, match="needle_scores"):
         SinkProfile.from_dict(bad)
+
+
+def test_needle_prompts_leave_out_what_a_tokenizer_cannot_build():
+    from test_kvbench import CharTokenizer
+
+    from sinkhole.experiments.head_scores import needle_prompts
+
+    class NoDigits(CharTokenizer):  # digits have no ids: an answer is a lone space, never unique
+        def __call__(self, text, add_special_tokens=True):
+            return super().__call__("".join(c for c in text if not c.isdigit()), add_special_tokens)
+
+    got = needle_prompts(CharTokenizer(), (600,))
+    assert [s.task for s in got] == ["niah"] * 5 + ["multikey"] * 3 + ["passkey"] * 3
+    assert all(s.seed < 3 for s in got)  # calibration seeds, never kv-bench's (1000 and up)
+    assert needle_prompts(NoDigits(), (600,)) == []

@@ -85,7 +85,7 @@ def _detect(args, world):
 
     from sinkhole.eval.suite import load_suite
     from sinkhole.experiments.detector import SinkDetector
-    from sinkhole.experiments.head_scores import needle_count, needle_lengths
+    from sinkhole.experiments.head_scores import needle_lengths, needle_prompts
     from sinkhole.models.registry import resolve
 
     suite = world.all_ok(lambda: load_suite(args.prompts, args.limit))  # a bad suite fails before the load
@@ -101,7 +101,9 @@ def _detect(args, world):
     streaming = None
     if not args.no_streaming:
         streaming = dict(n_sink=args.stream_sinks, window=args.stream_window, count=args.stream_prompts)
-    bars = _Bars(len(suite), streaming, needle_count(needle_lengths(probe.lm.model)))
+    if streaming is not None:  # built here to size the bar (a tokenizer may not build every task)
+        streaming["needles"] = needle_prompts(probe.lm.tokenizer, needle_lengths(probe.lm.model))
+    bars = _Bars(len(suite), streaming)
     try:
         return SinkDetector(
             probe,
@@ -124,10 +126,10 @@ class _Bars:
     the first fills so its time estimate is its own. Rank 0 hears of every rank's work
     (sinkhole.distributed)."""
 
-    def __init__(self, n_prompts: int, streaming: dict | None, needles: int = 0):
+    def __init__(self, n_prompts: int, streaming: dict | None):
         from sinkhole.progress import progress
 
-        self.n_prompts, self.streaming, self.needles = n_prompts, streaming, needles
+        self.n_prompts, self.streaming = n_prompts, streaming
         self.bar = progress(total=n_prompts, desc="profile", unit="prompt")
         self.stream_bar = None
 
@@ -149,9 +151,9 @@ class _Bars:
         s = self.streaming
         status(
             f"streaming scores: {s['count']} copy prompts, sinks {s['n_sink']} + window {s['window']} per KV head, "
-            f"then {self.needles} needle prompts ..."
+            f"then {len(s['needles'])} needle prompts ..."
         )
-        self.stream_bar = progress(total=s["count"] + self.needles, desc="streaming scores", unit="prompt")
+        self.stream_bar = progress(total=s["count"] + len(s["needles"]), desc="streaming scores", unit="prompt")
 
     def close(self) -> None:
         self.bar.close()

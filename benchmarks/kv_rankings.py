@@ -1,0 +1,107 @@
+"""Which head ranking keeps the answers? The head-aware cache under each ranking, on kv-bench's retrieval samples.
+
+    PYTHONPATH=. python benchmarks/kv_rankings.py                              # both, needle, mix; 3 seeds
+    PYTHONPATH=. python benchmarks/kv_rankings.py --rankings both mix --seeds 1 --lengths 1024
+
+kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000)
+at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
+`--budget` of dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench plan) on
+the samples dense answers. Per ranking: answered / dense-answered per task, their mean over the
+three tasks (kv-bench's "retrieval vs dense"), the cells (task, length, depth; passkey and multi-key
+draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest share of
+dense's bytes held. kv-bench itself compares rankings too (`--rank-by`), but reruns dense each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+
+def answered(model, cache, s, attention) -> bool:
+    """kv-bench's exact match: every answer token the top-1 prediction, teacher-forced."""
+    from sinkhole.kvbench.methods import answer_logits, chunks, prefill
+
+    ids, ans = torch.tensor([s.ids]), torch.tensor([s.answer])
+    with attention(model):
+        logits = answer_logits(model, cache, prefill(model, cache, ids, chunks(len(s.ids), 256, 32)), ans)
+    return logits[0].argmax(-1).tolist() == s.answer
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rankings", nargs="+", default=["both", "needle", "mix"])
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import contextlib
+
+    from transformers import DynamicCache
+
+    from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
+    from sinkhole.cache.head_plan import DEFAULT_WINDOW
+    from sinkhole.errors import SinkholeError
+    from sinkhole.kvbench.methods import dense_bytes
+    from sinkhole.kvbench.tasks import Encoder, make_samples
+    from sinkhole.probe.loading import load_model
+    from sinkhole.profiles.profile import load_profile
+
+    torch.set_num_threads(args.threads)
+    try:
+        lm = load_model(args.model)
+        profile = load_profile(lm.name, model=lm)
+        enc = Encoder(lm.tokenizer)
+        samples = [
+            s
+            for n in args.lengths
+            for t in ("passkey", "niah", "multikey")
+            for s in make_samples(enc, t, n, 5, args.seeds)
+        ]
+    except SinkholeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model, t0 = lm.model, time.perf_counter()
+    dense = [
+        answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()) for s in samples
+    ]
+    print(f"dense: {sum(dense)} of {len(samples)} samples answered, {time.perf_counter() - t0:.0f} s", flush=True)
+    for rank_by in args.rankings:
+        t0, cells, held = time.perf_counter(), {}, 0.0
+        for s, ok in zip(samples, dense):
+            if not ok:
+                continue
+            n = len(s.ids) + len(s.answer) - 1
+            cache = HeadAwareSinkCache.from_profile(
+                profile,
+                model=model,
+                budget=args.budget,
+                length=n,
+                window=args.window or DEFAULT_WINDOW,
+                rank_by=rank_by,
+            )
+            cells.setdefault((s.task, s.length, s.depth), []).append(answered(model, cache, s, head_aware_attention))
+            held = max(held, cache.kv_bytes() / dense_bytes(model, n))
+        tasks: dict[str, list[bool]] = {}
+        for (task, _, _), hits in cells.items():
+            tasks.setdefault(task, []).extend(hits)
+        ratio = sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
+        low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
+        per_task = ", ".join(f"{t} {sum(h)}/{len(h)}" for t, h in tasks.items())
+        print(
+            f"{rank_by}: {ratio:.2f}x dense ({per_task}); cells below 0.7x: {len(low)} of {len(cells)} "
+            f"{' '.join(low)}; at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
