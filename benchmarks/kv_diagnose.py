@@ -31,7 +31,7 @@ import torch
 
 def sample_of(enc, spec: str):
     from sinkhole.errors import SinkholeError
-    from sinkhole.kvbench.tasks import make_samples
+    from sinkhole.long_tasks import make_samples
 
     try:
         task, length, i = spec.split(":")
@@ -165,7 +165,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from sinkhole.errors import SinkholeError
-    from sinkhole.kvbench.tasks import Encoder
+    from sinkhole.long_tasks import Encoder
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
 

@@ -50,7 +50,7 @@ def main() -> int:
     from sinkhole.cache.head_plan import DEFAULT_WINDOW
     from sinkhole.errors import SinkholeError
     from sinkhole.kvbench.methods import dense_bytes
-    from sinkhole.kvbench.tasks import Encoder, make_samples
+    from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
 

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_llama
 
 from sinkhole.errors import SinkholeError
-from sinkhole.kvbench.tasks import PPL_TOKENS, SEED_BASE, TASKS, Encoder, grid_depths, make_samples, occurrences
+from sinkhole.long_tasks import PPL_TOKENS, SEED_BASE, TASKS, Encoder, grid_depths, make_samples, occurrences
 
 
 class CharTokenizer:
@@ -296,7 +296,7 @@ def test_methods_hold_at_most_the_budget(which, length):
 
     from sinkhole.kvbench.bench import run_cells
     from sinkhole.kvbench.methods import Plan, answer_logits, chunks, dense_bytes, kv_bytes_of, make_cache, prefill
-    from sinkhole.kvbench.tasks import Sample
+    from sinkhole.long_tasks import Sample
 
     model = tiny_llama() if which == "llama" else tiny_gemma3(sliding_window=16)
     torch.manual_seed(0)

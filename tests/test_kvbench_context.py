@@ -34,7 +34,7 @@ def test_the_preset_fits_the_context_and_no_answer_passes_the_room():
 
     from sinkhole.cli.kv_bench_cmd import fit_preset
     from sinkhole.kvbench.bench import BenchSettings
-    from sinkhole.kvbench.tasks import ANSWER_ROOM, TASKS, Encoder, make_samples
+    from sinkhole.long_tasks import ANSWER_ROOM, TASKS, Encoder, make_samples
 
     s = BenchSettings(("niah",), (1024, 2048, 4096, 8192), ("dense",))
     assert fit_preset(s, 8192).lengths == (1024, 2048, 4096, 8192 - ANSWER_ROOM)

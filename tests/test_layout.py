@@ -107,7 +107,7 @@ def test_the_rules_can_fail(tmp_path):
 
 # Bottom to top: an import may go to its own layer or below, never up (README "Layout").
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("sinkhole", "errors", "io", "text", "progress", "distributed"), 0),  # utilities
+    **dict.fromkeys(("sinkhole", "errors", "io", "text", "long_tasks", "progress", "distributed"), 0),  # utilities
     "results": 1,  # typed results: what every command writes or renders
     **dict.fromkeys(("validate", "models", "probe"), 2),  # probe may import models, not the reverse
     "analysis": 3,  # pure: results and the probe's Capture, no model runs

@@ -10,7 +10,7 @@ from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 from sinkhole.cache.head_plan import interleave, rank_scores
 from sinkhole.errors import SinkholeError
 from sinkhole.experiments.head_scores import measure_needle_scores, needle_lengths
-from sinkhole.kvbench.tasks import Sample
+from sinkhole.long_tasks import Sample
 from sinkhole.profiles.stream_scores import needle_share
 
 

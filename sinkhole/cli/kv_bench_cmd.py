@@ -80,7 +80,7 @@ def resolve(args):
     from sinkhole.errors import SinkholeError
     from sinkhole.kvbench.bench import BenchSettings
     from sinkhole.kvbench.methods import METHODS, Plan, variants
-    from sinkhole.kvbench.tasks import TASKS
+    from sinkhole.long_tasks import TASKS
     from sinkhole.validate import integer, names
 
     if not args.json:
@@ -136,7 +136,7 @@ def fit_preset(settings, context: int | None):
     become the context less ANSWER_ROOM (8192 -> 8064 on SmolLM2's 8192), said on stderr."""
     from dataclasses import replace
 
-    from sinkhole.kvbench.tasks import ANSWER_ROOM
+    from sinkhole.long_tasks import ANSWER_ROOM
 
     top = (context or 0) - ANSWER_ROOM
     if top < 256:  # no context, or one too short for any length: the bench says so per cell

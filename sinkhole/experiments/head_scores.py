@@ -176,7 +176,7 @@ def streaming_section(
     needles = needle_prompts(lm.tokenizer, needle_lengths(lm.model)) if needles is None else needles
     out.update(measure_needle_scores(lm, needles, progress, world))
     out["needle"] = {
-        "source": "kv-bench's niah, multikey and passkey generators (sinkhole.kvbench.tasks), answer teacher-forced",
+        "source": "kv-bench's niah, multikey and passkey generators (sinkhole.long_tasks), answer teacher-forced",
         "text": pydoc_source(CALIBRATION_HALF),
         "seed_base": 0,
         "lengths": sorted({n.length for n in needles}),
@@ -210,7 +210,7 @@ def needle_prompts(tokenizer, lengths=NEEDLE_LENGTHS) -> list:
     are the other half, seeds from 1000): the prompts the needle scores are measured on. A task a
     tokenizer cannot build (a word-level vocabulary has no ids for the numbers, so the answer is
     never unique) is left out."""
-    from sinkhole.kvbench.tasks import Encoder, make_samples
+    from sinkhole.long_tasks import Encoder, make_samples
 
     enc = Encoder(tokenizer, half=CALIBRATION_HALF)
     out = []

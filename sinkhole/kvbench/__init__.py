@@ -1,6 +1,6 @@
 """kv-bench: KV caches at the same bytes on the long-context tasks people compare caches with.
 
-`sinkhole.kvbench.tasks` builds the prompts (passkey, needle-in-a-haystack grid, RULER-style
+`sinkhole.long_tasks` builds the prompts (passkey, needle-in-a-haystack grid, RULER-style
 multi-key and variable tracking, copy, perplexity), `sinkhole.kvbench.snapkv` is the token-eviction
 baseline (SnapKV), `sinkhole.kvbench.methods` builds every cache at one byte budget and
 `sinkhole.kvbench.bench` runs them cell by cell, resumably (`sinkhole kv-bench`).

@@ -37,7 +37,7 @@ from sinkhole.kvbench.methods import (
     prefill,
 )
 from sinkhole.kvbench.resume import CellStore
-from sinkhole.kvbench.tasks import HAYSTACK, METRICS, Encoder, Sample, make_samples
+from sinkhole.long_tasks import HAYSTACK, METRICS, Encoder, Sample, make_samples
 from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult, KVModel, KVSettings, dense_failed
 
 

@@ -1,5 +1,8 @@
 """kv-bench's tasks: synthetic long-context prompts built offline, seeded, with the answer at a known place.
 
+Text only (no torch, no model), below kv-bench and the profile's needle scores, which both build their
+prompts here (sinkhole.experiments.head_scores.needle_prompts: the calibration half, seeds from 0).
+
 Every task builds a context of exactly `length` token ids and the `answer` ids the model must produce
 next. Prompts are put together from separately tokenized pieces (lead, intro, haystack, needle,
 question), so the answer's ids sit in the context exactly where the sample says (`where`), and the
