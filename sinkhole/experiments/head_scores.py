@@ -3,8 +3,9 @@
 
 `measure_streaming_scores` runs each prompt once under the probe's recorder with a tap
 (`sinkhole.probe.recorder.tapped`) that calls the pure `band_share` on every layer's post-RoPE
-queries and keys; `streaming_section` is the profile's `streaming` section over the built-in
-copy prompts.
+queries and keys; `measure_needle_scores` does the same with `needle_share` over needle prompts
+(`needle_prompts`: kv-bench's generators on the calibration text); `streaming_section` is the
+profile's `streaming` section over the built-in copy prompts and needle prompts.
 """
 
 from __future__ import annotations

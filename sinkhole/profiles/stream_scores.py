@@ -12,8 +12,12 @@ probabilities (causal, and limited to the layer's sliding window where it has on
                      band is every key), over all prompts
     copy_score_lg  = the same mean over the *copy queries* only: the tokens of a repeated span whose
                      next token is a copy of something far outside the window (`copy_queries`)
+    needle_score_lg = over needle prompts the model answers (teacher-forced), the max over the query
+                     heads of group g of the mean over the answer positions of their attention on
+                     the needle (its value, the 8 tokens before, 2 after): `needle_share`
 
-A score near 1 means sinks + window lose nothing for that head; a retrieval head scores lower.
+A score near 1 means sinks + window lose nothing for that head; a retrieval head scores lower (a
+needle score is the other way round: near 1 for a head that reads the needle).
 Measured on SmolLM2, the plain score is dominated by diffuse heads (early layers spread attention
 over everything, ~0.3-0.6 on every query) that a cache can drop without losing a copy; the copy
 score singles out the heads that reach back exactly when a far token is needed, so the head-aware
