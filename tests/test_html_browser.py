@@ -311,6 +311,12 @@ def test_layout_checks_find_what_they_look_for(driver, tmp_path):
         encoding="utf-8",
     )
     driver.get(page.as_uri())
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Plotly.newPlot draws asynchronously: on a busy CPU the checks could run before there is anything
+    # to check (a clean-clone CI run found nothing once), so wait for the mode bar and the legend.
+    ready = "return !!(document.querySelector('#bad .modebar') && document.querySelector('#bad .legend'))"
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script(ready))
     problems = "\n".join(layout_problems(driver))
     for what in ("mode bar", "over legend", "over plot area", "legend", "overlaps", "cut at the figure edge"):
         assert what in problems, (what, problems)
