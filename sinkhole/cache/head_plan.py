@@ -4,12 +4,10 @@ in key slots, and the greedy choice under a budget. Pure functions over lists (n
 `MemoryPlan` is what a cache built from a profile will hold, in slots and bytes.
 
 Rankings (`rank_scores`), measured on 2k-token copy streams at 50% KV and on kv-bench (docs/cache.md):
-    "mix"        "both" and "needle" taking turns (`interleave`): the default. On 57 held-out
-                 passkey / NIAH / multi-key samples of SmolLM2 at 1024-4096 tokens it answers 0.93x
-                 of what dense answers, "both" 0.70x; profiles without needle scores fall back to "both".
+    "mix"        "both" and "needle" taking turns (`interleave`): the default (kv-bench comparison in
+                 docs/cache.md, "Needle scores"); profiles without needle scores fall back to "both".
     "needle"     1 - needle_score: the heads whose answer reads the needle in the profile's
-                 calibration NIAH / multi-key / passkey prompts (0.93x there too, but it does not
-                 look at copies).
+                 calibration NIAH / multi-key / passkey prompts (it does not look at copies).
     "both"       sqrt(retrieval_score x (1 - copy_score)): heads that reach beyond sinks + window at
                  the copy queries *and* put that attention on the token to copy. The only one of the
                  copy-stream rankings that picked the copying heads of both bundled models (SmolLM2:
