@@ -2,19 +2,24 @@
 
     PYTHONPATH=. python benchmarks/kv_rankings.py                              # both, needle, mix; 3 seeds
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings both mix --seeds 1 --lengths 1024
+    PYTHONPATH=. python benchmarks/kv_rankings.py --rankings mix --budgets 0.5 0.6 0.7 --json out.json
 
 kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000)
 at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
-`--budget` of dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench plan) on
-the samples dense answers. Per ranking: answered / dense-answered per task, their mean over the
-three tasks (kv-bench's "retrieval vs dense"), the cells (task, length, depth; passkey and multi-key
-draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest share of
-dense's bytes held. kv-bench itself compares rankings too (`--rank-by`), but reruns dense each time.
+each of `--budgets` x dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench
+plan) on the samples dense answers. Per ranking and budget: answered / dense-answered per task,
+their mean over the three tasks (kv-bench's "retrieval vs dense"), the same ratio per seed (its
+range says how much one seed's sample decides), the cells (task, length, depth; passkey and
+multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
+share of dense's bytes held. `--json` keeps every sample's outcome, written after each plan so an
+interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
+reruns dense each time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -31,15 +36,25 @@ def answered(model, cache, s, attention) -> bool:
     return logits[0].argmax(-1).tolist() == s.answer
 
 
+def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
+    """kv-bench's "retrieval vs dense": answered / dense-answered per task, averaged over tasks.
+    hits: (task, length, depth) -> one bool per dense-answered sample."""
+    tasks: dict[str, list[bool]] = {}
+    for (task, _, _), h in hits.items():
+        tasks.setdefault(task, []).extend(h)
+    return sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rankings", nargs="+", default=["both", "needle", "mix"])
     ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.5], help="shares of dense's KV bytes")
     ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every sample's outcome here")
     args = ap.parse_args()
 
     import contextlib
@@ -73,33 +88,59 @@ def main() -> int:
         answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()) for s in samples
     ]
     print(f"dense: {sum(dense)} of {len(samples)} samples answered, {time.perf_counter() - t0:.0f} s", flush=True)
+    record = {"model": lm.name, "settings": vars(args), "dense": [], "plans": []}
+    for s, ok in zip(samples, dense):
+        record["dense"].append({"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": ok})
     for rank_by in args.rankings:
-        t0, cells, held = time.perf_counter(), {}, 0.0
-        for s, ok in zip(samples, dense):
-            if not ok:
-                continue
-            n = len(s.ids) + len(s.answer) - 1
-            cache = HeadAwareSinkCache.from_profile(
-                profile,
-                model=model,
-                budget=args.budget,
-                length=n,
-                window=args.window or DEFAULT_WINDOW,
-                rank_by=rank_by,
+        for budget in args.budgets:
+            t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
+            for s, ok in zip(samples, dense):
+                if not ok:
+                    continue
+                n = len(s.ids) + len(s.answer) - 1
+                cache = HeadAwareSinkCache.from_profile(
+                    profile,
+                    model=model,
+                    budget=budget,
+                    length=n,
+                    window=args.window or DEFAULT_WINDOW,
+                    rank_by=rank_by,
+                )
+                hit = answered(model, cache, s, head_aware_attention)
+                key = (s.task, s.length, s.depth)
+                cells.setdefault(key, []).append(hit)
+                seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
+                held = max(held, cache.kv_bytes() / dense_bytes(model, n))
+                rows.append({"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit})
+            ratio = retrieval_ratio(cells)
+            per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
+            low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
+            per_task = {}
+            for (task, _, _), h in cells.items():
+                per_task.setdefault(task, []).extend(h)
+            print(
+                f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
+                f"(per seed {min(per_seed):.2f}-{max(per_seed):.2f}; "
+                f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in per_task.items())}); "
+                f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
+                f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
+                flush=True,
             )
-            cells.setdefault((s.task, s.length, s.depth), []).append(answered(model, cache, s, head_aware_attention))
-            held = max(held, cache.kv_bytes() / dense_bytes(model, n))
-        tasks: dict[str, list[bool]] = {}
-        for (task, _, _), hits in cells.items():
-            tasks.setdefault(task, []).extend(hits)
-        ratio = sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
-        low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
-        per_task = ", ".join(f"{t} {sum(h)}/{len(h)}" for t, h in tasks.items())
-        print(
-            f"{rank_by}: {ratio:.2f}x dense ({per_task}); cells below 0.7x: {len(low)} of {len(cells)} "
-            f"{' '.join(low)}; at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
-            flush=True,
-        )
+            record["plans"].append(
+                {
+                    "rank_by": rank_by,
+                    "budget": budget,
+                    "retrieval_ratio": ratio,
+                    "per_seed": per_seed,
+                    "cells_below_0.7": low,
+                    "cells": len(cells),
+                    "max_kv_share": held,
+                    "samples": rows,
+                }
+            )
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(record, f, indent=1)
     return 0
 
 
