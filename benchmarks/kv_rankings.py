@@ -36,13 +36,22 @@ def answered(model, cache, s, attention) -> bool:
     return logits[0].argmax(-1).tolist() == s.answer
 
 
-def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
-    """kv-bench's "retrieval vs dense": answered / dense-answered per task, averaged over tasks.
-    hits: (task, length, depth) -> one bool per dense-answered sample."""
+def by_task(hits: dict[tuple, list[bool]]) -> dict[str, list[bool]]:
+    """hits: (task, length, depth) -> one bool per dense-answered sample; returns them per task."""
     tasks: dict[str, list[bool]] = {}
     for (task, _, _), h in hits.items():
         tasks.setdefault(task, []).extend(h)
+    return tasks
+
+
+def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
+    """kv-bench's "retrieval vs dense": answered / dense-answered per task, averaged over tasks."""
+    tasks = by_task(hits)
     return sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
+
+
+def outcome(s, hit: bool) -> dict:
+    return {"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit}
 
 
 def main() -> int:
@@ -88,9 +97,7 @@ def main() -> int:
         answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()) for s in samples
     ]
     print(f"dense: {sum(dense)} of {len(samples)} samples answered, {time.perf_counter() - t0:.0f} s", flush=True)
-    record = {"model": lm.name, "settings": vars(args), "dense": [], "plans": []}
-    for s, ok in zip(samples, dense):
-        record["dense"].append({"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": ok})
+    record = {"model": lm.name, "settings": vars(args), "dense": list(map(outcome, samples, dense)), "plans": []}
     for rank_by in args.rankings:
         for budget in args.budgets:
             t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
@@ -111,17 +118,14 @@ def main() -> int:
                 cells.setdefault(key, []).append(hit)
                 seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
                 held = max(held, cache.kv_bytes() / dense_bytes(model, n))
-                rows.append({"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit})
+                rows.append(outcome(s, hit))
             ratio = retrieval_ratio(cells)
             per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
             low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
-            per_task = {}
-            for (task, _, _), h in cells.items():
-                per_task.setdefault(task, []).extend(h)
             print(
                 f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
                 f"(per seed {min(per_seed):.2f}-{max(per_seed):.2f}; "
-                f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in per_task.items())}); "
+                f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in by_task(cells).items())}); "
                 f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
                 f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
                 flush=True,
