@@ -8,8 +8,8 @@ kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text hal
 at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
 each of `--budgets` x dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench
 plan) on the samples dense answers. Per ranking and budget: answered / dense-answered per task,
-their mean over the three tasks (kv-bench's "retrieval vs dense"), the same ratio per seed (its
-range says how much one seed's sample decides), the cells (task, length, depth; passkey and
+their mean over the three tasks (kv-bench's "retrieval vs dense"), the same ratio per seed (mean
++- sd and range: how much one seed's samples decide), the cells (task, length, depth; passkey and
 multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
 share of dense's bytes held. `--json` keeps every sample's outcome, written after each plan so an
 interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -50,6 +51,11 @@ def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
     return sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
 
 
+def sd(xs: list[float]) -> float:
+    """Sample standard deviation; 0 for a single seed."""
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def outcome(s, hit: bool) -> dict:
     return {"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit}
 
@@ -73,12 +79,20 @@ def main() -> int:
     from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
     from sinkhole.cache.head_plan import DEFAULT_WINDOW
     from sinkhole.errors import SinkholeError
+    from sinkhole.io import write_atomic
     from sinkhole.kvbench.methods import dense_bytes
     from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
 
     torch.set_num_threads(args.threads)
+    window = args.window or DEFAULT_WINDOW
+
+    def plan(rank_by: str, budget: float, n: int) -> HeadAwareSinkCache:
+        return HeadAwareSinkCache.from_profile(
+            profile, model=lm.model, budget=budget, length=n, window=window, rank_by=rank_by
+        )
+
     try:
         lm = load_model(args.model)
         profile = load_profile(lm.name, model=lm)
@@ -89,6 +103,10 @@ def main() -> int:
             for t in ("passkey", "niah", "multikey")
             for s in make_samples(enc, t, n, 5, args.seeds)
         ]
+        for rank_by in args.rankings:  # a plan that cannot fit says so now, not after dense's pass
+            for budget in args.budgets:
+                for n in {len(s.ids) + len(s.answer) - 1 for s in samples}:
+                    plan(rank_by, budget, n)
     except SinkholeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -105,14 +123,7 @@ def main() -> int:
                 if not ok:
                     continue
                 n = len(s.ids) + len(s.answer) - 1
-                cache = HeadAwareSinkCache.from_profile(
-                    profile,
-                    model=model,
-                    budget=budget,
-                    length=n,
-                    window=args.window or DEFAULT_WINDOW,
-                    rank_by=rank_by,
-                )
+                cache = plan(rank_by, budget, n)
                 hit = answered(model, cache, s, head_aware_attention)
                 key = (s.task, s.length, s.depth)
                 cells.setdefault(key, []).append(hit)
@@ -124,7 +135,8 @@ def main() -> int:
             low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
             print(
                 f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
-                f"(per seed {min(per_seed):.2f}-{max(per_seed):.2f}; "
+                f"(per seed {statistics.mean(per_seed):.2f} +- {sd(per_seed):.2f}, "
+                f"{min(per_seed):.2f}-{max(per_seed):.2f}; "
                 f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in by_task(cells).items())}); "
                 f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
                 f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
@@ -142,9 +154,8 @@ def main() -> int:
                     "samples": rows,
                 }
             )
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(record, f, indent=1)
+            if args.json:  # atomic: an interrupt never leaves a half-written record
+                write_atomic(args.json, json.dumps(record, indent=1))
     return 0
 
 

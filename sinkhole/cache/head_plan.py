@@ -3,19 +3,17 @@ in key slots, and the greedy choice under a budget. Pure functions over lists (n
 
 `MemoryPlan` is what a cache built from a profile will hold, in slots and bytes.
 
-Rankings (`rank_scores`), measured on 2k-token copy streams at 50% KV and on kv-bench (docs/cache.md):
-    "mix"        "both" and "needle" taking turns (`interleave`): the default (kv-bench comparison in
-                 docs/cache.md, "Needle scores"); profiles without needle scores fall back to "both".
+Rankings (`rank_scores`); what each keeps on copy streams and on kv-bench is measured in
+docs/cache.md (the rankings table and "Needle scores"):
+    "mix"        "both" and "needle" taking turns (`interleave`), the default; profiles without
+                 needle scores fall back to "both".
     "needle"     1 - needle_score: the heads whose answer reads the needle in the profile's
                  calibration NIAH / multi-key / passkey prompts (it does not look at copies).
     "both"       sqrt(retrieval_score x (1 - copy_score)): heads that reach beyond sinks + window at
-                 the copy queries *and* put that attention on the token to copy. The only one of the
-                 copy-stream rankings that picked the copying heads of both bundled models (SmolLM2:
-                 75.0% recall, 0.95x dense; Gemma-3: its two copying global layers, 5 and 11).
-    "copy"       1 - copy_score alone: SmolLM2 72.6%, but on Gemma-3 it ranks global layer 17 (far
-                 attention that does not land on the token to copy) above layer 11, and recall is 0.
-    "retrieval"  retrieval_score alone: right on Gemma-3, 54.4% on SmolLM2.
-    "all"        1 - the band share over every query: 0% on SmolLM2 (early layers' diffuse heads win).
+                 the copy queries *and* put that attention on the token to copy.
+    "copy"       1 - copy_score alone (far attention that need not land on the token to copy).
+    "retrieval"  retrieval_score alone.
+    "all"        1 - the band share over every query (early layers' diffuse heads win).
 """
 
 from __future__ import annotations
