@@ -84,6 +84,7 @@ def main() -> int:
     from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
+    from sinkhole.progress import progress
 
     torch.set_num_threads(args.threads)
     window = args.window or DEFAULT_WINDOW
@@ -111,14 +112,23 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model, t0 = lm.model, time.perf_counter()
-    dense = [
-        answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()) for s in samples
-    ]
+    with progress(total=len(samples), desc="dense", unit="samples") as bar:
+        dense = []
+        for s in samples:
+            dense.append(answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()))
+            bar.update(1)
     print(f"dense: {sum(dense)} of {len(samples)} samples answered, {time.perf_counter() - t0:.0f} s", flush=True)
     record = {"model": lm.name, "settings": vars(args), "dense": list(map(outcome, samples, dense)), "plans": []}
+
+    def save():  # atomic: an interrupt never leaves a half-written record
+        if args.json:
+            write_atomic(args.json, json.dumps(record, indent=1))
+
+    save()
     for rank_by in args.rankings:
         for budget in args.budgets:
             t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
+            bar = progress(total=sum(dense), desc=f"{rank_by} @ {budget:g}", unit="samples")
             for s, ok in zip(samples, dense):
                 if not ok:
                     continue
@@ -130,6 +140,8 @@ def main() -> int:
                 seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
                 held = max(held, cache.kv_bytes() / dense_bytes(model, n))
                 rows.append(outcome(s, hit))
+                bar.update(1)
+            bar.close()
             ratio = retrieval_ratio(cells)
             per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
             low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
@@ -154,8 +166,7 @@ def main() -> int:
                     "samples": rows,
                 }
             )
-            if args.json:  # atomic: an interrupt never leaves a half-written record
-                write_atomic(args.json, json.dumps(record, indent=1))
+            save()
     return 0
 
 
