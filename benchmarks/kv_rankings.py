@@ -7,9 +7,10 @@
 kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000)
 at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
 each of `--budgets` x dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench
-plan) on the samples dense answers. Per ranking and budget: answered / dense-answered per task,
-their mean over the three tasks (kv-bench's "retrieval vs dense"), the same ratio per seed (mean
-+- sd and range: how much one seed's samples decide), the cells (task, length, depth; passkey and
+plan) on the samples dense answers. Per ranking and budget: answered / dense-answered per task and
+their mean over the three tasks (kv-bench's own "retrieval vs dense" divides the mean score over its
+cells by dense's, so it weighs cells, not tasks, alike), the same ratio per seed (mean +- sd and
+range: how much one seed's samples decide), the cells (task, length, depth; passkey and
 multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
 share of dense's bytes held. `--json` keeps every sample's outcome, written after each plan so an
 interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
@@ -46,7 +47,7 @@ def by_task(hits: dict[tuple, list[bool]]) -> dict[str, list[bool]]:
 
 
 def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
-    """kv-bench's "retrieval vs dense": answered / dense-answered per task, averaged over tasks."""
+    """Answered / dense-answered per task, averaged over the tasks (each task weighs the same)."""
     tasks = by_task(hits)
     return sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
 
