@@ -12,8 +12,8 @@ their mean over the three tasks (kv-bench's own "retrieval vs dense" divides the
 cells by dense's, so it weighs cells, not tasks, alike), the same ratio per seed (mean +- sd and
 range: how much one seed's samples decide), the cells (task, length, depth; passkey and
 multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
-share of dense's bytes held. `--json` keeps every sample's outcome, written after each plan so an
-interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
+share of dense's bytes held. `--json` keeps every sample's outcome, written after dense's pass and
+after each plan, so an interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
 reruns dense each time.
 """
 
