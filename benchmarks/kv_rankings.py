@@ -13,8 +13,8 @@ cells by dense's, so it weighs cells, not tasks, alike), the same ratio per seed
 range: how much one seed's samples decide), the cells (task, length, depth; passkey and
 multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
 share of dense's bytes held. `--json` keeps every sample's outcome, written after dense's pass and
-after each plan, so an interrupted run keeps what it measured. kv-bench itself compares rankings too (`--rank-by`), but
-reruns dense each time.
+after each plan, so an interrupted run keeps what it measured. kv-bench itself compares rankings
+too (`--rank-by`), but reruns dense each time.
 """
 
 from __future__ import annotations
@@ -129,20 +129,17 @@ def main() -> int:
     for rank_by in args.rankings:
         for budget in args.budgets:
             t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
-            bar = progress(total=sum(dense), desc=f"{rank_by} @ {budget:g}", unit="samples")
-            for s, ok in zip(samples, dense):
-                if not ok:
-                    continue
-                n = len(s.ids) + len(s.answer) - 1
-                cache = plan(rank_by, budget, n)
-                hit = answered(model, cache, s, head_aware_attention)
-                key = (s.task, s.length, s.depth)
-                cells.setdefault(key, []).append(hit)
-                seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
-                held = max(held, cache.kv_bytes() / dense_bytes(model, n))
-                rows.append(outcome(s, hit))
-                bar.update(1)
-            bar.close()
+            with progress(total=sum(dense), desc=f"{rank_by} @ {budget:g}", unit="samples") as bar:
+                for s in (s for s, ok in zip(samples, dense) if ok):
+                    n = len(s.ids) + len(s.answer) - 1
+                    cache = plan(rank_by, budget, n)
+                    hit = answered(model, cache, s, head_aware_attention)
+                    key = (s.task, s.length, s.depth)
+                    cells.setdefault(key, []).append(hit)
+                    seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
+                    held = max(held, cache.kv_bytes() / dense_bytes(model, n))
+                    rows.append(outcome(s, hit))
+                    bar.update(1)
             ratio = retrieval_ratio(cells)
             per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
             low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
