@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/kv_rankings.py                              # both, needle, mix; 3 seeds
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings both mix --seeds 1 --lengths 1024
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings mix --budgets 0.5 0.6 0.7 --json out.json
+    PYTHONPATH=. python benchmarks/kv_rankings.py --rankings --snap-kernels 5 15 --dense-from out.json
 
 kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000)
 at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
@@ -15,6 +16,11 @@ multi-key draw their depth per seed, so each of their samples is a cell) below 0
 share of dense's bytes held. `--json` keeps every sample's outcome, written after dense's pass and
 after each plan, so an interrupted run keeps what it measured. kv-bench itself compares rankings
 too (`--rank-by`), but reruns dense each time.
+
+`--snap-kernels K ...` runs kv-bench's SnapKV-style eviction beside (or, with an empty `--rankings`,
+instead of) the head-aware plans, at each budget with each pooling width K, on the same samples.
+`--dense-from JSON` takes dense's outcomes from an earlier run's `--json` (same model, lengths and
+seeds) instead of reading every sample again (at 16k tokens on Gemma-3 that pass is most of the run).
 """
 
 from __future__ import annotations
@@ -61,14 +67,35 @@ def outcome(s, hit: bool) -> dict:
     return {"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit}
 
 
+def dense_outcomes(path: str, model: str, samples) -> list[bool]:
+    """Dense's outcome for each sample, from an earlier run's --json (SinkholeError when it lacks one)."""
+    from sinkhole.errors import SinkholeError
+
+    try:
+        record = json.loads(open(path).read())
+        if record["model"] != model:
+            raise SinkholeError(f"--dense-from {path}: its model is {record['model']}, not {model}")
+        got = {(d["task"], d["length"], d["depth"], d["seed"]): d["answered"] for d in record["dense"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SinkholeError(f"--dense-from {path}: not a kv_rankings record ({err})") from None
+    keys = [(s.task, s.length, s.depth, s.seed) for s in samples]
+    missing = [k for k in keys if k not in got]
+    if missing:
+        raise SinkholeError(f"--dense-from {path}: no dense outcome for {len(missing)} samples, e.g. {missing[0]}")
+    return [got[k] for k in keys]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--rankings", nargs="+", default=["both", "needle", "mix"])
+    ap.add_argument("--rankings", nargs="*", default=["both", "needle", "mix"])
+    ap.add_argument("--snap-kernels", nargs="*", type=int, default=[], help="also SnapKV, with these pooling widths")
+    ap.add_argument("--dense-from", default=None, help="dense's outcomes from an earlier run's --json")
     ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5], help="shares of dense's KV bytes")
     ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
+    ap.add_argument("--select", type=float, default=None, help="global retrieval heads keep this share (kv-bench's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every sample's outcome here")
     args = ap.parse_args()
@@ -77,11 +104,12 @@ def main() -> int:
 
     from transformers import DynamicCache
 
-    from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
+    from sinkhole.cache.head_aware import head_aware_attention
     from sinkhole.cache.head_plan import DEFAULT_WINDOW
     from sinkhole.errors import SinkholeError
     from sinkhole.io import write_atomic
-    from sinkhole.kvbench.methods import dense_bytes
+    from sinkhole.kvbench.methods import Plan, dense_bytes, make_cache
+    from sinkhole.kvbench.snapkv import snapkv_attention
     from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
@@ -90,10 +118,25 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     window = args.window or DEFAULT_WINDOW
 
-    def plan(rank_by: str, budget: float, n: int) -> HeadAwareSinkCache:
-        return HeadAwareSinkCache.from_profile(
-            profile, model=lm.model, budget=budget, length=n, window=window, rank_by=rank_by
+    def cache_for(method: str, s, **plan):  # kv-bench's cache for one sample
+        return make_cache(method, lm.model, profile, Plan(**plan), len(s.ids), len(s.answer) - 1)[0]
+
+    # (name, budget, the cache for a sample, attention): the head-aware plans, then SnapKV's
+    runs = [
+        (
+            r,
+            b,
+            lambda s, r=r, b=b: cache_for("head_aware", s, budget=b, window=window, rank_by=r, select=args.select),
+            head_aware_attention,
         )
+        for r in args.rankings
+        for b in args.budgets
+    ]
+    runs += [
+        (f"snapkv:{k}", b, lambda s, k=k, b=b: cache_for("snapkv", s, budget=b, snap_kernel=k), snapkv_attention)
+        for k in args.snap_kernels
+        for b in args.budgets
+    ]
 
     try:
         lm = load_model(args.model)
@@ -105,20 +148,26 @@ def main() -> int:
             for t in ("passkey", "niah", "multikey")
             for s in make_samples(enc, t, n, 5, args.seeds)
         ]
-        for rank_by in args.rankings:  # a plan that cannot fit says so now, not after dense's pass
-            for budget in args.budgets:
-                for n in {len(s.ids) + len(s.answer) - 1 for s in samples}:
-                    plan(rank_by, budget, n)
+        if not runs:
+            raise SinkholeError("nothing to run: give --rankings or --snap-kernels")
+        for _, _, make, _ in runs:  # a plan that cannot fit says so now, not after dense's pass
+            for s in {(len(s.ids), len(s.answer)): s for s in samples}.values():
+                make(s)
+        earlier = dense_outcomes(args.dense_from, lm.name, samples) if args.dense_from else None
     except SinkholeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model, t0 = lm.model, time.perf_counter()
-    with progress(total=len(samples), desc="dense", unit="samples") as bar:
-        dense = []
-        for s in samples:
-            dense.append(answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()))
-            bar.update(1)
-    print(f"dense: {sum(dense)} of {len(samples)} samples answered, {time.perf_counter() - t0:.0f} s", flush=True)
+    if earlier is not None:
+        dense = earlier
+    else:
+        with progress(total=len(samples), desc="dense", unit="samples") as bar:
+            dense = []
+            for s in samples:
+                dense.append(answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()))
+                bar.update(1)
+    source = f"from {args.dense_from}" if earlier is not None else f"{time.perf_counter() - t0:.0f} s"
+    print(f"dense: {sum(dense)} of {len(samples)} samples answered ({source})", flush=True)
     record = {"model": lm.name, "settings": vars(args), "dense": list(map(outcome, samples, dense)), "plans": []}
 
     def save():  # atomic: an interrupt never leaves a half-written record
@@ -126,45 +175,44 @@ def main() -> int:
             write_atomic(args.json, json.dumps(record, indent=1))
 
     save()
-    for rank_by in args.rankings:
-        for budget in args.budgets:
-            t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
-            with progress(total=sum(dense), desc=f"{rank_by} @ {budget:g}", unit="samples") as bar:
-                for s in (s for s, ok in zip(samples, dense) if ok):
-                    n = len(s.ids) + len(s.answer) - 1
-                    cache = plan(rank_by, budget, n)
-                    hit = answered(model, cache, s, head_aware_attention)
-                    key = (s.task, s.length, s.depth)
-                    cells.setdefault(key, []).append(hit)
-                    seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
-                    held = max(held, cache.kv_bytes() / dense_bytes(model, n))
-                    rows.append(outcome(s, hit))
-                    bar.update(1)
-            ratio = retrieval_ratio(cells)
-            per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
-            low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
-            print(
-                f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
-                f"(per seed {statistics.mean(per_seed):.2f} +- {sd(per_seed):.2f}, "
-                f"{min(per_seed):.2f}-{max(per_seed):.2f}; "
-                f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in by_task(cells).items())}); "
-                f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
-                f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
-            record["plans"].append(
-                {
-                    "rank_by": rank_by,
-                    "budget": budget,
-                    "retrieval_ratio": ratio,
-                    "per_seed": per_seed,
-                    "cells_below_0.7": low,
-                    "cells": len(cells),
-                    "max_kv_share": held,
-                    "samples": rows,
-                }
-            )
-            save()
+    for rank_by, budget, make, attention in runs:
+        t0, cells, seeds, held, rows = time.perf_counter(), {}, {}, 0.0, []
+        with progress(total=sum(dense), desc=f"{rank_by} @ {budget:g}", unit="samples") as bar:
+            for s in (s for s, ok in zip(samples, dense) if ok):
+                n = len(s.ids) + len(s.answer) - 1
+                cache = make(s)
+                hit = answered(model, cache, s, attention)
+                key = (s.task, s.length, s.depth)
+                cells.setdefault(key, []).append(hit)
+                seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
+                held = max(held, cache.kv_bytes() / dense_bytes(model, n))
+                rows.append(outcome(s, hit))
+                bar.update(1)
+        ratio = retrieval_ratio(cells)
+        per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
+        low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
+        print(
+            f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
+            f"(per seed {statistics.mean(per_seed):.2f} +- {sd(per_seed):.2f}, "
+            f"{min(per_seed):.2f}-{max(per_seed):.2f}; "
+            f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in by_task(cells).items())}); "
+            f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
+            f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        record["plans"].append(
+            {
+                "rank_by": rank_by,  # a ranking, or "snapkv:<kernel>"
+                "budget": budget,
+                "retrieval_ratio": ratio,
+                "per_seed": per_seed,
+                "cells_below_0.7": low,
+                "cells": len(cells),
+                "max_kv_share": held,
+                "samples": rows,
+            }
+        )
+        save()
     return 0
 
 

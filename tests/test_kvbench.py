@@ -342,3 +342,53 @@ def test_kv_bench_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_pa
     assert main(["kv-bench", "--model", "smollm2-135m", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sinkhole: error:") and message in err[0], err
+
+
+def test_snapkv_keeps_one_key_count_in_every_layer():
+    """SnapKV's capacity is one key count per head for every layer: sliding layers with a shorter
+    window keep it whole (as dense), the global heads take what they leave, within the budget."""
+    from conftest import tiny_gemma3
+
+    from sinkhole.kvbench.methods import Plan, answer_logits, chunks, dense_bytes, make_cache, prefill, snap_capacity
+
+    kinds = ["sliding_attention"] * 3 + ["full_attention"]
+    model = tiny_gemma3(sliding_window=16, num_hidden_layers=4, layer_types=kinds)
+    # dense at 203 tokens: 3 x 16 + 203 = 251 slots per head; half is 125: the sliding layers whole hold
+    # 3 x (15 + 3) after the answer's 3 tokens, the global head 125 - 54 - 3 = 68 + its 3
+    assert snap_capacity(model, 0.5, 203, 3) == (68, 74)
+    assert snap_capacity(model, 0.2, 203, 3)[1] < 15  # 50 slots: every layer at one count below 16
+    torch.manual_seed(0)
+    ids, ans = torch.randint(3, 99, (1, 200)), torch.randint(3, 99, (1, 4))
+    plan = Plan(budget=0.5, snap_window=4, chunk=32)
+    cache, ctx = make_cache("snapkv", model, None, plan, 200, 3)
+    with ctx(model):
+        answer_logits(model, cache, prefill(model, cache, ids, chunks(200, plan.chunk, plan.snap_window)), ans)
+    # keys held per layer: a sliding layer's keys are a view of its last (15 + 3)-key tensor (its storage
+    # counts), the global layer's buffer has its capacity + the 3 answer tokens' slots
+    held = [layer.keys.untyped_storage().nbytes() // (8 * 4) for layer in cache.layers]
+    assert held == [18, 18, 18, 71]
+    assert cache.kv_bytes() <= 0.5 * dense_bytes(model, 203)
+
+
+def test_kv_bench_select(tmp_path, capsys):
+    """--select: head-aware's global retrieval heads keep a share of the prompt; recorded per cell and in
+    the settings, within budget; a share outside (0, 1) is one line and exit 2."""
+    import json
+
+    from sinkhole.cli.main import main
+
+    d = save_byte_model(tmp_path / "tinybyte")
+    out = tmp_path / "kv.json"
+    argv = ["kv-bench", "--model", str(d), "--profile", str(d / "profile.json"), "--threads", "1"]
+    argv += ["--tasks", "ppl", "--lengths", "512", "--seeds", "1", "--window", "48", "--local-sinks", "8"]
+    argv += ["--chunk", "128", "--snap-window", "16", "--methods", "dense,head_aware", "--select", "0.3"]
+    assert main([*argv, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["numbers"]["plan"]["select"] == 0.3
+    (cell,) = [c for c in doc["cells"] if c["method"] == "head_aware"]
+    assert cell["detail"]["select"]["capacity"] == round(0.3 * 512) and cell["kv_share"] <= 0.5
+    assert cell["detail"]["select"]["window"] == 16
+    capsys.readouterr()
+    assert main([*argv[:-1], "1.5", "--json", str(tmp_path / "k2.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--select must be" in err and len(err.splitlines()) == 1

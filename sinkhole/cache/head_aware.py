@@ -29,6 +29,11 @@ Design decisions:
   Nothing is re-rotated: positions stay the model's own (DuoAttention's choice), which is exact
   within the trained context (this cache is for long-context recall, not for running past the
   context as `SinkCache` does).
+- With `select`, retrieval heads of global layers keep the keys the question chooses instead of
+  everything (`kv_select.Select`: SnapKV's rule, per head): on Gemma-3 two global heads whole take
+  more than half of dense's bytes from 8k tokens, so no whole-head plan fits 0.5. The choice needs
+  the prompt's end, so such a cache is told the prompt's length, and holds the whole prompt in
+  those heads until then.
 - Sliding-window layers (Gemma-3's local layers) never saw their first tokens leave the window in
   training, so their streaming heads keep no first-token sinks, only local sinks and a window, and
   their retrieval heads keep the layer's own window.
@@ -61,12 +66,12 @@ from sinkhole.cache.head_plan import (
     DEFAULT_RANK_BY,
     DEFAULT_WINDOW,
     MemoryPlan,
-    local_sinks_fit,
     rank_scores,
     select_retrieval_heads,
     slot_costs,
 )
-from sinkhole.cache.kv_stores import ForwardMemo, Grow, LocalSinkRing, Ring
+from sinkhole.cache.kv_select import Selection, selection_for, window_scores
+from sinkhole.cache.kv_stores import ForwardMemo, layer_stores
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
 
@@ -75,9 +80,9 @@ PLAN_KEY = "sinkhole_head_aware_plan"
 
 
 class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
-    """One layer: `retrieval` KV heads in the store `full` (a Grow, or a Ring of the layer's own
-    window on sliding layers), the other KV heads in the store `stream` (a Ring of sinks + window,
-    or a LocalSinkRing); stores are in `sinkhole.cache.kv_stores`."""
+    """One layer: `retrieval` KV heads in the store `full` (a Grow or a `kv_select.Select`, or a
+    Ring of the layer's own window on sliding layers), the other KV heads in the store `stream` (a
+    Ring of sinks + window, or a LocalSinkRing); stores are in `sinkhole.cache.kv_stores`."""
 
     is_compileable = False
     is_croppable = False
@@ -203,7 +208,8 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
     memo = plan["memo"]
     for idx, keys, values, mask, observe in groups:
         h = keys.shape[1]
-        if observe is None:
+        window = getattr(observe, "window", None)  # a `kv_select.Select` choosing its keys now
+        if observe is None or window:
             qh = take(qg, idx).reshape(B, h, G * q, D)
             m = (
                 None
@@ -211,6 +217,8 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
                 else memo.derived(mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
             )
             o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
+            if window:  # the last `window` queries' attention, before the store drops keys
+                observe(window_scores(qh.reshape(B, h * G, q, D), keys, scaling or D**-0.5, window))
         else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
             hidden = None if mask is None else memo.derived(mask, "hidden", torch.logical_not)
             o, colsum = attention_and_colsum(take(qg, idx), keys, values, hidden, scaling)
@@ -303,7 +311,9 @@ class HeadAwareSinkCache(Cache):
     the most attention while in the window (`kv_stores.LocalSinkRing`; 0 = none).
     `HeadAwareSinkCache(retrieval=[[]] * L, ...)` is sinks + window for every head; n_sink=0 makes
     it window-only. length: the tokens the retrieval buffers are sized for (`kv_stores.Grow`; None:
-    they double without limit). `memory_plan`: the `MemoryPlan` of a cache made by `from_profile`.
+    they double without limit). select: retrieval heads of global layers keep the keys a
+    `kv_select.Selection` chooses at the prompt's end instead of everything. `memory_plan`: the
+    `MemoryPlan` of a cache made by `from_profile`.
     """
 
     def __init__(
@@ -315,6 +325,7 @@ class HeadAwareSinkCache(Cache):
         model: torch.nn.Module,
         local_sinks: int = 0,
         length: int | None = None,
+        select: Selection | None = None,
     ):
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, torch_module
@@ -329,11 +340,11 @@ class HeadAwareSinkCache(Cache):
         self.n_kv_heads = kv_head_count(model)
         self.retrieval = retrieval_lists(retrieval, len(kinds), self.n_kv_heads)
         self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
-        self.kinds, self.sliding, self.length = kinds, windows, length
+        self.kinds, self.sliding, self.length, self.select = kinds, windows, length, select
         self.memory_plan: MemoryPlan | None = None
         layers, memo = [], ForwardMemo()
         for kind, sw, r in zip(kinds, windows, self.retrieval):
-            stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length)
+            stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length, select)
             layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global", memo=memo))
         super().__init__(layers=layers)
 
@@ -350,6 +361,8 @@ class HeadAwareSinkCache(Cache):
         local_sinks: int = DEFAULT_LOCAL_SINKS,
         random_heads: int | None = None,
         rank_by: str = DEFAULT_RANK_BY,
+        select: float | Selection | None = None,
+        prompt_length: int | None = None,
     ) -> HeadAwareSinkCache:
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV bytes.
 
@@ -362,7 +375,11 @@ class HeadAwareSinkCache(Cache):
         pass is refused (SinkholeError). The cache's `memory_plan` (`head_plan.MemoryPlan`) says
         what it holds. n_sink defaults to the sinks the scores were measured with
         (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
-        per layer kind, picked at random.
+        per layer kind, picked at random. select=share, with prompt_length (< length): a retrieval head
+        of a global layer keeps share x prompt_length keys chosen by the prompt's last queries
+        (`kv_select`, SnapKV's rule) plus the length - prompt_length tokens after, not everything, and
+        costs that in the plan: for models whose global heads the budget cannot hold whole
+        (Gemma-3 at 0.5 from 8k tokens, docs/cache.md). select=Selection(...): that, spelled out.
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
@@ -375,6 +392,9 @@ class HeadAwareSinkCache(Cache):
         n_sink = like_option(n_sink, "n_sink", "stream_sinks", optional=True)
         local_sinks = like_option(local_sinks, "local_sinks", "local_sinks")
         random_heads = like_option(random_heads, "random_heads", "seed", optional=True)
+        selection = select
+        if select is not None and not isinstance(select, Selection):
+            selection = selection_for(select, prompt_length, length)
         profile = profile_for(profile, model, loaded)  # numbers first, as the CLI checks its options first
         stream = profile.streaming
         if not stream or not stream.get("scores"):
@@ -401,20 +421,23 @@ class HeadAwareSinkCache(Cache):
                 stacklevel=2,
             )
         slot_bytes, dtype = kv_slot_bytes(model)
-        stores = [layer_stores(kind, sw, n_sink, window, local_sinks, length) for kind, sw in zip(kinds, windows)]
+        stores = [
+            layer_stores(kind, sw, n_sink, window, local_sinks, length, selection) for kind, sw in zip(kinds, windows)
+        ]
         # per layer, what one streaming and one whole KV head allocate at `length`: the stores' own count
         head_bytes = tuple([s.planned_nbytes(length, slot_bytes) for s in pair] for pair in zip(*stores))
         stream_slots, dense_slots = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
+        full_slots = [s.used_slots(length) for _, s in stores]  # a selecting head holds fewer than dense
         dense_bytes = H * sum(dense_slots) * slot_bytes
         picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
-        cache = cls(picked, n_sink, window, model=model, local_sinks=local_sinks, length=length)
+        cache = cls(picked, n_sink, window, model=model, local_sinks=local_sinks, length=length, select=selection)
         cache.memory_plan = MemoryPlan(
             length=length,
             length_from=length_from,
             budget=budget,
             kv_bytes=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, *head_bytes)),
             dense_bytes=dense_bytes,
-            kv_slots=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, stream_slots, dense_slots)),
+            kv_slots=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, stream_slots, full_slots)),
             dense_slots=H * sum(dense_slots),
             slot_bytes=slot_bytes,
             dtype=str(dtype).replace("torch.", ""),
@@ -426,6 +449,7 @@ class HeadAwareSinkCache(Cache):
             local_sinks=local_sinks,
             rank_by=rank_by,
             random_heads=random_heads,
+            select=None if selection is None else selection.to_dict(),
         )
         return cache
 
@@ -467,20 +491,3 @@ def retrieval_lists(retrieval, n_layers: int, n_kv_heads: int) -> list[list[int]
             raise SinkholeError(f"retrieval[{layer}] must be a list of KV heads, not {heads!r:.40}")
         out.append(sorted({integer(h, f"retrieval[{layer}] head", lo=0, hi=n_kv_heads - 1) for h in heads}))
     return out
-
-
-def layer_stores(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int, length: int | None):
-    """One layer's (streaming store, retrieval store): the retrieval heads keep everything (a Grow
-    sized for `length` tokens) on global layers, the layer's own window on sliding ones."""
-    full = Grow(length) if kind == "global" else Ring(0, sliding)
-    return streaming_store(kind, sliding, n_sink, window, local_sinks), full
-
-
-def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):
-    """What a streaming head keeps: sinks + window (global layers) or a window (sliding layers, no
-    sinks: they never saw their first tokens leave in training), plus `local_sinks` local-sink slots
-    when they fit inside the layer's own window."""
-    S = n_sink if kind == "global" else 0
-    if local_sinks_fit(kind, sliding, window, local_sinks):
-        return LocalSinkRing(S, local_sinks, window, sliding=sliding)
-    return Ring(S, window if sliding is None else min(window, sliding))

@@ -171,6 +171,7 @@ class MemoryPlan:
     local_sinks: int
     rank_by: str
     random_heads: int | None = None
+    select: dict | None = None  # `kv_select.Selection.to_dict()`: retrieval heads of global layers select
 
     @property
     def bytes_share(self) -> float:
@@ -186,9 +187,10 @@ class MemoryPlan:
     def line(self) -> str:
         """One line for a terminal: what the cache holds against the budget."""
         heads = "random" if self.random_heads is not None else self.rank_by
+        whole = "whole" if not self.select else f"whole or {self.select['capacity']} keys chosen at the prompt's end"
         return (
             f"head-aware plan at {self.length} tokens ({self.length_from}): {self.retrieval_heads}/{self.kv_heads} "
-            f"KV heads whole ({heads}), the rest {self.n_sink} sinks + {self.local_sinks} local + {self.window}; "
+            f"KV heads {whole} ({heads}), the rest {self.n_sink} sinks + {self.local_sinks} local + {self.window}; "
             f"{self.kv_bytes / 2**20:.2f} MiB = {self.bytes_share:.1%} of dense's {self.dense_bytes / 2**20:.2f} MiB "
             f"(budget {self.budget:.0%}), {self.kv_slots} of {self.dense_slots} key slots ({self.slots_share:.1%}) "
             f"per batch row"

@@ -17,6 +17,8 @@ Every store has the same small protocol:
         to `nbytes()` per head at n (n >= `limit` for a Grow; tests/test_kv_budget.py)
     map_batch(fn), reset()
 
+- `kv_select.Select` (its own module): every position until the prompt ends, then the keys
+  its last queries chose.
 - `Grow`: every position, in a buffer that doubles when full (no per-step concatenation), never
   past `limit` slots (the planned length); past it, exactly the positions held.
 - `Ring`: S sinks (the first S positions, written once) + a ring of the last W positions.
@@ -366,3 +368,34 @@ class LocalSinkRing(_Store):
             self.acc.index_copy_(2, slots, part(acc[:, :, cap:], keep).contiguous())
 
         return keys, values, mask, observe
+
+
+def layer_stores(
+    kind: str,
+    sliding: int | None,
+    n_sink: int,
+    window: int,
+    local_sinks: int,
+    length: int | None,
+    select=None,
+):
+    """One layer's (streaming store, retrieval store): the retrieval heads keep everything (a Grow
+    sized for `length` tokens) or, with `select` (a `kv_select.Selection`), the keys the question
+    chooses on global layers, the layer's own window on sliding ones."""
+    if kind != "global":
+        full = Ring(0, sliding)
+    else:
+        full = Grow(length) if select is None else select.store()
+    return streaming_store(kind, sliding, n_sink, window, local_sinks), full
+
+
+def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):
+    """What a streaming head keeps: sinks + window (global layers) or a window (sliding layers, no
+    sinks: they never saw their first tokens leave in training), plus `local_sinks` local-sink slots
+    when they fit inside the layer's own window."""
+    S = n_sink if kind == "global" else 0
+    from sinkhole.cache.head_plan import local_sinks_fit
+
+    if local_sinks_fit(kind, sliding, window, local_sinks):
+        return LocalSinkRing(S, local_sinks, window, sliding=sliding)
+    return Ring(S, window if sliding is None else min(window, sliding))

@@ -14,10 +14,12 @@ EPILOG = """examples:
   sinkhole kv-bench --tasks passkey,niah,multikey,vartrack,copy,ppl --lengths 1024,2048,4096,8064 \\
       --budget 0.5 --depths 5 --seeds 3 --json kv.json --output kv.html     # SmolLM2's context: 8192
   sinkhole kv-bench --model gemma3-270m --window 128 --lengths 2048,8192 --json kv-gemma.json
+  sinkhole kv-bench --model gemma3-270m --window 128 --select 0.3 --lengths 8192,16384 --json kv-sel.json
 
 methods (all but dense at --budget x dense KV bytes at each sample's length): dense, window (most
 recent keys), sinks (StreamingLLM: first tokens + window), head_aware (the profile's streaming scores
-choose the heads that keep everything), random (the same with random heads, --random-seeds seeds),
+choose the heads that keep everything, or with --select a share of the prompt chosen by its last
+queries), random (the same with random heads, --random-seeds seeds),
 snapkv (keep the prompt keys the last window's queries attend to most). An interrupted run resumes
 from --json's sidecar OUT.cells.jsonl (same settings); see docs/cache.md.
 """
@@ -68,6 +70,12 @@ def add_parser(sub) -> None:
     c.add_argument(
         "--snap-kernel", type=int, default=DEFAULT_KERNEL, help="SnapKV's pooling width, default %(default)s"
     )
+    c.add_argument(
+        "--select",
+        type=float,
+        help="head_aware / random: global-layer heads put first keep this share of the prompt, the keys its "
+        "last --snap-window queries attend to most, instead of all (default: all; Gemma-3 from 8k: 0.3)",
+    )
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
     o = p.add_argument_group("output")
     o.add_argument("--json", help="results (schema sinkhole.kvbench/1); finished cells are kept beside it")
@@ -81,7 +89,7 @@ def resolve(args):
     from sinkhole.kvbench.bench import BenchSettings
     from sinkhole.kvbench.methods import METHODS, Plan, variants
     from sinkhole.long_tasks import TASKS
-    from sinkhole.validate import integer, names
+    from sinkhole.validate import integer, names, number
 
     if not args.json:
         raise SinkholeError("kv-bench needs --json OUT: finished cells are kept there, so a run can resume")
@@ -104,6 +112,8 @@ def resolve(args):
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
+    if args.select is not None:
+        number(args.select, "--select", lo=0, hi=1, lo_open=True, hi_open=True, example=0.3)
     plan = Plan(
         budget=args.budget,
         window=args.window,
@@ -112,6 +122,7 @@ def resolve(args):
         snap_window=args.snap_window,
         snap_kernel=args.snap_kernel,
         chunk=args.chunk,
+        select=args.select,
     )
     return BenchSettings(
         tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan, all_cells=args.all_cells

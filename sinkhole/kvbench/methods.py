@@ -6,11 +6,13 @@ end of a sample (context + answer tokens), and the forward passes that run a bat
     sinks       the first n_sink keys + the C - n_sink most recent, every head (StreamingLLM's policy)
     head_aware  HeadAwareSinkCache.from_profile(budget=..., length=context + answer): the heads the
                 profile's streaming scores put first keep everything, the others sinks + local sinks
-                + a window
+                + a window; with `select`, global-layer heads put first keep that share of the prompt,
+                chosen as SnapKV chooses (`sinkhole.cache.kv_select`), instead of everything
     random:k    the same, retrieval heads drawn at random with seed k (the control)
     snapkv      SnapKVCache: every prompt key until the prompt ends, then per head the keys the last
                 `snap_window` queries attend to most, `capacity` per head so that the kept keys plus
-                the answer's fit the budget (sliding layers: their most recent budget share of keys)
+                the answer's fit the budget (`snap_capacity`: one key count for every layer, sliding
+                layers with a shorter window whole, as dense)
 
 Window, sinks, head-aware and random read their prompt in chunks of `chunk` tokens (the head-aware
 masks make a chunk exact); dense and SnapKV read it densely in the same chunks, and the prompt's
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAULT_WINDOW
+from sinkhole.cache.kv_select import SELECT_KERNEL
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench.snapkv import DEFAULT_KERNEL as SNAP_KERNEL
 from sinkhole.kvbench.snapkv import DEFAULT_WINDOW as SNAP_WINDOW
@@ -56,6 +59,8 @@ class Plan(Result):
     snap_window: int = SNAP_WINDOW
     snap_kernel: int = SNAP_KERNEL
     chunk: int = 256
+    select: float | None = None  # head-aware's global retrieval heads keep this share of the prompt
+    select_kernel: int = SELECT_KERNEL
 
 
 def variants(methods, random_seeds: int) -> list[str]:
@@ -99,14 +104,29 @@ def n_sink_of(profile, plan: Plan) -> int:
 
 
 def snap_capacity(model, budget: float, n_total: int, new_tokens: int) -> tuple[int, int | None]:
-    """(keys per global-layer head SnapKV keeps at the prompt's end, keys a sliding layer keeps): every
-    layer at most budget x its dense slots at n_total tokens, the `new_tokens` after the prompt
-    included (sliding layers: the most recent budget x min(n_total, own window); None: no such layer)."""
-    _, windows, _, _ = layer_layout(model)
+    """(keys per global-layer head SnapKV keeps at the prompt's end, keys a sliding layer keeps between
+    steps; None: no sliding layer), so that every layer holds at most budget x dense's slots at n_total
+    tokens, the `new_tokens` after the prompt included.
+
+    SnapKV's capacity is a number of keys per head, the same in every layer (Li et al.'s
+    max_capacity_prompt): C, the largest count with every head at min(C, its dense) within the budget
+    (`uniform_size`, the window method's rule). A sliding layer whose own window is below C keeps it
+    whole, as dense does, and the global heads share what the sliding layers leave. (Until Dec 6 every
+    layer kept budget x its own dense slots: on Gemma-3 at 8k that halved the sliding windows to give
+    global heads keys they had no room to use, docs/cache.md.)"""
+    from sinkhole.cache.recall import uniform_size
+
+    kinds, windows, heads, _ = layer_layout(model)
+    C = uniform_size(kinds, windows, heads, budget, n_total)
     sliding = [w for w in windows if w is not None]
-    # a sliding layer fed the new tokens as one chunk keeps a view of its (keep + new)-key tensor
-    keep = max(1, int(budget * min(n_total, min(sliding))) - new_tokens) if sliding else None
-    return int(budget * n_total) - new_tokens, keep
+    if not sliding:
+        return C - new_tokens, None
+    keep = max(1, C - new_tokens)
+    # a sliding layer holds (its window - 1) keys between steps, and a view of those + the new tokens
+    # after they arrive as one chunk: what it holds at the end
+    held = sum(min(n_total, min(w - 1, keep) + new_tokens) for w in sliding)
+    left = int(budget * dense_slots(kinds, windows, heads, n_total)) // heads - held
+    return left // (len(windows) - len(sliding)) - new_tokens, keep
 
 
 def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new_tokens: int):
@@ -149,7 +169,12 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
             raise SinkholeError(f"budget {plan.budget:.0%} leaves {C} keys per head: too few for {S} sinks + a window")
         return HeadAwareSinkCache([[] for _ in kinds], S, C - S, model=model), head_aware_attention
     if name in ("head_aware", "random"):
+        from sinkhole.cache.kv_select import selection_for
+
         seed = int(variant.split(":")[1]) if name == "random" else None
+        select = None
+        if plan.select is not None:  # chosen by the prompt's last chunk: SnapKV's observation window
+            select = selection_for(plan.select, prompt_length, n_total, plan.snap_window, plan.select_kernel)
         cache = HeadAwareSinkCache.from_profile(
             profile,
             model=model,
@@ -160,6 +185,7 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
             local_sinks=plan.local_sinks,
             rank_by=plan.rank_by,
             random_heads=seed,
+            select=select,
         )
         return cache, head_aware_attention
     raise SinkholeError(f"unknown kv-bench method {variant!r} (known: {', '.join(METHODS)})")
@@ -172,7 +198,8 @@ def cache_detail(cache) -> dict:
 
     if isinstance(cache, HeadAwareSinkCache):
         s = cache.summary()
-        return {k: s[k] for k in ("n_sink", "window", "local_sinks", "retrieval_heads", "kv_heads")}
+        keys = ("n_sink", "window", "local_sinks", "retrieval_heads", "kv_heads")
+        return {k: s[k] for k in keys} | ({"select": cache.select.to_dict()} if cache.select else {})
     if isinstance(cache, SnapKVCache):
         return dict(capacity=cache.capacity, window=cache.window, kernel=cache.kernel)
     return {}

@@ -4,8 +4,8 @@ SnapKV (Li et al., 2024): the last `window` queries of the prompt (the "observat
 holds the question) show which earlier keys the answer will need. Per KV head, each prompt key
 before the window is scored by the attention those queries give it (softmax probabilities summed
 over the window's queries, averaged over the query heads that share the KV head), the scores are
-smoothed by an average pool of width `kernel` (so a kept key brings its neighbours: a number's
-digits, a word's pieces), and the `capacity - window` best keys are kept with the window itself.
+smoothed by an average pool of width `kernel`, and the `capacity - window` best keys are kept with
+the window itself (`sinkhole.cache.kv_select`: `window_scores`, `select_keys`).
 Tokens decoded afterwards are appended to what was kept; nothing is evicted again. kvpress's
 SnapKVPress is the same rule (window 64, kernel 5, average pool).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
+from sinkhole.cache.kv_select import select_keys, window_scores
 from sinkhole.cache.sink_cache import BatchOpsMixin, cache_nbytes
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench import SNAP_KERNEL as DEFAULT_KERNEL
@@ -43,41 +44,6 @@ from sinkhole.kvbench import SNAP_WINDOW as DEFAULT_WINDOW
 
 ATTN_NAME = "sinkhole_snapkv"
 PLAN_KEY = "sinkhole_snapkv_observe"
-
-
-def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
-    """Attention of the last `window` queries on every key, per KV head: (B, Hkv, N) float32.
-
-    query (B, Hq, q, D) for the positions N - q .. N - 1 (the chunk that ends the prompt), key
-    (B, Hkv, N, D) every prompt key, post-RoPE. Causal softmax in float32, summed over the window's
-    queries, averaged over the Hq / Hkv query heads of each KV head."""
-    B, Hq, q, D = query.shape
-    Hkv, N = key.shape[1], key.shape[2]
-    G = Hq // Hkv
-    qw = query[:, :, q - window :].float().reshape(B, Hkv, G, window, D)
-    s = torch.einsum("bhgwd,bhnd->bhgwn", qw, key.float()) * scaling
-    qpos = torch.arange(N - window, N, device=key.device)[:, None]
-    s = s.masked_fill(torch.arange(N, device=key.device)[None, :] > qpos, float("-inf"))
-    return torch.softmax(s, dim=-1).sum(3).mean(2)
-
-
-def select_keys(scores: torch.Tensor, capacity: int, window: int, kernel: int) -> torch.Tensor:
-    """Positions kept per (row, KV head): (B, H, capacity) sorted, from window scores (B, H, N).
-
-    The last `window` positions are always kept; of the rest, the `capacity - window` with the
-    highest scores after an average pool of width `kernel` (stride 1, zero padding, so a key at the
-    edge is averaged over the `kernel` slots centred on it). Ties go to the earlier position."""
-    B, H, N = scores.shape
-    prefix = N - window
-    s = scores[..., :prefix]
-    if kernel > 1:
-        s = torch.nn.functional.avg_pool1d(s.reshape(B * H, 1, prefix), kernel, 1, kernel // 2).reshape(B, H, -1)
-        s = s[..., :prefix]  # an even kernel pads one more on the right
-    keep = capacity - window
-    # stable descending sort: equal scores keep the earlier position first
-    top = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :keep]
-    recent = torch.arange(prefix, N, device=scores.device).expand(B, H, window)
-    return torch.cat((top.sort(-1).values, recent), dim=-1)
 
 
 class SnapKVLayer(BatchOpsMixin, CacheLayerMixin):

@@ -1,0 +1,201 @@
+"""Keys chosen by the question: SnapKV's selection as pure tensor functions, and `Select`, the
+`HeadAwareSinkCache` store for retrieval heads that keep what the question points at, not everything.
+
+SnapKV (Li et al., 2024): the prompt's last `window` queries (the "observation window", which holds
+the question) show which earlier keys the answer will need. Per KV head, each key before the window
+is scored by the attention those queries give it, the scores are smoothed by an average pool of
+width `kernel` (so a kept key brings its neighbours: a number's digits, a word's pieces), and the
+best are kept with the window itself. `sinkhole.kvbench.snapkv` applies it to every global layer
+(the baseline); `Select` applies it to chosen heads only.
+
+Why a wider kernel than SnapKV's 5 for `Select` (`SELECT_KERNEL`): on Gemma-3-270M at 8k tokens
+the question's queries attend to a needle's first digits and its lead words; with kernel 5 and a
+third of the keys kept, global layers held 3-6 of its 8 answer tokens and the needle was lost,
+with kernel 15 all 8 (docs/cache.md, "Keys chosen by the question"). SnapKV itself with kernel 15
+matched dense on SmolLM2's 4096-token samples; with kernel 5 it answered 0.20x of what dense does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sinkhole.errors import SinkholeError
+
+SELECT_KERNEL, SELECT_WINDOW = 15, 32  # SnapKV's observation window; kv-bench's too
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a selecting head keeps: `capacity` keys of a `prompt_length`-token prompt, chosen by its
+    last `window` queries (pool width `kernel`), and room for `max_new` tokens after it."""
+
+    capacity: int
+    prompt_length: int
+    window: int = SELECT_WINDOW
+    kernel: int = SELECT_KERNEL
+    max_new: int = 0
+
+    def store(self) -> Select:
+        return Select(self.capacity, self.prompt_length, self.window, self.kernel, self.max_new)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
+    """Attention of the last `window` queries on every key, per KV head: (B, Hkv, N) float32.
+
+    query (B, Hq, q, D) for the positions N - q .. N - 1 (the chunk that ends the prompt), key
+    (B, Hkv, N, D) every prompt key, post-RoPE. Causal softmax in float32, summed over the window's
+    queries, averaged over the Hq / Hkv query heads of each KV head."""
+    B, Hq, q, D = query.shape
+    Hkv, N = key.shape[1], key.shape[2]
+    G = Hq // Hkv
+    qw = query[:, :, q - window :].float().reshape(B, Hkv, G, window, D)
+    s = torch.einsum("bhgwd,bhnd->bhgwn", qw, key.float()) * scaling
+    qpos = torch.arange(N - window, N, device=key.device)[:, None]
+    s = s.masked_fill(torch.arange(N, device=key.device)[None, :] > qpos, float("-inf"))
+    return torch.softmax(s, dim=-1).sum(3).mean(2)
+
+
+def select_keys(scores: torch.Tensor, capacity: int, window: int, kernel: int) -> torch.Tensor:
+    """Positions kept per (row, KV head): (B, H, capacity) sorted, from window scores (B, H, N).
+
+    The last `window` positions are always kept; of the rest, the `capacity - window` with the
+    highest scores after an average pool of width `kernel` (stride 1, zero padding, so a key at the
+    edge is averaged over the `kernel` slots centred on it). Ties go to the earlier position."""
+    B, H, N = scores.shape
+    prefix = N - window
+    s = scores[..., :prefix]
+    if kernel > 1:
+        s = torch.nn.functional.avg_pool1d(s.reshape(B * H, 1, prefix), kernel, 1, kernel // 2).reshape(B, H, -1)
+        s = s[..., :prefix]  # an even kernel pads one more on the right
+    keep = capacity - window
+    # stable descending sort: equal scores keep the earlier position first
+    top = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :keep]
+    recent = torch.arange(prefix, N, device=scores.device).expand(B, H, window)
+    return torch.cat((top.sort(-1).values, recent), dim=-1)
+
+
+def selection_for(share, prompt_length, length, window: int = SELECT_WINDOW, kernel: int = SELECT_KERNEL):
+    """The `Selection` that keeps `share` of a `prompt_length`-token prompt, `length` tokens in all
+    (the prompt and what follows it), checked: a one-line SinkholeError for what cannot be."""
+    from sinkhole.validate import like_option, number
+
+    share = number(share, "select", lo=0, hi=1, lo_open=True, hi_open=True)
+    if prompt_length is None or length is None:
+        raise SinkholeError("select needs prompt_length and length (the prompt + the tokens after it)")
+    prompt_length = like_option(prompt_length, "prompt_length", "tokens")
+    if prompt_length > length:
+        raise SinkholeError(f"prompt_length {prompt_length} is past length {length}")
+    capacity = max(window + 1, round(share * prompt_length))
+    if capacity >= prompt_length:
+        raise SinkholeError(f"select {share} keeps {capacity} of a {prompt_length}-token prompt: nothing to choose")
+    return Selection(capacity, prompt_length, window, kernel, length - prompt_length)
+
+
+class Select:
+    """A `kv_stores` store (same protocol): every position until the prompt's `prompt_length`
+    tokens are in, then the `capacity` that `select_keys` picks from the last `window` queries'
+    attention, and every later position appended to them.
+
+    The forward whose chunk ends the prompt returns an `observe` callable with a `window` attribute:
+    the attention function gives it `window_scores` of the group's queries and keys (not the column
+    sums other stores take). Memory: the whole prompt until then (as SnapKV, which prefills densely),
+    then one buffer of capacity + `max_new` slots per head (decoding past max_new doubles it)."""
+
+    BUFFERS = ("k", "v")
+    SLOT_EXTRA_BYTES = 0
+
+    def __init__(self, capacity: int, prompt_length: int, window: int, kernel: int = SELECT_KERNEL, max_new: int = 0):
+        if not window < capacity < prompt_length:
+            raise SinkholeError(
+                f"a selection keeps more than its window ({window}) and fewer than the prompt's "
+                f"{prompt_length} keys (got {capacity})"
+            )
+        self.capacity, self.prompt_length, self.window, self.kernel = capacity, prompt_length, window, kernel
+        self.max_new = max_new
+        self.reset()
+
+    def reset(self) -> None:
+        self.k = self.v = None
+        self.held = None  # slots in use once the selection is made (None before)
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
+
+    def allocated_slots(self, n: int) -> int:
+        """Per head after n tokens: the prompt's positions until it ends, then capacity + max_new
+        (past that, doubled as often as the decoded tokens need)."""
+        if n < self.prompt_length:
+            return n
+        slots, need = self.capacity + self.max_new, self.capacity + n - self.prompt_length
+        while slots < need:
+            slots *= 2
+        return slots
+
+    def planned_nbytes(self, n: int, slot_bytes: int) -> int:
+        return self.allocated_slots(n) * slot_bytes
+
+    def used_slots(self, n: int) -> int:
+        return n if n <= self.prompt_length else self.capacity + n - self.prompt_length
+
+    def map_batch(self, fn) -> None:
+        if self.k is not None:
+            self.k, self.v = fn(self.k), fn(self.v)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo=None):
+        from sinkhole.cache.kv_stores import causal_mask, shared
+
+        q, P = k.shape[2], self.prompt_length
+        if self.held is not None:
+            return self._append(k, v, memo)
+        if n < P < n + q:
+            raise SinkholeError(f"a selecting cache's chunk ran past the prompt's end ({P}): end a forward there")
+        if n + q == P and q < self.window:
+            raise SinkholeError(f"the prompt's last chunk has {q} tokens, fewer than the selection's window")
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        mask = None if q == 1 else shared(memo, ("causal", n, q, k.device), lambda: causal_mask(n, q, k.device))
+        observe = None
+        if n + q == P:
+
+            def observe(scores: torch.Tensor) -> None:
+                self._keep(select_keys(scores, self.capacity, self.window, self.kernel))
+
+            observe.window = self.window
+        return self.k, self.v, mask, observe
+
+    def _keep(self, pos: torch.Tensor) -> None:
+        """Keep positions `pos` (B, H, capacity) in a fresh buffer with room for max_new more."""
+        B, H, C = pos.shape
+        k, v = self.k, self.v
+        self.k = k.new_empty(B, H, C + self.max_new, k.shape[-1])
+        self.v = v.new_empty(B, H, C + self.max_new, v.shape[-1])
+        self.k[:, :, :C] = k.gather(2, pos[..., None].expand(-1, -1, -1, k.shape[-1]))
+        self.v[:, :, :C] = v.gather(2, pos[..., None].expand(-1, -1, -1, v.shape[-1]))
+        self.held = C
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor, memo):
+        q, m = k.shape[2], self.held + k.shape[2]
+        if m > self.k.shape[2]:
+            grow = self.k.shape[2]
+            while grow < m:
+                grow *= 2
+            self.k, self.v = (
+                torch.cat((t, t.new_zeros(*t.shape[:2], grow - t.shape[2], t.shape[3])), 2) for t in (self.k, self.v)
+            )
+        self.k[:, :, self.held : m], self.v[:, :, self.held : m] = k, v
+        held, self.held = self.held, m
+        mask = None
+        if q > 1:  # every kept key precedes the chunk; the chunk's own keys are causal
+
+            def build():
+                mask = torch.ones(q, m, dtype=torch.bool, device=k.device)
+                mask[:, held:] = torch.ones(q, q, dtype=torch.bool, device=k.device).tril()
+                return mask
+
+            mask = build() if memo is None else memo.get(("selected", held, q, k.device), build)
+        return self.k[:, :, :m], self.v[:, :, :m], mask, None

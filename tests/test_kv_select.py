@@ -1,0 +1,156 @@
+"""Retrieval heads that keep the keys the question chooses (`sinkhole.cache.kv_select`): the same keys
+and logits as SnapKV when every head selects, exact masks in mixed layers, and a plan whose bytes are
+what the cache holds. Tiny random models (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import bare_profile, tiny_gemma3, tiny_llama
+
+from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
+from sinkhole.cache.kv_select import Select, Selection
+from sinkhole.errors import SinkholeError
+
+
+@torch.inference_mode()
+def feed(model, cache, ids, spans, attention):
+    """Logits of every span's forward, concatenated (B, T, V)."""
+    out = []
+    with attention(model):
+        for s, e in spans:
+            out.append(model(ids[:, s:e], cache=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("kernel", [1, 5])
+def test_every_head_selecting_is_snapkv(kernel):
+    """All heads of a Llama select: the keys kept and every logit after the prompt are SnapKV's."""
+    from sinkhole.kvbench.snapkv import SnapKVCache, snapkv_attention
+
+    model = tiny_llama(seed=3)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 99, (2, 54))
+    P, window, capacity = 48, 6, 20
+    spans = [(0, 30), (30, 42), (42, P), (P, 51), (51, 52), (52, 54)]  # decode past max_new: it grows
+    snap = SnapKVCache(model=model, capacity=capacity, prompt_length=P, window=window, kernel=kernel, max_new=4)
+    want = feed(model, snap, ids, spans, snapkv_attention)
+    H = model.config.num_key_value_heads
+    sel = Selection(capacity, P, window=window, kernel=kernel, max_new=4)
+    cache = HeadAwareSinkCache([list(range(H))] * 2, 2, 8, model=model, select=sel)
+    got = feed(model, cache, ids, spans, head_aware_attention)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert cache.kv_bytes() == snap.kv_bytes()  # 2 layers x (capacity + 4, doubled once) slots per head
+    with torch.inference_mode():
+        dense = model(ids, use_cache=False).logits
+    assert (dense[:, P:] - got[:, P:]).abs().max() > 1e-3  # and it is not dense attention
+
+
+def test_mixed_layer_matches_masked_attention():
+    """One layer, head 0 selecting and head 1 streaming (sinks + window): the 4 tokens after the
+    prompt equal eager attention with each head masked to what it holds."""
+    from sinkhole.cache.kv_select import select_keys, window_scores
+    from sinkhole.probe.hooks import attention_implementation
+
+    model = tiny_llama(seed=5, num_hidden_layers=1)
+    torch.manual_seed(1)
+    ids = torch.randint(3, 99, (1, 44))
+    P, window, capacity, S, W = 40, 4, 14, 2, 8
+    cache = HeadAwareSinkCache([[0]], S, W, model=model, select=Selection(capacity, P, window=window, kernel=3))
+    got = feed(model, cache, ids, [(0, 36), (36, P), (P, 44)], head_aware_attention)[:, P:]
+    # the selection, recomputed from the layer's own queries and keys
+    query, key = capture_qk(model, ids[:, :P])
+    scaling = model.model.layers[0].self_attn.scaling
+    kept = select_keys(window_scores(query[:, :, P - window :], key, scaling, window), capacity, window, 3)
+    T, Hq = ids.shape[1], model.config.num_attention_heads
+    G = Hq // 2
+    allowed = torch.ones(Hq, T, T, dtype=torch.bool).tril()
+    for h in range(Hq):
+        row = torch.zeros(T, dtype=torch.bool)
+        if h // G == 0:
+            row[kept[0, 0]] = True
+        else:
+            row[:S] = True
+        if h // G == 0:
+            row[P:] = True
+            allowed[h, P:] &= row
+        else:  # sinks + the last W keys of each query
+            for t in range(P, T):
+                allowed[h, t] &= row | (torch.arange(T) > t - W)
+    mask = torch.zeros(1, Hq, T, T).masked_fill(~allowed, float("-inf"))
+    with attention_implementation(model, "eager"), torch.inference_mode():
+        want = model(ids, attention_mask=mask, use_cache=False).logits[:, P:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def capture_qk(model, ids):
+    """(query (B, Hq, T, D), key (B, Hkv, T, D)) of layer 0 after RoPE, from a plain forward."""
+    from transformers import AttentionInterface
+
+    got = {}
+
+    def grab(module, query, key, value, attention_mask, **kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        got["qk"] = (query, key)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("test_grab_qk", grab)
+    old = model.config._attn_implementation
+    model.set_attn_implementation("test_grab_qk")
+    try:
+        with torch.inference_mode():
+            model(ids, use_cache=False)
+    finally:
+        model.set_attn_implementation(old)
+    return got["qk"]
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma3"])
+def test_plan_with_selection_holds_what_it_says(which):
+    """from_profile(select=...): selecting heads cost capacity + the tokens after the prompt; the plan's
+    bytes are the cache's at the end, within the budget, with more heads kept than whole heads allow."""
+    if which == "llama":
+        model = tiny_llama()
+    else:
+        model = tiny_gemma3(num_key_value_heads=2, max_position_embeddings=512, sliding_window=16)
+    H, L = model.config.num_key_value_heads, model.config.num_hidden_layers
+    profile = bare_profile(
+        {"n_sink": 2, "window": 8, "scores": [[0.1 * (h + H * l) for h in range(H)] for l in range(L)]}
+    )
+    P, n = 200, 203
+    plan = dict(window=8, local_sinks=4, n_sink=2, budget=0.5, length=n)
+    whole = HeadAwareSinkCache.from_profile(profile, model=model, **plan).memory_plan
+    cache = HeadAwareSinkCache.from_profile(profile, model=model, select=0.2, prompt_length=P, **plan)
+    mp = cache.memory_plan
+    assert mp.select["capacity"] == 40 and mp.select["max_new"] == 3
+    assert mp.retrieval_heads > whole.retrieval_heads
+    ids = torch.randint(3, 99, (1, n), generator=torch.Generator().manual_seed(0))
+    feed(model, cache, ids, [(0, 100), (100, 168), (168, P), (P, n)], head_aware_attention)
+    assert cache.kv_bytes() == mp.kv_bytes <= 0.5 * mp.dense_bytes
+    assert cache.used_slots() == mp.kv_slots
+    assert "keys chosen at the prompt's end" in mp.line()
+
+
+def test_selection_refuses_what_it_cannot_do():
+    model = tiny_llama()
+    profile = bare_profile({"n_sink": 2, "window": 8, "scores": [[0.1, 0.2]] * 2})
+    kw = dict(model=model, budget=0.5, window=8, n_sink=2, local_sinks=0)
+    with pytest.raises(SinkholeError, match="needs prompt_length"):
+        HeadAwareSinkCache.from_profile(profile, length=100, select=0.3, **kw)
+    with pytest.raises(SinkholeError, match="past length"):
+        HeadAwareSinkCache.from_profile(profile, length=100, select=0.3, prompt_length=120, **kw)
+    with pytest.raises(SinkholeError, match="select must be"):
+        HeadAwareSinkCache.from_profile(profile, length=100, select=1.5, prompt_length=90, **kw)
+    with pytest.raises(SinkholeError, match="nothing to choose"):
+        HeadAwareSinkCache.from_profile(profile, length=100, select=0.99, prompt_length=40, **kw)
+    store = Select(10, 40, 4)
+    k = torch.zeros(1, 1, 30, 8)
+    store.update(k, k, 0)
+    with pytest.raises(SinkholeError, match="past the prompt's end"):
+        store.update(torch.zeros(1, 1, 20, 8), torch.zeros(1, 1, 20, 8), 30)
+    # without its attention function nothing is selected, and the cache says so at the next forward
+    cache = HeadAwareSinkCache([[0, 1]] * 2, 2, 8, model=model, select=Selection(10, 40, window=4))
+    with pytest.raises(SinkholeError, match="head_aware_attention"), torch.inference_mode():
+        model(torch.randint(3, 99, (1, 40)), cache=cache, use_cache=True)
+        model(torch.randint(3, 99, (1, 1)), cache=cache, use_cache=True)
