@@ -76,7 +76,9 @@ def dense_outcomes(path: str, model: str, samples) -> list[bool]:
         if record["model"] != model:
             raise SinkholeError(f"--dense-from {path}: its model is {record['model']}, not {model}")
         got = {(d["task"], d["length"], d["depth"], d["seed"]): d["answered"] for d in record["dense"]}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except OSError as err:
+        raise SinkholeError(f"--dense-from {path}: cannot read it ({err.strerror})") from None
+    except (ValueError, KeyError, TypeError) as err:
         raise SinkholeError(f"--dense-from {path}: not a kv_rankings record ({err})") from None
     keys = [(s.task, s.length, s.depth, s.seed) for s in samples]
     missing = [k for k in keys if k not in got]

@@ -258,6 +258,7 @@ NUMBERS = {
     "stream_window": dict(lo=1, integer=True, example=256),
     "stream_prompts": dict(lo=1, hi=MAX_SEQS, integer=True, example=8),
     "budget": dict(lo=0, hi=1, lo_open=True, example=0.5),
+    "select": dict(lo=0, hi=1, lo_open=True, hi_open=True, example=0.3),
     "window": dict(lo=1, integer=True, example=256),
     "seeds": dict(lo=1, hi=1000, integer=True, example=2),
     "random_seeds": dict(lo=1, hi=1000, integer=True, example=3),

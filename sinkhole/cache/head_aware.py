@@ -30,10 +30,10 @@ Design decisions:
   within the trained context (this cache is for long-context recall, not for running past the
   context as `SinkCache` does).
 - With `select`, retrieval heads of global layers keep the keys the question chooses instead of
-  everything (`kv_select.Select`: SnapKV's rule, per head): on Gemma-3 two global heads whole take
-  more than half of dense's bytes from 8k tokens, so no whole-head plan fits 0.5. The choice needs
-  the prompt's end, so such a cache is told the prompt's length, and holds the whole prompt in
-  those heads until then.
+  everything (`kv_select.Select`: SnapKV's rule, per head), for models whose global heads a budget
+  cannot hold whole (docs/cache.md, "Keys chosen by the question"). The choice needs the prompt's
+  end, so such a cache is told the prompt's length, and holds the whole prompt in those heads
+  until then.
 - Sliding-window layers (Gemma-3's local layers) never saw their first tokens leave the window in
   training, so their streaming heads keep no first-token sinks, only local sinks and a window, and
   their retrieval heads keep the layer's own window.
@@ -378,8 +378,7 @@ class HeadAwareSinkCache(Cache):
         per layer kind, picked at random. select=share, with prompt_length (< length): a retrieval head
         of a global layer keeps share x prompt_length keys chosen by the prompt's last queries
         (`kv_select`, SnapKV's rule) plus the length - prompt_length tokens after, not everything, and
-        costs that in the plan: for models whose global heads the budget cannot hold whole
-        (Gemma-3 at 0.5 from 8k tokens, docs/cache.md). select=Selection(...): that, spelled out.
+        costs that in the plan. select=Selection(...): that, spelled out.
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module

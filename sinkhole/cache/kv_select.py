@@ -8,11 +8,9 @@ width `kernel` (so a kept key brings its neighbours: a number's digits, a word's
 best are kept with the window itself. `sinkhole.kvbench.snapkv` applies it to every global layer
 (the baseline); `Select` applies it to chosen heads only.
 
-Why a wider kernel than SnapKV's 5 for `Select` (`SELECT_KERNEL`): on Gemma-3-270M at 8k tokens
-the question's queries attend to a needle's first digits and its lead words; with kernel 5 and a
-third of the keys kept, global layers held 3-6 of its 8 answer tokens and the needle was lost,
-with kernel 15 all 8 (docs/cache.md, "Keys chosen by the question"). SnapKV itself with kernel 15
-matched dense on SmolLM2's 4096-token samples; with kernel 5 it answered 0.20x of what dense does.
+`SELECT_KERNEL` pools wider than SnapKV's 5 because the question's queries point at a needle's
+first tokens, not all of them; what each width kept is measured in docs/cache.md ("Keys chosen
+by the question").
 """
 
 from __future__ import annotations
@@ -82,9 +80,9 @@ def select_keys(scores: torch.Tensor, capacity: int, window: int, kernel: int) -
 def selection_for(share, prompt_length, length, window: int = SELECT_WINDOW, kernel: int = SELECT_KERNEL):
     """The `Selection` that keeps `share` of a `prompt_length`-token prompt, `length` tokens in all
     (the prompt and what follows it), checked: a one-line SinkholeError for what cannot be."""
-    from sinkhole.validate import like_option, number
+    from sinkhole.validate import like_option
 
-    share = number(share, "select", lo=0, hi=1, lo_open=True, hi_open=True)
+    share = like_option(share, "select", "select")
     if prompt_length is None or length is None:
         raise SinkholeError("select needs prompt_length and length (the prompt + the tokens after it)")
     prompt_length = like_option(prompt_length, "prompt_length", "tokens")

@@ -89,7 +89,7 @@ def resolve(args):
     from sinkhole.kvbench.bench import BenchSettings
     from sinkhole.kvbench.methods import METHODS, Plan, variants
     from sinkhole.long_tasks import TASKS
-    from sinkhole.validate import integer, names, number
+    from sinkhole.validate import integer, names
 
     if not args.json:
         raise SinkholeError("kv-bench needs --json OUT: finished cells are kept there, so a run can resume")
@@ -112,8 +112,6 @@ def resolve(args):
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
-    if args.select is not None:
-        number(args.select, "--select", lo=0, hi=1, lo_open=True, hi_open=True, example=0.3)
     plan = Plan(
         budget=args.budget,
         window=args.window,

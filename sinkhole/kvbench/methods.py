@@ -111,9 +111,7 @@ def snap_capacity(model, budget: float, n_total: int, new_tokens: int) -> tuple[
     SnapKV's capacity is a number of keys per head, the same in every layer (Li et al.'s
     max_capacity_prompt): C, the largest count with every head at min(C, its dense) within the budget
     (`uniform_size`, the window method's rule). A sliding layer whose own window is below C keeps it
-    whole, as dense does, and the global heads share what the sliding layers leave. (Until Dec 6 every
-    layer kept budget x its own dense slots: on Gemma-3 at 8k that halved the sliding windows to give
-    global heads keys they had no room to use, docs/cache.md.)"""
+    whole, as dense does, and the global heads share what the sliding layers leave."""
     from sinkhole.cache.recall import uniform_size
 
     kinds, windows, heads, _ = layer_layout(model)
