@@ -4,21 +4,26 @@
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings both mix --seeds 1 --lengths 1024
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings mix --budgets 0.5 0.6 0.7 --json out.json
     PYTHONPATH=. python benchmarks/kv_rankings.py --rankings --snap-kernels 5 15 --dense-from out.json
+    PYTHONPATH=. python benchmarks/kv_rankings.py --rankings mix --baselines sinks random:0 random:1 random:2
 
-kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000)
+kv-bench's passkey, NIAH (5 depths) and multi-key samples (the held-out text half, seeds from 1000, or
+`--seed-base`: other samples, to check a setting chosen on the first ones)
 at each length. Dense reads each sample once; every ranking then runs the head-aware cache at
 each of `--budgets` x dense's bytes (`HeadAwareSinkCache.from_profile(rank_by=...)`, the kv-bench
 plan) on the samples dense answers. Per ranking and budget: answered / dense-answered per task and
 their mean over the three tasks (kv-bench's own "retrieval vs dense" divides the mean score over its
 cells by dense's, so it weighs cells, not tasks, alike), the same ratio per seed (mean +- sd and
 range: how much one seed's samples decide), the cells (task, length, depth; passkey and
-multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the largest
-share of dense's bytes held. `--json` keeps every sample's outcome, written after dense's pass and
-after each plan, so an interrupted run keeps what it measured. kv-bench itself compares rankings
-too (`--rank-by`), but reruns dense each time.
+multi-key draw their depth per seed, so each of their samples is a cell) below 0.7x, the same
+for kv-bench's cells (NIAH per length and depth, passkey and multi-key per length), the largest
+share of dense's bytes held. `--json` keeps every sample's outcome and its margin (`answered`),
+written after dense's pass and after each plan, so an interrupted run keeps what it measured.
+kv-bench itself compares rankings too (`--rank-by`), but reruns dense each time.
 
 `--snap-kernels K ...` runs kv-bench's SnapKV-style eviction beside (or, with an empty `--rankings`,
 instead of) the head-aware plans, at each budget with each pooling width K, on the same samples.
+`--baselines sinks random:0 ...` runs kv-bench's controls at the same bytes: sinks + window, a
+plain window, the first ranking's plan with its retrieval heads drawn at random (seed k).
 `--dense-from JSON` takes dense's outcomes from an earlier run's `--json` (same model, lengths and
 seeds) instead of reading every sample again (at 16k tokens on Gemma-3 that pass is most of the run).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -34,14 +40,18 @@ import time
 import torch
 
 
-def answered(model, cache, s, attention) -> bool:
-    """kv-bench's exact match: every answer token the top-1 prediction, teacher-forced."""
+def answered(model, cache, s, attention) -> tuple[bool, float]:
+    """kv-bench's exact match (every answer token the top-1 prediction, teacher-forced), and the
+    margin it was decided by: the smallest, over the answer's tokens, of the right token's logit less
+    the best other one (> 0 when answered; near 0, a sample any small change can flip)."""
     from sinkhole.kvbench.methods import answer_logits, chunks, prefill
 
     ids, ans = torch.tensor([s.ids]), torch.tensor([s.answer])
     with attention(model):
-        logits = answer_logits(model, cache, prefill(model, cache, ids, chunks(len(s.ids), 256, 32)), ans)
-    return logits[0].argmax(-1).tolist() == s.answer
+        logits = answer_logits(model, cache, prefill(model, cache, ids, chunks(len(s.ids), 256, 32)), ans)[0]
+    right = logits.gather(-1, ans[0, :, None])[:, 0]
+    others = logits.scatter(-1, ans[0, :, None], float("-inf")).amax(-1)
+    return logits.argmax(-1).tolist() == s.answer, round((right - others).min().item(), 3)
 
 
 def by_task(hits: dict[tuple, list[bool]]) -> dict[str, list[bool]]:
@@ -58,13 +68,23 @@ def retrieval_ratio(hits: dict[tuple, list[bool]]) -> float:
     return sum(sum(h) / len(h) for h in tasks.values()) / len(tasks)
 
 
+def grid_cells(hits: dict[tuple, list[bool]]) -> dict[tuple, float]:
+    """kv-bench's cells (`sinkhole.results.kvbench`, and its page's NIAH grid): the NIAH samples per
+    (length, depth), passkey and multi-key per length over their seeds. Answered / dense-answered per cell."""
+    pooled: dict[tuple, list[bool]] = {}
+    for (task, n, depth), h in hits.items():
+        pooled.setdefault((task, n, depth if task == "niah" else None), []).extend(h)
+    return {k: sum(h) / len(h) for k, h in pooled.items()}
+
+
 def sd(xs: list[float]) -> float:
     """Sample standard deviation; 0 for a single seed."""
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def outcome(s, hit: bool) -> dict:
-    return {"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit}
+def outcome(s, hit: bool, margin: float | None = None) -> dict:
+    row = {"task": s.task, "length": s.length, "depth": s.depth, "seed": s.seed, "answered": hit}
+    return row if margin is None else {**row, "margin": margin}
 
 
 def dense_outcomes(path: str, model: str, samples) -> list[bool]:
@@ -92,9 +112,13 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rankings", nargs="*", default=["both", "needle", "mix"])
     ap.add_argument("--snap-kernels", nargs="*", type=int, default=[], help="also SnapKV, with these pooling widths")
+    ap.add_argument(
+        "--baselines", nargs="*", default=[], help="also these at the same bytes: sinks, window, random:SEED ..."
+    )
     ap.add_argument("--dense-from", default=None, help="dense's outcomes from an earlier run's --json")
     ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-base", type=int, default=None, help="first sample seed (default: kv-bench's, 1000)")
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5], help="shares of dense's KV bytes")
     ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
     ap.add_argument("--select", type=float, default=None, help="global retrieval heads keep this share (kv-bench's)")
@@ -112,13 +136,14 @@ def main() -> int:
     from sinkhole.io import write_atomic
     from sinkhole.kvbench.methods import Plan, dense_bytes, make_cache
     from sinkhole.kvbench.snapkv import snapkv_attention
-    from sinkhole.long_tasks import Encoder, make_samples
+    from sinkhole.long_tasks import SEED_BASE, Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
     from sinkhole.progress import progress
 
     torch.set_num_threads(args.threads)
     window = args.window or DEFAULT_WINDOW
+    first = (args.rankings or ["mix"])[0]
 
     def cache_for(method: str, s, **plan):  # kv-bench's cache for one sample
         return make_cache(method, lm.model, profile, Plan(**plan), len(s.ids), len(s.answer) - 1)[0]
@@ -139,6 +164,17 @@ def main() -> int:
         for k in args.snap_kernels
         for b in args.budgets
     ]
+    # the controls at the same bytes: random heads take the first ranking's plan (its window and select)
+    runs += [
+        (
+            m,
+            b,
+            lambda s, m=m, b=b: cache_for(m, s, budget=b, window=window, rank_by=first, select=args.select),
+            head_aware_attention,
+        )
+        for m in args.baselines
+        for b in args.budgets
+    ]
 
     try:
         lm = load_model(args.model)
@@ -148,10 +184,13 @@ def main() -> int:
             s
             for n in args.lengths
             for t in ("passkey", "niah", "multikey")
-            for s in make_samples(enc, t, n, 5, args.seeds)
+            for s in make_samples(enc, t, n, 5, args.seeds, args.seed_base or SEED_BASE)
         ]
         if not runs:
-            raise SinkholeError("nothing to run: give --rankings or --snap-kernels")
+            raise SinkholeError("nothing to run: give --rankings, --snap-kernels or --baselines")
+        for m in args.baselines:
+            if m not in ("sinks", "window") and not re.fullmatch(r"random:\d+", m):
+                raise SinkholeError(f"--baselines {m}: expected sinks, window or random:SEED")
         for _, _, make, _ in runs:  # a plan that cannot fit says so now, not after dense's pass
             for s in {(len(s.ids), len(s.answer)): s for s in samples}.values():
                 make(s)
@@ -160,17 +199,26 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model, t0 = lm.model, time.perf_counter()
+    margins = [None] * len(samples)
     if earlier is not None:
         dense = earlier
     else:
         with progress(total=len(samples), desc="dense", unit="samples") as bar:
             dense = []
-            for s in samples:
-                dense.append(answered(model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()))
+            for i, s in enumerate(samples):
+                hit, margins[i] = answered(
+                    model, DynamicCache(config=model.config), s, lambda m: contextlib.nullcontext()
+                )
+                dense.append(hit)
                 bar.update(1)
     source = f"from {args.dense_from}" if earlier is not None else f"{time.perf_counter() - t0:.0f} s"
     print(f"dense: {sum(dense)} of {len(samples)} samples answered ({source})", flush=True)
-    record = {"model": lm.name, "settings": vars(args), "dense": list(map(outcome, samples, dense)), "plans": []}
+    record = {
+        "model": lm.name,
+        "settings": vars(args),
+        "dense": list(map(outcome, samples, dense, margins)),
+        "plans": [],
+    }
 
     def save():  # atomic: an interrupt never leaves a half-written record
         if args.json:
@@ -183,22 +231,25 @@ def main() -> int:
             for s in (s for s, ok in zip(samples, dense) if ok):
                 n = len(s.ids) + len(s.answer) - 1
                 cache = make(s)
-                hit = answered(model, cache, s, attention)
+                hit, margin = answered(model, cache, s, attention)
                 key = (s.task, s.length, s.depth)
                 cells.setdefault(key, []).append(hit)
                 seeds.setdefault(s.seed, {}).setdefault(key, []).append(hit)
                 held = max(held, cache.kv_bytes() / dense_bytes(model, n))
-                rows.append(outcome(s, hit))
+                rows.append(outcome(s, hit, margin))
                 bar.update(1)
         ratio = retrieval_ratio(cells)
         per_seed = [retrieval_ratio(h) for _, h in sorted(seeds.items())]
         low = sorted(f"{t}:{n}:{d}" for (t, n, d), h in cells.items() if sum(h) / len(h) < 0.7)
+        grid = grid_cells(cells)
+        grid_low = sorted(f"{t}:{n}" + (f":{d}" if d is not None else "") for (t, n, d), r in grid.items() if r < 0.7)
         print(
             f"{rank_by} @ {budget:g}: {ratio:.2f}x dense "
             f"(per seed {statistics.mean(per_seed):.2f} +- {sd(per_seed):.2f}, "
             f"{min(per_seed):.2f}-{max(per_seed):.2f}; "
             f"{', '.join(f'{t} {sum(h)}/{len(h)}' for t, h in by_task(cells).items())}); "
             f"cells below 0.7x: {len(low)} of {len(cells)} {' '.join(low)}; "
+            f"kv-bench's cells below 0.7x: {len(grid_low)} of {len(grid)} {' '.join(grid_low)}; "
             f"at most {held:.1%} of dense's bytes; {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
@@ -210,6 +261,8 @@ def main() -> int:
                 "per_seed": per_seed,
                 "cells_below_0.7": low,
                 "cells": len(cells),
+                "grid_cells_below_0.7": grid_low,
+                "grid_cells": len(grid),
                 "max_kv_share": held,
                 "samples": rows,
             }
