@@ -184,7 +184,7 @@ def main() -> int:
             s
             for n in args.lengths
             for t in ("passkey", "niah", "multikey")
-            for s in make_samples(enc, t, n, 5, args.seeds, args.seed_base or SEED_BASE)
+            for s in make_samples(enc, t, n, 5, args.seeds, SEED_BASE if args.seed_base is None else args.seed_base)
         ]
         if not runs:
             raise SinkholeError("nothing to run: give --rankings, --snap-kernels or --baselines")
