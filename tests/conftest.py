@@ -17,6 +17,18 @@ import torch  # noqa: E402
 from sinkhole.probe.support import IdTokenizer  # noqa: E402,F401  (tests import it from here)
 
 
+def benchmark_script(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is scripts, not a package), for tests of its parts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_llama(seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -1,18 +1,11 @@
 """benchmarks/gpu.py cannot run here (no GPU): check its parts that can, so that it runs there."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+from conftest import benchmark_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("gpu")
 
 
 def test_model_is_llama_3_2_1b_shaped():

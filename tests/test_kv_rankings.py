@@ -1,16 +1,10 @@
 """benchmarks/kv_rankings.py's arithmetic: the task ratio and kv-bench's cells (no model)."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kv_rankings.py"
+from conftest import benchmark_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("kv_rankings", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("kv_rankings")
 
 
 # (task, length, depth) -> one outcome per dense-answered sample; passkey draws its depth per seed

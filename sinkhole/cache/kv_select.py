@@ -118,11 +118,14 @@ class Select:
         self.reset()
 
     def reset(self) -> None:
-        self.k = self.v = None
+        from sinkhole.cache.kv_stores import Grow
+
+        self.prompt = Grow(self.prompt_length)  # every position until the prompt ends
+        self.k = self.v = None  # then the kept keys and what follows them
         self.held = None  # slots in use once the selection is made (None before)
 
     def nbytes(self) -> int:
-        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
+        return self.prompt.nbytes() + (0 if self.k is None else self.k.nbytes + self.v.nbytes)
 
     def allocated_slots(self, n: int) -> int:
         """Per head after n tokens: the prompt's positions until it ends, then capacity + max_new
@@ -141,12 +144,11 @@ class Select:
         return n if n <= self.prompt_length else self.capacity + n - self.prompt_length
 
     def map_batch(self, fn) -> None:
+        self.prompt.map_batch(fn)
         if self.k is not None:
             self.k, self.v = fn(self.k), fn(self.v)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo=None):
-        from sinkhole.cache.kv_stores import causal_mask, shared
-
         q, P = k.shape[2], self.prompt_length
         if self.held is not None:
             return self._append(k, v, memo)
@@ -154,9 +156,7 @@ class Select:
             raise SinkholeError(f"a selecting cache's chunk ran past the prompt's end ({P}): end a forward there")
         if n + q == P and q < self.window:
             raise SinkholeError(f"the prompt's last chunk has {q} tokens, fewer than the selection's window")
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
-        mask = None if q == 1 else shared(memo, ("causal", n, q, k.device), lambda: causal_mask(n, q, k.device))
+        keys, values, mask, _ = self.prompt.update(k, v, n, memo)
         observe = None
         if n + q == P:
 
@@ -164,12 +164,15 @@ class Select:
                 self._keep(select_keys(scores, self.capacity, self.window, self.kernel))
 
             observe.window = self.window
-        return self.k, self.v, mask, observe
+        return keys, values, mask, observe
 
     def _keep(self, pos: torch.Tensor) -> None:
-        """Keep positions `pos` (B, H, capacity) in a fresh buffer with room for max_new more."""
+        """Keep positions `pos` (B, H, capacity) in a fresh buffer with room for max_new more, and
+        let the prompt's go."""
         B, H, C = pos.shape
-        k, v = self.k, self.v
+        P = self.prompt_length
+        k, v = self.prompt.k[:, :, :P], self.prompt.v[:, :, :P]
+        self.prompt.reset()
         self.k = k.new_empty(B, H, C + self.max_new, k.shape[-1])
         self.v = v.new_empty(B, H, C + self.max_new, v.shape[-1])
         self.k[:, :, :C] = k.gather(2, pos[..., None].expand(-1, -1, -1, k.shape[-1]))
