@@ -121,7 +121,8 @@ def main() -> int:
     ap.add_argument("--seed-base", type=int, default=None, help="first sample seed (default: kv-bench's, 1000)")
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5], help="shares of dense's KV bytes")
     ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
-    ap.add_argument("--select", type=float, default=None, help="global retrieval heads keep this share (kv-bench's)")
+    ap.add_argument("--select", type=float, default=None, help="retrieval heads keep this share (kv-bench's --select)")
+    ap.add_argument("--select-global-only", action="store_true", help="sliding layers' heads keep their window")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every sample's outcome here")
     args = ap.parse_args()
@@ -153,7 +154,15 @@ def main() -> int:
         (
             r,
             b,
-            lambda s, r=r, b=b: cache_for("head_aware", s, budget=b, window=window, rank_by=r, select=args.select),
+            lambda s, r=r, b=b: cache_for(
+                "head_aware",
+                s,
+                budget=b,
+                window=window,
+                rank_by=r,
+                select=args.select,
+                select_sliding=not args.select_global_only,
+            ),
             head_aware_attention,
         )
         for r in args.rankings
@@ -169,7 +178,15 @@ def main() -> int:
         (
             m,
             b,
-            lambda s, m=m, b=b: cache_for(m, s, budget=b, window=window, rank_by=first, select=args.select),
+            lambda s, m=m, b=b: cache_for(
+                m,
+                s,
+                budget=b,
+                window=window,
+                rank_by=first,
+                select=args.select,
+                select_sliding=not args.select_global_only,
+            ),
             head_aware_attention,
         )
         for m in args.baselines

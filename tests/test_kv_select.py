@@ -83,6 +83,72 @@ def test_mixed_layer_matches_masked_attention():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_sliding_layer_selection_matches_masked_attention():
+    """A sliding-window layer (window 16): head 0 keeps 8 of the 16 keys its window shows the
+    prompt's last query (`SlidingSelect`), head 1 a window of 6. Twelve tokens after the prompt, in
+    steps and one chunk, equal eager attention with each head masked to what it holds, the kept keys
+    leaving as they fall 16 positions behind (the model's own window)."""
+    from sinkhole.cache.kv_select import SlidingSelect, select_keys, window_scores
+    from sinkhole.probe.hooks import attention_implementation
+
+    SW, P, window, capacity, W = 16, 40, 4, 8, 6
+    model = tiny_gemma3(
+        seed=6, num_hidden_layers=1, num_key_value_heads=2, sliding_window=SW, layer_types=["sliding_attention"]
+    )
+    torch.manual_seed(2)
+    ids = torch.randint(3, 99, (1, P + 12))
+    T = ids.shape[1]
+    sel = Selection(capacity, P, window=window, kernel=3, max_new=4, share=0.5, sliding=True)
+    cache = HeadAwareSinkCache([[0]], 0, W, model=model, select=sel)
+    assert isinstance(cache.layers[0].full, SlidingSelect)
+    spans = [(0, 20), (20, 34), (34, P), (P, P + 1), (P + 1, P + 2), (P + 2, P + 6)] + [
+        (t, t + 1) for t in range(P + 6, T)
+    ]
+    got = feed(model, cache, ids, spans, head_aware_attention)[:, P:]
+    # the selection, recomputed from the layer's own queries and keys, over the keys the window shows
+    query, key = capture_qk(model, ids[:, :P])
+    qp, kp = torch.arange(P - window, P)[:, None], torch.arange(P)[None, :]
+    scores = window_scores(
+        query[:, :, P - window :], key, model.model.layers[0].self_attn.scaling, window, (kp <= qp) & (kp > qp - SW)
+    )
+    kept = select_keys(scores[..., P - SW :], capacity, window, 3)[0, 0] + P - SW
+    t_, p_ = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    in_window = (p_ <= t_) & (p_ > t_ - SW)
+    G = model.config.num_attention_heads // 2
+    allowed = in_window.repeat(G * 2, 1, 1)
+    held = torch.zeros(T, dtype=torch.bool)
+    held[kept], held[P:] = True, True
+    allowed[:G, P:] &= held
+    allowed[G:, P:] &= (p_ > t_ - W)[P:]  # the streaming head: the last W keys
+    mask = torch.zeros(1, 2 * G, T, T).masked_fill(~allowed, float("-inf"))
+    with attention_implementation(model, "eager"), torch.inference_mode():
+        want = model(ids, attention_mask=mask, use_cache=False).logits[:, P:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    store = cache.layers[0].full  # 8 kept + 12 after: capacity + max_new doubled once
+    assert store.k.shape[2] == 2 * (capacity + 4) and store.used_slots(T) == capacity + 12
+    assert store.nbytes() == store.planned_nbytes(T, 2 * 8 * 4)  # key + value, float32, head dim 8
+
+
+def test_sliding_selection_keeps_only_keys_in_reach():
+    """Keys the prompt's earlier queries saw but its last one cannot are never kept, however much
+    attention they drew; of those in reach the best-scored are, in position order."""
+    from sinkhole.cache.kv_select import SlidingSelect
+
+    store = SlidingSelect(capacity=6, sliding=10, prompt_length=30, window=2, kernel=1)
+    k = torch.randn(1, 1, 30, 4)
+    store.update(k[:, :, :24], k[:, :, :24], 0)
+    keys, _, mask, observe = store.update(k[:, :, 24:], k[:, :, 24:], 24)
+    positions = torch.tensor(store.prompt.held_positions(24) + list(range(24, 30)))
+    assert mask.shape == (6, 16) and observe.window == 2
+    scores = torch.zeros(1, 1, 16)
+    scores[0, 0, positions < 20] = 10.0  # out of reach of position 29: drew the most
+    scores[0, 0, positions == 21], scores[0, 0, positions == 25] = 3.0, 2.0
+    scores[0, 0, positions == 20], scores[0, 0, positions == 23] = 1.5, 1.0
+    observe(scores)
+    assert store.pos[0, 0, : store.held].tolist() == [20, 21, 23, 25, 28, 29]
+    torch.testing.assert_close(store.k[0, 0, :6], k[0, 0, [20, 21, 23, 25, 28, 29]])
+
+
 def capture_qk(model, ids):
     """(query (B, Hq, T, D), key (B, Hkv, T, D)) of layer 0 after RoPE, from a plain forward."""
     from transformers import AttentionInterface
@@ -113,7 +179,7 @@ def test_plan_with_selection_holds_what_it_says(which):
     if which == "llama":
         model = tiny_llama()
     else:
-        model = tiny_gemma3(num_key_value_heads=2, max_position_embeddings=512, sliding_window=16)
+        model = tiny_gemma3(num_key_value_heads=2, max_position_embeddings=512, sliding_window=100)
     H, L = model.config.num_key_value_heads, model.config.num_hidden_layers
     profile = bare_profile(
         {"n_sink": 2, "window": 8, "scores": [[0.1 * (h + H * l) for h in range(H)] for l in range(L)]}
@@ -130,6 +196,11 @@ def test_plan_with_selection_holds_what_it_says(which):
     assert cache.kv_bytes() == mp.kv_bytes <= 0.5 * mp.dense_bytes
     assert cache.used_slots() == mp.kv_slots
     assert "keys chosen at the prompt's end" in mp.line()
+    if which == "gemma3":  # sliding retrieval heads: 20% of a 100-key window, raised to window + 1 = 33
+        from sinkhole.cache.kv_select import SlidingSelect
+
+        layer = cache.layers[0]
+        assert isinstance(layer.full, SlidingSelect) and layer.retrieval and layer.full.held == 33 + 3
 
 
 def test_selection_refuses_what_it_cannot_do():

@@ -388,7 +388,11 @@ def test_kv_bench_select(tmp_path, capsys):
     (cell,) = [c for c in doc["cells"] if c["method"] == "head_aware"]
     assert cell["detail"]["select"]["capacity"] == round(0.3 * 512) and cell["kv_share"] <= 0.5
     assert cell["detail"]["select"]["window"] == 16
+    assert doc["settings"]["numbers"]["plan"]["select_sliding"] is True
     capsys.readouterr()
+    # sliding windows kept whole (the rule until Dec 6) is another setting: the same --json refuses it
+    assert main([*argv, "--select-global-only", "--json", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
     assert main([*argv[:-1], "1.5", "--json", str(tmp_path / "k2.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--select must be" in err and len(err.splitlines()) == 1

@@ -29,14 +29,15 @@ Design decisions:
   Nothing is re-rotated: positions stay the model's own (DuoAttention's choice), which is exact
   within the trained context (this cache is for long-context recall, not for running past the
   context as `SinkCache` does).
-- With `select`, retrieval heads of global layers keep the keys the question chooses instead of
-  everything (`kv_select.Select`: SnapKV's rule, per head), for models whose global heads a budget
-  cannot hold whole (docs/cache.md, "Keys chosen by the question"). The choice needs the prompt's
-  end, so such a cache is told the prompt's length, and holds the whole prompt in those heads
-  until then.
+- With `select`, retrieval heads keep the keys the question chooses instead of everything
+  (`kv_select.Select`: SnapKV's rule, per head): a share of the prompt on global layers, the same
+  share of their window on sliding ones (`kv_select.SlidingSelect`), for models whose heads a
+  budget cannot hold whole (docs/cache.md, "Keys chosen by the question"). The choice needs the
+  prompt's end, so such a cache is told the prompt's length, and holds what dense holds in those
+  heads until then.
 - Sliding-window layers (Gemma-3's local layers) never saw their first tokens leave the window in
   training, so their streaming heads keep no first-token sinks, only local sinks and a window, and
-  their retrieval heads keep the layer's own window.
+  their retrieval heads keep the layer's own window (or, with `select`, a share of it).
 - Heads of different lengths cannot share one attention call, so the cache pairs with an attention
   function registered with transformers' `AttentionInterface` ("sinkhole_head_aware", installed
   by the `head_aware_attention(model)` context manager, removed in `finally`). The cache layer
@@ -211,14 +212,10 @@ def head_aware_attention_forward(module, query, key, value, attention_mask, drop
         window = getattr(observe, "window", None)  # a `kv_select.Select` choosing its keys now
         if observe is None or window:
             qh = take(qg, idx).reshape(B, h, G * q, D)
-            m = (
-                None
-                if mask is None or q == 1
-                else memo.derived(mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
-            )
+            m = None if mask is None else memo.derived(mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
             o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
             if window:  # the last `window` queries' attention, before the store drops keys
-                observe(window_scores(qh.reshape(B, h * G, q, D), keys, scaling or D**-0.5, window))
+                observe(window_scores(qh.reshape(B, h * G, q, D), keys, scaling or D**-0.5, window, mask))
         else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
             hidden = None if mask is None else memo.derived(mask, "hidden", torch.logical_not)
             o, colsum = attention_and_colsum(take(qg, idx), keys, values, hidden, scaling)
@@ -311,8 +308,9 @@ class HeadAwareSinkCache(Cache):
     the most attention while in the window (`kv_stores.LocalSinkRing`; 0 = none).
     `HeadAwareSinkCache(retrieval=[[]] * L, ...)` is sinks + window for every head; n_sink=0 makes
     it window-only. length: the tokens the retrieval buffers are sized for (`kv_stores.Grow`; None:
-    they double without limit). select: retrieval heads of global layers keep the keys a
-    `kv_select.Selection` chooses at the prompt's end instead of everything. `memory_plan`: the
+    they double without limit). select: retrieval heads keep the keys a `kv_select.Selection`
+    chooses at the prompt's end instead of everything (on sliding layers unless its `sliding` is
+    False). `memory_plan`: the
     `MemoryPlan` of a cache made by `from_profile`.
     """
 
@@ -377,8 +375,10 @@ class HeadAwareSinkCache(Cache):
         (`streaming.n_sink`). random_heads=seed: the control, the same number of retrieval heads
         per layer kind, picked at random. select=share, with prompt_length (< length): a retrieval head
         of a global layer keeps share x prompt_length keys chosen by the prompt's last queries
-        (`kv_select`, SnapKV's rule) plus the length - prompt_length tokens after, not everything, and
-        costs that in the plan. select=Selection(...): that, spelled out.
+        (`kv_select`, SnapKV's rule), one of a sliding layer share x the keys its window shows the
+        last query, each plus the length - prompt_length tokens after, not everything, and costs
+        that in the plan. select=Selection(...): that, spelled out (`sliding=False`: sliding
+        layers' retrieval heads keep their whole window, the rule until Dec 6).
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module

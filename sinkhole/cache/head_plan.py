@@ -172,6 +172,7 @@ class MemoryPlan:
     rank_by: str
     random_heads: int | None = None
     select: dict | None = None  # `kv_select.Selection.to_dict()`: retrieval heads of global layers select
+    # (with its `sliding`, those of sliding layers too)
 
     @property
     def bytes_share(self) -> float:
@@ -187,7 +188,11 @@ class MemoryPlan:
     def line(self) -> str:
         """One line for a terminal: what the cache holds against the budget."""
         heads = "random" if self.random_heads is not None else self.rank_by
-        whole = "whole" if not self.select else f"whole or {self.select['capacity']} keys chosen at the prompt's end"
+        whole = "whole"
+        if self.select:
+            whole = f"whole or {self.select['capacity']} keys chosen at the prompt's end"
+            if self.select.get("sliding"):
+                whole += f" (on sliding layers {self.select['share']:.0%} of their window)"
         return (
             f"head-aware plan at {self.length} tokens ({self.length_from}): {self.retrieval_heads}/{self.kv_heads} "
             f"KV heads {whole} ({heads}), the rest {self.n_sink} sinks + {self.local_sinks} local + {self.window}; "

@@ -380,10 +380,11 @@ def layer_stores(
     select=None,
 ):
     """One layer's (streaming store, retrieval store): the retrieval heads keep everything (a Grow
-    sized for `length` tokens) or, with `select` (a `kv_select.Selection`), the keys the question
-    chooses on global layers, the layer's own window on sliding ones."""
+    sized for `length` tokens; on sliding layers the layer's own window) or, with `select` (a
+    `kv_select.Selection`), the keys the question chooses (on sliding layers a share of the window,
+    where it leaves something to choose and `select.sliding`)."""
     if kind != "global":
-        full = Ring(0, sliding)
+        full = (select and select.sliding_store(sliding)) or Ring(0, sliding)
     else:
         full = Grow(length) if select is None else select.store()
     return streaming_store(kind, sliding, n_sink, window, local_sinks), full

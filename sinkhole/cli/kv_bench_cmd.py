@@ -14,7 +14,7 @@ EPILOG = """examples:
   sinkhole kv-bench --tasks passkey,niah,multikey,vartrack,copy,ppl --lengths 1024,2048,4096,8064 \\
       --budget 0.5 --depths 5 --seeds 3 --json kv.json --output kv.html     # SmolLM2's context: 8192
   sinkhole kv-bench --model gemma3-270m --window 128 --lengths 2048,8192 --json kv-gemma.json
-  sinkhole kv-bench --model gemma3-270m --window 128 --select 0.3 --lengths 8192,16384 --json kv-sel.json
+  sinkhole kv-bench --model gemma3-270m --window 128 --select 0.45 --lengths 1024,2048,4096,8192 --json kv-sel.json
 
 methods (all but dense at --budget x dense KV bytes at each sample's length): dense, window (most
 recent keys), sinks (StreamingLLM: first tokens + window), head_aware (the profile's streaming scores
@@ -73,8 +73,15 @@ def add_parser(sub) -> None:
     c.add_argument(
         "--select",
         type=float,
-        help="head_aware / random: global-layer heads put first keep this share of the prompt, the keys its "
-        "last --snap-window queries attend to most, instead of all (default: all; Gemma-3 from 8k: 0.3)",
+        help="head_aware / random: heads put first keep this share of what dense holds for them (the prompt; a "
+        "sliding layer's window), the keys the last --snap-window queries attend to most, instead of all "
+        "(default: all; Gemma-3: 0.45)",
+    )
+    c.add_argument(
+        "--select-global-only",
+        action="store_true",
+        help="with --select: sliding-window layers' heads keep their whole window instead of the share "
+        "(the rule until Dec 6; docs/cache.md)",
     )
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
     o = p.add_argument_group("output")
@@ -121,6 +128,7 @@ def resolve(args):
         snap_kernel=args.snap_kernel,
         chunk=args.chunk,
         select=args.select,
+        select_sliding=None if args.select is None else not args.select_global_only,
     )
     return BenchSettings(
         tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan, all_cells=args.all_cells

@@ -6,8 +6,9 @@ end of a sample (context + answer tokens), and the forward passes that run a bat
     sinks       the first n_sink keys + the C - n_sink most recent, every head (StreamingLLM's policy)
     head_aware  HeadAwareSinkCache.from_profile(budget=..., length=context + answer): the heads the
                 profile's streaming scores put first keep everything, the others sinks + local sinks
-                + a window; with `select`, global-layer heads put first keep that share of the prompt,
-                chosen as SnapKV chooses (`sinkhole.cache.kv_select`), instead of everything
+                + a window; with `select`, the heads put first keep that share of what dense holds for
+                them (the prompt; a sliding layer's window unless `select_sliding` is False), chosen as
+                SnapKV chooses (`sinkhole.cache.kv_select`), instead of everything
     random:k    the same, retrieval heads drawn at random with seed k (the control)
     snapkv      SnapKVCache: every prompt key until the prompt ends, then per head the keys the last
                 `snap_window` queries attend to most, `capacity` per head so that the kept keys plus
@@ -33,7 +34,7 @@ from sinkhole.cache.kv_select import SELECT_KERNEL
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench.snapkv import DEFAULT_KERNEL as SNAP_KERNEL
 from sinkhole.kvbench.snapkv import DEFAULT_WINDOW as SNAP_WINDOW
-from sinkhole.results.base import Result
+from sinkhole.results.base import Result, opt
 
 METHODS = ("dense", "window", "sinks", "head_aware", "random", "snapkv")
 LABELS = {
@@ -59,8 +60,12 @@ class Plan(Result):
     snap_window: int = SNAP_WINDOW
     snap_kernel: int = SNAP_KERNEL
     chunk: int = 256
-    select: float | None = None  # head-aware's global retrieval heads keep this share of the prompt
+    select: float | None = None  # head-aware's retrieval heads keep this share of what dense holds for them
     select_kernel: int = SELECT_KERNEL
+    # with select, sliding layers' retrieval heads select that share of their window too (None: yes,
+    # False: they keep it whole, the rule until Dec 6; set by the CLI whenever --select is, so a record
+    # made before this field existed is not resumed under the other rule)
+    select_sliding: bool | None = opt("with --select")
 
 
 def variants(methods, random_seeds: int) -> list[str]:
@@ -172,7 +177,14 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
         seed = int(variant.split(":")[1]) if name == "random" else None
         select = None
         if plan.select is not None:  # chosen by the prompt's last chunk: SnapKV's observation window
-            select = selection_for(plan.select, prompt_length, n_total, plan.snap_window, plan.select_kernel)
+            select = selection_for(
+                plan.select,
+                prompt_length,
+                n_total,
+                plan.snap_window,
+                plan.select_kernel,
+                plan.select_sliding is not False,
+            )
         cache = HeadAwareSinkCache.from_profile(
             profile,
             model=model,
