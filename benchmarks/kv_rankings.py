@@ -145,6 +145,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     window = args.window or DEFAULT_WINDOW
     first = (args.rankings or ["mix"])[0]
+    # what every head-aware plan shares: the random heads take the first ranking's plan
+    shared = dict(window=window, select=args.select, select_sliding=not args.select_global_only)
 
     def cache_for(method: str, s, **plan):  # kv-bench's cache for one sample
         return make_cache(method, lm.model, profile, Plan(**plan), len(s.ids), len(s.answer) - 1)[0]
@@ -154,15 +156,7 @@ def main() -> int:
         (
             r,
             b,
-            lambda s, r=r, b=b: cache_for(
-                "head_aware",
-                s,
-                budget=b,
-                window=window,
-                rank_by=r,
-                select=args.select,
-                select_sliding=not args.select_global_only,
-            ),
+            lambda s, r=r, b=b: cache_for("head_aware", s, budget=b, rank_by=r, **shared),
             head_aware_attention,
         )
         for r in args.rankings
@@ -173,20 +167,12 @@ def main() -> int:
         for k in args.snap_kernels
         for b in args.budgets
     ]
-    # the controls at the same bytes: random heads take the first ranking's plan (its window and select)
+    # the controls at the same bytes
     runs += [
         (
             m,
             b,
-            lambda s, m=m, b=b: cache_for(
-                m,
-                s,
-                budget=b,
-                window=window,
-                rank_by=first,
-                select=args.select,
-                select_sliding=not args.select_global_only,
-            ),
+            lambda s, m=m, b=b: cache_for(m, s, budget=b, rank_by=first, **shared),
             head_aware_attention,
         )
         for m in args.baselines

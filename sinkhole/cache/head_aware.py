@@ -378,7 +378,7 @@ class HeadAwareSinkCache(Cache):
         (`kv_select`, SnapKV's rule), one of a sliding layer share x the keys its window shows the
         last query, each plus the length - prompt_length tokens after, not everything, and costs
         that in the plan. select=Selection(...): that, spelled out (`sliding=False`: sliding
-        layers' retrieval heads keep their whole window, the rule until Dec 6).
+        layers' retrieval heads keep their whole window, the earlier rule).
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module

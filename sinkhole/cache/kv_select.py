@@ -9,9 +9,8 @@ width `kernel` (so a kept key brings its neighbours: a number's digits, a word's
 best are kept with the window itself. `sinkhole.kvbench.snapkv` applies it to every global layer
 (the baseline); the stores apply it to chosen heads only. On a sliding layer only the keys its
 window still shows the prompt's last query can be kept: the model would never read the others again.
-Keeping a share of each sliding window, rather than some windows whole and the rest cut to a short
-recent window, is what brought Gemma-3 to dense's retrieval at half its bytes from 1024 tokens
-(docs/cache.md, "Every head selects").
+What keeping a share of each sliding window did, against some windows whole and the rest cut to a
+short recent window: docs/cache.md, "Every head selects".
 
 `SELECT_KERNEL` pools wider than SnapKV's 5 because the question's queries point at a needle's
 first tokens, not all of them; what each width kept is measured in docs/cache.md ("Keys chosen
@@ -200,16 +199,19 @@ class Select:
         return q
 
     def _keep(self, pos: torch.Tensor) -> None:
-        """Keep positions `pos` (B, H, capacity) in a fresh buffer with room for max_new more, and
-        let the prompt's go."""
-        B, H, C = pos.shape
+        """Keep positions `pos` (B, H, capacity) of the prompt, and let the prompt's buffer go."""
         P = self.prompt_length
-        k, v = self.prompt.k[:, :, :P], self.prompt.v[:, :, :P]
+        self._hold(self.prompt.k[:, :, :P], self.prompt.v[:, :, :P], pos)
+
+    def _hold(self, keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> None:
+        """Entries `idx` (B, H, C) of keys / values (B, H, N, D) in fresh buffers with room for
+        max_new more; the prompt's store is emptied."""
+        B, H, C = idx.shape
         self.prompt.reset()
-        self.k = k.new_empty(B, H, C + self.max_new, k.shape[-1])
-        self.v = v.new_empty(B, H, C + self.max_new, v.shape[-1])
-        self.k[:, :, :C] = k.gather(2, pos[..., None].expand(-1, -1, -1, k.shape[-1]))
-        self.v[:, :, :C] = v.gather(2, pos[..., None].expand(-1, -1, -1, v.shape[-1]))
+        self.k = keys.new_empty(B, H, C + self.max_new, keys.shape[-1])
+        self.v = values.new_empty(B, H, C + self.max_new, values.shape[-1])
+        self.k[:, :, :C] = keys.gather(2, idx[..., None].expand(-1, -1, -1, keys.shape[-1]))
+        self.v[:, :, :C] = values.gather(2, idx[..., None].expand(-1, -1, -1, values.shape[-1]))
         self.held = C
 
     def _grow(self, m: int) -> None:
@@ -308,16 +310,11 @@ class SlidingSelect(Select):
         seen = min(self.prompt_length, self.sliding)
         candidates = positions.argsort()[-seen:]  # positions P - seen .. P - 1
         pick = candidates[select_keys(scores[..., candidates], self.capacity, self.window, self.kernel)]
-        B, H, C = pick.shape
-        self.prompt.reset()
-        slots = C + self.max_new
-        self.k = keys.new_empty(B, H, slots, keys.shape[-1])
-        self.v = values.new_empty(B, H, slots, values.shape[-1])
-        self.k[:, :, :C] = keys.gather(2, pick[..., None].expand(-1, -1, -1, keys.shape[-1]))
-        self.v[:, :, :C] = values.gather(2, pick[..., None].expand(-1, -1, -1, values.shape[-1]))
-        self.pos = positions.new_zeros(B, H, slots)
+        self._hold(keys, values, pick)
+        C = self.held
+        self.pos = positions.new_zeros(*pick.shape[:2], C + self.max_new)
         self.pos[:, :, :C] = positions[pick]
-        self.held, self.oldest = C, int(self.pos[:, :, :C].min())
+        self.oldest = int(self.pos[:, :, :C].min())
 
     def _append(self, k: torch.Tensor, v: torch.Tensor, memo, n: int):
         m = self.held + k.shape[2]

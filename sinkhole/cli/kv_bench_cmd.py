@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
         "--select-global-only",
         action="store_true",
         help="with --select: sliding-window layers' heads keep their whole window instead of the share "
-        "(the rule until Dec 6; docs/cache.md)",
+        "(the earlier rule; docs/cache.md)",
     )
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
     o = p.add_argument_group("output")

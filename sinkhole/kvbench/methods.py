@@ -63,7 +63,7 @@ class Plan(Result):
     select: float | None = None  # head-aware's retrieval heads keep this share of what dense holds for them
     select_kernel: int = SELECT_KERNEL
     # with select, sliding layers' retrieval heads select that share of their window too (None: yes,
-    # False: they keep it whole, the rule until Dec 6; set by the CLI whenever --select is, so a record
+    # False: they keep it whole, the earlier rule; set by the CLI whenever --select is, so a record
     # made before this field existed is not resumed under the other rule)
     select_sliding: bool | None = opt("with --select")
 
