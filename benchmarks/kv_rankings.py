@@ -179,7 +179,12 @@ def main() -> int:
         for b in args.budgets
     ]
 
-    try:
+    try:  # the options first: a typo is told before minutes of loading
+        for m in args.baselines:
+            if m not in ("sinks", "window") and not re.fullmatch(r"random:\d+", m):
+                raise SinkholeError(f"--baselines {m}: expected sinks, window or random:SEED")
+        if args.select_global_only and args.select is None:
+            raise SinkholeError("--select-global-only changes what --select keeps: give --select SHARE too")
         lm = load_model(args.model)
         profile = load_profile(lm.name, model=lm)
         enc = Encoder(lm.tokenizer)
@@ -191,9 +196,6 @@ def main() -> int:
         ]
         if not runs:
             raise SinkholeError("nothing to run: give --rankings, --snap-kernels or --baselines")
-        for m in args.baselines:
-            if m not in ("sinks", "window") and not re.fullmatch(r"random:\d+", m):
-                raise SinkholeError(f"--baselines {m}: expected sinks, window or random:SEED")
         for _, _, make, _ in runs:  # a plan that cannot fit says so now, not after dense's pass
             for s in {(len(s.ids), len(s.answer)): s for s in samples}.values():
                 make(s)

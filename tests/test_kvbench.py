@@ -393,6 +393,10 @@ def test_kv_bench_select(tmp_path, capsys):
     # sliding windows kept whole (the rule until Dec 6) is another setting: the same --json refuses it
     assert main([*argv, "--select-global-only", "--json", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+    bare = [a for a in argv if a not in ("--select", "0.3")]
+    assert main([*bare, "--select-global-only", "--json", str(tmp_path / "k3.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give --select SHARE too" in err and len(err.splitlines()) == 1
     assert main([*argv[:-1], "1.5", "--json", str(tmp_path / "k2.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--select must be" in err and len(err.splitlines()) == 1

@@ -119,6 +119,8 @@ def resolve(args):
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
+    if args.select_global_only and args.select is None:
+        raise SinkholeError("--select-global-only changes what --select keeps: give --select SHARE too")
     plan = Plan(
         budget=args.budget,
         window=args.window,
