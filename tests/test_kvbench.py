@@ -400,3 +400,34 @@ def test_kv_bench_select(tmp_path, capsys):
     assert main([*argv[:-1], "1.5", "--json", str(tmp_path / "k2.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--select must be" in err and len(err.splitlines()) == 1
+
+
+def test_kv_bench_seed_base(tmp_path, capsys):
+    """--seed-base draws other samples: their seeds start there, the text says so, the records of the
+    default base are another setting (refused on resume), and a negative base is one line and exit 2."""
+    import json
+
+    from sinkhole.cli.main import main
+
+    d = save_byte_model(tmp_path / "tinybyte")
+    argv = ["kv-bench", "--model", str(d), "--profile", str(d / "profile.json"), "--threads", "1"]
+    argv += ["--tasks", "passkey,ppl", "--lengths", "512", "--seeds", "2", "--window", "48", "--local-sinks", "8"]
+    argv += ["--chunk", "128", "--snap-window", "16", "--methods", "dense,window", "--all-cells"]
+    base, held = tmp_path / "kv.json", tmp_path / "held.json"
+    assert main([*argv, "--json", str(base)]) == 0
+    assert main([*argv, "--seed-base", "2000", "--json", str(held)]) == 0
+    out = capsys.readouterr().out
+    assert "seeds 2 from 2000" in out
+    a, b = json.loads(base.read_text()), json.loads(held.read_text())
+    assert "seed_base" not in a["settings"]["numbers"] and a["settings"]["seed_base"] == 1000
+    assert b["settings"]["numbers"]["seed_base"] == 2000 == b["settings"]["seed_base"]
+    for doc, first in ((a, 1000), (b, 2000)):
+        for c in doc["cells"]:
+            assert sorted(s["seed"] for s in c["samples"]) == [first, first + 1]
+    ppl = {doc["settings"]["seed_base"]: [c for c in doc["cells"] if c["task"] == "ppl"][0] for doc in (a, b)}
+    assert ppl[1000]["score"] != ppl[2000]["score"]  # other text, not the same samples relabelled
+    assert main([*argv, "--seed-base", "2000", "--json", str(base)]) == 2
+    assert "other settings (seed_base)" in capsys.readouterr().err
+    assert main([*argv, "--seed-base", "-1", "--json", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--seed-base" in err and len(err.splitlines()) == 1

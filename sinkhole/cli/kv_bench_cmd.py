@@ -15,6 +15,7 @@ EPILOG = """examples:
       --budget 0.5 --depths 5 --seeds 3 --json kv.json --output kv.html     # SmolLM2's context: 8192
   sinkhole kv-bench --model gemma3-270m --window 128 --lengths 2048,8192 --json kv-gemma.json
   sinkhole kv-bench --model gemma3-270m --window 128 --select 0.45 --lengths 1024,2048,4096,8192 --json kv-sel.json
+  sinkhole kv-bench --model gemma3-270m --window 128 --select 0.45 --seed-base 2000 --json kv-held-out.json
 
 methods (all but dense at --budget x dense KV bytes at each sample's length): dense, window (most
 recent keys), sinks (StreamingLLM: first tokens + window), head_aware (the profile's streaming scores
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
     from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY, DEFAULT_WINDOW, RANKINGS
     from sinkhole.kvbench import SNAP_KERNEL as DEFAULT_KERNEL
     from sinkhole.kvbench import SNAP_WINDOW
+    from sinkhole.long_tasks import SEED_BASE
 
     p = sub.add_parser(
         "kv-bench", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,6 +47,12 @@ def add_parser(sub) -> None:
     )
     g.add_argument("--depths", type=int, help=f"NIAH depths from 0%% to 100%%, default {DEFAULT['depths']}")
     g.add_argument("--seeds", type=int, help=f"samples per cell (NIAH: per depth), default {DEFAULT['seeds']}")
+    g.add_argument(
+        "--seed-base",
+        type=int,
+        default=SEED_BASE,
+        help="sample i's seed is this + i, default %(default)s: another base draws other samples (held-out checks)",
+    )
     g.add_argument("--quick", action="store_true", help=f"preset for options not given: {QUICK}")
     g.add_argument("--methods", default="dense,window,sinks,head_aware,random,snapkv", help="default: all")
     g.add_argument("--random-seeds", type=int, default=3, help="random-head controls, default 3")
@@ -116,6 +124,7 @@ def resolve(args):
     depths = integer(args.depths if args.depths is not None else preset["depths"], "--depths", lo=1, hi=101)
     seeds = integer(args.seeds if args.seeds is not None else preset["seeds"], "--seeds", lo=1, hi=1000)
     integer(args.random_seeds, "--random-seeds", lo=1, hi=100)
+    integer(args.seed_base, "--seed-base", lo=0, hi=1 << 31, example=2000)
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
@@ -133,7 +142,14 @@ def resolve(args):
         select_sliding=None if args.select is None else not args.select_global_only,
     )
     return BenchSettings(
-        tasks, lengths, tuple(variants(methods, args.random_seeds)), depths, seeds, plan, all_cells=args.all_cells
+        tasks,
+        lengths,
+        tuple(variants(methods, args.random_seeds)),
+        depths,
+        seeds,
+        plan,
+        all_cells=args.all_cells,
+        seed_base=args.seed_base,
     )
 
 

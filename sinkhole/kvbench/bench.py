@@ -37,7 +37,7 @@ from sinkhole.kvbench.methods import (
     prefill,
 )
 from sinkhole.kvbench.resume import CellStore
-from sinkhole.long_tasks import HAYSTACK, METRICS, Encoder, Sample, make_samples
+from sinkhole.long_tasks import HAYSTACK, METRICS, SEED_BASE, Encoder, Sample, make_samples
 from sinkhole.results.kvbench import Cell, CellSample, KVBenchResult, KVModel, KVSettings, dense_failed
 
 
@@ -49,6 +49,7 @@ class BenchSettings:
     depths: int = 5
     seeds: int = 3
     plan: Plan = field(default_factory=Plan)
+    seed_base: int = SEED_BASE  # the first sample's seed: another base draws other samples
     all_cells: bool = False  # run every method even where dense fails every sample (not in `numbers`:
     # it decides which cells run, not what a cell scores)
 
@@ -59,7 +60,7 @@ class BenchSettings:
         import json
 
         stream = json.dumps(getattr(profile, "streaming", None), sort_keys=True).encode()
-        return dict(
+        numbers = dict(
             weights_id=getattr(lm, "weights_id", None) or lm.name,
             profile=hashlib.sha256(stream).hexdigest()[:16],
             dtype=str(lm.dtype).replace("torch.", ""),
@@ -67,6 +68,9 @@ class BenchSettings:
             seeds=self.seeds,
             plan=self.plan.to_dict(),
         )
+        if self.seed_base != SEED_BASE:  # only then: records made before --seed-base existed still resume
+            numbers["seed_base"] = self.seed_base
+        return numbers
 
 
 def peak_rss_reset() -> bool:
@@ -186,7 +190,7 @@ def run_bench(lm, profile, settings: BenchSettings, out, progress=None, log=None
             due = [v for v in settings.methods if (task, length, v) not in have]
             if not due:
                 continue
-            samples = make_samples(enc, task, length, settings.depths, settings.seeds)
+            samples = make_samples(enc, task, length, settings.depths, settings.seeds, settings.seed_base)
             A = max(len(s.answer) for s in samples)
             if lm.max_context and length + A > lm.max_context:
                 raise SinkholeError(
@@ -266,6 +270,7 @@ def result_of(lm, settings: BenchSettings, cells: list[Cell], numbers: dict) -> 
             methods=list(settings.methods),
             depths=settings.depths,
             seeds=settings.seeds,
+            seed_base=settings.seed_base,
             haystack=HAYSTACK,
             numbers=numbers,
         ),

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sinkhole.errors import SinkholeError
+from sinkhole.long_tasks import SEED_BASE
 from sinkhole.results.base import Result
 
 SCHEMA = "sinkhole.kvbench/1"
@@ -82,8 +83,12 @@ class KVSettings(Result):
     seeds: int
     haystack: str
     numbers: dict = field(
-        metadata={"keys": "{weights_id, profile, dtype, depths, seeds, plan{budget, window, local_sinks, ...}}"}
+        metadata={
+            "keys": "{weights_id, profile, dtype, depths, seeds, plan{budget, window, local_sinks, ...}, "
+            "seed_base (when not 1000)}"
+        }
     )
+    seed_base: int = SEED_BASE  # sample i's seed is seed_base + i (records before --seed-base: 1000)
 
     @property
     def budget(self) -> float:
