@@ -225,3 +225,69 @@ def test_selection_refuses_what_it_cannot_do():
     with pytest.raises(SinkholeError, match="head_aware_attention"), torch.inference_mode():
         model(torch.randint(3, 99, (1, 40)), cache=cache, use_cache=True)
         model(torch.randint(3, 99, (1, 1)), cache=cache, use_cache=True)
+
+
+def test_whole_selecting_and_streaming_heads_in_one_layer():
+    """Three groups in one layer: head 0 whole, head 1 selecting, head 2 sinks + window. The tokens
+    after the prompt equal eager attention with each head masked to what it holds."""
+    from sinkhole.cache.kv_select import select_keys, window_scores
+    from sinkhole.probe.hooks import attention_implementation
+
+    model = tiny_llama(seed=7, num_hidden_layers=1, hidden_size=48, num_attention_heads=6, num_key_value_heads=3)
+    torch.manual_seed(3)
+    ids = torch.randint(3, 99, (1, 46))
+    P, window, capacity, S, W = 40, 4, 14, 2, 8
+    sel = Selection(capacity, P, window=window, kernel=3, max_new=6)
+    cache = HeadAwareSinkCache([[1]], S, W, model=model, select=sel, whole=[[0]])
+    got = feed(model, cache, ids, [(0, 36), (36, P), (P, 43), (43, 44), (44, 46)], head_aware_attention)[:, P:]
+    query, key = capture_qk(model, ids[:, :P])
+    scaling = model.model.layers[0].self_attn.scaling
+    kept = select_keys(window_scores(query[:, :, P - window :], key, scaling, window), capacity, window, 3)
+    T, G = ids.shape[1], 2
+    allowed = torch.ones(6, T, T, dtype=torch.bool).tril()
+    t_, p_ = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    row = torch.zeros(T, dtype=torch.bool)
+    row[kept[0, 1]], row[P:] = True, True
+    allowed[G : 2 * G, P:] &= row  # head 1: its selection and what follows
+    allowed[2 * G :, P:] &= ((p_ < S) | (p_ > t_ - W))[P:]  # head 2: sinks + the last W
+    mask = torch.zeros(1, 6, T, T).masked_fill(~allowed, float("-inf"))
+    with attention_implementation(model, "eager"), torch.inference_mode():
+        want = model(ids, attention_mask=mask, use_cache=False).logits[:, P:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(SinkholeError, match="cannot also be retrieval heads"):
+        HeadAwareSinkCache([[0, 1]], S, W, model=model, select=sel, whole=[[0]])
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma3"])
+def test_fill_whole_spends_what_the_selection_leaves(which):
+    """from_profile(select=..., fill_whole=True): every head selects at a small share, and the room
+    left keeps the ranking's first selecting heads whole; the plan's bytes and slots are the cache's
+    at the end, within the budget; the random control draws other heads."""
+    if which == "llama":
+        model = tiny_llama(num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4)
+    else:
+        model = tiny_gemma3(num_key_value_heads=2, max_position_embeddings=512, sliding_window=100)
+    H, L = model.config.num_key_value_heads, model.config.num_hidden_layers
+    profile = bare_profile(
+        {"n_sink": 2, "window": 8, "scores": [[(h + H * l) / (H * L) for h in range(H)] for l in range(L)]}
+    )
+    P, n = 200, 203
+    plan = dict(window=8, local_sinks=4, n_sink=2, budget=0.5, length=n, select=0.15, prompt_length=P)
+    sel = HeadAwareSinkCache.from_profile(profile, model=model, **plan).memory_plan
+    cache = HeadAwareSinkCache.from_profile(profile, model=model, fill_whole=True, **plan)
+    mp = cache.memory_plan
+    assert sel.whole is None and mp.whole and mp.retrieval_heads == sel.retrieval_heads == H * L
+    order = sorted((h + H * l, l, h) for l in range(L) for h in range(H))
+    first = {(l, h) for l, row in enumerate(mp.whole) for h in row}
+    assert sel.bytes_share < mp.bytes_share <= 0.5
+    if which == "llama":  # every layer costs the same: the whole heads are the ranking's first
+        assert first == {(l, h) for _, l, h in order[: len(first)]}
+    ids = torch.randint(3, 99, (1, n), generator=torch.Generator().manual_seed(0))
+    feed(model, cache, ids, [(0, 100), (100, 168), (168, P), (P, n)], head_aware_attention)
+    assert cache.kv_bytes() == mp.kv_bytes <= 0.5 * mp.dense_bytes
+    assert cache.used_slots() == mp.kv_slots
+    assert "of them whole" in mp.line()
+    rnd = HeadAwareSinkCache.from_profile(profile, model=model, fill_whole=True, random_heads=1, **plan).memory_plan
+    assert sum(map(len, rnd.whole)) >= 1 and rnd.kv_bytes <= 0.5 * rnd.dense_bytes
+    if which == "llama":
+        assert rnd.whole != mp.whole

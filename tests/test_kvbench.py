@@ -400,6 +400,17 @@ def test_kv_bench_select(tmp_path, capsys):
     assert main([*argv[:-1], "1.5", "--json", str(tmp_path / "k2.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--select must be" in err and len(err.splitlines()) == 1
+    # --select-fill: recorded (another setting), whole heads beside the selecting ones, within budget
+    assert main([*argv, "--select-fill", "--json", str(out)]) == 2
+    assert "other settings (plan)" in capsys.readouterr().err
+    fill = tmp_path / "fill.json"
+    assert main([*argv, "--select-fill", "--json", str(fill)]) == 0
+    doc = json.loads(fill.read_text())
+    assert doc["settings"]["numbers"]["plan"]["select_fill"] is True
+    (cell,) = [c for c in doc["cells"] if c["method"] == "head_aware"]
+    assert cell["detail"]["whole_heads"] == 0 and cell["kv_share"] <= 0.5  # no whole head fits this tiny model
+    assert main([*bare, "--select-fill", "--json", str(tmp_path / "k4.json")]) == 2
+    assert "--select-fill changes what --select keeps" in capsys.readouterr().err
 
 
 def test_kv_bench_seed_base(tmp_path, capsys):

@@ -62,6 +62,14 @@ import warnings
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from sinkhole.cache.head_attention import (  # noqa: F401 (the attention function's public names, here as before)
+    ATTN_NAME,
+    PLAN_KEY,
+    attention_and_colsum,
+    head_aware_attention,
+    head_aware_attention_forward,
+    take,
+)
 from sinkhole.cache.head_plan import (
     DEFAULT_LOCAL_SINKS,
     DEFAULT_RANK_BY,
@@ -71,32 +79,46 @@ from sinkhole.cache.head_plan import (
     select_retrieval_heads,
     slot_costs,
 )
-from sinkhole.cache.kv_select import Selection, selection_for, window_scores
+from sinkhole.cache.head_plan import fill_whole as fill_whole_heads
+from sinkhole.cache.kv_select import Selection, selection_for
 from sinkhole.cache.kv_stores import ForwardMemo, layer_stores
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
-
-ATTN_NAME = "sinkhole_head_aware"
-PLAN_KEY = "sinkhole_head_aware_plan"
 
 
 class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
     """One layer: `retrieval` KV heads in the store `full` (a Grow or a `kv_select.Select`, or a
     Ring of the layer's own window on sliding layers), the other KV heads in the store `stream` (a
-    Ring of sinks + window, or a LocalSinkRing); stores are in `sinkhole.cache.kv_stores`."""
+    Ring of sinks + window, or a LocalSinkRing); with `whole` (KV heads, and their store
+    `whole_store`: everything, while `full` selects) a third group. Stores are in
+    `sinkhole.cache.kv_stores`."""
 
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, n_kv_heads: int, retrieval: list[int], stream, full, is_sliding: bool = False, memo=None):
+    def __init__(
+        self,
+        n_kv_heads: int,
+        retrieval: list[int],
+        stream,
+        full,
+        is_sliding: bool = False,
+        memo=None,
+        whole: list[int] = (),
+        whole_store=None,
+    ):
         super().__init__()
         self.is_sliding = is_sliding
         self.n_kv_heads = n_kv_heads
-        self.retrieval = sorted(set(int(h) for h in retrieval))
-        if any(not 0 <= h < n_kv_heads for h in self.retrieval):
-            raise SinkholeError(f"retrieval heads {self.retrieval} out of range for {n_kv_heads} KV heads")
-        self.streaming = [h for h in range(n_kv_heads) if h not in self.retrieval]
+        self.retrieval, self.whole = sorted(set(int(h) for h in retrieval)), sorted(set(int(h) for h in whole))
+        if any(not 0 <= h < n_kv_heads for h in self.retrieval + self.whole):
+            raise SinkholeError(f"KV heads {self.retrieval + self.whole} out of range for {n_kv_heads} KV heads")
+        if set(self.whole) & set(self.retrieval) or (self.whole and whole_store is None):
+            raise SinkholeError("whole heads need their own store and cannot also be retrieval heads")
+        self.streaming = [h for h in range(n_kv_heads) if h not in self.retrieval + self.whole]
         self.stream, self.full = stream, full
+        # (heads, store) per group, the stores' order fixed; empty groups are skipped when run
+        self.groups = [(self.whole, whole_store), (self.retrieval, full), (self.streaming, stream)]
         self.cumulative_length = 0
         self.plan = None
         self._idx: dict = {}
@@ -129,7 +151,7 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
         n, q = self.cumulative_length, key_states.shape[-2]
         self.memo.start(n, q)
         groups = []
-        for heads, store in ((self.retrieval, self.full), (self.streaming, self.stream)):
+        for heads, store in self.groups:
             if not heads:
                 continue
             idx = self._index(heads, key_states.device)
@@ -155,134 +177,27 @@ class HeadAwareLayer(BatchOpsMixin, CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def _stores(self):
+        return [store for _, store in self.groups if store is not None]
+
     def kv_bytes(self) -> int:
-        return self.full.nbytes() + self.stream.nbytes()
+        return sum(store.nbytes() for store in self._stores())
 
     def used_slots(self) -> int:
         """Key slots in use (per batch row, summed over KV heads): the policy's memory, not the allocation."""
-        n = self.cumulative_length
-        return len(self.retrieval) * self.full.used_slots(n) + len(self.streaming) * self.stream.used_slots(n)
+        return sum(len(heads) * store.used_slots(self.cumulative_length) for heads, store in self.groups if heads)
 
     def reset(self) -> None:
-        self.stream.reset(), self.full.reset()
+        for store in self._stores():
+            store.reset()
         self.cumulative_length, self.plan, self.is_initialized = 0, None, False
 
     def _map_batch(self, fn) -> None:
-        self.stream.map_batch(fn), self.full.map_batch(fn)
+        for store in self._stores():
+            store.map_batch(fn)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise SinkholeError("HeadAwareSinkCache cannot be cropped: assisted decoding is not supported")
-
-
-def take(t: torch.Tensor, idx) -> torch.Tensor:
-    """Heads `idx` (None: all, a slice, or an index tensor) along dim 1."""
-    if idx is None:
-        return t
-    return t[:, idx] if isinstance(idx, slice) else t.index_select(1, idx)
-
-
-def head_aware_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """AttentionInterface function: one attention call per head group of the layer's plan.
-
-    query (B, Hq, q, D); returns (output (B, q, Hq, Dv), None). Without a plan (another cache, or
-    none) it is transformers' SDPA. The G query heads of a KV head are packed as extra rows (G x q
-    rows ordered (g, t)), so keys are never repeated; each group's output goes straight into the
-    returned layout.
-    """
-    plan = kwargs.pop(PLAN_KEY, None)
-    if plan is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    if kwargs.get("softcap") is not None:
-        raise SinkholeError("HeadAwareSinkCache does not support attention logit softcapping")
-    plan["used"] = True
-    B, Hq, q, D = query.shape
-    groups = plan["groups"]
-    n_kv = sum(g[1].shape[1] for g in groups)
-    G = Hq // n_kv
-    Dv = groups[0][2].shape[-1]  # all groups: the layer's value head size
-    qg = query.reshape(B, n_kv, G, q, D)
-    out = None
-    memo = plan["memo"]
-    for idx, keys, values, mask, observe in groups:
-        h = keys.shape[1]
-        window = getattr(observe, "window", None)  # a `kv_select.Select` choosing its keys now
-        if observe is None or window:
-            qh = take(qg, idx).reshape(B, h, G * q, D)
-            m = None if mask is None else memo.derived(mask, ("packed", G, qh.dtype), packed_mask(G, qh.dtype))
-            o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=m, scale=scaling)
-            if window:  # the last `window` queries' attention, before the store drops keys
-                observe(window_scores(qh.reshape(B, h * G, q, D), keys, scaling or D**-0.5, window, mask))
-        else:  # the store chooses what to keep by the attention its keys receive: explicit probabilities
-            hidden = None if mask is None else memo.derived(mask, "hidden", torch.logical_not)
-            o, colsum = attention_and_colsum(take(qg, idx), keys, values, hidden, scaling)
-            observe(colsum)
-        o = o.reshape(B, h, G, q, Dv).permute(0, 3, 1, 2, 4)  # (B, q, h, G, Dv)
-        if idx is None:  # one group: every head
-            return o.reshape(B, q, Hq, Dv), None
-        if out is None:
-            out = o.new_empty(B, q, n_kv, G, Dv)
-        if isinstance(idx, slice):
-            out[:, :, idx] = o
-        else:
-            out.index_copy_(2, idx, o)
-    return out.view(B, q, Hq, Dv), None
-
-
-def packed_mask(G: int, dtype):
-    """For SDPA on packed rows: a chunk's boolean mask repeated G times along the rows and made
-    additive in `dtype` (what SDPA does to a boolean mask, with the same numbers)."""
-
-    def build(mask: torch.Tensor) -> torch.Tensor:
-        rows = mask.repeat(G, 1) if mask.dim() == 2 else mask.repeat(1, 1, G, 1)
-        return torch.zeros(rows.shape, dtype=dtype, device=rows.device).masked_fill_(~rows, float("-inf"))
-
-    return build
-
-
-def attention_and_colsum(q, k, v, hidden, scaling):
-    """Softmax attention with the probabilities' column sums: q (B, h, G, T, D) (the G query heads of
-    each KV head; any strides), k (B, h, N, D), v (B, h, N, Dv), hidden None or bool (T, N) or
-    (B, h, T, N), True = masked, the same for the G heads. Returns output (B, h, G x T, Dv) in v's
-    dtype, rows ordered (g, t), and colsum (B, h, N) float32 (summed over the G x T rows).
-
-    A decode step or a chunk over a bounded ring. On a CPU the softmax and the column sums are one
-    pass of `sinkhole.probe.cpu_kernel` (no intra-op threads: on a shared CPU every parallel torch
-    op waits for a descheduled thread, and the ops, not the arithmetic, set the time); torch ops
-    otherwise, with the same numbers to float rounding."""
-    from sinkhole.probe.cpu_kernel import kernel, softmax_colsum
-    from sinkhole.probe.exact_attention import grads_flow
-
-    B, h, G, T, D = q.shape
-    N = k.shape[2]
-    grads = grads_flow(q, k, v)
-    # the scale goes on the (small) queries, in the one copy that packs their rows, not on the scores
-    if grads:
-        qs = q.float() * scaling
-    else:
-        qs = torch.mul(q.float(), scaling, out=torch.empty(B, h, G, T, D, dtype=torch.float32, device=q.device))
-    s = torch.matmul(qs.reshape(B, h, G * T, D), k.float().transpose(-1, -2))
-    if hidden is not None:
-        s.view(B, h, G, T, N).masked_fill_(hidden.unsqueeze(-3), float("-inf"))
-    fused = kernel() if s.device.type == "cpu" and not grads else None
-    if fused is not None:
-        colsum = torch.zeros(B, h, G, N, dtype=torch.float32, device=s.device)
-        softmax_colsum(s.view(B, h, G, T, N), colsum, None, fn=fused)
-        p, colsum = s, colsum.sum(2)
-    else:
-        p = torch.softmax(s, dim=-1)
-        colsum = p.sum(-2)
-    return torch.matmul(p.to(v.dtype), v), colsum
-
-
-def head_aware_attention(model: torch.nn.Module):
-    """Run `model` with the head-aware attention function for the duration of the block."""
-    from sinkhole.probe.hooks import registered_attention
-
-    return registered_attention(model, ATTN_NAME, head_aware_attention_forward)
 
 
 def kv_head_count(model: torch.nn.Module) -> int:
@@ -310,8 +225,8 @@ class HeadAwareSinkCache(Cache):
     it window-only. length: the tokens the retrieval buffers are sized for (`kv_stores.Grow`; None:
     they double without limit). select: retrieval heads keep the keys a `kv_select.Selection`
     chooses at the prompt's end instead of everything (on sliding layers unless its `sliding` is
-    False). `memory_plan`: the
-    `MemoryPlan` of a cache made by `from_profile`.
+    False); whole: per layer, KV heads (not in `retrieval`) that keep everything beside them.
+    `memory_plan`: the `MemoryPlan` of a cache made by `from_profile`.
     """
 
     def __init__(
@@ -324,6 +239,7 @@ class HeadAwareSinkCache(Cache):
         local_sinks: int = 0,
         length: int | None = None,
         select: Selection | None = None,
+        whole: list[list[int]] | None = None,
     ):
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, torch_module
@@ -337,13 +253,15 @@ class HeadAwareSinkCache(Cache):
         kinds, windows = layer_kinds(model)
         self.n_kv_heads = kv_head_count(model)
         self.retrieval = retrieval_lists(retrieval, len(kinds), self.n_kv_heads)
+        self.whole = retrieval_lists(whole or [[]] * len(kinds), len(kinds), self.n_kv_heads)
         self.n_sink, self.window, self.local_sinks = n_sink, window, local_sinks
         self.kinds, self.sliding, self.length, self.select = kinds, windows, length, select
         self.memory_plan: MemoryPlan | None = None
         layers, memo = [], ForwardMemo()
-        for kind, sw, r in zip(kinds, windows, self.retrieval):
+        for kind, sw, r, w in zip(kinds, windows, self.retrieval, self.whole):
             stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length, select)
-            layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, is_sliding=kind != "global", memo=memo))
+            everything = layer_stores(kind, sw, n_sink, window, local_sinks, length)[1] if w else None
+            layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, kind != "global", memo, w, everything))
         super().__init__(layers=layers)
 
     @classmethod
@@ -361,6 +279,7 @@ class HeadAwareSinkCache(Cache):
         rank_by: str = DEFAULT_RANK_BY,
         select: float | Selection | None = None,
         prompt_length: int | None = None,
+        fill_whole: bool = False,
     ) -> HeadAwareSinkCache:
         """Retrieval heads chosen from a profile's streaming scores to fit `budget` x dense KV bytes.
 
@@ -378,7 +297,9 @@ class HeadAwareSinkCache(Cache):
         (`kv_select`, SnapKV's rule), one of a sliding layer share x the keys its window shows the
         last query, each plus the length - prompt_length tokens after, not everything, and costs
         that in the plan. select=Selection(...): that, spelled out (`sliding=False`: sliding
-        layers' retrieval heads keep their whole window, the earlier rule).
+        layers' retrieval heads keep their whole window, the earlier rule). fill_whole (with
+        select): what the selections leave of the budget keeps selecting heads whole, in the same
+        order (`head_plan.fill_whole`; the plan's `whole`).
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
@@ -429,18 +350,35 @@ class HeadAwareSinkCache(Cache):
         full_slots = [s.used_slots(length) for _, s in stores]  # a selecting head holds fewer than dense
         dense_bytes = H * sum(dense_slots) * slot_bytes
         picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
-        cache = cls(picked, n_sink, window, model=model, local_sinks=local_sinks, length=length, select=selection)
+        # a head kept whole beside selecting ones: everything (its layer's own window on sliding layers)
+        whole_bytes = [layer_stores(k, sw, n_sink, window, local_sinks, length)[1] for k, sw in zip(kinds, windows)]
+        whole_bytes = [s.planned_nbytes(length, slot_bytes) for s in whole_bytes]
+        whole: list[list[int]] = [[] for _ in kinds]
+
+        def total(stream_cost, select_cost, whole_cost):
+            return sum(
+                len(r) * f + len(w) * e + (H - len(r) - len(w)) * s
+                for r, w, s, f, e in zip(picked, whole, stream_cost, select_cost, whole_cost)
+            )
+
+        if fill_whole and selection is not None:
+            room = budget * dense_bytes - total(*head_bytes, whole_bytes)
+            whole = fill_whole_heads(scores, picked, (head_bytes[1], whole_bytes), room, random_heads)
+            picked = [[h for h in r if h not in w] for r, w in zip(picked, whole)]
+        cache = cls(
+            picked, n_sink, window, model=model, local_sinks=local_sinks, length=length, select=selection, whole=whole
+        )
         cache.memory_plan = MemoryPlan(
             length=length,
             length_from=length_from,
             budget=budget,
-            kv_bytes=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, *head_bytes)),
+            kv_bytes=total(*head_bytes, whole_bytes),
             dense_bytes=dense_bytes,
-            kv_slots=sum(len(r) * f + (H - len(r)) * s for r, s, f in zip(picked, stream_slots, full_slots)),
+            kv_slots=total(stream_slots, full_slots, dense_slots),
             dense_slots=H * sum(dense_slots),
             slot_bytes=slot_bytes,
             dtype=str(dtype).replace("torch.", ""),
-            retrieval_heads=sum(map(len, picked)),
+            retrieval_heads=sum(map(len, picked)) + sum(map(len, whole)),
             kv_heads=H * len(kinds),
             retrieval=picked,
             n_sink=n_sink,
@@ -449,6 +387,7 @@ class HeadAwareSinkCache(Cache):
             rank_by=rank_by,
             random_heads=random_heads,
             select=None if selection is None else selection.to_dict(),
+            whole=whole if any(whole) else None,
         )
         return cache
 

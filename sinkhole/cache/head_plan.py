@@ -136,6 +136,32 @@ def select_retrieval_heads(
     return [sorted(p) for p in picked]
 
 
+def fill_whole(
+    scores: list[list[float]],
+    picked: list[list[int]],
+    costs: tuple[list[int], list[int]],
+    room: float,
+    random_heads: int | None = None,
+) -> list[list[int]]:
+    """Per layer, the selecting heads (`picked`) to keep whole with what the selection leaves.
+
+    costs: per layer one selecting and one whole KV head's memory, in the unit of `room` (what the
+    budget has left). Heads go whole in order of increasing score while the extra fits, so the heads
+    the ranking puts first, a copy head's long reach among them, read everything again;
+    random_heads=seed: in an order drawn at random (the control)."""
+    sel, whole = costs
+    heads = sorted((scores[l][h], l, h) for l, row in enumerate(picked) for h in row)
+    if random_heads is not None:
+        random.Random(random_heads).shuffle(heads)
+    out: list[list[int]] = [[] for _ in picked]
+    for _, l, h in heads:
+        extra = whole[l] - sel[l]
+        if extra > 0 and extra <= room + 1e-9:
+            out[l].append(h)
+            room -= extra
+    return [sorted(o) for o in out]
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """What `HeadAwareSinkCache.from_profile` will hold, per batch row, after `length` tokens.
@@ -173,6 +199,8 @@ class MemoryPlan:
     random_heads: int | None = None
     select: dict | None = None  # `kv_select.Selection.to_dict()`: retrieval heads of global layers select
     # (with its `sliding`, those of sliding layers too)
+    whole: list[list[int]] | None = None  # with select and fill_whole: per layer, the retrieval heads
+    # that keep everything with what the selection leaves of the budget
 
     @property
     def bytes_share(self) -> float:
@@ -193,6 +221,8 @@ class MemoryPlan:
             whole = f"whole or {self.select['capacity']} keys chosen at the prompt's end"
             if self.select.get("sliding"):
                 whole += f" (on sliding layers {self.select['share']:.0%} of their window)"
+            if self.whole:
+                whole += f", {sum(map(len, self.whole))} of them whole"
         return (
             f"head-aware plan at {self.length} tokens ({self.length_from}): {self.retrieval_heads}/{self.kv_heads} "
             f"KV heads {whole} ({heads}), the rest {self.n_sink} sinks + {self.local_sinks} local + {self.window}; "

@@ -91,6 +91,12 @@ def add_parser(sub) -> None:
         help="with --select: sliding-window layers' heads keep their whole window instead of the share "
         "(the earlier rule; docs/cache.md)",
     )
+    c.add_argument(
+        "--select-fill",
+        action="store_true",
+        help="with --select: what the selections leave of the budget keeps heads whole, the plan's first "
+        "first (copy and needle heads: what reads a span back or free text; docs/cache.md)",
+    )
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
     o = p.add_argument_group("output")
     o.add_argument("--json", help="results (schema sinkhole.kvbench/1); finished cells are kept beside it")
@@ -128,8 +134,10 @@ def resolve(args):
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
-    if args.select_global_only and args.select is None:
-        raise SinkholeError("--select-global-only changes what --select keeps: give --select SHARE too")
+    for flag in ("select_global_only", "select_fill"):
+        if getattr(args, flag) and args.select is None:
+            name = "--" + flag.replace("_", "-")
+            raise SinkholeError(f"{name} changes what --select keeps: give --select SHARE too")
     plan = Plan(
         budget=args.budget,
         window=args.window,
@@ -140,6 +148,7 @@ def resolve(args):
         chunk=args.chunk,
         select=args.select,
         select_sliding=None if args.select is None else not args.select_global_only,
+        select_fill=args.select_fill or None,
     )
     return BenchSettings(
         tasks,

@@ -66,6 +66,8 @@ class Plan(Result):
     # False: they keep it whole, the earlier rule; set by the CLI whenever --select is, so a record
     # made before this field existed is not resumed under the other rule)
     select_sliding: bool | None = opt("with --select")
+    # with select, what the selections leave of the budget keeps the heads put first whole (None: not)
+    select_fill: bool | None = opt("with --select-fill")
 
 
 def variants(methods, random_seeds: int) -> list[str]:
@@ -196,6 +198,7 @@ def make_cache(variant: str, model, profile, plan: Plan, prompt_length: int, new
             rank_by=plan.rank_by,
             random_heads=seed,
             select=select,
+            fill_whole=bool(plan.select_fill),
         )
         return cache, head_aware_attention
     raise SinkholeError(f"unknown kv-bench method {variant!r} (known: {', '.join(METHODS)})")
@@ -209,7 +212,9 @@ def cache_detail(cache) -> dict:
     if isinstance(cache, HeadAwareSinkCache):
         s = cache.summary()
         keys = ("n_sink", "window", "local_sinks", "retrieval_heads", "kv_heads")
-        return {k: s[k] for k in keys} | ({"select": cache.select.to_dict()} if cache.select else {})
+        if not cache.select:
+            return {k: s[k] for k in keys}
+        return {k: s[k] for k in keys} | {"select": cache.select.to_dict(), "whole_heads": sum(map(len, cache.whole))}
     if isinstance(cache, SnapKVCache):
         return dict(capacity=cache.capacity, window=cache.window, kernel=cache.kernel)
     return {}
