@@ -123,6 +123,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=None, help="streaming heads' window (default: the cache's)")
     ap.add_argument("--select", type=float, default=None, help="retrieval heads keep this share (kv-bench's --select)")
     ap.add_argument("--select-global-only", action="store_true", help="sliding layers' heads keep their window")
+    ap.add_argument("--select-fill", action="store_true", help="what the selections leave keeps heads whole")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every sample's outcome here")
     args = ap.parse_args()
@@ -146,7 +147,12 @@ def main() -> int:
     window = args.window or DEFAULT_WINDOW
     first = (args.rankings or ["mix"])[0]
     # what every head-aware plan shares: the random heads take the first ranking's plan
-    shared = dict(window=window, select=args.select, select_sliding=not args.select_global_only)
+    shared = dict(
+        window=window,
+        select=args.select,
+        select_sliding=not args.select_global_only,
+        select_fill=args.select_fill or None,
+    )
 
     def cache_for(method: str, s, **plan):  # kv-bench's cache for one sample
         return make_cache(method, lm.model, profile, Plan(**plan), len(s.ids), len(s.answer) - 1)[0]
@@ -183,8 +189,10 @@ def main() -> int:
         for m in args.baselines:
             if m not in ("sinks", "window") and not re.fullmatch(r"random:\d+", m):
                 raise SinkholeError(f"--baselines {m}: expected sinks, window or random:SEED")
-        if args.select_global_only and args.select is None:
-            raise SinkholeError("--select-global-only changes what --select keeps: give --select SHARE too")
+        for flag in ("select_global_only", "select_fill"):
+            if getattr(args, flag) and args.select is None:
+                name = "--" + flag.replace("_", "-")
+                raise SinkholeError(f"{name} changes what --select keeps: give --select SHARE too")
         lm = load_model(args.model)
         profile = load_profile(lm.name, model=lm)
         enc = Encoder(lm.tokenizer)

@@ -34,13 +34,16 @@ Design decisions:
   share of their window on sliding ones (`kv_select.SlidingSelect`), for models whose heads a
   budget cannot hold whole (docs/cache.md, "Keys chosen by the question"). The choice needs the
   prompt's end, so such a cache is told the prompt's length, and holds what dense holds in those
-  heads until then.
+  heads until then. With `fill_whole`, what the selections leave of the budget keeps the plan's
+  first heads whole (a third group per layer): a selection serves the question at the prompt's
+  end, and a whole head still reads a span back or the text's far context after it.
 - Sliding-window layers (Gemma-3's local layers) never saw their first tokens leave the window in
   training, so their streaming heads keep no first-token sinks, only local sinks and a window, and
   their retrieval heads keep the layer's own window (or, with `select`, a share of it).
 - Heads of different lengths cannot share one attention call, so the cache pairs with an attention
-  function registered with transformers' `AttentionInterface` ("sinkhole_head_aware", installed
-  by the `head_aware_attention(model)` context manager, removed in `finally`). The cache layer
+  function (`sinkhole.cache.head_attention`) registered with transformers' `AttentionInterface`
+  ("sinkhole_head_aware", installed by the `head_aware_attention(model)` context manager, removed
+  in `finally`). The cache layer
   hands its per-group tensors to it through the `kwargs` dict that transformers passes from
   `Cache.update` to the attention interface (no globals, no patched model code). Forgetting the
   context manager raises a SinkholeError at the next layer instead of computing garbage.
@@ -386,7 +389,10 @@ class HeadAwareSinkCache(Cache):
             local_sinks=local_sinks,
             rank_by=rank_by,
             random_heads=random_heads,
-            select=None if selection is None else selection.to_dict(),
+            # `sliding` as it applies here: a model without sliding layers has none to select in
+            select=None
+            if selection is None
+            else {**selection.to_dict(), "sliding": selection.sliding and "sliding" in kinds},
             whole=whole if any(whole) else None,
         )
         return cache
