@@ -94,7 +94,7 @@ def add_parser(sub) -> None:
     c.add_argument(
         "--select-fill",
         action="store_true",
-        help="with --select: what the selections leave of the budget keeps heads whole, the plan's first "
+        help="with --select: what the selections leave of the budget keeps heads whole, the plan's "
         "first (copy and needle heads: what reads a span back or free text; docs/cache.md)",
     )
     c.add_argument("--chunk", type=int, default=256, help="prompt tokens per forward, default %(default)s")
@@ -130,7 +130,7 @@ def resolve(args):
     depths = integer(args.depths if args.depths is not None else preset["depths"], "--depths", lo=1, hi=101)
     seeds = integer(args.seeds if args.seeds is not None else preset["seeds"], "--seeds", lo=1, hi=1000)
     integer(args.random_seeds, "--random-seeds", lo=1, hi=100)
-    integer(args.seed_base, "--seed-base", lo=0, hi=1 << 31, example=2000)
+    integer(args.seed_base, "--seed-base", lo=0, example=2000)
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
