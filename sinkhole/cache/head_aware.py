@@ -411,7 +411,8 @@ class HeadAwareSinkCache(Cache):
             window=self.window,
             local_sinks=self.local_sinks,
             retrieval=self.retrieval,
-            retrieval_heads=sum(len(r) for r in self.retrieval),
+            retrieval_heads=sum(len(r) for r in self.retrieval),  # with select: the selecting ones
+            whole=self.whole,
             kv_heads=self.n_kv_heads * len(self.layers),
             plan=None if self.memory_plan is None else self.memory_plan.to_dict(),
         )

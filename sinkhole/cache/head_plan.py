@@ -175,7 +175,9 @@ class MemoryPlan:
                     min(length, own window) per sliding one, `slot_bytes` each
     kv_slots        key slots the policy holds at `length` (`cache.used_slots()`); `dense_slots` dense's
     slot_bytes      one key + one value of one KV head: (head dim k + head dim v) x the dtype's size
-    retrieval       per layer, the KV heads kept whole
+    retrieval       per layer, the KV heads kept whole (with select: the selecting ones)
+    whole           with select and fill_whole: per layer, the heads kept whole beside them;
+                    retrieval_heads counts both kinds
     The budget holds at `length` tokens and beyond (past it the retrieval buffers grow to exactly what
     they hold); a shorter stream holds more than budget x its own dense bytes (the rings are
     allocated whole), so plan for the stream's length."""

@@ -15,7 +15,9 @@ sample's score is then its mean nll). kv_bytes: what the cache held at the end, 
 (`kv_bytes()` / rows); dense_bytes: dense attention's KV bytes at the same tokens, per sequence;
 peak_rss: the process's peak resident memory during the cell (model weights included), bytes;
 seconds: wall time of the cell's forwards (all rows). detail: the cache's shape (head-aware: n_sink,
-window, local_sinks, retrieval_heads, kv_heads; SnapKV: capacity, window, kernel; dense: empty).
+window, local_sinks, retrieval_heads, kv_heads, and with --select the selection and whole_heads, the
+heads kept whole beside the retrieval_heads that select; SnapKV: capacity, window, kernel; dense:
+empty).
 `settings.numbers` is what decides the numbers: a resumed run must match it whole
 (sinkhole.kvbench.resume). The summary is derived from the cells whenever the result is written.
 """
