@@ -270,9 +270,9 @@ def result_of(lm, settings: BenchSettings, cells: list[Cell], numbers: dict) -> 
             methods=list(settings.methods),
             depths=settings.depths,
             seeds=settings.seeds,
-            seed_base=settings.seed_base,
             haystack=HAYSTACK,
             numbers=numbers,
+            seed_base=None if settings.seed_base == SEED_BASE else settings.seed_base,
         ),
         cells=cells,
     )

@@ -3,7 +3,8 @@
 JSON schema "sinkhole.kvbench/1" (`KVBenchResult.to_dict()`; `schema_text(KVBenchResult)` lists it):
     model{name, weights_id, dtype, device}, settings{tasks, lengths, methods, depths, seeds, haystack,
     numbers{weights_id, profile, dtype, depths, seeds, plan{budget, window, local_sinks, rank_by, n_sink,
-    snap_window, snap_kernel, chunk}}}, cells[{task, length, method, label, metric, score,
+    snap_window, snap_kernel, chunk, select, ...}, seed_base?}, seed_base?}, cells[{task, length, method,
+    label, metric, score,
     samples[{depth, seed, where, score}], rows, kv_bytes, dense_bytes, kv_share, peak_rss, seconds,
     detail}], schema, summary{methods{method: {tasks, retrieval_ratio, worst_cell_ratio, ppl_ratio,
     kv_share, seconds}, random: {seeds, retrieval_ratio_range, retrieval_ratio, ...}}, targets,
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from sinkhole.errors import SinkholeError
 from sinkhole.long_tasks import SEED_BASE
-from sinkhole.results.base import Result
+from sinkhole.results.base import Result, opt
 
 SCHEMA = "sinkhole.kvbench/1"
 RETRIEVAL = ("passkey", "niah", "multikey")  # the tasks the accuracy target averages over
@@ -90,7 +91,11 @@ class KVSettings(Result):
             "seed_base (when not 1000)}"
         }
     )
-    seed_base: int = SEED_BASE  # sample i's seed is seed_base + i (records before --seed-base: 1000)
+    seed_base: int | None = opt("with --seed-base other than 1000: sample i's seed is seed_base + i")
+
+    @property
+    def first_seed(self) -> int:
+        return SEED_BASE if self.seed_base is None else self.seed_base
 
     @property
     def budget(self) -> float:
