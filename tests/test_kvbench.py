@@ -430,12 +430,12 @@ def test_kv_bench_seed_base(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "seeds 2 from 2000" in out
     a, b = json.loads(base.read_text()), json.loads(held.read_text())
-    assert "seed_base" not in a["settings"]["numbers"] and "seed_base" not in a["settings"]
+    assert "seed_base" not in a["settings"]["numbers"] and a["settings"]["seed_base"] == 1000
     assert b["settings"]["numbers"]["seed_base"] == 2000 == b["settings"]["seed_base"]
     for doc, first in ((a, 1000), (b, 2000)):
         for c in doc["cells"]:
             assert sorted(s["seed"] for s in c["samples"]) == [first, first + 1]
-    ppl = {d["settings"].get("seed_base", 1000): [c for c in d["cells"] if c["task"] == "ppl"][0] for d in (a, b)}
+    ppl = {d["settings"]["seed_base"]: [c for c in d["cells"] if c["task"] == "ppl"][0] for d in (a, b)}
     assert ppl[1000]["score"] != ppl[2000]["score"]  # other text, not the same samples relabelled
     assert main([*argv, "--seed-base", "2000", "--json", str(base)]) == 2
     assert "other settings (seed_base)" in capsys.readouterr().err

@@ -272,7 +272,7 @@ def result_of(lm, settings: BenchSettings, cells: list[Cell], numbers: dict) -> 
             seeds=settings.seeds,
             haystack=HAYSTACK,
             numbers=numbers,
-            seed_base=None if settings.seed_base == SEED_BASE else settings.seed_base,
+            seed_base=settings.seed_base,
         ),
         cells=cells,
     )

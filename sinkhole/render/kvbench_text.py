@@ -45,7 +45,7 @@ def render_kvbench(result: KVBenchResult) -> str:
     methods = list(dict.fromkeys(list(s.methods) + [c.method for c in cells]))
     out = [
         f"kv-bench  {result.model.name}  budget {s.budget:.0%} of dense KV bytes  "
-        f"depths {s.depths}  seeds {s.seeds} from {s.first_seed}  ({s.dtype})",
+        f"depths {s.depths}  seeds {s.seeds}{'' if s.seed_base is None else f' from {s.seed_base}'}  ({s.dtype})",
         f"haystack  {s.haystack}",
     ]
     for length in sorted({c.length for c in cells}):

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sinkhole.errors import SinkholeError
-from sinkhole.long_tasks import SEED_BASE
 from sinkhole.results.base import Result, opt
 
 SCHEMA = "sinkhole.kvbench/1"
@@ -91,11 +90,7 @@ class KVSettings(Result):
             "seed_base (when not 1000)}"
         }
     )
-    seed_base: int | None = opt("with --seed-base other than 1000: sample i's seed is seed_base + i")
-
-    @property
-    def first_seed(self) -> int:
-        return SEED_BASE if self.seed_base is None else self.seed_base
+    seed_base: int | None = opt("sample i's seed is seed_base + i; absent from records before --seed-base (1000)")
 
     @property
     def budget(self) -> float:
