@@ -136,7 +136,7 @@ def main() -> int:
     from sinkhole.cache.head_plan import DEFAULT_WINDOW
     from sinkhole.errors import SinkholeError
     from sinkhole.io import write_atomic
-    from sinkhole.kvbench.methods import Plan, dense_bytes, make_cache
+    from sinkhole.kvbench.methods import Plan, check_select_options, dense_bytes, make_cache
     from sinkhole.kvbench.snapkv import snapkv_attention
     from sinkhole.long_tasks import SEED_BASE, Encoder, make_samples
     from sinkhole.probe.loading import load_model
@@ -189,10 +189,7 @@ def main() -> int:
         for m in args.baselines:
             if m not in ("sinks", "window") and not re.fullmatch(r"random:\d+", m):
                 raise SinkholeError(f"--baselines {m}: expected sinks, window or random:SEED")
-        for flag in ("select_global_only", "select_fill"):
-            if getattr(args, flag) and args.select is None:
-                name = "--" + flag.replace("_", "-")
-                raise SinkholeError(f"{name} changes what --select keeps: give --select SHARE too")
+        check_select_options(args.select, select_global_only=args.select_global_only, select_fill=args.select_fill)
         lm = load_model(args.model)
         profile = load_profile(lm.name, model=lm)
         enc = Encoder(lm.tokenizer)

@@ -84,7 +84,7 @@ from sinkhole.cache.head_plan import (
 )
 from sinkhole.cache.head_plan import fill_whole as fill_whole_heads
 from sinkhole.cache.kv_select import Selection, selection_for
-from sinkhole.cache.kv_stores import ForwardMemo, layer_stores
+from sinkhole.cache.kv_stores import ForwardMemo, layer_stores, whole_store
 from sinkhole.cache.sink_cache import BatchOpsMixin
 from sinkhole.errors import SinkholeError
 
@@ -263,7 +263,7 @@ class HeadAwareSinkCache(Cache):
         layers, memo = [], ForwardMemo()
         for kind, sw, r, w in zip(kinds, windows, self.retrieval, self.whole):
             stream, full = layer_stores(kind, sw, n_sink, window, local_sinks, length, select)
-            everything = layer_stores(kind, sw, n_sink, window, local_sinks, length)[1] if w else None
+            everything = whole_store(kind, sw, length) if w else None
             layers.append(HeadAwareLayer(self.n_kv_heads, r, stream, full, kind != "global", memo, w, everything))
         super().__init__(layers=layers)
 
@@ -354,8 +354,7 @@ class HeadAwareSinkCache(Cache):
         dense_bytes = H * sum(dense_slots) * slot_bytes
         picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
         # a head kept whole beside selecting ones: everything (its layer's own window on sliding layers)
-        whole_bytes = [layer_stores(k, sw, n_sink, window, local_sinks, length)[1] for k, sw in zip(kinds, windows)]
-        whole_bytes = [s.planned_nbytes(length, slot_bytes) for s in whole_bytes]
+        whole_bytes = [whole_store(k, sw, length).planned_nbytes(length, slot_bytes) for k, sw in zip(kinds, windows)]
         whole: list[list[int]] = [[] for _ in kinds]
 
         def total(stream_cost, select_cost, whole_cost):

@@ -153,7 +153,7 @@ class Select:
         self.held = None  # slots in use once the selection is made (None before)
 
     def nbytes(self) -> int:
-        return self.prompt.nbytes() + (0 if self.k is None else self.k.nbytes + self.v.nbytes)
+        return self.prompt.nbytes() + (0 if self.k is None else sum(getattr(self, b).nbytes for b in self.BUFFERS))
 
     def allocated_slots(self, n: int) -> int:
         """Per head after n tokens: the prompt's positions until it ends, then capacity + max_new
@@ -174,7 +174,8 @@ class Select:
     def map_batch(self, fn) -> None:
         self.prompt.map_batch(fn)
         if self.k is not None:
-            self.k, self.v = fn(self.k), fn(self.v)
+            for b in self.BUFFERS:
+                setattr(self, b, fn(getattr(self, b)))
 
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo=None):
         if self.held is not None:
@@ -270,9 +271,6 @@ class SlidingSelect(Select):
         self.k = self.v = self.pos = None
         self.held = self.oldest = None
 
-    def nbytes(self) -> int:
-        return self.prompt.nbytes() + (0 if self.k is None else sum(getattr(self, b).nbytes for b in self.BUFFERS))
-
     def allocated_slots(self, n: int) -> int:
         return 0 if n <= 0 else self.sliding if n < self.prompt_length else super().allocated_slots(n)
 
@@ -282,11 +280,6 @@ class SlidingSelect(Select):
 
     def used_slots(self, n: int) -> int:
         return min(n, self.sliding) if n <= self.prompt_length else super().used_slots(n)
-
-    def map_batch(self, fn) -> None:
-        self.prompt.map_batch(fn)
-        if self.k is not None:
-            self.k, self.v, self.pos = fn(self.k), fn(self.v), fn(self.pos)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, n: int, memo=None):
         if self.held is not None:

@@ -384,10 +384,16 @@ def layer_stores(
     `kv_select.Selection`), the keys the question chooses (on sliding layers a share of the window,
     where it leaves something to choose and `select.sliding`)."""
     if kind != "global":
-        full = (select and select.sliding_store(sliding)) or Ring(0, sliding)
+        full = (select and select.sliding_store(sliding)) or whole_store(kind, sliding, length)
     else:
-        full = Grow(length) if select is None else select.store()
+        full = whole_store(kind, sliding, length) if select is None else select.store()
     return streaming_store(kind, sliding, n_sink, window, local_sinks), full
+
+
+def whole_store(kind: str, sliding: int | None, length: int | None):
+    """What a head that keeps everything holds: every position (a Grow sized for `length` tokens), or
+    on a sliding layer the layer's own window."""
+    return Grow(length) if kind == "global" else Ring(0, sliding)
 
 
 def streaming_store(kind: str, sliding: int | None, n_sink: int, window: int, local_sinks: int):

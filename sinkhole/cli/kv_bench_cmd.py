@@ -108,7 +108,7 @@ def resolve(args):
     """BenchSettings from the arguments (the --quick or default preset fills what is not given)."""
     from sinkhole.errors import SinkholeError
     from sinkhole.kvbench.bench import BenchSettings
-    from sinkhole.kvbench.methods import METHODS, Plan, variants
+    from sinkhole.kvbench.methods import METHODS, Plan, check_select_options, variants
     from sinkhole.long_tasks import TASKS
     from sinkhole.validate import integer, names
 
@@ -134,10 +134,7 @@ def resolve(args):
     integer(args.snap_window, "--snap-window", lo=1)
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
-    for flag in ("select_global_only", "select_fill"):
-        if getattr(args, flag) and args.select is None:
-            name = "--" + flag.replace("_", "-")
-            raise SinkholeError(f"{name} changes what --select keeps: give --select SHARE too")
+    check_select_options(args.select, select_global_only=args.select_global_only, select_fill=args.select_fill)
     plan = Plan(
         budget=args.budget,
         window=args.window,

@@ -70,6 +70,14 @@ class Plan(Result):
     select_fill: bool | None = opt("with --select-fill")
 
 
+def check_select_options(select: float | None, **flags: bool) -> None:
+    """Options that change what --select keeps (select_global_only=..., select_fill=...) need it."""
+    for flag, on in flags.items():
+        if on and select is None:
+            name = "--" + flag.replace("_", "-")
+            raise SinkholeError(f"{name} changes what --select keeps: give --select SHARE too")
+
+
 def variants(methods, random_seeds: int) -> list[str]:
     """Method names as cells run them: 'random' becomes 'random:0' .. 'random:<random_seeds - 1>'."""
     out = []
