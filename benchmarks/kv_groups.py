@@ -102,12 +102,14 @@ def main() -> int:
     args = ap.parse_args()
 
     from sinkhole.cache.head_aware import HeadAwareSinkCache
+    from sinkhole.cli.kv_bench_cmd import too_long
     from sinkhole.errors import SinkholeError
     from sinkhole.kvbench.bench import batch_tensors, cell_score
     from sinkhole.kvbench.methods import Plan, chunks, make_cache
     from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
     from sinkhole.profiles.profile import load_profile
+    from sinkhole.validate import integer
 
     torch.set_num_threads(args.threads)
     given = dict(window=args.window) if args.window else {}
@@ -115,7 +117,11 @@ def main() -> int:
         given["select_sliding"] = not args.select_global_only
     plan = Plan(budget=args.budget, select=args.select, **given)
     out = dict(model=args.model, length=args.length, seeds=args.seeds, seed_base=args.seed_base, plan=plan.to_dict())
-    try:
+    try:  # kv-bench's checks, before the model loads
+        integer(args.seeds, "--seeds")
+        integer(args.seed_base, "--seed-base", lo=0)
+        integer(args.length, "--length", lo=64)
+        too_long(args.model, [args.length])
         lm = load_model(args.model)
         model, prof = lm.model, load_profile(lm.name)
         samples = make_samples(Encoder(lm.tokenizer), "ppl", args.length, 1, args.seeds, args.seed_base)
@@ -125,8 +131,11 @@ def main() -> int:
         base, attention = make_cache("head_aware", model, prof, plan, L, A - 1)
         mp = base.memory_plan
         print(mp.line(), flush=True)
-        for spec in args.variants:  # every spec checked before the first forward
-            variant_heads(spec, base.retrieval, base.whole, base.n_kv_heads, args.select is not None)
+        # every spec checked before the first forward
+        heads = {
+            v: variant_heads(v, base.retrieval, base.whole, base.n_kv_heads, args.select is not None)
+            for v in args.variants
+        }
         t0 = time.perf_counter()
         dense_cache, dense_ctx = make_cache("dense", model, prof, plan, L, A - 1)
         dense = run(model, dense_cache, dense_ctx, ids, ans, lens, spans)
@@ -142,7 +151,7 @@ def main() -> int:
         out["variants"] = []
         for spec in args.variants:
             t0 = time.perf_counter()
-            r, w = variant_heads(spec, base.retrieval, base.whole, base.n_kv_heads, args.select is not None)
+            r, w = heads[spec]
             cache = HeadAwareSinkCache(
                 r,
                 base.n_sink,

@@ -222,6 +222,8 @@ def copy(enc, length, depth, seed, rng):
 
 def ppl(enc, length, depth, seed, rng):
     body = length - len(enc.lead)
+    if len(enc.haystack) < body + PPL_TOKENS + 1:
+        raise SinkholeError(f"the haystack has {len(enc.haystack)} tokens; {length} asked")
     start = rng.randrange(0, len(enc.haystack) - body - PPL_TOKENS)
     ids = enc.lead + enc.haystack[start : start + body]
     return Sample("ppl", length, None, seed, ids, enc.haystack[start + body : start + body + PPL_TOKENS], -1)

@@ -61,6 +61,9 @@ def test_unknown_task_and_short_length(enc):
         make_samples(enc, "nope", 900)
     with pytest.raises(SinkholeError, match="cannot hold"):
         make_samples(enc, "multikey", 120)
+    for task in ("ppl", "passkey"):  # longer than the haystack: one line, not randrange's ValueError
+        with pytest.raises(SinkholeError, match="the haystack has"):
+            make_samples(enc, task, len(enc.haystack) + 1000, seeds=1)
 
 
 # -- the SnapKV-style cache ----------------------------------------------------------------------
