@@ -5,11 +5,18 @@
     python scripts/make_profiles.py --streaming-only    # (re)measure only the streaming scores of the
                                                         # shipped files, every other field unchanged
     python scripts/make_profiles.py --streaming-only --stream-tokens 4096 smollm2-135m
+    python scripts/make_profiles.py --loss-only gemma3-270m --window 128 --select 0.45
+    torchrun --standalone --nproc-per-node 2 scripts/make_profiles.py --loss-only gemma3-270m ...
+                                                        # (re)measure only streaming.loss, the deltas
+                                                        # the loss plan spends the budget by
 
 Each profile is `SinkDetector(name).detect()` with default settings: the built-in suite, chat as
 the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3, and streaming
 scores with 4 sinks, a window of 256 and 8 copy prompts of 1024 tokens, and the needle scores
-over 22 needle prompts of 1024 and 2048 tokens.
+over 22 needle prompts of 1024 and 2048 tokens. `--loss-only` measures each KV head's loss
+delta streaming and selecting (`sinkhole.experiments.head_loss`) on 6 calibration ppl samples of
+2048 tokens, with the plan options given (kv-bench's defaults otherwise); under torchrun the ranks
+share the forwards.
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ import time
 
 from tqdm import tqdm
 
+from sinkhole.cache.head_plan import DEFAULT_WINDOW
+from sinkhole.distributed import session
+from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import load_suite
 from sinkhole.experiments.detector import SinkDetector
+from sinkhole.experiments.head_loss import LOSS_LENGTH, LOSS_SAMPLES, answer_samples, loss_samples, measure_loss_scores
 from sinkhole.experiments.head_scores import (
     DEFAULT_PROMPTS,
     DEFAULT_TOKENS,
@@ -47,7 +58,20 @@ def main() -> int:
         default=DEFAULT_TOKENS,
         help="tokens per copy prompt of the streaming scores, default %(default)s",
     )
+    ap.add_argument("--loss-only", action="store_true", help="only add/refresh streaming.loss")
+    ap.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="with --loss-only: streaming heads' window")
+    ap.add_argument("--select", type=float, default=None, help="with --loss-only: the selecting state's share")
+    ap.add_argument("--loss-length", type=int, default=LOSS_LENGTH)
+    ap.add_argument("--loss-samples", type=int, default=LOSS_SAMPLES)
+    ap.add_argument(
+        "--loss-part", choices=("all", "ppl", "answers"), default="all", help="with --loss-only: which deltas"
+    )
     args = ap.parse_args()
+    if args.loss_only:
+        with session() as world:
+            for name in args.models:
+                loss_only(name, args, world)
+        return 0
     for name in args.models:
         t0 = time.perf_counter()
         probe = ModelProbe(name, log=lambda m: None)
@@ -56,10 +80,13 @@ def main() -> int:
             profile = load_profile(path, model=probe)
             needles = needle_prompts(probe.lm.tokenizer, needle_lengths(probe.lm.model))
             total = DEFAULT_PROMPTS + len(needles)
+            loss = (profile.streaming or {}).get("loss")  # measured apart (--loss-only): kept
             with tqdm(total=total, desc=f"{name} streaming", unit="prompt", file=sys.stderr) as bar:
                 profile.streaming = streaming_section(
                     probe.lm, n_tokens=args.stream_tokens, progress=bar.update, needles=needles
                 )
+            if loss:
+                profile.streaming["loss"] = loss
         else:
             suite = load_suite(args.prompts, args.limit)
             with tqdm(total=len(suite), desc=name, unit="prompt", file=sys.stderr) as bar:
@@ -72,6 +99,37 @@ def main() -> int:
             f"{len(profile.spike_channels)} spike channels; {time.perf_counter() - t0:.0f} s -> {path}"
         )
     return 0
+
+
+def loss_only(name: str, args, world) -> None:
+    """Measure the profile's `streaming.loss` (ranks share the forwards); rank 0 writes the file."""
+    from sinkhole.progress import progress
+
+    t0 = time.perf_counter()
+    probe = ModelProbe(name, log=lambda m: None)
+    path = SHIPPED_DIR / f"{name}.json"
+    profile = load_profile(path, model=probe)
+    heads = sum(len(row) for row in profile.streaming["scores"])
+    total = 1 + heads * (1 if args.select is None else 2)
+    loss = profile.streaming.get("loss") if args.loss_part == "answers" else None
+    if args.loss_part != "answers":
+        samples = loss_samples(probe.lm.tokenizer, args.loss_length, args.loss_samples)
+        with progress(total=total, desc=f"{name} loss deltas", unit="forward") as bar:
+            loss = measure_loss_scores(
+                probe.lm, samples, window=args.window, select=args.select, progress=bar.update, world=world
+            )
+    elif not loss:
+        raise SinkholeError(f"{name}: --loss-part answers adds to a measured streaming.loss: measure it first")
+    if args.loss_part != "ppl":
+        samples = answer_samples(probe.lm.tokenizer, args.loss_length)
+        with progress(total=total, desc=f"{name} answer deltas", unit="forward") as bar:
+            loss["answers"] = measure_loss_scores(
+                probe.lm, samples, window=args.window, select=args.select, progress=bar.update, world=world
+            )
+    if world.is_main:
+        profile.streaming["loss"] = loss
+        profile.save(path)
+        print(f"{name}: loss deltas of {heads} KV heads; {time.perf_counter() - t0:.0f} s -> {path}")
 
 
 if __name__ == "__main__":

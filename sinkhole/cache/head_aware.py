@@ -78,8 +78,12 @@ from sinkhole.cache.head_plan import (
     DEFAULT_RANK_BY,
     DEFAULT_WINDOW,
     MemoryPlan,
+    check_streams_fit,
+    loss_deltas,
+    plan_by_loss,
     rank_scores,
     select_retrieval_heads,
+    shuffle_states,
     slot_costs,
 )
 from sinkhole.cache.head_plan import fill_whole as fill_whole_heads
@@ -302,7 +306,10 @@ class HeadAwareSinkCache(Cache):
         that in the plan. select=Selection(...): that, spelled out (`sliding=False`: sliding
         layers' retrieval heads keep their whole window, the earlier rule). fill_whole (with
         select): what the selections leave of the budget keeps selecting heads whole, in the same
-        order (`head_plan.fill_whole`; the plan's `whole`).
+        order (`head_plan.fill_whole`; the plan's `whole`). rank_by="loss": no order; each head
+        streams, selects or keeps everything as the profile's measured loss deltas
+        (`streaming.loss`) say, the least summed loss within the budget (`head_plan.plan_by_loss`;
+        it decides the whole heads itself, so fill_whole does nothing).
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
@@ -326,8 +333,9 @@ class HeadAwareSinkCache(Cache):
                 "(sinkhole >= the head-aware cache) or use a shipped one"
             )
         kinds, windows = layer_kinds(model)
-        scores = rank_scores(stream, rank_by)
         H = kv_head_count(model)
+        # the loss plan reads the profile's measured deltas (checked there), the others an order of heads
+        scores = rank_scores(stream, rank_by) if rank_by != "loss" else loss_deltas(stream, len(kinds), H)["stream"]
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
             raise SinkholeError(
                 f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "
@@ -352,10 +360,23 @@ class HeadAwareSinkCache(Cache):
         stream_slots, dense_slots = slot_costs(kinds, windows, n_sink, window, length, local_sinks)
         full_slots = [s.used_slots(length) for _, s in stores]  # a selecting head holds fewer than dense
         dense_bytes = H * sum(dense_slots) * slot_bytes
-        picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
         # a head kept whole beside selecting ones: everything (its layer's own window on sliding layers)
         whole_bytes = [whole_store(k, sw, length).planned_nbytes(length, slot_bytes) for k, sw in zip(kinds, windows)]
         whole: list[list[int]] = [[] for _ in kinds]
+        if rank_by == "loss":  # each head's state by measured loss; it decides the whole heads itself
+            loss = stream["loss"]
+            check_streams_fit(H * sum(head_bytes[0]), dense_bytes, budget, length)
+            room = budget * dense_bytes - H * sum(head_bytes[0])
+            costs = (head_bytes[0], head_bytes[1], whole_bytes) if selection else (head_bytes[0], None, head_bytes[1])
+            states = plan_by_loss(loss, costs, room)
+            if random_heads is not None:
+                states = shuffle_states(states, kinds, random_heads)
+            keep = "select" if selection else "whole"
+            picked = [[h for h, st in enumerate(row) if st == keep] for row in states]
+            if selection:
+                whole = [[h for h, st in enumerate(row) if st == "whole"] for row in states]
+        else:
+            picked = select_retrieval_heads(scores, kinds, head_bytes, budget, length, random_heads, dense=dense_bytes)
 
         def total(stream_cost, select_cost, whole_cost):
             return sum(
@@ -363,7 +384,7 @@ class HeadAwareSinkCache(Cache):
                 for r, w, s, f, e in zip(picked, whole, stream_cost, select_cost, whole_cost)
             )
 
-        if fill_whole and selection is not None:
+        if fill_whole and selection is not None and rank_by != "loss":
             room = budget * dense_bytes - total(*head_bytes, whole_bytes)
             whole = fill_whole_heads(scores, picked, (head_bytes[1], whole_bytes), room, random_heads)
             picked = [[h for h in r if h not in w] for r, w in zip(picked, whole)]

@@ -14,6 +14,9 @@ docs/cache.md (the rankings table and "Needle scores"):
     "copy"       1 - copy_score alone (far attention that need not land on the token to copy).
     "retrieval"  retrieval_score alone.
     "all"        1 - the band share over every query (early layers' diffuse heads win).
+    "loss"       no order: `plan_by_loss` gives each head the state (stream, select, whole) that
+                 keeps the summed measured loss lowest within the budget, from the profile's
+                 `streaming.loss` deltas (`sinkhole.experiments.head_loss`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 from sinkhole.errors import SinkholeError
 
-RANKINGS = ("mix", "needle", "both", "copy", "retrieval", "all")
+RANKINGS = ("mix", "needle", "both", "copy", "retrieval", "all", "loss")
 # What a streaming head keeps by default (measured on SmolLM2, docs/cache.md; Gemma-3 needs window 128)
 DEFAULT_WINDOW, DEFAULT_LOCAL_SINKS, DEFAULT_RANK_BY = 224, 32, "mix"
 
@@ -34,6 +37,8 @@ def rank_scores(stream: dict, rank_by: str = DEFAULT_RANK_BY) -> list[list[float
     section. A profile without the scores a ranking needs falls back to the plain `scores`."""
     if rank_by not in RANKINGS:
         raise SinkholeError(f"rank_by must be one of {', '.join(RANKINGS)} (got {rank_by!r})")
+    if rank_by == "loss":
+        raise SinkholeError("rank_by 'loss' is not an order of heads: plan_by_loss gives each head its state")
     copy, hits, needle = stream.get("copy_scores"), stream.get("retrieval_scores"), stream.get("needle_scores")
     if rank_by in ("mix", "needle") and needle:
         by_needle = [[1.0 - v for v in row] for row in needle]
@@ -92,6 +97,15 @@ def slot_costs(
     return stream, full
 
 
+def check_streams_fit(used: float, dense: float, budget: float, length: int) -> None:
+    """One line if every head streaming (`used`, of `dense`) already passes the budget."""
+    if used > budget * dense + 1e-9:
+        raise SinkholeError(
+            f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
+            f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window"
+        )
+
+
 def select_retrieval_heads(
     scores: list[list[float]],
     kinds: list[str],
@@ -112,11 +126,7 @@ def select_retrieval_heads(
     H = len(scores[0])
     dense = H * sum(full) if dense is None else dense
     used = H * sum(stream)
-    if used > budget * dense + 1e-9:
-        raise SinkholeError(
-            f"budget {budget:.0%} of dense KV memory is below what sinks + window alone take "
-            f"({used / dense:.0%} at {length} tokens): raise --budget or lower --window"
-        )
+    check_streams_fit(used, dense, budget, length)
     heads = sorted((scores[l][h], l, h) for l in range(len(kinds)) for h in range(H))
     picked: list[list[int]] = [[] for _ in kinds]
     for _, l, h in heads:
@@ -160,6 +170,105 @@ def fill_whole(
             out[l].append(h)
             room -= extra
     return [sorted(o) for o in out]
+
+
+def loss_deltas(stream: dict, n_layers: int | None = None, n_heads: int | None = None) -> dict:
+    """The profile's `streaming.loss` section, checked against the model's layers x KV heads (when given)."""
+    loss = stream.get("loss")
+    if not loss or not loss.get("stream"):
+        raise SinkholeError(
+            "rank_by 'loss' needs the profile's measured loss deltas (streaming.loss): "
+            "make them with `python scripts/make_profiles.py --loss-only NAME` or `sinkhole profile --loss`"
+        )
+    parts = [("", loss)] + ([("answers ", loss["answers"])] if loss.get("answers") else [])
+    for (what, part), key in ((p, k) for p in parts for k in ("stream", "select")):
+        rows = part.get(key)
+        if (
+            rows is not None
+            and n_layers is not None
+            and (len(rows) != n_layers or any(len(r) != n_heads for r in rows))
+        ):
+            raise SinkholeError(
+                f"the profile's {what}loss deltas ({key}) are {len(rows)} layers x {len(rows[0])} heads; "
+                f"the model has {n_layers} x {n_heads}"
+            )
+    return loss
+
+
+LOSS_STEPS = 2000  # plan_by_loss counts memory in units of room / LOSS_STEPS, costs rounded up
+
+
+def plan_by_loss(
+    loss: dict, costs: tuple[list[float], list[float] | None, list[float]], room: float
+) -> list[list[str]]:
+    """Per layer and KV head, 'stream', 'select' or 'whole': the states whose summed measured loss is
+    lowest while their memory beyond every head streaming stays within `room`.
+
+    loss: the profile's `streaming.loss` ({stream [L][Hkv], select [L][Hkv] or None}: nats a head
+    costs in that state alone on calibration text, `sinkhole.experiments.head_loss`; `answers`, the
+    same on calibration needle prompts, is added when present); a head kept whole costs none.
+    costs: per layer, one KV head's memory streaming, selecting (None: no selection, so the states
+    are stream and whole) and whole, in the unit of room. An exact knapsack over the heads (dynamic
+    programming, one option per state) on memory counted in steps of room / LOSS_STEPS, each cost
+    rounded up, so the plan never passes the budget; among plans of equal loss, the one that holds least."""
+    import numpy as np
+
+    stream_c, select_c, whole_c = costs
+    with_select = select_c is not None and loss.get("select") is not None
+    answers = loss.get("answers") or {}
+
+    def delta(state: str, layer: int, h: int) -> float:
+        extra = answers[state][layer][h] if answers.get(state) else 0.0
+        return loss[state][layer][h] + extra
+
+    if room <= 0:
+        return [["stream"] * len(row) for row in loss["stream"]]
+    step = room / LOSS_STEPS
+
+    def units(c: float, base: float) -> int:
+        return max(0, math.ceil((c - base) / step - 1e-9))
+
+    heads, options = [], []
+    for layer, row in enumerate(loss["stream"]):
+        for h in range(len(row)):
+            opts = [("stream", 0, delta("stream", layer, h))]  # first: a tie keeps the cheaper state
+            if with_select:
+                opts.append(("select", units(select_c[layer], stream_c[layer]), delta("select", layer, h)))
+            opts.append(("whole", units(whole_c[layer], stream_c[layer]), 0.0))
+            heads.append((layer, h))
+            options.append([o for o in opts if o[1] <= LOSS_STEPS])
+    best = np.full(LOSS_STEPS + 1, np.inf)
+    best[0] = 0.0
+    picks = []
+    for opts in options:  # best[r]: the least summed loss of the heads so far holding exactly r steps
+        new, pick = np.full_like(best, np.inf), np.zeros(best.shape, dtype=np.int8)
+        for k, (_, c, d) in enumerate(opts):
+            cand = np.full_like(best, np.inf)
+            cand[c:] = best[: LOSS_STEPS + 1 - c] + d
+            better = cand < new
+            new[better], pick[better] = cand[better], k
+        best = new
+        picks.append(pick)
+    r = int(np.argmin(best))
+    states = [["stream"] * len(row) for row in loss["stream"]]
+    for (layer, h), opts, pick in zip(reversed(heads), reversed(options), reversed(picks)):
+        state, c, _ = opts[pick[r]]
+        states[layer][h] = state
+        r -= c
+    return states
+
+
+def shuffle_states(states: list[list[str]], kinds: list[str], seed: int) -> list[list[str]]:
+    """The random control of a loss plan: per layer kind, the same states dealt to heads at random."""
+    rng = random.Random(seed)
+    out = [list(row) for row in states]
+    for kind in sorted(set(kinds)):
+        slots = [(layer, h) for layer, k in enumerate(kinds) if k == kind for h in range(len(states[layer]))]
+        dealt = [states[layer][h] for layer, h in slots]
+        rng.shuffle(dealt)
+        for (layer, h), state in zip(slots, dealt):
+            out[layer][h] = state
+    return out
 
 
 @dataclass(frozen=True)

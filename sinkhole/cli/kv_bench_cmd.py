@@ -71,7 +71,14 @@ def add_parser(sub) -> None:
         help="head-aware streaming heads' window, default %(default)s",
     )
     c.add_argument("--local-sinks", type=int, default=DEFAULT_LOCAL_SINKS, help="default %(default)s")
-    c.add_argument("--rank-by", choices=RANKINGS, default=DEFAULT_RANK_BY, help="default %(default)s")
+    c.add_argument(
+        "--rank-by",
+        choices=RANKINGS,
+        default=DEFAULT_RANK_BY,
+        help="default %(default)s; loss (for measuring with): each head streams, selects or keeps everything as "
+        "the profile's measured loss deltas say (sinkhole profile --loss); on Gemma-3 it loses retrieval "
+        "(docs/cache.md)",
+    )
     c.add_argument(
         "--snap-window", type=int, default=SNAP_WINDOW, help="SnapKV's observation window, default %(default)s"
     )
@@ -135,6 +142,8 @@ def resolve(args):
     integer(args.snap_kernel, "--snap-kernel", lo=1)
     integer(args.chunk, "--chunk", lo=1)
     check_select_options(args.select, select_global_only=args.select_global_only, select_fill=args.select_fill)
+    if args.select_fill and args.rank_by == "loss":
+        raise SinkholeError("--rank-by loss chooses the whole heads itself: drop --select-fill")
     plan = Plan(
         budget=args.budget,
         window=args.window,
@@ -189,6 +198,7 @@ def fit_preset(settings, context: int | None):
 
 
 def run(args) -> int:
+    from sinkhole.cache.head_plan import loss_deltas
     from sinkhole.cli.common import raise_failures, write_all
     from sinkhole.kvbench.bench import run_bench
     from sinkhole.probe.loading import load_model
@@ -201,6 +211,8 @@ def run(args) -> int:
     if args.lengths:  # a preset's lengths are fitted to the model after the load instead
         too_long(args.model, settings.lengths)  # before the weights load, when the config tells
     given = load_profile(args.profile) if args.profile else None  # a bad profile fails before the model loads
+    if given is not None and settings.plan.rank_by == "loss":
+        loss_deltas(given.streaming or {})
     lm = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log=status
     )

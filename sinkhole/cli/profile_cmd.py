@@ -28,11 +28,15 @@ Streaming scores (on by default, --no-streaming skips them): per (layer, KV head
 on the first --stream-sinks tokens + the last --stream-window keys, over --stream-prompts prompts of
 1024 tokens with random spans repeated far apart, and the attention the answer puts on the needle in 22
 needle prompts (NIAH, multi-key, passkey at 1024 and 2048 tokens, from the calibration half of the
-text); HeadAwareSinkCache keeps the heads that reach back whole (docs/cache.md).
+text); HeadAwareSinkCache keeps the heads that reach back whole (docs/cache.md). --loss adds what
+each KV head costs in loss streaming (and selecting) on calibration ppl samples and on the needle
+prompts' answers: what `kv-bench --rank-by loss` plans by.
 """
 
 
 def add_parser(sub) -> None:
+    from sinkhole.cache.head_plan import DEFAULT_WINDOW
+    from sinkhole.experiments.head_loss import LOSS_LENGTH, LOSS_SAMPLES
     from sinkhole.profiles.profile import SCORE_WINDOW
 
     p = sub.add_parser(
@@ -51,6 +55,16 @@ def add_parser(sub) -> None:
         "--stream-window", type=int, default=SCORE_WINDOW, help=f"recent keys in the band, default {SCORE_WINDOW}"
     )
     s.add_argument("--stream-prompts", type=int, default=8, help="copy prompts of 1024 tokens, default 8")
+    s.add_argument(
+        "--loss",
+        action="store_true",
+        help="also measure each KV head's loss delta streaming (and selecting, with --loss-select) on "
+        "calibration ppl samples and needle prompts, for kv-bench --rank-by loss (2-4 forwards per KV head)",
+    )
+    s.add_argument("--loss-window", type=int, default=DEFAULT_WINDOW, help="with --loss: the streaming window")
+    s.add_argument("--loss-select", type=float, default=None, help="with --loss: the selecting state's share")
+    s.add_argument("--loss-length", type=int, default=LOSS_LENGTH, help="with --loss: prompt tokens per sample")
+    s.add_argument("--loss-samples", type=int, default=LOSS_SAMPLES, help="with --loss: calibration samples")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, help="write the profile JSON here ('-': stdout)")
     add_old_spellings(o, "--out", "-o", dest="json", instead="--json", type=Path)
@@ -92,7 +106,9 @@ def _detect(args, world):
     if suite.selection():
         status(f"--limit {args.limit}: {suite.selection()}")
     keys = ("dtype", "chat", "threshold", "epsilon", "min_sink_rate", "no_streaming", "stream_sinks")
-    keys += ("stream_window", "stream_prompts")
+    keys += ("stream_window", "stream_prompts", "loss", "loss_window", "loss_select", "loss_length", "loss_samples")
+    if args.loss:
+        world.all_ok(lambda: _check_loss(args))
     name = world.all_ok(lambda: resolve(args.model).name)
     world.agree({"model": name, "suite": suite.sha256, **{k: getattr(args, k) for k in keys}}, "settings")
     rank_args = argparse.Namespace(**{**vars(args), "device": world.device})
@@ -105,7 +121,7 @@ def _detect(args, world):
         streaming["needles"] = needle_prompts(probe.lm.tokenizer, needle_lengths(probe.lm.model))
     bars = _Bars(len(suite), streaming)
     try:
-        return SinkDetector(
+        profile = SinkDetector(
             probe,
             prompts=suite,
             chat=args.chat,
@@ -118,6 +134,45 @@ def _detect(args, world):
         ).detect()
     finally:
         bars.close()
+    if args.loss:
+        profile.streaming["loss"] = _loss(args, probe.lm, world)
+    return profile
+
+
+def _check_loss(args) -> None:
+    from sinkhole.errors import SinkholeError
+    from sinkhole.validate import MAX_SEQS, integer, like_option
+
+    if args.no_streaming:
+        raise SinkholeError("--loss adds to the streaming scores: drop --no-streaming")
+    like_option(args.loss_window, "--loss-window", "window")
+    if args.loss_select is not None:
+        like_option(args.loss_select, "--loss-select", "select")
+    integer(args.loss_length, "--loss-length", lo=64)
+    integer(args.loss_samples, "--loss-samples", hi=MAX_SEQS)
+
+
+def _loss(args, lm, world) -> dict:
+    """The loss deltas on calibration ppl samples, then on the calibration needle prompts (`answers`)."""
+    from sinkhole.cache.head_aware import kv_head_count
+    from sinkhole.experiments.head_loss import answer_samples, loss_samples, measure_loss_scores
+    from sinkhole.profiles.stream_scores import layer_kinds
+    from sinkhole.progress import progress
+
+    text = world.all_ok(lambda: loss_samples(lm.tokenizer, args.loss_length, args.loss_samples))
+    needles = answer_samples(lm.tokenizer, args.loss_length)
+    heads = len(layer_kinds(lm.model)[0]) * kv_head_count(lm.model)
+    per_pass = 1 + heads * (1 if args.loss_select is None else 2)
+    status(
+        f"loss deltas: {per_pass} forwards of {len(text)} calibration samples of {args.loss_length} tokens, "
+        f"then of {len(needles)} needle prompts ..."
+    )
+    options = dict(window=args.loss_window, select=args.loss_select, world=world)
+    with progress(total=per_pass * (2 if needles else 1), desc="loss deltas", unit="forward") as bar:
+        loss = measure_loss_scores(lm, text, progress=bar.update, **options)
+        if needles:  # a tokenizer that cannot build them (no number ids) has text deltas only
+            loss["answers"] = measure_loss_scores(lm, needles, progress=bar.update, **options)
+    return loss
 
 
 class _Bars:

@@ -42,4 +42,15 @@ def render_profile(pr: SinkProfile) -> str:
             f"streaming scores  (share on {st['n_sink']} sinks + last {st['window']} keys, "
             f"{len(flat)} KV heads)  mean {sum(v for v, _, _ in flat) / len(flat):.2f}  lowest: {low}"
         )
+    loss = (st or {}).get("loss")
+    parts = [("", loss)] + ([("answers ", loss["answers"])] if loss and loss.get("answers") else [])
+    for what, part in parts if loss else ():
+        for state in ("stream", "select"):
+            if not part.get(state):
+                continue
+            top = sorted(((v, l, h) for l, row in enumerate(part[state]) for h, v in enumerate(row)), reverse=True)
+            worst = ", ".join(f"L{l}H{h} {v:+.3f}" for v, l, h in top[:4])
+            dense = f", dense {part['dense_nll']:.3f}" if isinstance(part.get("dense_nll"), (int, float)) else ""
+            head = f"{what}loss delta {state:<6}  (nats, that head alone{dense})"
+            lines.append(f"{head}  most: {worst}")
     return "\n".join(lines)

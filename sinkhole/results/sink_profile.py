@@ -29,12 +29,18 @@ Keys:
                     needle_asked, needle {source, text, seed_base, lengths, span}: the attention
                     answers put on the needle they copy in NIAH / multi-key / passkey prompts from
                     the same calibration text (sinkhole.experiments.head_scores.measure_needle_scores);
-                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full
+                    HeadAwareSinkCache.from_profile keeps the heads that reach back in full;
+                    loss (optional) {stream [L][Hkv], select [L][Hkv] or null, dense_nll, window,
+                    n_sink, local_sinks, select_share, length, scored, samples, text, seeds}: the
+                    nats each KV head costs alone streaming / selecting on calibration ppl samples
+                    (sinkhole.experiments.head_loss), and answers (optional, the same keys): the
+                    same on the calibration needle prompts; what rank_by="loss" plans by
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -170,7 +176,32 @@ def _malformed_streaming(st) -> str | None:
     for key in ("n_sink", "window"):
         if not _is_int(st.get(key)) or st[key] < 0:
             return f"streaming.{key} must be a non-negative integer"
+    loss = st.get("loss")
+    if loss is None:
+        return None
+    if not isinstance(loss, dict):
+        return "streaming.loss must be an object {stream, select, ...}"
+    answers = loss.get("answers")
+    if answers is not None and not isinstance(answers, dict):
+        return "streaming.loss.answers must be an object {stream, select, ...}"
+    for name, part in (("loss", loss), ("loss.answers", answers)):
+        for key in ("stream", "select") if part is not None else ():
+            if (key == "stream" or part.get(key) is not None) and not _number_rows(part.get(key)):
+                return f"streaming.{name}.{key} must be a list of per-layer lists of numbers (nats)"
     return None
+
+
+def _number_rows(rows) -> bool:
+    return (
+        isinstance(rows, list)
+        and bool(rows)
+        and all(
+            isinstance(row, list)
+            and row
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in row)
+            for row in rows
+        )
+    )
 
 
 def _share_rows(rows) -> bool:
