@@ -14,7 +14,7 @@ Each profile is `SinkDetector(name).detect()` with default settings: the built-i
 the model is used (template when the tokenizer has one), threshold 10, epsilon 0.3, and streaming
 scores with 4 sinks, a window of 256 and 8 copy prompts of 1024 tokens, and the needle scores
 over 22 needle prompts of 1024 and 2048 tokens. `--loss-only` measures each KV head's loss
-delta streaming and selecting (`sinkhole.experiments.head_loss`) on 6 calibration ppl samples of
+delta streaming and selecting (`sinkhole.kvbench.head_loss`) on 6 calibration ppl samples of
 2048 tokens, with the plan options given (kv-bench's defaults otherwise); under torchrun the ranks
 share the forwards.
 """
@@ -32,7 +32,6 @@ from sinkhole.distributed import session
 from sinkhole.errors import SinkholeError
 from sinkhole.eval.suite import load_suite
 from sinkhole.experiments.detector import SinkDetector
-from sinkhole.experiments.head_loss import LOSS_LENGTH, LOSS_SAMPLES, answer_samples, loss_samples, measure_loss_scores
 from sinkhole.experiments.head_scores import (
     DEFAULT_PROMPTS,
     DEFAULT_TOKENS,
@@ -40,6 +39,8 @@ from sinkhole.experiments.head_scores import (
     needle_prompts,
     streaming_section,
 )
+from sinkhole.kvbench import LOSS_LENGTH, LOSS_SAMPLES
+from sinkhole.kvbench.head_loss import answer_samples, loss_samples, measure_loss_scores
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
@@ -68,9 +69,13 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.loss_only:
-        with session() as world:
-            for name in args.models:
-                loss_only(name, args, world)
+        try:
+            with session() as world:
+                for name in args.models:
+                    loss_only(name, args, world)
+        except SinkholeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     for name in args.models:
         t0 = time.perf_counter()
@@ -120,6 +125,11 @@ def loss_only(name: str, args, world) -> None:
             )
     elif not loss:
         raise SinkholeError(f"{name}: --loss-part answers adds to a measured streaming.loss: measure it first")
+    elif (loss["window"], loss["select_share"]) != (args.window, args.select):
+        raise SinkholeError(
+            f"{name}: streaming.loss was measured with --window {loss['window']} --select {loss['select_share']}: "
+            "give the same to add its answers"
+        )
     if args.loss_part != "ppl":
         samples = answer_samples(probe.lm.tokenizer, args.loss_length)
         with progress(total=total, desc=f"{name} answer deltas", unit="forward") as bar:

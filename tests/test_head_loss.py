@@ -1,4 +1,4 @@
-"""The loss plan: each KV head's measured loss delta (`sinkhole.experiments.head_loss`) and the exact
+"""The loss plan: each KV head's measured loss delta (`sinkhole.kvbench.head_loss`) and the exact
 knapsack that spends the budget by it (`head_plan.plan_by_loss`, `rank_by="loss"`). Tiny random
 models (tests/conftest.py)."""
 
@@ -15,7 +15,7 @@ from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
 from sinkhole.cache.head_plan import LOSS_STEPS, plan_by_loss, shuffle_states
 from sinkhole.errors import SinkholeError
-from sinkhole.experiments.head_loss import measure_loss_scores, single_head
+from sinkhole.kvbench.head_loss import measure_loss_scores, single_head
 from sinkhole.long_tasks import Sample
 from sinkhole.profiles.profile import load_profile
 
@@ -197,7 +197,7 @@ def test_kv_bench_plans_by_measured_loss(tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from sinkhole.cli.main import main
-    from sinkhole.experiments.head_loss import loss_samples
+    from sinkhole.kvbench.head_loss import loss_samples
     from sinkhole.probe.loading import load_model
 
     d = save_byte_model(tmp_path / "tinybyte")

@@ -16,7 +16,7 @@ docs/cache.md (the rankings table and "Needle scores"):
     "all"        1 - the band share over every query (early layers' diffuse heads win).
     "loss"       no order: `plan_by_loss` gives each head the state (stream, select, whole) that
                  keeps the summed measured loss lowest within the budget, from the profile's
-                 `streaming.loss` deltas (`sinkhole.experiments.head_loss`).
+                 `streaming.loss` deltas (`sinkhole.kvbench.head_loss`).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def plan_by_loss(
     lowest while their memory beyond every head streaming stays within `room`.
 
     loss: the profile's `streaming.loss` ({stream [L][Hkv], select [L][Hkv] or None}: nats a head
-    costs in that state alone on calibration text, `sinkhole.experiments.head_loss`; `answers`, the
+    costs in that state alone on calibration text, `sinkhole.kvbench.head_loss`; `answers`, the
     same on calibration needle prompts, is added when present); a head kept whole costs none.
     costs: per layer, one KV head's memory streaming, selecting (None: no selection, so the states
     are stream and whole) and whole, in the unit of room. An exact knapsack over the heads (dynamic

@@ -36,7 +36,7 @@ prompts' answers: what `kv-bench --rank-by loss` plans by.
 
 def add_parser(sub) -> None:
     from sinkhole.cache.head_plan import DEFAULT_WINDOW
-    from sinkhole.experiments.head_loss import LOSS_LENGTH, LOSS_SAMPLES
+    from sinkhole.kvbench import LOSS_LENGTH, LOSS_SAMPLES
     from sinkhole.profiles.profile import SCORE_WINDOW
 
     p = sub.add_parser(
@@ -155,7 +155,7 @@ def _check_loss(args) -> None:
 def _loss(args, lm, world) -> dict:
     """The loss deltas on calibration ppl samples, then on the calibration needle prompts (`answers`)."""
     from sinkhole.cache.head_aware import kv_head_count
-    from sinkhole.experiments.head_loss import answer_samples, loss_samples, measure_loss_scores
+    from sinkhole.kvbench.head_loss import answer_samples, loss_samples, measure_loss_scores
     from sinkhole.profiles.stream_scores import layer_kinds
     from sinkhole.progress import progress
 

@@ -33,7 +33,7 @@ Keys:
                     loss (optional) {stream [L][Hkv], select [L][Hkv] or null, dense_nll, window,
                     n_sink, local_sinks, select_share, length, scored, samples, text, seeds}: the
                     nats each KV head costs alone streaming / selecting on calibration ppl samples
-                    (sinkhole.experiments.head_loss), and answers (optional, the same keys): the
+                    (sinkhole.kvbench.head_loss), and answers (optional, the same keys): the
                     same on the calibration needle prompts; what rank_by="loss" plans by
 """
 
@@ -186,33 +186,27 @@ def _malformed_streaming(st) -> str | None:
         return "streaming.loss.answers must be an object {stream, select, ...}"
     for name, part in (("loss", loss), ("loss.answers", answers)):
         for key in ("stream", "select") if part is not None else ():
-            if (key == "stream" or part.get(key) is not None) and not _number_rows(part.get(key)):
+            if (key == "stream" or part.get(key) is not None) and not _share_rows(part.get(key), None, None):
                 return f"streaming.{name}.{key} must be a list of per-layer lists of numbers (nats)"
     return None
 
 
-def _number_rows(rows) -> bool:
+def _share_rows(rows, lo: float | None = 0.0, hi: float | None = 1.0) -> bool:
+    """A non-empty list of non-empty lists of finite numbers in [lo, hi] (default: shares of attention)."""
     return (
         isinstance(rows, list)
         and bool(rows)
         and all(
             isinstance(row, list)
             and row
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in row)
-            for row in rows
-        )
-    )
-
-
-def _share_rows(rows) -> bool:
-    """A non-empty list of non-empty lists of finite numbers in [0, 1] (shares of attention)."""
-    return (
-        isinstance(rows, list)
-        and bool(rows)
-        and all(
-            isinstance(row, list)
-            and row
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in row)
+            and all(
+                isinstance(x, (int, float))
+                and not isinstance(x, bool)
+                and math.isfinite(x)
+                and (lo is None or x >= lo)
+                and (hi is None or x <= hi)
+                for x in row
+            )
             for row in rows
         )
     )
