@@ -134,8 +134,10 @@ def _detect(args, world):
         ).detect()
     finally:
         bars.close()
-    if args.loss:
-        profile.streaming["loss"] = _loss(args, probe.lm, world)
+    if args.loss:  # every rank measures its share; rank 0 alone holds the profile (the others None)
+        loss = _loss(args, probe.lm, world)
+        if profile is not None:
+            profile.streaming["loss"] = loss
     return profile
 
 
