@@ -361,15 +361,20 @@ def test_vocab_sweep_under_two_ranks_equals_one_process(job, tmp_path, capsys):
 
 
 def test_profile_under_two_ranks_equals_one_process(job, tmp_path, capsys):
-    """The prompt passes (eval batches) and the streaming-score passes (copy prompts) are both shared."""
+    """The prompt passes (eval batches), the streaming-score passes (copy prompts) and the loss deltas'
+    forwards (--loss) are all shared."""
     args = ["profile", "--model", str(job["model"]), "--prompts", str(job["root"] / "prompts.txt")]
     args += ["--threshold", "1.1", "--epsilon", "0.1", "--stream-prompts", "3", "--stream-window", "16"]
+    args += ["--loss", "--loss-length", "256", "--loss-samples", "2", "--loss-select", "0.3", "--loss-window", "32"]
     for n in (1, 2):
         code, stdout, stderr = ranks(n, [*args, "--json", str(tmp_path / f"{n}.json")], capsys)
         assert code == 0, stderr[-3000:]
         assert stdout.count("streaming scores") == 1
     one = json.loads((tmp_path / "1.json").read_text())
     assert one["streaming"]["scores"] and one["prompts"]["count"] == 40
+    assert one["streaming"]["loss"]["samples"] == 2 and any(
+        v for row in one["streaming"]["loss"]["select"] for v in row
+    )
     assert (tmp_path / "1.json").read_bytes() == (tmp_path / "2.json").read_bytes()
 
 
