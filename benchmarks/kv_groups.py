@@ -77,15 +77,6 @@ def variant_heads(spec: str, retrieval, whole, n_heads: int, select: bool):
     return retrieval, whole
 
 
-def run(model, cache, attention, ids, ans, lens, spans) -> list[float]:
-    from sinkhole.kvbench.bench import score_rows
-    from sinkhole.kvbench.methods import answer_logits, prefill
-
-    with attention(model):
-        logits = answer_logits(model, cache, prefill(model, cache, ids, spans), ans)
-    return score_rows(logits, ans, lens, "ppl")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="plan, or OP:LAYERS parts joined by / (see above)")
@@ -104,7 +95,7 @@ def main() -> int:
     from sinkhole.cache.head_aware import HeadAwareSinkCache
     from sinkhole.cli.kv_bench_cmd import too_long
     from sinkhole.errors import SinkholeError
-    from sinkhole.kvbench.bench import batch_tensors, cell_score
+    from sinkhole.kvbench.bench import answer_nll, batch_tensors, cell_score
     from sinkhole.kvbench.methods import Plan, chunks, make_cache
     from sinkhole.long_tasks import Encoder, make_samples
     from sinkhole.probe.loading import load_model
@@ -138,7 +129,7 @@ def main() -> int:
         }
         t0 = time.perf_counter()
         dense_cache, dense_ctx = make_cache("dense", model, prof, plan, L, A - 1)
-        dense = run(model, dense_cache, dense_ctx, ids, ans, lens, spans)
+        dense = answer_nll(model, dense_cache, dense_ctx, ids, ans, lens, spans)
         repeats = [round(repeated_share(s.ids, s.answer), 3) for s in samples]
         out["dense"] = dict(ppl=round(cell_score("ppl", dense, lens), 4), nll=[round(x, 4) for x in dense])
         out["repeats"] = repeats  # per sample: share of its scored 8-grams found in its prompt
@@ -162,7 +153,7 @@ def main() -> int:
                 select=base.select,
                 whole=w,
             )
-            nll = run(model, cache, attention, ids, ans, lens, spans)
+            nll = answer_nll(model, cache, attention, ids, ans, lens, spans)
             ppl = cell_score("ppl", nll, lens)
             row = dict(
                 variant=spec,

@@ -40,7 +40,7 @@ from sinkhole.experiments.head_scores import (
     streaming_section,
 )
 from sinkhole.kvbench import LOSS_LENGTH, LOSS_SAMPLES
-from sinkhole.kvbench.head_loss import answer_samples, loss_samples, measure_loss_scores
+from sinkhole.kvbench.head_loss import loss_forwards, loss_section
 from sinkhole.probe.probe import ModelProbe
 from sinkhole.profiles.profile import SHIPPED_DIR, load_profile
 
@@ -114,32 +114,33 @@ def loss_only(name: str, args, world) -> None:
     probe = ModelProbe(name, log=lambda m: None)
     path = SHIPPED_DIR / f"{name}.json"
     profile = load_profile(path, model=probe)
-    heads = sum(len(row) for row in profile.streaming["scores"])
-    total = 1 + heads * (1 if args.select is None else 2)
     loss = profile.streaming.get("loss") if args.loss_part == "answers" else None
-    if args.loss_part != "answers":
-        samples = loss_samples(probe.lm.tokenizer, args.loss_length, args.loss_samples)
-        with progress(total=total, desc=f"{name} loss deltas", unit="forward") as bar:
-            loss = measure_loss_scores(
-                probe.lm, samples, window=args.window, select=args.select, progress=bar.update, world=world
-            )
-    elif not loss:
+    if args.loss_part == "answers" and not loss:
         raise SinkholeError(f"{name}: --loss-part answers adds to a measured streaming.loss: measure it first")
-    elif (loss["window"], loss["select_share"]) != (args.window, args.select):
+    if loss and (loss["window"], loss["select_share"]) != (args.window, args.select):
         raise SinkholeError(
             f"{name}: streaming.loss was measured with --window {loss['window']} --select {loss['select_share']}: "
             "give the same to add its answers"
         )
-    if args.loss_part != "ppl":
-        samples = answer_samples(probe.lm.tokenizer, args.loss_length)
-        with progress(total=total, desc=f"{name} answer deltas", unit="forward") as bar:
-            loss["answers"] = measure_loss_scores(
-                probe.lm, samples, window=args.window, select=args.select, progress=bar.update, world=world
-            )
+    passes = 1 if args.loss_part != "all" else 2
+    with progress(
+        total=passes * loss_forwards(probe.lm.model, args.select), desc=f"{name} loss", unit="forward"
+    ) as bar:
+        measured = loss_section(
+            probe.lm,
+            window=args.window,
+            select=args.select,
+            length=args.loss_length,
+            count=args.loss_samples,
+            text=args.loss_part != "answers",
+            answers=args.loss_part != "ppl",
+            progress=bar.update,
+            world=world,
+        )
     if world.is_main:
-        profile.streaming["loss"] = loss
+        profile.streaming["loss"] = {**(loss or {}), **measured}
         profile.save(path)
-        print(f"{name}: loss deltas of {heads} KV heads; {time.perf_counter() - t0:.0f} s -> {path}")
+        print(f"{name}: loss deltas; {time.perf_counter() - t0:.0f} s -> {path}")
 
 
 if __name__ == "__main__":

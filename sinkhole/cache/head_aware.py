@@ -335,7 +335,8 @@ class HeadAwareSinkCache(Cache):
         kinds, windows = layer_kinds(model)
         H = kv_head_count(model)
         # the loss plan reads the profile's measured deltas (checked there), the others an order of heads
-        scores = rank_scores(stream, rank_by) if rank_by != "loss" else loss_deltas(stream, len(kinds), H)["stream"]
+        loss = loss_deltas(stream, len(kinds), H) if rank_by == "loss" else None
+        scores = loss["stream"] if loss else rank_scores(stream, rank_by)
         if len(scores) != len(kinds) or any(len(row) != H for row in scores):
             raise SinkholeError(
                 f"the profile's streaming scores are {len(scores)} layers x {len(scores[0])} heads; "
@@ -363,8 +364,7 @@ class HeadAwareSinkCache(Cache):
         # a head kept whole beside selecting ones: everything (its layer's own window on sliding layers)
         whole_bytes = [whole_store(k, sw, length).planned_nbytes(length, slot_bytes) for k, sw in zip(kinds, windows)]
         whole: list[list[int]] = [[] for _ in kinds]
-        if rank_by == "loss":  # each head's state by measured loss; it decides the whole heads itself
-            loss = stream["loss"]
+        if loss:  # each head's state by measured loss; it decides the whole heads itself
             check_streams_fit(H * sum(head_bytes[0]), dense_bytes, budget, length)
             room = budget * dense_bytes - H * sum(head_bytes[0])
             costs = (head_bytes[0], head_bytes[1], whole_bytes) if selection else (head_bytes[0], None, head_bytes[1])
@@ -384,7 +384,7 @@ class HeadAwareSinkCache(Cache):
                 for r, w, s, f, e in zip(picked, whole, stream_cost, select_cost, whole_cost)
             )
 
-        if fill_whole and selection is not None and rank_by != "loss":
+        if fill_whole and selection is not None and not loss:
             room = budget * dense_bytes - total(*head_bytes, whole_bytes)
             whole = fill_whole_heads(scores, picked, (head_bytes[1], whole_bytes), room, random_heads)
             picked = [[h for h in r if h not in w] for r, w in zip(picked, whole)]

@@ -156,25 +156,21 @@ def _check_loss(args) -> None:
 
 def _loss(args, lm, world) -> dict:
     """The loss deltas on calibration ppl samples, then on the calibration needle prompts (`answers`)."""
-    from sinkhole.cache.head_aware import kv_head_count
-    from sinkhole.kvbench.head_loss import answer_samples, loss_samples, measure_loss_scores
-    from sinkhole.profiles.stream_scores import layer_kinds
+    from sinkhole.kvbench.head_loss import loss_forwards, loss_section
     from sinkhole.progress import progress
 
-    text = world.all_ok(lambda: loss_samples(lm.tokenizer, args.loss_length, args.loss_samples))
-    needles = answer_samples(lm.tokenizer, args.loss_length)
-    heads = len(layer_kinds(lm.model)[0]) * kv_head_count(lm.model)
-    per_pass = 1 + heads * (1 if args.loss_select is None else 2)
-    status(
-        f"loss deltas: {per_pass} forwards of {len(text)} calibration samples of {args.loss_length} tokens, "
-        f"then of {len(needles)} needle prompts ..."
-    )
-    options = dict(window=args.loss_window, select=args.loss_select, world=world)
-    with progress(total=per_pass * (2 if needles else 1), desc="loss deltas", unit="forward") as bar:
-        loss = measure_loss_scores(lm, text, progress=bar.update, **options)
-        if needles:  # a tokenizer that cannot build them (no number ids) has text deltas only
-            loss["answers"] = measure_loss_scores(lm, needles, progress=bar.update, **options)
-    return loss
+    per_pass = loss_forwards(lm.model, args.loss_select)
+    status(f"loss deltas: {per_pass} forwards on calibration text, then {per_pass} on needle prompts ...")
+    with progress(total=2 * per_pass, desc="loss deltas", unit="forward") as bar:
+        return loss_section(
+            lm,
+            window=args.loss_window,
+            select=args.loss_select,
+            length=args.loss_length,
+            count=args.loss_samples,
+            progress=bar.update,
+            world=world,
+        )
 
 
 class _Bars:

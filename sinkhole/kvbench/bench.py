@@ -124,6 +124,14 @@ def score_rows(logits: torch.Tensor, answers: torch.Tensor, lengths: list[int], 
     return out
 
 
+def answer_nll(model, cache, attention, ids: torch.Tensor, answers: torch.Tensor, lengths: list[int], spans):
+    """Per row, the mean nll of its answer tokens with `cache`: the prompt fed in `spans` (`chunks`), the
+    answers teacher-forced, under the cache's `attention` context."""
+    with attention(model):
+        logits = answer_logits(model, cache, prefill(model, cache, ids, spans), answers)
+    return score_rows(logits, answers, lengths, "ppl")
+
+
 def cell_score(metric: str, scores: list[float], lengths: list[int]) -> float:
     import math
 

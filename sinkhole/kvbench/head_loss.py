@@ -1,24 +1,20 @@
 """What each KV head's compression costs in loss, measured: the profile's `streaming.loss` section,
 which the `loss` plan (`head_plan.plan_by_loss`, `--rank-by loss`) spends the budget by.
 
-The attention scores of the other rankings say where a head reads; they do not say what a model
-loses when the head reads less. On Gemma-3 they rank layer 5's global head first, whose selection
-costs almost nothing, while layer 11's, kept whole, takes a 2048-token plan from 1.063x to 1.034x of
-dense perplexity (docs/cache.md, "Where Gemma-3 loses perplexity"). So this measures it: for each KV
-head h and state s (`stream`: sinks + local sinks + window; `select`: the share the prompt's last
-queries choose, `kv_select`), kv-bench's ppl samples from the calibration half of the text (seeds
-from 0; kv-bench's own are the other half, from 1000) are scored under a HeadAwareSinkCache in which
-h alone is s and every other head keeps everything:
+The attention scores of the other rankings say where a head reads, not what a model loses when the
+head reads less. This measures the latter: for each KV head h and state s (`stream`: sinks + local
+sinks + window; `select`: the share the prompt's last queries choose, `kv_select`), kv-bench's ppl
+samples from the calibration half of the text (seeds from 0; kv-bench's own are the other half,
+from 1000) are scored under a HeadAwareSinkCache in which h alone is s and every other head keeps
+everything:
 
     delta[s][l][h] = mean over samples of (mean nll per scored token with h in state s - dense's)
 
 in nats. The same on the profile's calibration needle prompts (`answer_samples`; the answer's nll)
 is the section's `answers`: perplexity alone would give away the heads retrieval needs. One forward
-per (head, state) and batch of samples: 2 x 18 + 1 for Gemma-3, 2 x 90 + 1 for SmolLM2. The plan
-adds both deltas of the heads it compresses. That is an approximation: heads interact, and six
-calibration samples do not speak for other text. On Gemma-3 the plan does better on perplexity at
-2048 tokens and loses held-out needles (docs/cache.md, "A plan by measured loss"), so it is not the
-default.
+per (head, state) and batch of samples. The plan adds both deltas of the heads it compresses, an
+approximation (heads interact, and a few calibration samples need not speak for other text); what
+it did on Gemma-3, and why it is not the default: docs/cache.md, "A plan by measured loss".
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from sinkhole.cache.head_plan import DEFAULT_LOCAL_SINKS
-from sinkhole.kvbench import LOSS_LENGTH, LOSS_SAMPLES
+from sinkhole.kvbench import LOSS_LENGTH, LOSS_SAMPLES, SNAP_WINDOW
 from sinkhole.text import CALIBRATION_HALF, pydoc_source
 
 LOSS_SINKS = 4
@@ -81,9 +77,8 @@ def measure_loss_scores(
     from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention, kv_head_count
     from sinkhole.cache.kv_select import SELECT_KERNEL, selection_for
     from sinkhole.distributed import World
-    from sinkhole.kvbench.bench import batch_tensors, score_rows
-    from sinkhole.kvbench.methods import Plan, answer_logits, chunks, make_cache, prefill
-    from sinkhole.kvbench.snapkv import DEFAULT_WINDOW as SNAP_WINDOW
+    from sinkhole.kvbench.bench import answer_nll, batch_tensors
+    from sinkhole.kvbench.methods import Plan, chunks, make_cache
     from sinkhole.profiles.stream_scores import layer_kinds
 
     world = world or World()
@@ -107,9 +102,7 @@ def measure_loss_scores(
                 whole=whole,
             )  # fmt: skip
             attention = head_aware_attention
-        with attention(model):
-            logits = answer_logits(model, cache, prefill(model, cache, ids, spans), ans)
-        nll = score_rows(logits, ans, lens, "ppl")
+        nll = answer_nll(model, cache, attention, ids, ans, lens, spans)
         return sum(nll) / len(nll)
 
     tally = world.tally(progress)
@@ -138,3 +131,28 @@ def measure_loss_scores(
         seeds=[min(s.seed for s in samples), max(s.seed for s in samples)],
         tasks=sorted({s.task for s in samples}),
     )
+
+
+def loss_forwards(model, select: float | None) -> int:
+    """Forwards of one `measure_loss_scores` pass: dense, then each KV head in each state."""
+    from sinkhole.cache.head_aware import kv_head_count
+    from sinkhole.profiles.stream_scores import layer_kinds
+
+    return 1 + len(layer_kinds(model)[0]) * kv_head_count(model) * (1 if select is None else 2)
+
+
+def loss_section(
+    lm, *, window: int, select: float | None, length: int = LOSS_LENGTH, count: int = LOSS_SAMPLES,
+    text: bool = True, answers: bool = True, progress=None, world=None,
+) -> dict:  # fmt: skip
+    """The profile's `streaming.loss`: the deltas on `count` calibration ppl samples of `length` tokens,
+    and under `answers` those on the calibration needle prompts (left out when the tokenizer builds
+    none: a word-level vocabulary has no ids for the numbers). text=False: {"answers": ...} alone,
+    to add to a section measured before with the same window and share; answers=False: the text's
+    alone. Up to two passes of `loss_forwards` forwards."""
+    options = dict(window=window, select=select, progress=progress, world=world)
+    out = measure_loss_scores(lm, loss_samples(lm.tokenizer, length, count), **options) if text else {}
+    needles = answer_samples(lm.tokenizer, length) if answers else []
+    if needles:
+        out["answers"] = measure_loss_scores(lm, needles, **options)
+    return out
