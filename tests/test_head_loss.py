@@ -13,7 +13,7 @@ import torch
 from conftest import bare_profile, tiny_gemma3, tiny_llama, wrap
 
 from sinkhole.cache.head_aware import HeadAwareSinkCache, head_aware_attention
-from sinkhole.cache.head_plan import LOSS_STEPS, plan_by_loss, shuffle_states
+from sinkhole.cache.head_plan import LOSS_STEPS, plan_by_loss, reach_layers, shuffle_states
 from sinkhole.errors import SinkholeError
 from sinkhole.kvbench.head_loss import measure_loss_scores, single_head
 from sinkhole.long_tasks import Sample
@@ -88,6 +88,44 @@ def test_rounding_up_never_passes_the_budget():
 def test_no_room_keeps_every_head_streaming():
     loss = {"stream": [[1.0, 1.0]], "select": [[0.5, 0.5]]}
     assert plan_by_loss(loss, ([0.0], [3.0], [9.0]), room=0.0) == [["stream", "stream"]]
+
+
+def test_reach_keeps_a_global_head_from_streaming_however_little_it_seems_to_lose():
+    """Gemma-3's layer 17: streaming it alone cost nothing on calibration text, and the plan that
+    streamed it lost held-out needles. With reach its head selects, and the room left goes by loss."""
+    loss = {"stream": [[0.30], [0.05], [0.0]], "select": [[0.20], [0.01], [0.0]]}
+    costs = ([10, 10, 10], [60, 60, 60], [110, 110, 110])
+    assert plan_by_loss(loss, costs, room=100) == [["whole"], ["stream"], ["stream"]]
+    reach = [False, False, True]
+    assert plan_by_loss(loss, costs, room=100, reach=reach) == [["select"], ["stream"], ["select"]]
+    assert plan_by_loss(loss, costs, room=160, reach=reach) == [["whole"], ["stream"], ["select"]]
+    # a budget that cannot hold the reach is refused, in one line
+    for room in (49.0, 0.0):
+        with pytest.raises(SinkholeError, match="global layer") as err:
+            plan_by_loss(loss, costs, room=room, reach=reach)
+        assert "\n" not in str(err.value)
+
+
+def test_reach_is_the_global_layers_of_a_model_with_sliding_ones_and_a_selection():
+    assert reach_layers(["sliding", "global", "sliding"], with_select=True) == [False, True, False]
+    assert reach_layers(["sliding", "global"], with_select=False) is None  # whole would be the only floor
+    assert reach_layers(["global", "global"], with_select=True) is None  # no windows to reach past
+
+
+def test_the_loss_plan_on_a_sliding_model_never_streams_its_global_head():
+    model = tiny_gemma3()  # layer 0 sliding (window 4), layer 1 global; one KV head each
+    # the global head loses nothing alone, so without reach it would stream
+    prof = loss_profile(model, [[0.3], [0.0]], [[0.1], [0.0]])
+    n = 120
+    kwargs = dict(model=model, length=n, window=2, local_sinks=0, n_sink=1, rank_by="loss")
+    selecting = HeadAwareSinkCache.from_profile(prof, budget=0.6, select=0.3, prompt_length=n - 10, **kwargs)
+    plan = selecting.memory_plan
+    assert plan.retrieval[1] == [0] and plan.kv_bytes <= 0.6 * plan.dense_bytes
+    # no selection: reach does not apply (the global head would have to be whole), so it streams
+    plain = HeadAwareSinkCache.from_profile(prof, budget=0.6, **kwargs).memory_plan
+    assert plain.retrieval[1] == []
+    with pytest.raises(SinkholeError, match="global layer"):
+        HeadAwareSinkCache.from_profile(prof, budget=0.1, select=0.3, prompt_length=n - 10, **kwargs)
 
 
 def test_shuffled_states_keep_each_kind_s_counts():

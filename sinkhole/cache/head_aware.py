@@ -82,6 +82,7 @@ from sinkhole.cache.head_plan import (
     loss_deltas,
     plan_by_loss,
     rank_scores,
+    reach_layers,
     select_retrieval_heads,
     shuffle_states,
     slot_costs,
@@ -368,7 +369,7 @@ class HeadAwareSinkCache(Cache):
             check_streams_fit(H * sum(head_bytes[0]), dense_bytes, budget, length)
             room = budget * dense_bytes - H * sum(head_bytes[0])
             costs = (head_bytes[0], head_bytes[1], whole_bytes) if selection else (head_bytes[0], None, head_bytes[1])
-            states = plan_by_loss(loss, costs, room)
+            states = plan_by_loss(loss, costs, room, reach_layers(kinds, selection is not None))
             if random_heads is not None:
                 states = shuffle_states(states, kinds, random_heads)
             keep = "select" if selection else "whole"

@@ -76,8 +76,8 @@ def add_parser(sub) -> None:
         choices=RANKINGS,
         default=DEFAULT_RANK_BY,
         help="default %(default)s; loss (for measuring with): each head streams, selects or keeps everything as "
-        "the profile's measured loss deltas say (sinkhole profile --loss); on Gemma-3 it loses retrieval "
-        "(docs/cache.md)",
+        "the profile's measured loss deltas say (sinkhole profile --loss); on Gemma-3 it loses passkeys "
+        "that mix keeps (docs/cache.md)",
     )
     c.add_argument(
         "--snap-window", type=int, default=SNAP_WINDOW, help="SnapKV's observation window, default %(default)s"
