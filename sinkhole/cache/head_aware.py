@@ -310,7 +310,8 @@ class HeadAwareSinkCache(Cache):
         order (`head_plan.fill_whole`; the plan's `whole`). rank_by="loss": no order; each head
         streams, selects or keeps everything as the profile's measured loss deltas
         (`streaming.loss`) say, the least summed loss within the budget (`head_plan.plan_by_loss`;
-        it decides the whole heads itself, so fill_whole does nothing).
+        it decides the whole heads itself, so fill_whole does nothing); with select, on a model
+        with sliding layers, no global layer's head streams (`head_plan.reach_layers`).
         """
         from sinkhole.profiles.stream_scores import layer_kinds
         from sinkhole.validate import like_option, profile_for, torch_module
