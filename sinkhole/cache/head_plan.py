@@ -273,10 +273,9 @@ def plan_by_loss(
 
 def reach_layers(kinds: list[str], with_select: bool) -> list[bool] | None:
     """Where a loss plan must not stream (`plan_by_loss`'s reach): with a selection, the global layers
-    of a model that has sliding ones. They alone read past the sliding windows, and single-head
-    deltas miss what one of them streaming costs while the others keep everything: Gemma-3's layer
-    17 cost +0.007 nats alone on calibration text and +0.036 on held-out text, and the plan that
-    streamed it answered 35 of 44 held-out needles, 42 with this rule (docs/cache.md)."""
+    of a model that has sliding ones. They alone read past the sliding windows, and a single-head
+    delta misses what one of them streaming costs, since the others kept everything while it was
+    measured (what that cost on Gemma-3: docs/cache.md, "Global layers keep their reach")."""
     if not with_select or "sliding" not in kinds:
         return None
     return [k == "global" for k in kinds]
