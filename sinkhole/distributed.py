@@ -440,6 +440,12 @@ def session(device: str = "cpu", gpus_per_rank: int = 1):
             f"WORLD_SIZE={p.world_size} but {' and '.join(missing)} unset: start sinkhole with torchrun "
             "or accelerate launch (docs/eval.md)"
         )
+    # torch.distributed.nn binds group.WORLD into its functions' defaults when first imported, and
+    # transformers imports it while loading a model: imported after init, it kept the group alive past
+    # destroy_process_group, and at exit gloo's threads freed tensors without the GIL (SIGABRT,
+    # "terminate called without an active exception", 1 run in 15 under load)
+    import torch.distributed.nn  # noqa: F401
+
     dist.init_process_group(backend, timeout=timedelta(seconds=world.timeout))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _current = world
@@ -448,7 +454,7 @@ def session(device: str = "cpu", gpus_per_rank: int = 1):
         world._prefix = "sinkhole/" + world.broadcast(uuid.uuid4().hex if world.is_main else None)
         yield world
         # every rank done before any tears gloo down: a rank that exits while its peer still holds the
-        # connection aborted at exit ("terminate called without an active exception"), 1 run in 3 here
+        # connection aborted at exit
         dist.barrier()
     finally:
         _current = None

@@ -5,6 +5,8 @@ Environment (all optional):
     SINKHOLE_TEST_PIDS       a directory: this rank writes its pid to rank-<RANK> there (to kill it)
     SINKHOLE_TEST_DELAY      seconds of sleep before each probe batch and each mask batch (so a test can
                              kill a run part way)
+    SINKHOLE_TEST_THREADS    a directory: once the command returned, this rank writes the names of its
+                             live threads to threads-<RANK> there (a process group left alive keeps gloo's)
 """
 
 import json
@@ -41,4 +43,8 @@ if delay:
 
 from sinkhole.cli.main import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:] + extra))
+code = main(sys.argv[1:] + extra)
+if os.environ.get("SINKHOLE_TEST_THREADS"):
+    names = [Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+    Path(os.environ["SINKHOLE_TEST_THREADS"], f"threads-{rank}").write_text("\n".join(names))
+sys.exit(code)
