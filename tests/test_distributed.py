@@ -78,8 +78,8 @@ def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = Fa
 
 def ranks(n: int, args: list[str], capsys) -> tuple[int, str, str]:
     """The command on n torchrun ranks, or for n = 1 in this process (one launcher start less). Ranks
-    that succeed must have torn their process group down: gloo threads alive at interpreter exit free
-    tensors without the GIL, an abort 1 run in 15 when a model loaded after the group started."""
+    that succeed must have torn their process group down: no gloo thread left when the command returns
+    (one alive at interpreter exit can abort the rank, see `distributed.session`)."""
     if n > 1:
         with tempfile.TemporaryDirectory() as d:
             code, out, err = finish(torchrun(n, args, {"SINKHOLE_TEST_THREADS": d}, driver=True))
