@@ -76,18 +76,24 @@ def torchrun(n: int, args: list[str], env: dict | None = None, driver: bool = Fa
     )
 
 
+def launched(n: int, args: list[str], accelerate: bool = False) -> tuple[int, str, str]:
+    """The command on n ranks to its end. Ranks that succeed must have torn their process group down:
+    no gloo thread left when the command returns (one alive at interpreter exit can abort the rank,
+    see `distributed.session`)."""
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = finish(torchrun(n, args, {"SINKHOLE_TEST_THREADS": d}, driver=True, accelerate=accelerate))
+        if code == 0:
+            for r in range(n):
+                threads = Path(d, f"threads-{r}").read_text().split()
+                assert not [t for t in threads if "gloo" in t], f"rank {r} exits with {threads}"
+    return code, out, err
+
+
 def ranks(n: int, args: list[str], capsys) -> tuple[int, str, str]:
-    """The command on n torchrun ranks, or for n = 1 in this process (one launcher start less). Ranks
-    that succeed must have torn their process group down: no gloo thread left when the command returns
-    (one alive at interpreter exit can abort the rank, see `distributed.session`)."""
+    """The command on n torchrun ranks (`launched`), or for n = 1 in this process (one launcher
+    start less)."""
     if n > 1:
-        with tempfile.TemporaryDirectory() as d:
-            code, out, err = finish(torchrun(n, args, {"SINKHOLE_TEST_THREADS": d}, driver=True))
-            if code == 0:
-                for r in range(n):
-                    threads = Path(d, f"threads-{r}").read_text().split()
-                    assert not [t for t in threads if "gloo" in t], f"rank {r} exits with {threads}"
-        return code, out, err
+        return launched(n, args)
     from sinkhole.cli.main import main
 
     capsys.readouterr()
@@ -282,7 +288,7 @@ def test_other_settings_are_refused_before_the_model_loads(job, tmp_path, monkey
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_ranks_write_what_one_process_writes(job, launcher):
     out = job["root"] / f"two-{launcher}"
-    code, stdout, stderr = finish(torchrun(2, [*job["base"], "--out", str(out)], accelerate=launcher == "accelerate"))
+    code, stdout, stderr = launched(2, [*job["base"], "--out", str(out)], accelerate=launcher == "accelerate")
     assert code == 0, stderr[-3000:]
     same_outputs(job["ref"], out)
     assert stdout.count("Eval ") == 1 and stderr.count("loading ") == 1  # rank 0 speaks for the run
@@ -464,7 +470,7 @@ def test_mask_under_two_ranks_writes_what_one_process_writes(mask_job, tmp_path)
     from sinkhole.mask.store import parts_dir
 
     out = tmp_path / "two.npz"
-    code, stdout, stderr = finish(torchrun(2, [*mask_job["base"], "--npz", str(out)]))
+    code, stdout, stderr = launched(2, [*mask_job["base"], "--npz", str(out)])
     assert code == 0, stderr[-3000:]
     assert out.read_bytes() == mask_job["ref"].read_bytes() and not parts_dir(out).exists()
     assert stderr.count("loading ") == 1 and stderr.count(f"wrote {out}: 40 texts") == 1  # rank 0 speaks
@@ -524,6 +530,6 @@ def test_two_ranks_equal_one_process_smollm2(tmp_path):
 
     args = ["eval", "--model", "smollm2-135m", "--prompts", "builtin", "--limit", "6", "--no-figures"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    code, _, stderr = finish(torchrun(2, [*args, "--out", str(tmp_path / "two")]))
+    code, _, stderr = launched(2, [*args, "--out", str(tmp_path / "two")])
     assert code == 0, stderr[-3000:]
     same_outputs(tmp_path / "one", tmp_path / "two")
