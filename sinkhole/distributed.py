@@ -441,9 +441,9 @@ def session(device: str = "cpu", gpus_per_rank: int = 1):
             "or accelerate launch (docs/eval.md)"
         )
     # torch.distributed.nn binds group.WORLD into its functions' defaults when first imported, and
-    # transformers imports it while loading a model: imported after init, it kept the group alive past
-    # destroy_process_group, and at exit gloo's threads freed tensors without the GIL (SIGABRT,
-    # "terminate called without an active exception", 1 run in 15 under load)
+    # transformers imports it while loading a model: imported after init, it keeps the group alive past
+    # destroy_process_group, and at exit gloo's threads free tensors without the GIL (SIGABRT,
+    # "terminate called without an active exception")
     import torch.distributed.nn  # noqa: F401
 
     dist.init_process_group(backend, timeout=timedelta(seconds=world.timeout))
@@ -453,8 +453,7 @@ def session(device: str = "cpu", gpus_per_rank: int = 1):
         # torchrun --max-restarts keeps the key-value store of a failed attempt: counters get fresh names
         world._prefix = "sinkhole/" + world.broadcast(uuid.uuid4().hex if world.is_main else None)
         yield world
-        # every rank done before any tears gloo down: a rank that exits while its peer still holds the
-        # connection aborted at exit
+        # every rank done before any tears the group down, so no rank's exit cuts a peer's last collective
         dist.barrier()
     finally:
         _current = None

@@ -84,7 +84,7 @@ def launched(n: int, args: list[str], accelerate: bool = False) -> tuple[int, st
         code, out, err = finish(torchrun(n, args, {"SINKHOLE_TEST_THREADS": d}, driver=True, accelerate=accelerate))
         if code == 0:
             for r in range(n):
-                threads = Path(d, f"threads-{r}").read_text().split()
+                threads = Path(d, f"threads-{r}").read_text().splitlines()
                 assert not [t for t in threads if "gloo" in t], f"rank {r} exits with {threads}"
     return code, out, err
 
